@@ -1,0 +1,117 @@
+"""Starting and stopping the agent in one process (idempotent, fork-aware)."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+import threading
+from collections.abc import Sequence
+
+from hms_otel_agent import config, guard
+from hms_otel_agent.processors import Detector
+
+logger = logging.getLogger("hms_otel")
+
+# Set in the environment once the configuration problems and the destination were shown,
+# so child processes (the runserver autoreloader's child, subprocesses) do not repeat them.
+ANNOUNCED_ENV = "HMS_OTEL_ANNOUNCED"
+
+_lock = threading.Lock()
+_pipeline = None
+
+
+class StrictConfigError(SystemExit):
+    """Raised (exit status 2) when HMS_OTEL_STRICT is on and a setting was not accepted."""
+
+    def __init__(self) -> None:
+        super().__init__(2)
+
+
+def _configure_logging(level: str) -> None:
+    log = logging.getLogger("hms_otel")
+    log.setLevel(level.upper())
+    if not any(getattr(h, "_hms_otel", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._hms_otel = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
+    log.propagate = False
+
+
+def report_problems(loaded: config.LoadedSettings, *, force: bool = False) -> None:
+    """Print one line per bad setting (once per process tree unless forced)."""
+    if not loaded.problems or (os.environ.get(ANNOUNCED_ENV) and not force):
+        return
+    for problem in loaded.problems:
+        print(problem.line(loaded.settings.strict), file=sys.stderr, flush=True)
+
+
+def default_detectors() -> list[Detector]:
+    detectors: list[Detector] = []
+    try:
+        from hms_otel_agent.signals import registry
+
+        detectors.extend(registry.DETECTORS)
+    except ImportError:
+        pass
+    return detectors
+
+
+def start(detectors: Sequence[Detector] | None = None) -> bool:
+    global _pipeline
+    with _lock:
+        if _pipeline is not None:
+            return False
+        loaded = config.load()
+        settings = loaded.settings
+        if settings.strict and loaded.problems:
+            report_problems(loaded, force=True)
+            raise StrictConfigError()
+        report_problems(loaded)
+        if settings.sdk_disabled:
+            return False
+        try:
+            _pipeline = _start(settings, default_detectors() if detectors is None else detectors)
+        except Exception as exc:
+            guard.report("agent start-up", exc)
+            return False
+        return True
+
+
+def _start(settings: config.Settings, detectors: Sequence[Detector]) -> object:
+    from opentelemetry import metrics, trace
+
+    from hms_otel_agent import instrument, pipeline
+    from hms_otel_agent.export.resilient import silence_exporter_logs
+
+    _configure_logging(settings.log_level)
+    silence_exporter_logs(verbose=settings.log_level == "debug")
+    built = pipeline.build(settings, detectors)
+    trace.set_tracer_provider(built.tracer_provider)
+    metrics.set_meter_provider(built.meter_provider)
+    instrument.install(settings, built.tracer_provider, built.meter_provider)
+    atexit.register(_at_exit, built, settings.shutdown_timeout_ms)
+    if not os.environ.get(ANNOUNCED_ENV):
+        if built.local_dir:
+            logger.info(
+                "hms-otel: no OTLP endpoint configured; writing traces and metrics to %s/ "
+                "(set OTEL_EXPORTER_OTLP_ENDPOINT to export to a collector)",
+                built.local_dir,
+            )
+        else:
+            logger.debug("hms-otel: exporting to %s", ", ".join(built.destinations) or "nowhere")
+        os.environ[ANNOUNCED_ENV] = "1"
+    return built
+
+
+def _at_exit(built: object, timeout_ms: int) -> None:
+    try:
+        built.shutdown(timeout_ms)  # type: ignore[attr-defined]
+    except Exception as exc:
+        guard.report("agent shutdown", exc)
+
+
+def current_pipeline() -> object | None:
+    return _pipeline

@@ -1,0 +1,200 @@
+"""Exporter wrappers that turn a failing backend into one warning and periodic summaries.
+
+The OTLP exporters log every failed batch (with retries, several lines per batch). The
+agent silences their loggers and reports instead: one concise warning when exporting
+first fails, a summary of what was dropped at most once a minute while it keeps failing,
+and one line when it works again. Exporters are created lazily in the process that uses
+them, so a gRPC channel is never carried across fork() into a gunicorn worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+logger = logging.getLogger("hms_otel")
+SUMMARY_INTERVAL_S = 60.0
+_EXPORTER_LOGGERS = ("opentelemetry.exporter.otlp", "opentelemetry.exporter.http_transport")
+
+
+class _LastMessage(logging.Handler):
+    """Keeps the last thing the OTLP exporters said, to quote it in our own warning."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.text = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.text = record.getMessage()[:300]
+        except Exception:
+            self.text = ""
+
+
+_last_message = _LastMessage()
+
+
+def silence_exporter_logs(verbose: bool) -> None:
+    for name in _EXPORTER_LOGGERS:
+        log = logging.getLogger(name)
+        if _last_message not in log.handlers:
+            log.addHandler(_last_message)
+        log.propagate = verbose
+
+
+class ExportHealth:
+    """Counts failures of one exporter and decides what to log."""
+
+    def __init__(self, signal: str, target: str, unit: str) -> None:
+        self.signal = signal
+        self.target = target
+        self.unit = unit
+        self.failed_batches = 0
+        self.failed_items = 0
+        self._lock = threading.Lock()
+        self._failing = False
+        self._window_batches = 0
+        self._window_items = 0
+        self._window_start = 0.0
+
+    def succeeded(self) -> None:
+        if self._failing:
+            with self._lock:
+                self._failing = False
+                self._flush_summary()
+            logger.warning("hms-otel: exporting %s to %s works again", self.signal, self.target)
+
+    def failed(self, items: int, reason: str) -> None:
+        with self._lock:
+            self.failed_batches += 1
+            self.failed_items += items
+            self._window_batches += 1
+            self._window_items += items
+            now = time.monotonic()
+            if not self._failing:
+                self._failing = True
+                self._window_start = now
+                self._window_batches = self._window_items = 0
+                logger.warning(
+                    "hms-otel: cannot export %s to %s (%s); the application is unaffected, "
+                    "dropped data is counted and summarized every %d s",
+                    self.signal,
+                    self.target,
+                    reason or "no answer",
+                    SUMMARY_INTERVAL_S,
+                )
+            elif now - self._window_start >= SUMMARY_INTERVAL_S:
+                self._flush_summary()
+                self._window_start = now
+
+    def _flush_summary(self) -> None:
+        if self._window_batches:
+            logger.warning(
+                "hms-otel: %d %s batches (%d %s) could not be exported to %s (%d batches in all)",
+                self._window_batches,
+                self.signal,
+                self._window_items,
+                self.unit,
+                self.target,
+                self.failed_batches,
+            )
+        self._window_batches = self._window_items = 0
+
+
+class _PerProcess:
+    """Builds the wrapped exporter on first use in each process."""
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self._factory = factory
+        self._pid = -1
+        self._exporter: Any = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        pid = os.getpid()
+        if self._pid != pid:
+            with self._lock:
+                if self._pid != pid:
+                    self._exporter = self._factory()
+                    self._pid = pid
+        return self._exporter
+
+    def shutdown(self, **kwargs: Any) -> None:
+        if self._pid == os.getpid() and self._exporter is not None:
+            self._exporter.shutdown(**kwargs)
+
+
+class ResilientSpanExporter(SpanExporter):
+    def __init__(self, factory: Callable[[], SpanExporter], target: str) -> None:
+        self._inner = _PerProcess(factory)
+        self.health = ExportHealth("traces", target, "spans")
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        _last_message.text = ""
+        try:
+            result = self._inner.get().export(spans)
+        except Exception as exc:
+            self.health.failed(len(spans), f"{type(exc).__name__}: {exc}"[:300])
+            return SpanExportResult.FAILURE
+        if result is SpanExportResult.SUCCESS:
+            self.health.succeeded()
+        else:
+            self.health.failed(len(spans), _last_message.text)
+        return result
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+
+class ResilientMetricExporter(MetricExporter):
+    def __init__(self, factory: Callable[[], MetricExporter], target: str, template: MetricExporter) -> None:
+        # The reader asks for preferred temporality/aggregation up front; take them from a
+        # template exporter of the same kind (built without opening a connection).
+        super().__init__(
+            preferred_temporality=template._preferred_temporality,
+            preferred_aggregation=template._preferred_aggregation,
+        )
+        self._inner = _PerProcess(factory)
+        self.health = ExportHealth("metrics", target, "data points")
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        _last_message.text = ""
+        points = _count_points(metrics_data)
+        try:
+            result = self._inner.get().export(metrics_data, timeout_millis=timeout_millis)
+        except Exception as exc:
+            self.health.failed(points, f"{type(exc).__name__}: {exc}"[:300])
+            return MetricExportResult.FAILURE
+        if result is MetricExportResult.SUCCESS:
+            self.health.succeeded()
+        else:
+            self.health.failed(points, _last_message.text)
+        return result
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        self._inner.shutdown(timeout_millis=timeout_millis)
+
+
+def _count_points(metrics_data: MetricsData) -> int:
+    try:
+        return sum(
+            len(metric.data.data_points)
+            for rm in metrics_data.resource_metrics
+            for sm in rm.scope_metrics
+            for metric in sm.metrics
+        )
+    except Exception:
+        return 0

@@ -1,0 +1,97 @@
+"""Instrumentation of the libraries the agent knows, each applied when it is imported.
+
+Post-import hooks keep start-up cheap (nothing is imported that the application does not
+import itself) and make the order of imports irrelevant.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import wrapt
+
+from hms_otel_agent import guard
+from hms_otel_agent.config import Settings
+
+_installed: set[str] = set()
+
+
+def install(settings: Settings, tracer_provider: Any, meter_provider: Any) -> None:
+    disabled = {name.strip().lower() for name in settings.disabled_instrumentations}
+    if "*" in disabled:
+        return
+
+    def when_imported(module_name: str, name: str, apply: Any) -> None:
+        if name in disabled or name in _installed:
+            return
+        _installed.add(name)
+
+        def hook(_module: Any) -> None:
+            try:
+                apply()
+            except Exception as exc:
+                guard.report(f"{name} instrumentation", exc)
+
+        wrapt.register_post_import_hook(hook, module_name)
+
+    from hms_otel_agent.instrument import db, django_server, redis
+
+    def instrument_psycopg2() -> None:
+        from opentelemetry.instrumentation.psycopg2 import Psycopg2Instrumentor
+
+        db.install(settings)
+        instrumentor = Psycopg2Instrumentor()
+        if not instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.instrument(
+                tracer_provider=tracer_provider,
+                capture_parameters=settings.capture_sql_parameters,
+                skip_dep_check=True,
+            )
+
+    def instrument_psycopg() -> None:
+        from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
+
+        db.install(settings)
+        instrumentor = PsycopgInstrumentor()
+        if not instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.instrument(
+                tracer_provider=tracer_provider,
+                capture_parameters=settings.capture_sql_parameters,
+                skip_dep_check=True,
+            )
+
+    when_imported("psycopg2", "psycopg2", instrument_psycopg2)
+    when_imported("psycopg", "psycopg", instrument_psycopg)
+    when_imported("redis", "redis", lambda: redis.install(settings, tracer_provider))
+    if "django" not in disabled and "django" not in _installed:
+        _installed.add("django")
+        django_server.when_django_ready(django_server.instrument_server(tracer_provider, meter_provider))
+        django_server.hook_django_setup()
+
+
+def uninstall() -> None:
+    """Undo what can be undone (for tests); post-import hooks stay registered but idle."""
+    from hms_otel_agent.instrument import db
+
+    for name in list(_installed):
+        try:
+            if name == "psycopg2":
+                from opentelemetry.instrumentation.psycopg2 import Psycopg2Instrumentor
+
+                Psycopg2Instrumentor().uninstrument()
+            elif name == "psycopg":
+                from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
+
+                PsycopgInstrumentor().uninstrument()
+            elif name == "redis":
+                from hms_otel_agent.instrument import redis
+
+                redis.uninstall()
+            elif name == "django":
+                from hms_otel_agent.instrument import django_server
+
+                django_server.uninstrument_server()
+        except Exception as exc:
+            guard.report(f"{name} uninstrumentation", exc)
+    db.uninstall()
+    _installed.clear()

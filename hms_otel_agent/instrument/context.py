@@ -1,0 +1,88 @@
+"""Per-operation context that crosses from the ORM patches to the DB span hooks.
+
+The ORM patches set `current_orm` around the code that runs SQL; the DB span hook reads
+it in the same thread or asyncio task. ContextVars keep concurrent requests (threads,
+asyncio tasks, asgiref's sync_to_async threads) apart.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+from contextvars import ContextVar
+from types import FrameType
+
+from hms_otel_agent.signals.activity import CodeLocation, OrmContext
+
+current_orm: ContextVar[OrmContext | None] = ContextVar("hms_otel_orm", default=None)
+
+_AGENT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_SAMPLE_DIR = os.path.join(_AGENT_DIR, "sample") + os.sep
+
+
+def _library_dirs() -> tuple[str, ...]:
+    dirs = set()
+    for name in ("stdlib", "platstdlib", "purelib", "platlib"):
+        try:
+            path = sysconfig.get_paths()[name]
+        except KeyError:
+            continue
+        dirs.add(os.path.realpath(path) + os.sep)
+        dirs.add(os.path.abspath(path) + os.sep)
+    for entry in sys.path:
+        if entry.endswith(("site-packages", "dist-packages")):
+            dirs.add(os.path.abspath(entry) + os.sep)
+    return tuple(sorted(dirs))
+
+
+_LIBRARY_DIRS = _library_dirs()
+# filename -> display path for user code, or "" for library code; bounded by the number
+# of source files in the process.
+_classified: dict[str, str] = {}
+
+
+def _classify(filename: str) -> str:
+    path = os.path.abspath(filename)
+    if filename.startswith("<"):
+        user = False
+    elif path.startswith(_SAMPLE_DIR):
+        user = True  # the bundled sample app is "user code" to the agent
+    elif path.startswith(_AGENT_DIR):
+        user = False
+    else:
+        user = not path.startswith(_LIBRARY_DIRS) and f"{os.sep}django{os.sep}" not in path
+    shown = _display_path(path) if user else ""
+    if len(_classified) < 50_000:
+        _classified[filename] = shown
+    return shown
+
+
+def _display_path(path: str) -> str:
+    cwd = os.getcwd() + os.sep
+    if path.startswith(cwd):
+        return path[len(cwd) :]
+    best = ""
+    for entry in sys.path:
+        root = os.path.abspath(entry or ".") + os.sep
+        if path.startswith(root) and len(root) > len(best):
+            best = root
+    return path[len(best) :] if best else path
+
+
+def user_location(frame: FrameType | None = None, max_depth: int = 64) -> CodeLocation | None:
+    """Walk up from `frame` (default: the caller) to the first frame of user code."""
+    if frame is None:
+        frame = sys._getframe(1)
+    classified = _classified
+    depth = 0
+    while frame is not None and depth < max_depth:
+        code = frame.f_code
+        shown = classified.get(code.co_filename)
+        if shown is None:
+            shown = _classify(code.co_filename)
+        if shown:
+            return CodeLocation(shown, frame.f_lineno, code.co_name)
+        frame = frame.f_back
+        depth += 1
+    return None

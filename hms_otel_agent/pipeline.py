@@ -1,0 +1,306 @@
+"""Builds the tracer and meter providers, processors and exporters from `Settings`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    MetricExporter,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Span, SpanProcessor, TracerProvider, sampling
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
+
+from hms_otel_agent import __version__, guard
+from hms_otel_agent.config import Settings
+from hms_otel_agent.export.batch import BoundedBatchSpanProcessor
+from hms_otel_agent.export.otlp_json import OtlpJsonFileMetricExporter, OtlpJsonFileSpanExporter
+from hms_otel_agent.export.resilient import ResilientMetricExporter, ResilientSpanExporter
+from hms_otel_agent.processors import Detector, SignalMetrics, SignalProcessor
+
+logger = logging.getLogger("hms_otel")
+
+
+@dataclass
+class Pipeline:
+    tracer_provider: TracerProvider
+    meter_provider: MeterProvider
+    signal_processor: SignalProcessor
+    batch_processors: list[BoundedBatchSpanProcessor] = field(default_factory=list)
+    destinations: list[str] = field(default_factory=list)
+    local_dir: str | None = None
+    _shut_down: bool = False
+
+    def shutdown(self, timeout_ms: int) -> None:
+        """Flush and stop everything within `timeout_ms` in all."""
+        if self._shut_down:
+            return
+        self._shut_down = True
+        deadline = time.monotonic() + timeout_ms / 1000.0
+        for processor in self.batch_processors:
+            processor.shutdown(timeout_millis=int(max(0.0, deadline - time.monotonic()) * 1000))
+        try:
+            self.meter_provider.shutdown(timeout_millis=max(0.0, deadline - time.monotonic()) * 1000)
+        except Exception as exc:
+            guard.report("metrics shutdown", exc)
+
+    def force_flush(self, timeout_ms: int = 5000) -> None:
+        for processor in self.batch_processors:
+            processor.force_flush(timeout_ms)
+        try:
+            self.meter_provider.force_flush(timeout_millis=timeout_ms)
+        except Exception as exc:
+            guard.report("metrics flush", exc)
+
+    @property
+    def dropped_spans(self) -> int:
+        return sum(p.dropped_spans for p in self.batch_processors)
+
+
+# --- resource ---------------------------------------------------------------------------
+
+
+def _parse_resource_attributes(raw: str) -> dict[str, str]:
+    from urllib.parse import unquote
+
+    attributes: dict[str, str] = {}
+    for item in raw.split(","):
+        if "=" in item:
+            key, value = item.split("=", 1)
+            if key.strip():
+                attributes[key.strip()] = unquote(value.strip())
+    return attributes
+
+
+def default_service_name() -> str:
+    """The Django project name when DJANGO_SETTINGS_MODULE is set, else the command."""
+    settings_module = os.environ.get("DJANGO_SETTINGS_MODULE", "")
+    if settings_module:
+        parts = settings_module.split(".")
+        if "settings" in parts:
+            parts = parts[: parts.index("settings")]
+        if parts:
+            return parts[-1]
+    argv0 = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if argv0 in ("", "-c", "-m", "__main__.py") or argv0.startswith("python"):
+        argv0 = ""
+    return argv0 or "unknown_service:python"
+
+
+def build_resource(settings: Settings) -> Resource:
+    attributes: dict[str, Any] = {
+        "telemetry.sdk.language": "python",
+        "telemetry.sdk.name": "opentelemetry",
+        "telemetry.distro.name": "hms-otel-agent",
+        "telemetry.distro.version": __version__,
+        "process.pid": os.getpid(),
+        "process.runtime.name": sys.implementation.name,
+        "process.runtime.version": platform.python_version(),
+        "process.executable.name": os.path.basename(sys.executable),
+        "host.name": socket.gethostname(),
+        "host.arch": platform.machine(),
+        "os.type": platform.system().lower(),
+    }
+    try:
+        from importlib.metadata import version
+
+        attributes["telemetry.sdk.version"] = version("opentelemetry-sdk")
+    except Exception:
+        pass
+    attributes.update(_parse_resource_attributes(settings.resource_attributes))
+    if settings.service_version:
+        attributes["service.version"] = settings.service_version
+    if settings.service_name:
+        attributes["service.name"] = settings.service_name
+    elif "service.name" not in attributes:
+        attributes["service.name"] = default_service_name()
+    return Resource(attributes)
+
+
+def _sampler(settings: Settings) -> sampling.Sampler:
+    name, ratio = settings.traces_sampler, settings.traces_sampler_arg
+    if name == "always_on":
+        return sampling.ALWAYS_ON
+    if name == "always_off":
+        return sampling.ALWAYS_OFF
+    if name == "traceidratio":
+        return sampling.TraceIdRatioBased(ratio)
+    if name == "parentbased_always_off":
+        return sampling.ParentBased(sampling.ALWAYS_OFF)
+    if name == "parentbased_traceidratio":
+        return sampling.ParentBased(sampling.TraceIdRatioBased(ratio))
+    return sampling.ParentBased(sampling.ALWAYS_ON)
+
+
+# --- exporters ----------------------------------------------------------------------------
+
+
+def _otlp_span_exporter(settings: Settings) -> SpanExporter:
+    endpoint = settings.endpoint("traces")
+    timeout = settings.timeout_s("traces")
+    gzip = settings.compression("traces") == "gzip"
+    if settings.protocol("traces") == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as Grpc
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import Compression as GrpcCompression
+
+        insecure = endpoint.startswith("http://")
+        compression = GrpcCompression.Gzip if gzip else GrpcCompression.NoCompression
+
+        def grpc_factory() -> SpanExporter:
+            return Grpc(endpoint=endpoint, insecure=insecure, timeout=timeout, compression=compression)
+
+        return ResilientSpanExporter(grpc_factory, endpoint)
+    from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as Http
+
+    http_compression = HttpCompression.Gzip if gzip else HttpCompression.NoCompression
+
+    def http_factory() -> SpanExporter:
+        return Http(endpoint=endpoint, timeout=timeout, compression=http_compression)
+
+    return ResilientSpanExporter(http_factory, endpoint)
+
+
+def _otlp_metric_exporter(settings: Settings) -> MetricExporter:
+    endpoint = settings.endpoint("metrics")
+    timeout = settings.timeout_s("metrics")
+    gzip = settings.compression("metrics") == "gzip"
+    from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as Http
+
+    http_compression = HttpCompression.Gzip if gzip else HttpCompression.NoCompression
+    template = Http(endpoint="http://127.0.0.1:4318/v1/metrics", timeout=1)
+    if settings.protocol("metrics") == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import Compression as GrpcCompression
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as Grpc
+
+        insecure = endpoint.startswith("http://")
+        compression = GrpcCompression.Gzip if gzip else GrpcCompression.NoCompression
+
+        def grpc_factory() -> MetricExporter:
+            return Grpc(endpoint=endpoint, insecure=insecure, timeout=timeout, compression=compression)
+
+        return ResilientMetricExporter(grpc_factory, endpoint, template)
+
+    def http_factory() -> MetricExporter:
+        return Http(endpoint=endpoint, timeout=timeout, compression=http_compression)
+
+    return ResilientMetricExporter(http_factory, endpoint, template)
+
+
+def _span_exporters(settings: Settings) -> list[tuple[str, SpanExporter]]:
+    exporters: list[tuple[str, SpanExporter]] = []
+    for name in settings.exporters("traces"):
+        if name == "otlp":
+            exporters.append((f"OTLP {settings.protocol('traces')} {settings.endpoint('traces')}",
+                              _otlp_span_exporter(settings)))
+        elif name == "console":
+            exporters.append(("console", ConsoleSpanExporter()))
+        elif name == "hms_file":
+            exporters.append(("file", OtlpJsonFileSpanExporter(os.path.abspath(settings.local_dir))))
+    return exporters
+
+
+def _metric_readers(settings: Settings) -> list[MetricReader]:
+    readers: list[MetricReader] = []
+    for name in settings.exporters("metrics"):
+        exporter: MetricExporter
+        if name == "otlp":
+            exporter = _otlp_metric_exporter(settings)
+        elif name == "console":
+            exporter = ConsoleMetricExporter()
+        elif name == "hms_file":
+            exporter = OtlpJsonFileMetricExporter(os.path.abspath(settings.local_dir))
+        else:
+            continue
+        readers.append(
+            PeriodicExportingMetricReader(exporter, export_interval_millis=settings.metric_export_interval_ms)
+        )
+    return readers
+
+
+# --- the Span.end hook ------------------------------------------------------------------
+
+_original_end: Any = None
+
+
+def install_end_hook() -> None:
+    """Let processors write to a span just before it ends (see docs/architecture.md)."""
+    global _original_end
+    if _original_end is not None:
+        return
+    original = Span.end
+    time_ns = time.time_ns
+
+    def end(self: Span, end_time: int | None = None) -> None:
+        if self._end_time is None:
+            if end_time is None:
+                end_time = time_ns()
+            for processor in getattr(self._span_processor, "_span_processors", ()):
+                before_end = getattr(processor, "before_end", None)
+                if before_end is not None:
+                    before_end(self, end_time)
+        original(self, end_time)
+
+    Span.end = end  # type: ignore[method-assign]
+    _original_end = original
+
+
+def uninstall_end_hook() -> None:
+    global _original_end
+    if _original_end is not None:
+        Span.end = _original_end  # type: ignore[method-assign]
+        _original_end = None
+
+
+# --- assembly -------------------------------------------------------------------------------
+
+
+def build(
+    settings: Settings,
+    detectors: Sequence[Detector] = (),
+    extra_span_processors: Sequence[SpanProcessor] = (),
+    span_exporters: Sequence[tuple[str, SpanExporter]] | None = None,
+    metric_readers: Sequence[MetricReader] | None = None,
+) -> Pipeline:
+    """Assemble providers. Tests pass their own exporters/readers; the agent passes None."""
+    resource = build_resource(settings)
+    readers = list(_metric_readers(settings) if metric_readers is None else metric_readers)
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
+    tracer_provider = TracerProvider(
+        resource=resource, sampler=_sampler(settings), shutdown_on_exit=False
+    )
+    signal_processor = SignalProcessor(
+        settings, detectors, SignalMetrics(meter_provider.get_meter("hms_otel_agent", __version__))
+    )
+    tracer_provider.add_span_processor(signal_processor)
+    for processor in extra_span_processors:
+        tracer_provider.add_span_processor(processor)
+    pipeline = Pipeline(tracer_provider, meter_provider, signal_processor)
+    chosen = list(_span_exporters(settings) if span_exporters is None else span_exporters)
+    for label, exporter in chosen:
+        batch = BoundedBatchSpanProcessor(
+            exporter,
+            max_queue_size=settings.bsp_max_queue_size,
+            max_export_batch_size=settings.bsp_max_export_batch_size,
+            schedule_delay_ms=settings.bsp_schedule_delay_ms,
+        )
+        tracer_provider.add_span_processor(batch)
+        pipeline.batch_processors.append(batch)
+        pipeline.destinations.append(label)
+        if label == "file":
+            pipeline.local_dir = os.path.abspath(settings.local_dir)
+    install_end_hook()
+    return pipeline

@@ -1,0 +1,251 @@
+"""Thin adapters from live SDK spans to the plain records in `signals/`.
+
+`SignalProcessor` groups DB and cache client spans under their owner — the nearest
+ancestor that is neither — and, just before the owner ends, runs the detectors over the
+owner's plain `OwnerActivity` and writes the findings onto the owner span. Everything
+here runs on the application's threads, so every callback is guarded and all state is
+bounded: spans that never end are evicted oldest first.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import SpanKind
+
+from hms_otel_agent import guard
+from hms_otel_agent.config import Settings
+from hms_otel_agent.instrument.db import DB_SCOPES, SPAN_RECORD
+from hms_otel_agent.signals.activity import CacheCall, DbCall, Finding, OwnerActivity
+
+logger = logging.getLogger("hms_otel")
+
+CACHE_SCOPES = frozenset(("opentelemetry.instrumentation.redis", "hms_otel_agent.django_cache"))
+CACHE_RECORD = "_hms_cache"
+MAX_CALLS_PER_OWNER = 5000
+
+Detector = Callable[[OwnerActivity, Settings], list[Finding]]
+
+_OWNER, _DB, _CACHE = 0, 1, 2
+
+
+class _State:
+    __slots__ = ("activity", "kind", "owner")
+
+    def __init__(self, kind: int, owner: _State | None, activity: OwnerActivity | None) -> None:
+        self.kind = kind
+        self.owner = owner
+        self.activity = activity
+
+
+class SignalMetrics:
+    """The agent's own instruments (names documented in docs/attributes.md)."""
+
+    def __init__(self, meter: Any) -> None:
+        self.findings = meter.create_counter(
+            "hms.findings", unit="{finding}", description="Performance findings, by route, kind and relation."
+        )
+        self.queries_per_request = meter.create_histogram(
+            "hms.db.queries_per_request",
+            unit="{query}",
+            description="SQL statements run per request, by route.",
+            explicit_bucket_boundaries_advisory=[0, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377],
+        )
+
+
+class SignalProcessor(SpanProcessor):
+    def __init__(
+        self,
+        settings: Settings,
+        detectors: Sequence[Detector] = (),
+        metrics: SignalMetrics | None = None,
+        on_findings: Callable[[OwnerActivity, list[Finding]], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.detectors = tuple(detectors)
+        self.metrics = metrics
+        self.on_findings = on_findings
+        self._open: dict[int, _State] = {}
+        self._max_open = settings.max_tracked_spans
+        self.evicted = 0
+        self._lock = threading.Lock()
+
+    # --- SDK callbacks ---------------------------------------------------------------
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        try:
+            scope = span.instrumentation_scope
+            scope_name = scope.name if scope is not None else ""
+            kind = _DB if scope_name in DB_SCOPES else _CACHE if scope_name in CACHE_SCOPES else _OWNER
+            owner = None
+            parent = span.parent
+            if parent is not None and not parent.is_remote:
+                parent_state = self._open.get(parent.span_id)
+                if parent_state is not None:
+                    owner = parent_state if parent_state.kind == _OWNER else parent_state.owner
+            if kind == _OWNER:
+                state = _State(_OWNER, None, OwnerActivity(name=span.name))
+            elif owner is None:
+                return  # a DB or cache span with no owner in this process: nothing to group
+            else:
+                state = _State(kind, owner, None)
+            open_spans = self._open
+            open_spans[span.context.span_id] = state
+            if len(open_spans) > self._max_open:
+                self._evict()
+        except Exception as exc:
+            guard.report("span processor (on_start)", exc)
+
+    def _evict(self) -> None:
+        # Spans the application started and never ended; dicts keep insertion order.
+        with self._lock:
+            while len(self._open) > self._max_open:
+                try:
+                    del self._open[next(iter(self._open))]
+                except (StopIteration, KeyError, RuntimeError):
+                    break
+                self.evicted += 1
+
+    def before_end(self, span: Span, end_ns: int) -> None:
+        """Called by the `Span.end` hook while the span can still be written."""
+        try:
+            state = self._open.pop(span.context.span_id, None)
+            if state is None:
+                return
+            if state.kind == _OWNER:
+                self._finish_owner(span, state.activity)  # type: ignore[arg-type]
+                return
+            owner = state.owner
+            if owner is None or owner.activity is None:
+                return
+            activity = owner.activity
+            duration = end_ns - (span.start_time or end_ns)
+            if state.kind == _DB:
+                activity.db_count += 1
+                activity.db_duration_ns += duration
+                record = getattr(span, SPAN_RECORD, None)
+                if record is None:
+                    return
+                if len(activity.db_calls) >= MAX_CALLS_PER_OWNER:
+                    activity.dropped += 1
+                    return
+                fp = record.fingerprint
+                activity.db_calls.append(
+                    DbCall(
+                        fingerprint=fp.digest,
+                        statement=fp.normalized,
+                        start_ns=span.start_time or 0,
+                        duration_ns=duration,
+                        table=fp.table,
+                        filter_columns=fp.filter_columns,
+                        params_hash=record.params_hash,
+                        orm=record.orm,
+                        span_id=format(span.context.span_id, "016x"),
+                    )
+                )
+            else:
+                call: CacheCall | None = getattr(span, CACHE_RECORD, None)
+                if call is None:
+                    return
+                if len(activity.cache_calls) >= MAX_CALLS_PER_OWNER:
+                    activity.dropped += 1
+                    return
+                call.start_ns = span.start_time or 0
+                call.duration_ns = duration
+                call.span_id = format(span.context.span_id, "016x")
+                activity.cache_calls.append(call)
+        except Exception as exc:
+            guard.report("span processor (span end)", exc)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        self._open.clear()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+    # --- owners --------------------------------------------------------------------
+
+    def _finish_owner(self, span: Span, activity: OwnerActivity) -> None:
+        attributes = span.attributes or {}
+        route = attributes.get("http.route")
+        activity.route = str(route) if route else ""
+        is_server = span.kind is SpanKind.SERVER
+        if activity.db_count or is_server:
+            span.set_attribute("hms.db.query_count", activity.db_count)
+            span.set_attribute("hms.db.duration_ms", round(activity.db_duration_ns / 1e6, 3))
+        if is_server and self.metrics is not None:
+            self.metrics.queries_per_request.record(activity.db_count, {"http.route": activity.route or "unknown"})
+        if not (activity.db_calls or activity.cache_calls) or not self.detectors:
+            return
+        findings: list[Finding] = []
+        for detector in self.detectors:
+            try:
+                findings.extend(detector(activity, self.settings))
+            except Exception as exc:
+                guard.report(f"detector {getattr(detector, '__module__', detector)}", exc)
+        if findings:
+            _write_findings(span, activity, findings)
+            if self.metrics is not None:
+                for finding in findings:
+                    self.metrics.findings.add(
+                        1,
+                        {
+                            "http.route": activity.route or "unknown",
+                            "hms.finding.kind": finding.kind,
+                            "hms.orm.relation": finding.relation or finding.key_pattern or "",
+                        },
+                    )
+        if self.on_findings is not None and findings:
+            self.on_findings(activity, findings)
+
+
+_EVENT_NAMES = {"n_plus_one": "hms.n_plus_one", "duplicate_query": "hms.duplicate_query"}
+
+
+def finding_attributes(finding: Finding) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        "hms.finding.kind": finding.kind,
+        "hms.finding.fingerprint": finding.fingerprint,
+        "hms.finding.repetitions": finding.repetitions,
+        "hms.finding.duration_ms": round(finding.duration_ms, 3),
+    }
+    if finding.statement:
+        attributes["hms.finding.statement"] = finding.statement
+    if finding.model:
+        attributes["hms.orm.model"] = finding.model
+    if finding.relation:
+        attributes["hms.orm.relation"] = finding.relation
+    if finding.relation_kind:
+        attributes["hms.orm.relation_kind"] = finding.relation_kind
+    if finding.key_pattern:
+        attributes["hms.cache.key_pattern"] = finding.key_pattern
+    if finding.location is not None:
+        attributes["code.file.path"] = finding.location.file
+        attributes["code.line.number"] = finding.location.line
+        attributes["code.function.name"] = finding.location.function
+    if finding.fix:
+        attributes["hms.hint.fix"] = finding.fix
+    if finding.hint:
+        attributes["hms.hint"] = finding.hint
+    return attributes
+
+
+def _write_findings(span: Span, activity: OwnerActivity, findings: list[Finding]) -> None:
+    now = time.time_ns()
+    n_plus_one = [f for f in findings if f.kind == "n_plus_one"]
+    span.set_attribute("hms.n_plus_one", bool(n_plus_one))
+    span.set_attribute("hms.n_plus_one.count", len(n_plus_one))
+    span.set_attribute("hms.findings.count", len(findings))
+    span.set_attribute("hms.hints", [f.hint for f in findings if f.hint])
+    for finding in findings:
+        name = _EVENT_NAMES.get(finding.kind, "hms.cache" if finding.kind.startswith("cache") else "hms.finding")
+        span.add_event(name, finding_attributes(finding), timestamp=now)

@@ -1,0 +1,128 @@
+"""Plain records of what happened under one owner span, and the findings drawn from them.
+
+The live span processor fills these from SDK spans; `hms-otel analyze` fills them from
+OTLP JSON. Detectors only ever see these records, never a span or a Django object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class CodeLocation:
+    """The first frame of the user's own code (outside Django, the agent and site-packages)."""
+
+    file: str
+    line: int
+    function: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line} in {self.function}"
+
+
+@dataclass(frozen=True, slots=True)
+class OrmContext:
+    """The ORM operation behind one SQL statement.
+
+    `kind` is one of the RELATION_KINDS for lazy loads, or "query", "get", "count",
+    "exists", "refresh" for other operations. `relation` is ``app_label.Model.field``;
+    `path` is the relation path from the queryset the objects came from, joined with
+    ``__`` (``patient__insurance``), and `root_model` that queryset's model.
+    """
+
+    model: str
+    kind: str
+    relation: str = ""
+    lazy: bool = False
+    path: str = ""
+    root_model: str = ""
+    filtered: bool = False
+    location: CodeLocation | None = None
+
+
+# Lazy-load kinds and the usual fix for each.
+FORWARD = "forward"  # forward FK / one-to-one: select_related
+REVERSE_ONE_TO_ONE = "reverse_one_to_one"  # select_related on the reverse accessor
+REVERSE_FK = "reverse_fk"  # prefetch_related
+MANY_TO_MANY = "many_to_many"  # prefetch_related
+GENERIC_FK = "generic_fk"  # GenericPrefetch / prefetch_related
+GENERIC_RELATION = "generic_relation"  # prefetch_related
+DEFERRED = "deferred"  # add to only() / drop from defer()
+RELATED_COUNT = "related_count"  # annotate(Count(...))
+RELATED_EXISTS = "related_exists"  # annotate(Exists(...)) / prefetch
+GET = "get"  # in_bulk() / filter(pk__in=...)
+REFRESH = "refresh"  # refresh_from_db() in a loop
+RELATION_KINDS = (
+    FORWARD,
+    REVERSE_ONE_TO_ONE,
+    REVERSE_FK,
+    MANY_TO_MANY,
+    GENERIC_FK,
+    GENERIC_RELATION,
+    DEFERRED,
+    RELATED_COUNT,
+    RELATED_EXISTS,
+)
+
+
+@dataclass(slots=True)
+class DbCall:
+    fingerprint: str
+    statement: str  # normalized, without literals
+    start_ns: int
+    duration_ns: int
+    table: str = ""
+    filter_columns: tuple[str, ...] = ()
+    params_hash: int | None = None  # never exported; compares executions in-process only
+    orm: OrmContext | None = None
+    span_id: str = ""
+
+
+@dataclass(slots=True)
+class CacheCall:
+    operation: str  # get, get_many, set, delete, GET, MGET, SET, ...
+    key_pattern: str
+    start_ns: int
+    duration_ns: int
+    backend: str = ""  # "redis" for redis-py commands, else the Django backend class
+    reads: int = 0  # keys read
+    hits: int = 0
+    misses: int = 0
+    writes: int = 0  # keys written
+    deletes: int = 0
+    ttl_s: float | None = None  # on writes; None when the write has no expiry
+    key_hash: int | None = None  # never exported; tells repeated reads of one key apart
+    location: CodeLocation | None = None
+    django_api: bool = False  # a Django cache API call (its Redis commands are its children)
+    span_id: str = ""
+
+
+@dataclass(slots=True)
+class OwnerActivity:
+    """Everything recorded under one owner span (usually the request span)."""
+
+    name: str
+    route: str = ""
+    db_calls: list[DbCall] = field(default_factory=list)
+    cache_calls: list[CacheCall] = field(default_factory=list)
+    db_count: int = 0  # may exceed len(db_calls) when the per-owner cap was reached
+    db_duration_ns: int = 0
+    dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    kind: str  # n_plus_one, duplicate_query, cache_n_plus_one, ...
+    fingerprint: str  # stable across requests and processes: groups findings in reports
+    repetitions: int
+    duration_ms: float
+    statement: str = ""
+    model: str = ""
+    relation: str = ""
+    relation_kind: str = ""
+    key_pattern: str = ""
+    location: CodeLocation | None = None
+    fix: str = ""
+    hint: str = ""
+    route: str = ""
