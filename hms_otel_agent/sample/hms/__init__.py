@@ -1,0 +1,1 @@
+"""The ``hms`` Django app: models, JSON views, admin and the ``seed_hms`` command."""
