@@ -468,6 +468,7 @@ class OtlpReceiver:
         self._points: list[ReceivedDataPoint] = []
         self._counts: Counter[str] = Counter()
         self._grpc_server: grpc.Server | None = None
+        self._executor: ThreadPoolExecutor | None = None
         self._http_server: _HttpServer | None = None
         self._http_thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
@@ -480,8 +481,9 @@ class OtlpReceiver:
         if self._grpc_server is not None:
             return self
         self._release = threading.Event()
+        self._executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="otlp-grpc")
         server = grpc.server(
-            ThreadPoolExecutor(max_workers=32, thread_name_prefix="otlp-grpc"),
+            self._executor,
             options=[("grpc.max_receive_message_length", _MAX_MESSAGE), ("grpc.so_reuseport", 0)],
         )
         for signal, (service, _request_type, response_type) in _SIGNALS.items():
@@ -504,7 +506,7 @@ class OtlpReceiver:
         self._http_port = int(http.server_address[1])
         self._http_server = http
         self._http_thread = threading.Thread(
-            target=http.serve_forever, kwargs={"poll_interval": 0.05}, name="otlp-http", daemon=True
+            target=http.serve_forever, kwargs={"poll_interval": 0.01}, name="otlp-http", daemon=True
         )
         self._http_thread.start()
         return self
@@ -527,6 +529,9 @@ class OtlpReceiver:
         if self._grpc_server is not None:
             self._grpc_server.stop(grace=None).wait(5)
             self._grpc_server = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)  # grpc does not own it: its threads would linger
+            self._executor = None
 
     def __enter__(self) -> OtlpReceiver:
         return self.start()

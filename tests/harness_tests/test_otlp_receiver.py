@@ -338,14 +338,14 @@ def test_stall_holds_requests_until_released(
 ) -> None:
     otlp_receiver.set_mode("stall")
     with pytest.raises(grpc.RpcError) as info:
-        grpc_export(one_span_request(), timeout=0.3)
+        grpc_export(one_span_request(), timeout=0.15)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     with pytest.raises(TimeoutError):
         post(
             otlp_receiver.http_endpoint + "/v1/traces",
             one_span_request().SerializeToString(),
             "application/x-protobuf",
-            timeout=0.3,
+            timeout=0.15,
         )
     assert otlp_receiver.request_counts()["stall"] == 2
 

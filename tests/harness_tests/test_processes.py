@@ -75,7 +75,7 @@ def test_app_process_is_killed_when_it_ignores_the_stop_signal(tmp_path: Path) -
         "print('child', child.pid, flush=True)\n"
         "time.sleep(60)\n"
     )
-    app = AppProcess([sys.executable, "-c", code], stop_timeout=0.5, log_dir=tmp_path)
+    app = AppProcess([sys.executable, "-c", code], stop_timeout=0.3, log_dir=tmp_path)
     with app:
         wait_for_output(app, "child ")
         t0 = time.monotonic()
@@ -127,8 +127,8 @@ def test_environment_is_hermetic(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_run_times_out_and_kills() -> None:
     t0 = time.monotonic()
-    with pytest.raises(AssertionError, match=r"(?s)timed out after 0.5s.*started"):
-        run([sys.executable, "-c", "print('started', flush=True); import time; time.sleep(30)"], timeout=0.5)
+    with pytest.raises(AssertionError, match=r"(?s)timed out after 0.3s.*started"):
+        run([sys.executable, "-c", "print('started', flush=True); import time; time.sleep(30)"], timeout=0.3)
     assert time.monotonic() - t0 < 5
     with pytest.raises(AssertionError, match="exit 2"):
         run([sys.executable, "-c", "raise SystemExit(2)"], check=True)
