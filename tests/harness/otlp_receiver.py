@@ -712,6 +712,7 @@ class OtlpReceiver:
         timeout: float,
         summary: Callable[[], str],
     ) -> list[T]:
+        __tracebackhide__ = True
         deadline = time.monotonic() + timeout
         last_exc: Exception | None = None
         with self._cond:
@@ -743,6 +744,7 @@ class OtlpReceiver:
     ) -> list[ReceivedSpan]:
         """Wait until at least ``count`` received spans match ``predicate``; return all that match.
         On timeout raise AssertionError listing what did arrive. A predicate raising is a non-match."""
+        __tracebackhide__ = True
         return self._wait("span(s)", lambda: self._spans, predicate, count, timeout, self.describe)
 
     def wait_for_metrics(
@@ -752,12 +754,14 @@ class OtlpReceiver:
         timeout: float = 20.0,
     ) -> list[ReceivedDataPoint]:
         """Like :meth:`wait_for_spans`, for metric data points."""
+        __tracebackhide__ = True
         return self._wait("data point(s)", lambda: self._points, predicate, count, timeout, self.describe)
 
     def wait_for_requests(
         self, count: int = 1, mode: Mode | None = None, signal: Signal | None = None, timeout: float = 20.0
     ) -> list[ReceivedRequest]:
         """Wait until at least ``count`` requests (in ``mode``, of ``signal``) arrived."""
+        __tracebackhide__ = True
         return self._wait(
             "request(s)",
             lambda: self._requests,
@@ -775,8 +779,9 @@ class OtlpReceiver:
             points = list(self._points)
             undecodable = [r for r in self._requests if r.message is None]
         lines = [
-            f"Receiver got {sum(counts.values())} request(s) {counts or ''}, {len(spans)} span(s), "
-            f"{len(points)} data point(s)."
+            f"Receiver got {sum(counts.values())} request(s)"
+            + (" (" + ", ".join(f"{m}: {c}" for m, c in counts.items()) + ")" if counts else "")
+            + f", {len(spans)} span(s), {len(points)} data point(s)."
         ]
         for r in undecodable[:3]:
             lines.append(f"  undecodable {r.transport} {r.signal} request: {r.decode_error}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import sys
 import threading
 import time
 import urllib.error
@@ -13,6 +14,7 @@ from collections.abc import Iterator, Sequence
 import grpc
 import pytest
 from harness.otlp_receiver import Mode, OtlpReceiver, ReceivedSpan, SpanEvent, Transport
+from harness.processes import run
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
 from opentelemetry.exporter.otlp.proto.http import Compression
@@ -416,3 +418,28 @@ def test_restart_on_the_same_ports(otlp_receiver: OtlpReceiver) -> None:
     emit_parent_and_child(span_exporter("grpc", otlp_receiver))
     assert len(otlp_receiver.wait_for_spans(count=2)) == 2
     assert all(isinstance(s, ReceivedSpan) for s in otlp_receiver.spans())
+
+
+CHILD_EXPORT = """
+import os, sys
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+if os.environ["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc":
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+else:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+provider = TracerProvider()
+provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+with provider.get_tracer("child").start_as_current_span("from-child"):
+    pass
+provider.shutdown()
+"""
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_endpoints_work_as_otel_exporter_otlp_endpoint(otlp_receiver: OtlpReceiver, protocol: str) -> None:
+    endpoint = otlp_receiver.grpc_endpoint if protocol == "grpc" else otlp_receiver.http_endpoint
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": protocol}
+    run([sys.executable, "-c", CHILD_EXPORT], env=env, timeout=60, check=True)
+    [span] = otlp_receiver.wait_for_spans(timeout=5)
+    assert span.name == "from-child" and span.transport == protocol.split("/")[0]
