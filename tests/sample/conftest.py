@@ -3,7 +3,9 @@
 * a throwaway database ``hms_sample_<hex>`` on ``$HMS_OTEL_TEST_DATABASE_URL``'s server
   (default postgresql://postgres@127.0.0.1:5432/test), migrated and seeded once, dropped at the end;
 * Redis database 15 on ``$HMS_OTEL_TEST_REDIS_URL``'s server (default redis://127.0.0.1:6379/0),
-  flushed at the start and the end;
+  flushed at the start and the end. Under pytest-xdist each worker uses 13 + its index instead,
+  the database the shared harness reserves for that worker (tests in a worker run one at a time),
+  so that workers never flush each other's cache;
 * Django set up in this process with ``hms_otel_agent.sample.settings`` pointing at both.
 
 The environment is changed only while the settings module is imported, so processes started by
@@ -27,6 +29,7 @@ SETTINGS_MODULE = "hms_otel_agent.sample.settings"
 SEED_PATIENTS = 40
 SEED = 1
 REDIS_DB = 15
+XDIST_BASE_REDIS_DB = 13  # tests/harness: 13 + worker index on a shared server
 
 
 def _with_path(url: str, path: str) -> str:
@@ -60,12 +63,19 @@ def sample_db_url(sample_pg_server: str) -> Iterator[str]:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+def _redis_db() -> int:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw") and worker[2:].isdigit():
+        return XDIST_BASE_REDIS_DB + int(worker[2:])
+    return REDIS_DB
+
+
 @pytest.fixture(scope="session")
 def sample_redis_url() -> Iterator[str]:
-    """``redis://host:port/15``, flushed before and after the session."""
+    """``redis://host:port/15`` (13 + worker index under xdist), flushed before and after."""
     redis = pytest.importorskip("redis")
     base = os.environ.get("HMS_OTEL_TEST_REDIS_URL") or "redis://127.0.0.1:6379/0"
-    url = _with_path(base, f"/{REDIS_DB}")
+    url = _with_path(base, f"/{_redis_db()}")
     client = redis.Redis.from_url(url, socket_connect_timeout=5)
     try:
         client.flushdb()

@@ -557,9 +557,11 @@ STATS_LAST_KEY = "hms:stats:last"
 
 
 def _bump_hits() -> tuple[int, str | None]:
+    """Count the visit; also return ``hms:stats:last``, a note an operator may SET (usually unset)."""
     backend = caches["default"]
     if isinstance(backend, RedisCache):
-        # Raw client: exactly INCR + GET, two Redis commands (Django's cache.incr would add EXISTS).
+        # The raw client sends exactly two commands, INCRBY (redis-py's incr) and GET; Django's
+        # cache.incr() would add an EXISTS first.
         client = backend._cache.get_client(write=True)
         hits = int(client.incr(STATS_HITS_KEY))
         last = client.get(STATS_LAST_KEY)
