@@ -8,9 +8,13 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from hms_otel_agent import config, guard
 from hms_otel_agent.processors import Detector
+
+if TYPE_CHECKING:
+    from hms_otel_agent.pipeline import Pipeline
 
 logger = logging.getLogger("hms_otel")
 
@@ -19,7 +23,7 @@ logger = logging.getLogger("hms_otel")
 ANNOUNCED_ENV = "HMS_OTEL_ANNOUNCED"
 
 _lock = threading.Lock()
-_pipeline = None
+_pipeline: Pipeline | None = None
 
 
 class StrictConfigError(SystemExit):
@@ -80,7 +84,7 @@ def start(detectors: Sequence[Detector] | None = None) -> bool:
         return True
 
 
-def _start(settings: config.Settings, detectors: Sequence[Detector]) -> object:
+def _start(settings: config.Settings, detectors: Sequence[Detector]) -> Pipeline:
     from opentelemetry import metrics, trace
 
     from hms_otel_agent import instrument, pipeline
@@ -92,6 +96,10 @@ def _start(settings: config.Settings, detectors: Sequence[Detector]) -> object:
     trace.set_tracer_provider(built.tracer_provider)
     metrics.set_meter_provider(built.meter_provider)
     instrument.install(settings, built.tracer_provider, built.meter_provider)
+    if not pipeline.has_explicit_service_name(settings):
+        from hms_otel_agent.instrument import django_server
+
+        django_server.when_django_ready(lambda: _name_service_after_django_project(built))
     atexit.register(_at_exit, built, settings.shutdown_timeout_ms)
     if not os.environ.get(ANNOUNCED_ENV):
         if built.local_dir:
@@ -106,12 +114,24 @@ def _start(settings: config.Settings, detectors: Sequence[Detector]) -> object:
     return built
 
 
-def _at_exit(built: object, timeout_ms: int) -> None:
+def _name_service_after_django_project(built: Pipeline) -> None:
+    from django.conf import settings as django_settings
+
+    from hms_otel_agent.pipeline import django_project_name
+
+    module = getattr(django_settings, "SETTINGS_MODULE", None) or ""
+    urlconf = str(getattr(django_settings, "ROOT_URLCONF", "") or "")
+    name = django_project_name(module) or django_project_name(urlconf.rpartition(".")[0])
+    if name:
+        built.set_service_name(name)
+
+
+def _at_exit(built: Pipeline, timeout_ms: int) -> None:
     try:
-        built.shutdown(timeout_ms)  # type: ignore[attr-defined]
+        built.shutdown(timeout_ms)
     except Exception as exc:
         guard.report("agent shutdown", exc)
 
 
-def current_pipeline() -> object | None:
+def current_pipeline() -> Pipeline | None:
     return _pipeline

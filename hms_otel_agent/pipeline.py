@@ -64,6 +64,12 @@ class Pipeline:
         except Exception as exc:
             guard.report("metrics flush", exc)
 
+    def set_service_name(self, name: str) -> None:
+        """Rename the service once the Django project is known (spans started later carry it)."""
+        resource = Resource({"service.name": name})
+        self.tracer_provider._update_resource(resource)
+        self.meter_provider._update_resource(resource)
+
     @property
     def dropped_spans(self) -> int:
         return sum(p.dropped_spans for p in self.batch_processors)
@@ -84,19 +90,34 @@ def _parse_resource_attributes(raw: str) -> dict[str, str]:
     return attributes
 
 
+def django_project_name(settings_module: str) -> str:
+    """``hms.settings.production`` -> ``hms``; ``hms_otel_agent.sample.settings`` -> ``sample``."""
+    parts = [p for p in settings_module.split(".") if p]
+    if "settings" in parts:
+        parts = parts[: parts.index("settings")]
+    return parts[-1] if parts else ""
+
+
 def default_service_name() -> str:
     """The Django project name when DJANGO_SETTINGS_MODULE is set, else the command."""
-    settings_module = os.environ.get("DJANGO_SETTINGS_MODULE", "")
-    if settings_module:
-        parts = settings_module.split(".")
-        if "settings" in parts:
-            parts = parts[: parts.index("settings")]
-        if parts:
-            return parts[-1]
-    argv0 = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    if argv0 in ("", "-c", "-m", "__main__.py") or argv0.startswith("python"):
-        argv0 = ""
-    return argv0 or "unknown_service:python"
+    project = django_project_name(os.environ.get("DJANGO_SETTINGS_MODULE", ""))
+    if project:
+        return project
+    argv = list(getattr(sys, "orig_argv", None) or sys.argv)
+    for index, arg in enumerate(argv[1:], start=1):
+        if arg == "-m" and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg == "-c":
+            break
+        if not arg.startswith("-"):
+            return os.path.basename(arg)
+    return "unknown_service:python"
+
+
+def has_explicit_service_name(settings: Settings) -> bool:
+    return bool(settings.service_name) or "service.name" in _parse_resource_attributes(
+        settings.resource_attributes
+    )
 
 
 def build_resource(settings: Settings) -> Resource:

@@ -1,0 +1,122 @@
+"""The settings table: parsing, precedence, and the one-line message for bad values."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from hms_otel_agent import config
+
+
+def test_every_option_has_a_settings_field_with_the_same_default() -> None:
+    fields = {f.name: f for f in dataclasses.fields(config.Settings)}
+    for option in config.OPTIONS:
+        assert option.field in fields, option.env
+        assert fields[option.field].default == option.default, option.env
+
+
+def test_defaults_with_empty_environment() -> None:
+    loaded = config.load({})
+    assert loaded.problems == []
+    assert loaded.settings.n_plus_one_threshold == 5
+    assert loaded.settings.exporters("traces") == ("hms_file",)
+    assert loaded.settings.sources["n_plus_one_threshold"] == "default"
+
+
+def test_cli_wins_over_environment() -> None:
+    loaded = config.load(
+        {"HMS_OTEL_N_PLUS_ONE_THRESHOLD": "7"}, {"HMS_OTEL_N_PLUS_ONE_THRESHOLD": "3"}
+    )
+    assert loaded.settings.n_plus_one_threshold == 3
+    assert loaded.settings.sources["n_plus_one_threshold"] == "cli"
+
+
+def test_empty_value_counts_as_unset() -> None:
+    loaded = config.load({"OTEL_EXPORTER_OTLP_PROTOCOL": "", "OTEL_SERVICE_NAME": "  "})
+    assert loaded.problems == []
+    assert loaded.settings.otlp_protocol == "http/protobuf"
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "accepted_fragment", "default_shown"),
+    [
+        ("HMS_OTEL_N_PLUS_ONE_THRESHOLD", "abc", "an integer >= 2", "5"),
+        ("HMS_OTEL_N_PLUS_ONE_THRESHOLD", "-3", "an integer >= 2", "5"),
+        ("HMS_OTEL_N_PLUS_ONE_MIN_DURATION_MS", "-1", "a number >= 0", "0.0"),
+        ("HMS_OTEL_N_PLUS_ONE_MIN_DURATION_MS", "nan", "a number >= 0", "0.0"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon", "grpc or http/protobuf", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4317", "an http:// or https:// URL", "(unset)"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://:99999", "an http:// or https:// URL", "(unset)"),
+        ("OTEL_TRACES_EXPORTER", "zipkinish", "otlp, console, hms_file or none", "(unset)"),
+        ("OTEL_TRACES_SAMPLER_ARG", "2", "a number from 0 to 1", "1.0"),
+        ("HMS_OTEL_CAPTURE_CACHE_KEYS", "perhaps", "true or false", "false"),
+    ],
+)
+def test_bad_value_gives_one_line_naming_variable_value_accepted_and_default(
+    env: str, value: str, accepted_fragment: str, default_shown: str
+) -> None:
+    loaded = config.load({env: value})
+    assert len(loaded.problems) == 1
+    line = loaded.problems[0].line(strict=False)
+    assert "\n" not in line
+    assert env in line and repr(value) in line
+    assert accepted_fragment in line
+    assert line.endswith(f"using the default {default_shown}")
+    option = config.OPTIONS_BY_ENV[env]
+    assert getattr(loaded.settings, option.field) == option.default
+
+
+def test_strict_line_does_not_claim_a_default() -> None:
+    loaded = config.load({"HMS_OTEL_STRICT": "true", "HMS_OTEL_CACHE_N_PLUS_ONE_THRESHOLD": "x"})
+    assert loaded.settings.strict
+    assert "using the default" not in loaded.problems[0].line(strict=True)
+
+
+@pytest.mark.parametrize(
+    ("environ", "signal", "expected"),
+    [
+        ({}, "traces", "http://localhost:4318/v1/traces"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/"}, "metrics", "http://collector:4318/v1/metrics"),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://t:1/x"},
+            "traces",
+            "http://t:1/x",
+        ),
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "traces", "http://localhost:4317"),
+        (
+            {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317"},
+            "metrics",
+            "http://c:4317",
+        ),
+    ],
+)
+def test_endpoint_follows_the_specification(environ: dict[str, str], signal: str, expected: str) -> None:
+    assert config.load(environ).settings.endpoint(signal) == expected
+
+
+def test_exporter_selection() -> None:
+    assert config.load({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}).settings.exporters("traces") == ("otlp",)
+    assert config.load({"OTEL_TRACES_EXPORTER": "otlp"}).settings.exporters("traces") == ("otlp",)
+    assert config.load({"OTEL_TRACES_EXPORTER": "none"}).settings.exporters("traces") == ()
+    assert config.load({"OTEL_TRACES_EXPORTER": "console,hms_file"}).settings.exporters("traces") == (
+        "console",
+        "hms_file",
+    )
+    loaded = config.load({"OTEL_TRACES_EXPORTER": "none,otlp"})
+    assert loaded.problems and loaded.settings.traces_exporter is None
+
+
+def test_timeout_is_milliseconds_as_the_spec_says() -> None:
+    settings = config.load(
+        {"OTEL_EXPORTER_OTLP_TIMEOUT": "2500", "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT": "700"}
+    ).settings
+    assert settings.timeout_s("traces") == 2.5
+    assert settings.timeout_s("metrics") == 0.7
+
+
+def test_flags_are_derived_from_variable_names() -> None:
+    option = config.OPTIONS_BY_ENV["HMS_OTEL_N_PLUS_ONE_THRESHOLD"]
+    assert option.flag == "--n-plus-one-threshold"
+    assert config.OPTIONS_BY_ENV["OTEL_SERVICE_NAME"].flag == "--otel-service-name"
+    assert len({o.flag for o in config.OPTIONS}) == len(config.OPTIONS)
