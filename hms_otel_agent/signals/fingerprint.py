@@ -77,6 +77,7 @@ _KEYWORDS: Final = _words(
     SHARE SHOW SIMILAR SKIP SOME START SYMMETRIC TABLE THEN TO TRANSACTION TRUE TRUNCATE
     UNBOUNDED UNCOMMITTED UNION UNIQUE UNLISTEN UPDATE USING VACUUM VALUES VIEW WHEN WHERE
     WINDOW WITH WITHIN WORK
+    FIRST NEXT ROW ROWS
     AVG COALESCE COUNT MAX MIN SUM LOWER UPPER
     """
 )
@@ -128,6 +129,7 @@ _RHS_SKIP: Final = frozenset({"ANY", "ALL", "SOME", "ARRAY", "[", "NOT", "TO"})
 _SIMPLE_OPS: Final = frozenset({"[", "]", "-", "+"})
 _SIGN_CONTEXT: Final = frozenset({_OP, _OPEN, _COMMA, _KW})
 _COLLAPSED: Final = "(...)"
+_SUBQUERY_START: Final = frozenset({"SELECT", "WITH", "VALUES"})
 _FIXED_KIND: Final[dict[str, int]] = {"?": _VALUE, _COLLAPSED: _VALUE, "(": _OPEN, ")": _CLOSE, ",": _COMMA}
 _SAVEPOINT_VERBS: Final = frozenset({"SAVEPOINT", "RELEASE", "ROLLBACK"})
 
@@ -380,7 +382,7 @@ def _analyze(out: list[str], marks: dict[str, int], enders: list[int]) -> tuple[
         at = marks.get("FROM", -1)
         if at > verb_at:
             table = _name_at(out, at + 1)
-    elif operation == "INSERT":
+    elif operation == "INSERT" or operation == "MERGE":
         at = marks.get("INTO", -1)
         if at > verb_at:
             table = _name_at(out, at + 1)
@@ -397,12 +399,33 @@ def _analyze(out: list[str], marks: dict[str, int], enders: list[int]) -> tuple[
             break
     columns: list[str] = []
     cmp = _CMP
-    for i in range(where + 1, end):
-        if out[i] in cmp and _rhs_is_value(out, i + 1, end):
-            column = _lhs_column(out, i, where)
-            if column and column not in columns:
-                columns.append(column)
+    i = where + 1
+    while i < end:
+        tok = out[i]
+        if tok in cmp:
+            if _rhs_is_value(out, i + 1, end):
+                column = _lhs_column(out, i, where)
+                if column and column not in columns:
+                    columns.append(column)
+        elif tok == "(" and i + 1 < end and out[i + 1] in _SUBQUERY_START:
+            i = _skip_group(out, i, end)  # a subquery's filters are not this statement's
+        i += 1
     return operation, table, tuple(columns)
+
+
+def _skip_group(out: list[str], i: int, end: int) -> int:
+    """Position of the ")" closing the "(" at ``i`` (or ``end``)."""
+    depth = 0
+    while i < end:
+        tok = out[i]
+        if tok == "(":
+            depth += 1
+        elif tok == ")":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return end
 
 
 def _join(out: list[str], seps: list[str]) -> str:
