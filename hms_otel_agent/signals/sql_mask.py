@@ -25,6 +25,7 @@ from functools import lru_cache
 from typing import Final
 
 from hms_otel_agent.signals._sql_tokens import (
+    _P,
     BLOCK_COMMENT,
     DOLLAR_STRING,
     E_STRING,
@@ -45,13 +46,22 @@ MASK_CACHE_MAX_CHARS: Final = 8 * 1024
 _CACHE_SIZE: Final = 4096
 _FAILED: Final = "?"
 
-# Words are not tokens here; instead a literal that starts with a letter or digit must not be
-# preceded by a word character, so digits inside identifiers (col1, t2, $1) survive.
+# Text that is kept as written, consumed in long runs so that a statement without literals is
+# a single match: words (not TRUE / FALSE, not the prefix of E'..' and friends), terminated
+# quoted identifiers, placeholders, and characters that cannot start a literal or a comment.
+# (The repetition is bounded only to cap the regex engine's bookkeeping on huge inputs.)
+_KEEP: Final = (
+    rf"(?:(?!(?i:true|false)(?![\w$]))[^\W\d][\w$]*{_P}(?!['&])"
+    rf"|{QIDENT}|{PYFORMAT}|{NUMBERED_PARAM}"
+    rf"|(?:[^-/\"'%$.\w]|\.(?![0-9])|-(?!-)|/(?!\*)|%(?!\())+{_P}"
+    rf"){{1,10000}}{_P}"
+)
+# A literal that starts with a letter or digit must not continue a word (col1, t2, a$1).
 _NOT_IN_WORD: Final = r"(?<![\w$])"
 _MASK_RE: Final = re.compile(
-    rf"(?P<block>{BLOCK_COMMENT})"
+    rf"(?P<keep>{_KEEP})"
+    rf"|(?P<block>{BLOCK_COMMENT})"
     rf"|(?P<line>{LINE_COMMENT})"
-    rf"|(?P<keep>{QIDENT}|{PYFORMAT}|{NUMBERED_PARAM})"
     rf"|(?P<lit>{_NOT_IN_WORD}(?:{E_STRING}|{PREFIXED_STRING})"
     rf"|{STRING}"
     rf"|{QIDENT_OPEN}"
@@ -63,10 +73,10 @@ _MASK_RE: Final = re.compile(
 
 def _replace(match: re.Match[str]) -> str:
     group = match.lastgroup
-    if group == "lit":
-        return "?"
     if group == "keep":
         return match.group()
+    if group == "lit":
+        return "?"
     if group == "block":
         return "/*?*/"
     return "--?"
