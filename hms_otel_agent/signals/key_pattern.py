@@ -104,6 +104,7 @@ def _is_token(segment: str) -> bool:
 
 
 def _part(match: re.Match[str]) -> str:
+    """One run of letters and digits inside a segment."""
     part = match.group()
     if _DIGIT_RE.search(part) is None:
         return part
@@ -111,16 +112,17 @@ def _part(match: re.Match[str]) -> str:
         return "{id}"
     if len(part) >= 16 and _HEX_RE.fullmatch(part):
         return "{hash}"
-    if len(part) >= 20:
+    if len(part) >= 20 and _IDENT_PART_RE.fullmatch(part) is None:
         return "{token}"
     return _DIGIT_RUN_RE.sub("{id}", part)
 
 
 def _segment(match: re.Match[str]) -> str:
+    """The text between two coarse separators (":", "/", ".", "|", space, ...)."""
     segment = match.group()
     if _DIGIT_RE.search(segment) is None:
         return segment
-    if len(segment) >= 16 and _HEX_RE.fullmatch(segment):
+    if len(segment) >= 16 and _HEX_RE.fullmatch(segment) and not _ALL_DIGITS_RE.fullmatch(segment):
         return "{hash}"
     if len(segment) >= 20 and _is_token(segment):
         return "{token}"
