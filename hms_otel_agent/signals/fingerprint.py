@@ -1,9 +1,29 @@
 """SQL fingerprints: one normalized, literal-free text and a stable digest per statement shape.
 
-Standard library only. ``fingerprint_sql`` runs one regex tokenizer (``_sql_tokens``) and a
-single pass over the tokens that rewrites literals, collapses value lists and records where
-the main clauses are; a second, short look at the recorded positions yields the operation,
-the main table and the filter columns.
+Standard library only. ``fingerprint_sql`` runs one precompiled regex tokenizer
+(``_sql_tokens.TOKEN_RE``, a single ``findall``) and one pass over the tokens that rewrites
+literals, collapses value lists and records where the main clauses are; a short look at the
+recorded positions then yields the operation, the main table and the filter columns.
+
+Normalization rules:
+
+* literals -> ``?``: strings (``'..'`` with doubled quotes, ``E'..'``, ``B''``/``X''``/``N''``/
+  ``U&''``, ``$$..$$``, ``$tag$..$tag$``), numbers (incl. sign where it cannot be binary, ``1e5``,
+  ``0x1F``), ``TRUE``/``FALSE``; ``NULL`` stays ``NULL`` (``IS NULL`` differs from ``= ?``);
+* placeholders ``%s``, ``%(name)s``, ``$1``, ``?``, ``:name`` -> ``?``;
+* ``IN (..)``, ``ANY(..)``/``ALL(..)``/``SOME(..)`` whose content is only values (also rows,
+  ``ARRAY[..]``, casts) -> ``IN (...)`` / ``ANY(...)``; ``VALUES (..), (..)`` -> ``VALUES (...)``;
+* the savepoint name of ``SAVEPOINT``, ``RELEASE [SAVEPOINT]``, ``ROLLBACK TO [SAVEPOINT]`` -> ``?``;
+* comments removed (a removed comment still separates tokens), trailing ``;`` removed;
+* keywords upper-cased, unquoted identifiers lower-cased, quoted identifiers kept as written;
+* whitespace: any run of whitespace (or comments) between two tokens becomes one space, and
+  none is added where the statement had none (``a=1`` -> ``a=?``, ``a = 1`` -> ``a = ?``), so
+  the text reads like the SQL the application sent. The same code path always sends the same
+  spacing; two hand-written variants of one query that differ only in spacing around
+  punctuation get different digests.
+
+Garbage in gives a fingerprint of what could be read; whatever follows an unterminated string,
+dollar quote or quoted identifier counts as part of that literal, so it cannot leak.
 """
 
 from __future__ import annotations

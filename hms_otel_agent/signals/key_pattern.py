@@ -46,8 +46,8 @@ _FAILED: Final = "{key}"
 
 _SESSION_PREFIXES: Final = ("django.contrib.sessions.cached_db", "django.contrib.sessions.cache")
 
-# Everything around an "@", up to a coarse separator: replaced first and on its own, so no
-# other shape can take part of an address and leave the "@" behind.
+# Everything around an "@", up to a coarse separator: replaced on its own (after the shapes,
+# which may have taken a date or phone out of the run, before the segments), so every "@" goes.
 _EMAIL_RE: Final = re.compile(r"(?<![^\s:/|])[^\s:/|]*@[^\s:/|]*")
 
 # Shapes that span separators ("-", ".", " ", ":", "/", "(" ...), tried left to right.
@@ -66,7 +66,8 @@ _SHAPES_RE: Final = re.compile(
     r"(?:\+[0-9]{1,3}[ .-]?)?(?:\([0-9]{3}\)[ .-]?|[0-9]{3}[ .-])[0-9]{3}[ .-][0-9]{4}"
     r"|\+[0-9]{8,15}"
     rf"){_E})"
-    rf"|(?P<mrn>{_B}[A-Za-z]{{1,4}}[-#]?[0-9]{{4,}}{_E})"
+    # (not when the digits go on as a date / phone: "ward-2024-01-31" is ward-{date})
+    rf"|(?P<mrn>{_B}[A-Za-z]{{1,4}}[-#]?[0-9]{{4,}}(?![0-9A-Za-z]|[-/][0-9]))"
 )
 _SHAPE_PLACEHOLDER: Final = {
     "uuid": "{uuid}",
@@ -151,10 +152,12 @@ def _pattern(key: str, django_prefix: str | None) -> str:
         for prefix in _SESSION_PREFIXES:
             if key.startswith(prefix) and len(key) > len(prefix):
                 return prefix + "{token}"
+        has_digit = _DIGIT_RE.search(key) is not None
+        if has_digit:
+            key = _SHAPES_RE.sub(_shape, key)
         if "@" in key:
             key = _EMAIL_RE.sub("{email}", key)
-        if _DIGIT_RE.search(key) is not None:
-            key = _SHAPES_RE.sub(_shape, key)
+        if has_digit:
             key = _SEGMENT_RE.sub(_segment, key)
         if truncated:
             key += TRUNCATION_MARK

@@ -90,6 +90,9 @@ KEYS = [
     pytest.param('patient:*:summary', None, 'patient:*:summary', id='wildcard'),
     pytest.param('patient:١٢٣٤', None, 'patient:{id}', id='unicode-digits'),
     pytest.param('patiënt:José:42', None, 'patiënt:José:{id}', id='non-ascii-word'),
+    pytest.param('ward-2000-01-01T10:20:30Z:', None, 'ward-{date}:', id='date-after-word-dash'),
+    pytest.param('0@0.com.2000-01-01T10:20:30Z:', None, '{email}:', id='date-after-email'),
+    pytest.param('mrn:MRN004211:2', None, 'mrn:{mrn}:{id}', id='mrn-then-version'),
 ]
 
 
