@@ -41,7 +41,7 @@ DJANGO_INSERT = (
 # What psycopg2's cursor.query holds after client-side interpolation: literals inline.
 MOGRIFIED = (
     'SELECT "hms_patient"."id", "hms_patient"."mrn", "hms_patient"."name" FROM "hms_patient" '
-    "WHERE (\"hms_patient\".\"mrn\" = 'MRN-004211' AND \"hms_patient\".\"dob\" = '1980-02-03'::date "
+    'WHERE ("hms_patient"."mrn" = \'MRN-004211\' AND "hms_patient"."dob" = \'1980-02-03\'::date '
     "AND \"hms_patient\".\"active\" = true) LIMIT 21 /*controller='patients',route='patients/%3Cpk%3E'*/"
 )
 SAVEPOINT = 'SAVEPOINT "s140234_x1"'

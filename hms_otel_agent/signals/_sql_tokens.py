@@ -64,8 +64,18 @@ QUALIFIED_NAME: Final = (
     rf"|{_LEADING_WORD}(?:\.{_NAME_PART})+{_P}"
 )
 LITERAL: Final = "|".join(
-    (E_STRING, PREFIXED_STRING, STRING, QIDENT_OPEN, DOLLAR_STRING, PYFORMAT, NUMBERED_PARAM,
-     NAMED_PARAM, QMARK_PARAM, NUMBER)
+    (
+        E_STRING,
+        PREFIXED_STRING,
+        STRING,
+        QIDENT_OPEN,
+        DOLLAR_STRING,
+        PYFORMAT,
+        NUMBERED_PARAM,
+        NAMED_PARAM,
+        QMARK_PARAM,
+        NUMBER,
+    )
 )
 
 # One pattern, tried at each token start. ``findall`` returns one tuple per token:

@@ -73,14 +73,13 @@ _OPEN: Final = 4  # (
 _CLOSE: Final = 5  # )
 _COMMA: Final = 6  # ,
 
-# Upper-cased on output. Deliberately leaves out words that are common column names
-# (key, name, type, value, date, time, level, first, last, ...): those stay identifiers.
-
 
 def _words(text: str) -> frozenset[str]:
     return frozenset(text.split())
 
 
+# Upper-cased on output. Deliberately leaves out words that are common column names
+# (key, name, type, value, date, time, level, last, ...): those stay identifiers.
 _KEYWORDS: Final = _words(
     """
     ABORT ALL ALTER ANALYZE AND ANY ARRAY AS ASC ASYMMETRIC AUTHORIZATION BEGIN BETWEEN BOTH
@@ -114,8 +113,18 @@ _SIMPLE_KW: Final = frozenset({"NULL", "DEFAULT", "ARRAY"})
 _COLLAPSE_AFTER: Final = frozenset({"IN", "ANY", "ALL", "SOME"})
 # Keywords after which a following "-" or "+" is binary, not a sign.
 _VALUE_KW: Final = frozenset(
-    {"NULL", "END", "CURRENT_DATE", "CURRENT_TIME", "CURRENT_TIMESTAMP", "LOCALTIME",
-     "LOCALTIMESTAMP", "CURRENT_USER", "SESSION_USER", "EXCLUDED"}
+    {
+        "NULL",
+        "END",
+        "CURRENT_DATE",
+        "CURRENT_TIME",
+        "CURRENT_TIMESTAMP",
+        "LOCALTIME",
+        "LOCALTIMESTAMP",
+        "CURRENT_USER",
+        "SESSION_USER",
+        "EXCLUDED",
+    }
 )
 # Statement verbs reported as ``operation``.
 _VERBS: Final = _words(
@@ -131,8 +140,21 @@ _MAIN_VERBS: Final = ("SELECT", "INSERT", "UPDATE", "DELETE", "MERGE")
 _MARK_KW: Final = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "FROM", "INTO", "WHERE"})
 # Depth-0 keywords that end a WHERE clause.
 _WHERE_END_KW: Final = frozenset(
-    {"GROUP", "ORDER", "LIMIT", "OFFSET", "RETURNING", "HAVING", "FOR", "WINDOW", "UNION",
-     "INTERSECT", "EXCEPT", "FETCH", "ON"}
+    {
+        "GROUP",
+        "ORDER",
+        "LIMIT",
+        "OFFSET",
+        "RETURNING",
+        "HAVING",
+        "FOR",
+        "WINDOW",
+        "UNION",
+        "INTERSECT",
+        "EXCEPT",
+        "FETCH",
+        "ON",
+    }
 )
 
 _KEYWORD_CLASS: Final[dict[str, int]] = dict.fromkeys(_KEYWORDS, _KC_PLAIN)
@@ -142,8 +164,33 @@ _KEYWORD_CLASS.update(dict.fromkeys(_WHERE_END_KW, _KC_END))
 _KEYWORD_CLASS.update(dict.fromkeys(_BOOLEANS, _KC_BOOL))
 # Comparisons whose right-hand side makes the left-hand column a "filter column".
 _CMP: Final = frozenset(
-    {"=", "<>", "!=", "<", "<=", ">", ">=", "LIKE", "ILIKE", "IN", "BETWEEN", "SIMILAR", "@>",
-     "<@", "&&", "~", "~*", "!~", "!~*", "?|", "?&", "~~", "~~*", "!~~", "!~~*"}
+    {
+        "=",
+        "<>",
+        "!=",
+        "<",
+        "<=",
+        ">",
+        ">=",
+        "LIKE",
+        "ILIKE",
+        "IN",
+        "BETWEEN",
+        "SIMILAR",
+        "@>",
+        "<@",
+        "&&",
+        "~",
+        "~*",
+        "!~",
+        "!~*",
+        "?|",
+        "?&",
+        "~~",
+        "~~*",
+        "!~~",
+        "!~~*",
+    }
 )
 _RHS_SKIP: Final = frozenset({"ANY", "ALL", "SOME", "ARRAY", "[", "NOT", "TO"})
 _SIMPLE_OPS: Final = frozenset({"[", "]", "-", "+"})
@@ -164,6 +211,7 @@ def _kind(tok: str) -> int:
         return _NAME
     return _OP
 
+
 _NAME_PART_RE: Final = re.compile(r'(?:[uU]&)?"((?:[^"]|"")*)"|([^."]+)')
 
 
@@ -173,8 +221,10 @@ def _name_parts(name: str) -> list[str]:
         return name.split(".")
     if name[0] == '"' and name.find('"', 1) == len(name) - 1:
         return [name[1:-1]]  # one quoted identifier: the usual case
-    return [quoted.replace('""', '"') if quoted or not plain else plain
-            for quoted, plain in _NAME_PART_RE.findall(name)]
+    return [
+        quoted.replace('""', '"') if quoted or not plain else plain
+        for quoted, plain in _NAME_PART_RE.findall(name)
+    ]
 
 
 def _last_name_part(name: str) -> str:
@@ -340,11 +390,7 @@ def _rhs_is_value(out: list[str], j: int, end: int) -> bool:
         k = _kind(out[j])
         if k == _VALUE:
             return True
-        if (
-            k == _OPEN
-            or out[j] in _RHS_SKIP
-            or (k in (_NAME, _KW) and j + 1 < end and out[j + 1] == "(")
-        ):
+        if k == _OPEN or out[j] in _RHS_SKIP or (k in (_NAME, _KW) and j + 1 < end and out[j + 1] == "("):
             j += 1
             continue
         return False
