@@ -1,0 +1,232 @@
+"""collector-config/otelcol.yaml: every component defined and used, pipeline shape, sampling,
+redaction (run on sample statements), and only names docs/attributes.md lists."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from .stackfiles import attribute_doc, otelcol, spanmetrics_dimensions
+
+KINDS = ("receivers", "processors", "exporters", "connectors")
+# connector type -> (signal it consumes as an exporter, signal it produces as a receiver)
+CONNECTOR_SIGNALS = {
+    "spanmetrics": ("traces", "metrics"),
+    "span_metrics": ("traces", "metrics"),
+    "forward": (None, None),
+}
+
+
+def ctype(component_id: str) -> str:
+    return component_id.split("/")[0]
+
+
+def signal(pipeline_id: str) -> str:
+    return pipeline_id.split("/")[0]
+
+
+def pipelines() -> dict[str, dict[str, list[str]]]:
+    return otelcol()["service"]["pipelines"]
+
+
+def test_every_pipeline_component_is_defined() -> None:
+    config = otelcol()
+    for pid, pipeline in pipelines().items():
+        for kind in ("receivers", "processors", "exporters"):
+            for component in pipeline.get(kind) or []:
+                defined = set(config.get(kind) or {})
+                if kind != "processors":
+                    defined |= set(config.get("connectors") or {})
+                assert component in defined, f"{pid}: {kind[:-1]} {component} is not defined"
+    for extension in config["service"].get("extensions") or []:
+        assert extension in (config.get("extensions") or {})
+
+
+def test_every_defined_component_is_used() -> None:
+    config = otelcol()
+    used = {kind: set() for kind in KINDS}
+    for pipeline in pipelines().values():
+        for kind in ("receivers", "processors", "exporters"):
+            used[kind] |= set(pipeline.get(kind) or [])
+    for kind in ("receivers", "processors", "exporters"):
+        defined = set(config.get(kind) or {})
+        assert defined <= used[kind], f"{kind} defined but unused: {defined - used[kind]}"
+    assert set(config.get("extensions") or {}) == set(config["service"].get("extensions") or [])
+
+
+def test_every_connector_is_an_exporter_in_one_pipeline_and_a_receiver_in_another() -> None:
+    for connector in otelcol()["connectors"]:
+        as_exporter = [p for p, spec in pipelines().items() if connector in (spec.get("exporters") or [])]
+        as_receiver = [p for p, spec in pipelines().items() if connector in (spec.get("receivers") or [])]
+        assert as_exporter and as_receiver, (
+            f"{connector}: exporter in {as_exporter}, receiver in {as_receiver}"
+        )
+        assert not set(as_exporter) & set(as_receiver), f"{connector} loops within a pipeline"
+        consumes, produces = CONNECTOR_SIGNALS[ctype(connector)]
+        for p in as_exporter:
+            assert signal(p) == (consumes or signal(p))
+        for p in as_receiver:
+            assert signal(p) == (produces or signal(as_exporter[0])), f"{connector} feeds {p}"
+
+
+def test_span_metrics_are_computed_before_tail_sampling() -> None:
+    p = pipelines()
+    (metrics_connector,) = [c for c in otelcol()["connectors"] if ctype(c) in ("spanmetrics", "span_metrics")]
+    (forward,) = [c for c in otelcol()["connectors"] if ctype(c) == "forward"]
+    ingress = [
+        pid for pid, spec in p.items() if "otlp" in (spec.get("receivers") or []) and signal(pid) == "traces"
+    ]
+    assert len(ingress) == 1, "one traces pipeline receives OTLP"
+    entry = p[ingress[0]]
+    assert "tail_sampling" not in entry["processors"]
+    assert {metrics_connector, forward} <= set(entry["exporters"])
+    sampled = [pid for pid, spec in p.items() if forward in (spec.get("receivers") or [])]
+    assert len(sampled) == 1
+    assert "tail_sampling" in p[sampled[0]]["processors"]
+    assert metrics_connector not in p[sampled[0]]["exporters"]
+    exporters = {ctype(e) + ":" + otelcol()["exporters"][e]["endpoint"] for e in p[sampled[0]]["exporters"]}
+    assert exporters == {"otlp_grpc:jaeger:4317", "otlp_grpc:tempo:4317"}
+    metrics = [pid for pid, spec in p.items() if metrics_connector in (spec.get("receivers") or [])]
+    assert len(metrics) == 1 and signal(metrics[0]) == "metrics"
+    assert "otlp" in p[metrics[0]]["receivers"], "the agent's own hms.* metrics reach Prometheus too"
+    assert [ctype(e) for e in p[metrics[0]]["exporters"]] == ["prometheus"]
+
+
+def test_memory_limiter_first_and_batch_in_every_pipeline() -> None:
+    for pid, spec in pipelines().items():
+        processors = spec.get("processors") or []
+        assert "batch" in processors, pid
+        if "otlp" in (spec.get("receivers") or []):
+            assert processors[0] == "memory_limiter", f"{pid}: memory_limiter must come first"
+        assert processors.index("batch") > max(
+            (processors.index(p) for p in processors if ctype(p) in ("transform", "tail_sampling")),
+            default=-1,
+        ), f"{pid}: batch after the processors that look at single spans or traces"
+
+
+def test_receivers_listen_on_every_interface() -> None:
+    for protocol, spec in otelcol()["receivers"]["otlp"]["protocols"].items():
+        assert spec["endpoint"].startswith("0.0.0.0:"), protocol
+
+
+def policies() -> dict[str, dict[str, Any]]:
+    return {p["name"]: p for p in otelcol()["processors"]["tail_sampling"]["policies"]}
+
+
+def test_tail_sampling_keeps_findings_errors_slow_traces_and_a_share_of_the_rest() -> None:
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for policy in policies().values():
+        by_type.setdefault(policy["type"], []).append(policy[policy["type"]])
+    assert {"key": "hms.n_plus_one", "value": True} in by_type["boolean_attribute"]
+    (numeric,) = by_type["numeric_attribute"]
+    assert numeric["key"] == "hms.findings.count" and numeric["min_value"] == 1 and "max_value" not in numeric
+    assert by_type["status_code"] == [{"status_codes": ["ERROR"]}]
+    (latency,) = by_type["latency"]
+    assert 0 < latency["threshold_ms"] <= 5000
+    (share,) = by_type["probabilistic"]
+    assert 0 < share["sampling_percentage"] < 100
+    assert not {"and", "drop", "composite"} & set(by_type), "policies are OR-ed: keep it that way"
+    for policy in policies().values():
+        assert not (policy.get(policy["type"]) or {}).get("invert_match"), "invert_match is deprecated"
+
+
+def test_attribute_names_in_the_collector_config_are_documented() -> None:
+    doc = attribute_doc()
+    names = set(spanmetrics_dimensions())
+    for policy in policies().values():
+        key = (policy.get(policy["type"]) or {}).get("key")
+        if key:
+            names.add(key)
+    for statement in otelcol()["processors"]["transform/redact"]["trace_statements"]:
+        names |= set(re.findall(r'span\.attributes\["([^"]+)"\]', statement))
+        names |= set(re.findall(r'delete_key\(span\.attributes,\s*"([^"]+)"\)', statement))
+    assert names, "no attribute names found"
+    assert names <= doc.span_names, f"not in docs/attributes.md: {sorted(names - doc.span_names)}"
+    types = {**{a: "" for a in doc.metric_attributes}, **doc.span_types}
+    assert types["hms.n_plus_one"] == "bool" and types["hms.findings.count"] == "int"
+
+
+def test_spanmetrics_dimensions_are_low_cardinality() -> None:
+    doc = attribute_doc()
+    high = {
+        "hms.hints",
+        "hms.db.fingerprint",
+        "db.statement",
+        "db.query.text",
+        "hms.cache.key",
+        "code.file.path",
+        "code.line.number",
+        "code.function.name",
+        "hms.cache.key_pattern",
+    }
+    for dim in spanmetrics_dimensions():
+        assert dim not in high
+        assert doc.span_types.get(dim, "string") in ("string", "bool"), f"{dim}: numbers make a series each"
+    assert "http.route" in spanmetrics_dimensions()
+
+
+# --- redaction, executed: the OTTL statements run through Python's re on sample statements --------
+
+
+def ottl_string(literal: str) -> str:
+    assert literal[0] == literal[-1] == '"'
+    return re.sub(r"\\(.)", r"\1", literal[1:-1])
+
+
+def redactions() -> list[tuple[str, re.Pattern[str], str]]:
+    rules = []
+    for statement in otelcol()["processors"]["transform/redact"]["trace_statements"]:
+        statement = statement.replace("$$", "$")  # the collector's escape for a literal $
+        m = re.fullmatch(
+            r'replace_pattern\(span\.attributes\["([^"]+)"\],\s*("(?:[^"\\]|\\.)*"),\s*("(?:[^"\\]|\\.)*")\)',
+            statement,
+        )
+        if m:
+            replacement = re.sub(
+                r"\$\{(\d+)\}|\$(\d+)", lambda g: f"\\g<{g.group(1) or g.group(2)}>", ottl_string(m.group(3))
+            )
+            rules.append((m.group(1), re.compile(ottl_string(m.group(2))), replacement))
+    return rules
+
+
+def redact(attribute: str, value: str) -> str:
+    for target, pattern, replacement in redactions():
+        if target == attribute:
+            value = pattern.sub(replacement, value)
+    return value
+
+
+@pytest.mark.parametrize("attribute", ["db.statement", "db.query.text"])
+@pytest.mark.parametrize(
+    ("raw", "masked"),
+    [
+        (
+            "SELECT * FROM hms_patient WHERE mrn = 'MRN-0042' AND id = 42",
+            "SELECT * FROM hms_patient WHERE mrn = ? AND id = ?",
+        ),
+        (
+            "SELECT 1 FROM t2 WHERE name = 'O''Brien' AND x IN (1, 2.5, -3) LIMIT 21",
+            "SELECT ? FROM t2 WHERE name = ? AND x IN (?, ?, -?) LIMIT ?",
+        ),
+        (
+            'SELECT "hms_encounter"."id" FROM "hms_encounter" WHERE "hms_encounter"."patient_id" = 7',
+            'SELECT "hms_encounter"."id" FROM "hms_encounter" WHERE "hms_encounter"."patient_id" = ?',
+        ),
+        ("SELECT a FROM b WHERE c = $1 AND d = %s", "SELECT a FROM b WHERE c = $1 AND d = %s"),
+        ("SELECT * FROM hms_patient WHERE id = ? LIMIT ?", "SELECT * FROM hms_patient WHERE id = ? LIMIT ?"),
+    ],
+)
+def test_redaction_masks_literals_and_leaves_masked_statements_alone(
+    attribute: str, raw: str, masked: str
+) -> None:
+    assert redact(attribute, raw) == masked
+
+
+def test_redaction_covers_both_statement_attributes_and_drops_raw_cache_keys() -> None:
+    targets = {t for t, _, _ in redactions()}
+    assert targets == {"db.statement", "db.query.text"}
+    statements = otelcol()["processors"]["transform/redact"]["trace_statements"]
+    assert 'delete_key(span.attributes, "hms.cache.key")' in statements
+    assert otelcol()["processors"]["transform/redact"]["error_mode"] == "ignore"
