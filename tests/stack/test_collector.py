@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from .stackfiles import attribute_doc, otelcol, spanmetrics_dimensions
+from .stackfiles import attribute_doc, otelcol, spanmetrics_connector, spanmetrics_dimensions
 
 KINDS = ("receivers", "processors", "exporters", "connectors")
 # connector type -> (signal it consumes as an exporter, signal it produces as a receiver)
@@ -230,3 +230,16 @@ def test_redaction_covers_both_statement_attributes_and_drops_raw_cache_keys() -
     statements = otelcol()["processors"]["transform/redact"]["trace_statements"]
     assert 'delete_key(span.attributes, "hms.cache.key")' in statements
     assert otelcol()["processors"]["transform/redact"]["error_mode"] == "ignore"
+
+
+def test_series_of_several_worker_processes_do_not_collide() -> None:
+    """Two gunicorn workers export cumulative counters with the same service.name: Prometheus
+    needs an instance label per process, and the span metrics one series per service."""
+    metrics = pipelines()["metrics"]
+    transforms = [p for p in metrics["processors"] if ctype(p) == "transform"]
+    (statement,) = [s for p in transforms for s in otelcol()["processors"][p]["metric_statements"]]
+    assert statement.startswith('set(resource.attributes["service.instance.id"],')
+    assert 'resource.attributes["process.pid"]' in statement
+    assert 'where resource.attributes["service.instance.id"] == nil' in statement
+    assert metrics["processors"].index(transforms[0]) < metrics["processors"].index("batch")
+    assert spanmetrics_connector()["resource_metrics_key_attributes"] == ["service.name"]
