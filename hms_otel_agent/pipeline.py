@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+# Imported before any provider exists so that its after-fork reset of the executor lock runs
+# before the SDK's own fork handlers, which submit to an executor: in the other order a
+# gunicorn --preload worker can deadlock right after fork.
+import concurrent.futures.thread  # noqa: F401
 import logging
 import os
 import platform
 import socket
 import sys
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,11 +69,15 @@ class Pipeline:
         except Exception as exc:
             guard.report("metrics flush", exc)
 
-    def set_service_name(self, name: str) -> None:
-        """Rename the service once the Django project is known (spans started later carry it)."""
-        resource = Resource({"service.name": name})
+    def update_resource(self, attributes: dict[str, Any]) -> None:
+        """Change resource attributes for telemetry produced from now on."""
+        resource = Resource(attributes)
         self.tracer_provider._update_resource(resource)
         self.meter_provider._update_resource(resource)
+
+    def set_service_name(self, name: str) -> None:
+        """Rename the service once the Django project is known."""
+        self.update_resource({"service.name": name})
 
     @property
     def dropped_spans(self) -> int:
@@ -173,8 +182,8 @@ def _otlp_span_exporter(settings: Settings) -> SpanExporter:
     timeout = settings.timeout_s("traces")
     gzip = settings.compression("traces") == "gzip"
     if settings.protocol("traces") == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as Grpc
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import Compression as GrpcCompression
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as Grpc
 
         insecure = endpoint.startswith("http://")
         compression = GrpcCompression.Gzip if gzip else GrpcCompression.NoCompression
@@ -225,8 +234,12 @@ def _span_exporters(settings: Settings) -> list[tuple[str, SpanExporter]]:
     exporters: list[tuple[str, SpanExporter]] = []
     for name in settings.exporters("traces"):
         if name == "otlp":
-            exporters.append((f"OTLP {settings.protocol('traces')} {settings.endpoint('traces')}",
-                              _otlp_span_exporter(settings)))
+            exporters.append(
+                (
+                    f"OTLP {settings.protocol('traces')} {settings.endpoint('traces')}",
+                    _otlp_span_exporter(settings),
+                )
+            )
         elif name == "console":
             exporters.append(("console", ConsoleSpanExporter()))
         elif name == "hms_file":
@@ -300,9 +313,7 @@ def build(
     resource = build_resource(settings)
     readers = list(_metric_readers(settings) if metric_readers is None else metric_readers)
     meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
-    tracer_provider = TracerProvider(
-        resource=resource, sampler=_sampler(settings), shutdown_on_exit=False
-    )
+    tracer_provider = TracerProvider(resource=resource, sampler=_sampler(settings), shutdown_on_exit=False)
     signal_processor = SignalProcessor(
         settings, detectors, SignalMetrics(meter_provider.get_meter("hms_otel_agent", __version__))
     )
@@ -324,4 +335,17 @@ def build(
         if label == "file":
             pipeline.local_dir = os.path.abspath(settings.local_dir)
     install_end_hook()
+    if hasattr(os, "register_at_fork"):
+        # A forked worker (gunicorn, uvicorn --workers) reports its own pid.
+        weak = weakref.ref(pipeline)
+
+        def after_fork_in_child() -> None:
+            forked = weak()
+            if forked is not None:
+                try:
+                    forked.update_resource({"process.pid": os.getpid()})
+                except Exception as exc:
+                    guard.report("fork handling", exc)
+
+        os.register_at_fork(after_in_child=after_fork_in_child)
     return pipeline

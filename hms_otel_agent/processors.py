@@ -32,7 +32,7 @@ MAX_CALLS_PER_OWNER = 5000
 
 Detector = Callable[[OwnerActivity, Settings], list[Finding]]
 
-_OWNER, _DB, _CACHE = 0, 1, 2
+_OWNER, _DB, _CACHE, _NESTED_CACHE = 0, 1, 2, 3
 
 
 class _State:
@@ -50,6 +50,15 @@ class SignalMetrics:
     def __init__(self, meter: Any) -> None:
         self.findings = meter.create_counter(
             "hms.findings", unit="{finding}", description="Performance findings, by route, kind and relation."
+        )
+        self.cache_reads = meter.create_counter(
+            "hms.cache.reads", unit="{read}", description="Cache keys read, by route, key pattern and result."
+        )
+        self.cache_write_ttl = meter.create_histogram(
+            "hms.cache.write_ttl",
+            unit="s",
+            description="Expiry of cache writes, by key pattern.",
+            explicit_bucket_boundaries_advisory=[1, 10, 60, 300, 900, 1800, 3600, 21600, 86400, 604800],
         )
         self.queries_per_request = meter.create_histogram(
             "hms.db.queries_per_request",
@@ -89,6 +98,9 @@ class SignalProcessor(SpanProcessor):
                 parent_state = self._open.get(parent.span_id)
                 if parent_state is not None:
                     owner = parent_state if parent_state.kind == _OWNER else parent_state.owner
+                    if kind == _CACHE and parent_state.kind in (_CACHE, _NESTED_CACHE):
+                        # A Redis command under a Django cache call: the call is what counts.
+                        kind = _NESTED_CACHE
             if kind == _OWNER:
                 state = _State(_OWNER, None, OwnerActivity(name=span.name))
             elif owner is None:
@@ -122,7 +134,7 @@ class SignalProcessor(SpanProcessor):
                 self._finish_owner(span, state.activity)  # type: ignore[arg-type]
                 return
             owner = state.owner
-            if owner is None or owner.activity is None:
+            if owner is None or owner.activity is None or state.kind == _NESTED_CACHE:
                 return
             activity = owner.activity
             duration = end_ns - (span.start_time or end_ns)
@@ -182,8 +194,11 @@ class SignalProcessor(SpanProcessor):
         if activity.db_count or is_server:
             span.set_attribute("hms.db.query_count", activity.db_count)
             span.set_attribute("hms.db.duration_ms", round(activity.db_duration_ns / 1e6, 3))
+        route = activity.route or "unknown"
         if is_server and self.metrics is not None:
-            self.metrics.queries_per_request.record(activity.db_count, {"http.route": activity.route or "unknown"})
+            self.metrics.queries_per_request.record(activity.db_count, {"http.route": route})
+        if activity.cache_calls:
+            self._record_cache(span, activity, route)
         if not (activity.db_calls or activity.cache_calls) or not self.detectors:
             return
         findings: list[Finding] = []
@@ -199,13 +214,47 @@ class SignalProcessor(SpanProcessor):
                     self.metrics.findings.add(
                         1,
                         {
-                            "http.route": activity.route or "unknown",
+                            "http.route": route,
                             "hms.finding.kind": finding.kind,
-                            "hms.orm.relation": finding.relation or finding.key_pattern or "",
+                            "hms.orm.relation": finding.relation,
+                            "hms.cache.key_pattern": finding.key_pattern,
                         },
                     )
         if self.on_findings is not None and findings:
             self.on_findings(activity, findings)
+
+    def _record_cache(self, span: Span, activity: OwnerActivity, route: str) -> None:
+        hits = misses = 0
+        metrics = self.metrics
+        for call in activity.cache_calls:
+            hits += call.hits
+            misses += call.misses
+            if metrics is None:
+                continue
+            if call.hits:
+                metrics.cache_reads.add(
+                    call.hits,
+                    {
+                        "http.route": route,
+                        "hms.cache.key_pattern": call.key_pattern,
+                        "hms.cache.result": "hit",
+                    },
+                )
+            if call.misses:
+                metrics.cache_reads.add(
+                    call.misses,
+                    {
+                        "http.route": route,
+                        "hms.cache.key_pattern": call.key_pattern,
+                        "hms.cache.result": "miss",
+                    },
+                )
+            if call.writes and call.ttl_s is not None:
+                metrics.cache_write_ttl.record(call.ttl_s, {"hms.cache.key_pattern": call.key_pattern})
+        if hits or misses:
+            span.set_attribute("hms.cache.hit_count", hits)
+            span.set_attribute("hms.cache.miss_count", misses)
+            span.set_attribute("hms.cache.hit_ratio", round(hits / (hits + misses), 4))
 
 
 _EVENT_NAMES = {"n_plus_one": "hms.n_plus_one", "duplicate_query": "hms.duplicate_query"}
@@ -247,5 +296,7 @@ def _write_findings(span: Span, activity: OwnerActivity, findings: list[Finding]
     span.set_attribute("hms.findings.count", len(findings))
     span.set_attribute("hms.hints", [f.hint for f in findings if f.hint])
     for finding in findings:
-        name = _EVENT_NAMES.get(finding.kind, "hms.cache" if finding.kind.startswith("cache") else "hms.finding")
+        name = _EVENT_NAMES.get(
+            finding.kind, "hms.cache" if finding.kind.startswith("cache") else "hms.finding"
+        )
         span.add_event(name, finding_attributes(finding), timestamp=now)

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 from opentelemetry.sdk.trace import ReadableSpan
@@ -34,9 +37,35 @@ class _LastMessage(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.text = record.getMessage()[:300]
+            message = record.getMessage()
+            # The exporters end with a generic "Failed to export ... batch"; keep the cause.
+            if not (self.text and message.startswith("Failed to export") and "due to" in message):
+                self.text = concise_reason(message)
         except Exception:
             self.text = ""
+
+
+_REASONS = (
+    ("Connection refused", "connection refused"),
+    ("StatusCode.UNAVAILABLE", "unavailable"),
+    ("Name or service not known", "the host name does not resolve"),
+    ("Temporary failure in name resolution", "the host name does not resolve"),
+    ("DNS resolution failed", "the host name does not resolve"),
+    ("timed out", "timed out"),
+    ("Timeout", "timed out"),
+    ("DEADLINE_EXCEEDED", "timed out"),
+)
+
+
+def concise_reason(message: str) -> str:
+    """One short phrase for an exporter's log message."""
+    for needle, reason in _REASONS:
+        if needle in message:
+            return reason
+    match = re.search(r"code: (\d{3})", message)
+    if match:
+        return f"HTTP {match.group(1)}"
+    return message.splitlines()[0][:160] if message else ""
 
 
 _last_message = _LastMessage()
@@ -83,6 +112,8 @@ class ExportHealth:
                 self._failing = True
                 self._window_start = now
                 self._window_batches = self._window_items = 0
+                if not reason or reason.startswith("Failed to export"):
+                    reason = probe(self.target) or reason
                 logger.warning(
                     "hms-otel: cannot export %s to %s (%s); the application is unaffected, "
                     "dropped data is counted and summarized every %d s",
@@ -107,6 +138,29 @@ class ExportHealth:
                 self.failed_batches,
             )
         self._window_batches = self._window_items = 0
+
+
+def probe(url: str, timeout_s: float = 1.0) -> str:
+    """Why an endpoint cannot be reached, in a few words ("" when a TCP connection works)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "localhost"
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return "malformed endpoint"
+    try:
+        socket.getaddrinfo(host, port)
+    except OSError:
+        return "the host name does not resolve"
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return ""
+    except ConnectionRefusedError:
+        return "connection refused"
+    except TimeoutError:
+        return "timed out"
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
 
 
 class _PerProcess:

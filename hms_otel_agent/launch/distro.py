@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Any
 
-from opentelemetry.instrumentation.distro import BaseDistro
+from opentelemetry.instrumentation.distro import BaseDistro  # type: ignore[attr-defined]
 from opentelemetry.sdk._configuration import _BaseConfigurator, _OTelSDKConfigurator
 
 NAME = "hms_otel"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from hms_otel_agent.config import OPTIONS, ConfigError, Option
 
@@ -15,12 +15,14 @@ _GROUP_TITLES = {
 }
 
 
-def _checked(option: Option):  # type: ignore[no-untyped-def]
+def _checked(option: Option) -> Callable[[str], str]:
     def check(raw: str) -> str:
         try:
             option.parse(raw)
         except ConfigError:
-            raise argparse.ArgumentTypeError(f"{raw!r} is not accepted (expected {option.accepted})") from None
+            raise argparse.ArgumentTypeError(
+                f"{raw!r} is not accepted (expected {option.accepted})"
+            ) from None
         return raw
 
     return check
@@ -37,7 +39,11 @@ def add_setting_flags(parser: argparse.ArgumentParser, options: Iterable[Option]
         if option.is_bool:
             group.add_argument(option.flag, dest=dest, action="store_const", const="true", help=help_text)
             group.add_argument(
-                "--no-" + option.flag[2:], dest=dest, action="store_const", const="false", help=argparse.SUPPRESS
+                "--no-" + option.flag[2:],
+                dest=dest,
+                action="store_const",
+                const="false",
+                help=argparse.SUPPRESS,
             )
         else:
             group.add_argument(option.flag, dest=dest, metavar="VALUE", type=_checked(option), help=help_text)

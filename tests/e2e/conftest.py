@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from harness.otlp_receiver import OtlpReceiver, ReceivedSpan
@@ -24,10 +25,19 @@ def otlp_env(receiver: OtlpReceiver, protocol: str) -> dict[str, str]:
     }
 
 
+def request_path(span: ReceivedSpan) -> str:
+    """The URL path of a server span, whichever HTTP semantic conventions it follows."""
+    attrs = span.attributes
+    if attrs.get("url.path"):
+        return str(attrs["url.path"])
+    if attrs.get("http.target"):
+        return str(attrs["http.target"]).split("?")[0]
+    return urlsplit(str(attrs.get("http.url", ""))).path
+
+
 def server_span_for(receiver: OtlpReceiver, path: str, timeout: float = 20) -> ReceivedSpan:
     def is_request(span: ReceivedSpan) -> bool:
-        target = span.attributes.get("http.target") or span.attributes.get("url.path") or ""
-        return span.kind == "SPAN_KIND_SERVER" and str(target).split("?")[0] == path
+        return span.kind == "SPAN_KIND_SERVER" and request_path(span) == path
 
     return receiver.wait_for_spans(is_request, timeout=timeout)[-1]
 
@@ -43,8 +53,14 @@ def run_sample(
 ) -> Callable[..., AppProcess]:
     """run_sample(server_cmd_builder, env) -> a started app on a free port, answering /health/."""
 
-    def start(build: Callable[[int], list[str]], env: dict[str, str], *, agent: bool = True,
-              timeout: float = 60, **kwargs: Any) -> AppProcess:
+    def start(
+        build: Callable[[int], list[str]],
+        env: dict[str, str],
+        *,
+        agent: bool = True,
+        timeout: float = 60,
+        **kwargs: Any,
+    ) -> AppProcess:
         port = free_port()
         cmd = build(port)
         if agent:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from harness.otlp_receiver import OtlpReceiver, ReceivedSpan
@@ -31,7 +32,9 @@ def assert_stats_request_traced(receiver: OtlpReceiver, app: AppProcess) -> Rece
     redis = [c for c in children if c.attributes.get("db.system") == "redis"]
     assert (len(sql), len(redis), len(children)) == (3, 2, 5), receiver.describe()
     assert all(c.kind == "SPAN_KIND_CLIENT" and c.trace_id == server.trace_id for c in children)
-    assert all(server.start_time_unix_nano <= c.start_time_unix_nano <= server.end_time_unix_nano for c in children)
+    assert all(
+        server.start_time_unix_nano <= c.start_time_unix_nano <= server.end_time_unix_nano for c in children
+    )
     assert server.attributes.get("http.route") == "stats/"
     assert server.attributes.get("http.status_code") == 200
     assert server.attributes.get("hms.db.query_count") == 3
@@ -61,20 +64,26 @@ def test_gunicorn_two_workers(
     extra = ["-w", "2", *(["--preload"] if preload else [])]
     app = run_sample(lambda port: gunicorn(port, *extra), otlp_env(otlp_receiver, protocol))
     assert_stats_request_traced(otlp_receiver, app)
+    # Concurrent requests: while one sync worker is busy, the other accepts.
     pids: set[int] = set()
-    for _ in range(60):
-        assert app.request("GET", "/health/").status == 200
-        spans = otlp_receiver.spans()
-        pids = {int(s.resource["process.pid"]) for s in spans if s.kind == "SPAN_KIND_SERVER"}  # type: ignore[arg-type]
-        if len(pids) >= 2:
-            break
-        otlp_receiver.wait_for_spans(lambda s: s.kind == "SPAN_KIND_SERVER", count=len(spans) + 1, timeout=5)
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(10):
+            statuses = list(pool.map(lambda _: app.request("GET", "/encounters/?limit=20").status, range(8)))
+            assert statuses == [200] * 8
+            servers = otlp_receiver.wait_for_spans(
+                lambda s: s.kind == "SPAN_KIND_SERVER" and s.name.startswith("GET encounters"), count=8
+            )
+            pids = {int(s.resource["process.pid"]) for s in servers}  # type: ignore[arg-type]
+            if len(pids) >= 2:
+                break
     assert len(pids) == 2, f"server spans came from {pids}; expected both workers"
     assert app.pid not in pids  # the master serves nothing
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_uvicorn_asgi(protocol: str, otlp_receiver: OtlpReceiver, run_sample: Callable[..., AppProcess]) -> None:
+def test_uvicorn_asgi(
+    protocol: str, otlp_receiver: OtlpReceiver, run_sample: Callable[..., AppProcess]
+) -> None:
     app = run_sample(uvicorn, otlp_env(otlp_receiver, protocol))
     assert_stats_request_traced(otlp_receiver, app)
 
@@ -101,8 +110,11 @@ def test_opentelemetry_instrument_with_our_distro(
 def test_service_name_from_environment_wins(
     otlp_receiver: OtlpReceiver, run_sample: Callable[..., AppProcess]
 ) -> None:
-    env = {**otlp_env(otlp_receiver, "http/protobuf"), "OTEL_SERVICE_NAME": "hms-web",
-           "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=staging,service.version=2.1"}
+    env = {
+        **otlp_env(otlp_receiver, "http/protobuf"),
+        "OTEL_SERVICE_NAME": "hms-web",
+        "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=staging,service.version=2.1",
+    }
     app = run_sample(lambda port: gunicorn(port, "-w", "1"), env)
     app.request("GET", "/health/")
     span = server_span_for(otlp_receiver, "/health/")

@@ -25,9 +25,7 @@ def test_defaults_with_empty_environment() -> None:
 
 
 def test_cli_wins_over_environment() -> None:
-    loaded = config.load(
-        {"HMS_OTEL_N_PLUS_ONE_THRESHOLD": "7"}, {"HMS_OTEL_N_PLUS_ONE_THRESHOLD": "3"}
-    )
+    loaded = config.load({"HMS_OTEL_N_PLUS_ONE_THRESHOLD": "7"}, {"HMS_OTEL_N_PLUS_ONE_THRESHOLD": "3"})
     assert loaded.settings.n_plus_one_threshold == 3
     assert loaded.settings.sources["n_plus_one_threshold"] == "cli"
 
@@ -77,9 +75,16 @@ def test_strict_line_does_not_claim_a_default() -> None:
     ("environ", "signal", "expected"),
     [
         ({}, "traces", "http://localhost:4318/v1/traces"),
-        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/"}, "metrics", "http://collector:4318/v1/metrics"),
         (
-            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://t:1/x"},
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/"},
+            "metrics",
+            "http://collector:4318/v1/metrics",
+        ),
+        (
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318",
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://t:1/x",
+            },
             "traces",
             "http://t:1/x",
         ),
@@ -96,7 +101,9 @@ def test_endpoint_follows_the_specification(environ: dict[str, str], signal: str
 
 
 def test_exporter_selection() -> None:
-    assert config.load({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}).settings.exporters("traces") == ("otlp",)
+    assert config.load({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}).settings.exporters("traces") == (
+        "otlp",
+    )
     assert config.load({"OTEL_TRACES_EXPORTER": "otlp"}).settings.exporters("traces") == ("otlp",)
     assert config.load({"OTEL_TRACES_EXPORTER": "none"}).settings.exporters("traces") == ()
     assert config.load({"OTEL_TRACES_EXPORTER": "console,hms_file"}).settings.exporters("traces") == (
