@@ -12,6 +12,7 @@ import platform
 import socket
 import sys
 import time
+import uuid
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -135,6 +136,7 @@ def build_resource(settings: Settings) -> Resource:
         "telemetry.sdk.name": "opentelemetry",
         "telemetry.distro.name": "hms-otel-agent",
         "telemetry.distro.version": __version__,
+        "service.instance.id": str(uuid.uuid4()),
         "process.pid": os.getpid(),
         "process.runtime.name": sys.implementation.name,
         "process.runtime.version": platform.python_version(),
@@ -343,7 +345,9 @@ def build(
             forked = weak()
             if forked is not None:
                 try:
-                    forked.update_resource({"process.pid": os.getpid()})
+                    forked.update_resource(
+                        {"process.pid": os.getpid(), "service.instance.id": str(uuid.uuid4())}
+                    )
                 except Exception as exc:
                     guard.report("fork handling", exc)
 

