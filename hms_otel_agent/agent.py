@@ -92,7 +92,9 @@ def _start(settings: config.Settings, detectors: Sequence[Detector]) -> Pipeline
 
     _configure_logging(settings.log_level)
     silence_exporter_logs(verbose=settings.log_level == "debug")
-    built = pipeline.build(settings, detectors)
+    from hms_otel_agent.report.live import LiveLog
+
+    built = pipeline.build(settings, detectors, on_findings=LiveLog() if settings.live_log else None)
     trace.set_tracer_provider(built.tracer_provider)
     metrics.set_meter_provider(built.meter_provider)
     instrument.install(settings, built.tracer_provider, built.meter_provider)

@@ -14,7 +14,7 @@ import sys
 import time
 import uuid
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,7 @@ from hms_otel_agent.export.batch import BoundedBatchSpanProcessor
 from hms_otel_agent.export.otlp_json import OtlpJsonFileMetricExporter, OtlpJsonFileSpanExporter
 from hms_otel_agent.export.resilient import ResilientMetricExporter, ResilientSpanExporter
 from hms_otel_agent.processors import Detector, SignalMetrics, SignalProcessor
+from hms_otel_agent.signals.activity import Finding, OwnerActivity
 
 logger = logging.getLogger("hms_otel")
 
@@ -310,6 +311,7 @@ def build(
     extra_span_processors: Sequence[SpanProcessor] = (),
     span_exporters: Sequence[tuple[str, SpanExporter]] | None = None,
     metric_readers: Sequence[MetricReader] | None = None,
+    on_findings: Callable[[OwnerActivity, list[Finding]], None] | None = None,
 ) -> Pipeline:
     """Assemble providers. Tests pass their own exporters/readers; the agent passes None."""
     resource = build_resource(settings)
@@ -317,7 +319,10 @@ def build(
     meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
     tracer_provider = TracerProvider(resource=resource, sampler=_sampler(settings), shutdown_on_exit=False)
     signal_processor = SignalProcessor(
-        settings, detectors, SignalMetrics(meter_provider.get_meter("hms_otel_agent", __version__))
+        settings,
+        detectors,
+        SignalMetrics(meter_provider.get_meter("hms_otel_agent", __version__)),
+        on_findings=on_findings,
     )
     tracer_provider.add_span_processor(signal_processor)
     for processor in extra_span_processors:

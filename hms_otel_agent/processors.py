@@ -190,6 +190,7 @@ class SignalProcessor(SpanProcessor):
         attributes = span.attributes or {}
         route = attributes.get("http.route")
         activity.route = str(route) if route else ""
+        activity.name = span.name  # the Django middleware renames it to "GET <route>" mid-request
         is_server = span.kind is SpanKind.SERVER
         if activity.db_count or is_server:
             span.set_attribute("hms.db.query_count", activity.db_count)

@@ -90,7 +90,8 @@ def install(settings: Settings) -> None:
                 args = (mask_sql_literals(statement), *args[1:])
         except Exception as exc:
             guard.report("SQL span hook", exc)
-            original(self, span, cursor, *args)
+            # Never fall back to exporting the raw statement: it may hold literals.
+            original(self, span, cursor, *(("", *args[1:]) if mask and args else args))
             return
         original(self, span, cursor, *args)
         try:

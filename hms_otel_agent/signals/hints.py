@@ -1,0 +1,109 @@
+"""The fix for each kind of finding, and the one-line hint that names what, where and why.
+
+Pure functions of plain data: the live processor and `hms-otel analyze` produce the same text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from hms_otel_agent.signals import activity as a
+from hms_otel_agent.signals.activity import CodeLocation, OrmContext
+
+# Statements that repeat for reasons that are not N+1 queries.
+TRANSACTION_OPERATIONS = frozenset(("SAVEPOINT", "RELEASE", "ROLLBACK", "BEGIN", "COMMIT", "SET", "SHOW"))
+
+
+def finding_fingerprint(*parts: str) -> str:
+    """A stable id (16 hex digits) for a finding, the same in every process and run."""
+    return hashlib.blake2b("\x1f".join(parts).encode("utf-8", "replace"), digest_size=8).hexdigest()
+
+
+def short_model(label: str) -> str:
+    """``hms.Encounter`` -> ``Encounter``."""
+    return label.rpartition(".")[2] if label else label
+
+
+def field_name(relation: str) -> str:
+    """``hms.Encounter.patient`` -> ``patient``."""
+    return relation.rpartition(".")[2] if relation else relation
+
+
+def orm_fix(orm: OrmContext) -> str:
+    """The change that removes a repeated lazy load, as code."""
+    path = orm.path or field_name(orm.relation)
+    kind = orm.kind
+    if kind in (a.FORWARD, a.REVERSE_ONE_TO_ONE):
+        return f".select_related('{path}')"
+    if kind in (a.REVERSE_FK, a.MANY_TO_MANY, a.GENERIC_RELATION):
+        if orm.filtered:
+            related = field_name(orm.relation)
+            return f".prefetch_related(Prefetch('{path}', queryset=<the filtered queryset>, to_attr='{related}_list'))"
+        return f".prefetch_related('{path}')"
+    if kind == a.GENERIC_FK:
+        return (
+            f".prefetch_related('{path}')  # or GenericPrefetch('{field_name(orm.relation)}', [...]) per type"
+        )
+    if kind == a.DEFERRED:
+        name = field_name(orm.relation)
+        return f"add '{name}' to .only(...) or drop it from .defer(...)"
+    if kind == a.RELATED_COUNT:
+        name = field_name(orm.relation)
+        return f".annotate({name}_count=Count('{path}'))"
+    if kind == a.RELATED_EXISTS:
+        name = field_name(orm.relation)
+        return f".annotate(has_{name}=Exists(...))  # or .prefetch_related('{path}')"
+    if kind == a.GET:
+        return f"{short_model(orm.model)}.objects.in_bulk(ids)  # or .filter(pk__in=ids)"
+    if kind == a.REFRESH:
+        return f"re-read them at once: {short_model(orm.model)}.objects.filter(pk__in=ids)"
+    return ""
+
+
+def write_fix(operation: str, model: str) -> str:
+    """Fix for the same write repeated in a loop."""
+    name = short_model(model) if model else "Model"
+    if operation == "INSERT":
+        return f"{name}.objects.bulk_create([...])"
+    if operation == "UPDATE":
+        return f"{name}.objects.bulk_update(objs, fields) or .filter(...).update(...)"
+    if operation == "DELETE":
+        return f"{name}.objects.filter(pk__in=ids).delete()"
+    return ""
+
+
+def batch_fix(table: str, columns: tuple[str, ...], orm_model: str = "") -> str:
+    """Fix for one statement repeated with different values and no relation behind it."""
+    column = columns[0] if columns else "id"
+    if orm_model:
+        return f"{short_model(orm_model)}.objects.filter({column}__in=values) once, outside the loop"
+    target = table or "the table"
+    return f"one query for all values: SELECT ... FROM {target} WHERE {column} = ANY(%s)"
+
+
+def where(location: CodeLocation | None) -> str:
+    return f" at {location}" if location is not None else ""
+
+
+def lazy_subject(orm: OrmContext) -> str:
+    """``Encounter.patient loaded lazily`` and the like."""
+    relation = orm.relation.partition(".")[2] or orm.relation
+    if orm.kind == a.DEFERRED:
+        return f"deferred field {relation} loaded"
+    if orm.kind == a.RELATED_COUNT:
+        return f"{relation}.count() run"
+    if orm.kind == a.RELATED_EXISTS:
+        return f"{relation}.exists() run"
+    if orm.kind == a.GET:
+        return f"{short_model(orm.model)}.objects.get() run"
+    if orm.kind == a.REFRESH:
+        return f"{short_model(orm.model)}.refresh_from_db() run"
+    return f"{relation} loaded lazily"
+
+
+def sentence(
+    owner: str, subject: str, count: int, duration_ms: float, location: CodeLocation | None, fix: str
+) -> str:
+    """``GET encounters/: Encounter.patient loaded lazily 50x (38 ms) at views.py:87 in f — fix``."""
+    text = f"{owner}: {subject} {count}x ({duration_ms:.1f} ms){where(location)}"
+    return f"{text} — {fix}" if fix else text

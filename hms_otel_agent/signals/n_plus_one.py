@@ -1,0 +1,182 @@
+"""N+1 queries and duplicate queries under one owner span.
+
+A group is one SQL fingerprint under one owner, split by the ORM relation behind it (the
+same ``SELECT ... FROM hms_patient WHERE id = %s`` serves ``Encounter.patient`` and
+``Appointment.patient``, and each needs its own fix). Repeats count wherever they happen
+under the owner, not only as consecutive siblings: ``for e in encounters: e.patient;
+e.facility`` is two findings.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+from hms_otel_agent.config import Settings
+from hms_otel_agent.signals import activity as a
+from hms_otel_agent.signals import hints
+from hms_otel_agent.signals.activity import CodeLocation, DbCall, Finding, OrmContext, OwnerActivity
+
+N_PLUS_ONE = "n_plus_one"
+DUPLICATE_QUERY = "duplicate_query"
+
+_ADD_TO_QUERYSET = frozenset(
+    (
+        a.FORWARD,
+        a.REVERSE_ONE_TO_ONE,
+        a.REVERSE_FK,
+        a.MANY_TO_MANY,
+        a.GENERIC_FK,
+        a.GENERIC_RELATION,
+        a.RELATED_COUNT,
+        a.RELATED_EXISTS,
+    )
+)
+
+
+def _operation(call: DbCall) -> str:
+    return call.statement.split(" ", 1)[0].upper()
+
+
+def _most_common(values: Iterable[object]) -> object | None:
+    counts = Counter(v for v in values if v is not None)
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def _group_key(call: DbCall) -> tuple[str, str, str]:
+    orm = call.orm
+    if orm is None or not orm.lazy:
+        return (call.fingerprint, "", "")
+    return (call.fingerprint, orm.relation, orm.path)
+
+
+def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
+    groups: dict[tuple[str, str, str], list[DbCall]] = {}
+    for call in activity.db_calls:
+        groups.setdefault(_group_key(call), []).append(call)
+    findings: list[Finding] = []
+    n_plus_one_fingerprints: set[str] = set()
+    for calls in groups.values():
+        if len(calls) < settings.n_plus_one_threshold:
+            continue
+        if _operation(calls[0]) in hints.TRANSACTION_OPERATIONS:
+            continue
+        duration_ms = sum(c.duration_ns for c in calls) / 1e6
+        if duration_ms < settings.n_plus_one_min_duration_ms:
+            continue
+        finding = _n_plus_one(activity, calls, duration_ms)
+        if finding is not None:
+            findings.append(finding)
+            n_plus_one_fingerprints.add(calls[0].fingerprint)
+    findings.extend(_duplicates(activity, settings, n_plus_one_fingerprints))
+    findings.sort(key=lambda f: -f.duration_ms)
+    return findings
+
+
+def _n_plus_one(activity: OwnerActivity, calls: list[DbCall], duration_ms: float) -> Finding | None:
+    first = calls[0]
+    orms = [c.orm for c in calls if c.orm is not None]
+    lazy = [o for o in orms if o.lazy]
+    orm: OrmContext | None = _most_common(lazy or orms)  # type: ignore[assignment]
+    location: CodeLocation | None = _most_common(o.location for o in orms)  # type: ignore[assignment]
+    owner = activity.name or activity.route
+    operation = _operation(first)
+    count = len(calls)
+    if orm is not None and orm.lazy or orm is not None and orm.kind in (a.GET, a.REFRESH):
+        assert orm is not None
+        fix = hints.orm_fix(orm)
+        if orm.kind in _ADD_TO_QUERYSET:
+            root = hints.short_model(orm.root_model or orm.model)
+            action = f"add {fix} to the {root} queryset" if root else f"add {fix} to the queryset"
+        else:
+            action = fix
+        subject = hints.lazy_subject(orm)
+        relation = orm.relation
+        model = orm.model
+        relation_kind = orm.kind
+    elif operation in ("INSERT", "UPDATE", "DELETE"):
+        model = orm.model if orm is not None else ""
+        fix = hints.write_fix(operation, model)
+        action = f"write them at once: {fix}"
+        subject = f"the same {operation} on {first.table or 'one table'} run"
+        relation = relation_kind = ""
+    else:
+        model = orm.model if orm is not None else ""
+        fix = hints.batch_fix(first.table, first.filter_columns, model)
+        action = f"query once: {fix}"
+        what = hints.short_model(model) + " query" if model else f"query on {first.table or 'one table'}"
+        subject = f"the same {what} run"
+        relation = relation_kind = ""
+    hint = hints.sentence(owner, subject, count, duration_ms, location, action)
+    fingerprint = hints.finding_fingerprint(
+        N_PLUS_ONE,
+        first.fingerprint,
+        relation,
+        location.file if location else "",
+        location.function if location else "",
+    )
+    return Finding(
+        kind=N_PLUS_ONE,
+        fingerprint=fingerprint,
+        repetitions=count,
+        duration_ms=duration_ms,
+        statement=first.statement,
+        model=model,
+        relation=relation,
+        relation_kind=relation_kind,
+        location=location,
+        fix=fix,
+        hint=hint,
+        route=activity.route,
+    )
+
+
+def _duplicates(activity: OwnerActivity, settings: Settings, covered: set[str]) -> list[Finding]:
+    """The same statement with the same parameters, run again: the result could be reused."""
+    groups: dict[tuple[str, int], list[DbCall]] = {}
+    for call in activity.db_calls:
+        if call.params_hash is not None and call.fingerprint not in covered:
+            groups.setdefault((call.fingerprint, call.params_hash), []).append(call)
+    findings: list[Finding] = []
+    for calls in groups.values():
+        if len(calls) < settings.duplicate_query_threshold:
+            continue
+        first = calls[0]
+        if _operation(first) in hints.TRANSACTION_OPERATIONS:
+            continue
+        orms = [c.orm for c in calls if c.orm is not None]
+        location: CodeLocation | None = _most_common(o.location for o in orms)  # type: ignore[assignment]
+        model = orms[0].model if orms else ""
+        relation = next((o.relation for o in orms if o.relation), "")
+        duration_ms = sum(c.duration_ns for c in calls) / 1e6
+        fix = "run it once and reuse the result (a variable, cached_property, or select_related)"
+        what = f"{hints.short_model(model)} query" if model else f"query on {first.table or 'one table'}"
+        hint = hints.sentence(
+            activity.name or activity.route,
+            f"the same {what} with the same parameters run",
+            len(calls),
+            duration_ms,
+            location,
+            fix,
+        )
+        findings.append(
+            Finding(
+                kind=DUPLICATE_QUERY,
+                fingerprint=hints.finding_fingerprint(
+                    DUPLICATE_QUERY,
+                    first.fingerprint,
+                    location.file if location else "",
+                    location.function if location else "",
+                ),
+                repetitions=len(calls),
+                duration_ms=duration_ms,
+                statement=first.statement,
+                model=model,
+                relation=relation,
+                location=location,
+                fix=fix,
+                hint=hint,
+                route=activity.route,
+            )
+        )
+    return findings
