@@ -37,8 +37,8 @@ def orm_fix(orm: OrmContext) -> str:
         return f".select_related('{path}')"
     if kind in (a.REVERSE_FK, a.MANY_TO_MANY, a.GENERIC_RELATION):
         if orm.filtered:
-            related = field_name(orm.relation)
-            return f".prefetch_related(Prefetch('{path}', queryset=<the filtered queryset>, to_attr='{related}_list'))"
+            to_attr = f"{field_name(orm.relation)}_list"
+            return f".prefetch_related(Prefetch('{path}', queryset=<the filtered queryset>, to_attr='{to_attr}'))"
         return f".prefetch_related('{path}')"
     if kind == a.GENERIC_FK:
         return (

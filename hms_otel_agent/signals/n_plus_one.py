@@ -82,8 +82,7 @@ def _n_plus_one(activity: OwnerActivity, calls: list[DbCall], duration_ms: float
     owner = activity.name or activity.route
     operation = _operation(first)
     count = len(calls)
-    if orm is not None and orm.lazy or orm is not None and orm.kind in (a.GET, a.REFRESH):
-        assert orm is not None
+    if orm is not None and (orm.lazy or orm.kind in (a.GET, a.REFRESH)):
         fix = hints.orm_fix(orm)
         if orm.kind in _ADD_TO_QUERYSET:
             root = hints.short_model(orm.root_model or orm.model)
