@@ -38,7 +38,8 @@ def orm_fix(orm: OrmContext) -> str:
     if kind in (a.REVERSE_FK, a.MANY_TO_MANY, a.GENERIC_RELATION):
         if orm.filtered:
             to_attr = f"{field_name(orm.relation)}_list"
-            return f".prefetch_related(Prefetch('{path}', queryset=<the filtered queryset>, to_attr='{to_attr}'))"
+            prefetch = f"Prefetch('{path}', queryset=<the filtered queryset>, to_attr='{to_attr}')"
+            return f".prefetch_related({prefetch})"
         return f".prefetch_related('{path}')"
     if kind == a.GENERIC_FK:
         return (
