@@ -320,6 +320,16 @@ OPTIONS: tuple[Option, ...] = (
         "privacy",
     ),
     Option(
+        "HMS_OTEL_CAPTURE_EXCEPTION_MESSAGES",
+        "capture_exception_messages",
+        False,
+        _bool,
+        "true or false",
+        "Export exception messages and status descriptions as raised; by default only the exception "
+        "type is kept (database errors echo the values that failed).",
+        "privacy",
+    ),
+    Option(
         "HMS_OTEL_REDACT_QUERY_PARAMS",
         "redact_query_params",
         DEFAULT_REDACTED_QUERY_PARAMS,
@@ -604,6 +614,7 @@ class Settings:
     capture_sql_literals: bool = False
     capture_sql_parameters: bool = False
     capture_cache_keys: bool = False
+    capture_exception_messages: bool = False
     redact_query_params: tuple[str, ...] = DEFAULT_REDACTED_QUERY_PARAMS
     sdk_disabled: bool = False
     service_name: str = ""

@@ -16,12 +16,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind
+from opentelemetry.trace.status import Status
 
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
 from hms_otel_agent.instrument.db import DB_SCOPES, SPAN_RECORD
+from hms_otel_agent.signals import redact
 from hms_otel_agent.signals.activity import CacheCall, DbCall, Finding, OwnerActivity
 
 logger = logging.getLogger("hms_otel")
@@ -126,6 +128,10 @@ class SignalProcessor(SpanProcessor):
 
     def before_end(self, span: Span, end_ns: int) -> None:
         """Called by the `Span.end` hook while the span can still be written."""
+        try:
+            _scrub(span, self.settings)
+        except Exception as exc:
+            guard.report("span processor (redaction)", exc)
         try:
             state = self._open.pop(span.context.span_id, None)
             if state is None:
@@ -256,6 +262,41 @@ class SignalProcessor(SpanProcessor):
             span.set_attribute("hms.cache.hit_count", hits)
             span.set_attribute("hms.cache.miss_count", misses)
             span.set_attribute("hms.cache.hit_ratio", round(hits / (hits + misses), 4))
+
+
+_URL_ATTRIBUTES = ("http.url", "http.target", "url.full")
+
+
+def _scrub(span: Span, settings: Settings) -> None:
+    """Remove identifying query values and exception messages before the span is exported."""
+    attributes = span.attributes
+    if attributes and settings.redact_query_params:
+        names = settings.redact_query_params
+        for key in _URL_ATTRIBUTES:
+            value = attributes.get(key)
+            if isinstance(value, str) and "?" in value:
+                redacted = redact.redact_url(value, names)
+                if redacted != value:
+                    span.set_attribute(key, redacted)
+        query = attributes.get("url.query")
+        if isinstance(query, str) and query:
+            span.set_attribute("url.query", redact.redact_query(query, names))
+    if settings.capture_exception_messages:
+        return
+    events = span._events
+    for index in range(len(events)):
+        event = events[index]
+        if event.name == "exception" and event.attributes:
+            scrubbed = dict(event.attributes)
+            scrubbed["exception.message"] = redact.exception_message(str(scrubbed.get("exception.type", "")))
+            if "exception.stacktrace" in scrubbed:
+                scrubbed["exception.stacktrace"] = redact.scrub_stacktrace(
+                    str(scrubbed["exception.stacktrace"])
+                )
+            events._dq[index] = Event(event.name, scrubbed, event.timestamp)  # type: ignore[attr-defined]
+    status = span.status
+    if status.description:
+        span._status = Status(status.status_code, redact.scrub_status_description(status.description))
 
 
 _EVENT_NAMES = {"n_plus_one": "hms.n_plus_one", "duplicate_query": "hms.duplicate_query"}
