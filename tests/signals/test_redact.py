@@ -13,8 +13,10 @@ NAMES = DEFAULT_REDACTED_QUERY_PARAMS
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
-        ("http://h/patients/search/?q=Smith&mrn=MRN-004211&limit=5",
-         "http://h/patients/search/?q=REDACTED&mrn=REDACTED&limit=5"),
+        (
+            "http://h/patients/search/?q=Smith&mrn=MRN-004211&limit=5",
+            "http://h/patients/search/?q=REDACTED&mrn=REDACTED&limit=5",
+        ),
         ("/patients/search/?MRN=MRN-004211", "/patients/search/?MRN=REDACTED"),
         ("/encounters/?limit=20&offset=40", "/encounters/?limit=20&offset=40"),
         ("/encounters/", "/encounters/"),

@@ -22,7 +22,7 @@ def test_failing_request_exports_no_mrn(traced: Traced) -> None:
     from hms_otel_agent.sample.hms.models import Patient
 
     mrn = Patient.objects.order_by("pk").values_list("mrn", flat=True).first()
-    response, server = traced.request("/patients/duplicate/?pk=1", method="post")
+    response, _ = traced.request("/patients/duplicate/?pk=1", method="post")
     assert response.status_code == 500
     text = everything_exported(traced.spans())
     assert mrn and mrn not in text
@@ -40,7 +40,7 @@ def test_identifying_query_values_are_redacted(traced: Traced) -> None:
 
 
 def test_search_terms_are_redacted(traced: Traced) -> None:
-    response, server = traced.request("/patients/search/?q=Okafor&mrn=MRN-000002")
+    response, _ = traced.request("/patients/search/?q=Okafor&mrn=MRN-000002")
     assert response.status_code == 200
     text = everything_exported(traced.spans())
     assert "Okafor" not in text and "MRN-000002" not in text
