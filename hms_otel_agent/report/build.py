@@ -1,0 +1,69 @@
+"""From spans to a `Report`: recorded findings (`hms-otel report`) or re-detected ones (`analyze`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+from hms_otel_agent.config import Settings
+from hms_otel_agent.report.model import ANALYZED, RECORDED, Aggregator, Report
+from hms_otel_agent.report.otlp import SpanData
+from hms_otel_agent.report.spans import Owner, build_owners
+from hms_otel_agent.signals.activity import Finding, OwnerActivity
+
+Detector = Callable[[OwnerActivity, Settings], list[Finding]]
+
+
+def registered_detectors() -> list[Detector]:
+    """The detectors the live agent runs (signals/registry.py), read when called."""
+    from hms_otel_agent.signals import registry
+
+    return list(registry.DETECTORS)
+
+
+def detect(owner: Owner, settings: Settings, detectors: Sequence[Detector]) -> list[Finding]:
+    activity = owner.activity
+    if not (activity.db_calls or activity.cache_calls):
+        return []
+    findings: list[Finding] = []
+    for detector in detectors:
+        findings.extend(detector(activity, settings))
+    return findings
+
+
+def filter_run(spans: Iterable[SpanData], run_id: str | None) -> list[SpanData]:
+    if not run_id:
+        return list(spans)
+    return [s for s in spans if str(s.resource.get("hms.run.id", "")) == run_id]
+
+
+def latest_run_id(spans: Iterable[SpanData]) -> str:
+    """The run id of the most recent span that has one ('' if none has)."""
+    latest, found = -1, ""
+    for span in spans:
+        run_id = span.resource.get("hms.run.id")
+        if run_id and span.end_ns > latest:
+            latest, found = span.end_ns, str(run_id)
+    return found
+
+
+def build_report(
+    spans: Sequence[SpanData],
+    settings: Settings,
+    *,
+    analyze: bool,
+    inputs: Sequence[str] = (),
+    detectors: Sequence[Detector] | None = None,
+) -> Report:
+    aggregator = Aggregator(ANALYZED if analyze else RECORDED, inputs, settings)
+    aggregator.add_spans(len(spans))
+    chosen = (registered_detectors() if detectors is None else list(detectors)) if analyze else []
+    owners = build_owners(spans)
+    for owner in owners:
+        findings = detect(owner, settings, chosen) if analyze else owner.recorded
+        aggregator.add(owner, findings)
+    if analyze and any(call.params_hash is None for owner in owners for call in owner.activity.db_calls):
+        aggregator.notes.append(
+            "duplicate queries need the statement parameters, which are exported only with "
+            "HMS_OTEL_CAPTURE_SQL_PARAMETERS=true; statements without them were not checked for duplicates"
+        )
+    return aggregator.report()

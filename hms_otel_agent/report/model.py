@@ -1,0 +1,298 @@
+"""The findings report: findings grouped by fingerprint across requests, and cache hit ratios.
+
+`Aggregator` takes owners (one per request, task or test) with their findings, one at a time,
+and keeps only running totals, so a long test run or a large file needs little memory.
+`Report.to_dict()` is the stable JSON schema documented in docs/report.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hms_otel_agent.config import Settings
+from hms_otel_agent.report.spans import Owner
+from hms_otel_agent.signals.activity import CodeLocation, Finding
+
+SCHEMA = "hms-otel-report/1"
+RECORDED = "recorded"  # findings the live agent wrote into the telemetry (hms-otel report)
+ANALYZED = "analyzed"  # findings detected here from raw spans (hms-otel analyze)
+
+# A key pattern read at least this often with a hit ratio below this is a warming candidate.
+WARMING_MIN_READS = 20
+WARMING_MAX_HIT_RATIO = 0.5
+
+
+@dataclass
+class FindingGroup:
+    """One finding fingerprint, over every request it occurred in."""
+
+    fingerprint: str
+    kind: str
+    statement: str = ""
+    model: str = ""
+    relation: str = ""
+    relation_kind: str = ""
+    key_pattern: str = ""
+    location: CodeLocation | None = None
+    fix: str = ""
+    hint: str = ""  # the hint of the worst occurrence
+    requests: int = 0
+    repetitions: int = 0
+    max_repetitions: int = 0
+    total_ms: float = 0.0
+    routes: dict[str, float] = field(default_factory=dict)  # route -> time spent there
+    services: set[str] = field(default_factory=set)
+    _worst_ms: float = -1.0
+
+    @property
+    def per_request_ms(self) -> float:
+        return self.total_ms / self.requests if self.requests else 0.0
+
+    @property
+    def route_list(self) -> list[str]:
+        return [r for r, _ in sorted(self.routes.items(), key=lambda item: (-item[1], item[0]))]
+
+    @property
+    def subject(self) -> str:
+        """The relation, key pattern, or table the finding is about."""
+        return self.relation or self.key_pattern or self.model or _table(self.statement)
+
+    def add(self, finding: Finding, route: str, service: str) -> None:
+        self.requests += 1
+        self.repetitions += finding.repetitions
+        self.max_repetitions = max(self.max_repetitions, finding.repetitions)
+        self.total_ms += finding.duration_ms
+        self.routes[route] = self.routes.get(route, 0.0) + finding.duration_ms
+        if service:
+            self.services.add(service)
+        if finding.duration_ms > self._worst_ms:
+            self._worst_ms = finding.duration_ms
+            self.hint = finding.hint or self.hint
+        for name in ("statement", "model", "relation", "relation_kind", "key_pattern", "fix"):
+            if not getattr(self, name) and getattr(finding, name):
+                setattr(self, name, getattr(finding, name))
+        if self.location is None:
+            self.location = finding.location
+
+    def to_dict(self) -> dict[str, Any]:
+        routes = self.route_list
+        return {
+            "fingerprint": self.fingerprint,
+            "kind": self.kind,
+            "route": routes[0] if routes else "",
+            "routes": routes,
+            "subject": self.subject,
+            "relation": self.relation,
+            "relation_kind": self.relation_kind,
+            "model": self.model,
+            "key_pattern": self.key_pattern,
+            "statement": self.statement,
+            "requests": self.requests,
+            "repetitions": self.repetitions,
+            "max_repetitions": self.max_repetitions,
+            "total_ms": round(self.total_ms, 3),
+            "per_request_ms": round(self.per_request_ms, 3),
+            "location": (
+                None
+                if self.location is None
+                else {
+                    "file": self.location.file,
+                    "line": self.location.line,
+                    "function": self.location.function,
+                }
+            ),
+            "fix": self.fix,
+            "hint": self.hint,
+            "services": sorted(self.services),
+        }
+
+
+def _table(statement: str) -> str:
+    words = statement.replace('"', "").split()
+    upper = [w.upper() for w in words]
+    for keyword in ("FROM", "INTO", "UPDATE"):
+        if keyword in upper:
+            index = upper.index(keyword) + 1
+            if index < len(words):
+                return words[index]
+    return ""
+
+
+@dataclass
+class KeyPatternStats:
+    key_pattern: str
+    reads: int = 0
+    hits: int = 0
+    misses: int = 0
+    writes: int = 0
+    writes_without_ttl: int = 0
+    deletes: int = 0
+
+    @property
+    def hit_ratio(self) -> float | None:
+        return self.hits / (self.hits + self.misses) if (self.hits + self.misses) else None
+
+    @property
+    def warming_candidate(self) -> bool:
+        ratio = self.hit_ratio
+        return ratio is not None and self.reads >= WARMING_MIN_READS and ratio < WARMING_MAX_HIT_RATIO
+
+    def to_dict(self) -> dict[str, Any]:
+        ratio = self.hit_ratio
+        return {
+            "key_pattern": self.key_pattern,
+            "reads": self.reads,
+            "hits": self.hits,
+            "misses": self.misses,
+            "hit_ratio": None if ratio is None else round(ratio, 4),
+            "writes": self.writes,
+            "writes_without_ttl": self.writes_without_ttl,
+            "deletes": self.deletes,
+            "warming_candidate": self.warming_candidate,
+        }
+
+
+@dataclass
+class Summary:
+    spans: int = 0
+    traces: int = 0
+    owners: int = 0
+    requests: int = 0
+    owners_with_findings: int = 0
+    db_queries: int = 0
+    db_time_ms: float = 0.0
+    cache_reads: int = 0
+    cache_hits: int = 0
+    services: set[str] = field(default_factory=set)
+    run_ids: set[str] = field(default_factory=set)
+
+    def to_dict(self) -> dict[str, Any]:
+        ratio = self.cache_hits / self.cache_reads if self.cache_reads else None
+        return {
+            "spans": self.spans,
+            "traces": self.traces,
+            "owners": self.owners,
+            "requests": self.requests,
+            "owners_with_findings": self.owners_with_findings,
+            "db_queries": self.db_queries,
+            "db_time_ms": round(self.db_time_ms, 3),
+            "cache_reads": self.cache_reads,
+            "cache_hit_ratio": None if ratio is None else round(ratio, 4),
+            "services": sorted(self.services),
+            "run_ids": sorted(self.run_ids),
+        }
+
+
+@dataclass
+class Report:
+    source: str
+    inputs: list[str]
+    summary: Summary
+    findings: list[FindingGroup]
+    key_patterns: list[KeyPatternStats]
+    thresholds: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def warming_candidates(self) -> list[KeyPatternStats]:
+        return [k for k in self.key_patterns if k.warming_candidate]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "source": self.source,
+            "inputs": list(self.inputs),
+            "thresholds": dict(self.thresholds),
+            "summary": self.summary.to_dict(),
+            "findings": [f.to_dict() for f in self.findings],
+            "cache": {
+                "key_patterns": [k.to_dict() for k in self.key_patterns],
+                "warming_candidates": [k.key_pattern for k in self.warming_candidates],
+            },
+            "notes": list(self.notes),
+        }
+
+
+def thresholds_of(settings: Settings) -> dict[str, Any]:
+    return {
+        "n_plus_one": settings.n_plus_one_threshold,
+        "n_plus_one_min_duration_ms": settings.n_plus_one_min_duration_ms,
+        "duplicate_query": settings.duplicate_query_threshold,
+        "cache_n_plus_one": settings.cache_n_plus_one_threshold,
+        "cache_invalidation": settings.cache_invalidation_threshold,
+        "warming_min_reads": WARMING_MIN_READS,
+        "warming_max_hit_ratio": WARMING_MAX_HIT_RATIO,
+    }
+
+
+class Aggregator:
+    def __init__(self, source: str, inputs: Iterable[str] = (), settings: Settings | None = None) -> None:
+        self.source = source
+        self.inputs = list(inputs)
+        self.summary = Summary()
+        self.groups: dict[str, FindingGroup] = {}
+        self.patterns: dict[str, KeyPatternStats] = {}
+        self.thresholds = thresholds_of(settings) if settings is not None else {}
+        self.notes: list[str] = []
+        self._traces: set[str] = set()
+
+    def add_spans(self, count: int) -> None:
+        self.summary.spans += count
+
+    def add(self, owner: Owner, findings: list[Finding]) -> None:
+        summary = self.summary
+        activity = owner.activity
+        summary.owners += 1
+        if owner.is_request:
+            summary.requests += 1
+        if owner.trace_id:
+            self._traces.add(owner.trace_id)
+            summary.traces = len(self._traces)
+        summary.db_queries += activity.db_count
+        summary.db_time_ms += activity.db_duration_ns / 1e6
+        if owner.service:
+            summary.services.add(owner.service)
+        if owner.run_id:
+            summary.run_ids.add(owner.run_id)
+        for call in activity.cache_calls:
+            if not (call.reads or call.writes or call.deletes):
+                continue
+            stats = self.patterns.get(call.key_pattern)
+            if stats is None:
+                stats = self.patterns[call.key_pattern] = KeyPatternStats(call.key_pattern)
+            stats.reads += call.reads
+            stats.hits += call.hits
+            stats.misses += call.misses
+            stats.writes += call.writes
+            if call.writes and call.ttl_s is None:
+                stats.writes_without_ttl += call.writes
+            stats.deletes += call.deletes
+            summary.cache_reads += call.hits + call.misses
+            summary.cache_hits += call.hits
+        if findings:
+            summary.owners_with_findings += 1
+        for finding in findings:
+            key = finding.fingerprint or f"{finding.kind}:{finding.statement or finding.key_pattern}"
+            group = self.groups.get(key)
+            if group is None:
+                group = self.groups[key] = FindingGroup(fingerprint=key, kind=finding.kind)
+            group.add(finding, owner.label, owner.service)
+
+    def report(self) -> Report:
+        findings = sorted(
+            self.groups.values(), key=lambda g: (-g.total_ms, -g.repetitions, g.kind, g.fingerprint)
+        )
+        patterns = sorted(
+            self.patterns.values(), key=lambda p: (-(p.hits + p.misses), -p.writes, p.key_pattern)
+        )
+        return Report(
+            source=self.source,
+            inputs=self.inputs,
+            summary=self.summary,
+            findings=findings,
+            key_patterns=patterns,
+            thresholds=self.thresholds,
+            notes=self.notes,
+        )

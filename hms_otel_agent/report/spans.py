@@ -1,0 +1,314 @@
+"""Span trees -> the plain records the detectors read (`OwnerActivity`), offline.
+
+The same rule as the live span processor (`processors.py`): the owner of a DB or cache
+client span is its nearest ancestor that is neither a DB nor a cache client span; a cache
+span under another cache span (a Redis command under a Django cache call) is not counted
+again. Unlike the live processor, a DB or cache span whose parent is not in the data is
+still analyzed: it is grouped under a stand-in owner for the missing parent.
+
+DB spans from any language or service work: without the agent's ``hms.db.fingerprint`` the
+statement (``db.statement`` or ``db.query.text``) is fingerprinted here, and without
+``hms.orm.*`` attributes detection is SQL-level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hms_otel_agent.report.otlp import KIND_SERVER, SpanData
+from hms_otel_agent.signals.activity import (
+    CacheCall,
+    CodeLocation,
+    DbCall,
+    Finding,
+    OrmContext,
+    OwnerActivity,
+)
+from hms_otel_agent.signals.fingerprint import fingerprint_sql
+
+# Instrumentation scopes, as in instrument/db.py and processors.py (not imported: report/ reads
+# files and must not need the SDK's instrumentations).
+DB_SCOPES = frozenset(
+    (
+        "opentelemetry.instrumentation.psycopg2",
+        "opentelemetry.instrumentation.psycopg",
+        "opentelemetry.instrumentation.dbapi",
+    )
+)
+CACHE_SCOPES = frozenset(("opentelemetry.instrumentation.redis", "hms_otel_agent.django_cache"))
+DJANGO_CACHE_SCOPE = "hms_otel_agent.django_cache"
+CACHE_SYSTEMS = frozenset(("redis", "memcached", "valkey", "keydb", "dragonfly"))
+MAX_CALLS_PER_OWNER = 5000  # as in processors.py
+
+OWNER, DB, CACHE = 0, 1, 2
+
+# What counts as a write or a delete, as the cache instrumentation counts them
+# (instrument/django_cache.py, instrument/cache_hooks.py): per key where the key count is known.
+_CACHE_WRITES = frozenset(
+    (
+        *("set", "add", "set_many", "touch"),
+        *("SET", "SETNX", "SETEX", "PSETEX", "MSET", "MSETNX", "GETSET"),
+        *("EXPIRE", "PEXPIRE", "EXPIREAT", "PEXPIREAT", "PERSIST"),
+    )
+)
+_CACHE_DELETES = frozenset(("delete", "delete_many", "DEL", "UNLINK", "GETDEL"))
+
+
+def role(span: SpanData) -> int:
+    attributes = span.attributes
+    if span.scope in CACHE_SCOPES or "hms.cache.operation" in attributes:
+        return CACHE
+    if span.scope in DB_SCOPES or "hms.db.fingerprint" in attributes:
+        return DB
+    system = attributes.get("db.system") or attributes.get("db.system.name")
+    if system and span.kind != KIND_SERVER:
+        return CACHE if str(system).lower() in CACHE_SYSTEMS else DB
+    if "db.statement" in attributes or "db.query.text" in attributes:
+        return DB
+    return OWNER
+
+
+def location(attributes: dict[str, Any]) -> CodeLocation | None:
+    file = attributes.get("code.file.path") or attributes.get("code.filepath")
+    if not file:
+        return None
+    line = attributes.get("code.line.number", attributes.get("code.lineno"))
+    try:
+        number = int(line) if line is not None else 0
+    except (TypeError, ValueError):
+        number = 0
+    function = attributes.get("code.function.name") or attributes.get("code.function") or ""
+    return CodeLocation(str(file), number, str(function))
+
+
+def _text(attributes: dict[str, Any], name: str) -> str:
+    value = attributes.get(name)
+    return value if isinstance(value, str) else ""
+
+
+def db_call(span: SpanData) -> DbCall | None:
+    """The DbCall for a DB span, or None when it carries no statement and no fingerprint."""
+    attributes = span.attributes
+    statement = _text(attributes, "db.statement") or _text(attributes, "db.query.text")
+    digest = _text(attributes, "hms.db.fingerprint")
+    if not statement and not digest:
+        return None
+    fp = fingerprint_sql(statement) if statement else None
+    loc = location(attributes)
+    model = _text(attributes, "hms.orm.model")
+    orm: OrmContext | None = None
+    if model:
+        orm = OrmContext(
+            model=model,
+            kind=_text(attributes, "hms.orm.operation"),
+            relation=_text(attributes, "hms.orm.relation"),
+            lazy=attributes.get("hms.orm.lazy") is True,
+            path=_text(attributes, "hms.orm.path"),
+            root_model=_text(attributes, "hms.orm.root_model"),
+            filtered=attributes.get("hms.orm.filtered") is True,
+            location=loc,
+        )
+    elif loc is not None:
+        orm = OrmContext(model="", kind="raw", location=loc)  # as the live DB hook does
+    parameters = attributes.get("db.statement.parameters", attributes.get("db.query.parameters"))
+    return DbCall(
+        fingerprint=digest or (fp.digest if fp else ""),
+        statement=fp.normalized if fp else "",
+        start_ns=span.start_ns,
+        duration_ns=span.duration_ns,
+        table=fp.table if fp else "",
+        filter_columns=fp.filter_columns if fp else (),
+        # Parameters are exported only when opted in; without them duplicates cannot be told.
+        params_hash=hash(str(parameters)) if parameters is not None else None,
+        orm=orm,
+        span_id=span.span_id,
+    )
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def cache_call(span: SpanData) -> CacheCall:
+    attributes = span.attributes
+    operation = _text(attributes, "hms.cache.operation")
+    if not operation:
+        statement = _text(attributes, "db.statement") or _text(attributes, "db.query.text")
+        operation = (statement.split(" ", 1)[0] if statement else span.name.split(" ", 1)[0]).upper()
+    backend = _text(attributes, "hms.cache.backend")
+    if not backend and span.scope != DJANGO_CACHE_SCOPE:
+        backend = str(attributes.get("db.system") or attributes.get("db.system.name") or "")
+    call = CacheCall(
+        operation=operation,
+        key_pattern=_text(attributes, "hms.cache.key_pattern"),
+        start_ns=span.start_ns,
+        duration_ns=span.duration_ns,
+        backend=backend,
+        django_api=span.scope == DJANGO_CACHE_SCOPE,
+        span_id=span.span_id,
+        location=location(attributes),
+    )
+    hit = attributes.get("hms.cache.hit")
+    if isinstance(hit, bool):
+        call.reads, call.hits, call.misses = 1, int(hit), int(not hit)
+    elif "hms.cache.hits" in attributes or "hms.cache.misses" in attributes:
+        call.hits = _int(attributes.get("hms.cache.hits"))
+        call.misses = _int(attributes.get("hms.cache.misses"))
+        call.reads = call.hits + call.misses
+    key = attributes.get("hms.cache.key")
+    keys = len(key.split()) if isinstance(key, str) and key else 1  # the key list when captured
+    if operation in _CACHE_WRITES or (operation == "get_or_set" and hit is False):
+        call.writes = 1 if operation == "get_or_set" else keys
+        ttl = attributes.get("hms.cache.ttl_s")
+        call.ttl_s = float(ttl) if isinstance(ttl, (int, float)) and not isinstance(ttl, bool) else None
+    if operation in _CACHE_DELETES:
+        call.deletes = keys
+    if isinstance(key, str):
+        call.key_hash = hash(key)
+    return call
+
+
+def recorded_findings(span: SpanData, route: str) -> list[Finding]:
+    """The findings the live agent wrote as events on an owner span."""
+    findings = []
+    for event in span.events:
+        attributes = event.attributes
+        kind = attributes.get("hms.finding.kind")
+        if not isinstance(kind, str) or not kind:
+            continue
+        duration = attributes.get("hms.finding.duration_ms")
+        findings.append(
+            Finding(
+                kind=kind,
+                fingerprint=_text(attributes, "hms.finding.fingerprint"),
+                repetitions=_int(attributes.get("hms.finding.repetitions")),
+                duration_ms=float(duration) if isinstance(duration, (int, float)) else 0.0,
+                statement=_text(attributes, "hms.finding.statement"),
+                model=_text(attributes, "hms.orm.model"),
+                relation=_text(attributes, "hms.orm.relation"),
+                relation_kind=_text(attributes, "hms.orm.relation_kind"),
+                key_pattern=_text(attributes, "hms.cache.key_pattern"),
+                location=location(attributes),
+                fix=_text(attributes, "hms.hint.fix"),
+                hint=_text(attributes, "hms.hint"),
+                route=route,
+            )
+        )
+    return findings
+
+
+@dataclass
+class Owner:
+    """An owner span and what ran under it."""
+
+    activity: OwnerActivity
+    span: SpanData | None  # None: stand-in for a parent that is not in the data
+    trace_id: str
+    is_request: bool = False
+    service: str = ""
+    run_id: str = ""
+    spans: int = 0  # DB and cache spans grouped here
+    recorded: list[Finding] = field(default_factory=list)
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """The route of a request, else the owner's name."""
+        return self.activity.route or self.activity.name
+
+
+def _resource_text(span: SpanData, name: str) -> str:
+    value = span.resource.get(name)
+    return str(value) if value is not None else ""
+
+
+def build_owners(spans: Iterable[SpanData]) -> list[Owner]:
+    """Group DB and cache spans under their owners; every non-DB, non-cache span is an owner."""
+    by_id: dict[tuple[str, str], SpanData] = {}
+    for span in spans:
+        by_id.setdefault((span.trace_id, span.span_id), span)
+    roles = {key: role(span) for key, span in by_id.items()}
+    owners: dict[tuple[str, str], Owner] = {}
+    for key, span in by_id.items():
+        if roles[key] == OWNER:
+            route = _text(span.attributes, "http.route")
+            owners[key] = Owner(
+                activity=OwnerActivity(name=span.name, route=route),
+                span=span,
+                trace_id=span.trace_id,
+                is_request=span.kind == KIND_SERVER,
+                service=_resource_text(span, "service.name"),
+                run_id=_resource_text(span, "hms.run.id"),
+                recorded=recorded_findings(span, route or span.name),
+                attributes=span.attributes,
+            )
+    resolved: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def owner_key(key: tuple[str, str]) -> tuple[str, str]:
+        chain = []
+        current = key
+        while True:
+            if current in resolved:
+                found = resolved[current]
+                break
+            if roles.get(current) == OWNER:
+                found = current
+                break
+            chain.append(current)
+            span = by_id[current]
+            parent = (span.trace_id, span.parent_span_id)
+            if not span.parent_span_id or parent not in by_id:
+                # The parent is missing (or there is none): a stand-in owner for it.
+                found = ("missing", f"{span.trace_id}/{span.parent_span_id or span.span_id}")
+                if found not in owners:
+                    owners[found] = Owner(
+                        activity=OwnerActivity(name=f"(span {span.parent_span_id or '-'} not in the data)"),
+                        span=None,
+                        trace_id=span.trace_id,
+                        service=_resource_text(span, "service.name"),
+                        run_id=_resource_text(span, "hms.run.id"),
+                    )
+                break
+            current = parent
+        for item in chain:
+            resolved[item] = found
+        return found
+
+    grouped: dict[tuple[str, str], list[tuple[int, SpanData]]] = {}
+    for key, span in by_id.items():
+        kind = roles[key]
+        if kind == OWNER:
+            continue
+        if kind == CACHE:
+            parent = by_id.get((span.trace_id, span.parent_span_id))
+            if parent is not None and roles[(parent.trace_id, parent.span_id)] == CACHE:
+                continue  # a Redis command under a Django cache call: the call is what counts
+        grouped.setdefault(owner_key(key), []).append((kind, span))
+    for okey, members in grouped.items():
+        owner = owners[okey]
+        activity = owner.activity
+        # The live processor records calls as they end.
+        members.sort(key=lambda item: (item[1].end_ns, item[1].start_ns))
+        for kind, span in members:
+            owner.spans += 1
+            if kind == DB:
+                activity.db_count += 1
+                activity.db_duration_ns += span.duration_ns
+                call = db_call(span)
+                if call is None:
+                    continue
+                if len(activity.db_calls) >= MAX_CALLS_PER_OWNER:
+                    activity.dropped += 1
+                    continue
+                activity.db_calls.append(call)
+            elif "hms.cache.operation" in span.attributes:  # what the agent's cache hooks recorded
+                if len(activity.cache_calls) >= MAX_CALLS_PER_OWNER:
+                    activity.dropped += 1
+                    continue
+                activity.cache_calls.append(cache_call(span))
+    return list(owners.values())
