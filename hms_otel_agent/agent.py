@@ -95,6 +95,9 @@ def _start(settings: config.Settings, detectors: Sequence[Detector]) -> Pipeline
     from hms_otel_agent.report.live import LiveLog
 
     built = pipeline.build(settings, detectors, on_findings=LiveLog() if settings.live_log else None)
+    run_id = os.environ.get("HMS_OTEL_RUN_ID")  # set by hms-otel-run
+    if run_id:
+        built.update_resource({"hms.run.id": run_id})
     trace.set_tracer_provider(built.tracer_provider)
     metrics.set_meter_provider(built.meter_provider)
     instrument.install(settings, built.tracer_provider, built.meter_provider)
@@ -102,7 +105,7 @@ def _start(settings: config.Settings, detectors: Sequence[Detector]) -> Pipeline
         from hms_otel_agent.instrument import django_server
 
         django_server.when_django_ready(lambda: _name_service_after_django_project(built))
-    atexit.register(_at_exit, built, settings.shutdown_timeout_ms)
+    atexit.register(_at_exit, built, settings.shutdown_timeout_ms, settings)
     if not os.environ.get(ANNOUNCED_ENV):
         if built.local_dir:
             logger.info(
@@ -128,11 +131,18 @@ def _name_service_after_django_project(built: Pipeline) -> None:
         built.set_service_name(name)
 
 
-def _at_exit(built: Pipeline, timeout_ms: int) -> None:
+def _at_exit(built: Pipeline, timeout_ms: int, settings: config.Settings | None = None) -> None:
     try:
         built.shutdown(timeout_ms)
     except Exception as exc:
         guard.report("agent shutdown", exc)
+    if settings is not None and settings.report != "false":
+        try:  # the root process of an hms-otel-run run prints the findings of the run
+            from hms_otel_agent.report.at_exit import at_exit
+
+            at_exit(built.local_dir, settings)
+        except Exception as exc:
+            guard.report("report at exit", exc)
 
 
 def current_pipeline() -> Pipeline | None:

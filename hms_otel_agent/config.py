@@ -229,6 +229,15 @@ OPTIONS: tuple[Option, ...] = (
         "How long the process may wait at exit to flush telemetry.",
     ),
     Option(
+        "HMS_OTEL_REPORT",
+        "report",
+        "auto",
+        _choice("auto", "true", "false"),
+        "auto, true or false",
+        "Print the findings report of the run to stderr when the program started by hms-otel-run exits "
+        "(auto: only when telemetry goes to the local dir and no OTLP endpoint is configured).",
+    ),
+    Option(
         "HMS_OTEL_MAX_TRACKED_SPANS",
         "max_tracked_spans",
         20_000,
@@ -604,6 +613,7 @@ class Settings:
     local_dir: str = ".hms-otel"
     service_version: str = ""
     shutdown_timeout_ms: int = 3000
+    report: str = "auto"
     max_tracked_spans: int = 20_000
     n_plus_one_threshold: int = 5
     n_plus_one_min_duration_ms: float = 0.0

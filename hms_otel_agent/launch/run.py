@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import sys
 
@@ -18,6 +19,7 @@ from hms_otel_agent.launch.options import add_setting_flags, given_settings
 
 BOOTSTRAP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bootstrap")
 ROOT_PID_ENV = "HMS_OTEL_ROOT_PID"
+RUN_ID_ENV = "HMS_OTEL_RUN_ID"  # exported as the resource attribute hms.run.id
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +49,7 @@ def prepare_environment(environ: dict[str, str], flags: dict[str, str]) -> None:
     path = [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != BOOTSTRAP_DIR]
     environ["PYTHONPATH"] = os.pathsep.join([BOOTSTRAP_DIR, *path])
     environ[ROOT_PID_ENV] = str(os.getpid())  # exec keeps the pid: the child knows it is the root
+    environ[RUN_ID_ENV] = secrets.token_hex(8)  # one id per run: the report at exit shows only this run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -142,21 +142,20 @@ def to_terminal(report: Report, file: IO[str] | None = None, top: int | None = N
     if width:
         console.width = width
     elif not console.is_terminal:
-        console.width = max(console.width, 160)
-    console.print(Text("hms-otel findings", style="bold"), Text(" — " + headline(report), style="dim"))
+        console.width = max(console.width, 120)
+    console.print(Text("hms-otel findings", style="bold"))
+    console.print(Text(headline(report), style="dim"), overflow="fold")
     findings = report.findings if top is None else report.findings[:top]
     if findings:
         table = Table(box=box.SIMPLE_HEAD, show_lines=False, pad_edge=False, expand=False)
         table.add_column("#", justify="right", style="dim")
         table.add_column("kind", style="bold")
-        table.add_column("route")
+        table.add_column("route", overflow="fold")
         table.add_column("relation / key pattern", overflow="fold")
-        table.add_column("req", justify="right")
-        table.add_column("reps", justify="right")
+        table.add_column("requests", justify="right")
+        table.add_column("repetitions", justify="right")
         table.add_column("total", justify="right")
-        table.add_column("per req", justify="right")
-        table.add_column("location", overflow="fold", style="cyan")
-        table.add_column("fix", overflow="fold", style="green")
+        table.add_column("per request", justify="right")
         for index, g in enumerate(findings, 1):
             table.add_row(
                 str(index),
@@ -167,10 +166,17 @@ def to_terminal(report: Report, file: IO[str] | None = None, top: int | None = N
                 str(g.repetitions),
                 _ms(g.total_ms),
                 _ms(g.per_request_ms),
-                _where(g),
-                g.fix,
             )
         console.print(table)
+        for index, g in enumerate(findings, 1):
+            where = _where(g)
+            line = Text(f"{index:>3}. ", style="dim")
+            line.append(where or "(no code location)", style="cyan")
+            console.print(line, overflow="fold")
+            if g.fix:
+                fix = Text("     fix: ", style="dim")
+                fix.append(g.fix, style="green")
+                console.print(fix, overflow="fold")
         if top is not None and len(report.findings) > top:
             console.print(f"{len(report.findings) - top} more findings not shown (--top).", style="dim")
     else:
