@@ -61,9 +61,10 @@ def build_report(
     for owner in owners:
         findings = detect(owner, settings, chosen) if analyze else owner.recorded
         aggregator.add(owner, findings)
-    if analyze and any(call.params_hash is None for owner in owners for call in owner.activity.db_calls):
+    calls = [call for owner in owners for call in owner.activity.db_calls]
+    if analyze and calls and all(call.params_hash is None for call in calls):
         aggregator.notes.append(
             "duplicate queries need the statement parameters, which are exported only with "
-            "HMS_OTEL_CAPTURE_SQL_PARAMETERS=true; statements without them were not checked for duplicates"
+            "HMS_OTEL_CAPTURE_SQL_PARAMETERS=true: not checked"
         )
     return aggregator.report()
