@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     ConsoleMetricExporter,
@@ -31,7 +32,7 @@ from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
 
 from hms_otel_agent import __version__, guard
 from hms_otel_agent.config import Settings
-from hms_otel_agent.export.batch import BoundedBatchSpanProcessor
+from hms_otel_agent.export.batch import DROP_REASONS, BoundedBatchSpanProcessor
 from hms_otel_agent.export.otlp_json import OtlpJsonFileMetricExporter, OtlpJsonFileSpanExporter
 from hms_otel_agent.export.resilient import ResilientMetricExporter, ResilientSpanExporter
 from hms_otel_agent.processors import Detector, SignalMetrics, SignalProcessor
@@ -84,6 +85,51 @@ class Pipeline:
     @property
     def dropped_spans(self) -> int:
         return sum(p.dropped_spans for p in self.batch_processors)
+
+    def dropped_by_reason(self) -> dict[str, int]:
+        totals = dict.fromkeys(DROP_REASONS, 0)
+        for processor in self.batch_processors:
+            for reason, count in processor.dropped.items():
+                totals[reason] = totals.get(reason, 0) + count
+        return totals
+
+
+def register_agent_metrics(pipeline: Pipeline) -> None:
+    """hms.agent.dropped_spans and hms.agent.errors (docs/attributes.md), observed at each export."""
+    meter = pipeline.meter_provider.get_meter("hms_otel_agent", __version__)
+
+    def observe_dropped(options: CallbackOptions) -> list[Observation]:
+        try:
+            return [
+                Observation(count, {"hms.reason": reason})
+                for reason, count in pipeline.dropped_by_reason().items()
+            ]
+        except Exception as exc:
+            guard.report("agent metrics", exc)
+            return []
+
+    def observe_errors(options: CallbackOptions) -> list[Observation]:
+        try:
+            return [
+                Observation(count, {"hms.component": component})
+                for component, count in sorted(guard.error_counts().items())
+            ]
+        except Exception as exc:
+            guard.report("agent metrics", exc)
+            return []
+
+    meter.create_observable_counter(
+        "hms.agent.dropped_spans",
+        callbacks=[observe_dropped],
+        unit="{span}",
+        description="Spans the agent did not export, by reason (queue_full, export_failed, shutdown).",
+    )
+    meter.create_observable_counter(
+        "hms.agent.errors",
+        callbacks=[observe_errors],
+        unit="{error}",
+        description="Exceptions raised inside the agent and swallowed, by component.",
+    )
 
 
 # --- resource ---------------------------------------------------------------------------
@@ -341,6 +387,7 @@ def build(
         pipeline.destinations.append(label)
         if label == "file":
             pipeline.local_dir = os.path.abspath(settings.local_dir)
+    register_agent_metrics(pipeline)
     install_end_hook()
     if hasattr(os, "register_at_fork"):
         # A forked worker (gunicorn, uvicorn --workers) reports its own pid.

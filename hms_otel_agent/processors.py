@@ -10,6 +10,7 @@ bounded: spans that never end are evicted oldest first.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -132,6 +133,7 @@ class SignalProcessor(SpanProcessor):
             _scrub(span, self.settings)
         except Exception as exc:
             guard.report("span processor (redaction)", exc)
+            _scrub_fail_closed(span)
         try:
             state = self._open.pop(span.context.span_id, None)
             if state is None:
@@ -290,13 +292,93 @@ def _scrub(span: Span, settings: Settings) -> None:
             scrubbed = dict(event.attributes)
             scrubbed["exception.message"] = redact.exception_message(str(scrubbed.get("exception.type", "")))
             if "exception.stacktrace" in scrubbed:
-                scrubbed["exception.stacktrace"] = redact.scrub_stacktrace(
-                    str(scrubbed["exception.stacktrace"])
-                )
+                scrubbed["exception.stacktrace"] = scrub_stacktrace(str(scrubbed["exception.stacktrace"]))
             events._dq[index] = Event(event.name, scrubbed, event.timestamp)  # type: ignore[attr-defined]
     status = span.status
     if status.description:
         span._status = Status(status.status_code, redact.scrub_status_description(status.description))
+
+
+_MESSAGE_REDACTED = "(message redacted)"
+
+
+def _scrub_fail_closed(span: Span) -> None:
+    """When redaction itself failed: drop what may identify a patient rather than export it."""
+    try:
+        attributes = span.attributes or {}
+        for key in _URL_ATTRIBUTES:
+            value = attributes.get(key)
+            if isinstance(value, str) and "?" in value:
+                span.set_attribute(key, value.split("?", 1)[0] + "?" + redact.REDACTED)
+        if attributes.get("url.query"):
+            span.set_attribute("url.query", redact.REDACTED)
+        events = span._events
+        for index in range(len(events)):
+            event = events[index]
+            if event.name == "exception":
+                kept = {k: v for k, v in (event.attributes or {}).items() if k == "exception.type"}
+                events._dq[index] = Event(event.name, kept, event.timestamp)  # type: ignore[attr-defined]
+        if span.status.description:
+            span._status = Status(span.status.status_code, _MESSAGE_REDACTED)
+    except Exception as exc:
+        guard.report("span processor (redaction fallback)", exc)
+
+
+# A formatted traceback, line by line: headers, frames (`File "..."` and the source and caret
+# lines under it), then the exception line, whose message may continue over any number of
+# lines, indented or not, until the next header. Exception groups prefix all of this with
+# "| " and separate their members with "+---- n ----" lines.
+_TB_HEADERS = (
+    "Traceback (most recent call last):",
+    "Exception Group Traceback (most recent call last):",
+    "The above exception was the direct cause",
+    "During handling of the above exception",
+)
+_TB_GROUP_PREFIX = re.compile(r"^[ \t]*[|+][ \t]?")
+_TB_SEPARATOR = re.compile(r"^[ \t]*\+[-+]*-{4,}(?: (?:\d+|\.\.\.) -+)?[ \t]*$")
+_TB_EXCEPTION = re.compile(r"^([A-Za-z_][\w.]*)(?=:|$)")
+_TB_SOURCE_LINES = 3  # source line(s) and caret line kept under a `File` line
+
+
+def scrub_stacktrace(text: str) -> str:
+    """Keep the structure and frames of a formatted traceback; drop every exception message,
+    including indented continuation lines and the members of exception groups."""
+    lines: list[str] = []
+    in_message = False
+    source_lines = 0
+    for line in text.splitlines():
+        if not line.strip():
+            lines.append("")
+            continue
+        if _TB_SEPARATOR.match(line):
+            lines.append(line)
+            in_message, source_lines = False, 0
+            continue
+        match = _TB_GROUP_PREFIX.match(line)
+        prefix = match.group(0) if match else ""
+        content = line[len(prefix) :]
+        if content.startswith(_TB_HEADERS):
+            lines.append(line)
+            in_message, source_lines = False, 0
+            continue
+        if in_message or not content.strip():
+            continue
+        if content[0] in " \t":
+            stripped = content.lstrip()
+            if stripped.startswith('File "'):
+                lines.append(line)
+                source_lines = _TB_SOURCE_LINES
+            elif stripped.startswith("[Previous line repeated"):
+                lines.append(line)
+            elif source_lines:
+                lines.append(line)
+                source_lines -= 1
+            continue  # any other indented text is not part of a frame: dropped
+        exception = _TB_EXCEPTION.match(content)
+        if exception:
+            lines.append(f"{prefix}{exception.group(1)}: {_MESSAGE_REDACTED}")
+        in_message, source_lines = True, 0
+    return "\n".join(lines) + ("\n" if text.endswith("\n") else "")
 
 
 _EVENT_NAMES = {"n_plus_one": "hms.n_plus_one", "duplicate_query": "hms.duplicate_query"}

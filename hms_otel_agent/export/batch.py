@@ -2,13 +2,17 @@
 
 The SDK's BatchSpanProcessor drops silently from the caller's point of view and waits up
 to 30 s per exporter at shutdown. This one keeps the same OTEL_BSP_* semantics but counts
-every dropped span, re-initialises after fork (gunicorn workers), and shuts down within a
-deadline shared by all exporters so a dead backend cannot hold up process exit.
+every dropped span by reason (`queue_full`, `export_failed`, `shutdown`: the metric
+hms.agent.dropped_spans), says so in the log (once when the queue first overflows, then a
+summary at most once a minute while it keeps dropping), re-initialises after fork (gunicorn
+workers), and shuts down within a deadline shared by all exporters so a dead backend cannot
+hold up process exit. The queue never holds more than `max_queue_size` spans.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import threading
 import time
@@ -17,9 +21,13 @@ from collections.abc import Sequence
 
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, detach, set_value
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
-from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from hms_otel_agent import guard
+
+logger = logging.getLogger("hms_otel")
+DROP_SUMMARY_INTERVAL_S = 60.0
+DROP_REASONS = ("queue_full", "export_failed", "shutdown")
 
 
 class BoundedBatchSpanProcessor(SpanProcessor):
@@ -37,8 +45,7 @@ class BoundedBatchSpanProcessor(SpanProcessor):
         self._max_queue_size = max_queue_size
         self._max_batch = min(max_export_batch_size, max_queue_size)
         self._delay_s = schedule_delay_ms / 1000.0
-        self.dropped_spans = 0
-        self.exported_batches = 0
+        self.drop_summary_interval_s = DROP_SUMMARY_INTERVAL_S
         self._shutdown = False
         self._start_worker()
         if hasattr(os, "register_at_fork"):
@@ -52,24 +59,87 @@ class BoundedBatchSpanProcessor(SpanProcessor):
             os.register_at_fork(after_in_child=after_fork_in_child)
 
     def _start_worker(self) -> None:
-        # After fork the parent's queue belongs to the parent: start empty with a new thread.
+        # After fork the parent's queue and counts belong to the parent: start empty, with new
+        # locks (another thread may have held the parent's at fork time) and a new thread.
         self._queue: collections.deque[ReadableSpan] = collections.deque()
+        self._queue_lock = threading.Lock()
         self._wakeup = threading.Event()
         self._export_lock = threading.Lock()
+        self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        self.exported_batches = 0
+        self.max_queue_length = 0  # the longest the queue has been (for tests and the soak script)
+        self._window_drops = 0
+        self._window_start = 0.0
+        self._warned = False
         self._worker = threading.Thread(target=self._run, name=f"hms-otel-export-{self.name}", daemon=True)
         if not self._shutdown:
             self._worker.start()
+
+    @property
+    def dropped_spans(self) -> int:
+        """Spans dropped for any reason (see `dropped` for the count per reason)."""
+        return sum(self.dropped.values())
+
+    @property
+    def queue_length(self) -> int:
+        return len(self._queue)
 
     def on_end(self, span: ReadableSpan) -> None:
         if self._shutdown or not span.context.trace_flags.sampled:
             return
         queue = self._queue
-        if len(queue) >= self._max_queue_size:
-            self.dropped_spans += 1
-            return
-        queue.append(span)
-        if len(queue) >= self._max_batch:
+        with self._queue_lock:
+            length = len(queue)
+            if length < self._max_queue_size:
+                queue.append(span)
+                length += 1
+                if length > self.max_queue_length:
+                    self.max_queue_length = length
+                full = False
+            else:
+                full = True
+        if full:
+            self._drop("queue_full", 1)
+        elif length >= self._max_batch:
             self._wakeup.set()
+
+    def _drop(self, reason: str, count: int) -> None:
+        with self._queue_lock:
+            self.dropped[reason] += count
+            if reason != "queue_full":
+                return
+            self._window_drops += count
+            first = not self._warned
+            if first:
+                self._warned = True
+                self._window_start = time.monotonic()
+                self._window_drops = 0
+        if first:
+            logger.warning(
+                "hms-otel: the %s export queue is full (%d spans): the backend does not keep up; "
+                "spans are dropped (the application is unaffected), counted in the metric "
+                "hms.agent.dropped_spans and summarized every %d s",
+                self.name,
+                self._max_queue_size,
+                self.drop_summary_interval_s,
+            )
+        else:
+            self._maybe_summarize_drops()
+
+    def _maybe_summarize_drops(self) -> None:
+        with self._queue_lock:
+            if not self._window_drops or time.monotonic() - self._window_start < self.drop_summary_interval_s:
+                return
+            window, self._window_drops = self._window_drops, 0
+            self._window_start = time.monotonic()
+            total = self.dropped["queue_full"]
+        logger.warning(
+            "hms-otel: %d %s spans dropped in the last %d s because the export queue was full (%d in all)",
+            window,
+            self.name,
+            self.drop_summary_interval_s,
+            total,
+        )
 
     def _run(self) -> None:
         while not self._shutdown:
@@ -78,23 +148,42 @@ class BoundedBatchSpanProcessor(SpanProcessor):
             if self._shutdown:
                 break
             self._export_all()
+            try:
+                self._maybe_summarize_drops()
+            except Exception as exc:
+                guard.report(f"{self.name} export queue", exc)
 
-    def _export_all(self, deadline: float | None = None) -> None:
+    def _take_batch(self) -> list[ReadableSpan]:
+        queue = self._queue
+        with self._queue_lock:
+            return [queue.popleft() for _ in range(min(self._max_batch, len(queue)))]
+
+    def _export_all(self, deadline: float | None = None, drop_at_deadline: bool = False) -> bool:
+        """Export what is queued; False if the deadline came first (then, at shutdown, the rest
+        is dropped and counted)."""
         with self._export_lock:
             while self._queue:
                 if deadline is not None and time.monotonic() >= deadline:
-                    self.dropped_spans += len(self._queue)
-                    self._queue.clear()
-                    return
-                batch = [self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))]
-                self._export(batch)
+                    if drop_at_deadline:
+                        with self._queue_lock:
+                            left = len(self._queue)
+                            self._queue.clear()
+                        self._drop("shutdown", left)
+                    return False
+                self._export(self._take_batch())
+        return True
 
     def _export(self, batch: Sequence[ReadableSpan]) -> None:
+        if not batch:
+            return
         token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
         try:
-            self.exporter.export(batch)
+            result = self.exporter.export(batch)
             self.exported_batches += 1
+            if result is SpanExportResult.FAILURE:
+                self._drop("export_failed", len(batch))
         except Exception as exc:
+            self._drop("export_failed", len(batch))
             guard.report(f"{self.name} exporter", exc)
         finally:
             detach(token)
@@ -102,8 +191,8 @@ class BoundedBatchSpanProcessor(SpanProcessor):
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         if self._shutdown:
             return False
-        self._export_all(time.monotonic() + timeout_millis / 1000.0)
-        return True
+        # What is not exported by the deadline stays queued for the next export.
+        return self._export_all(time.monotonic() + timeout_millis / 1000.0)
 
     def shutdown(self, timeout_millis: int = 30000) -> None:
         if self._shutdown:
@@ -117,10 +206,14 @@ class BoundedBatchSpanProcessor(SpanProcessor):
         flusher.start()
         flusher.join(max(0.0, deadline - time.monotonic()))
         if flusher.is_alive():
-            self.dropped_spans += len(self._queue)
+            # Still exporting (a stalled backend): what is left will not be sent.
+            with self._queue_lock:
+                left = len(self._queue)
+                self._queue.clear()
+            self._drop("shutdown", left)
 
     def _final_flush(self, deadline: float) -> None:
-        self._export_all(deadline)
+        self._export_all(deadline, drop_at_deadline=True)
         try:
             self.exporter.shutdown()
         except Exception as exc:

@@ -196,7 +196,8 @@ class ResilientSpanExporter(SpanExporter):
         try:
             result = self._inner.get().export(spans)
         except Exception as exc:
-            self.health.failed(len(spans), f"{type(exc).__name__}: {exc}"[:300])
+            # The type only: an exception raised while encoding may quote attribute values.
+            self.health.failed(len(spans), type(exc).__name__)
             return SpanExportResult.FAILURE
         if result is SpanExportResult.SUCCESS:
             self.health.succeeded()
@@ -227,7 +228,7 @@ class ResilientMetricExporter(MetricExporter):
         try:
             result = self._inner.get().export(metrics_data, timeout_millis=timeout_millis)
         except Exception as exc:
-            self.health.failed(points, f"{type(exc).__name__}: {exc}"[:300])
+            self.health.failed(points, type(exc).__name__)
             return MetricExportResult.FAILURE
         if result is MetricExportResult.SUCCESS:
             self.health.succeeded()

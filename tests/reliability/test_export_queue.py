@@ -1,0 +1,217 @@
+"""The export path in-process: a bounded queue, every dropped span counted by reason, one
+warning then periodic summaries, a shutdown that keeps its deadline, and the agent metrics."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from hms_otel_agent import config, guard, pipeline
+from hms_otel_agent.export.batch import BoundedBatchSpanProcessor
+
+
+class StallingExporter(SpanExporter):
+    """Blocks every export until released, like a backend that accepted and never answered."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.exported = 0
+        self.calls = 0
+        self.received = 0  # spans handed to export (held while stalled)
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.calls += 1
+        self.received += len(spans)
+        self.release.wait(30)
+        self.exported += len(spans)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+
+class FailingExporter(SpanExporter):
+    def __init__(self, raises: bool) -> None:
+        self.raises = raises
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self.raises:
+            raise OSError("backend exploded")
+        return SpanExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        pass
+
+
+def make_spans(provider: TracerProvider, count: int) -> None:
+    tracer = provider.get_tracer("test")
+    for i in range(count):
+        tracer.start_span(f"s{i}").end()
+
+
+def test_queue_never_exceeds_its_size_and_every_drop_is_counted(caplog: pytest.LogCaptureFixture) -> None:
+    exporter = StallingExporter()
+    batch = BoundedBatchSpanProcessor(
+        exporter, max_queue_size=100, max_export_batch_size=10, schedule_delay_ms=1
+    )
+    provider = TracerProvider()
+    provider.add_span_processor(batch)
+    try:
+        with caplog.at_level(logging.WARNING, logger="hms_otel"):
+            threads = [threading.Thread(target=make_spans, args=(provider, 2500)) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        # 10 000 spans ended while the exporter holds one batch of 10: at most 100 wait.
+        assert batch.max_queue_length <= 100
+        assert batch.queue_length <= 100
+        assert exporter.calls == 1 and exporter.received <= 10  # the worker is stuck in one export
+        assert batch.dropped["queue_full"] + batch.queue_length + exporter.received == 10_000
+        warnings = [r.getMessage() for r in caplog.records if "queue is full" in r.getMessage()]
+        assert len(warnings) == 1, warnings  # once, not once per span
+        assert "hms.agent.dropped_spans" in warnings[0]
+    finally:
+        exporter.release.set()
+        batch.shutdown(timeout_millis=5000)
+
+
+def test_drops_are_summarized_periodically(caplog: pytest.LogCaptureFixture) -> None:
+    exporter = StallingExporter()
+    batch = BoundedBatchSpanProcessor(
+        exporter, max_queue_size=5, max_export_batch_size=5, schedule_delay_ms=10
+    )
+    batch.drop_summary_interval_s = 0.2
+    provider = TracerProvider()
+    provider.add_span_processor(batch)
+    try:
+        with caplog.at_level(logging.WARNING, logger="hms_otel"):
+            make_spans(provider, 50)
+            time.sleep(0.3)
+            make_spans(provider, 50)  # a drop after the interval: a summary line
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not any(
+                "dropped in the last" in r.getMessage() for r in caplog.records
+            ):
+                time.sleep(0.05)
+        summaries = [r.getMessage() for r in caplog.records if "dropped in the last" in r.getMessage()]
+        assert summaries, [r.getMessage() for r in caplog.records]
+        assert "because the export queue was full" in summaries[0]
+    finally:
+        exporter.release.set()
+        batch.shutdown(timeout_millis=5000)
+
+
+@pytest.mark.parametrize("raises", [False, True], ids=["failure-result", "exception"])
+def test_failed_exports_are_counted(raises: bool) -> None:
+    guard.reset_for_tests()
+    batch = BoundedBatchSpanProcessor(FailingExporter(raises), max_queue_size=1000, schedule_delay_ms=5000)
+    provider = TracerProvider()
+    provider.add_span_processor(batch)
+    make_spans(provider, 30)
+    batch.force_flush(5000)
+    assert batch.dropped == {"queue_full": 0, "export_failed": 30, "shutdown": 0}
+    batch.shutdown(1000)
+    if raises:
+        assert guard.error_counts() == {"traces exporter": 1}
+
+
+def test_shutdown_keeps_its_deadline_and_counts_what_is_left() -> None:
+    exporter = StallingExporter()
+    batch = BoundedBatchSpanProcessor(
+        exporter, max_queue_size=1000, max_export_batch_size=10, schedule_delay_ms=1
+    )
+    provider = TracerProvider()
+    provider.add_span_processor(batch)
+    make_spans(provider, 200)
+    deadline = time.monotonic() + 5
+    while exporter.calls == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    started = time.monotonic()
+    batch.shutdown(timeout_millis=300)
+    took = time.monotonic() - started
+    assert took < 2.0  # the exporter would block for 30 s
+    assert batch.dropped["shutdown"] == 200 - exporter.received
+    assert batch.queue_length == 0
+    exporter.release.set()
+
+
+def test_force_flush_past_its_deadline_keeps_the_spans() -> None:
+    exporter = StallingExporter()
+    batch = BoundedBatchSpanProcessor(
+        exporter, max_queue_size=1000, max_export_batch_size=10, schedule_delay_ms=60_000
+    )
+    provider = TracerProvider()
+    provider.add_span_processor(batch)
+    make_spans(provider, 50)
+    flusher = threading.Thread(target=batch.force_flush, args=(200,))
+    flusher.start()
+    time.sleep(0.3)  # the first batch is stuck in the exporter; the flush gives up
+    exporter.release.set()
+    flusher.join(5)
+    assert batch.dropped_spans == 0
+    assert batch.force_flush(5000)
+    assert exporter.exported == 50
+    batch.shutdown(1000)
+
+
+def test_agent_metrics_report_drops_by_reason_and_errors_by_component() -> None:
+    guard.reset_for_tests()
+    reader = InMemoryMetricReader()
+    settings = config.replace(config.load({}).settings, live_log=False, bsp_max_queue_size=5)
+    built = pipeline.build(
+        settings, span_exporters=[("failing", FailingExporter(False))], metric_readers=[reader]
+    )
+    try:
+        tracer = built.tracer_provider.get_tracer("test")
+        for i in range(20):
+            tracer.start_span(f"s{i}").end()
+        built.force_flush(5000)
+        try:
+            raise KeyError("MRN-000123")
+        except KeyError as exc:
+            guard.report("test component", exc)
+        points = metric_points(reader)
+        dropped = {p[0]["hms.reason"]: p[1] for p in points["hms.agent.dropped_spans"]}
+        # Every span is accounted for: rejected by the full queue or failed by the exporter.
+        assert dropped["queue_full"] + dropped["export_failed"] == 20
+        assert dropped["queue_full"] > 0 and dropped["export_failed"] >= 5 and dropped["shutdown"] == 0
+        errors = {p[0]["hms.component"]: p[1] for p in points["hms.agent.errors"]}
+        assert errors == {"test component": 1}
+    finally:
+        built.shutdown(1000)
+
+
+def metric_points(reader: InMemoryMetricReader) -> dict[str, list[tuple[dict[str, object], float]]]:
+    found: dict[str, list[tuple[dict[str, object], float]]] = {}
+    data = reader.get_metrics_data()
+    assert data is not None
+    for rm in data.resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                for point in metric.data.data_points:
+                    found.setdefault(metric.name, []).append((dict(point.attributes or {}), point.value))
+    return found
+
+
+def test_internal_error_log_names_the_place_never_the_message(caplog: pytest.LogCaptureFixture) -> None:
+    guard.reset_for_tests()
+
+    def agent_code(key: str) -> int:
+        return int(key)  # ValueError: invalid literal for int() with base 10: 'Okafor'
+
+    with caplog.at_level(logging.WARNING, logger="hms_otel"):
+        try:
+            agent_code("Okafor")
+        except ValueError as exc:
+            guard.report("some hook", exc)
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "Okafor" not in line
+    assert "internal error in some hook (ValueError at " in line and "in agent_code" in line
