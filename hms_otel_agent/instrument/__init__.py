@@ -66,6 +66,9 @@ def install(settings: Settings, tracer_provider: Any, meter_provider: Any) -> No
     if "django" not in disabled and "django" not in _installed:
         _installed.add("django")
         django_server.when_django_ready(django_server.instrument_server(tracer_provider, meter_provider))
+        from hms_otel_agent.instrument import django_cache
+
+        django_server.when_django_ready(django_cache.when_ready(settings, tracer_provider))
         django_server.hook_django_setup()
 
 
@@ -91,6 +94,9 @@ def uninstall() -> None:
                 from hms_otel_agent.instrument import django_server
 
                 django_server.uninstrument_server()
+                from hms_otel_agent.instrument import django_cache
+
+                django_cache.uninstall()
         except Exception as exc:
             guard.report(f"{name} uninstrumentation", exc)
     db.uninstall()

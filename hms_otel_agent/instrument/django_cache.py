@@ -1,0 +1,395 @@
+"""Spans for Django's cache API: one CLIENT span ``cache.<operation>`` per call, on any backend.
+
+Applied once Django is ready. The public methods (`OPERATIONS`) are wrapped on every class
+of a backend's MRO, from the concrete class up to ``BaseCache``, that defines them: the
+classes already imported when the agent installs, and the class of every backend constructed
+afterwards (a hook on ``BaseCache.__init__``, which every backend calls), which covers backends
+imported lazily (django-redis, ``caches[alias]`` on first use) and project subclasses, whether
+they implement a method or inherit it.
+
+One call, one span: a wrapped method called while another runs in the same context (the
+base ``get_or_set`` calls ``get`` and ``add``, ``get_many`` calls ``get``, DatabaseCache's
+``get`` calls ``get_many``, a subclass calls ``super()``) runs unwrapped. The outer span is
+the current span, so the Redis command spans underneath are its children; they read its
+backend's key prefix from `cache_hooks.current_django_call`.
+
+Hit or miss never changes what the caller gets: ``get`` is called with a private sentinel as
+the default and the caller's default is returned when the sentinel comes back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
+
+import wrapt
+from opentelemetry import context as context_api
+from opentelemetry import trace
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from hms_otel_agent import __version__, guard
+from hms_otel_agent.config import Settings
+from hms_otel_agent.instrument.cache_hooks import (
+    CACHE_RECORD,
+    captured_keys,
+    current_django_call,
+    key_hash,
+    key_text,
+    keys_pattern,
+    read_attributes,
+)
+from hms_otel_agent.instrument.context import user_location
+from hms_otel_agent.signals.activity import CacheCall
+
+SCOPE = "hms_otel_agent.django_cache"
+OPERATIONS = (
+    "get",
+    "get_many",
+    "get_or_set",
+    "has_key",
+    "set",
+    "add",
+    "set_many",
+    "delete",
+    "delete_many",
+    "incr",
+    "decr",
+    "touch",
+    "clear",
+)
+# Short names by the module and class that define a backend (the first match in the MRO).
+BACKEND_NAMES = {
+    ("django_redis.cache", "RedisCache"): "django_redis",
+    ("django.core.cache.backends.redis", "RedisCache"): "redis",
+    ("django.core.cache.backends.locmem", "LocMemCache"): "locmem",
+    ("django.core.cache.backends.db", "DatabaseCache"): "db",
+    ("django.core.cache.backends.db", "BaseDatabaseCache"): "db",
+    ("django.core.cache.backends.filebased", "FileBasedCache"): "file",
+    ("django.core.cache.backends.memcached", "BaseMemcachedCache"): "memcached",
+    ("django.core.cache.backends.dummy", "DummyCache"): "dummy",
+}
+# Positional index of the timeout argument of the writes.
+_TIMEOUT_INDEX = {"set": 2, "add": 2, "get_or_set": 2, "set_many": 1, "touch": 1}
+_SINGLE_KEY = frozenset(("get", "get_or_set", "has_key", "set", "add", "delete", "incr", "decr", "touch"))
+
+_MISSING = object()  # our default for get(): comes back only on a miss
+
+
+class DjangoCacheCall:
+    """The Django cache call in progress (`cache_hooks.current_django_call`)."""
+
+    __slots__ = ("get_missed", "key_prefix", "operation")
+
+    def __init__(self, operation: str, key_prefix: str | None) -> None:
+        self.operation = operation
+        self.key_prefix = key_prefix
+        self.get_missed: bool | None = None  # get_or_set: what its first inner get() found
+
+
+_state: dict[str, Any] = {"tracer": None, "capture_keys": False}
+_wrapped: list[tuple[type, str, Any]] = []  # (class, method name, original)
+_instrumented: set[type] = set()
+_names: dict[type, str] = {}
+
+
+def when_ready(settings: Settings, tracer_provider: Any) -> Callable[[], None]:
+    """The callback for `django_server.when_django_ready`."""
+
+    def instrument_django_cache() -> None:
+        install(settings, tracer_provider)
+
+    return instrument_django_cache
+
+
+def install(settings: Settings, tracer_provider: Any) -> None:
+    from django.core.cache.backends.base import BaseCache
+
+    _state["tracer"] = trace.get_tracer(SCOPE, __version__, tracer_provider)
+    _state["capture_keys"] = settings.capture_cache_keys
+    if not _is_ours(BaseCache.__dict__.get("__init__")):
+        wrapt.wrap_function_wrapper(BaseCache, "__init__", _backend_init)
+    pending: list[type] = [BaseCache]
+    while pending:
+        cls = pending.pop()
+        instrument_backend_class(cls)
+        pending.extend(cls.__subclasses__())
+
+
+def uninstall() -> None:
+    from django.core.cache.backends.base import BaseCache
+
+    while _wrapped:
+        cls, name, original = _wrapped.pop()
+        if _is_ours(cls.__dict__.get(name)):
+            setattr(cls, name, original)
+    _instrumented.clear()
+    init = BaseCache.__dict__.get("__init__")
+    if _is_ours(init):
+        BaseCache.__init__ = init.__wrapped__
+    _state["tracer"] = None
+
+
+def _backend_init(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+    result = wrapped(*args, **kwargs)
+    try:
+        if instance is not None and type(instance) not in _instrumented:
+            instrument_backend_class(type(instance))
+    except Exception as exc:
+        guard.report("django cache instrumentation", exc)
+    return result
+
+
+_backend_init._hms_django_cache = True  # type: ignore[attr-defined]
+
+
+def _is_ours(attribute: Any) -> bool:
+    return isinstance(attribute, wrapt.FunctionWrapper) and getattr(
+        getattr(attribute, "_self_wrapper", None), "_hms_django_cache", False
+    )
+
+
+def instrument_backend_class(cls: type) -> None:
+    """Wrap the cache API methods defined by `cls` and its bases up to ``BaseCache``."""
+    from django.core.cache.backends.base import BaseCache
+
+    if cls in _instrumented or not issubclass(cls, BaseCache):
+        return
+    for klass in cls.__mro__:
+        if klass in _instrumented or not issubclass(klass, BaseCache):
+            continue
+        _instrumented.add(klass)
+        for name in OPERATIONS:
+            attribute = klass.__dict__.get(name)
+            if attribute is None or _is_ours(attribute) or not callable(attribute):
+                continue
+            wrapt.wrap_function_wrapper(klass, name, _WRAPPERS[name])
+            _wrapped.append((klass, name, attribute))
+
+
+def backend_name(cls: type) -> str:
+    name = _names.get(cls)
+    if name is None:
+        for klass in cls.__mro__:
+            name = BACKEND_NAMES.get((klass.__module__, klass.__name__))
+            if name is not None:
+                break
+        else:
+            name = cls.__name__
+        _names[cls] = name
+    return name
+
+
+# --- the wrapper -------------------------------------------------------------------------------
+
+
+class _Call:
+    """What the wrapper learned before the call, and the arguments to call with."""
+
+    __slots__ = ("args", "call", "keys", "kwargs", "span", "user_default")
+
+    def __init__(self, args: Any, kwargs: Any) -> None:
+        self.args = args
+        self.kwargs = kwargs
+        self.keys: Sequence[Any] = ()
+        self.user_default: Any = None
+        self.span: Any = None
+        self.call: CacheCall | None = None
+
+
+def _argument(args: Any, kwargs: Any, index: int, name: str, default: Any) -> Any:
+    if len(args) > index:
+        return args[index]
+    return kwargs.get(name, default)
+
+
+def _ttl(instance: Any, args: Any, kwargs: Any, operation: str) -> float | None:
+    """Seconds until the written entry expires; None: never. DEFAULT_TIMEOUT is the backend's."""
+    from django.core.cache.backends.base import DEFAULT_TIMEOUT
+
+    timeout = _argument(args, kwargs, _TIMEOUT_INDEX[operation], "timeout", DEFAULT_TIMEOUT)
+    if timeout is DEFAULT_TIMEOUT:
+        timeout = getattr(instance, "default_timeout", None)
+    if timeout is None:
+        return None
+    return max(0.0, float(timeout))
+
+
+def _prepare(operation: str, instance: Any, args: Any, kwargs: Any) -> _Call:
+    prepared = _Call(args, kwargs)
+    if operation in _SINGLE_KEY:
+        key = _argument(args, kwargs, 0, "key", None)
+        keys: Sequence[Any] = () if key is None else (key,)
+    elif operation == "get_many" or operation == "delete_many":
+        raw = _argument(args, kwargs, 0, "keys", ())
+        # Lists, tuples, sets, dict views can be read twice; an iterator is left alone.
+        keys = raw if isinstance(raw, (list, tuple)) else list(raw) if isinstance(raw, Collection) else ()
+    elif operation == "set_many":
+        data = _argument(args, kwargs, 0, "data", None)
+        keys = list(data) if isinstance(data, dict) else ()
+    else:
+        keys = ()
+    prepared.keys = keys
+    if operation == "get":
+        prepared.user_default = _argument(args, kwargs, 1, "default", None)
+        prepared.args, prepared.kwargs = _replace(args, kwargs, 1, "default", _MISSING)
+    elif operation == "get_or_set":
+        default = _argument(args, kwargs, 1, "default", None)
+        if callable(default):
+            prepared.args, prepared.kwargs = _replace(args, kwargs, 1, "default", _outside_call(default))
+    return prepared
+
+
+def _replace(args: Any, kwargs: Any, index: int, name: str, value: Any) -> tuple[Any, Any]:
+    if len(args) > index:
+        return (*args[:index], value, *args[index + 1 :]), kwargs
+    return args, {**kwargs, name: value}
+
+
+def _outside_call(default: Callable[[], Any]) -> Callable[[], Any]:
+    """get_or_set's callable default is the application's code: its own cache calls get spans."""
+
+    def compute() -> Any:
+        outer = current_django_call.get()
+        if outer is not None:
+            outer.get_missed = True
+        token = current_django_call.set(None)
+        try:
+            return default()
+        finally:
+            current_django_call.reset(token)
+
+    return compute
+
+
+def _start(operation: str, instance: Any, prepared: _Call) -> None:
+    keys = prepared.keys
+    pattern = keys_pattern(keys)
+    backend = backend_name(type(instance))
+    writes = 0
+    ttl_s: float | None = None
+    if operation in _TIMEOUT_INDEX:
+        ttl_s = _ttl(instance, prepared.args, prepared.kwargs, operation)
+        writes = 0 if operation == "get_or_set" else len(keys)
+    attributes: dict[str, Any] = {"hms.cache.operation": operation, "hms.cache.backend": backend}
+    if pattern:
+        attributes["hms.cache.key_pattern"] = pattern
+    if writes and ttl_s is not None:
+        attributes["hms.cache.ttl_s"] = ttl_s
+    if _state["capture_keys"] and keys:
+        attributes["hms.cache.key"] = captured_keys(keys)
+    span = _state["tracer"].start_span(f"cache.{operation}", kind=SpanKind.CLIENT, attributes=attributes)
+    prepared.span = span
+    if not span.is_recording():
+        return
+    unique = keys if len(keys) <= 1 else list(dict.fromkeys(key_text(k) for k in keys))
+    call = CacheCall(
+        operation=operation,
+        key_pattern=pattern,
+        start_ns=0,
+        duration_ns=0,
+        backend=backend,
+        writes=writes,
+        deletes=(len(keys) or 1) if operation in ("delete", "delete_many") else 0,
+        ttl_s=ttl_s,
+        key_hash=key_hash(unique),
+        location=user_location(),
+        django_api=True,
+    )
+    prepared.call = call
+    setattr(span, CACHE_RECORD, call)
+
+
+def _finish(operation: str, prepared: _Call, result: Any, frame: DjangoCacheCall) -> None:
+    call = prepared.call
+    if call is None:
+        return
+    reads = hits = 0
+    if operation == "get":
+        reads, hits = 1, 0 if result is _MISSING else 1
+    elif operation == "has_key":
+        reads, hits = 1, 1 if result else 0
+    elif operation == "get_or_set":
+        if frame.get_missed is not None:
+            reads, hits = 1, 0 if frame.get_missed else 1
+            call.writes = 1 if frame.get_missed else 0
+    elif operation == "get_many":
+        reads = len({key_text(k) for k in prepared.keys})
+        hits = min(len(result), reads) if isinstance(result, dict) else 0
+    attributes: dict[str, Any] = {}
+    if reads:
+        call.reads, call.hits, call.misses = reads, hits, reads - hits
+        attributes = read_attributes(reads, hits, reads - hits, single=operation != "get_many")
+    if operation == "get_or_set" and call.writes and call.ttl_s is not None:
+        attributes["hms.cache.ttl_s"] = call.ttl_s  # it wrote: the miss is known only now
+    if attributes:
+        prepared.span.set_attributes(attributes)
+
+
+def _nested(operation: str, outer: DjangoCacheCall, wrapped: Any, args: Any, kwargs: Any) -> Any:
+    """A cache method called by another one: no span; get_or_set learns hit or miss."""
+    result = wrapped(*args, **kwargs)
+    if operation == "get" and outer.operation == "get_or_set" and outer.get_missed is None:
+        try:
+            outer.get_missed = result is _argument(args, kwargs, 1, "default", None)
+        except Exception as exc:
+            guard.report("django cache instrumentation", exc)
+    return result
+
+
+def _make_wrapper(operation: str) -> Callable[..., Any]:
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        outer = current_django_call.get()
+        if outer is not None:
+            return _nested(operation, outer, wrapped, args, kwargs)
+        if _state["tracer"] is None or instance is None or not is_instrumentation_enabled():
+            return wrapped(*args, **kwargs)
+        prepared: _Call | None = None
+        try:
+            prepared = _prepare(operation, instance, args, kwargs)
+            frame = DjangoCacheCall(operation, getattr(instance, "key_prefix", "") or None)
+            _start(operation, instance, prepared)
+        except Exception as exc:
+            guard.report("django cache instrumentation", exc)
+            if prepared is not None and prepared.span is not None:
+                prepared.span.end()
+            prepared = None
+        if prepared is None:
+            return wrapped(*args, **kwargs)
+        span = prepared.span
+        token = context_api.attach(trace.set_span_in_context(span))
+        frame_token = current_django_call.set(frame)
+        try:
+            result = wrapped(*prepared.args, **prepared.kwargs)
+        except BaseException as exc:
+            current_django_call.reset(frame_token)
+            context_api.detach(token)
+            _end_failed(span, exc)
+            raise
+        current_django_call.reset(frame_token)
+        context_api.detach(token)
+        try:
+            _finish(operation, prepared, result, frame)
+        except Exception as exc:
+            guard.report("django cache instrumentation", exc)
+        span.end()
+        if result is _MISSING:
+            return prepared.user_default
+        return result
+
+    wrapper._hms_django_cache = True  # type: ignore[attr-defined]
+    wrapper.__name__ = f"hms_django_cache_{operation}"
+    return wrapper
+
+
+def _end_failed(span: Any, exc: BaseException) -> None:
+    try:
+        if isinstance(exc, Exception) and span.is_recording():
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+    except Exception as error:
+        guard.report("django cache instrumentation", error)
+    span.end()
+
+
+_WRAPPERS = {name: _make_wrapper(name) for name in OPERATIONS}
