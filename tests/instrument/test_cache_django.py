@@ -55,9 +55,8 @@ def use_backend(
     from django.conf import settings
     from django.core.cache import caches
     from django.core.management import call_command
-    from django.test import override_settings
-
     from django.db import connections
+    from django.test import override_settings
 
     connections.close_all()  # no connection opened before the agent was installed (untraced SQL)
     overrides: list[Any] = []
