@@ -34,7 +34,7 @@ def install(settings: Settings, tracer_provider: Any, meter_provider: Any) -> No
 
         wrapt.register_post_import_hook(hook, module_name)
 
-    from hms_otel_agent.instrument import db, django_server, redis
+    from hms_otel_agent.instrument import db, django_orm, django_server, redis
 
     def instrument_psycopg2() -> None:
         from opentelemetry.instrumentation.psycopg2 import Psycopg2Instrumentor
@@ -66,6 +66,7 @@ def install(settings: Settings, tracer_provider: Any, meter_provider: Any) -> No
     if "django" not in disabled and "django" not in _installed:
         _installed.add("django")
         django_server.when_django_ready(django_server.instrument_server(tracer_provider, meter_provider))
+        django_server.when_django_ready(django_orm.install)
         from hms_otel_agent.instrument import django_cache
 
         django_server.when_django_ready(django_cache.when_ready(settings, tracer_provider))
@@ -91,9 +92,10 @@ def uninstall() -> None:
 
                 redis.uninstall()
             elif name == "django":
-                from hms_otel_agent.instrument import django_server
+                from hms_otel_agent.instrument import django_orm, django_server
 
                 django_server.uninstrument_server()
+                django_orm.uninstall()
                 from hms_otel_agent.instrument import django_cache
 
                 django_cache.uninstall()

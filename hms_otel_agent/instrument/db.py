@@ -51,6 +51,9 @@ def orm_attributes(orm: OrmContext) -> dict[str, Any]:
     if orm.relation:
         attributes["hms.orm.relation"] = orm.relation
     attributes["hms.orm.lazy"] = orm.lazy
+    if orm.path:
+        attributes["hms.orm.path"] = orm.path
+        attributes["hms.orm.root_model"] = orm.root_model
     if orm.location is not None:
         attributes["code.file.path"] = orm.location.file
         attributes["code.line.number"] = orm.location.line

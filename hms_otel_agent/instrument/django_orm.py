@@ -1,0 +1,815 @@
+"""ORM context: which Django ORM operation is behind each SQL statement.
+
+`install()` (run once Django's app registry is ready, never at import) patches Django so that
+`current_orm` holds an `OrmContext` while the ORM executes SQL; the SQL span hook
+(`instrument/db.py`) reads it. Every patch sets the context before calling Django, calls
+Django outside any ``try``/``except`` (the application's exceptions pass through untouched),
+and resets the context in ``finally``. Errors in the agent's own code are reported through
+`guard.report` and the operation runs without context.
+
+What is patched (4.2 / 5.2 / 6.1 unless noted):
+
+* lazy loads of one object: ``ForwardManyToOneDescriptor.get_object`` (forward FK and, through
+  ``super()``, ``ForwardOneToOneDescriptor``); ``ReverseOneToOneDescriptor.get_queryset`` tags
+  the queryset it builds for ``__get__`` (4.2/5.2) or ``fetch_one`` (6.1);
+  ``GenericForeignKey.__get__`` (4.2/5.2) or ``GenericForeignKeyDescriptor.fetch_one`` (6.1);
+  deferred fields: ``Model.refresh_from_db`` recognises its caller ``DeferredAttribute.__get__``
+  (4.2/5.2: no wrapper on the attribute access itself) or ``DeferredAttribute.fetch_one`` (6.1);
+* related managers: the classes built by ``create_reverse_many_to_one_manager``,
+  ``create_forward_many_to_many_manager`` and contenttypes' ``create_generic_related_manager``
+  (the factories are wrapped, and classes built before `install()` are patched in place):
+  ``get_queryset`` tags the queryset, M2M ``count``/``exists`` (5.x+) set the context;
+* operations: ``QuerySet.get`` / ``count`` / ``exists`` / ``_fetch_all``,
+  ``Model.refresh_from_db``; every other statement (insert, update, delete, aggregate,
+  ``iterator()``) gets a "query" context in ``SQLCompiler.execute_sql`` /
+  ``SQLInsertCompiler.execute_sql`` when nothing more specific is set;
+* prefetching: ``prefetch_one_level`` (prefetch queries are not lazy loads, and the objects it
+  loads remember their path);
+* Django 6.1 fetch modes: ``fetch_many`` of the four fetchers (FETCH_PEERS loads a relation
+  for all peers in one query): the context keeps the relation and its kind with
+  ``lazy=False``, so the detector sees a batched load, not an N+1.
+
+Data kept outside contextvars (plain strings and integers only, never callables, and never a
+model instance used as a key or compared):
+
+* ``queryset.query._hms_rel``: a tuple ``(kind, model, relation, path, root_model,
+  where_count, order_by)`` on the Query of a related manager's queryset (or of a reverse
+  one-to-one lookup). Django evaluates that queryset later, in user code, after
+  ``.filter()``/``.order_by()`` clones it; ``Query.clone`` copies ``__dict__``, so the tag
+  follows the clones. ``where_count``/``order_by`` are the unfiltered shape: a clone that
+  differs was filtered in user code (``OrmContext.filtered``).
+* ``instance._state._hms_origin``: ``(root_model, path)`` on instances loaded through a
+  relation (lazy load, select_related join, prefetch, related manager), so a lazy load from
+  such an instance reports the whole path (``patient__insurance`` from ``hms.Encounter``).
+  Instances of the queryset the user started from carry nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import weakref
+from collections.abc import Callable
+from contextvars import ContextVar, Token
+from typing import Any
+
+from hms_otel_agent import guard
+from hms_otel_agent.instrument.context import current_orm, user_location
+from hms_otel_agent.signals.activity import DEFERRED as DEFERRED_KIND
+from hms_otel_agent.signals.activity import (
+    FORWARD,
+    GENERIC_FK,
+    GENERIC_RELATION,
+    GET,
+    MANY_TO_MANY,
+    REFRESH,
+    RELATED_COUNT,
+    RELATED_EXISTS,
+    REVERSE_FK,
+    REVERSE_ONE_TO_ONE,
+    OrmContext,
+)
+
+COMPONENT = "Django ORM context"
+QUERY = "query"
+COUNT = "count"
+EXISTS = "exists"
+TAG = "_hms_rel"  # attribute of django.db.models.sql.Query
+ORIGIN = "_hms_origin"  # attribute of an instance's ModelState
+_PATCHED = "_hms_orm_patch"  # marks our wrappers (for uninstall and idempotence)
+_MANAGER_KINDS = frozenset((REVERSE_FK, MANY_TO_MANY, GENERIC_RELATION))
+_MAX_SELECT_RELATED_DEPTH = 5  # Django's own default for select_related()
+
+# True while Django runs prefetch_one_level: related managers built there are never evaluated.
+_in_prefetch: ContextVar[bool] = ContextVar("hms_otel_orm_prefetch", default=False)
+
+# Per-class / per-descriptor metadata, filled on first use; bounded by the number of models
+# and relations in the process. Keys are model classes and descriptors, never instances.
+_labels: dict[Any, str] = {}
+_names: dict[Any, str] = {}
+_forward_joins: dict[Any, dict[str, Any]] = {}
+
+_undo: list[tuple[Any, str, Any]] = []  # (owner, name, previous value in owner.__dict__ or _MISSING)
+_manager_classes: weakref.WeakSet[type] = weakref.WeakSet()
+_installed = False
+_MISSING = object()
+
+# Set by install(): Django classes the hot path compares against.
+_ModelIterable: Any = None
+_SQLCompiler: Any = None
+_deferred_get_code: Any = None
+
+
+# -- contexts ---------------------------------------------------------------------------------
+
+
+def _rank(ctx: OrmContext) -> int:
+    """Which context wins when ORM operations nest: relation loads > refresh > plain queries."""
+    if ctx.relation:
+        return 3
+    return 2 if ctx.kind == REFRESH else 1
+
+
+def _pop(token: Token[OrmContext | None] | None) -> None:
+    if token is None:
+        return
+    try:
+        current_orm.reset(token)
+    except Exception as exc:
+        guard.report(COMPONENT, exc)
+
+
+def _label(model: Any) -> str:
+    try:
+        return _labels[model]
+    except KeyError:
+        label = _labels[model] = model._meta.label
+        return label
+
+
+def _name(descriptor: Any, compute: Callable[[Any], str]) -> str:
+    try:
+        return _names[descriptor]
+    except KeyError:
+        name = _names[descriptor] = compute(descriptor)
+        return name
+
+
+def _origin(instance: Any) -> tuple[str, str] | None:
+    origin: tuple[str, str] | None = instance._state.__dict__.get(ORIGIN)
+    return origin
+
+
+def _path(instance: Any, name: str) -> tuple[str, str, str]:
+    """(model, root_model, path) of loading relation `name` from `instance`."""
+    model = _label(type(instance))
+    origin = _origin(instance)
+    if origin is None:
+        return model, model, name
+    return model, origin[0], origin[1] + "__" + name
+
+
+def _open_relation(
+    instance: Any, name: str, kind: str, lazy: bool = True
+) -> tuple[Token[OrmContext | None] | None, tuple[str, str] | None]:
+    """Set the context of loading relation `name` of `instance`; return (token, origin of what
+    gets loaded). Never raises."""
+    try:
+        model, root, path = _path(instance, name)
+        outer = current_orm.get()
+        token = None
+        if outer is None or not outer.relation:
+            ctx = OrmContext(model, kind, model + "." + name, lazy, path, root, False, user_location())
+            token = current_orm.set(ctx)
+        return token, (root, path)
+    except Exception as exc:
+        guard.report(COMPONENT, exc)
+        return None, None
+
+
+def _mark(obj: Any, origin: tuple[str, str] | None) -> None:
+    if obj is None or origin is None:
+        return
+    try:
+        state = getattr(obj, "_state", None)
+        if state is not None:
+            state.__dict__[ORIGIN] = origin
+    except Exception as exc:
+        guard.report(COMPONENT, exc)
+
+
+# -- tagged querysets (related managers, reverse one-to-one) ----------------------------------
+
+
+def _tag_of(queryset: Any) -> tuple[Any, ...] | None:
+    query = queryset.__dict__.get("_query")
+    if query is None:
+        return None
+    tag: tuple[Any, ...] | None = query.__dict__.get(TAG)
+    return tag
+
+
+def _tag_related(queryset: Any, instance: Any, kind: str, name: str) -> None:
+    """Tag the Query of a queryset that loads relation `name` of `instance`. Never raises."""
+    try:
+        if _in_prefetch.get():
+            return
+        query = queryset.__dict__.get("_query")
+        if query is None or TAG in query.__dict__:
+            return  # a prefetched queryset is returned again on every access: tag it once
+        model, root, path = _path(instance, name)
+        where = len(query.where.children)
+        pending = queryset.__dict__.get("_deferred_filter")  # the manager's own filter, not applied yet
+        if pending:
+            where += len(pending[1]) + len(pending[2])
+        query.__dict__[TAG] = (kind, model, model + "." + name, path, root, where, query.order_by)
+    except Exception as exc:
+        guard.report(COMPONENT, exc)
+
+
+def _filtered(query: Any, tag: tuple[Any, ...]) -> bool:
+    return len(query.where.children) != tag[5] or query.order_by is not tag[6] or query.is_sliced
+
+
+def _tagged_ctx(queryset: Any, tag: tuple[Any, ...], kind: str, filtering: bool = False) -> OrmContext:
+    filtered = tag[0] in _MANAGER_KINDS and (filtering or _filtered(queryset.query, tag))
+    return OrmContext(tag[1], kind, tag[2], True, tag[3], tag[4], filtered, user_location())
+
+
+def _open_queryset(queryset: Any, kind: str, filtering: bool = False) -> Token[OrmContext | None] | None:
+    """Context of QuerySet.get/count/exists. Never raises."""
+    try:
+        outer = current_orm.get()
+        tag = _tag_of(queryset)
+        if tag is not None and not queryset._for_write:
+            if outer is not None and outer.relation:
+                return None
+            if kind == COUNT:
+                kind = RELATED_COUNT
+            elif kind == EXISTS:
+                kind = RELATED_EXISTS
+            else:
+                kind = tag[0]
+            return current_orm.set(_tagged_ctx(queryset, tag, kind, filtering))
+        if outer is not None:
+            return None
+        return current_orm.set(OrmContext(_label(queryset.model), kind, location=user_location()))
+    except Exception as exc:
+        guard.report(COMPONENT, exc)
+        return None
+
+
+def _open_fetch(queryset: Any) -> Token[OrmContext | None] | None:
+    """Context of QuerySet._fetch_all for tagged querysets; plain ones get theirs from the
+    compiler. Never raises."""
+    try:
+        tag = _tag_of(queryset)
+        if tag is None:
+            return None
+        outer = current_orm.get()
+        if queryset._for_write:  # delete() collecting the related set, select_for_update(), ...
+            if outer is not None:
+                return None
+            return current_orm.set(OrmContext(tag[1], QUERY, location=user_location()))
+        if outer is not None and outer.relation:
+            return None
+        return current_orm.set(_tagged_ctx(queryset, tag, tag[0]))
+    except Exception as exc:
+        guard.report(COMPONENT, exc)
+        return None
+
+
+def _after_fetch(queryset: Any) -> None:
+    """Remember where loaded instances came from (O(rows), only for relation loads and
+    select_related). Never raises."""
+    try:
+        rows = queryset._result_cache
+        if not rows or queryset._iterable_class is not _ModelIterable:
+            return
+        tag = _tag_of(queryset)
+        query = queryset.query
+        joins = query.select_related
+        if tag is not None and not queryset._for_write:
+            origin = (tag[4], tag[3])
+            for obj in rows:
+                obj._state.__dict__[ORIGIN] = origin
+            root, prefix = origin[0], origin[1] + "__"
+        elif joins:
+            root, prefix = _label(queryset.model), ""
+        else:
+            return
+        if not joins:
+            return
+        if joins is True:
+            joins = _default_joins(queryset.model, _MAX_SELECT_RELATED_DEPTH)
+        known = queryset._known_related_objects
+        skip = {field.name for field in known} if known else ()
+        plan: list[tuple[tuple[str, ...], tuple[str, str]]] = []
+        _join_plan(joins, (), root, prefix, skip, plan)
+        if not plan:
+            return
+        for obj in rows:
+            for chain, origin in plan:
+                target = obj
+                for name in chain:
+                    target = target._state.fields_cache.get(name)
+                    if target is None:
+                        break
+                else:
+                    target._state.__dict__[ORIGIN] = origin
+    except Exception as exc:
+        guard.report(COMPONENT, exc)
+
+
+def _join_plan(
+    joins: dict[str, Any],
+    chain: tuple[str, ...],
+    root: str,
+    prefix: str,
+    skip: Any,
+    plan: list[tuple[tuple[str, ...], tuple[str, str]]],
+) -> None:
+    for name, sub in joins.items():
+        if not chain and name in skip:
+            continue  # set from _known_related_objects (the manager's instance), not joined
+        path = prefix + name
+        plan.append(((*chain, name), (root, path)))
+        if sub:
+            _join_plan(sub, (*chain, name), root, path + "__", (), plan)
+
+
+def _default_joins(model: Any, depth: int) -> dict[str, Any]:
+    """What ``select_related()`` without arguments joins: non-null forward FK / one-to-one."""
+    if depth <= 0:
+        return {}
+    key = (model, depth)
+    joins = _forward_joins.get(key)
+    if joins is None:
+        joins = {}
+        for field in model._meta.concrete_fields:
+            if field.is_relation and not field.null and (field.many_to_one or field.one_to_one):
+                joins[field.name] = _default_joins(field.remote_field.model, depth - 1)
+        _forward_joins[key] = joins
+    return joins
+
+
+# -- wrappers ---------------------------------------------------------------------------------
+
+
+def _wrap(owner: Any, name: str, make: Callable[[Any], Callable[..., Any]]) -> None:
+    """Replace owner.name by make(original), remembering how to undo it."""
+    previous = owner.__dict__.get(name, _MISSING)
+    original = getattr(owner, name)
+    wrapper = make(original)
+    functools.update_wrapper(wrapper, original)
+    setattr(wrapper, _PATCHED, True)
+    setattr(owner, name, wrapper)
+    _undo.append((owner, name, previous))
+
+
+def _wrap_queryset_op(kind: str, filtering: bool) -> Callable[[Any], Callable[..., Any]]:
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            token = _open_queryset(self, kind, filtering and bool(args or kwargs))
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                _pop(token)
+
+        return wrapper
+
+    return make
+
+
+def _make_fetch_all(original: Callable[..., Any]) -> Callable[..., Any]:
+    def _fetch_all(self: Any) -> None:
+        if self._result_cache is not None:
+            original(self)  # only prefetches can still run: they set their own context
+            return
+        token = _open_fetch(self)
+        try:
+            original(self)
+        finally:
+            _pop(token)
+        _after_fetch(self)
+
+    return _fetch_all
+
+
+def _open_compiler(compiler: Any) -> Token[OrmContext | None] | None:
+    try:
+        query = compiler.query
+        model = query.model
+        if model is None:
+            return None
+        tag = query.__dict__.get(TAG) if type(compiler) is _SQLCompiler else None
+        if tag is not None:  # iterator() over a related manager's queryset
+            filtered = tag[0] in _MANAGER_KINDS and _filtered(query, tag)
+            ctx = OrmContext(tag[1], tag[0], tag[2], True, tag[3], tag[4], filtered, user_location())
+        else:
+            ctx = OrmContext(_label(model), QUERY, location=user_location())
+        return current_orm.set(ctx)
+    except Exception as exc:
+        guard.report(COMPONENT, exc)
+        return None
+
+
+def _make_execute_sql(original: Callable[..., Any]) -> Callable[..., Any]:
+    def execute_sql(self: Any, *args: Any, **kwargs: Any) -> Any:
+        token = None if current_orm.get() is not None else _open_compiler(self)
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            _pop(token)
+
+    return execute_sql
+
+
+def _open_refresh(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    try:
+        outer = current_orm.get()
+        caller = sys._getframe(2).f_code
+        if caller is _deferred_get_code:  # DeferredAttribute.__get__ (4.2/5.2): a deferred field
+            fields = kwargs.get("fields", args[1] if len(args) > 1 else None)
+            if fields and len(fields) == 1:
+                field = instance._meta.get_field(next(iter(fields)))
+                return _open_relation(instance, field.name, DEFERRED_KIND)[0]
+        if outer is not None and _rank(outer) >= 2:
+            return None
+        return current_orm.set(OrmContext(_label(type(instance)), REFRESH, location=user_location()))
+    except Exception as exc:
+        guard.report(COMPONENT, exc)
+        return None
+
+
+def _make_refresh_from_db(original: Callable[..., Any]) -> Callable[..., Any]:
+    def refresh_from_db(self: Any, *args: Any, **kwargs: Any) -> Any:
+        token = _open_refresh(self, args, kwargs)
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            _pop(token)
+
+    return refresh_from_db
+
+
+def _field_name(descriptor: Any) -> str:
+    """Forward FK / one-to-one, deferred attribute, 6.1's GenericForeignKeyDescriptor."""
+    return str(descriptor.field.name)
+
+
+def _own_name(descriptor: Any) -> str:
+    """GenericForeignKey itself (4.2/5.2), which is its own descriptor."""
+    return str(descriptor.name)
+
+
+def _reverse_one_to_one_name(descriptor: Any) -> str:
+    return str(descriptor.related.get_accessor_name())
+
+
+def _make_load_one(kind: str, name_of: Callable[[Any], str]) -> Callable[[Any], Callable[..., Any]]:
+    """get_object(instance) / fetch_one(instance): a lazy load of one relation."""
+
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(self: Any, instance: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                name = _name(self, name_of)
+            except Exception as exc:
+                guard.report(COMPONENT, exc)
+                return original(self, instance, *args, **kwargs)
+            token, origin = _open_relation(instance, name, kind)
+            try:
+                result = original(self, instance, *args, **kwargs)
+            finally:
+                _pop(token)
+            if kind == FORWARD:
+                _mark(result, origin)  # get_object returns the loaded object
+            elif kind == GENERIC_FK:
+                _mark_cached(self, instance, origin)  # fetch_one caches it on the instance
+            return result
+
+        return wrapper
+
+    return make
+
+
+def _mark_cached(descriptor: Any, instance: Any, origin: tuple[str, str] | None) -> None:
+    try:
+        _mark(descriptor.field.get_cached_value(instance, default=None), origin)
+    except Exception as exc:
+        guard.report(COMPONENT, exc)
+
+
+def _make_load_peers(kind: str, name_of: Callable[[Any], str]) -> Callable[[Any], Callable[..., Any]]:
+    """fetch_many(instances) (Django 6.1 FETCH_PEERS): one query for all peers, not lazy."""
+
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(self: Any, instances: Any, *args: Any, **kwargs: Any) -> Any:
+            token = None
+            try:
+                first = instances[0] if instances else None
+                if first is not None:
+                    token = _open_relation(first, _name(self, name_of), kind, lazy=False)[0]
+            except Exception as exc:
+                guard.report(COMPONENT, exc)
+            try:
+                return original(self, instances, *args, **kwargs)
+            finally:
+                _pop(token)
+
+        return wrapper
+
+    return make
+
+
+def _gfk_is_cached(descriptor: Any, instance: Any) -> bool:
+    try:
+        return bool(descriptor.is_cached(instance))
+    except Exception as exc:
+        guard.report(COMPONENT, exc)
+        return True
+
+
+def _make_gfk_get(original: Callable[..., Any]) -> Callable[..., Any]:
+    """GenericForeignKey.__get__ (4.2/5.2): the query runs inline when nothing is cached."""
+
+    def __get__(self: Any, instance: Any, cls: Any = None) -> Any:
+        if instance is None or _gfk_is_cached(self, instance):
+            return original(self, instance, cls)
+        try:
+            name = _name(self, _own_name)
+        except Exception as exc:
+            guard.report(COMPONENT, exc)
+            return original(self, instance, cls)
+        token, origin = _open_relation(instance, name, GENERIC_FK)
+        try:
+            result = original(self, instance, cls)
+        finally:
+            _pop(token)
+        _mark(result, origin)
+        return result
+
+    return __get__
+
+
+def _tag_reverse_one_to_one(descriptor: Any, queryset: Any, hints: dict[str, Any]) -> None:
+    try:
+        instance = hints.get("instance")
+        if instance is not None:
+            name = _name(descriptor, _reverse_one_to_one_name)
+            _tag_related(queryset, instance, REVERSE_ONE_TO_ONE, name)
+    except Exception as exc:
+        guard.report(COMPONENT, exc)
+
+
+def _make_reverse_one_to_one_queryset(original: Callable[..., Any]) -> Callable[..., Any]:
+    def get_queryset(self: Any, *args: Any, **hints: Any) -> Any:
+        queryset = original(self, *args, **hints)
+        _tag_reverse_one_to_one(self, queryset, hints)
+        return queryset
+
+    return get_queryset
+
+
+def _enter_prefetch() -> tuple[Token[bool], Token[OrmContext | None] | None] | None:
+    try:
+        flag = _in_prefetch.set(True)
+        outer = current_orm.get()
+        # A plain query's context (get(), the compiler) does not describe the prefetch queries.
+        cleared = current_orm.set(None) if outer is not None and _rank(outer) == 1 else None
+        return flag, cleared
+    except Exception as exc:
+        guard.report(COMPONENT, exc)
+        return None
+
+
+def _exit_prefetch(tokens: tuple[Token[bool], Token[OrmContext | None] | None] | None) -> None:
+    if tokens is None:
+        return
+    _pop(tokens[1])
+    try:
+        _in_prefetch.reset(tokens[0])
+    except Exception as exc:
+        guard.report(COMPONENT, exc)
+
+
+def _mark_prefetched(instances: Any, lookup: Any, level: int, result: Any) -> None:
+    """Objects prefetched for `instances` continue their path (``encounters__practitioner``)."""
+    try:
+        loaded = result[0]
+        if not loaded or not instances:
+            return
+        through = lookup.prefetch_through.split("__")[level]
+        _, root, path = _path(instances[0], through)
+        origin = (root, path)
+        for obj in loaded:
+            state = getattr(obj, "_state", None)
+            if state is not None:
+                state.__dict__[ORIGIN] = origin
+    except Exception as exc:
+        guard.report(COMPONENT, exc)
+
+
+def _make_prefetch_one_level(original: Callable[..., Any]) -> Callable[..., Any]:
+    def prefetch_one_level(instances: Any, prefetcher: Any, lookup: Any, level: int) -> Any:
+        tokens = _enter_prefetch()
+        try:
+            result = original(instances, prefetcher, lookup, level)
+        finally:
+            _exit_prefetch(tokens)
+        _mark_prefetched(instances, lookup, level, result)
+        return result
+
+    return prefetch_one_level
+
+
+# -- related manager classes ------------------------------------------------------------------
+
+
+def _tag_manager_queryset(queryset: Any, manager: Any, kind: str, name: str) -> None:
+    try:
+        instance = manager.__dict__.get("instance")
+        if instance is not None:
+            _tag_related(queryset, instance, kind, name)
+    except Exception as exc:
+        guard.report(COMPONENT, exc)
+
+
+def _open_manager_op(manager: Any, kind: str, name: str) -> Token[OrmContext | None] | None:
+    try:
+        instance = manager.__dict__.get("instance")
+        return None if instance is None else _open_relation(instance, name, kind)[0]
+    except Exception as exc:
+        guard.report(COMPONENT, exc)
+        return None
+
+
+def _patch_manager_class(cls: type, kind: str, name: str) -> None:
+    """Patch one class built by a related-manager factory (`name`: the accessor)."""
+    get_queryset = cls.__dict__.get("get_queryset")
+    if get_queryset is None or getattr(get_queryset, _PATCHED, False):
+        return
+
+    def make_get_queryset(original: Callable[..., Any]) -> Callable[..., Any]:
+        def get_queryset(self: Any) -> Any:
+            queryset = original(self)
+            _tag_manager_queryset(queryset, self, kind, name)
+            return queryset
+
+        return get_queryset
+
+    def make_op(op: str) -> Callable[[Any], Callable[..., Any]]:
+        def make(original: Callable[..., Any]) -> Callable[..., Any]:
+            def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+                token = _open_manager_op(self, op, name)
+                try:
+                    return original(self, *args, **kwargs)
+                finally:
+                    _pop(token)
+
+            return wrapper
+
+        return make
+
+    for attr, make in (
+        ("get_queryset", make_get_queryset),
+        ("count", make_op(RELATED_COUNT)),  # M2M (5.x+): may count the through table only
+        ("exists", make_op(RELATED_EXISTS)),
+    ):
+        original = cls.__dict__.get(attr)
+        if original is not None:
+            wrapper = make(original)
+            functools.update_wrapper(wrapper, original)
+            setattr(wrapper, _PATCHED, True)
+            setattr(cls, attr, wrapper)
+    _manager_classes.add(cls)
+
+
+def _accessor(kind: str, rel: Any, reverse: bool) -> str:
+    """The attribute the manager is reached through, on the model that owns it."""
+    if kind == GENERIC_RELATION or (kind == MANY_TO_MANY and not reverse):
+        return str(rel.field.name)
+    return str(rel.get_accessor_name())  # reverse FK, reverse M2M
+
+
+def _patch_manager_class_safely(cls: Any, kind: str, rel: Any, reverse: bool = False) -> None:
+    try:
+        if isinstance(cls, type) and rel is not None:
+            _patch_manager_class(cls, kind, _accessor(kind, rel, reverse))
+    except Exception as exc:
+        guard.report(COMPONENT, exc)
+
+
+def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str) -> Any:
+    return args[index] if len(args) > index else kwargs.get(name)
+
+
+def _make_factory(kind: str) -> Callable[[Any], Callable[..., Any]]:
+    """create_reverse_many_to_one_manager(superclass, rel), create_forward_many_to_many_manager(
+    superclass, rel, reverse), create_generic_related_manager(superclass, rel)."""
+
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        def factory(*args: Any, **kwargs: Any) -> Any:
+            cls = original(*args, **kwargs)
+            reverse = bool(_arg(args, kwargs, 2, "reverse")) if kind == MANY_TO_MANY else False
+            _patch_manager_class_safely(cls, kind, _arg(args, kwargs, 1, "rel"), reverse)
+            return cls
+
+        return factory
+
+    return make
+
+
+def _patch_existing_manager_classes(generic_descriptor: Any) -> None:
+    """Manager classes Django built (and cached on descriptors) before install()."""
+    from django.apps import apps
+    from django.db.models.fields.related_descriptors import (
+        ManyToManyDescriptor,
+        ReverseManyToOneDescriptor,
+    )
+
+    for model in apps.get_models(include_auto_created=True):
+        for descriptor in list(vars(model).values()):
+            if not isinstance(descriptor, ReverseManyToOneDescriptor):
+                continue
+            cls = descriptor.__dict__.get("related_manager_cls")  # functools.cached_property
+            if cls is None:
+                continue
+            if generic_descriptor is not None and isinstance(descriptor, generic_descriptor):
+                _patch_manager_class_safely(cls, GENERIC_RELATION, descriptor.rel)
+            elif isinstance(descriptor, ManyToManyDescriptor):
+                _patch_manager_class_safely(cls, MANY_TO_MANY, descriptor.rel, bool(descriptor.reverse))
+            else:
+                _patch_manager_class_safely(cls, REVERSE_FK, descriptor.rel)
+
+
+# -- install / uninstall ----------------------------------------------------------------------
+
+
+def install() -> None:
+    """Patch Django (idempotent). Waits for the app registry when Django is not ready yet."""
+    global _installed
+    if _installed:
+        return
+    from hms_otel_agent.instrument.django_server import _django_ready, when_django_ready
+
+    if not _django_ready():
+        when_django_ready(install)
+        return
+    _installed = True
+    try:
+        _install()
+    except Exception as exc:
+        guard.report(COMPONENT, exc)
+        uninstall()
+
+
+def _install() -> None:
+    global _ModelIterable, _SQLCompiler, _deferred_get_code
+    from django.apps import apps
+    from django.db.models import Model, query
+    from django.db.models.fields import related_descriptors as rd
+    from django.db.models.query_utils import DeferredAttribute
+    from django.db.models.sql import compiler
+
+    _ModelIterable = query.ModelIterable
+    _SQLCompiler = compiler.SQLCompiler
+    fetch_modes = hasattr(DeferredAttribute, "fetch_one")  # Django 6.1+
+
+    _wrap(query.QuerySet, "get", _wrap_queryset_op(GET, True))
+    _wrap(query.QuerySet, "count", _wrap_queryset_op(COUNT, False))
+    _wrap(query.QuerySet, "exists", _wrap_queryset_op(EXISTS, False))
+    _wrap(query.QuerySet, "_fetch_all", _make_fetch_all)
+    _wrap(compiler.SQLCompiler, "execute_sql", _make_execute_sql)
+    _wrap(compiler.SQLInsertCompiler, "execute_sql", _make_execute_sql)
+    _wrap(query, "prefetch_one_level", _make_prefetch_one_level)
+    _wrap(Model, "refresh_from_db", _make_refresh_from_db)
+
+    _wrap(rd.ForwardManyToOneDescriptor, "get_object", _make_load_one(FORWARD, _field_name))
+    _wrap(rd.ReverseOneToOneDescriptor, "get_queryset", _make_reverse_one_to_one_queryset)
+    if fetch_modes:
+        _wrap(DeferredAttribute, "fetch_one", _make_load_one(DEFERRED_KIND, _field_name))
+        _wrap(DeferredAttribute, "fetch_many", _make_load_peers(DEFERRED_KIND, _field_name))
+        _wrap(rd.ForwardManyToOneDescriptor, "fetch_many", _make_load_peers(FORWARD, _field_name))
+        reverse_peers = _make_load_peers(REVERSE_ONE_TO_ONE, _reverse_one_to_one_name)
+        _wrap(rd.ReverseOneToOneDescriptor, "fetch_many", reverse_peers)
+    else:
+        _deferred_get_code = DeferredAttribute.__get__.__code__
+
+    _wrap(rd, "create_reverse_many_to_one_manager", _make_factory(REVERSE_FK))
+    _wrap(rd, "create_forward_many_to_many_manager", _make_factory(MANY_TO_MANY))
+    generic_descriptor = None
+    if apps.is_installed("django.contrib.contenttypes"):
+        from django.contrib.contenttypes import fields as ct_fields
+
+        generic_descriptor = ct_fields.ReverseGenericManyToOneDescriptor
+        _wrap(ct_fields, "create_generic_related_manager", _make_factory(GENERIC_RELATION))
+        gfk_descriptor = getattr(ct_fields, "GenericForeignKeyDescriptor", None)  # 6.1+
+        if gfk_descriptor is not None and hasattr(gfk_descriptor, "fetch_one"):
+            _wrap(gfk_descriptor, "fetch_one", _make_load_one(GENERIC_FK, _field_name))
+            _wrap(gfk_descriptor, "fetch_many", _make_load_peers(GENERIC_FK, _field_name))
+        else:
+            _wrap(ct_fields.GenericForeignKey, "__get__", _make_gfk_get)
+    _patch_existing_manager_classes(generic_descriptor)
+
+
+def uninstall() -> None:
+    """Undo every patch (for tests); tags already on queries and instances stay inert."""
+    global _installed, _deferred_get_code
+    while _undo:
+        owner, name, previous = _undo.pop()
+        try:
+            if previous is _MISSING:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, previous)
+        except Exception as exc:
+            guard.report(COMPONENT, exc)
+    for cls in list(_manager_classes):
+        for attr in ("get_queryset", "count", "exists"):
+            wrapper = cls.__dict__.get(attr)
+            if getattr(wrapper, _PATCHED, False):
+                setattr(cls, attr, getattr(wrapper, "__wrapped__"))  # noqa: B009
+    _manager_classes.clear()
+    _deferred_get_code = None
+    _installed = False
