@@ -56,8 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     config_parser.add_argument("--check", action="store_true", help="validate; exit 2 if any value is bad")
     add_setting_flags(config_parser)
     config_parser.set_defaults(func=_config)
+    from hms_otel_agent.demo import cli as demo_cli
     from hms_otel_agent.report import commands as report_commands
 
+    demo_cli.register(commands)
     report_commands.register(commands)
     return parser
 

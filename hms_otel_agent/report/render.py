@@ -142,20 +142,20 @@ def to_terminal(report: Report, file: IO[str] | None = None, top: int | None = N
     if width:
         console.width = width
     elif not console.is_terminal:
-        console.width = max(console.width, 120)
+        console.width = max(console.width, 160)
     console.print(Text("hms-otel findings", style="bold"))
     console.print(Text(headline(report), style="dim"), overflow="fold")
     findings = report.findings if top is None else report.findings[:top]
     if findings:
         table = Table(box=box.SIMPLE_HEAD, show_lines=False, pad_edge=False, expand=False)
-        table.add_column("#", justify="right", style="dim")
-        table.add_column("kind", style="bold")
-        table.add_column("route", overflow="fold")
-        table.add_column("relation / key pattern", overflow="fold")
-        table.add_column("requests", justify="right")
-        table.add_column("repetitions", justify="right")
-        table.add_column("total", justify="right")
-        table.add_column("per request", justify="right")
+        table.add_column("#", justify="right", style="dim", no_wrap=True)
+        table.add_column("kind", style="bold", no_wrap=True)
+        table.add_column("route", overflow="fold", ratio=1)
+        table.add_column("relation / key pattern", overflow="fold", ratio=1)
+        table.add_column("req", justify="right", no_wrap=True)
+        table.add_column("reps", justify="right", no_wrap=True)
+        table.add_column("total", justify="right", no_wrap=True)
+        table.add_column("per req", justify="right", no_wrap=True)
         for index, g in enumerate(findings, 1):
             table.add_row(
                 str(index),
