@@ -1,0 +1,389 @@
+"""pytest plugin ``hms_otel``: fail tests that run N+1 queries (or other findings), with the fix.
+
+Inactive unless ``--hms-otel`` is given: without it the plugin only registers its options and
+marker, and imports neither Django nor the agent. With it, the agent's pipeline runs in the test
+process with an in-memory exporter, and
+
+* every test's call phase runs inside an owner span (``test <nodeid>``), so queries run directly
+  in the test body are grouped like the queries of a request (test-client requests get their own
+  request span underneath, as in production);
+* a test whose owners got a finding of a kind in ``--hms-otel-fail-on`` (default ``n_plus_one``)
+  fails with the finding's hint (what, where, the fix);
+* ``@pytest.mark.hms_otel_allow("hms.Encounter.patient")`` allows findings in one test, and
+  ``with allow("hms.Encounter.patient"):`` in a block of code (patterns: relation, key pattern,
+  kind, model or finding fingerprint, ``fnmatch`` wildcards; no pattern: everything);
+* ``--hms-otel-threshold N`` sets the N+1 threshold (2 is common in test suites);
+* ``--hms-otel-report=PATH`` writes the findings report of the whole run (``.json``: JSON,
+  anything else: Markdown).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from hms_otel_agent.report.model import Aggregator
+    from hms_otel_agent.report.otlp import SpanData
+    from hms_otel_agent.signals.activity import Finding
+
+ALLOW_MARKER = "hms_otel_allow"
+ALLOW_ATTRIBUTE = "hms.pytest.allow"  # on owner spans opened by allow(); never leaves the process
+KINDS = (
+    "n_plus_one",
+    "duplicate_query",
+    "cache_n_plus_one",
+    "cache_repeated_miss",
+    "cache_miss_without_fill",
+    "cache_write_without_ttl",
+    "cache_invalidation_storm",
+)
+DEFAULT_FAIL_ON = "n_plus_one"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("hms-otel", "hms-otel: fail tests that run N+1 queries")
+    group.addoption(
+        "--hms-otel",
+        action="store_true",
+        dest="hms_otel",
+        default=False,
+        help="run the tests under the hms-otel agent (in memory) and fail tests with findings",
+    )
+    group.addoption(
+        "--hms-otel-fail-on",
+        dest="hms_otel_fail_on",
+        default=DEFAULT_FAIL_ON,
+        metavar="KINDS",
+        help=f"finding kinds that fail a test, comma-separated, or 'none' (default {DEFAULT_FAIL_ON}; "
+        f"kinds: {', '.join(KINDS)})",
+    )
+    group.addoption(
+        "--hms-otel-threshold",
+        dest="hms_otel_threshold",
+        type=int,
+        default=None,
+        metavar="N",
+        help="repetitions that make an N+1 (default: HMS_OTEL_N_PLUS_ONE_THRESHOLD, else 5; "
+        "2 is common in tests)",
+    )
+    group.addoption(
+        "--hms-otel-report",
+        dest="hms_otel_report",
+        default=None,
+        metavar="PATH",
+        help="write the findings report of the whole run to PATH (.json: JSON, else Markdown)",
+    )
+
+
+def _fail_on(raw: str) -> frozenset[str]:
+    kinds = {k.strip() for k in raw.split(",") if k.strip()}
+    if kinds == {"none"}:
+        return frozenset()
+    if kinds == {"all"}:
+        return frozenset(KINDS)
+    unknown = kinds - set(KINDS)
+    if unknown or not kinds:
+        raise pytest.UsageError(
+            f"--hms-otel-fail-on: unknown kind(s) {', '.join(sorted(unknown)) or '(none given)'}; "
+            f"expected a comma-separated list of {', '.join(KINDS)}, or 'all' or 'none'"
+        )
+    return frozenset(kinds)
+
+
+_state_key = pytest.StashKey["_State"]()
+_active: _State | None = None  # the running state, for allow()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{ALLOW_MARKER}(*patterns): hms-otel findings this test may have (relation like "
+        "'hms.Encounter.patient', cache key pattern, kind, model or fingerprint; fnmatch wildcards; "
+        "no pattern: all)",
+    )
+    if not config.getoption("hms_otel", False):
+        return
+    global _active
+    state = _State(config)
+    config.stash[_state_key] = state
+    _active = state
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    global _active
+    state = config.stash.get(_state_key, None)
+    if state is None:
+        return
+    try:
+        state.write_report()
+    finally:
+        state.close()
+        if _active is state:
+            _active = None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    state = item.config.stash.get(_state_key, None)
+    if state is None:
+        return (yield)
+    patterns = _marker_patterns(item)
+    error: BaseException | None = None
+    with state.test_span(item, patterns) as collected:
+        try:
+            result = yield
+        except BaseException as exc:
+            error = exc
+    failing = state.finish(item, collected, patterns)
+    if error is not None:
+        if failing:
+            item.add_report_section("call", "hms-otel", _message(failing))
+        raise error
+    if failing and getattr(item, "_excinfo", None) is None:  # a unittest failure is reported already
+        pytest.fail(_message(failing), pytrace=False)
+    return result
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    state = config.stash.get(_state_key, None)
+    if state is None:
+        return
+    report = state.aggregator.report()
+    line = f"hms-otel: {len(report.findings)} distinct findings in {state.tests_with_findings} tests"
+    if state.report_path:
+        line += f"; report: {state.report_path}"
+    terminalreporter.write_line(line)
+
+
+@contextmanager
+def allow(*patterns: str) -> Iterator[None]:
+    """Allow findings of code run inside the block (``with allow("hms.Encounter.patient"):``).
+
+    The block runs in an owner span of its own: its queries are grouped there, and findings on it
+    (or on requests made inside it) that match a pattern do not fail the test.
+    """
+    state = _active
+    if state is None:
+        yield
+        return
+    from opentelemetry import trace
+
+    span = state.tracer.start_span("hms_otel.allow", attributes={ALLOW_ATTRIBUTE: list(patterns) or ["*"]})
+    with trace.use_span(span, end_on_exit=True):
+        yield
+
+
+# --- internals ------------------------------------------------------------------------------------
+
+
+def _marker_patterns(item: pytest.Item) -> list[str]:
+    patterns: list[str] = []
+    for marker in item.iter_markers(ALLOW_MARKER):
+        patterns.extend([str(a) for a in marker.args] or ["*"])
+    return patterns
+
+
+def allowed(finding: Finding, patterns: Iterable[str]) -> bool:
+    values = [
+        finding.relation,
+        finding.key_pattern,
+        finding.kind,
+        finding.model,
+        finding.fingerprint,
+    ]
+    values = [v for v in values if v]
+    return any(p == "*" or any(fnmatch.fnmatchcase(v, p) for v in values) for p in patterns)
+
+
+def _message(failing: Sequence[Finding]) -> str:
+    lines = [f"hms-otel: {len(failing)} finding{'s' if len(failing) != 1 else ''} in this test:"]
+    example = ""
+    for f in failing:
+        lines.append(f"  [{f.kind}] {f.hint or f.statement}")
+        if f.fix:
+            lines.append(f"      fix: {f.fix}")
+        example = example or f.relation or f.key_pattern or f.kind
+    lines.append(
+        f'Allow a known case with @pytest.mark.{ALLOW_MARKER}("{example}") or '
+        f'`with hms_otel_agent.pytest_plugin.allow("{example}"):`.'
+    )
+    return "\n".join(lines)
+
+
+class _Collector:
+    """A span processor keeping the spans that end while a test runs."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._spans: list[Any] | None = None
+
+    def start(self) -> None:
+        with self._lock:
+            self._spans = []
+
+    def stop(self) -> list[Any]:
+        with self._lock:
+            spans, self._spans = self._spans or [], None
+        return spans
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        pass
+
+    def on_end(self, span: Any) -> None:
+        with self._lock:
+            if self._spans is not None and len(self._spans) < 200_000:
+                self._spans.append(span)
+
+    def shutdown(self) -> None:
+        self.stop()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def span_data(span: Any) -> SpanData:
+    """An SDK ReadableSpan as the plain record the report reads."""
+    from opentelemetry.trace import SpanKind
+
+    from hms_otel_agent.report.otlp import EventData, SpanData
+
+    kinds = {SpanKind.INTERNAL: 1, SpanKind.SERVER: 2, SpanKind.CLIENT: 3, SpanKind.PRODUCER: 4}
+    kinds[SpanKind.CONSUMER] = 5
+
+    def plain(attributes: Any) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in (attributes or {}).items()}
+
+    context, parent, scope = span.context, span.parent, span.instrumentation_scope
+    return SpanData(
+        trace_id=format(context.trace_id, "032x"),
+        span_id=format(context.span_id, "016x"),
+        parent_span_id=format(parent.span_id, "016x") if parent is not None else "",
+        name=span.name,
+        kind=kinds.get(span.kind, 0),
+        scope=scope.name if scope is not None else "",
+        start_ns=span.start_time or 0,
+        end_ns=span.end_time or 0,
+        attributes=plain(span.attributes),
+        events=[EventData(e.name, plain(e.attributes), e.timestamp or 0) for e in span.events],
+        resource=plain(span.resource.attributes) if span.resource is not None else {},
+    )
+
+
+class _State:
+    def __init__(self, config: pytest.Config) -> None:
+        import dataclasses
+
+        from hms_otel_agent import agent, instrument, pipeline
+        from hms_otel_agent import config as hms_config
+        from hms_otel_agent.report.model import RECORDED, Aggregator
+
+        self.fail_on = _fail_on(str(config.getoption("hms_otel_fail_on") or DEFAULT_FAIL_ON))
+        threshold = config.getoption("hms_otel_threshold")
+        if threshold is not None and threshold < 2:
+            raise pytest.UsageError("--hms-otel-threshold: expected an integer >= 2")
+        loaded = hms_config.load()
+        changes: dict[str, Any] = {"live_log": False}
+        if threshold is not None:
+            changes["n_plus_one_threshold"] = threshold
+        self.settings = dataclasses.replace(loaded.settings, **changes)
+        self.report_path = self._report_path(config)
+        self.collector = _Collector()
+        self.pipeline: Any = None
+        existing = agent.current_pipeline()  # pytest itself run under hms-otel-run
+        if existing is not None:
+            existing.signal_processor.settings = self.settings
+            existing.tracer_provider.add_span_processor(self.collector)  # type: ignore[arg-type]
+            provider = existing.tracer_provider
+        else:
+            self.pipeline = pipeline.build(
+                self.settings,
+                agent.default_detectors(),
+                extra_span_processors=[self.collector],  # type: ignore[list-item]
+                span_exporters=[],
+                metric_readers=[],
+            )
+            provider = self.pipeline.tracer_provider
+            instrument.install(self.settings, provider, self.pipeline.meter_provider)
+            from opentelemetry import trace
+
+            if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+                trace.set_tracer_provider(provider)  # the application's own spans join the tests'
+        self.tracer = provider.get_tracer("hms_otel_agent.pytest")
+        self.aggregator: Aggregator = Aggregator(RECORDED, [], self.settings)
+        self.tests_with_findings = 0
+
+    @staticmethod
+    def _report_path(config: pytest.Config) -> str | None:
+        path = config.getoption("hms_otel_report")
+        if not path:
+            return None
+        worker = getattr(config, "workerinput", {}).get("workerid")
+        if worker:  # pytest-xdist: one report per worker
+            root, ext = os.path.splitext(str(path))
+            return f"{root}-{worker}{ext}"
+        return str(path)
+
+    @contextmanager
+    def test_span(self, item: pytest.Item, patterns: list[str]) -> Iterator[list[Any]]:
+        from opentelemetry import trace
+
+        collected: list[Any] = []
+        self.collector.start()
+        attributes: dict[str, Any] = {"hms.pytest.nodeid": item.nodeid}
+        if patterns:
+            attributes[ALLOW_ATTRIBUTE] = patterns
+        span = self.tracer.start_span(f"test {item.nodeid}", attributes=attributes)
+        try:
+            with trace.use_span(span, end_on_exit=True):
+                yield collected
+        finally:
+            collected.extend(self.collector.stop())
+
+    def finish(self, item: pytest.Item, spans: list[Any], patterns: list[str]) -> list[Finding]:
+        from hms_otel_agent.report.spans import build_owners
+
+        records = [span_data(s) for s in spans]
+        allow_of = {r.span_id: r.attributes.get(ALLOW_ATTRIBUTE) or [] for r in records}
+        parent_of = {r.span_id: r.parent_span_id for r in records}
+        failing: list[Finding] = []
+        any_findings = False
+        for owner in build_owners(records):
+            findings = owner.recorded
+            self.aggregator.add(owner, findings)
+            if not findings:
+                continue
+            any_findings = True
+            owner_patterns = list(patterns)
+            span_id = owner.span.span_id if owner.span is not None else ""
+            seen = 0
+            while span_id and seen < 1000:
+                owner_patterns.extend(allow_of.get(span_id, []))
+                span_id = parent_of.get(span_id, "")
+                seen += 1
+            failing.extend(f for f in findings if f.kind in self.fail_on and not allowed(f, owner_patterns))
+        if any_findings:
+            self.tests_with_findings += 1
+        return failing
+
+    def write_report(self) -> None:
+        if not self.report_path:
+            return
+        from hms_otel_agent.report.render import render
+
+        fmt = "json" if self.report_path.endswith(".json") else "markdown"
+        directory = os.path.dirname(os.path.abspath(self.report_path))
+        os.makedirs(directory, exist_ok=True)
+        with open(self.report_path, "w", encoding="utf-8") as out:
+            render(self.aggregator.report(), fmt, out)
+
+    def close(self) -> None:
+        if self.pipeline is not None:
+            with suppress(Exception):
+                self.pipeline.shutdown(1000)
