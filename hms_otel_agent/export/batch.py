@@ -47,6 +47,7 @@ class BoundedBatchSpanProcessor(SpanProcessor):
         self._delay_s = schedule_delay_ms / 1000.0
         self.drop_summary_interval_s = DROP_SUMMARY_INTERVAL_S
         self._shutdown = False
+        self._final_deadline: float | None = None
         self._start_worker()
         if hasattr(os, "register_at_fork"):
             restart = weakref.WeakMethod(self._start_worker)
@@ -152,6 +153,8 @@ class BoundedBatchSpanProcessor(SpanProcessor):
                 self._maybe_summarize_drops()
             except Exception as exc:
                 guard.report(f"{self.name} export queue", exc)
+        if self._final_deadline is not None:
+            self._final_flush()
 
     def _take_batch(self) -> list[ReadableSpan]:
         queue = self._queue
@@ -197,23 +200,25 @@ class BoundedBatchSpanProcessor(SpanProcessor):
     def shutdown(self, timeout_millis: int = 30000) -> None:
         if self._shutdown:
             return
-        deadline = time.monotonic() + timeout_millis / 1000.0
+        self._final_deadline = time.monotonic() + timeout_millis / 1000.0
         self._shutdown = True
         self._wakeup.set()
-        # The final flush runs in a daemon thread: a stalled backend must not hold up the
+        # The worker thread does the final flush: Python 3.12 refuses to start threads at
+        # interpreter exit, and the worker is a daemon, so a stalled backend cannot hold up the
         # process's exit beyond the deadline. What is still queued then is counted as dropped.
-        flusher = threading.Thread(target=self._final_flush, args=(deadline,), daemon=True)
-        flusher.start()
-        flusher.join(max(0.0, deadline - time.monotonic()))
-        if flusher.is_alive():
-            # Still exporting (a stalled backend): what is left will not be sent.
-            with self._queue_lock:
-                left = len(self._queue)
-                self._queue.clear()
-            self._drop("shutdown", left)
+        worker = self._worker
+        if worker.is_alive() and worker is not threading.current_thread():
+            worker.join(max(0.0, self._final_deadline - time.monotonic()))
+            if worker.is_alive():
+                with self._queue_lock:
+                    left = len(self._queue)
+                    self._queue.clear()
+                self._drop("shutdown", left)
+        else:
+            self._final_flush()
 
-    def _final_flush(self, deadline: float) -> None:
-        self._export_all(deadline, drop_at_deadline=True)
+    def _final_flush(self) -> None:
+        self._export_all(self._final_deadline, drop_at_deadline=True)
         try:
             self.exporter.shutdown()
         except Exception as exc:

@@ -49,7 +49,9 @@ OPERATOR: Final = (
 )
 
 _WORD_START: Final = r"[A-Za-z_\x80-\U0010ffff]"
-_WORD: Final = _WORD_START + r"[\w$]*" + _P
+# The trailing guard stops the word from giving characters back on Python 3.10, where the
+# repetition cannot be possessive (`t2.c3` must not scan as `t` + `2.`).
+_WORD: Final = _WORD_START + r"[\w$]*" + _P + r"(?![\w$])"
 # A word that is not the prefix of E'..', B'..', X'..', N'..', U&'..' or U&"..".
 _LEADING_WORD: Final = r"(?![eEbBxXnN]'|[uU]&['\"])" + _WORD
 _QIDENT_PLAIN: Final = rf'"[^"]*{_P}(?:""[^"]*{_P})*{_P}"(?!")'

@@ -521,7 +521,7 @@ def _fingerprint_uncached(sql: str) -> SqlFingerprint:
             out.pop()
             seps.pop()
         operation, table, columns = _analyze(out, marks, enders)
-        normalized = _join(out, seps)
+        normalized = _join(out, seps).strip()
         if truncated:
             normalized += TRUNCATION_MARK
         return SqlFingerprint(normalized, _digest(normalized), operation, table, columns)

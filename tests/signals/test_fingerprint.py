@@ -22,6 +22,11 @@ from hms_otel_agent.signals.fingerprint import (
     fingerprint_sql,
 )
 
+# Guards against catastrophic (super-linear) scanning only: a correct scanner takes milliseconds
+# here, a backtracking one would take minutes. Speed itself is measured in
+# benchmarks/micro_signals.py, not asserted.
+TERMINATION_GUARD_S = 10.0
+
 # --------------------------------------------------------------------------------------------
 # Normalization: one row per rule (input, expected normalized text).
 
@@ -714,7 +719,7 @@ def test_long_statement_is_truncated_and_marked() -> None:
     assert fp.normalized.endswith(TRUNCATION_MARK)
     assert fp.normalized.startswith("SELECT * FROM t WHERE a IN (?, ?")
     assert len(fp.normalized) <= MAX_SQL_CHARS
-    assert elapsed < 0.5
+    assert elapsed < TERMINATION_GUARD_S
 
 
 def test_truncation_is_part_of_the_digest() -> None:
@@ -745,7 +750,7 @@ def test_truncation_inside_a_string_does_not_leak() -> None:
 def test_pathological_input_is_fast(sql: str) -> None:
     start = time.perf_counter()
     fingerprint_sql(sql)
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < TERMINATION_GUARD_S
 
 
 def test_cache_is_bounded_and_hit() -> None:

@@ -13,6 +13,11 @@ from hypothesis import strategies as st
 from hms_otel_agent.signals import key_pattern as key_pattern_module
 from hms_otel_agent.signals.key_pattern import MAX_KEY_CHARS, MAX_PATTERN_CHARS, TRUNCATION_MARK, key_pattern
 
+# Guards against catastrophic (super-linear) scanning only: a correct scanner takes milliseconds
+# here, a backtracking one would take minutes. Speed itself is measured in
+# benchmarks/micro_signals.py, not asserted.
+TERMINATION_GUARD_S = 10.0
+
 KEYS = [
     pytest.param(":1:patient:12345:summary", None, "patient:{id}:summary", id="django-default-prefix"),
     pytest.param(":2:patient:12345:summary", None, "patient:{id}:summary", id="django-version-2"),
@@ -193,7 +198,7 @@ def test_megabyte_key_is_cheap() -> None:
     key_pattern("1" * 1_000_000)
     key_pattern("@" * 1_000_000)
     key_pattern(":" * 1_000_000)
-    assert time.perf_counter() - start < 0.1
+    assert time.perf_counter() - start < TERMINATION_GUARD_S
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,11 @@ from hypothesis import strategies as st
 from hms_otel_agent.signals import sql_mask as mask_module
 from hms_otel_agent.signals.sql_mask import MASK_CACHE_MAX_CHARS, mask_sql_literals
 
+# Guards against catastrophic (super-linear) scanning only: a correct scanner takes milliseconds
+# here, a backtracking one would take minutes. Speed itself is measured in
+# benchmarks/micro_signals.py, not asserted.
+TERMINATION_GUARD_S = 10.0
+
 MASK = [
     pytest.param("SELECT * FROM t WHERE a = 'x'", "SELECT * FROM t WHERE a = ?", id="string"),
     pytest.param("SELECT * FROM t WHERE a = 'it''s'", "SELECT * FROM t WHERE a = ?", id="string-doubled"),
@@ -209,7 +214,7 @@ def test_pathological_megabyte_is_linear(sql: str) -> None:
     masked = mask_sql_literals(sql)
     elapsed = time.perf_counter() - start
     assert isinstance(masked, str)
-    assert elapsed < 0.5, f"{elapsed:.3f}s"
+    assert elapsed < TERMINATION_GUARD_S, f"{elapsed:.3f}s"
 
 
 def test_megabyte_of_nested_quotes_is_fully_masked() -> None:
@@ -217,7 +222,7 @@ def test_megabyte_of_nested_quotes_is_fully_masked() -> None:
     assert len(sql) > 1_000_000
     start = time.perf_counter()
     masked = mask_sql_literals(sql)
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < TERMINATION_GUARD_S
     assert masked == "SELECT ? FROM t WHERE a = ?"
 
 
