@@ -1,8 +1,9 @@
 """N+1 queries and duplicate queries under one owner span.
 
-A group is one SQL fingerprint under one owner, split by the ORM relation behind it (the
+A group is one SQL fingerprint under one owner or, for lazy loads, one ORM relation: the
 same ``SELECT ... FROM hms_patient WHERE id = %s`` serves ``Encounter.patient`` and
-``Appointment.patient``, and each needs its own fix). Repeats count wherever they happen
+``Appointment.patient``, and each needs its own fix, while a GenericForeignKey's lazy loads
+hit several tables and need one. Repeats count wherever they happen
 under the owner, not only as consecutive siblings: ``for e in encounters: e.patient;
 e.facility`` is two findings.
 """
@@ -47,7 +48,8 @@ def _group_key(call: DbCall) -> tuple[str, str, str]:
     orm = call.orm
     if orm is None or not orm.lazy:
         return (call.fingerprint, "", "")
-    return (call.fingerprint, orm.relation, orm.path)
+    # One relation is one fix, whatever the SQL: a GenericForeignKey loads from several tables.
+    return ("", orm.relation, orm.path)
 
 
 def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
@@ -109,8 +111,7 @@ def _n_plus_one(activity: OwnerActivity, calls: list[DbCall], duration_ms: float
     hint = hints.sentence(owner, subject, count, duration_ms, location, action)
     fingerprint = hints.finding_fingerprint(
         N_PLUS_ONE,
-        first.fingerprint,
-        relation,
+        relation or first.fingerprint,  # a relation's SQL may vary (GenericForeignKey)
         location.file if location else "",
         location.function if location else "",
     )

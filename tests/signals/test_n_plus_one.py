@@ -120,6 +120,14 @@ def test_same_sql_behind_two_relations_is_two_findings() -> None:
     assert sorted(f.relation for f in findings) == ["hms.Appointment.patient", "hms.Encounter.patient"]
 
 
+def test_generic_foreign_key_over_several_tables_is_one_finding() -> None:
+    subject = lazy("hms.Note.subject", kind=a.GENERIC_FK, root="hms.Note")
+    calls = [call(PATIENT_SQL, subject, params=i) for i in range(3)]
+    calls += [call(FACILITY_SQL, subject, params=i) for i in range(3)]
+    [finding] = detect(owner(*calls), SETTINGS)
+    assert finding.relation == "hms.Note.subject" and finding.repetitions == 6
+
+
 @pytest.mark.parametrize(
     ("kind", "relation", "filtered", "fix"),
     [
