@@ -217,35 +217,34 @@ def _message(failing: Sequence[Finding]) -> str:
     return "\n".join(lines)
 
 
-class _Collector:
-    """A span processor keeping the spans that end while a test runs."""
+def _collector() -> Any:
+    """A span processor keeping the spans that end while a test runs (the SDK is imported only
+    when the plugin is active)."""
+    from opentelemetry.sdk.trace import SpanProcessor
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._spans: list[Any] | None = None
+    class Collector(SpanProcessor):
+        def __init__(self) -> None:
+            self._lock = threading.Lock()
+            self._spans: list[Any] | None = None
 
-    def start(self) -> None:
-        with self._lock:
-            self._spans = []
+        def start(self) -> None:
+            with self._lock:
+                self._spans = []
 
-    def stop(self) -> list[Any]:
-        with self._lock:
-            spans, self._spans = self._spans or [], None
-        return spans
+        def stop(self) -> list[Any]:
+            with self._lock:
+                spans, self._spans = self._spans or [], None
+            return spans
 
-    def on_start(self, span: Any, parent_context: Any = None) -> None:
-        pass
+        def on_end(self, span: Any) -> None:
+            with self._lock:
+                if self._spans is not None and len(self._spans) < 200_000:
+                    self._spans.append(span)
 
-    def on_end(self, span: Any) -> None:
-        with self._lock:
-            if self._spans is not None and len(self._spans) < 200_000:
-                self._spans.append(span)
+        def shutdown(self) -> None:
+            self.stop()
 
-    def shutdown(self) -> None:
-        self.stop()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
+    return Collector()
 
 
 def span_data(span: Any) -> SpanData:
@@ -294,18 +293,18 @@ class _State:
             changes["n_plus_one_threshold"] = threshold
         self.settings = dataclasses.replace(loaded.settings, **changes)
         self.report_path = self._report_path(config)
-        self.collector = _Collector()
+        self.collector = _collector()
         self.pipeline: Any = None
         existing = agent.current_pipeline()  # pytest itself run under hms-otel-run
         if existing is not None:
             existing.signal_processor.settings = self.settings
-            existing.tracer_provider.add_span_processor(self.collector)  # type: ignore[arg-type]
+            existing.tracer_provider.add_span_processor(self.collector)
             provider = existing.tracer_provider
         else:
             self.pipeline = pipeline.build(
                 self.settings,
                 agent.default_detectors(),
-                extra_span_processors=[self.collector],  # type: ignore[list-item]
+                extra_span_processors=[self.collector],
                 span_exporters=[],
                 metric_readers=[],
             )

@@ -1,0 +1,180 @@
+"""The pytest plugin, run by pytester in subprocesses on the sample app's seeded PostgreSQL database.
+
+pytest-django is active in those runs (``django_db`` marks, Django's TestCase); its test-database
+setup is replaced by the already migrated and seeded ``sample_app_db`` database, and every test runs
+in a transaction that is rolled back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+CONFTEST = '''
+import pytest
+
+@pytest.fixture(scope="session")
+def django_db_setup():
+    """Use the migrated, seeded sample database as it is."""
+'''
+
+TESTS = """
+import sys
+
+import pytest
+from django.test import Client, TestCase
+
+from hms_otel_agent.pytest_plugin import allow
+from hms_otel_agent.sample.hms.models import Encounter
+
+
+def load_patients(n):
+    for e in Encounter.objects.order_by("id")[:n]:
+        e.patient
+
+
+@pytest.mark.django_db
+def test_three_lazy_loads():
+    load_patients(3)
+
+
+@pytest.mark.django_db
+def test_six_lazy_loads():
+    load_patients(6)
+
+
+@pytest.mark.django_db
+@pytest.mark.hms_otel_allow("hms.Encounter.patient")
+def test_allowed_by_marker():
+    load_patients(6)
+
+
+@pytest.mark.django_db
+@pytest.mark.hms_otel_allow("hms.Encounter.facility")
+def test_other_relation_allowed_still_fails():
+    load_patients(6)
+
+
+@pytest.mark.django_db
+def test_allowed_by_context_manager():
+    with allow("hms.Encounter.*", "hms.Patient.insurance"):
+        load_patients(6)
+        assert Client().get("/encounters/?limit=6").status_code == 200
+
+
+@pytest.mark.django_db
+def test_client_request():
+    assert Client().get("/encounters/?limit=6").status_code == 200
+
+
+@pytest.mark.django_db
+def test_client_request_optimized():
+    assert Client().get("/encounters/optimized/?limit=6").status_code == 200
+
+
+class TestWithDjangoTestCase(TestCase):
+    def test_loop(self):
+        load_patients(6)
+
+
+def test_nothing_imported_when_inactive():
+    if "--hms-otel" not in sys.argv:
+        assert "hms_otel_agent.pipeline" not in sys.modules
+        assert "opentelemetry.sdk.trace" not in sys.modules
+"""
+
+
+@pytest.fixture
+def project(
+    pytester: pytest.Pytester, sample_app_db: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> pytest.Pytester:
+    for name in list(os.environ):
+        if name.startswith(("OTEL_", "HMS_OTEL_")):
+            monkeypatch.delenv(name)
+    for name, value in sample_app_db.items():
+        monkeypatch.setenv(name, value)
+    pytester.makeini("[pytest]\nDJANGO_SETTINGS_MODULE = hms_otel_agent.sample.settings\n")
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_app=TESTS)
+    return pytester
+
+
+def outcomes(result: pytest.RunResult) -> dict[str, str]:
+    found = {}
+    for line in result.outlines:
+        match = re.match(r"^test_app\.py::(\S+) (PASSED|FAILED|ERROR)", line)
+        if match:
+            found[match.group(1).rpartition("::")[2]] = match.group(2)
+    return found
+
+
+def test_fail_allow_threshold_and_report(project: pytest.Pytester) -> None:
+    result = project.runpytest_subprocess(
+        "-v", "-p", "no:cacheprovider", "--hms-otel", "--hms-otel-threshold", "3",
+        "--hms-otel-report", "hms-report.json",
+    )  # fmt: skip
+    assert outcomes(result) == {
+        "test_three_lazy_loads": "FAILED",  # 3 >= --hms-otel-threshold 3
+        "test_six_lazy_loads": "FAILED",
+        "test_allowed_by_marker": "PASSED",
+        "test_other_relation_allowed_still_fails": "FAILED",
+        "test_allowed_by_context_manager": "PASSED",
+        "test_client_request": "FAILED",
+        "test_client_request_optimized": "PASSED",
+        "test_loop": "FAILED",
+        "test_nothing_imported_when_inactive": "PASSED",
+    }, result.stdout.str()
+    out = result.stdout.str()
+    # The failure names what, where, and the fix.
+    assert re.search(
+        r"\[n_plus_one\] test test_app\.py::test_six_lazy_loads: Encounter\.patient loaded lazily 6x "
+        r"\(\d+\.\d ms\) at test_app\.py:12 in load_patients — add \.select_related\('patient'\) to the "
+        r"Encounter queryset",
+        out,
+    ), out
+    assert "fix: .select_related('patient')" in out
+    assert '@pytest.mark.hms_otel_allow("hms.Encounter.patient")' in out
+    assert re.search(r"\[n_plus_one\] GET encounters/: Encounter\.patient loaded lazily 6x", out), out
+    assert "hms-otel: " in out and "distinct findings in" in out
+    report = json.loads((project.path / "hms-report.json").read_text())
+    assert report["schema"] == "hms-otel-report/1"
+    assert report["thresholds"]["n_plus_one"] == 3
+    routes = {r for f in report["findings"] for r in f["routes"]}
+    assert "encounters/" in routes and not any("optimized" in r for r in routes)
+    relations = {f["relation"] for f in report["findings"] if f["kind"] == "n_plus_one"}
+    assert "hms.Encounter.patient" in relations
+
+
+def test_default_threshold_other_kinds_and_markdown_report(project: pytest.Pytester) -> None:
+    result = project.runpytest_subprocess(
+        "-v", "-p", "no:cacheprovider", "--hms-otel", "--hms-otel-report", "out/report.md",
+        "-k", "three_lazy or six_lazy",
+    )  # fmt: skip
+    # Default threshold 5: three loads are fine, six are an N+1.
+    assert outcomes(result) == {"test_three_lazy_loads": "PASSED", "test_six_lazy_loads": "FAILED"}
+    markdown = (project.path / "out" / "report.md").read_text()
+    assert markdown.startswith("## hms-otel findings")
+    assert "| 1 | N+1 | test test_app.py::test_six_lazy_loads |" in markdown
+    # Findings of kinds not chosen with --hms-otel-fail-on are reported but do not fail.
+    result = project.runpytest_subprocess(
+        "-v", "-p", "no:cacheprovider", "--hms-otel", "--hms-otel-fail-on=duplicate_query,cache_n_plus_one",
+        "-k", "six_lazy",
+    )  # fmt: skip
+    assert outcomes(result) == {"test_six_lazy_loads": "PASSED"}
+
+
+def test_inactive_without_the_flag(project: pytest.Pytester) -> None:
+    result = project.runpytest_subprocess("-v", "-p", "no:cacheprovider")
+    assert set(outcomes(result).values()) == {"PASSED"}, result.stdout.str()
+    assert "distinct findings" not in result.stdout.str()  # no summary line: the plugin did nothing
+
+
+def test_bad_fail_on_is_a_usage_error(project: pytest.Pytester) -> None:
+    result = project.runpytest_subprocess("--hms-otel", "--hms-otel-fail-on=n_plus_two")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "unknown kind(s) n_plus_two" in result.stderr.str()
