@@ -60,8 +60,9 @@ def demo_cmd(*args: str) -> list[str]:
     return [venv_executable("hms-otel"), "demo", *args]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def demo_db(pg_server_url: str) -> Iterator[str]:
+    """One database for this module's demos (migrated once; each demo re-seeds it)."""
     name = new_database_name() + "_demo"
     url = create_database(pg_server_url, name)
     yield url
