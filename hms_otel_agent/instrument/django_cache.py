@@ -19,6 +19,8 @@ the default and the caller's default is returned when the sentinel comes back.
 
 from __future__ import annotations
 
+import inspect
+import threading
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
@@ -90,6 +92,8 @@ class DjangoCacheCall:
 _state: dict[str, Any] = {"tracer": None, "capture_keys": False}
 _wrapped: list[tuple[type, str, Any]] = []  # (class, method name, original)
 _instrumented: set[type] = set()
+_lock = threading.Lock()  # backends are constructed on any thread
+_takes_default: dict[Any, bool] = {}  # get() implementation -> has a `default` parameter
 _names: dict[type, str] = {}
 
 
@@ -155,16 +159,17 @@ def instrument_backend_class(cls: type) -> None:
 
     if cls in _instrumented or not issubclass(cls, BaseCache):
         return
-    for klass in cls.__mro__:
-        if klass in _instrumented or not issubclass(klass, BaseCache):
-            continue
-        _instrumented.add(klass)
-        for name in OPERATIONS:
-            attribute = klass.__dict__.get(name)
-            if attribute is None or _is_ours(attribute) or not callable(attribute):
+    with _lock:
+        for klass in cls.__mro__:
+            if klass in _instrumented or not issubclass(klass, BaseCache):
                 continue
-            wrapt.wrap_function_wrapper(klass, name, _WRAPPERS[name])
-            _wrapped.append((klass, name, attribute))
+            _instrumented.add(klass)
+            for name in OPERATIONS:
+                attribute = klass.__dict__.get(name)
+                if attribute is None or _is_ours(attribute) or not callable(attribute):
+                    continue
+                wrapt.wrap_function_wrapper(klass, name, _WRAPPERS[name])
+                _wrapped.append((klass, name, attribute))
 
 
 def backend_name(cls: type) -> str:
@@ -186,11 +191,12 @@ def backend_name(cls: type) -> str:
 class _Call:
     """What the wrapper learned before the call, and the arguments to call with."""
 
-    __slots__ = ("args", "call", "keys", "kwargs", "span", "user_default")
+    __slots__ = ("args", "call", "keys", "kwargs", "sentinel", "span", "user_default")
 
     def __init__(self, args: Any, kwargs: Any) -> None:
         self.args = args
         self.kwargs = kwargs
+        self.sentinel = False  # get() was given our _MISSING as its default
         self.keys: Sequence[Any] = ()
         self.user_default: Any = None
         self.span: Any = None
@@ -215,7 +221,21 @@ def _ttl(instance: Any, args: Any, kwargs: Any, operation: str) -> float | None:
     return max(0.0, float(timeout))
 
 
-def _prepare(operation: str, instance: Any, args: Any, kwargs: Any) -> _Call:
+def _has_default(wrapped: Any) -> bool:
+    """Whether a get() takes ``default`` (BaseCache's contract; a backend may not honour it)."""
+    function = getattr(wrapped, "__func__", wrapped)
+    known = _takes_default.get(function)
+    if known is None:
+        try:
+            known = "default" in inspect.signature(function).parameters
+        except (TypeError, ValueError):
+            known = False
+        if len(_takes_default) < 1000:
+            _takes_default[function] = known
+    return known
+
+
+def _prepare(operation: str, instance: Any, args: Any, kwargs: Any, wrapped: Any = None) -> _Call:
     prepared = _Call(args, kwargs)
     if operation in _SINGLE_KEY:
         key = _argument(args, kwargs, 0, "key", None)
@@ -230,9 +250,10 @@ def _prepare(operation: str, instance: Any, args: Any, kwargs: Any) -> _Call:
     else:
         keys = ()
     prepared.keys = keys
-    if operation == "get":
+    if operation == "get" and (len(args) > 1 or "default" in kwargs or _has_default(wrapped)):
         prepared.user_default = _argument(args, kwargs, 1, "default", None)
         prepared.args, prepared.kwargs = _replace(args, kwargs, 1, "default", _MISSING)
+        prepared.sentinel = True
     elif operation == "get_or_set":
         default = _argument(args, kwargs, 1, "default", None)
         if callable(default):
@@ -306,7 +327,8 @@ def _finish(operation: str, prepared: _Call, result: Any, frame: DjangoCacheCall
         return
     reads = hits = 0
     if operation == "get":
-        reads, hits = 1, 0 if result is _MISSING else 1
+        missed = result is _MISSING if prepared.sentinel else result is None
+        reads, hits = 1, 0 if missed else 1
     elif operation == "has_key":
         reads, hits = 1, 1 if result else 0
     elif operation == "get_or_set":
@@ -346,7 +368,7 @@ def _make_wrapper(operation: str) -> Callable[..., Any]:
             return wrapped(*args, **kwargs)
         prepared: _Call | None = None
         try:
-            prepared = _prepare(operation, instance, args, kwargs)
+            prepared = _prepare(operation, instance, args, kwargs, wrapped)
             frame = DjangoCacheCall(operation, getattr(instance, "key_prefix", "") or None)
             _start(operation, instance, prepared)
         except Exception as exc:
@@ -373,7 +395,7 @@ def _make_wrapper(operation: str) -> Callable[..., Any]:
         except Exception as exc:
             guard.report("django cache instrumentation", exc)
         span.end()
-        if result is _MISSING:
+        if result is _MISSING and prepared.sentinel:
             return prepared.user_default
         return result
 

@@ -320,6 +320,26 @@ def test_subclasses_get_one_span_per_call(traced: Traced) -> None:
     assert django_cache.backend_name(TenantCache) == "locmem"
 
 
+def test_a_get_without_a_default_parameter_is_called_as_written(traced: Traced) -> None:
+    from django.core.cache.backends.locmem import LocMemCache
+
+    class NoDefault(LocMemCache):
+        def get(self, key: Any, version: Any = None) -> Any:  # type: ignore[override]
+            return super().get(key, None, version)
+
+    cache = NoDefault("no-default", {})
+    with traced.tracer.start_as_current_span("job"):
+        assert cache.get("patient:1:summary") is None
+        cache.set("patient:1:summary", 1, 10)
+        assert cache.get("patient:1:summary") == 1
+    spans = assert_one_span_per_call(traced, owner(traced), 3)
+    assert [hms(s) for s in spans] == [
+        expect("get", "locmem", hit=False),
+        expect("set", "locmem", ttl_s=10.0),
+        expect("get", "locmem", hit=True),
+    ]
+
+
 def test_cache_calls_inside_a_get_or_set_default_get_their_own_spans(
     traced: Traced, use_backend: Callable[[str], Any]
 ) -> None:
