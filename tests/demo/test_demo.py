@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness.otlp_receiver import OtlpReceiver
 from harness.processes import hermetic_env, run, venv_executable
 from harness.services import create_database, drop_database, new_database_name
 
@@ -118,12 +119,23 @@ def assert_demo_report(report: dict) -> None:
     assert patterns["patient:{id}:summary"]["hits"] > 0
 
 
-def test_demo_on_given_servers_reports_naive_endpoints_only(demo_db: str, redis_url: str) -> None:
-    env = {"DATABASE_URL": demo_db, "REDIS_URL": redis_url}
+def test_demo_on_given_servers_reports_naive_endpoints_only(
+    demo_db: str, redis_url: str, otlp_receiver: OtlpReceiver
+) -> None:
+    env = {
+        "DATABASE_URL": demo_db,
+        "REDIS_URL": redis_url,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.http_endpoint,  # as with the compose stack
+    }
     result = run(demo_cmd("--requests", "60", "--patients", "40", "--format", "json"), env=env, timeout=180)
     assert result.returncode == 0, result.stderr
     assert "using DATABASE_URL=" in result.stderr and "sending requests" in result.stderr
-    assert_demo_report(json.loads(result.stdout))
+    assert f"also exporting to {otlp_receiver.http_endpoint}" in result.stderr
+    report = json.loads(result.stdout)
+    assert_demo_report(report)
+    assert report["summary"]["services"] == ["hms-demo"]
+    servers = otlp_receiver.wait_for_spans(lambda s: s.kind == "SPAN_KIND_SERVER", count=61)
+    assert {s.resource["service.name"] for s in servers} == {"hms-demo"}
     assert_cleaned_up(result.stderr)
 
 
