@@ -89,7 +89,7 @@ def print_report(local_dir: str, run_id: str, settings: Settings, stream: IO[str
     path = os.path.join(local_dir, TRACES_FILE)
     if not os.path.exists(path):
         return
-    result = read_paths([path], strict=False)
+    result = read_paths([path], strict=False, must_contain=run_id)
     spans = filter_run(result.spans, run_id)
     if not spans:
         return

@@ -282,8 +282,11 @@ def _json_error(exc: json.JSONDecodeError, text: str, last: bool) -> str:
     return f"not valid JSON ({exc.msg} at column {exc.colno})"
 
 
-def read_file(path: str, strict: bool = True, skipped: list[str] | None = None) -> Iterator[SpanData]:
-    """Spans of one file. In lenient mode (strict=False) bad lines are skipped and noted."""
+def read_file(
+    path: str, strict: bool = True, skipped: list[str] | None = None, must_contain: str = ""
+) -> Iterator[SpanData]:
+    """Spans of one file. In lenient mode (strict=False) bad lines are skipped and noted.
+    With `must_contain`, lines without that text are skipped unparsed (a run id: fast at exit)."""
     try:
         handle = _open(path)
     except OSError as exc:
@@ -304,6 +307,9 @@ def read_file(path: str, strict: bool = True, skipped: list[str] | None = None) 
             while text:
                 following = source.readline()
                 lineno += 1
+                if must_contain and must_contain not in text:
+                    text = following
+                    continue
                 if text.strip():
                     try:
                         obj = json.loads(text)
@@ -377,9 +383,9 @@ def expand_paths(paths: Sequence[str]) -> list[str]:
     return files
 
 
-def read_paths(paths: Iterable[str], strict: bool = True) -> ReadResult:
+def read_paths(paths: Iterable[str], strict: bool = True, must_contain: str = "") -> ReadResult:
     result = ReadResult()
     for path in expand_paths(list(paths)):
         result.files.append(path)
-        result.spans.extend(read_file(path, strict=strict, skipped=result.skipped_lines))
+        result.spans.extend(read_file(path, strict, result.skipped_lines, must_contain))
     return result
