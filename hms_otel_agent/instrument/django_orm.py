@@ -88,6 +88,9 @@ _in_prefetch: ContextVar[bool] = ContextVar("hms_otel_orm_prefetch", default=Fal
 _labels: dict[Any, str] = {}
 _names: dict[Any, str] = {}
 _forward_joins: dict[Any, dict[str, Any]] = {}
+# Contexts by (operation, relation, path, code location): bounded by the code of the application.
+_interned: dict[tuple[Any, ...], OrmContext] = {}
+_MAX_INTERNED = 20_000
 
 _undo: list[tuple[Any, str, Any]] = []  # (owner, name, previous value in owner.__dict__ or _MISSING)
 _manager_classes: weakref.WeakSet[type] = weakref.WeakSet()
@@ -108,6 +111,42 @@ def _rank(ctx: OrmContext) -> int:
     if ctx.relation:
         return 3
     return 2 if ctx.kind == REFRESH else 1
+
+
+def _context(
+    model: str,
+    kind: str,
+    relation: str = "",
+    lazy: bool = False,
+    path: str = "",
+    root: str = "",
+    filtered: bool = False,
+) -> OrmContext:
+    """The OrmContext of this operation at the user's code location, interned: the contexts are
+    frozen and a loop produces the same one every time, and building a frozen dataclass costs
+    more than looking it up."""
+    location = user_location()
+    if location is None:
+        key: tuple[Any, ...] = (kind, model, relation, path, root, lazy, filtered)
+    else:
+        key = (
+            kind,
+            model,
+            relation,
+            path,
+            root,
+            lazy,
+            filtered,
+            location.file,
+            location.line,
+            location.function,
+        )
+    ctx = _interned.get(key)
+    if ctx is None:
+        ctx = OrmContext(model, kind, relation, lazy, path, root, filtered, location)
+        if len(_interned) < _MAX_INTERNED:
+            _interned[key] = ctx
+    return ctx
 
 
 def _pop(token: Token[OrmContext | None] | None) -> None:
@@ -159,7 +198,7 @@ def _open_relation(
         outer = current_orm.get()
         token = None
         if outer is None or not outer.relation:
-            ctx = OrmContext(model, kind, model + "." + name, lazy, path, root, False, user_location())
+            ctx = _context(model, kind, model + "." + name, lazy, path, root)
             token = current_orm.set(ctx)
         return token, (root, path)
     except Exception as exc:
@@ -213,7 +252,7 @@ def _filtered(query: Any, tag: tuple[Any, ...]) -> bool:
 
 def _tagged_ctx(queryset: Any, tag: tuple[Any, ...], kind: str, filtering: bool = False) -> OrmContext:
     filtered = tag[0] in _MANAGER_KINDS and (filtering or _filtered(queryset.query, tag))
-    return OrmContext(tag[1], kind, tag[2], True, tag[3], tag[4], filtered, user_location())
+    return _context(tag[1], kind, tag[2], True, tag[3], tag[4], filtered)
 
 
 def _open_queryset(queryset: Any, kind: str, filtering: bool = False) -> Token[OrmContext | None] | None:
@@ -233,7 +272,7 @@ def _open_queryset(queryset: Any, kind: str, filtering: bool = False) -> Token[O
             return current_orm.set(_tagged_ctx(queryset, tag, kind, filtering))
         if outer is not None:
             return None
-        return current_orm.set(OrmContext(_label(queryset.model), kind, location=user_location()))
+        return current_orm.set(_context(_label(queryset.model), kind))
     except Exception as exc:
         guard.report(COMPONENT, exc)
         return None
@@ -250,7 +289,7 @@ def _open_fetch(queryset: Any) -> Token[OrmContext | None] | None:
         if queryset._for_write:  # delete() collecting the related set, select_for_update(), ...
             if outer is not None:
                 return None
-            return current_orm.set(OrmContext(tag[1], QUERY, location=user_location()))
+            return current_orm.set(_context(tag[1], QUERY))
         if outer is not None and outer.relation:
             return None
         return current_orm.set(_tagged_ctx(queryset, tag, tag[0]))
@@ -267,12 +306,11 @@ def _after_fetch(queryset: Any) -> None:
         if not rows or queryset._iterable_class is not _ModelIterable:
             return
         tag = _tag_of(queryset)
-        query = queryset.query
-        joins = query.select_related
+        joins = queryset._query.select_related
         if tag is not None and not queryset._for_write:
             origin = (tag[4], tag[3])
             for obj in rows:
-                obj._state.__dict__[ORIGIN] = origin
+                obj._state._hms_origin = origin  # ORIGIN
             root, prefix = origin[0], origin[1] + "__"
         elif joins:
             root, prefix = _label(queryset.model), ""
@@ -284,38 +322,41 @@ def _after_fetch(queryset: Any) -> None:
             joins = _default_joins(queryset.model, _MAX_SELECT_RELATED_DEPTH)
         known = queryset._known_related_objects
         skip = {field.name for field in known} if known else ()
-        plan: list[tuple[tuple[str, ...], tuple[str, str]]] = []
-        _join_plan(joins, (), root, prefix, skip, plan)
-        if not plan:
-            return
-        for obj in rows:
-            for chain, origin in plan:
-                target = obj
-                for name in chain:
-                    target = target._state.fields_cache.get(name)
-                    if target is None:
-                        break
-                else:
-                    target._state.__dict__[ORIGIN] = origin
+        plan = _join_plan(joins, root, prefix, skip)
+        for obj in rows:  # the first level inline: this runs once per row
+            cache = obj._state.fields_cache
+            for name, origin, nested in plan:
+                target = cache.get(name)
+                if target is not None:
+                    target._state._hms_origin = origin  # ORIGIN
+                    if nested:
+                        _mark_joined(target, nested)
     except Exception as exc:
         guard.report(COMPONENT, exc)
 
 
-def _join_plan(
-    joins: dict[str, Any],
-    chain: tuple[str, ...],
-    root: str,
-    prefix: str,
-    skip: Any,
-    plan: list[tuple[tuple[str, ...], tuple[str, str]]],
-) -> None:
+# [(cache name, origin, nested plan)]
+_Plan = list[tuple[str, tuple[str, str], Any]]
+
+
+def _join_plan(joins: dict[str, Any], root: str, prefix: str, skip: Any) -> _Plan:
+    plan: _Plan = []
     for name, sub in joins.items():
-        if not chain and name in skip:
+        if name in skip:
             continue  # set from _known_related_objects (the manager's instance), not joined
         path = prefix + name
-        plan.append(((*chain, name), (root, path)))
-        if sub:
-            _join_plan(sub, (*chain, name), root, path + "__", (), plan)
+        plan.append((name, (root, path), _join_plan(sub, root, path + "__", ()) if sub else None))
+    return plan
+
+
+def _mark_joined(obj: Any, plan: _Plan) -> None:
+    cache = obj._state.fields_cache
+    for name, origin, nested in plan:
+        target = cache.get(name)
+        if target is not None:
+            target._state._hms_origin = origin  # ORIGIN
+            if nested:
+                _mark_joined(target, nested)
 
 
 def _default_joins(model: Any, depth: int) -> dict[str, Any]:
@@ -385,9 +426,9 @@ def _open_compiler(compiler: Any) -> Token[OrmContext | None] | None:
         tag = query.__dict__.get(TAG) if type(compiler) is _SQLCompiler else None
         if tag is not None:  # iterator() over a related manager's queryset
             filtered = tag[0] in _MANAGER_KINDS and _filtered(query, tag)
-            ctx = OrmContext(tag[1], tag[0], tag[2], True, tag[3], tag[4], filtered, user_location())
+            ctx = _context(tag[1], tag[0], tag[2], True, tag[3], tag[4], filtered)
         else:
-            ctx = OrmContext(_label(model), QUERY, location=user_location())
+            ctx = _context(_label(model), QUERY)
         return current_orm.set(ctx)
     except Exception as exc:
         guard.report(COMPONENT, exc)
@@ -416,7 +457,7 @@ def _open_refresh(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) 
                 return _open_relation(instance, field.name, DEFERRED_KIND)[0]
         if outer is not None and _rank(outer) >= 2:
             return None
-        return current_orm.set(OrmContext(_label(type(instance)), REFRESH, location=user_location()))
+        return current_orm.set(_context(_label(type(instance)), REFRESH))
     except Exception as exc:
         guard.report(COMPONENT, exc)
         return None
@@ -585,7 +626,7 @@ def _mark_prefetched(instances: Any, lookup: Any, level: int, result: Any) -> No
         for obj in loaded:
             state = getattr(obj, "_state", None)
             if state is not None:
-                state.__dict__[ORIGIN] = origin
+                state._hms_origin = origin  # ORIGIN
     except Exception as exc:
         guard.report(COMPONENT, exc)
 
