@@ -190,7 +190,7 @@ class Demo:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        self.cleanup.callback(self.stop_server)
+        self.cleanup.callback(self.stop_server, graceful=False)  # on error or interrupt: quick
         base_url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -212,14 +212,15 @@ class Demo:
         except OSError:
             return ""
 
-    def stop_server(self, timeout: float = 15) -> None:
-        """SIGTERM to gunicorn (graceful: workers finish and flush their telemetry), then SIGKILL."""
+    def stop_server(self, graceful: bool = True, timeout: float = 15) -> None:
+        """SIGTERM to gunicorn (graceful: workers finish and flush their telemetry), or SIGQUIT
+        (quick, when interrupted), then SIGKILL for anything left."""
         proc, self.server = self.server, None
         if proc is None:
             return
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
+                os.killpg(proc.pid, signal.SIGTERM if graceful else signal.SIGQUIT)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout)
         with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -130,10 +130,10 @@ def drive(
     start = time.monotonic()
     deadline = start + duration_s if duration_s is not None else None
     index = 0
-    with (
-        Progress(*columns, console=console, transient=False) as progress,
-        ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="hms-demo-client") as pool,
-    ):
+    # Not a `with` block: when interrupted, in-flight requests are not waited for (the server is
+    # stopped next, which ends them).
+    pool = ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="hms-demo-client")
+    with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("sending requests", total=total)
         running: set[Future[int]] = set()
         try:
@@ -158,7 +158,6 @@ def drive(
                 if deadline is not None:
                     progress.update(task, completed=min(total, time.monotonic() - start))
         finally:
-            for future in running:
-                future.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
     result.seconds = time.monotonic() - start
     return result

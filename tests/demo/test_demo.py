@@ -180,7 +180,7 @@ class Demo:
             assert time.monotonic() < deadline, f"no {text!r} after {timeout}s:\n{self.stderr}"
             time.sleep(0.05)
 
-    def signal(self, sig: int, timeout: float = 60) -> int:
+    def signal(self, sig: int, timeout: float = 120) -> int:
         self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout)
