@@ -33,6 +33,13 @@ DB_SCOPES = frozenset(
 )
 # The record the span processor reads back from the span when it ends.
 SPAN_RECORD = "_hms_db"
+# Masking and fingerprinting run on the application's thread, in time linear in the statement;
+# a statement of megabytes (an IN list of 100 000 ids) is fingerprinted on its first 64 KiB and
+# exported (masked) up to 4 KiB followed by "…": whole export batches would otherwise be
+# rejected by backends for one oversized attribute.
+MAX_FINGERPRINT_CHARS = 65_536
+MAX_EXPORTED_STATEMENT_CHARS = 4_096
+TRUNCATED = "…"
 
 _original_populate: Callable[..., Any] | None = None
 
@@ -82,15 +89,21 @@ def install(settings: Settings) -> None:
             return
         try:
             statement = self.get_statement(cursor, args)
-            fp = fingerprint_sql(statement)
+            if isinstance(statement, bytes):
+                statement = statement.decode("utf-8", "replace")
+            long = isinstance(statement, str) and len(statement) > MAX_EXPORTED_STATEMENT_CHARS
+            fp = fingerprint_sql(statement[:MAX_FINGERPRINT_CHARS] if long else statement)
             orm = current_orm.get()
             if orm is None:
                 location = user_location()
                 if location is not None:
                     orm = OrmContext(model="", kind="raw", location=location)
             record = DbSpanRecord(fp, _params_hash(args[1] if len(args) > 1 else None), orm)
-            if mask and statement:
-                args = (mask_sql_literals(statement), *args[1:])
+            if statement and (mask or long):
+                shown = statement[:MAX_EXPORTED_STATEMENT_CHARS] if long else statement
+                if mask:  # a literal cut in two is masked whole: what follows an open quote is masked
+                    shown = mask_sql_literals(shown)
+                args = (shown + TRUNCATED if long else shown, *args[1:])
         except Exception as exc:
             guard.report("SQL span hook", exc)
             # Never fall back to exporting the raw statement: it may hold literals.

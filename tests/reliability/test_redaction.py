@@ -113,3 +113,23 @@ def test_when_redaction_fails_the_span_loses_the_data_not_the_app(
     [event] = [e for e in server.events if e.name == "exception"]
     assert set(event.attributes or {}) == {"exception.type"}
     assert server.status.description in (None, "(message redacted)")
+
+
+def test_huge_statements_are_exported_masked_and_cut(traced: Traced) -> None:
+    from django.db import connection
+
+    from hms_otel_agent.instrument.db import MAX_EXPORTED_STATEMENT_CHARS
+
+    literal = "SELECT length('" + "Quillfeather " * 80_000 + "')"  # 1 MB
+    in_list = "SELECT 1 WHERE 1 IN (" + ",".join(str(i) for i in range(150_000)) + ")"
+    with connection.cursor() as cursor:
+        for statement in (literal, in_list):
+            traced.clear()
+            cursor.execute(statement)
+            cursor.fetchall()
+            [span] = [s for s in traced.spans() if s.attributes.get("db.system") == "postgresql"]
+            exported = str(span.attributes["db.statement"])
+            assert len(exported) <= MAX_EXPORTED_STATEMENT_CHARS + 1
+            assert "Quillfeather" not in exported
+            assert span.attributes["hms.db.fingerprint"]
+    assert exported.startswith("SELECT ? WHERE ? IN (?,?,?") and exported.endswith("…")
