@@ -222,6 +222,12 @@ def traced_session() -> Traced:
 @pytest.fixture
 def traced(traced_session: Traced, django_app: DjangoApp) -> Iterator[Traced]:
     """`traced_session` with the exporter cleared, over the in-process Django sample app."""
+    if not getattr(traced_session, "connections_reset", False):
+        # Connections opened before the instrumentation was installed are not traced.
+        from django.db import connections
+
+        connections.close_all()
+        traced_session.connections_reset = True  # type: ignore[attr-defined]
     traced_session.clear()
     yield traced_session
     traced_session.clear()

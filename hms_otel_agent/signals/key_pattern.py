@@ -13,14 +13,25 @@ a person or a record are replaced by a placeholder naming their shape:
 {hash}   16+ hex characters with a digit (md5, sha1, sha256, ...)
 {token}  20+ characters of the base64 / url-safe alphabet with letters and digits that do
          not read as identifier words (session keys, API tokens, JWT parts)
+{mrn}    also a word mixing capitals or trailing letters with 3+ digits: ``QZ48213X``
 {id}     any other run of digits: a whole number (``user_12345``) or a run of 3+ digits
          inside a word (``page100`` -> ``page{id}``)
+{name}   a capitalised word standing alone (``Quillfeather``, ``search:Zebediah Quillfeather``):
+         key structure is written in lower case or CamelCase, names are capitalised
 ======== ======================================================================
 
 Guarantees (tested with hypothesis): the result never contains an ``@`` or a run of three
 or more digits; it is a pure function of its arguments; it is at most ``MAX_PATTERN_CHARS``
-long. Words without digits are kept as written, so a name used as a key segment (``john``)
-is *not* recognised: keys built from names are outside what this function can protect.
+long. Lower-case and CamelCase words without digits are kept as written: they are the key's
+structure (``patient``, ``summary``, ``PatientSummary``). A name written in lower case
+(``john``) cannot be told from structure and is *not* recognised: build keys from ids, or let
+HMS_OTEL_CAPTURE_CACHE_KEYS stay off and check the patterns in `hms-otel report`.
+
+Keys written as ``label:value:label:value`` (the Redis convention) get one more rule: a word
+in a value position (the 2nd, 4th, ... ``:``-separated segment) is data, not structure, unless
+it is one of the common structural words in ``STRUCTURAL_WORDS`` (``recent``, ``stats``,
+``summary``, ...): ``patient:{id}:allergy:penicillin`` -> ``patient:{id}:allergy:{value}``,
+``search:john smith`` -> ``search:{value}``, while ``encounters:recent`` stays.
 
 Django's default key function builds ``KEY_PREFIX:VERSION:key``; a leading ``:<digits>:``
 (empty prefix) is always removed, and ``<django_prefix>:<digits>:`` when ``django_prefix`` is
@@ -90,6 +101,38 @@ _LETTER_RE: Final = re.compile(r"[A-Za-z]")
 _WORD_SPLIT_RE: Final = re.compile(r"[_\-+=]+")
 # What a part of an identifier looks like: letters, then at most two digits (v2, utf8, page10).
 _IDENT_PART_RE: Final = re.compile(r"[A-Za-z]*[0-9]{0,2}")
+# A word (letters only, any script); a capitalised one standing alone is a name.
+_LETTERS_RE: Final = re.compile(r"[^\W\d_]+")
+
+
+# Words that describe a key rather than hold data, kept in value positions of a:b:c keys.
+STRUCTURAL_WORDS: Final = frozenset(
+    """
+    all any active archive by cache config count counts count_by current daily data default
+    detail details feed first hits hourly ids index info items keys last latest list lock
+    locks meta metadata monthly new next page pages prev previous profile queue rate recent
+    schedule session settings state stats status summary today top total totals upcoming
+    v1 v2 v3 version views weekly
+    """.split()  # noqa: SIM905 - a word list reads better as text
+)
+_VALUE_WORD_RE: Final = re.compile(r"[^\W\d]+(?:[-\s][^\W\d]+)*")
+
+
+def _value_positions(key: str) -> str:
+    """Words in the value positions of ``label:value`` keys become ``{value}``."""
+    segments = key.split(":")
+    if len(segments) < 2:
+        return key
+    for index in range(1, len(segments), 2):
+        segment = segments[index]
+        if segment and _VALUE_WORD_RE.fullmatch(segment) and segment.lower() not in STRUCTURAL_WORDS:
+            segments[index] = "{value}"
+    return ":".join(segments)
+
+
+def _name(match: re.Match[str]) -> str:
+    word = match.group()
+    return "{name}" if len(word) > 1 and word[0].isupper() and word[1:].islower() else word
 
 
 def _shape(match: re.Match[str]) -> str:
@@ -115,6 +158,8 @@ def _part(match: re.Match[str]) -> str:
         return "{hash}"
     if len(part) >= 20 and _IDENT_PART_RE.fullmatch(part) is None:
         return "{token}"
+    if _DIGIT_RUN_RE.search(part) and (not part.islower() or not part[-1].isdigit()):
+        return "{mrn}"  # QZ48213X, Smith123: letters around a record number
     return _DIGIT_RUN_RE.sub("{id}", part)
 
 
@@ -122,7 +167,7 @@ def _segment(match: re.Match[str]) -> str:
     """The text between two coarse separators (":", "/", ".", "|", space, ...)."""
     segment = match.group()
     if _DIGIT_RE.search(segment) is None:
-        return segment
+        return _LETTERS_RE.sub(_name, segment)
     if len(segment) >= 16 and _HEX_RE.fullmatch(segment) and not _ALL_DIGITS_RE.fullmatch(segment):
         return "{hash}"
     if len(segment) >= 20 and _is_token(segment):
@@ -157,8 +202,10 @@ def _pattern(key: str, django_prefix: str | None) -> str:
             key = _SHAPES_RE.sub(_shape, key)
         if "@" in key:
             key = _EMAIL_RE.sub("{email}", key)
-        if has_digit:
+        if has_digit or not key.islower():
             key = _SEGMENT_RE.sub(_segment, key)
+        if ":" in key:
+            key = _value_positions(key)
         if truncated:
             key += TRUNCATION_MARK
         return key[:MAX_PATTERN_CHARS]

@@ -253,13 +253,6 @@ def test_no_phi_in_anything_exported_written_or_printed(
     assert os.path.getsize(local_cwd / ".hms-otel" / "traces.jsonl") > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known leak, owned by the cache signals: signals/key_pattern.py keeps words of a key as "
-    "they are, so a key built from a name or a free-text value exports it in hms.cache.key_pattern "
-    "(span attribute, metric attribute, finding, live log line, report): 'patient:Quillfeather:summary', "
-    "'search:Zebediah Quillfeather'; alphanumeric MRNs only lose their digits ('MRN-QZ{id}X').",
-)
 def test_no_phi_from_cache_keys_built_from_patient_data(phi_app_db: PhiDb, tmp_path: Path) -> None:
     write_corpus_module(tmp_path)
     (tmp_path / "phi_job.py").write_text(SCRIPT, encoding="utf-8")

@@ -87,8 +87,13 @@ def cache_read_lines() -> Iterator[Counter[tuple[str, int]]]:
 
     def profile(frame: Any, event: str, arg: Any) -> None:
         if event == "call" and frame.f_code is get_code:
+            # The first views.py frame up the stack: instrumentation may wrap the cache call.
             caller = frame.f_back
-            if caller is not None and caller.f_code.co_filename == VIEWS_FILE:
+            for _ in range(10):
+                if caller is None or caller.f_code.co_filename == VIEWS_FILE:
+                    break
+                caller = caller.f_back
+            if caller is not None:
                 seen[caller.f_code.co_name, caller.f_lineno] += 1
 
     sys.setprofile(profile)

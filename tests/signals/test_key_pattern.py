@@ -29,12 +29,12 @@ KEYS = [
     pytest.param(":v1:patient", None, ":v1:patient", id="version-not-digits"),
     pytest.param(":1:", None, "", id="only-prefix"),
     pytest.param("a:b:3:ward:7", "a:b", "ward:{id}", id="prefix-with-colon"),
-    pytest.param("::1:x", None, "::{id}:x", id="double-colon-start"),
+    pytest.param("::1:x", None, "::{id}:{value}", id="double-colon-start"),
     pytest.param("user_12345", None, "user_{id}", id="id-underscore"),
     pytest.param("user-7", None, "user-{id}", id="id-dash"),
     pytest.param("page:2", None, "page:{id}", id="small-number"),
     pytest.param("patient_summary", None, "patient_summary", id="identifier-kept"),
-    pytest.param("api:v2:utf8:h264x", None, "api:v2:utf8:h{id}x", id="identifier-with-small-digits"),
+    pytest.param("api:v2:utf8:h264x", None, "api:v2:utf8:{mrn}", id="identifier-with-small-digits"),
     pytest.param("page100:row12", None, "page{id}:row12", id="digits-in-word"),
     pytest.param("abc123def45", None, "abc{id}def45", id="digits-inside-word"),
     pytest.param("order:12345678901234567890", None, "order:{id}", id="long-number"),
@@ -112,7 +112,12 @@ KEYS = [
     pytest.param("user:Jane+tag@Example.ORG", None, "user:{email}", id="email-plus"),
     pytest.param("user_john@x.io_summary:1", None, "{email}:{id}", id="email-in-segment"),
     pytest.param("weird:@:x", None, "weird:{email}:x", id="at-sign-alone"),
-    pytest.param("a@b@c:x", None, "{email}:x", id="several-at"),
+    pytest.param("a@b@c:x", None, "{email}:{value}", id="several-at"),
+    pytest.param(
+        "patient:7:allergy:penicillin", None, "patient:{id}:allergy:{value}", id="word-in-value-position"
+    ),
+    pytest.param("search:john smith", None, "search:{value}", id="free-text-value"),
+    pytest.param("hms:stats:hits", None, "hms:stats:hits", id="structural-word-in-value-position"),
     pytest.param("report:2024-01-31:x", None, "report:{date}:x", id="date"),
     pytest.param("report:20240131", None, "report:{date}", id="date-compact"),
     pytest.param("appt:2024-01-31T10:00:00Z:list", None, "appt:{date}:list", id="datetime-z"),
@@ -140,7 +145,13 @@ KEYS = [
     pytest.param("{user123}:profile", None, "{user{id}}:profile", id="redis-hashtag"),
     pytest.param("patient:*:summary", None, "patient:*:summary", id="wildcard"),
     pytest.param("patient:١٢٣٤", None, "patient:{id}", id="unicode-digits"),
-    pytest.param("patiënt:José:42", None, "patiënt:José:{id}", id="non-ascii-word"),
+    pytest.param("patiënt:José:42", None, "patiënt:{name}:{id}", id="non-ascii-name"),
+    pytest.param("patient:Quillfeather:summary", None, "patient:{name}:summary", id="capitalised-name"),
+    pytest.param("search:Zebediah Quillfeather", None, "search:{name} {name}", id="full-name"),
+    pytest.param("mrn:QZ48213X", None, "mrn:{mrn}", id="alphanumeric-record-number"),
+    pytest.param(
+        "views.PatientSummary.GET", None, "views.PatientSummary.GET", id="camel-case-and-capitals-kept"
+    ),
     pytest.param("ward-2000-01-01T10:20:30Z:", None, "ward-{date}:", id="date-after-word-dash"),
     pytest.param("0@0.com.2000-01-01T10:20:30Z:", None, "{email}:", id="date-after-email"),
     pytest.param("mrn:MRN004211:2", None, "mrn:{mrn}:{id}", id="mrn-then-version"),
@@ -243,7 +254,7 @@ _IDENTIFIERS = st.sampled_from(
         "v2",
         "utf8",
         "list",
-        "Vitals",
+        "VitalSigns",
         "x",
     ]
 )
