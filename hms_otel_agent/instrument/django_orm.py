@@ -25,6 +25,8 @@ What is patched (4.2 / 5.2 / 6.1 unless noted):
   ``SQLInsertCompiler.execute_sql`` when nothing more specific is set;
 * prefetching: ``prefetch_one_level`` (prefetch queries are not lazy loads, and the objects it
   loads remember their path);
+* ContentType lookups (``get_for_id``) inside a generic relation load are a plain ``get``: Django
+  caches them per process, so they are not one of the relation's repeated loads;
 * Django 6.1 fetch modes: ``fetch_many`` of the four fetchers (FETCH_PEERS loads a relation
   for all peers in one query): the context keeps the relation and its kind with
   ``lazy=False``, so the detector sees a batched load, not an N+1.
@@ -100,6 +102,7 @@ _MISSING = object()
 # Set by install(): Django classes the hot path compares against.
 _ModelIterable: Any = None
 _SQLCompiler: Any = None
+_ContentType: Any = None
 _deferred_get_code: Any = None
 
 
@@ -271,6 +274,10 @@ def _open_queryset(queryset: Any, kind: str, filtering: bool = False) -> Token[O
                 kind = tag[0]
             return current_orm.set(_tagged_ctx(queryset, tag, kind, filtering))
         if outer is not None:
+            if outer.relation and queryset.model is _ContentType and _ContentType is not None:
+                # ContentType.objects.get_for_id() inside a generic relation load: a one-off
+                # lookup (Django caches it per process), not part of the relation's N loads.
+                return current_orm.set(_context(_label(queryset.model), kind))
             return None
         return current_orm.set(_context(_label(queryset.model), kind))
     except Exception as exc:
@@ -786,7 +793,7 @@ def install() -> None:
 
 
 def _install() -> None:
-    global _ModelIterable, _SQLCompiler, _deferred_get_code
+    global _ModelIterable, _SQLCompiler, _ContentType, _deferred_get_code
     from django.apps import apps
     from django.db.models import Model, query
     from django.db.models.fields import related_descriptors as rd
@@ -822,7 +829,9 @@ def _install() -> None:
     generic_descriptor = None
     if apps.is_installed("django.contrib.contenttypes"):
         from django.contrib.contenttypes import fields as ct_fields
+        from django.contrib.contenttypes.models import ContentType
 
+        _ContentType = ContentType
         generic_descriptor = ct_fields.ReverseGenericManyToOneDescriptor
         _wrap(ct_fields, "create_generic_related_manager", _make_factory(GENERIC_RELATION))
         gfk_descriptor = getattr(ct_fields, "GenericForeignKeyDescriptor", None)  # 6.1+
@@ -836,7 +845,7 @@ def _install() -> None:
 
 def uninstall() -> None:
     """Undo every patch (for tests); tags already on queries and instances stay inert."""
-    global _installed, _deferred_get_code
+    global _installed, _deferred_get_code, _ContentType
     while _undo:
         owner, name, previous = _undo.pop()
         try:
@@ -852,5 +861,5 @@ def uninstall() -> None:
             if getattr(wrapper, _PATCHED, False):
                 setattr(cls, attr, getattr(wrapper, "__wrapped__"))  # noqa: B009
     _manager_classes.clear()
-    _deferred_get_code = None
+    _deferred_get_code = _ContentType = None
     _installed = False

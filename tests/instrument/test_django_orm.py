@@ -413,6 +413,39 @@ def test_deferred_foreign_key_column(traced: Any) -> None:
         )
 
 
+def test_content_type_lookup_inside_a_generic_load_is_not_part_of_it(traced: Any) -> None:
+    """ContentType.objects.get_for_id() runs once per process (then Django caches it): counting
+    it as one more load of the relation would make findings depend on the cache's warmth."""
+    from django.contrib.contenttypes.models import ContentType
+
+    from hms_otel_agent.sample.hms.models import Note
+
+    note = Note.objects.order_by("id").first()
+    ContentType.objects.clear_cache()
+    with _owner(traced) as owner:
+        line = _next_line()
+        note.subject  # noqa: B018
+    lookup, load = _db_spans(traced, owner)
+    assert _orm(lookup) == {
+        "hms.orm.model": "contenttypes.ContentType",
+        "hms.orm.operation": GET,
+        "hms.orm.lazy": False,
+        "code.file.path": THIS_FILE,
+        "code.line.number": line,
+        "code.function.name": "test_content_type_lookup_inside_a_generic_load_is_not_part_of_it",
+    }
+    assert _orm(load) == _relation_attrs(
+        "hms.Note",
+        GENERIC_FK,
+        "hms.Note.subject",
+        "subject",
+        "hms.Note",
+        line,
+        "test_content_type_lookup_inside_a_generic_load_is_not_part_of_it",
+        THIS_FILE,
+    )
+
+
 # -- paths through reverse relations, M2M, select_related and prefetches ---------------------------
 
 
