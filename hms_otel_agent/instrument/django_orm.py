@@ -14,7 +14,9 @@ What is patched (4.2 / 5.2 / 6.1 unless noted):
   the queryset it builds for ``__get__`` (4.2/5.2) or ``fetch_one`` (6.1);
   ``GenericForeignKey.__get__`` (4.2/5.2) or ``GenericForeignKeyDescriptor.fetch_one`` (6.1);
   deferred fields: ``Model.refresh_from_db`` recognises its caller ``DeferredAttribute.__get__``
-  (4.2/5.2: no wrapper on the attribute access itself) or ``DeferredAttribute.fetch_one`` (6.1);
+  by the code object of the frame above it (4.2/5.2: no wrapper on every attribute access, so
+  ``ForeignKeyDeferredAttribute``, a data descriptor read on every ``obj.fk_id``, costs nothing)
+  or ``DeferredAttribute.fetch_one`` (6.1);
 * related managers: the classes built by ``create_reverse_many_to_one_manager``,
   ``create_forward_many_to_many_manager`` and contenttypes' ``create_generic_related_manager``
   (the factories are wrapped, and classes built before `install()` are patched in place):
@@ -31,8 +33,8 @@ What is patched (4.2 / 5.2 / 6.1 unless noted):
   for all peers in one query): the context keeps the relation and its kind with
   ``lazy=False``, so the detector sees a batched load, not an N+1.
 
-Data kept outside contextvars (plain strings and integers only, never callables, and never a
-model instance used as a key or compared):
+Data kept outside contextvars (plain data: strings, integers and the Query's own ``order_by``
+tuple; never a callable, and no model instance is ever used as a key or compared):
 
 * ``queryset.query._hms_rel``: a tuple ``(kind, model, relation, path, root_model,
   where_count, order_by)`` on the Query of a related manager's queryset (or of a reverse
