@@ -37,7 +37,7 @@ from typing import Any
 
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
-from hms_otel_agent.instrument.context import user_location
+from hms_otel_agent.instrument.context import code_attributes, user_location
 from hms_otel_agent.signals.activity import CacheCall
 from hms_otel_agent.signals.cache_signals import common_pattern
 from hms_otel_agent.signals.key_pattern import key_pattern
@@ -296,6 +296,8 @@ def _on_request(span: Any, args: Sequence[Any], capture_keys: bool) -> None:
         attributes["hms.cache.ttl_s"] = command.ttl_s
     if capture_keys and keys:
         attributes["hms.cache.key"] = captured_keys(keys)
+    if location is not None:
+        attributes.update(code_attributes(location))
     span.set_attributes(attributes)
     setattr(span, COMMAND_RECORD, command)
     setattr(

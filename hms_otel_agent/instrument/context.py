@@ -11,7 +11,7 @@ import os
 import sys
 import sysconfig
 from contextvars import ContextVar
-from types import FrameType
+from types import CodeType, FrameType
 
 from hms_otel_agent.signals.activity import CodeLocation, OrmContext
 
@@ -40,6 +40,8 @@ _LIBRARY_DIRS = _library_dirs()
 # filename -> display path for user code, or "" for library code; bounded by the number
 # of source files in the process.
 _classified: dict[str, str] = {}
+# (code object, line) -> its CodeLocation: one object per line of user code that runs SQL.
+_locations: dict[tuple[CodeType, int], CodeLocation] = {}
 
 
 def _classify(filename: str) -> str:
@@ -82,7 +84,24 @@ def user_location(frame: FrameType | None = None, max_depth: int = 64) -> CodeLo
         if shown is None:
             shown = _classify(code.co_filename)
         if shown:
-            return CodeLocation(shown, frame.f_lineno, code.co_name)
+            key = (code, frame.f_lineno)
+            location = _locations.get(key)
+            if location is None:
+                location = CodeLocation(shown, frame.f_lineno, code.co_name)
+                if len(_locations) < 100_000:
+                    _locations[key] = location
+            return location
         frame = frame.f_back
         depth += 1
     return None
+
+
+def code_attributes(location: CodeLocation | None) -> dict[str, object]:
+    """The semantic-convention ``code.*`` attributes of a location (empty when unknown)."""
+    if location is None:
+        return {}
+    return {
+        "code.file.path": location.file,
+        "code.line.number": location.line,
+        "code.function.name": location.function,
+    }

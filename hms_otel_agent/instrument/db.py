@@ -61,6 +61,8 @@ def orm_attributes(orm: OrmContext) -> dict[str, Any]:
     if orm.path:
         attributes["hms.orm.path"] = orm.path
         attributes["hms.orm.root_model"] = orm.root_model
+    if orm.filtered:
+        attributes["hms.orm.filtered"] = True
     if orm.location is not None:
         attributes["code.file.path"] = orm.location.file
         attributes["code.line.number"] = orm.location.line

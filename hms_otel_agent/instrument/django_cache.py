@@ -41,7 +41,7 @@ from hms_otel_agent.instrument.cache_hooks import (
     keys_pattern,
     read_attributes,
 )
-from hms_otel_agent.instrument.context import user_location
+from hms_otel_agent.instrument.context import code_attributes, user_location
 from hms_otel_agent.signals.activity import CacheCall
 
 SCOPE = "hms_otel_agent.django_cache"
@@ -304,6 +304,9 @@ def _start(operation: str, instance: Any, prepared: _Call) -> None:
     if not span.is_recording():
         return
     unique = keys if len(keys) <= 1 else list(dict.fromkeys(key_text(k) for k in keys))
+    location = user_location()
+    if location is not None:
+        span.set_attributes(code_attributes(location))
     call = CacheCall(
         operation=operation,
         key_pattern=pattern,
@@ -314,7 +317,7 @@ def _start(operation: str, instance: Any, prepared: _Call) -> None:
         deletes=(len(keys) or 1) if operation in ("delete", "delete_many") else 0,
         ttl_s=ttl_s,
         key_hash=key_hash(unique),
-        location=user_location(),
+        location=location,
         django_api=True,
     )
     prepared.call = call

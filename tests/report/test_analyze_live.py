@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import signal
 import sys
 from collections.abc import Callable
@@ -81,14 +80,6 @@ def collector_line(message: Any) -> str:
     return json.dumps(hex_ids(data))
 
 
-def plain_fix(fix: str) -> str:
-    """A filtered reverse relation's fix (``Prefetch(path, queryset=..., to_attr=...)``) needs to know
-    that the queryset was filtered, which the spans do not say (no ``hms.orm.filtered`` attribute):
-    offline it is the plain ``.prefetch_related(path)``."""
-    match = re.match(r"\.prefetch_related\(Prefetch\(('[^']+'), queryset=", fix)
-    return f".prefetch_related({match.group(1)})" if match else fix
-
-
 def key(kind: str, attrs: dict[str, Any]) -> tuple[Any, ...]:
     if kind in SQL_KINDS:
         return (
@@ -96,10 +87,9 @@ def key(kind: str, attrs: dict[str, Any]) -> tuple[Any, ...]:
             attrs.get("fingerprint"),
             attrs.get("repetitions"),
             attrs.get("relation") or "",
-            plain_fix(attrs.get("fix") or ""),
+            attrs.get("fix") or "",
         )
-    # Cache spans carry no code location, so offline cache findings have another fingerprint.
-    return (kind, attrs.get("key_pattern") or "", attrs.get("repetitions"))
+    return (kind, attrs.get("fingerprint"), attrs.get("key_pattern") or "", attrs.get("repetitions"))
 
 
 def live_findings(receiver: OtlpReceiver) -> dict[str, set[tuple[Any, ...]]]:
