@@ -12,6 +12,7 @@ milliseconds in the spec, seconds in the SDK) the agent follows the specificatio
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -56,7 +57,7 @@ def _float(minimum: float, maximum: float | None = None) -> Callable[[str], floa
             value = float(raw.strip())
         except ValueError:
             raise ConfigError from None
-        if value != value or value < minimum or (maximum is not None and value > maximum):
+        if not math.isfinite(value) or value < minimum or (maximum is not None and value > maximum):
             raise ConfigError
         return value
 
@@ -87,6 +88,14 @@ def _choice_list(*choices: str) -> Callable[[str], tuple[str, ...]]:
 
 def _name_list(raw: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in raw.split(",") if v.strip())
+
+
+def _nonempty_name_list(raw: str) -> tuple[str, ...]:
+    # "," would silently turn redaction off: a list that names nothing is a typo, not a choice.
+    names = _name_list(raw)
+    if not names:
+        raise ConfigError
+    return names
 
 
 def _text(raw: str) -> str:
@@ -342,7 +351,7 @@ OPTIONS: tuple[Option, ...] = (
         "HMS_OTEL_REDACT_QUERY_PARAMS",
         "redact_query_params",
         DEFAULT_REDACTED_QUERY_PARAMS,
-        _name_list,
+        _nonempty_name_list,
         "a comma-separated list of parameter names",
         "Query-string parameters whose values are replaced by REDACTED in exported URLs.",
         "privacy",
@@ -603,7 +612,7 @@ def _show(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, tuple):
         return ",".join(value) if value else "(empty)"
-    return str(value)
+    return str(value) if value != "" else "(empty)"
 
 
 @dataclass(frozen=True)

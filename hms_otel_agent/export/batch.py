@@ -45,6 +45,8 @@ class BoundedBatchSpanProcessor(SpanProcessor):
         self._max_queue_size = max_queue_size
         self._max_batch = min(max_export_batch_size, max_queue_size)
         self._delay_s = schedule_delay_ms / 1000.0
+        # OTEL_BSP_SCHEDULE_DELAY=0: export as soon as a span ends (never a busy loop).
+        self._eager = schedule_delay_ms <= 0
         self.drop_summary_interval_s = DROP_SUMMARY_INTERVAL_S
         self._shutdown = False
         self._final_deadline: float | None = None
@@ -101,7 +103,7 @@ class BoundedBatchSpanProcessor(SpanProcessor):
                 full = True
         if full:
             self._drop("queue_full", 1)
-        elif length >= self._max_batch:
+        elif length >= self._max_batch or self._eager:
             self._wakeup.set()
 
     def _drop(self, reason: str, count: int) -> None:
@@ -144,7 +146,7 @@ class BoundedBatchSpanProcessor(SpanProcessor):
 
     def _run(self) -> None:
         while not self._shutdown:
-            self._wakeup.wait(self._delay_s)
+            self._wakeup.wait(None if self._eager else self._delay_s)
             self._wakeup.clear()
             if self._shutdown:
                 break

@@ -4,6 +4,7 @@ warning then periodic summaries, a shutdown that keeps its deadline, and the age
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -215,3 +216,38 @@ def test_internal_error_log_names_the_place_never_the_message(caplog: pytest.Log
     [line] = [r.getMessage() for r in caplog.records]
     assert "Okafor" not in line
     assert "internal error in some hook (ValueError at " in line and "in agent_code" in line
+
+
+def thread_cpu_ticks(native_id: int | None) -> int:
+    """User + system CPU time of one thread of this process, in clock ticks (Linux)."""
+    with open(f"/proc/self/task/{native_id}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def test_a_zero_schedule_delay_exports_at_once_without_spinning() -> None:
+    exported: list[int] = []
+
+    class Recording(SpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            exported.append(len(spans))
+            return SpanExportResult.SUCCESS
+
+        def shutdown(self) -> None:
+            pass
+
+    batch = BoundedBatchSpanProcessor(Recording(), schedule_delay_ms=0)
+    provider = TracerProvider()
+    provider.add_span_processor(batch)
+    try:
+        if os.path.exists(f"/proc/self/task/{batch._worker.native_id}/stat"):
+            before = thread_cpu_ticks(batch._worker.native_id)
+            time.sleep(0.3)  # idle: the worker thread must sleep, not poll
+            assert thread_cpu_ticks(batch._worker.native_id) - before <= 3  # 1 tick = 10 ms
+        make_spans(provider, 3)
+        deadline = time.monotonic() + 5
+        while sum(exported) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sum(exported) == 3
+    finally:
+        batch.shutdown(1000)
