@@ -301,6 +301,110 @@ OPTIONS: tuple[Option, ...] = (
         "signals",
     ),
     Option(
+        "HMS_OTEL_LARGE_RESULT_ROWS",
+        "large_result_rows",
+        1000,
+        _int(1),
+        "an integer >= 1",
+        "Rows returned by one SELECT without LIMIT that make an unbounded-result finding "
+        "(and, with many columns, a wide-result finding even with a LIMIT).",
+        "signals",
+    ),
+    Option(
+        "HMS_OTEL_WIDE_RESULT_COLUMNS",
+        "wide_result_columns",
+        10,
+        _int(2),
+        "an integer >= 2",
+        "Columns in the SELECT list of a large result above which only()/values() is suggested.",
+        "signals",
+    ),
+    Option(
+        "HMS_OTEL_SLOW_QUERY_MS",
+        "slow_query_ms",
+        500.0,
+        _float(0.0),
+        "a number >= 0",
+        "Duration of one SQL statement that makes a slow-query finding.",
+        "signals",
+    ),
+    Option(
+        "HMS_OTEL_EXPLAIN",
+        "explain",
+        False,
+        _bool,
+        "true or false",
+        "EXPLAIN slow SELECTs (never ANALYZE, never writes) on a separate connection, in the "
+        "background, and attach the plan's costly nodes and index hint to later occurrences.",
+        "signals",
+    ),
+    Option(
+        "HMS_OTEL_EXPLAIN_INTERVAL_S",
+        "explain_interval_s",
+        3600,
+        _int(1),
+        "an integer >= 1",
+        "At most one EXPLAIN per statement fingerprint in this many seconds (per process).",
+        "signals",
+    ),
+    Option(
+        "HMS_OTEL_EXPLAIN_TIMEOUT_MS",
+        "explain_timeout_ms",
+        2000,
+        _int(10, 600_000),
+        "an integer from 10 to 600000",
+        "statement_timeout (and connect timeout) of the EXPLAIN connection.",
+        "signals",
+    ),
+    Option(
+        "HMS_OTEL_EXPLAIN_SEQ_SCAN_ROWS",
+        "explain_seq_scan_rows",
+        10_000,
+        _int(0),
+        "an integer >= 0",
+        "Estimated table rows above which a filtered sequential scan in a plan gets an index hint.",
+        "signals",
+    ),
+    Option(
+        "HMS_OTEL_CONNECTION_CHURN_THRESHOLD",
+        "connection_churn_threshold",
+        2,
+        _int(1),
+        "an integer >= 1",
+        "New database connections of one alias under one request that make a connection-churn "
+        "finding (with CONN_MAX_AGE=0 and no pool, one is enough).",
+        "signals",
+    ),
+    Option(
+        "HMS_OTEL_REPEATED_GROUP_THRESHOLD",
+        "repeated_group_threshold",
+        5,
+        _int(2),
+        "an integer >= 2",
+        "Repetitions of one group of different queries / cache calls (per item in a loop) that "
+        "make a repeated-group (MN+1) finding.",
+        "signals",
+    ),
+    Option(
+        "HMS_OTEL_UNUSED_EAGER_LOADS",
+        "unused_eager_loads",
+        True,
+        _bool,
+        "true or false",
+        "Track which select_related / prefetch_related relations are never accessed.",
+        "signals",
+    ),
+    Option(
+        "HMS_OTEL_UNUSED_EAGER_MIN_LOADS",
+        "unused_eager_min_loads",
+        20,
+        _int(1),
+        "an integer >= 1",
+        "Querysets evaluated at one code location with an eager relation never accessed before "
+        "an unused-eager-loading finding.",
+        "signals",
+    ),
+    Option(
         "HMS_OTEL_LIVE_LOG",
         "live_log",
         True,
@@ -629,6 +733,17 @@ class Settings:
     duplicate_query_threshold: int = 2
     cache_n_plus_one_threshold: int = 5
     cache_invalidation_threshold: int = 10
+    large_result_rows: int = 1000
+    wide_result_columns: int = 10
+    slow_query_ms: float = 500.0
+    explain: bool = False
+    explain_interval_s: int = 3600
+    explain_timeout_ms: int = 2000
+    explain_seq_scan_rows: int = 10_000
+    connection_churn_threshold: int = 2
+    repeated_group_threshold: int = 5
+    unused_eager_loads: bool = True
+    unused_eager_min_loads: int = 20
     live_log: bool = True
     capture_sql_literals: bool = False
     capture_sql_parameters: bool = False

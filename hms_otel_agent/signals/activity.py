@@ -77,6 +77,7 @@ class DbCall:
     params_hash: int | None = None  # never exported; compares executions in-process only
     orm: OrmContext | None = None
     span_id: str = ""
+    rows: int = -1  # rows returned (db.response.returned_rows); -1: unknown or no result set
 
 
 @dataclass(slots=True)
@@ -99,6 +100,39 @@ class CacheCall:
 
 
 @dataclass(slots=True)
+class ConnectCall:
+    """A new database connection opened under the owner (Django's ``connect()``)."""
+
+    alias: str  # the Django database alias ("default")
+    start_ns: int
+    duration_ns: int
+    conn_max_age: int | None = None  # CONN_MAX_AGE in seconds; None: unlimited; -2: unknown
+    pooled: bool = False  # Django 5.1+ OPTIONS={"pool": ...}: a checkout, not a new connection
+    vendor: str = ""  # "postgresql", ...
+    span_id: str = ""
+
+
+UNKNOWN_MAX_AGE = -2
+
+
+@dataclass(frozen=True, slots=True)
+class PlanSummary:
+    """What EXPLAIN said about one statement fingerprint, without a single literal value.
+
+    `nodes` are the costliest plan nodes as text (``Seq Scan on hms_encounter filter (reason)
+    cost=1234.5 rows=12 table_rows=30000``); `index_table` / `index_columns` name the index
+    the plan asks for (a filtered sequential scan over a large table), when there is one.
+    """
+
+    fingerprint: str  # hms.db.fingerprint of the statement
+    total_cost: float = 0.0
+    plan_rows: int = 0
+    nodes: tuple[str, ...] = ()
+    index_table: str = ""
+    index_columns: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
 class OwnerActivity:
     """Everything recorded under one owner span (usually the request span)."""
 
@@ -109,6 +143,8 @@ class OwnerActivity:
     db_count: int = 0  # may exceed len(db_calls) when the per-owner cap was reached
     db_duration_ns: int = 0
     dropped: int = 0
+    connects: list[ConnectCall] = field(default_factory=list)
+    plans: dict[str, PlanSummary] = field(default_factory=dict)  # statement fingerprint -> plan
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,3 +162,11 @@ class Finding:
     fix: str = ""
     hint: str = ""
     route: str = ""
+    subject: str = ""  # what the finding is about, when no relation / key pattern / model says it
+    rows: int = 0  # unbounded and wide results: the most rows one statement returned
+    table: str = ""  # the table an index or a column list is for
+    columns: tuple[str, ...] = ()  # index columns (slow queries), or columns returned (wide results)
+    members: tuple[str, ...] = ()  # repeated query groups: the calls repeated together, in order
+    # Not exported: what a repeated-group finding replaces among the owner's other findings,
+    # as "statement:<normalized SQL>", "relation:<app.Model.field>", "key_pattern:<pattern>".
+    covers: tuple[str, ...] = ()

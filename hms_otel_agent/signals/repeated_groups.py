@@ -1,0 +1,270 @@
+"""Repeated query groups (Sentry's "MN+1"): several different calls repeated together per item.
+
+The owner's SQL statements and cache calls, in start order, become one sequence of
+signatures: a lazy ORM load is its relation, any other statement its fingerprint, a cache call
+its operation and key pattern (statements run inside a cache call — DatabaseCache — and
+transaction statements are left out). A *group* is a run of ``k`` (2..`MAX_PERIOD`) calls with
+at least two different signatures that repeats back to back ``repeated_group_threshold`` times
+or more — the body of a loop: ``cache.get -> SELECT -> cache.set`` per patient.
+
+================== ==========================================================================
+repeated_group     such a group with at least one SQL statement; not reported when every
+                   member is a lazy ORM relation load (their N+1 findings each carry the exact
+                   fix, and applying them removes the group), nor when there is no SQL in it
+                   (``cache.get -> cache.set`` per item is a cache N+1 finding, whose fix,
+                   ``get_many`` / ``set_many``, is the batching)
+================== ==========================================================================
+
+Overlap with the per-fingerprint detectors: the group finding *replaces* the ``n_plus_one`` and
+``cache_n_plus_one`` findings of its members (`consolidate`, run by the span processor and by
+``hms-otel analyze`` after all detectors): one loop is one finding, with one fix per step, and its
+time is not counted twice. Each member's own fix is part of the group's fix. Members that have no
+finding of their own (a ``cache.set`` per item) are named in the group only.
+
+Exact repetition only: a loop whose body differs between items (a cache hit for some patients,
+a miss and a query for others) is not a group; its parts still get their N+1 findings. Standard
+library only.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hms_otel_agent.config import Settings
+from hms_otel_agent.signals import activity as a
+from hms_otel_agent.signals import hints
+from hms_otel_agent.signals.activity import CacheCall, CodeLocation, DbCall, Finding, OwnerActivity
+
+REPEATED_GROUP = "repeated_group"
+KINDS = (REPEATED_GROUP,)
+MAX_PERIOD = 8  # calls in one loop body
+MAX_CALLS = 5000
+
+# Findings a group replaces (see `consolidate`).
+_COVERED_KINDS = frozenset(("n_plus_one", "cache_n_plus_one"))
+
+
+@dataclass(slots=True)
+class _Step:
+    signature: tuple[str, ...]
+    start_ns: int
+    duration_ns: int
+    db: DbCall | None = None
+    cache: CacheCall | None = None
+
+
+def _db_signature(call: DbCall) -> tuple[str, ...]:
+    orm = call.orm
+    if orm is not None and orm.lazy and orm.relation:
+        return ("relation", orm.relation, orm.path)
+    return ("sql", call.fingerprint)
+
+
+def _cache_signature(call: CacheCall) -> tuple[str, ...]:
+    return ("cache", call.operation, call.key_pattern)
+
+
+def _inside(intervals: list[tuple[int, int]], starts: list[int], at: int) -> bool:
+    index = bisect_right(starts, at) - 1
+    return index >= 0 and at <= intervals[index][1]
+
+
+def _merged(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for begin, end in sorted(intervals):
+        if merged and begin <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((begin, end))
+    return merged
+
+
+def _steps(activity: OwnerActivity) -> list[_Step]:
+    caches = [c for c in activity.cache_calls if c.operation]
+    intervals = _merged([(c.start_ns, c.start_ns + c.duration_ns) for c in caches if c.duration_ns > 0])
+    starts = [begin for begin, _ in intervals]
+    steps = [_Step(_cache_signature(c), c.start_ns, c.duration_ns, cache=c) for c in caches]
+    for call in activity.db_calls:
+        if call.statement.split(" ", 1)[0].upper() in hints.TRANSACTION_OPERATIONS:
+            continue
+        if intervals and _inside(intervals, starts, call.start_ns):
+            continue  # SQL run by a cache call (DatabaseCache)
+        steps.append(_Step(_db_signature(call), call.start_ns, call.duration_ns, db=call))
+    steps.sort(key=lambda s: s.start_ns)
+    return steps[:MAX_CALLS]
+
+
+def find_groups(
+    signatures: Sequence[object], min_repeats: int, max_period: int = MAX_PERIOD
+) -> list[tuple[int, int, int]]:
+    """(start, period, repeats) of every run where ``signatures[start:start+period]`` (at least two
+    different values) repeats back to back ``min_repeats`` times or more; the smallest period
+    that covers the most wins; runs do not overlap."""
+    n = len(signatures)
+    found = []
+    i = 0
+    while i < n:
+        best: tuple[int, int] | None = None
+        for k in range(2, max_period + 1):
+            if i + k * min_repeats > n:
+                break
+            if len(set(signatures[i : i + k])) < 2:
+                continue
+            j = i + k
+            while j < n and signatures[j] == signatures[j - k]:
+                j += 1
+            repeats = (j - i) // k
+            if repeats >= min_repeats and (best is None or repeats * k > best[0] * best[1]):
+                best = (k, repeats)
+        if best is None:
+            i += 1
+            continue
+        k, repeats = best
+        found.append((i, k, repeats))
+        i += k * repeats
+    return found
+
+
+def _describe(step: _Step) -> str:
+    if step.cache is not None:
+        call = step.cache
+        op = f"cache.{call.operation}" if call.django_api else call.operation
+        return f"{op} {call.key_pattern}".strip()
+    db = step.db
+    assert db is not None
+    orm = db.orm
+    if orm is not None and orm.lazy and orm.relation:
+        return hints.lazy_subject(orm)
+    operation = db.statement.split(" ", 1)[0].upper()
+    if orm is not None and orm.model:
+        if orm.kind == a.GET:
+            return f"{hints.short_model(orm.model)}.objects.get()"
+        return f"{hints.short_model(orm.model)} {operation.lower()}"
+    return f"{operation} on {db.table or 'one table'}"
+
+
+def _step_fix(step: _Step) -> str:
+    if step.cache is not None:
+        call = step.cache
+        if call.django_api:
+            if call.reads:
+                return "cache.get_many(keys)"
+            if call.writes:
+                return "cache.set_many({...}, timeout=...)"
+            if call.deletes:
+                return "cache.delete_many(keys)"
+            return f"one cache.{call.operation}_many(...) if the backend has it"
+        if call.reads:
+            return "client.mget(keys)"
+        return f"one client.pipeline() for the {call.operation} commands"
+    db = step.db
+    assert db is not None
+    orm = db.orm
+    operation = db.statement.split(" ", 1)[0].upper()
+    if orm is not None and (orm.lazy or orm.kind in (a.GET, a.REFRESH)):
+        return hints.orm_fix(orm)
+    if operation in ("INSERT", "UPDATE", "DELETE"):
+        return hints.write_fix(operation, orm.model if orm is not None else "")
+    return hints.batch_fix(db.table, db.filter_columns, orm.model if orm is not None else "")
+
+
+def _covers(step: _Step) -> str:
+    if step.cache is not None:
+        return "key_pattern:" + step.cache.key_pattern
+    call = step.db
+    assert call is not None
+    if call.orm is not None and call.orm.lazy and call.orm.relation:
+        return "relation:" + call.orm.relation
+    return "statement:" + call.statement
+
+
+def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
+    if len(activity.db_calls) + len(activity.cache_calls) < 2 * settings.repeated_group_threshold:
+        return []
+    steps = _steps(activity)
+    interned: dict[tuple[str, ...], int] = {}
+    signatures = [interned.setdefault(s.signature, len(interned)) for s in steps]
+    merged: dict[tuple[int, ...], list[tuple[int, int, int]]] = {}
+    for start, period, repeats in find_groups(signatures, settings.repeated_group_threshold):
+        body = steps[start : start + period]
+        if all(s.db is None for s in body):
+            continue  # cache calls only (get -> set per item): the cache N+1 finding says it
+        if all(s.db is not None and s.signature[0] == "relation" for s in body):
+            continue  # lazy loads only: each relation's N+1 finding has the exact fix
+        merged.setdefault(tuple(signatures[start : start + period]), []).append((start, period, repeats))
+    findings = []
+    owner = activity.name or activity.route
+    for runs in merged.values():
+        start, period, _ = runs[0]
+        body = steps[start : start + period]
+        members = tuple(_describe(s) for s in body)
+        calls = [s for begin, k, repeats in runs for s in steps[begin : begin + k * repeats]]
+        repetitions = sum(repeats for _, _, repeats in runs)
+        duration_ms = sum(s.duration_ns for s in calls) / 1e6
+        locations = Counter(_location(s) for s in calls if _location(s) is not None)
+        location: CodeLocation | None = locations.most_common(1)[0][0] if locations else None
+        fix = "; ".join(dict.fromkeys(_step_fix(s) for s in body))
+        subject = f"{period} calls repeated together per item ({' -> '.join(members)})"
+        action = f"batch each step over all items: {fix}"
+        hint = hints.sentence(owner, subject, repetitions, duration_ms, location, action)
+        db_steps = [s.db for s in body if s.db is not None]
+        cache_steps = [s.cache for s in body if s.cache is not None]
+        model = next((c.orm.model for c in db_steps if c.orm is not None and c.orm.model), "")
+        findings.append(
+            Finding(
+                kind=REPEATED_GROUP,
+                fingerprint=hints.finding_fingerprint(
+                    REPEATED_GROUP,
+                    "|".join("\x1e".join(s.signature) for s in body),
+                    location.file if location else "",
+                    location.function if location else "",
+                ),
+                repetitions=repetitions,
+                duration_ms=duration_ms,
+                statement=db_steps[0].statement if db_steps else "",
+                model=model,
+                key_pattern=cache_steps[0].key_pattern if cache_steps else "",
+                location=location,
+                fix=fix,
+                hint=hint,
+                route=activity.route,
+                subject=" + ".join(members),
+                members=members,
+                covers=tuple(dict.fromkeys(_covers(s) for s in body)),
+            )
+        )
+    return findings
+
+
+def _location(step: _Step) -> CodeLocation | None:
+    if step.cache is not None:
+        return step.cache.location
+    orm = step.db.orm if step.db is not None else None
+    return orm.location if orm is not None else None
+
+
+def consolidate(findings: list[Finding]) -> list[Finding]:
+    """Drop the N+1 / cache N+1 findings that a repeated-group finding of the same owner
+    replaces. Returns `findings` itself when there is nothing to drop."""
+    covered: set[str] = set()
+    for finding in findings:
+        if finding.kind == REPEATED_GROUP:
+            covered.update(finding.covers)
+    if not covered:
+        return findings
+    kept = []
+    for finding in findings:
+        if finding.kind in _COVERED_KINDS:
+            if finding.kind == "cache_n_plus_one":
+                key = "key_pattern:" + finding.key_pattern
+            elif finding.relation and finding.relation_kind in a.RELATION_KINDS:
+                key = "relation:" + finding.relation
+            else:
+                key = "statement:" + finding.statement
+            if key in covered:
+                continue
+        kept.append(finding)
+    return kept
