@@ -23,9 +23,20 @@ from opentelemetry.trace.status import Status
 
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
+from hms_otel_agent.instrument import eager_loads
 from hms_otel_agent.instrument.db import DB_SCOPES, SPAN_RECORD
+from hms_otel_agent.instrument.db_connections import CONNECT_RECORD
+from hms_otel_agent.instrument.explain import EXPLAINER
 from hms_otel_agent.signals import redact
-from hms_otel_agent.signals.activity import CacheCall, DbCall, Finding, OwnerActivity
+from hms_otel_agent.signals.activity import (
+    CacheCall,
+    ConnectCall,
+    DbCall,
+    Finding,
+    OwnerActivity,
+    PlanSummary,
+)
+from hms_otel_agent.signals.registry import consolidate
 
 logger = logging.getLogger("hms_otel")
 
@@ -68,6 +79,12 @@ class SignalMetrics:
             unit="{query}",
             description="SQL statements run per request, by route.",
             explicit_bucket_boundaries_advisory=[0, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377],
+        )
+        self.connection_uses = meter.create_counter(
+            "hms.db.connection.uses",
+            unit="{use}",
+            description="Owner spans that ran SQL, by route and whether they reused a connection "
+            "(opened none).",
         )
 
 
@@ -135,9 +152,18 @@ class SignalProcessor(SpanProcessor):
             guard.report("span processor (redaction)", exc)
             _scrub_fail_closed(span)
         try:
+            record = getattr(span, SPAN_RECORD, None)
+            if record is not None and record.execution is not None:
+                self._release_execution(span, record, end_ns)
             state = self._open.pop(span.context.span_id, None)
             if state is None:
                 return
+            connects: list[ConnectCall] | None = getattr(span, CONNECT_RECORD, None)
+            if connects:
+                owner_state = state if state.kind == _OWNER else state.owner
+                target = owner_state.activity if owner_state is not None else None
+                if target is not None and len(target.connects) < MAX_CALLS_PER_OWNER:
+                    target.connects.extend(connects)
             if state.kind == _OWNER:
                 self._finish_owner(span, state.activity)  # type: ignore[arg-type]
                 return
@@ -149,7 +175,6 @@ class SignalProcessor(SpanProcessor):
             if state.kind == _DB:
                 activity.db_count += 1
                 activity.db_duration_ns += duration
-                record = getattr(span, SPAN_RECORD, None)
                 if record is None:
                     return
                 if len(activity.db_calls) >= MAX_CALLS_PER_OWNER:
@@ -167,6 +192,7 @@ class SignalProcessor(SpanProcessor):
                         params_hash=record.params_hash,
                         orm=record.orm,
                         span_id=format(span.context.span_id, "016x"),
+                        rows=record.rows,
                     )
                 )
             else:
@@ -182,6 +208,15 @@ class SignalProcessor(SpanProcessor):
                 activity.cache_calls.append(call)
         except Exception as exc:
             guard.report("span processor (span end)", exc)
+
+    def _release_execution(self, span: Span, record: Any, end_ns: int) -> None:
+        """The statement and parameters leave the span record here, whatever happens next:
+        queued for EXPLAIN when opted in and slow, else dropped."""
+        execution = record.execution
+        record.execution = None
+        settings = self.settings
+        if settings.explain and end_ns - (span.start_time or end_ns) >= settings.slow_query_ms * 1e6:
+            EXPLAINER.submit(record.fingerprint, execution, settings)
 
     def on_end(self, span: ReadableSpan) -> None:
         pass
@@ -208,14 +243,21 @@ class SignalProcessor(SpanProcessor):
             self.metrics.queries_per_request.record(activity.db_count, {"http.route": route})
         if activity.cache_calls:
             self._record_cache(span, activity, route)
-        if not (activity.db_calls or activity.cache_calls) or not self.detectors:
+        if activity.connects or activity.db_count:
+            self._record_connections(span, activity, route)
+        if eager_loads.pending():
+            self._flush_eager_loads()
+        if not (activity.db_calls or activity.cache_calls or activity.connects) or not self.detectors:
             return
+        if activity.db_calls:
+            _attach_plans(activity, self.settings.slow_query_ms)
         findings: list[Finding] = []
         for detector in self.detectors:
             try:
                 findings.extend(detector(activity, self.settings))
             except Exception as exc:
                 guard.report(f"detector {getattr(detector, '__module__', detector)}", exc)
+        findings = consolidate(findings)
         if findings:
             _write_findings(span, activity, findings)
             if self.metrics is not None:
@@ -231,6 +273,33 @@ class SignalProcessor(SpanProcessor):
                     )
         if self.on_findings is not None and findings:
             self.on_findings(activity, findings)
+
+    def _record_connections(self, span: Span, activity: OwnerActivity, route: str) -> None:
+        opened = [c for c in activity.connects if not c.pooled]
+        if activity.connects:
+            span.set_attribute("hms.db.connections_opened", len(opened))
+            span.set_attribute("hms.db.connect_ms", round(sum(c.duration_ns for c in opened) / 1e6, 3))
+        if activity.db_count and self.metrics is not None:
+            self.metrics.connection_uses.add(1, {"http.route": route, "hms.db.connection.reused": not opened})
+
+    def _flush_eager_loads(self) -> None:
+        """Unused eager loading is decided over many requests: new findings get a span of
+        their own (instrument/eager_loads.py), the findings metric and the live log."""
+        findings = eager_loads.flush(self.settings)
+        if not findings:
+            return
+        for finding in findings:
+            if self.metrics is not None:
+                self.metrics.findings.add(
+                    1,
+                    {
+                        "hms.finding.kind": finding.kind,
+                        "hms.orm.relation": finding.relation,
+                        "hms.cache.key_pattern": "",
+                    },
+                )
+        if self.on_findings is not None:
+            self.on_findings(OwnerActivity(name=eager_loads.SPAN_NAME), findings)
 
     def _record_cache(self, span: Span, activity: OwnerActivity, route: str) -> None:
         hits = misses = 0
@@ -381,7 +450,40 @@ def scrub_stacktrace(text: str) -> str:
     return "\n".join(lines) + ("\n" if text.endswith("\n") else "")
 
 
-_EVENT_NAMES = {"n_plus_one": "hms.n_plus_one", "duplicate_query": "hms.duplicate_query"}
+_EVENT_NAMES = {
+    "n_plus_one": "hms.n_plus_one",
+    "duplicate_query": "hms.duplicate_query",
+    "repeated_group": "hms.repeated_group",
+    "slow_query": "hms.slow_query",
+    "unbounded_result": "hms.result_set",
+    "wide_result": "hms.result_set",
+    "connection_churn": "hms.connection_churn",
+    "unused_eager_load": "hms.unused_eager_load",
+}
+EXPLAIN_EVENT = "hms.explain"
+
+
+def _attach_plans(activity: OwnerActivity, slow_query_ms: float) -> None:
+    """Plans EXPLAIN found earlier for statements that are slow under this owner."""
+    slow_ns = slow_query_ms * 1e6
+    for call in activity.db_calls:
+        if call.duration_ns >= slow_ns and call.fingerprint not in activity.plans:
+            plan = EXPLAINER.plan_for(call.fingerprint)
+            if plan is not None:
+                activity.plans[call.fingerprint] = plan
+
+
+def plan_attributes(plan: PlanSummary) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        "hms.db.fingerprint": plan.fingerprint,
+        "hms.explain.total_cost": plan.total_cost,
+        "hms.explain.plan_rows": plan.plan_rows,
+        "hms.explain.nodes": list(plan.nodes),
+    }
+    if plan.index_table:
+        attributes["hms.explain.index_table"] = plan.index_table
+        attributes["hms.explain.index_columns"] = list(plan.index_columns)
+    return attributes
 
 
 def finding_attributes(finding: Finding) -> dict[str, Any]:
@@ -409,6 +511,16 @@ def finding_attributes(finding: Finding) -> dict[str, Any]:
         attributes["hms.hint.fix"] = finding.fix
     if finding.hint:
         attributes["hms.hint"] = finding.hint
+    if finding.subject:
+        attributes["hms.finding.subject"] = finding.subject
+    if finding.rows:
+        attributes["hms.finding.rows"] = finding.rows
+    if finding.table:
+        attributes["hms.finding.table"] = finding.table
+    if finding.columns:
+        attributes["hms.finding.columns"] = list(finding.columns)
+    if finding.members:
+        attributes["hms.finding.members"] = list(finding.members)
     return attributes
 
 
@@ -424,3 +536,5 @@ def _write_findings(span: Span, activity: OwnerActivity, findings: list[Finding]
             finding.kind, "hms.cache" if finding.kind.startswith("cache") else "hms.finding"
         )
         span.add_event(name, finding_attributes(finding), timestamp=now)
+    for plan in activity.plans.values():
+        span.add_event(EXPLAIN_EVENT, plan_attributes(plan), timestamp=now)

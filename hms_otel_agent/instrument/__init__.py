@@ -67,6 +67,11 @@ def install(settings: Settings, tracer_provider: Any, meter_provider: Any) -> No
         _installed.add("django")
         django_server.when_django_ready(django_server.instrument_server(tracer_provider, meter_provider))
         django_server.when_django_ready(django_orm.install)
+        from hms_otel_agent.instrument import db_connections, eager_loads
+
+        eager_loads.install(settings, tracer_provider, meter_provider)
+        django_orm._track_eager = eager_loads.track
+        django_server.when_django_ready(db_connections.install(tracer_provider, meter_provider))
         from hms_otel_agent.instrument import django_cache
 
         django_server.when_django_ready(django_cache.when_ready(settings, tracer_provider))
@@ -96,6 +101,10 @@ def uninstall() -> None:
 
                 django_server.uninstrument_server()
                 django_orm.uninstall()
+                django_orm._track_eager = None
+                from hms_otel_agent.instrument import db_connections
+
+                db_connections.uninstall()
                 from hms_otel_agent.instrument import django_cache
 
                 django_cache.uninstall()

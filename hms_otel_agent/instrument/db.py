@@ -7,7 +7,13 @@ sees the statement and its parameters; the agent wraps it to
 * export the statement with inline literals masked (unless opted in),
 * add `hms.db.fingerprint` and, when the ORM is behind the query, the model, relation and
   the user's code location,
-* keep a hash of the parameters on the span for duplicate detection (never exported).
+* keep a hash of the parameters on the span for duplicate detection (never exported),
+* once the statement ran (``CursorTracer._record_metrics``, called in a ``finally`` while the
+  span is still open), record ``db.response.returned_rows`` for SELECTs: the driver's row count.
+
+The statement as sent, its parameters and the cursor stay on the span record (`execution`) only
+until the span ends, for the opt-in EXPLAIN of slow queries (``instrument/explain.py``); the span
+processor drops them then. They are never exported.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from opentelemetry.instrumentation import dbapi
+from opentelemetry.trace import get_current_span
 
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
@@ -42,15 +49,19 @@ MAX_EXPORTED_STATEMENT_CHARS = 4_096
 TRUNCATED = "…"
 
 _original_populate: Callable[..., Any] | None = None
+_original_record_metrics: Callable[..., Any] | None = None
 
 
 class DbSpanRecord:
-    __slots__ = ("fingerprint", "orm", "params_hash")
+    __slots__ = ("execution", "fingerprint", "orm", "params_hash", "rows")
 
     def __init__(self, fingerprint: Any, params_hash: int | None, orm: OrmContext | None) -> None:
         self.fingerprint = fingerprint
         self.params_hash = params_hash
         self.orm = orm
+        self.rows = -1
+        # (statement, parameters, cursor) until the span ends; never exported
+        self.execution: tuple[Any, Any, Any] | None = None
 
 
 def orm_attributes(orm: OrmContext) -> dict[str, Any]:
@@ -100,7 +111,9 @@ def install(settings: Settings) -> None:
                 location = user_location()
                 if location is not None:
                     orm = OrmContext(model="", kind="raw", location=location)
-            record = DbSpanRecord(fp, _params_hash(args[1] if len(args) > 1 else None), orm)
+            params = args[1] if len(args) > 1 else None
+            record = DbSpanRecord(fp, _params_hash(params), orm)
+            record.execution = (statement, params, cursor)
             if statement and (mask or long):
                 shown = statement[:MAX_EXPORTED_STATEMENT_CHARS] if long else statement
                 if mask:  # a literal cut in two is masked whole: what follows an open quote is masked
@@ -128,10 +141,38 @@ def install(settings: Settings) -> None:
 
     dbapi.CursorTracer._populate_span = _populate_span  # type: ignore[method-assign]
     _original_populate = original
+    _install_row_count()
+
+
+def _install_row_count() -> None:
+    global _original_record_metrics
+    original = getattr(dbapi.CursorTracer, "_record_metrics", None)
+    if original is None or _original_record_metrics is not None:
+        return  # another contrib version: no row counts
+
+    def _record_metrics(self: Any, cursor: Any, *args: Any) -> Any:
+        if args and args[-1] is None:  # no error
+            try:
+                span = get_current_span()
+                record = getattr(span, SPAN_RECORD, None)
+                if record is not None and record.fingerprint.operation == "SELECT":
+                    rows = cursor.rowcount
+                    if rows.__class__ is int and rows >= 0:  # -1: a server-side cursor, unknown
+                        record.rows = rows
+                        span.set_attribute("db.response.returned_rows", rows)
+            except Exception as exc:
+                guard.report("SQL row count", exc)
+        return original(self, cursor, *args)
+
+    dbapi.CursorTracer._record_metrics = _record_metrics  # type: ignore[method-assign,assignment]
+    _original_record_metrics = original
 
 
 def uninstall() -> None:
-    global _original_populate
+    global _original_populate, _original_record_metrics
     if _original_populate is not None:
         dbapi.CursorTracer._populate_span = _original_populate  # type: ignore[method-assign]
         _original_populate = None
+    if _original_record_metrics is not None:
+        dbapi.CursorTracer._record_metrics = _original_record_metrics  # type: ignore[method-assign]
+        _original_record_metrics = None

@@ -106,6 +106,9 @@ _ModelIterable: Any = None
 _SQLCompiler: Any = None
 _ContentType: Any = None
 _deferred_get_code: Any = None
+# Set by instrument/eager_loads.py: marks instances of querysets with select_related /
+# prefetch_related lookups so that reads of those relations can be seen (unused eager loading).
+_track_eager: Callable[[Any, list[Any], Any], None] | None = None
 
 
 # -- contexts ---------------------------------------------------------------------------------
@@ -314,6 +317,10 @@ def _after_fetch(queryset: Any) -> None:
         rows = queryset._result_cache
         if not rows or queryset._iterable_class is not _ModelIterable:
             return
+        if _track_eager is not None and (
+            queryset._query.select_related or queryset._prefetch_related_lookups
+        ):
+            _track_eager(queryset, rows, _default_select_joins)
         tag = _tag_of(queryset)
         joins = queryset._query.select_related
         if tag is not None and not queryset._for_write:
@@ -366,6 +373,10 @@ def _mark_joined(obj: Any, plan: _Plan) -> None:
             target._state._hms_origin = origin  # ORIGIN
             if nested:
                 _mark_joined(target, nested)
+
+
+def _default_select_joins(model: Any) -> dict[str, Any]:
+    return _default_joins(model, _MAX_SELECT_RELATED_DEPTH)
 
 
 def _default_joins(model: Any, depth: int) -> dict[str, Any]:

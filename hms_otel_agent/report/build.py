@@ -21,13 +21,17 @@ def registered_detectors() -> list[Detector]:
 
 
 def detect(owner: Owner, settings: Settings, detectors: Sequence[Detector]) -> list[Finding]:
+    from hms_otel_agent.signals.registry import consolidate
+
+    if owner.aggregate:
+        return owner.recorded  # decided live over many requests: nothing to re-detect
     activity = owner.activity
-    if not (activity.db_calls or activity.cache_calls):
+    if not (activity.db_calls or activity.cache_calls or activity.connects):
         return []
     findings: list[Finding] = []
     for detector in detectors:
         findings.extend(detector(activity, settings))
-    return findings
+    return consolidate(findings)
 
 
 def filter_run(spans: Iterable[SpanData], run_id: str | None) -> list[SpanData]:

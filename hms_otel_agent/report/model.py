@@ -44,6 +44,11 @@ class FindingGroup:
     total_ms: float = 0.0
     routes: dict[str, float] = field(default_factory=dict)  # route -> time spent there
     services: set[str] = field(default_factory=set)
+    explicit_subject: str = ""  # Finding.subject (connection alias, group members, ...)
+    max_rows: int = 0
+    table: str = ""
+    columns: tuple[str, ...] = ()
+    members: tuple[str, ...] = ()
     _worst_ms: float = -1.0
 
     @property
@@ -57,7 +62,9 @@ class FindingGroup:
     @property
     def subject(self) -> str:
         """The relation, key pattern, or table the finding is about."""
-        return self.relation or self.key_pattern or self.model or _table(self.statement)
+        return (
+            self.explicit_subject or self.relation or self.key_pattern or self.model or _table(self.statement)
+        )
 
     def add(self, finding: Finding, route: str, service: str) -> None:
         self.requests += 1
@@ -70,9 +77,24 @@ class FindingGroup:
         if finding.duration_ms > self._worst_ms:
             self._worst_ms = finding.duration_ms
             self.hint = finding.hint or self.hint
-        for name in ("statement", "model", "relation", "relation_kind", "key_pattern", "fix"):
+        if finding.columns and not self.columns:
+            # A plan arrived (slow queries): its index is the fix from now on.
+            self.fix, self.table, self.columns = finding.fix, finding.table, finding.columns
+        for name in (
+            "statement",
+            "model",
+            "relation",
+            "relation_kind",
+            "key_pattern",
+            "fix",
+            "table",
+            "members",
+        ):
             if not getattr(self, name) and getattr(finding, name):
                 setattr(self, name, getattr(finding, name))
+        if not self.explicit_subject and finding.subject:
+            self.explicit_subject = finding.subject
+        self.max_rows = max(self.max_rows, finding.rows)
         if self.location is None:
             self.location = finding.location
 
@@ -222,6 +244,12 @@ def thresholds_of(settings: Settings) -> dict[str, Any]:
         "duplicate_query": settings.duplicate_query_threshold,
         "cache_n_plus_one": settings.cache_n_plus_one_threshold,
         "cache_invalidation": settings.cache_invalidation_threshold,
+        "large_result_rows": settings.large_result_rows,
+        "wide_result_columns": settings.wide_result_columns,
+        "slow_query_ms": settings.slow_query_ms,
+        "connection_churn": settings.connection_churn_threshold,
+        "repeated_group": settings.repeated_group_threshold,
+        "unused_eager_min_loads": settings.unused_eager_min_loads,
         "warming_min_reads": WARMING_MIN_READS,
         "warming_max_hit_ratio": WARMING_MAX_HIT_RATIO,
     }
@@ -244,6 +272,9 @@ class Aggregator:
     def add(self, owner: Owner, findings: list[Finding]) -> None:
         summary = self.summary
         activity = owner.activity
+        if owner.aggregate:  # the agent's own span for findings over many requests
+            self._add_findings(owner, findings)
+            return
         summary.owners += 1
         if owner.is_request:
             summary.requests += 1
@@ -273,6 +304,9 @@ class Aggregator:
             summary.cache_hits += call.hits
         if findings:
             summary.owners_with_findings += 1
+        self._add_findings(owner, findings)
+
+    def _add_findings(self, owner: Owner, findings: list[Finding]) -> None:
         for finding in findings:
             key = finding.fingerprint or f"{finding.kind}:{finding.statement or finding.key_pattern}"
             group = self.groups.get(key)

@@ -16,6 +16,12 @@ KIND_LABELS = {
     "cache_miss_without_fill": "cache miss without fill",
     "cache_write_without_ttl": "cache write without TTL",
     "cache_invalidation_storm": "cache invalidation storm",
+    "repeated_group": "repeated group (MN+1)",
+    "slow_query": "slow query",
+    "unbounded_result": "unbounded result",
+    "wide_result": "wide result",
+    "connection_churn": "connection churn",
+    "unused_eager_load": "unused eager load",
 }
 
 

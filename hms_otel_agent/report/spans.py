@@ -9,6 +9,12 @@ still analyzed: it is grouped under a stand-in owner for the missing parent.
 DB spans from any language or service work: without the agent's ``hms.db.fingerprint`` the
 statement (``db.statement`` or ``db.query.text``) is fingerprinted here, and without
 ``hms.orm.*`` attributes detection is SQL-level.
+
+The agent's ``hms.db.connect`` events (new database connections) become the `ConnectCall`s of
+the owner of the span they are on, the ``hms.explain`` events on an owner its plans, and
+``db.response.returned_rows`` a statement's row count, as live. Spans the agent emits for
+findings aggregated over many requests (unused eager loading) are owners of their own, marked
+`Owner.aggregate`: their recorded findings are the only source of that kind, live or offline.
 """
 
 from __future__ import annotations
@@ -19,12 +25,15 @@ from typing import Any
 
 from hms_otel_agent.report.otlp import KIND_SERVER, SpanData
 from hms_otel_agent.signals.activity import (
+    UNKNOWN_MAX_AGE,
     CacheCall,
     CodeLocation,
+    ConnectCall,
     DbCall,
     Finding,
     OrmContext,
     OwnerActivity,
+    PlanSummary,
 )
 from hms_otel_agent.signals.fingerprint import fingerprint_sql
 
@@ -39,6 +48,9 @@ DB_SCOPES = frozenset(
 )
 CACHE_SCOPES = frozenset(("opentelemetry.instrumentation.redis", "hms_otel_agent.django_cache"))
 DJANGO_CACHE_SCOPE = "hms_otel_agent.django_cache"
+CONNECT_EVENT = "hms.db.connect"  # instrument/db_connections.py
+AGGREGATE_SCOPES = frozenset(("hms_otel_agent.eager_loads",))  # instrument/eager_loads.py
+EXPLAIN_EVENT = "hms.explain"
 CACHE_SYSTEMS = frozenset(("redis", "memcached", "valkey", "keydb", "dragonfly"))
 MAX_CALLS_PER_OWNER = 5000  # as in processors.py
 
@@ -124,7 +136,73 @@ def db_call(span: SpanData) -> DbCall | None:
         params_hash=hash(str(parameters)) if parameters is not None else None,
         orm=orm,
         span_id=span.span_id,
+        rows=_rows(attributes.get("db.response.returned_rows")),
     )
+
+
+def _rows(value: Any) -> int:
+    if isinstance(value, bool):
+        return -1
+    try:
+        return int(value) if value is not None else -1
+    except (TypeError, ValueError):
+        return -1
+
+
+def connect_calls(span: SpanData) -> list[ConnectCall]:
+    """New database connections opened while `span` was current (``hms.db.connect`` events)."""
+    return [_connect_call(e.attributes, e.time_ns) for e in span.events if e.name == CONNECT_EVENT]
+
+
+def _connect_call(attributes: dict[str, Any], time_ns: int) -> ConnectCall:
+    max_age: Any = attributes.get("hms.db.conn_max_age")
+    if isinstance(max_age, bool) or not isinstance(max_age, (int, str)):
+        max_age = UNKNOWN_MAX_AGE
+    else:
+        try:
+            max_age = int(max_age)
+        except ValueError:
+            max_age = UNKNOWN_MAX_AGE
+    duration = attributes.get("hms.db.connect_ms")
+    duration_ms = (
+        float(duration) if isinstance(duration, (int, float)) and not isinstance(duration, bool) else 0.0
+    )
+    return ConnectCall(
+        alias=_text(attributes, "hms.db.alias") or "default",
+        start_ns=time_ns,
+        duration_ns=int(duration_ms * 1e6),
+        conn_max_age=None if max_age == -1 else max_age,
+        pooled=attributes.get("hms.db.pooled") is True,
+        vendor=_text(attributes, "db.system"),
+    )
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if isinstance(value, (list, tuple)):
+        return tuple(str(v) for v in value)
+    return ()
+
+
+def recorded_plans(span: SpanData) -> dict[str, PlanSummary]:
+    """The plans the live agent attached to an owner span (``hms.explain`` events)."""
+    found: dict[str, PlanSummary] = {}
+    for event in span.events:
+        if event.name != EXPLAIN_EVENT:
+            continue
+        attributes = event.attributes
+        fingerprint = _text(attributes, "hms.db.fingerprint")
+        if not fingerprint:
+            continue
+        cost = attributes.get("hms.explain.total_cost")
+        found[fingerprint] = PlanSummary(
+            fingerprint=fingerprint,
+            total_cost=float(cost) if isinstance(cost, (int, float)) else 0.0,
+            plan_rows=_int(attributes.get("hms.explain.plan_rows")),
+            nodes=_strings(attributes.get("hms.explain.nodes")),
+            index_table=_text(attributes, "hms.explain.index_table"),
+            index_columns=_strings(attributes.get("hms.explain.index_columns")),
+        )
+    return found
 
 
 def _int(value: Any) -> int:
@@ -197,6 +275,11 @@ def recorded_findings(span: SpanData, route: str) -> list[Finding]:
                 fix=_text(attributes, "hms.hint.fix"),
                 hint=_text(attributes, "hms.hint"),
                 route=route,
+                subject=_text(attributes, "hms.finding.subject"),
+                rows=_int(attributes.get("hms.finding.rows")),
+                table=_text(attributes, "hms.finding.table"),
+                columns=_strings(attributes.get("hms.finding.columns")),
+                members=_strings(attributes.get("hms.finding.members")),
             )
         )
     return findings
@@ -215,6 +298,7 @@ class Owner:
     spans: int = 0  # DB and cache spans grouped here
     recorded: list[Finding] = field(default_factory=list)
     attributes: dict[str, Any] = field(default_factory=dict)
+    aggregate: bool = False  # the agent's span for findings over many requests, not a request
 
     @property
     def label(self) -> str:
@@ -238,7 +322,9 @@ def build_owners(spans: Iterable[SpanData]) -> list[Owner]:
         if roles[key] == OWNER:
             route = _text(span.attributes, "http.route")
             owners[key] = Owner(
-                activity=OwnerActivity(name=span.name, route=route),
+                activity=OwnerActivity(
+                    name=span.name, route=route, plans=recorded_plans(span), connects=connect_calls(span)
+                ),
                 span=span,
                 trace_id=span.trace_id,
                 is_request=span.kind == KIND_SERVER,
@@ -246,6 +332,7 @@ def build_owners(spans: Iterable[SpanData]) -> list[Owner]:
                 run_id=_resource_text(span, "hms.run.id"),
                 recorded=recorded_findings(span, route or span.name),
                 attributes=span.attributes,
+                aggregate=span.scope in AGGREGATE_SCOPES,
             )
     resolved: dict[tuple[str, str], tuple[str, str]] = {}
 
@@ -296,6 +383,8 @@ def build_owners(spans: Iterable[SpanData]) -> list[Owner]:
         members.sort(key=lambda item: (item[1].end_ns, item[1].start_ns))
         for kind, span in members:
             owner.spans += 1
+            if span.events:
+                activity.connects.extend(connect_calls(span))
             if kind == DB:
                 activity.db_count += 1
                 activity.db_duration_ns += span.duration_ns

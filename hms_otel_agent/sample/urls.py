@@ -44,5 +44,14 @@ urlpatterns = [
     path("patients/duplicate/", views.duplicate_patient, name="duplicate"),
     path("boom/", views.boom, name="boom"),
     path("patients/search/", views.patient_search, name="search"),
+    path("patients/export/", views.patient_export_naive, name="export"),
+    path("patients/export/optimized/", views.patient_export_optimized, name="export-optimized"),
+    path("encounters/search/", views.encounter_search, name="encounter-search"),
+    path("patients/cached/lookup/", views.cached_lookup_naive, name="cached-lookup"),
+    path("patients/cached/lookup/optimized/", views.cached_lookup_optimized, name="cached-lookup-optimized"),
+    path("appointments/upcoming/", views.upcoming_appointments_naive, name="upcoming"),
+    path(
+        "appointments/upcoming/optimized/", views.upcoming_appointments_optimized, name="upcoming-optimized"
+    ),
     path("admin/", admin.site.urls),
 ]

@@ -634,3 +634,97 @@ def patient_search(request: HttpRequest) -> JsonResponse:
         patients = patients.filter(mrn__icontains=mrn)
     results = [_birthday_row(p, p.date_of_birth) | {"mrn": p.mrn} for p in patients[: _limit(request)]]
     return JsonResponse({"results": results})
+
+
+# -- 19. /patients/export/: every row at once (unbounded, wide) vs a keyset page -----------------
+
+
+def patient_export_naive(request: HttpRequest) -> JsonResponse:
+    patients = Patient.objects.order_by("id")  # no LIMIT: every patient, every column
+    results = [{"id": p.pk, "mrn": p.mrn, "name": _name(p)} for p in patients]
+    return JsonResponse({"results": results, "next": None})
+
+
+def patient_export_optimized(request: HttpRequest) -> JsonResponse:
+    """One keyset page (``?after=<last id>&limit=``) of only the columns used; ``next`` is the
+    ``after`` of the following page."""
+    raw_after = request.GET.get("after", "").strip()
+    after = int(raw_after) if raw_after.isdigit() else 0
+    limit = _limit(request)
+    page = list(
+        Patient.objects.filter(pk__gt=after)
+        .order_by("id")
+        .values("id", "mrn", "given_name", "family_name")[:limit]
+    )
+    results = [
+        {"id": p["id"], "mrn": p["mrn"], "name": f"{p['given_name']} {p['family_name']}"} for p in page
+    ]
+    return JsonResponse({"results": results, "next": page[-1]["id"] if len(page) == limit else None})
+
+
+# -- 20. /encounters/search/?reason=: a filter on a column without an index -----------------------
+
+
+def encounter_search(request: HttpRequest) -> JsonResponse:
+    """Encounters with exactly this reason. ``hms_encounter.reason`` has no index: on a large table
+    this is a sequential scan (the slow-query finding's plan says which index to add)."""
+    reason = request.GET.get("reason", "").strip()
+    encounters = Encounter.objects.filter(reason=reason).values("id", "status", "started_at")[
+        : _limit(request)
+    ]
+    return JsonResponse({"results": [{**e, "started_at": _iso(e["started_at"])} for e in encounters]})
+
+
+# -- 21. /patients/cached/lookup/?ids=: cache.get -> SELECT -> cache.set per patient (MN+1) --------
+
+
+def cached_lookup_naive(request: HttpRequest) -> JsonResponse:
+    results = []
+    for pk in _ids(request):
+        summary = cache.get(_summary_key(pk))
+        if summary is None:
+            patient = Patient.objects.select_related("insurance").filter(pk=pk).first()
+            if patient is None:
+                continue
+            summary = _patient_summary(patient)
+            cache.set(_summary_key(pk), summary, timeout=SUMMARY_TIMEOUT_S)
+        results.append(summary)
+    return JsonResponse({"results": results})
+
+
+def cached_lookup_optimized(request: HttpRequest) -> JsonResponse:
+    ids = _ids(request)
+    cached = cache.get_many([_summary_key(pk) for pk in ids])
+    missing = [pk for pk in ids if _summary_key(pk) not in cached]
+    found = Patient.objects.select_related("insurance").in_bulk(missing) if missing else {}
+    fresh = {_summary_key(pk): _patient_summary(p) for pk, p in found.items()}
+    if fresh:
+        cache.set_many(fresh, timeout=SUMMARY_TIMEOUT_S)
+    cached.update(fresh)
+    return JsonResponse({"results": [cached[_summary_key(pk)] for pk in ids if _summary_key(pk) in cached]})
+
+
+# -- 22. /appointments/upcoming/: a select_related relation that is never read --------------------
+
+
+def _appointment_row(appointment: Appointment, patient: Patient) -> Row:
+    return {
+        "id": appointment.pk,
+        "scheduled_for": _iso(appointment.scheduled_for),
+        "patient": {"id": patient.pk, "name": _name(patient)},
+        "practitioner_id": appointment.practitioner_id,
+    }
+
+
+def upcoming_appointments_naive(request: HttpRequest) -> JsonResponse:
+    appointments = Appointment.objects.select_related("patient", "practitioner").filter(
+        scheduled_for__gte=_upcoming_cutoff()
+    )[: _limit(request)]
+    return JsonResponse({"results": [_appointment_row(a, a.patient) for a in appointments]})
+
+
+def upcoming_appointments_optimized(request: HttpRequest) -> JsonResponse:
+    appointments = Appointment.objects.select_related("patient").filter(
+        scheduled_for__gte=_upcoming_cutoff()
+    )[: _limit(request)]
+    return JsonResponse({"results": [_appointment_row(a, a.patient) for a in appointments]})

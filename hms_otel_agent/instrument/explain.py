@@ -1,0 +1,290 @@
+"""Opt-in EXPLAIN of slow SELECTs (``HMS_OTEL_EXPLAIN=true``), off the request path.
+
+When a DB span ends after ``HMS_OTEL_SLOW_QUERY_MS`` or more, the span processor calls
+`submit()` with the statement as it was sent, its parameters and the cursor (kept on the span
+record until then, never exported). On the request thread `submit` only checks and copies:
+
+* plain SELECTs only (no ``INTO``, no locking clause, one statement): never a write;
+* at most one EXPLAIN per statement fingerprint per ``HMS_OTEL_EXPLAIN_INTERVAL_S`` in this
+  process (the attempt counts, whether it succeeds or not);
+* a bounded queue (`MAX_QUEUE`): when it is full the request is dropped and counted.
+
+A daemon thread does the rest: ``EXPLAIN (FORMAT JSON)`` — never ANALYZE, so the statement is
+planned, not run — on a connection of its own (never the application's: its transaction state
+stays untouched), opened with the same driver and connection parameters as the application's
+connection, read-only (``default_transaction_read_only``), with ``statement_timeout`` and
+``lock_timeout`` of ``HMS_OTEL_EXPLAIN_TIMEOUT_MS``; then the estimated size of each table in the
+plan (``pg_class.reltuples``). The agent's own instrumentation is suppressed there, so EXPLAIN makes
+no spans. The plan is reduced to node types, relations, columns, costs and row estimates
+(`signals.plans.summarize`: no condition text, no literal) and kept per fingerprint (at most
+`MAX_PLANS`, oldest dropped).
+
+Where the plan goes: EXPLAIN finishes after the request that triggered it has ended, so its span
+can no longer take an event. Plans are kept per fingerprint, and every later owner span with a
+slow execution of that statement gets the plan as an ``hms.explain`` event and the slow-query
+finding's fix from it (the index to create). Slow statements that matter recur; a statement that
+is slow once only is reported without a plan. Child processes after ``fork`` start with an empty
+queue, a new thread and no inherited connection (the parent's are left alone, never closed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import re
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from hms_otel_agent import guard
+from hms_otel_agent.signals import plans
+from hms_otel_agent.signals.activity import PlanSummary
+
+logger = logging.getLogger("hms_otel")
+COMPONENT = "EXPLAIN worker"
+MAX_QUEUE = 16
+MAX_PLANS = 256
+MAX_TRACKED = 4096  # fingerprints remembered for the rate limit
+MAX_CONNECTIONS = 4  # distinct databases the worker keeps a connection to
+
+_NOT_PLAIN = re.compile(r"\b(?:INTO|FOR\s+(?:UPDATE|SHARE|NO\s+KEY\s+UPDATE|KEY\s+SHARE))\b")
+_WRITES = re.compile(r"\b(?:INSERT|UPDATE|DELETE|MERGE|TRUNCATE|CREATE|DROP|ALTER|GRANT|COPY|CALL)\b")
+_TABLE_ROWS = (
+    "SELECT c.relname, GREATEST(c.reltuples, COALESCE(s.n_live_tup, 0)::real) FROM pg_class c "
+    "LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid "
+    "WHERE c.relname = ANY(%s) AND c.relkind IN ('r', 'p', 'm')"
+)
+
+
+def explainable(normalized: str) -> bool:
+    """A single plain SELECT: EXPLAIN of it cannot write or lock anything."""
+    head = normalized.lstrip("( ").split(" ", 1)[0].upper()
+    if head != "SELECT":
+        return False
+    if ";" in normalized or _NOT_PLAIN.search(normalized) is not None:
+        return False
+    return _WRITES.search(normalized) is None
+
+
+@dataclass(slots=True)
+class _Job:
+    driver: str
+    dsn: str
+    password: str
+    fingerprint: str
+    statement: str
+    params: Any
+    timeout_ms: int
+    seq_scan_rows: int
+
+
+def _connection_info(connection: Any) -> tuple[str, str, str] | None:
+    """(driver module, dsn without password, password) of a psycopg / psycopg2 connection."""
+    module = type(connection).__module__
+    info = getattr(connection, "info", None)
+    if info is None:
+        return None
+    if module.startswith("psycopg2"):
+        return "psycopg2", str(connection.dsn), str(getattr(info, "password", "") or "")
+    if module.startswith("psycopg"):
+        return "psycopg", str(info.dsn), str(getattr(info, "password", "") or "")
+    return None
+
+
+class Explainer:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._queue: queue.Queue[_Job] = queue.Queue(MAX_QUEUE)
+        self._thread: threading.Thread | None = None
+        self._attempts: OrderedDict[str, float] = OrderedDict()
+        self._plans: OrderedDict[str, PlanSummary] = OrderedDict()
+        self._connections: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self.submitted = self.dropped = self.failed = self.explained = 0
+
+    # --- the request thread ---------------------------------------------------------------
+
+    def submit(self, fingerprint: Any, execution: tuple[Any, Any, Any], settings: Any) -> bool:
+        """Queue an EXPLAIN of `execution` = (statement, parameters, cursor). Never raises,
+        never blocks."""
+        try:
+            statement, params, cursor = execution
+            if not isinstance(statement, str) or not explainable(fingerprint.normalized):
+                return False
+            if os.getpid() != self._pid:
+                self._after_fork()
+            digest = fingerprint.digest
+            now = time.monotonic()
+            with self._lock:
+                last = self._attempts.get(digest)
+                if last is not None and now - last < settings.explain_interval_s:
+                    return False
+                self._attempts[digest] = now
+                self._attempts.move_to_end(digest)
+                while len(self._attempts) > MAX_TRACKED:
+                    self._attempts.popitem(last=False)
+            info = _connection_info(cursor.connection)
+            if info is None:
+                return False
+            if isinstance(params, list):
+                params = tuple(params)
+            elif isinstance(params, dict):
+                params = dict(params)
+            job = _Job(
+                driver=info[0],
+                dsn=info[1],
+                password=info[2],
+                fingerprint=digest,
+                statement=statement,
+                params=params,
+                timeout_ms=settings.explain_timeout_ms,
+                seq_scan_rows=settings.explain_seq_scan_rows,
+            )
+            try:
+                self._queue.put_nowait(job)
+            except queue.Full:
+                self.dropped += 1
+                return False
+            self.submitted += 1
+            self._ensure_thread()
+            return True
+        except Exception as exc:
+            guard.report(COMPONENT, exc)
+            return False
+
+    def plan_for(self, fingerprint: str) -> PlanSummary | None:
+        return self._plans.get(fingerprint)
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until every queued EXPLAIN is done (for tests and shutdown); True if it is."""
+        deadline = time.monotonic() + timeout_s
+        done = self._queue.all_tasks_done
+        with done:
+            while self._queue.unfinished_tasks:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                done.wait(remaining)
+        return True
+
+    def forget(self) -> None:
+        """Drop plans and rate-limit state (tests)."""
+        with self._lock:
+            self._attempts.clear()
+            self._plans.clear()
+
+    # --- the worker ----------------------------------------------------------------------------
+
+    def _after_fork(self) -> None:
+        with self._lock:
+            if os.getpid() == self._pid:
+                return
+            orphans = list(self._connections.values())
+            self._reset()
+            _ORPHANS.extend(orphans)  # the parent's sockets: never closed or used here
+
+    def _ensure_thread(self) -> None:
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            return
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="hms-otel-explain", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+        while True:
+            job = self._queue.get()
+            try:
+                with suppress_instrumentation():
+                    self._explain(job)
+            except Exception as exc:
+                self.failed += 1
+                logger.debug("hms-otel: EXPLAIN failed: %s", type(exc).__name__)
+            finally:
+                job.params = None  # drop the values as soon as possible
+                self._queue.task_done()
+
+    def _connect(self, job: _Job) -> Any:
+        key = (job.driver, job.dsn)
+        connection = self._connections.get(key)
+        if connection is not None and not getattr(connection, "closed", True):
+            self._connections.move_to_end(key)
+            return connection
+        timeout_s = max(1, job.timeout_ms // 1000)
+        extra: dict[str, Any] = {"connect_timeout": timeout_s, "application_name": "hms-otel-explain"}
+        if job.password:
+            extra["password"] = job.password
+        if job.driver == "psycopg2":
+            import psycopg2
+
+            connection = psycopg2.connect(job.dsn, **extra)
+            connection.autocommit = True
+        else:
+            import psycopg
+
+            connection = psycopg.connect(
+                job.dsn, autocommit=True, cursor_factory=psycopg.ClientCursor, **extra
+            )
+        cursor = connection.cursor()
+        for setting in ("statement_timeout", "lock_timeout"):
+            cursor.execute(f"SET {setting} = {int(job.timeout_ms)}")
+        cursor.execute("SET default_transaction_read_only = on")
+        cursor.close()
+        self._connections[key] = connection
+        while len(self._connections) > MAX_CONNECTIONS:
+            _, old = self._connections.popitem(last=False)
+            with contextlib.suppress(Exception):
+                old.close()
+        return connection
+
+    def _explain(self, job: _Job) -> None:
+        connection = self._connect(job)
+        try:
+            cursor = connection.cursor()
+            try:
+                if job.params is None:
+                    cursor.execute("EXPLAIN (FORMAT JSON) " + job.statement)
+                else:
+                    cursor.execute("EXPLAIN (FORMAT JSON) " + job.statement, job.params)
+                explained = cursor.fetchone()[0]
+                names = plans.relations(explained)
+                sizes: dict[str, float] = {}
+                if names:
+                    cursor.execute(_TABLE_ROWS, [names])
+                    for name, rows in cursor.fetchall():
+                        sizes[str(name)] = max(float(rows or 0), sizes.get(str(name), 0.0))
+            finally:
+                cursor.close()
+        except Exception:
+            self._drop_connection(job, connection)
+            raise
+        summary = plans.summarize(job.fingerprint, explained, sizes, job.seq_scan_rows)
+        if summary is None:
+            self.failed += 1
+            return
+        with self._lock:
+            self._plans[job.fingerprint] = summary
+            self._plans.move_to_end(job.fingerprint)
+            while len(self._plans) > MAX_PLANS:
+                self._plans.popitem(last=False)
+        self.explained += 1
+        logger.debug("hms-otel: plan of slow statement %s: %s", job.fingerprint, "; ".join(summary.nodes[:2]))
+
+    def _drop_connection(self, job: _Job, connection: Any) -> None:
+        self._connections.pop((job.driver, job.dsn), None)
+        with contextlib.suppress(Exception):
+            connection.close()
+
+
+_ORPHANS: list[Any] = []
+EXPLAINER = Explainer()
