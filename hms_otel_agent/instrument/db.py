@@ -41,10 +41,10 @@ DB_SCOPES = frozenset(
 # The record the span processor reads back from the span when it ends.
 SPAN_RECORD = "_hms_db"
 # Masking and fingerprinting run on the application's thread, in time linear in the statement;
-# a statement of megabytes (an IN list of 100 000 ids) is fingerprinted on its first 64 KiB and
+# a statement of megabytes (an IN list of 100 000 ids) is fingerprinted on its first 16 KiB and
 # exported (masked) up to 4 KiB followed by "…": whole export batches would otherwise be
 # rejected by backends for one oversized attribute.
-MAX_FINGERPRINT_CHARS = 65_536
+MAX_FINGERPRINT_CHARS = 16_384
 MAX_EXPORTED_STATEMENT_CHARS = 4_096
 TRUNCATED = "…"
 
