@@ -6,7 +6,9 @@ tests/e2e/test_servers.py; the findings of threaded and ASGI servers in test_loa
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -108,3 +110,53 @@ def test_python_subprocesses_start_their_own_agent_once(
     assert "Overriding of current" not in result.stderr and "Traceback" not in result.stderr
     # Configuration problems and the destination are announced once per process tree.
     assert result.stderr.count("hms-otel: exporting to") <= 1
+
+
+def test_sigterm_does_not_lose_the_last_spans(
+    otlp_receiver: OtlpReceiver, app_process: Callable[..., AppProcess], sample_app_db: dict[str, str]
+) -> None:
+    """uvicorn ends with SIGTERM's default action after its graceful shutdown (no atexit): the
+    spans still queued (OTEL_BSP_SCHEDULE_DELAY is 5 s by default) are flushed first."""
+    env = {**sample_app_db, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.http_endpoint}
+    app = start_sample(app_process, uvicorn, env, extra=["--no-access-log"])
+    assert app.request("GET", "/stats/").status == 200
+    assert app.stop(signal.SIGTERM) == -signal.SIGTERM  # ends as it always did
+    assert otlp_receiver.spans(), "spans queued at SIGTERM were lost"
+    otlp_receiver.wait_for_spans(lambda s: s.attributes.get("http.route") == "stats/", timeout=5)
+
+
+SIGTERM_SCRIPT = """
+import signal, sys, time
+from opentelemetry import trace
+if sys.argv[1] == "own-handler":
+    signal.signal(signal.SIGTERM, lambda *_: (print("own handler", flush=True), sys.exit(3)))
+with trace.get_tracer("job").start_as_current_span("before-sigterm"):
+    pass
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("handler", ["default", "own-handler"])
+def test_sigterm_in_a_script(handler: str, otlp_receiver: OtlpReceiver, tmp_path: Path) -> None:
+    """With SIGTERM's default action the script's spans are flushed, then it dies of SIGTERM as
+    before; an application's own SIGTERM handler is left alone."""
+    script = tmp_path / "job.py"
+    script.write_text(SIGTERM_SCRIPT)
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.http_endpoint}
+    command = [venv_executable("hms-otel-run"), "--", sys.executable, str(script), handler]
+    with AppProcess(command, env=env, log_dir=tmp_path, name=handler) as app:
+        wait_for_output(app, "ready")
+        code = app.stop(signal.SIGTERM)
+    if handler == "default":
+        assert code == -signal.SIGTERM
+    else:
+        assert code == 3 and "own handler" in app.stdout
+    otlp_receiver.wait_for_spans(lambda s: s.name == "before-sigterm", timeout=5)
+
+
+def wait_for_output(app: AppProcess, text: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in app.stdout:
+        assert time.monotonic() < deadline and app.running, app.output_tail()
+        time.sleep(0.05)
