@@ -1,4 +1,5 @@
-"""Which ``select_related`` / ``prefetch_related`` relations are read (``HMS_OTEL_UNUSED_EAGER_LOADS``).
+"""Which ``select_related`` / ``prefetch_related`` relations are read (opt-in:
+``HMS_OTEL_UNUSED_EAGER_LOADS=true``).
 
 Django keeps an instance's eagerly loaded relations in two dicts: ``instance._state.fields_cache``
 (``select_related`` joins, single-valued prefetches) and ``instance._prefetched_objects_cache``
@@ -12,8 +13,13 @@ filled those caches), `track` replaces both dicts of each loaded instance — an
 joined or prefetched under it, level by level — with a `_TrackedCache`: the same dict, whose
 ``__getitem__`` / ``get`` first note the relation path in the queryset's `EagerLoad`. Nothing else
 changes: instances of other querysets keep plain dicts and pay nothing; a read on a tracked
-instance costs one Python-level ``__getitem__`` (see ``benchmarks/micro_eager.py``). Tracked
-caches pickle and copy as plain dicts.
+instance costs one Python-level ``__getitem__``. Tracked caches pickle and copy as plain dicts.
+
+Cost (``benchmarks/micro_eager.py``, Python 3.11, Django 5.2): about 0.7 µs per tracked instance
+when the queryset is evaluated (a 50-row ``select_related`` of two relations: ~37 µs on ~1.6 ms of
+CPU for the query, 2-4 %) and 0.12 µs per relation read on a tracked instance (0.18 -> 0.30 µs);
+querysets without eager relations pay one attribute check. Not free on the hot path, hence
+opt-in.
 
 When the last instance of the queryset is gone, the `EagerLoad` is freed and its outcome (model,
 code location, relation paths, paths read) goes into a bounded queue; the span processor drains it
@@ -136,32 +142,48 @@ def _relations(tree: _Tree) -> list[tuple[str, str]]:
 
 
 def _children(obj: Any, name: str) -> list[Any]:
-    state = obj.__dict__.get("_state")
-    fields = state.__dict__.get("fields_cache") if state is not None else None
+    """What is loaded under relation `name` of `obj`, read without counting as a read."""
+    fields = obj._state.__dict__.get("fields_cache")
     if fields is not None and dict.__contains__(fields, name):
         value = dict.__getitem__(fields, name)
         return [] if value is None else [value]
     prefetched = obj.__dict__.get("_prefetched_objects_cache")
     if prefetched is not None and dict.__contains__(prefetched, name):
-        value = dict.__getitem__(prefetched, name)
-        cached = getattr(value, "_result_cache", None)
+        cached = getattr(dict.__getitem__(prefetched, name), "_result_cache", None)
         return list(cached) if cached is not None else []
     return []
 
 
-def _wrap(obj: Any, load: EagerLoad, paths: dict[str, str]) -> None:
-    state = obj.__dict__.get("_state")
-    if state is not None:
+def _mark(
+    objects: list[Any], nodes: _Tree, load: EagerLoad, below: dict[int, tuple[_Tree, list[Any]]]
+) -> None:
+    """Track the caches of `objects` for the relations in `nodes`; collect what is loaded under
+    them (by subtree) into `below`."""
+    paths = {name: node[0] for name, node in nodes.items()}
+    prefetch = any(node[1] == PREFETCH_RELATED for node in nodes.values())
+    nested = [
+        (name, node[2], below.setdefault(id(node[2]), (node[2], []))[1])
+        for name, node in nodes.items()
+        if node[2]
+    ]
+    tracked_class = _TrackedCache
+    for obj in objects:
+        for name, _children_tree, found in nested:
+            found.extend(_children(obj, name))
+        state = obj._state
         fields = state.__dict__.get("fields_cache")
         if fields is None or fields.__class__ is dict:
-            tracked = _TrackedCache(fields or ())
-            tracked._hms_load, tracked._hms_paths = load, paths
+            tracked = tracked_class(fields) if fields else tracked_class()
+            tracked._hms_load = load
+            tracked._hms_paths = paths
             state.fields_cache = tracked
-    prefetched = obj.__dict__.get("_prefetched_objects_cache")
-    if prefetched is not None and prefetched.__class__ is dict:
-        tracked = _TrackedCache(prefetched)
-        tracked._hms_load, tracked._hms_paths = load, paths
-        obj._prefetched_objects_cache = tracked
+        if prefetch:
+            prefetched = obj.__dict__.get("_prefetched_objects_cache")
+            if prefetched is not None and prefetched.__class__ is dict:
+                tracked = tracked_class(prefetched)
+                tracked._hms_load = load
+                tracked._hms_paths = paths
+                obj._prefetched_objects_cache = tracked
 
 
 def track(queryset: Any, rows: list[Any], default_joins: Any) -> None:
@@ -183,23 +205,19 @@ def track(queryset: Any, rows: list[Any], default_joins: Any) -> None:
                 _add(tree, str(lookup.prefetch_to).split("__"), PREFETCH_RELATED)
         if not tree:
             return
-        model = queryset.model._meta.label
-        load = EagerLoad(model, user_location(), tuple(_relations(tree)))
+        load = EagerLoad(queryset.model._meta.label, user_location(), tuple(_relations(tree)))
         budget = MAX_TRACKED_OBJECTS
-        level: list[tuple[list[Any], _Tree]] = [(rows, tree)]
+        level: list[tuple[_Tree, list[Any]]] = [(tree, rows)]
         while level and budget > 0:
-            below: list[tuple[list[Any], _Tree]] = []
-            for objects, nodes in level:
-                paths = {name: node[0] for name, node in nodes.items()}
-                nested = [(name, node[2]) for name, node in nodes.items() if node[2]]
-                for obj in objects[:budget]:
-                    for name, children in nested:
-                        found = _children(obj, name)
-                        if found:
-                            below.append((found, children))
-                    _wrap(obj, load, paths)
+            below: dict[int, tuple[_Tree, list[Any]]] = {}
+            for nodes, objects in level:
+                if len(objects) > budget:
+                    objects = objects[:budget]
                 budget -= len(objects)
-            level = below
+                _mark(objects, nodes, load, below)
+                if budget <= 0:
+                    break
+            level = [entry for entry in below.values() if entry[1]]
     except Exception as exc:
         guard.report(COMPONENT, exc)
 
