@@ -1,0 +1,159 @@
+"""Repeated query groups (MN+1) on plain records, and how they replace their members' findings."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hms_otel_agent import config
+from hms_otel_agent.signals import activity as a
+from hms_otel_agent.signals import registry, repeated_groups
+from hms_otel_agent.signals.activity import (
+    CacheCall,
+    CodeLocation,
+    DbCall,
+    Finding,
+    OrmContext,
+    OwnerActivity,
+)
+from hms_otel_agent.signals.fingerprint import fingerprint_sql
+from hms_otel_agent.signals.repeated_groups import consolidate, detect, find_groups
+
+SETTINGS = config.load({}).settings
+VIEW = CodeLocation("hms/views.py", 40, "cached_lookup")
+MS = 1_000_000
+PATIENT = 'SELECT "hms_patient"."id" FROM "hms_patient" WHERE "hms_patient"."id" = %s'
+NOTES = 'SELECT "hms_note"."id" FROM "hms_note" WHERE "hms_note"."object_id" = %s'
+
+
+def sql(at: int, statement: str = PATIENT, orm: OrmContext | None = None) -> DbCall:
+    fp = fingerprint_sql(statement)
+    return DbCall(
+        fingerprint=fp.digest,
+        statement=fp.normalized,
+        start_ns=at * MS,
+        duration_ns=MS // 2,
+        table=fp.table,
+        filter_columns=fp.filter_columns,
+        orm=orm if orm is not None else OrmContext(model="hms.Patient", kind=a.GET, location=VIEW),
+    )
+
+
+def cache(at: int, operation: str = "get", key_hash: int | None = None, **counts: int) -> CacheCall:
+    return CacheCall(
+        operation=operation,
+        key_pattern="patient:{id}:summary",
+        start_ns=at * MS,
+        duration_ns=MS // 2,
+        location=VIEW,
+        django_api=True,
+        key_hash=key_hash,
+        ttl_s=3600.0 if operation == "set" else None,
+        **counts,  # type: ignore[arg-type]
+    )
+
+
+def cache_aside(items: int) -> OwnerActivity:
+    """cache.get (miss) -> SELECT -> cache.set, per item."""
+    activity = OwnerActivity(name="GET patients/cached/lookup/", route="patients/cached/lookup/")
+    for i in range(items):
+        activity.cache_calls.append(cache(3 * i, reads=1, misses=1, key_hash=i))
+        activity.db_calls.append(sql(3 * i + 1))
+        activity.cache_calls.append(cache(3 * i + 2, "set", writes=1, key_hash=i))
+    return activity
+
+
+def test_find_groups() -> None:
+    assert find_groups("xABCABCABCy", 3) == [(1, 3, 3)]
+    assert find_groups("ABABABAB", 3) == [(0, 2, 4)]  # the smallest period that covers most
+    assert find_groups("AAAAAAAA", 3) == []  # one signature: an N+1, not a group
+    assert find_groups("ABCABD", 2) == []
+    assert find_groups("ABABABxCDCDCD", 3) == [(0, 2, 3), (7, 2, 3)]
+
+
+def test_cache_get_select_cache_set_per_item_is_one_group() -> None:
+    activity = cache_aside(6)
+    [finding] = detect(activity, SETTINGS)
+    fix = (
+        "cache.get_many(keys); Patient.objects.in_bulk(ids)  # or .filter(pk__in=ids); "
+        "cache.set_many({...}, timeout=...)"
+    )
+    assert finding == Finding(
+        kind="repeated_group",
+        fingerprint=finding.fingerprint,
+        repetitions=6,
+        duration_ms=9.0,
+        statement=activity.db_calls[0].statement,
+        model="hms.Patient",
+        key_pattern="patient:{id}:summary",
+        location=VIEW,
+        fix=fix,
+        hint=(
+            "GET patients/cached/lookup/: 3 calls repeated together per item (cache.get patient:{id}:summary "
+            "-> Patient.objects.get() -> cache.set patient:{id}:summary) 6x (9.0 ms) at hms/views.py:40 in "
+            f"cached_lookup — batch each step over all items: {fix}"
+        ),
+        route="patients/cached/lookup/",
+        subject="cache.get patient:{id}:summary + Patient.objects.get() + cache.set patient:{id}:summary",
+        members=("cache.get patient:{id}:summary", "Patient.objects.get()", "cache.set patient:{id}:summary"),
+        covers=("key_pattern:patient:{id}:summary", "statement:" + activity.db_calls[0].statement),
+    )
+
+
+def test_below_the_threshold_or_irregular_loops_are_not_groups() -> None:
+    assert detect(cache_aside(4), SETTINGS) == []
+    assert detect(cache_aside(4), dataclasses.replace(SETTINGS, repeated_group_threshold=4)) != []
+    irregular = cache_aside(6)
+    irregular.db_calls.pop(2)  # a hit for the third patient: the body differs
+    irregular.cache_calls.pop(5)
+    assert detect(irregular, SETTINGS) == []
+
+
+def test_cache_only_and_lazy_only_loops_are_left_to_their_own_findings() -> None:
+    cache_only = OwnerActivity(name="GET patients/cached/")
+    for i in range(6):
+        cache_only.cache_calls += [cache(2 * i, reads=1, misses=1), cache(2 * i + 1, "set", writes=1)]
+    assert detect(cache_only, SETTINGS) == []
+    lazy_only = OwnerActivity(name="GET encounters/")
+    for i in range(6):
+        for j, relation in enumerate(("hms.Encounter.patient", "hms.Encounter.facility")):
+            orm = OrmContext(
+                "hms.Encounter", a.FORWARD, relation, True, relation.rpartition(".")[2], "hms.Encounter"
+            )
+            lazy_only.db_calls.append(sql(2 * i + j, orm=orm))
+    assert detect(lazy_only, SETTINGS) == []
+
+
+def test_two_raw_statements_per_item_are_a_group() -> None:
+    activity = OwnerActivity(name="GET reports/")
+    raw = OrmContext(model="", kind="raw", location=VIEW)
+    for i in range(5):
+        activity.db_calls += [sql(2 * i, PATIENT, raw), sql(2 * i + 1, NOTES, raw)]
+    [finding] = detect(activity, SETTINGS)
+    assert finding.members == ("SELECT on hms_patient", "SELECT on hms_note")
+    assert finding.fix == (
+        "one query for all values: SELECT ... FROM hms_patient WHERE id = ANY(%s); "
+        "one query for all values: SELECT ... FROM hms_note WHERE object_id = ANY(%s)"
+    )
+
+
+def test_sql_run_inside_a_cache_call_is_not_a_step() -> None:
+    activity = cache_aside(6)
+    for call in activity.cache_calls:  # DatabaseCache: its own SELECT inside each cache call
+        inner = sql(0, "SELECT cache_key FROM cache_table WHERE cache_key = %s")
+        inner.start_ns = call.start_ns + 1
+        activity.db_calls.append(inner)
+    [finding] = detect(activity, SETTINGS)
+    assert len(finding.members) == 3
+
+
+def test_a_group_replaces_its_members_n_plus_one_findings() -> None:
+    activity = cache_aside(6)
+    findings = [f for detector in registry.DETECTORS for f in detector(activity, SETTINGS)]
+    assert sorted(f.kind for f in findings) == ["cache_n_plus_one", "n_plus_one", "repeated_group"]
+    assert [f.kind for f in registry.consolidate(findings)] == ["repeated_group"]
+    unrelated = [f for f in findings if f.kind != "repeated_group"]
+    assert consolidate(unrelated) is unrelated  # nothing to replace: untouched
+
+
+def test_registered() -> None:
+    assert repeated_groups.detect in registry.DETECTORS
