@@ -1,4 +1,4 @@
-"""Micro-benchmarks of the pure signal functions: ``python benchmarks/micro_signals.py``.
+"""Micro-benchmarks of the pure signal functions: ``python benchmarks/micro_signals.py [--quick] [--json F]``.
 
 Prints microseconds per call (best of several timeit repeats) for
 
@@ -7,11 +7,14 @@ Prints microseconds per call (best of several timeit repeats) for
 * key_pattern: cold and hot;
 
 on realistic Django / psycopg inputs, plus a calibration line (an empty 1000-step Python loop)
-so numbers from different machines can be compared.
+so numbers from different machines can be compared. ``--json F`` also writes the rows as JSON
+(``benchmarks/run.py`` does, to keep them with the end-to-end results).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import platform
 import sys
 import timeit
@@ -55,19 +58,42 @@ KEYS = {
 }
 
 
+_scale = 1.0  # --quick: fewer calls per repeat and fewer repeats
+_repeat = 7
+
+
 def _best_us(func: Callable[[], object] | str, number: int) -> float:
-    return min(timeit.repeat(func, number=number, repeat=7)) / number * 1e6
+    number = max(1, int(number * _scale))
+    return min(timeit.repeat(func, number=number, repeat=_repeat)) / number * 1e6
+
+
+_rows: list[dict[str, object]] = []
+_section = ""
+
+
+def _header(text: str) -> None:
+    global _section
+    _section = text
+    print(text)
 
 
 def _row(name: str, us: float) -> None:
+    _rows.append({"section": _section, "name": name, "us": round(us, 3)})
     print(f"  {name:<44} {us:9.2f} µs")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Micro-benchmarks of the pure signal functions.")
+    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    parser.add_argument("--quick", action="store_true", help="a tenth of the calls, 3 repeats")
+    args = parser.parse_args(argv)
+    global _scale, _repeat
+    if args.quick:
+        _scale, _repeat = 0.1, 3
     print(f"Python {platform.python_version()} ({platform.python_implementation()}) on {platform.machine()}")
     _row("calibration: `for i in range(1000): pass`", _best_us("for _ in range(1000): pass", 2_000))
 
-    print(f"fingerprint_sql (typical SELECT: {len(DJANGO_SELECT)} chars)")
+    _header(f"fingerprint_sql (typical SELECT: {len(DJANGO_SELECT)} chars)")
     for name, sql in (
         ("select", DJANGO_SELECT),
         ("bulk insert", DJANGO_INSERT),
@@ -79,17 +105,20 @@ def main() -> None:
         fingerprint_sql(sql)
         _row(f"{name}: hot (cache hit)", _best_us(lambda sql=sql: fingerprint_sql(sql), 200_000))
 
-    print("mask_sql_literals")
+    _header("mask_sql_literals")
     for name, sql in (("select (no literals)", DJANGO_SELECT), ("mogrified + sqlcommenter", MOGRIFIED)):
         _row(f"{name}: cold", _best_us(lambda sql=sql: _sql_mask._mask(sql), 2_000))
         mask_sql_literals(sql)
         _row(f"{name}: hot", _best_us(lambda sql=sql: mask_sql_literals(sql), 200_000))
 
-    print("key_pattern")
+    _header("key_pattern")
     for name, key in KEYS.items():
         _row(f"{name}: cold", _best_us(lambda key=key: _key_pattern._pattern(key, None), 5_000))
         key_pattern(key)
         _row(f"{name}: hot", _best_us(lambda key=key: key_pattern(key), 200_000))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump({"python": platform.python_version(), "rows": _rows}, handle, indent=2)
 
 
 if __name__ == "__main__":
