@@ -8,6 +8,7 @@ the same spans analyzed offline (`hms-otel analyze`'s code path) give the same f
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import Iterator
 from typing import Any
 
@@ -346,9 +347,12 @@ def test_the_batched_twin_and_lazy_loads_alone_are_not_groups(traced: Traced, re
 
 @pytest.fixture
 def eager() -> Iterator[None]:
+    gc.collect()
     eager_loads.reset()
     eager_loads.configure(True)
     yield
+    eager_loads.configure(False)
+    gc.collect()
     eager_loads.reset()
 
 
