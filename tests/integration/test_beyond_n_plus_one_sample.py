@@ -25,6 +25,17 @@ from hms_otel_agent.report.otlp import EventData, SpanData
 VIEWS = "hms_otel_agent/sample/hms/views.py"
 
 
+@pytest.fixture
+def clean_cache(traced: Traced) -> Iterator[None]:
+    """The sample's Redis database is shared with the other tests of this worker (and with the
+    sample app they run as a process): leave nothing behind."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
 def kinds(traced: Traced, server: ReadableSpan) -> dict[str, dict[str, Any]]:
     """Finding events by kind (one per kind expected)."""
     found: dict[str, dict[str, Any]] = {}
@@ -94,7 +105,7 @@ def test_the_keyset_page_twin_and_a_small_result_are_clean(traced: Traced) -> No
     assert not {"unbounded_result", "wide_result"} & set(kinds(traced, server))
 
 
-def test_a_large_page_of_many_columns_is_a_wide_result(traced: Traced) -> None:
+def test_a_large_page_of_many_columns_is_a_wide_result(traced: Traced, clean_cache: None) -> None:
     with traced.use_settings(large_result_rows=30, wide_result_columns=10):
         _, server = traced.request("/patients/cached/optimized/?limit=40")  # select_related: 14 columns
         finding = kinds(traced, server)["wide_result"]
@@ -105,7 +116,7 @@ def test_a_large_page_of_many_columns_is_a_wide_result(traced: Traced) -> None:
         assert "wide_result" not in kinds(traced, server)
 
 
-def test_returned_rows_only_for_selects(traced: Traced) -> None:
+def test_returned_rows_only_for_selects(traced: Traced, clean_cache: None) -> None:
     response, _ = traced.request("/patients/1/touch/", method="post")
     assert response.status_code == 200
     sql = [s for s in traced.spans() if s.attributes.get("db.system") == "postgresql"]
@@ -146,7 +157,7 @@ def wsgi_request(traced: Traced, path: str) -> ReadableSpan:
     return server
 
 
-def test_conn_max_age_0_opens_a_connection_per_request(traced: Traced) -> None:
+def test_conn_max_age_0_opens_a_connection_per_request(traced: Traced, clean_cache: None) -> None:
     with conn_max_age(0):
         wsgi_request(traced, "/stats/")
         server = wsgi_request(traced, "/stats/")
@@ -169,7 +180,7 @@ def test_conn_max_age_0_opens_a_connection_per_request(traced: Traced) -> None:
     assert again["fingerprint"] == finding["hms.finding.fingerprint"]
 
 
-def test_persistent_connections_are_reused_and_counted(traced: Traced) -> None:
+def test_persistent_connections_are_reused_and_counted(traced: Traced, clean_cache: None) -> None:
     uses = metric_sum(traced, "hms.db.connection.uses", {"hms.db.connection.reused": True})
     opened = metric_sum(traced, "hms.db.connections.opened", {"hms.db.alias": "default"})
     with conn_max_age(60):
@@ -306,7 +317,7 @@ def test_fast_queries_are_not_slow(traced: Traced) -> None:
 # -- repeated query groups (MN+1) -----------------------------------------------------------------
 
 
-def test_cache_get_select_cache_set_per_patient_is_one_group(traced: Traced, redis_client: Any) -> None:
+def test_cache_get_select_cache_set_per_patient_is_one_group(traced: Traced, clean_cache: None) -> None:
     path = "/patients/cached/lookup/?ids=" + ",".join(map(str, range(1, 9)))
     settings = traced.pipeline.signal_processor.settings
     response, server = traced.request(path)
@@ -332,7 +343,7 @@ def test_cache_get_select_cache_set_per_patient_is_one_group(traced: Traced, red
     assert set(kinds(traced, warm)) == {"cache_n_plus_one"}
 
 
-def test_the_batched_twin_and_lazy_loads_alone_are_not_groups(traced: Traced, redis_client: Any) -> None:
+def test_the_batched_twin_and_lazy_loads_alone_are_not_groups(traced: Traced, clean_cache: None) -> None:
     _, server = traced.request("/patients/cached/lookup/optimized/?ids=" + ",".join(map(str, range(1, 9))))
     assert not kinds(traced, server)
     _, server = traced.request("/encounters/?limit=10")  # patient, facility, insurance per row: N+1s
