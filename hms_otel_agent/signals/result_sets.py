@@ -21,7 +21,10 @@ read of every loaded instance. A large result with many columns is where ``only(
 code uses. ``SELECT *`` and statements whose list cannot be read are not counted as wide.
 
 Only the main statement's ``LIMIT`` counts when deciding "unbounded" (a ``LIMIT`` anywhere in the
-text, e.g. in a subquery, makes it bounded: no false positive, a possible miss). Results read
+text, e.g. in a subquery, makes it bounded: no false positive, a possible miss). A statement that
+filters on a list of values (``IN (...)``, ``= ANY(...)``: a ``prefetch_related`` query, a batched
+lookup) is bounded by that list — the query that produced the list is the one to paginate — so it
+can only be a wide result. Results read
 through a server-side cursor (``QuerySet.iterator()`` on PostgreSQL) have no row count and are not
 checked: streaming is already the fix. Standard library only.
 """
@@ -40,6 +43,7 @@ WIDE_RESULT = "wide_result"
 KINDS = (UNBOUNDED_RESULT, WIDE_RESULT)
 
 _BOUNDED = re.compile(r"\b(?:LIMIT|FETCH\s+(?:FIRST|NEXT))\b")
+_BY_VALUE_LIST = re.compile(r"\bIN \(\.\.\.\)|\bANY\(\.\.\.\)")
 _SELECTS = ("SELECT", "WITH")
 
 
@@ -51,6 +55,12 @@ def is_bounded(statement: str) -> bool:
     """True when the statement has a LIMIT or FETCH FIRST / NEXT (keywords are upper-case in
     the normalized text)."""
     return _BOUNDED.search(statement) is not None
+
+
+def by_value_list(statement: str) -> bool:
+    """``WHERE fk IN (...)`` / ``= ANY(...)``: rows for a list of keys the code already holds (a
+    prefetch, a batched lookup) — bounded by that list, whose own query is where to paginate."""
+    return _BY_VALUE_LIST.search(statement) is not None
 
 
 def select_width(statement: str) -> int | None:
@@ -138,6 +148,10 @@ def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
         wide = width is not None and width >= settings.wide_result_columns
         if bounded and not wide:
             continue
+        if not bounded and by_value_list(first.statement):
+            if not wide:
+                continue
+            bounded = True  # bounded by its key list: only the width can be helped here
         kind = WIDE_RESULT if bounded else UNBOUNDED_RESULT
         model = _model(calls)
         location = _most_common_location(calls)

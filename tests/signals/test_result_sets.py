@@ -74,6 +74,19 @@ def test_fewer_rows_a_limit_or_no_row_count_are_not() -> None:
     assert detect(owner(call(NARROW, -1)), SETTINGS) == []  # server-side cursor: unknown
 
 
+def test_rows_for_a_list_of_keys_are_bounded_by_it() -> None:
+    prefetch = (
+        'SELECT "c"."id", "c"."patient_id" FROM "hms_emergencycontact" c WHERE "c"."patient_id" IN (1, 2, 3)'
+    )
+    assert detect(owner(call(prefetch, 5000)), SETTINGS) == []
+    assert detect(owner(call("SELECT id FROM t WHERE id = ANY(%s)", 5000)), SETTINGS) == []
+    [wide] = detect(
+        owner(call(WIDE.replace('FROM "hms_patient"', 'FROM "hms_patient" WHERE id IN (1, 2)'), 500)),
+        SETTINGS,
+    )
+    assert wide.kind == "wide_result"
+
+
 def test_writes_returning_rows_are_not_result_sets() -> None:
     assert detect(owner(call("INSERT INTO t (a) SELECT a FROM u RETURNING id", 500)), SETTINGS) == []
 
