@@ -19,6 +19,8 @@ SCHEMA = "hms-otel-report/1"
 RECORDED = "recorded"  # findings the live agent wrote into the telemetry (hms-otel report)
 ANALYZED = "analyzed"  # findings detected here from raw spans (hms-otel analyze)
 
+AGGREGATE_ROUTE = "(across requests)"  # the route shown for findings decided over many requests
+
 # A key pattern read at least this often with a hit ratio below this is a warming candidate.
 WARMING_MIN_READS = 20
 WARMING_MAX_HIT_RATIO = 0.5
@@ -312,7 +314,7 @@ class Aggregator:
             group = self.groups.get(key)
             if group is None:
                 group = self.groups[key] = FindingGroup(fingerprint=key, kind=finding.kind)
-            group.add(finding, owner.label, owner.service)
+            group.add(finding, AGGREGATE_ROUTE if owner.aggregate else owner.label, owner.service)
 
     def report(self) -> Report:
         findings = sorted(
