@@ -167,6 +167,7 @@ class Finding:
     table: str = ""  # the table an index or a column list is for
     columns: tuple[str, ...] = ()  # index columns (slow queries), or columns returned (wide results)
     members: tuple[str, ...] = ()  # repeated query groups: the calls repeated together, in order
-    # Not exported: what a repeated-group finding replaces among the owner's other findings,
-    # as "statement:<normalized SQL>", "relation:<app.Model.field>", "key_pattern:<pattern>".
+    # Not exported: a repeated group's members as "statement:<normalized SQL>",
+    # "relation:<app.Model.field>", "key_pattern:<pattern>"; registry.consolidate drops the
+    # owner's cache N+1 findings of those key patterns.
     covers: tuple[str, ...] = ()

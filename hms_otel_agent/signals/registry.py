@@ -2,7 +2,7 @@
 means one new module in signals/ and one line here.
 
 `consolidate` runs after all detectors of one owner (live and in ``hms-otel analyze``): a
-repeated-group finding replaces the N+1 and cache N+1 findings of its members."""
+repeated-group finding replaces the cache N+1 findings of its key patterns."""
 
 from __future__ import annotations
 

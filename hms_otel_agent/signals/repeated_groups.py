@@ -15,11 +15,15 @@ repeated_group     such a group with at least one SQL statement; not reported wh
                    ``get_many`` / ``set_many``, is the batching)
 ================== ==========================================================================
 
-Overlap with the per-fingerprint detectors: the group finding *replaces* the ``n_plus_one`` and
-``cache_n_plus_one`` findings of its members (`consolidate`, run by the span processor and by
-``hms-otel analyze`` after all detectors): one loop is one finding, with one fix per step, and its
-time is not counted twice. Each member's own fix is part of the group's fix. Members that have no
-finding of their own (a ``cache.set`` per item) are named in the group only.
+Overlap with the per-fingerprint detectors (`consolidate`, run by the span processor and by
+``hms-otel analyze`` after all detectors): the group *replaces* the ``cache_n_plus_one`` findings
+of its key patterns — ``cache.get_many`` alone is half a fix when each miss then runs a query and
+a write, and the group's fix has every step. The SQL members keep their ``n_plus_one`` findings:
+the N+1 is the finding that gates CI (``pytest --hms-otel`` fails on ``n_plus_one`` by default,
+and one in a cache-aside loop must keep failing it) and carries the exact ORM fix, which the
+group's fix repeats. So a cache-aside loop with a query per item is two findings — the N+1 of the
+query, and the group for the loop — and never three. Members that have no finding of their own
+(a ``cache.set`` per item) are named in the group only.
 
 Exact repetition only: a loop whose body differs between items (a cache hit for some patients,
 a miss and a query for others) is not a group; its parts still get their N+1 findings. Standard
@@ -44,7 +48,7 @@ MAX_PERIOD = 8  # calls in one loop body
 MAX_CALLS = 5000
 
 # Findings a group replaces (see `consolidate`).
-_COVERED_KINDS = frozenset(("n_plus_one", "cache_n_plus_one"))
+_COVERED_KINDS = frozenset(("cache_n_plus_one",))
 
 
 @dataclass(slots=True)
@@ -247,8 +251,8 @@ def _location(step: _Step) -> CodeLocation | None:
 
 
 def consolidate(findings: list[Finding]) -> list[Finding]:
-    """Drop the N+1 / cache N+1 findings that a repeated-group finding of the same owner
-    replaces. Returns `findings` itself when there is nothing to drop."""
+    """Drop the cache N+1 findings that a repeated-group finding of the same owner replaces.
+    Returns `findings` itself when there is nothing to drop."""
     covered: set[str] = set()
     for finding in findings:
         if finding.kind == REPEATED_GROUP:
@@ -257,14 +261,7 @@ def consolidate(findings: list[Finding]) -> list[Finding]:
         return findings
     kept = []
     for finding in findings:
-        if finding.kind in _COVERED_KINDS:
-            if finding.kind == "cache_n_plus_one":
-                key = "key_pattern:" + finding.key_pattern
-            elif finding.relation and finding.relation_kind in a.RELATION_KINDS:
-                key = "relation:" + finding.relation
-            else:
-                key = "statement:" + finding.statement
-            if key in covered:
-                continue
+        if finding.kind in _COVERED_KINDS and "key_pattern:" + finding.key_pattern in covered:
+            continue
         kept.append(finding)
     return kept
