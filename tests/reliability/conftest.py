@@ -304,6 +304,28 @@ class PhiDb:
     patient_ids: list[int]
     profile_keys: list[str]  # Django cache keys (as stored in Redis) that hold PHI values
 
+    def seed_cache(self) -> list[str]:
+        """(Re)write the PHI cache entries; return their keys."""
+        import redis
+
+        client = redis.Redis.from_url(self.env["REDIS_URL"])
+        keys = []
+        try:
+            for pk, p in list(zip(self.patient_ids, FAKE_PATIENTS, strict=True))[-1:]:
+                key = f":1:patient:{pk}:profile"
+                profile = {
+                    "id": pk,
+                    "mrn": p.mrn,
+                    "name": f"{p.given_name} {p.family_name}",
+                    "date_of_birth": p.dob,
+                }
+                client.set(key, pickle.dumps(profile, pickle.HIGHEST_PROTOCOL))
+                keys.append(key)
+            client.set("hms:stats:last", REDIS_NOTE)
+        finally:
+            client.close()
+        return keys
+
 
 def _insert_fake_patients(database_url: str) -> list[int]:
     """Insert FAKE_PATIENTS and their related rows; return their ids.
@@ -397,16 +419,11 @@ def phi_app_db(sample_app_db: dict[str, str]) -> Iterator[PhiDb]:
     import redis
 
     ids = _insert_fake_patients(sample_app_db["DATABASE_URL"])
+    phi = PhiDb(sample_app_db, ids, [])
+    phi.profile_keys = keys = phi.seed_cache()
     client = redis.Redis.from_url(sample_app_db["REDIS_URL"])
-    keys = []
-    for pk, p in list(zip(ids, FAKE_PATIENTS, strict=True))[-1:]:
-        key = f":1:patient:{pk}:profile"
-        profile = {"id": pk, "mrn": p.mrn, "name": f"{p.given_name} {p.family_name}", "date_of_birth": p.dob}
-        client.set(key, pickle.dumps(profile, pickle.HIGHEST_PROTOCOL))
-        keys.append(key)
-    client.set("hms:stats:last", REDIS_NOTE)
     try:
-        yield PhiDb(sample_app_db, ids, keys)
+        yield phi
     finally:
         client.delete(*keys, "hms:stats:last")
         for pk in ids:
