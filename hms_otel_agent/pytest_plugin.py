@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from hms_otel_agent.signals.registry import FINDING_KINDS
+
 if TYPE_CHECKING:
     from hms_otel_agent.report.model import Aggregator
     from hms_otel_agent.report.otlp import SpanData
@@ -35,15 +37,7 @@ if TYPE_CHECKING:
 
 ALLOW_MARKER = "hms_otel_allow"
 ALLOW_ATTRIBUTE = "hms.pytest.allow"  # on owner spans opened by allow(); never leaves the process
-KINDS = (
-    "n_plus_one",
-    "duplicate_query",
-    "cache_n_plus_one",
-    "cache_repeated_miss",
-    "cache_miss_without_fill",
-    "cache_write_without_ttl",
-    "cache_invalidation_storm",
-)
+KINDS = FINDING_KINDS
 DEFAULT_FAIL_ON = "n_plus_one"
 
 

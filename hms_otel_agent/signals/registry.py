@@ -12,6 +12,7 @@ from hms_otel_agent.config import Settings
 from hms_otel_agent.signals import (
     cache_signals,
     connections,
+    eager_loading,
     n_plus_one,
     repeated_groups,
     result_sets,
@@ -31,3 +32,20 @@ DETECTORS: list[Detector] = [
 ]
 
 consolidate = repeated_groups.consolidate
+
+# Every kind of finding, in the order reports list them.
+FINDING_KINDS: tuple[str, ...] = (
+    n_plus_one.N_PLUS_ONE,
+    n_plus_one.DUPLICATE_QUERY,
+    cache_signals.CACHE_N_PLUS_ONE,
+    cache_signals.CACHE_REPEATED_MISS,
+    cache_signals.CACHE_MISS_WITHOUT_FILL,
+    cache_signals.CACHE_WRITE_WITHOUT_TTL,
+    cache_signals.CACHE_INVALIDATION_STORM,
+    repeated_groups.REPEATED_GROUP,
+    slow_queries.SLOW_QUERY,
+    result_sets.UNBOUNDED_RESULT,
+    result_sets.WIDE_RESULT,
+    connections.CONNECTION_CHURN,
+    eager_loading.UNUSED_EAGER_LOAD,
+)
