@@ -34,7 +34,7 @@ from hms_otel_agent import __version__, guard
 from hms_otel_agent.config import Settings
 from hms_otel_agent.export.batch import DROP_REASONS, BoundedBatchSpanProcessor
 from hms_otel_agent.export.otlp_json import OtlpJsonFileMetricExporter, OtlpJsonFileSpanExporter
-from hms_otel_agent.export.resilient import ResilientMetricExporter, ResilientSpanExporter
+from hms_otel_agent.export.resilient import ResilientMetricExporter, ResilientSpanExporter, plain_http_session
 from hms_otel_agent.processors import Detector, SignalMetrics, SignalProcessor
 from hms_otel_agent.signals.activity import Finding, OwnerActivity
 
@@ -247,7 +247,12 @@ def _otlp_span_exporter(settings: Settings) -> SpanExporter:
     http_compression = HttpCompression.Gzip if gzip else HttpCompression.NoCompression
 
     def http_factory() -> SpanExporter:
-        return Http(endpoint=endpoint, timeout=timeout, compression=http_compression)
+        return Http(
+            endpoint=endpoint,
+            timeout=timeout,
+            compression=http_compression,
+            session=plain_http_session(endpoint),
+        )
 
     return ResilientSpanExporter(http_factory, endpoint)
 

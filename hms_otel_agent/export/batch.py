@@ -7,6 +7,14 @@ hms.agent.dropped_spans), says so in the log (once when the queue first overflow
 summary at most once a minute while it keeps dropping), re-initialises after fork (gunicorn
 workers), and shuts down within a deadline shared by all exporters so a dead backend cannot
 hold up process exit. The queue never holds more than `max_queue_size` spans.
+
+Batching follows the SDK's semantics: the worker wakes up when a full batch
+(`max_export_batch_size`) is queued and then exports full batches only; a partial batch leaves
+when the schedule delay has passed since the last timed export, on `force_flush` and at
+shutdown. (Draining everything on every wake-up posted the tail that arrived during the
+previous export as a small batch of its own: under load ~25 spans per request, each paying
+the HTTP client's per-request work.) An optional `SpanCompressor` (export/compress.py) holds
+back runs of repeated DB spans until their parent ends.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from hms_otel_agent import guard
+from hms_otel_agent.export.compress import SpanCompressor
 
 logger = logging.getLogger("hms_otel")
 DROP_SUMMARY_INTERVAL_S = 60.0
@@ -39,8 +48,10 @@ class BoundedBatchSpanProcessor(SpanProcessor):
         max_export_batch_size: int = 512,
         schedule_delay_ms: int = 5000,
         name: str = "traces",
+        compressor: SpanCompressor | None = None,
     ) -> None:
         self.exporter = exporter
+        self.compressor = compressor
         self.name = name
         self._max_queue_size = max_queue_size
         self._max_batch = min(max_export_batch_size, max_queue_size)
@@ -74,6 +85,8 @@ class BoundedBatchSpanProcessor(SpanProcessor):
         self._window_drops = 0
         self._window_start = 0.0
         self._warned = False
+        if self.compressor is not None:
+            self.compressor.reset()
         self._worker = threading.Thread(target=self._run, name=f"hms-otel-export-{self.name}", daemon=True)
         if not self._shutdown:
             self._worker.start()
@@ -90,6 +103,18 @@ class BoundedBatchSpanProcessor(SpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         if self._shutdown or not span.context.trace_flags.sampled:
             return
+        compressor = self.compressor
+        if compressor is not None:
+            try:
+                out = compressor.offer(span)
+            except Exception as exc:
+                guard.report(f"{self.name} span compression", exc)
+                out = span
+            if out is None:
+                return  # held back: part of a run of repeated DB spans
+            if out.__class__ is list:
+                self._enqueue_many(out)
+                return
         queue = self._queue
         with self._queue_lock:
             length = len(queue)
@@ -103,7 +128,20 @@ class BoundedBatchSpanProcessor(SpanProcessor):
                 full = True
         if full:
             self._drop("queue_full", 1)
-        elif length >= self._max_batch or self._eager:
+        elif self._eager or (length >= self._max_batch and not self._wakeup.is_set()):
+            self._wakeup.set()
+
+    def _enqueue_many(self, spans: Sequence[ReadableSpan]) -> None:
+        queue = self._queue
+        with self._queue_lock:
+            room = max(0, self._max_queue_size - len(queue))
+            queue.extend(spans[:room] if room < len(spans) else spans)
+            length = len(queue)
+            if length > self.max_queue_length:
+                self.max_queue_length = length
+        if room < len(spans):
+            self._drop("queue_full", len(spans) - room)
+        if self._eager or (length >= self._max_batch and not self._wakeup.is_set()):
             self._wakeup.set()
 
     def _drop(self, reason: str, count: int) -> None:
@@ -145,12 +183,24 @@ class BoundedBatchSpanProcessor(SpanProcessor):
         )
 
     def _run(self) -> None:
+        delay = self._delay_s
+        next_timed = time.monotonic() + delay
         while not self._shutdown:
-            self._wakeup.wait(None if self._eager else self._delay_s)
+            if self._eager:
+                self._wakeup.wait()
+            else:
+                self._wakeup.wait(max(0.0, next_timed - time.monotonic()))
             self._wakeup.clear()
             if self._shutdown:
                 break
-            self._export_all()
+            if self._eager or time.monotonic() >= next_timed:
+                # The schedule delay has passed: everything queued leaves, partial batch included.
+                self._release_held(closed_only=True)
+                self._export_all()
+                next_timed = time.monotonic() + delay
+            else:
+                # Woken up by a full batch: full batches only; the tail waits for the timer.
+                self._export_all(full_batches_only=True)
             try:
                 self._maybe_summarize_drops()
             except Exception as exc:
@@ -158,16 +208,31 @@ class BoundedBatchSpanProcessor(SpanProcessor):
         if self._final_deadline is not None:
             self._final_flush()
 
+    def _release_held(self, closed_only: bool) -> None:
+        compressor = self.compressor
+        if compressor is None:
+            return
+        try:
+            spans = compressor.release_closed() if closed_only else compressor.release_all()
+        except Exception as exc:
+            guard.report(f"{self.name} span compression", exc)
+            return
+        if spans:
+            self._enqueue_many(spans)
+
     def _take_batch(self) -> list[ReadableSpan]:
         queue = self._queue
         with self._queue_lock:
             return [queue.popleft() for _ in range(min(self._max_batch, len(queue)))]
 
-    def _export_all(self, deadline: float | None = None, drop_at_deadline: bool = False) -> bool:
-        """Export what is queued; False if the deadline came first (then, at shutdown, the rest
-        is dropped and counted)."""
+    def _export_all(
+        self, deadline: float | None = None, drop_at_deadline: bool = False, full_batches_only: bool = False
+    ) -> bool:
+        """Export what is queued (or only full batches); False if the deadline came first (then,
+        at shutdown, the rest is dropped and counted)."""
+        minimum = self._max_batch if full_batches_only else 1
         with self._export_lock:
-            while self._queue:
+            while len(self._queue) >= minimum:
                 if deadline is not None and time.monotonic() >= deadline:
                     if drop_at_deadline:
                         with self._queue_lock:
@@ -197,6 +262,7 @@ class BoundedBatchSpanProcessor(SpanProcessor):
         if self._shutdown:
             return False
         # What is not exported by the deadline stays queued for the next export.
+        self._release_held(closed_only=False)
         return self._export_all(time.monotonic() + timeout_millis / 1000.0)
 
     def shutdown(self, timeout_millis: int = 30000) -> None:
@@ -215,11 +281,14 @@ class BoundedBatchSpanProcessor(SpanProcessor):
                 with self._queue_lock:
                     left = len(self._queue)
                     self._queue.clear()
+                if self.compressor is not None:
+                    left += len(self.compressor.release_all())  # held back, never queued
                 self._drop("shutdown", left)
         else:
             self._final_flush()
 
     def _final_flush(self) -> None:
+        self._release_held(closed_only=False)
         self._export_all(self._final_deadline, drop_at_deadline=True)
         try:
             self.exporter.shutdown()

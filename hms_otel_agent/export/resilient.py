@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -161,6 +162,51 @@ def probe(url: str, timeout_s: float = 1.0) -> str:
         return "timed out"
     except OSError as exc:
         return exc.strerror or type(exc).__name__
+
+
+# What requests reads from the environment on every request when Session.trust_env is true
+# (proxies and their exceptions, a CA bundle, .netrc credentials), and the OTLP exporter's own
+# credential provider, which brings its own session.
+# (any *_proxy variable counts: urllib's getproxies_environment reads them all)
+_ENVIRONMENT_VARIABLES = (
+    "netrc",
+    "otel_python_exporter_otlp_http_credential_provider",
+    "otel_python_exporter_otlp_http_traces_credential_provider",
+)
+
+
+_CA_BUNDLE_VARIABLES = ("requests_ca_bundle", "curl_ca_bundle")
+
+
+def plain_http_session(endpoint: str) -> Any:
+    """A requests Session that skips the per-request environment lookups (trust_env=False), or
+    None when the environment configures anything those lookups would find — then the exporter
+    keeps its default session and behaves exactly as without the agent.
+
+    With trust_env requests calls get_environ_proxies / should_bypass_proxies and looks for a
+    .netrc file on every POST; nothing of it can matter when no proxy, CA bundle, netrc or
+    credential provider is configured (a CA bundle only for https endpoints), which is checked
+    here once per process. Only on platforms
+    where proxies come from the environment alone (not macOS or Windows, whose system proxy
+    settings requests also reads)."""
+    try:
+        if sys.platform in ("darwin", "win32"):
+            return None
+        names = {name.lower() for name in os.environ}
+        if names.intersection(_ENVIRONMENT_VARIABLES) or any(name.endswith("_proxy") for name in names):
+            return None
+        if not endpoint.lower().startswith("http://") and names.intersection(_CA_BUNDLE_VARIABLES):
+            return None
+        home = os.path.expanduser("~")
+        if any(os.path.exists(os.path.join(home, name)) for name in (".netrc", "_netrc")):
+            return None
+        import requests
+
+        session = requests.Session()
+        session.trust_env = False
+        return session
+    except Exception:
+        return None
 
 
 class _PerProcess:
