@@ -118,7 +118,23 @@ def send(app: AppProcess, req: Req, timeout: float = 30) -> Answer:
     return Answer(req.method, req.path, response.status, normalized_body(req.path, response.body), took)
 
 
+def flush_redis(url: str | None) -> None:
+    """Empty the app's Redis database: the tests of a worker share one, and an entry cached by
+    an app on another database (``patient:3:summary``) would change the answers."""
+    if not url:
+        return
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+
+
 def drive(app: AppProcess, requests: Sequence[Req]) -> list[Answer]:
+    """Send `requests` in order, from an empty cache (so two runs see the same cache states)."""
+    flush_redis(app.env.get("REDIS_URL"))
     return [send(app, req) for req in requests]
 
 

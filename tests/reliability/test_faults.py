@@ -33,6 +33,7 @@ from .conftest import (
     Req,
     assert_same_answers,
     drive,
+    flush_redis,
     gunicorn,
     metric_values,
     send,
@@ -62,7 +63,7 @@ def metrics_to(receiver: OtlpReceiver) -> dict[str, str]:
     }
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 15, what: str = "condition") -> None:
+def wait_until(predicate: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -382,6 +383,7 @@ def test_postgresql_restarting(
         assert {o[0] for o in same_outcome(requests, with_agent, without)} == {200}
     finally:
         server.stop()
+        flush_redis(redis_url)  # nothing cached from this database for the next test
 
 
 # --- the agent itself fails ------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from harness.otlp_receiver import OtlpReceiver, ReceivedSpan
 from harness.processes import AppProcess, run, venv_executable
 from harness.services import PrivatePostgres, create_database
 
-from .conftest import FAST_EXPORT, MANAGE, gunicorn, is_linux, start_sample, uvicorn
+from .conftest import FAST_EXPORT, MANAGE, flush_redis, gunicorn, is_linux, start_sample, uvicorn
 
 pytestmark = pytest.mark.e2e
 
@@ -152,6 +152,7 @@ def many_connections_db(redis_url: str) -> Iterator[dict[str, str]]:
         yield env
     finally:
         server.stop()
+        flush_redis(redis_url)  # nothing cached from this database for the next test
 
 
 @pytest.mark.parametrize(
