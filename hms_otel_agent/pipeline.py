@@ -334,15 +334,30 @@ def install_end_hook() -> None:
         return
     original = Span.end
     time_ns = time.time_ns
+    # The provider's processors tuple -> their before_end callables. The SDK replaces the tuple
+    # when a processor is added, so a new tuple is looked at once; bounded by the providers.
+    hooks: dict[int, tuple[Any, tuple[Callable[[Span, int], None], ...]]] = {}
+
+    def before_end_hooks(processors: Any) -> tuple[Callable[[Span, int], None], ...]:
+        callables = tuple(
+            hook for hook in (getattr(p, "before_end", None) for p in processors) if hook is not None
+        )
+        if len(hooks) > 1000:
+            hooks.clear()
+        hooks[id(processors)] = (processors, callables)  # keeps the tuple alive: its id stays its own
+        return callables
 
     def end(self: Span, end_time: int | None = None) -> None:
         if self._end_time is None:
             if end_time is None:
                 end_time = time_ns()
-            for processor in getattr(self._span_processor, "_span_processors", ()):
-                before_end = getattr(processor, "before_end", None)
-                if before_end is not None:
-                    before_end(self, end_time)
+            processors = getattr(self._span_processor, "_span_processors", ())
+            entry = hooks.get(id(processors))
+            callables = (
+                entry[1] if entry is not None and entry[0] is processors else before_end_hooks(processors)
+            )
+            for before_end in callables:
+                before_end(self, end_time)
         original(self, end_time)
 
     Span.end = end  # type: ignore[method-assign]

@@ -105,6 +105,11 @@ class SignalProcessor(SpanProcessor):
         self.evicted = 0
         self._lock = threading.Lock()
 
+    @property
+    def open_span_ids(self) -> dict[int, Any]:
+        """Span ids of the spans that started and have not ended (read-only use: membership)."""
+        return self._open
+
     # --- SDK callbacks ---------------------------------------------------------------
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
@@ -147,7 +152,10 @@ class SignalProcessor(SpanProcessor):
     def before_end(self, span: Span, end_ns: int) -> None:
         """Called by the `Span.end` hook while the span can still be written."""
         try:
-            _scrub(span, self.settings)
+            # DB and cache client spans never carry a URL: the statement, the command, ours.
+            scope = span._instrumentation_scope
+            scope_name = scope.name if scope is not None else ""
+            _scrub(span, self.settings, scope_name not in DB_SCOPES and scope_name not in CACHE_SCOPES)
         except Exception as exc:
             guard.report("span processor (redaction)", exc)
             _scrub_fail_closed(span)
@@ -304,31 +312,34 @@ class SignalProcessor(SpanProcessor):
     def _record_cache(self, span: Span, activity: OwnerActivity, route: str) -> None:
         hits = misses = 0
         metrics = self.metrics
+        # Summed per key pattern first: one counter add per pattern and result, not per call.
+        reads: dict[str, list[int]] = {}
         for call in activity.cache_calls:
             hits += call.hits
             misses += call.misses
             if metrics is None:
                 continue
-            if call.hits:
-                metrics.cache_reads.add(
-                    call.hits,
-                    {
-                        "http.route": route,
-                        "hms.cache.key_pattern": call.key_pattern,
-                        "hms.cache.result": "hit",
-                    },
-                )
-            if call.misses:
-                metrics.cache_reads.add(
-                    call.misses,
-                    {
-                        "http.route": route,
-                        "hms.cache.key_pattern": call.key_pattern,
-                        "hms.cache.result": "miss",
-                    },
-                )
+            if call.hits or call.misses:
+                counts = reads.get(call.key_pattern)
+                if counts is None:
+                    reads[call.key_pattern] = [call.hits, call.misses]
+                else:
+                    counts[0] += call.hits
+                    counts[1] += call.misses
             if call.writes and call.ttl_s is not None:
                 metrics.cache_write_ttl.record(call.ttl_s, {"hms.cache.key_pattern": call.key_pattern})
+        if metrics is not None:
+            for pattern, (pattern_hits, pattern_misses) in reads.items():
+                if pattern_hits:
+                    metrics.cache_reads.add(
+                        pattern_hits,
+                        {"http.route": route, "hms.cache.key_pattern": pattern, "hms.cache.result": "hit"},
+                    )
+                if pattern_misses:
+                    metrics.cache_reads.add(
+                        pattern_misses,
+                        {"http.route": route, "hms.cache.key_pattern": pattern, "hms.cache.result": "miss"},
+                    )
         if hits or misses:
             span.set_attribute("hms.cache.hit_count", hits)
             span.set_attribute("hms.cache.miss_count", misses)
@@ -338,24 +349,27 @@ class SignalProcessor(SpanProcessor):
 _URL_ATTRIBUTES = ("http.url", "http.target", "url.full")
 
 
-def _scrub(span: Span, settings: Settings) -> None:
-    """Remove identifying query values and exception messages before the span is exported."""
-    attributes = span.attributes
-    if attributes and settings.redact_query_params:
-        names = settings.redact_query_params
-        for key in _URL_ATTRIBUTES:
-            value = attributes.get(key)
-            if isinstance(value, str) and "?" in value:
-                redacted = redact.redact_url(value, names)
-                if redacted != value:
-                    span.set_attribute(key, redacted)
-        query = attributes.get("url.query")
-        if isinstance(query, str) and query:
-            span.set_attribute("url.query", redact.redact_query(query, names))
+def _scrub(span: Span, settings: Settings, urls: bool = True) -> None:
+    """Remove identifying query values and exception messages before the span is exported.
+    `urls`: look at the URL attributes (not for DB and cache client spans)."""
+    if urls and settings.redact_query_params:
+        bounded = span._attributes
+        attributes = getattr(bounded, "_dict", bounded)  # the plain dict: no KeyError per lookup
+        if attributes:
+            names = settings.redact_query_params
+            for key in _URL_ATTRIBUTES:
+                value = attributes.get(key)
+                if isinstance(value, str) and "?" in value:
+                    redacted = redact.redact_url(value, names)
+                    if redacted != value:
+                        span.set_attribute(key, redacted)
+            query = attributes.get("url.query")
+            if isinstance(query, str) and query:
+                span.set_attribute("url.query", redact.redact_query(query, names))
     if settings.capture_exception_messages:
         return
     events = span._events
-    for index in range(len(events)):
+    for index in range(len(events) if events else 0):
         event = events[index]
         if event.name == "exception" and event.attributes:
             scrubbed = dict(event.attributes)

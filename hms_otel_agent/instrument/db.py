@@ -65,20 +65,52 @@ class DbSpanRecord:
 
 
 def orm_attributes(orm: OrmContext) -> dict[str, Any]:
-    attributes: dict[str, Any] = {"hms.orm.model": orm.model, "hms.orm.operation": orm.kind}
-    if orm.relation:
-        attributes["hms.orm.relation"] = orm.relation
-    attributes["hms.orm.lazy"] = orm.lazy
-    if orm.path:
-        attributes["hms.orm.path"] = orm.path
-        attributes["hms.orm.root_model"] = orm.root_model
-    if orm.filtered:
-        attributes["hms.orm.filtered"] = True
+    """The span attributes of an ORM context: built once per (interned) context, then shared —
+    callers must not change the returned dict."""
+    entry = _orm_attributes.get(id(orm))
+    if entry is not None and entry[0] is orm:
+        return entry[1]
+    attributes = _build_orm_attributes(orm)
+    if len(_orm_attributes) < _MAX_CACHED:
+        _orm_attributes[id(orm)] = (orm, attributes)  # keeps `orm` alive: its id stays its own
+    return attributes
+
+
+def _build_orm_attributes(orm: OrmContext) -> dict[str, Any]:
+    attributes: dict[str, Any] = {}
+    if orm.model:
+        attributes["hms.orm.model"] = orm.model
+        attributes["hms.orm.operation"] = orm.kind
+        if orm.relation:
+            attributes["hms.orm.relation"] = orm.relation
+        attributes["hms.orm.lazy"] = orm.lazy
+        if orm.path:
+            attributes["hms.orm.path"] = orm.path
+            attributes["hms.orm.root_model"] = orm.root_model
+        if orm.filtered:
+            attributes["hms.orm.filtered"] = True
     if orm.location is not None:
         attributes["code.file.path"] = orm.location.file
         attributes["code.line.number"] = orm.location.line
         attributes["code.function.name"] = orm.location.function
     return attributes
+
+
+# id(OrmContext) -> (the context, its attributes). The ORM contexts are interned
+# (instrument/django_orm.py), and so are the raw statements' contexts below: bounded by the code.
+_orm_attributes: dict[int, tuple[OrmContext, dict[str, Any]]] = {}
+# CodeLocation -> the context of a raw statement (no ORM) run from there.
+_raw_contexts: dict[Any, OrmContext] = {}
+_MAX_CACHED = 20_000
+
+
+def _raw_context(location: Any) -> OrmContext:
+    orm = _raw_contexts.get(location)
+    if orm is None:
+        orm = OrmContext(model="", kind="raw", location=location)
+        if len(_raw_contexts) < _MAX_CACHED:
+            _raw_contexts[location] = orm
+    return orm
 
 
 def _params_hash(params: Any) -> int | None:
@@ -110,7 +142,7 @@ def install(settings: Settings) -> None:
             if orm is None:
                 location = user_location()
                 if location is not None:
-                    orm = OrmContext(model="", kind="raw", location=location)
+                    orm = _raw_context(location)
             params = args[1] if len(args) > 1 else None
             record = DbSpanRecord(fp, _params_hash(params), orm)
             record.execution = (statement, params, cursor)
@@ -126,15 +158,10 @@ def install(settings: Settings) -> None:
             return
         original(self, span, cursor, *args)
         try:
-            attributes: dict[str, Any] = {"hms.db.fingerprint": fp.digest}
-            if orm is not None:
-                if orm.model:
-                    attributes.update(orm_attributes(orm))
-                elif orm.location is not None:
-                    attributes["code.file.path"] = orm.location.file
-                    attributes["code.line.number"] = orm.location.line
-                    attributes["code.function.name"] = orm.location.function
-            span.set_attributes(attributes)
+            if orm is None:
+                span.set_attribute("hms.db.fingerprint", fp.digest)
+            else:
+                span.set_attributes({"hms.db.fingerprint": fp.digest, **orm_attributes(orm)})
             setattr(span, SPAN_RECORD, record)
         except Exception as exc:
             guard.report("SQL span hook", exc)

@@ -57,6 +57,8 @@ from collections.abc import Callable
 from contextvars import ContextVar, Token
 from typing import Any
 
+from opentelemetry.trace import get_current_span
+
 from hms_otel_agent import guard
 from hms_otel_agent.instrument.context import current_orm, user_location
 from hms_otel_agent.signals.activity import DEFERRED as DEFERRED_KIND
@@ -132,8 +134,10 @@ def _context(
 ) -> OrmContext:
     """The OrmContext of this operation at the user's code location, interned: the contexts are
     frozen and a loop produces the same one every time, and building a frozen dataclass costs
-    more than looking it up."""
-    location = user_location()
+    more than looking it up. No code location (no walk up the stack) when the current span is a
+    valid span that is not recording: a sampled-out request, whose DB spans are not recorded."""
+    span = get_current_span()
+    location = user_location() if span.is_recording() or not span.get_span_context().is_valid else None
     if location is None:
         key: tuple[Any, ...] = (kind, model, relation, path, root, lazy, filtered)
     else:

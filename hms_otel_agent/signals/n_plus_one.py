@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from typing import Any
 
 from hms_otel_agent.config import Settings
 from hms_otel_agent.signals import activity as a
@@ -40,8 +41,26 @@ def _operation(call: DbCall) -> str:
 
 
 def _most_common(values: Iterable[object]) -> object | None:
-    counts = Counter(v for v in values if v is not None)
-    return counts.most_common(1)[0][0] if counts else None
+    """The most frequent value (the first seen among equals). Counted by identity first — the
+    ORM contexts and code locations are interned, so a run of N calls has one or a few distinct
+    objects — and only those are hashed (a frozen dataclass hashes every field on each call)."""
+    by_id: dict[int, list[Any]] = {}
+    for value in values:
+        if value is not None:
+            entry = by_id.get(id(value))
+            if entry is None:
+                by_id[id(value)] = [value, 1]
+            else:
+                entry[1] += 1
+    if not by_id:
+        return None
+    if len(by_id) == 1:
+        only: object = next(iter(by_id.values()))[0]
+        return only
+    counts: Counter[object] = Counter()
+    for value, count in by_id.values():  # in order of first occurrence, as Counter(values) was
+        counts[value] += count
+    return counts.most_common(1)[0][0]
 
 
 def _group_key(call: DbCall) -> tuple[str, str, str]:
