@@ -254,6 +254,17 @@ OPTIONS: tuple[Option, ...] = (
         "an integer >= 100",
         "Open spans the signal processor keeps state for; the oldest are evicted.",
     ),
+    Option(
+        "HMS_OTEL_COMPRESS_SPANS",
+        "compress_spans",
+        False,
+        _bool,
+        "true or false",
+        "Export a run of repeated DB spans under one parent (same statement and ORM context, at least "
+        "HMS_OTEL_N_PLUS_ONE_THRESHOLD of them) as one summary span with hms.compressed.count and "
+        "hms.compressed.duration_ms, like Elastic APM's span compression (OTLP exporters only; "
+        "findings are unchanged).",
+    ),
     # Signals
     Option(
         "HMS_OTEL_N_PLUS_ONE_THRESHOLD",
@@ -729,6 +740,7 @@ class Settings:
     shutdown_timeout_ms: int = 3000
     report: str = "auto"
     max_tracked_spans: int = 20_000
+    compress_spans: bool = False
     n_plus_one_threshold: int = 5
     n_plus_one_min_duration_ms: float = 0.0
     duplicate_query_threshold: int = 2

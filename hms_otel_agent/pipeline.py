@@ -33,6 +33,7 @@ from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
 from hms_otel_agent import __version__, guard
 from hms_otel_agent.config import Settings
 from hms_otel_agent.export.batch import DROP_REASONS, BoundedBatchSpanProcessor
+from hms_otel_agent.export.compress import SpanCompressor
 from hms_otel_agent.export.otlp_encode import http_span_exporter_class
 from hms_otel_agent.export.otlp_json import OtlpJsonFileMetricExporter, OtlpJsonFileSpanExporter
 from hms_otel_agent.export.resilient import ResilientMetricExporter, ResilientSpanExporter, plain_http_session
@@ -399,11 +400,21 @@ def build(
     pipeline = Pipeline(tracer_provider, meter_provider, signal_processor)
     chosen = list(_span_exporters(settings) if span_exporters is None else span_exporters)
     for label, exporter in chosen:
+        compressor = None
+        if settings.compress_spans and label != "file":
+            # Never the local file: `hms-otel analyze` and the report read every span from it.
+            compressor = SpanCompressor(
+                threshold=settings.n_plus_one_threshold,
+                max_duration_ms=settings.slow_query_ms,
+                open_spans=signal_processor.open_span_ids,
+                max_held=settings.bsp_max_queue_size,
+            )
         batch = BoundedBatchSpanProcessor(
             exporter,
             max_queue_size=settings.bsp_max_queue_size,
             max_export_batch_size=settings.bsp_max_export_batch_size,
             schedule_delay_ms=settings.bsp_schedule_delay_ms,
+            compressor=compressor,
         )
         tracer_provider.add_span_processor(batch)
         pipeline.batch_processors.append(batch)

@@ -52,6 +52,8 @@ class BoundedBatchSpanProcessor(SpanProcessor):
     ) -> None:
         self.exporter = exporter
         self.compressor = compressor
+        # Called by the agent's Span.end hook (pipeline.install_end_hook) only when compressing.
+        self.before_end = compressor.mark if compressor is not None else None
         self.name = name
         self._max_queue_size = max_queue_size
         self._max_batch = min(max_export_batch_size, max_queue_size)

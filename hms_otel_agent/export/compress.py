@@ -76,40 +76,53 @@ class SpanCompressor:
     def reset(self) -> None:
         self._lock = threading.Lock()
         self._held: dict[int, dict[tuple[str, int], _Run]] = {}
+        # span id -> (parent id, run key, duration): eligible spans between mark() and offer()
+        self._marked: dict[int, tuple[int, tuple[str, int], int]] = {}
         self.held_spans = 0  # spans referenced by _held (first + pending of every run)
         self.compressed_spans = 0  # spans that left inside a summary (for tests and benchmarks)
         self.summaries = 0
 
+    def mark(self, span: Any, end_ns: int) -> None:
+        """From the `Span.end` hook, while the span is still the live SDK span (its DB record is
+        on it; the processors' on_end get a copy without it): note an eligible span by id."""
+        record = getattr(span, SPAN_RECORD, None)
+        if record is None:
+            return
+        parent = span._parent
+        if (
+            parent is None
+            or parent.is_remote
+            or span._events
+            or span._links
+            or span._status.status_code not in (_UNSET, _OK)
+            or not span._context.trace_flags.sampled
+        ):
+            return
+        duration = end_ns - span._start_time
+        if duration >= self.max_duration_ns or parent.span_id not in self.open_spans:
+            return
+        self._marked[span._context.span_id] = (
+            parent.span_id,
+            (record.fingerprint.digest, id(record.orm)),
+            duration,
+        )
+
     def offer(self, span: Any) -> Any:
         """Take an ended span. Returns None when the span is held, the span itself when it goes
         to the queue alone, or a list of spans to queue (held runs released by it, then it)."""
-        held = self._held
         released = None
-        if held:
-            runs = held.get(span._context.span_id)
-            if runs is not None:
-                with self._lock:
-                    runs = held.pop(span._context.span_id, None)
-                    released = self._release(runs) if runs is not None else None
-        record = getattr(span, SPAN_RECORD, None)
-        if record is not None:
-            parent = span._parent
-            if (
-                parent is not None
-                and not parent.is_remote
-                and not span._events
-                and not span._links
-                and span._status.status_code in (_UNSET, _OK)
-                and parent.span_id in self.open_spans
-            ):
-                duration = span._end_time - span._start_time
-                if duration < self.max_duration_ns:
-                    overflow = self._hold(
-                        parent.span_id, (record.fingerprint.digest, id(record.orm)), span, duration
-                    )
-                    if overflow:
-                        released = overflow if released is None else released + overflow
-                    return released
+        span_id = span._context.span_id
+        if self._held and span_id in self._held:
+            with self._lock:
+                runs = self._held.pop(span_id, None)
+                released = self._release(runs) if runs is not None else None
+        if self._marked:
+            marked = self._marked.pop(span_id, None)
+            if marked is not None:
+                overflow = self._hold(marked[0], marked[1], span, marked[2])
+                if overflow:
+                    released = overflow if released is None else released + overflow
+                return released
         if released is None:
             return span
         released.append(span)
