@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 _TESTS_DIR = str(Path(__file__).resolve().parent)
 if _TESTS_DIR not in sys.path:  # `import harness` also under --import-mode=importlib
@@ -46,6 +47,12 @@ from harness.services import (  # noqa: E402
     with_redis_db,
 )
 from harness.traced import Traced  # noqa: E402
+
+# CI runs property tests on a fixed sequence of examples: a red build is reproducible, never a
+# coin toss. Locally they keep exploring.
+hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 SAMPLE_SETTINGS = "hms_otel_agent.sample.settings"
 SAMPLE_PATIENTS = 60
