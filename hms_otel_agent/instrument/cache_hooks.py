@@ -37,7 +37,7 @@ from typing import Any
 
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
-from hms_otel_agent.instrument.context import code_attributes, user_location
+from hms_otel_agent.instrument.context import code_attributes, set_attributes, user_location
 from hms_otel_agent.signals.activity import CacheCall
 from hms_otel_agent.signals.cache_signals import common_pattern
 from hms_otel_agent.signals.key_pattern import key_pattern
@@ -286,7 +286,11 @@ def _prefix_and_location() -> tuple[str | None, Any]:
 
 def _on_request(span: Any, args: Sequence[Any], capture_keys: bool) -> None:
     command = parse_command(args)
-    prefix, location = _prefix_and_location()
+    django_call = current_django_call.get()
+    if django_call is not None:
+        prefix, location = django_call.key_prefix, None
+    else:
+        prefix, location = None, user_location()
     keys = command.keys
     pattern = keys_pattern(keys, prefix)
     attributes: dict[str, Any] = {"hms.cache.operation": command.operation}
@@ -298,8 +302,10 @@ def _on_request(span: Any, args: Sequence[Any], capture_keys: bool) -> None:
         attributes["hms.cache.key"] = captured_keys(keys)
     if location is not None:
         attributes.update(code_attributes(location))
-    span.set_attributes(attributes)
+    set_attributes(span, attributes)
     setattr(span, COMMAND_RECORD, command)
+    if django_call is not None:
+        return  # a command under a Django cache call: the call is recorded, not its commands
     setattr(
         span,
         CACHE_RECORD,
@@ -328,7 +334,7 @@ def _on_response(span: Any, reply: Any) -> None:
     call: CacheCall | None = getattr(span, CACHE_RECORD, None)
     if call is not None:
         call.reads, call.hits, call.misses = reads, hits, misses
-    span.set_attributes(read_attributes(reads, hits, misses, command.read in (NIL, EMPTY, TRUTHY)))
+    set_attributes(span, read_attributes(reads, hits, misses, command.read in (NIL, EMPTY, TRUTHY)))
 
 
 def _on_pipeline(span: Any, stack: Sequence[tuple[Any, ...]], replies: Any, capture_keys: bool) -> None:
@@ -373,7 +379,7 @@ def _on_pipeline(span: Any, stack: Sequence[tuple[Any, ...]], replies: Any, capt
     if capture_keys and unique_keys:
         attributes["hms.cache.key"] = captured_keys(unique_keys)
     attributes.update(read_attributes(reads, hits, misses, single=reads == 1))
-    span.set_attributes(attributes)
+    set_attributes(span, attributes)
     setattr(
         span,
         CACHE_RECORD,

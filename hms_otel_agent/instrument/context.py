@@ -12,6 +12,7 @@ import sys
 import sysconfig
 from contextvars import ContextVar
 from types import CodeType, FrameType
+from typing import Any
 
 from hms_otel_agent.signals.activity import CodeLocation, OrmContext
 
@@ -105,3 +106,54 @@ def code_attributes(location: CodeLocation | None) -> dict[str, object]:
         "code.line.number": location.line,
         "code.function.name": location.function,
     }
+
+
+# --- the agent's own attribute writes -----------------------------------------------------------
+
+try:  # the SDK's span and attribute classes (opentelemetry-sdk 1.45, pinned)
+    from opentelemetry.attributes import BoundedAttributes as _BoundedAttributes
+    from opentelemetry.sdk.trace import _Span as _SdkSpan
+except ImportError:  # pragma: no cover - another SDK: always the SDK's own set_attributes
+    _BoundedAttributes = _SdkSpan = None  # type: ignore[assignment,misc]
+
+_PLAIN = frozenset((str, int, bool, float))
+
+
+def set_attributes(span: Any, attributes: dict[str, Any]) -> None:
+    """``span.set_attributes(attributes)`` for the agent's own attributes, without the SDK's
+    per-value validation when it cannot change anything: an SDK span that has not ended, whose
+    attributes have room for these and no value length limit, and values of the plain types the
+    validation returns unchanged (str, int, bool, float). The result is what set_attributes
+    gives: the same values in the same order (a key set again moves to the end). Anything else
+    goes through ``span.set_attributes``. (On the agent's DB and cache spans the validation —
+    isinstance checks against the abstract Sequence and Mapping per value — cost more than the
+    rest of the hooks.)"""
+    bounded = getattr(span, "_attributes", None)
+    if (
+        span.__class__ is not _SdkSpan
+        or bounded.__class__ is not _BoundedAttributes
+        or bounded.max_value_len is not None
+        or bounded._immutable
+    ):
+        span.set_attributes(attributes)
+        return
+    for key, value in attributes.items():
+        if value.__class__ not in _PLAIN or key.__class__ is not str or not key:
+            span.set_attributes(attributes)
+            return
+    with span._lock:
+        done = span._end_time is None
+        if done:
+            with bounded._lock:
+                stored = bounded._dict
+                maxlen = bounded.maxlen
+                if maxlen is not None and len(stored) + len(attributes) > maxlen:
+                    done = False
+                else:
+                    for key, value in attributes.items():
+                        if key in stored:
+                            del stored[key]
+                        stored[key] = value
+    if not done:
+        # Ended (the SDK's warning) or full (it drops the oldest, counts and warns).
+        span.set_attributes(attributes)

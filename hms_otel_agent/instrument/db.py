@@ -26,7 +26,7 @@ from opentelemetry.trace import get_current_span
 
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
-from hms_otel_agent.instrument.context import current_orm, user_location
+from hms_otel_agent.instrument.context import current_orm, set_attributes, user_location
 from hms_otel_agent.signals.activity import OrmContext
 from hms_otel_agent.signals.fingerprint import fingerprint_sql
 from hms_otel_agent.signals.sql_mask import mask_sql_literals
@@ -159,9 +159,9 @@ def install(settings: Settings) -> None:
         original(self, span, cursor, *args)
         try:
             if orm is None:
-                span.set_attribute("hms.db.fingerprint", fp.digest)
+                set_attributes(span, {"hms.db.fingerprint": fp.digest})
             else:
-                span.set_attributes({"hms.db.fingerprint": fp.digest, **orm_attributes(orm)})
+                set_attributes(span, {"hms.db.fingerprint": fp.digest, **orm_attributes(orm)})
             setattr(span, SPAN_RECORD, record)
         except Exception as exc:
             guard.report("SQL span hook", exc)
@@ -186,7 +186,7 @@ def _install_row_count() -> None:
                     rows = cursor.rowcount
                     if rows.__class__ is int and rows >= 0:  # -1: a server-side cursor, unknown
                         record.rows = rows
-                        span.set_attribute("db.response.returned_rows", rows)
+                        set_attributes(span, {"db.response.returned_rows": rows})
             except Exception as exc:
                 guard.report("SQL row count", exc)
         return original(self, cursor, *args)

@@ -41,7 +41,7 @@ from hms_otel_agent.instrument.cache_hooks import (
     keys_pattern,
     read_attributes,
 )
-from hms_otel_agent.instrument.context import code_attributes, user_location
+from hms_otel_agent.instrument.context import code_attributes, set_attributes, user_location
 from hms_otel_agent.signals.activity import CacheCall
 
 SCOPE = "hms_otel_agent.django_cache"
@@ -299,14 +299,24 @@ def _start(operation: str, instance: Any, prepared: _Call) -> None:
         attributes["hms.cache.ttl_s"] = ttl_s
     if _state["capture_keys"] and keys:
         attributes["hms.cache.key"] = captured_keys(keys)
+    # The code location goes in with the other attributes (one validation pass, one lock) when
+    # the span will be recorded, as it is under a recording span or with no span at all.
+    current = trace.get_current_span()
+    location = None
+    located = current.is_recording() or not current.get_span_context().is_valid
+    if located:
+        location = user_location()
+        if location is not None:
+            attributes.update(code_attributes(location))
     span = _state["tracer"].start_span(f"cache.{operation}", kind=SpanKind.CLIENT, attributes=attributes)
     prepared.span = span
     if not span.is_recording():
         return
     unique = keys if len(keys) <= 1 else list(dict.fromkeys(key_text(k) for k in keys))
-    location = user_location()
-    if location is not None:
-        span.set_attributes(code_attributes(location))
+    if not located:  # a sampler that records under a span that is not recorded
+        location = user_location()
+        if location is not None:
+            set_attributes(span, code_attributes(location))
     call = CacheCall(
         operation=operation,
         key_pattern=pattern,
@@ -348,7 +358,7 @@ def _finish(operation: str, prepared: _Call, result: Any, frame: DjangoCacheCall
     if operation == "get_or_set" and call.writes and call.ttl_s is not None:
         attributes["hms.cache.ttl_s"] = call.ttl_s  # it wrote: the miss is known only now
     if attributes:
-        prepared.span.set_attributes(attributes)
+        set_attributes(prepared.span, attributes)
 
 
 def _nested(operation: str, outer: DjangoCacheCall, wrapped: Any, args: Any, kwargs: Any) -> Any:
