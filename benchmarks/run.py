@@ -335,7 +335,14 @@ class Server:
 
 
 def start_server(
-    mode: str, sink: Sink | None, db_url: str, redis_url: str, workers: int, bsp_delay_ms: int, log_dir: Path
+    mode: str,
+    sink: Sink | None,
+    db_url: str,
+    redis_url: str,
+    workers: int,
+    bsp_delay_ms: int,
+    log_dir: Path,
+    hms_env: dict[str, str] | None = None,
 ) -> Server:
     port = free_port()
     shown: dict[str, str] = {}
@@ -364,6 +371,7 @@ def start_server(
             )
             command = [str(VENV_BIN / "opentelemetry-instrument"), "gunicorn", *gunicorn_args(port, workers)]
         else:
+            shown.update(hms_env or {})
             command = [str(VENV_BIN / "hms-otel-run"), "--", "gunicorn", *gunicorn_args(port, workers)]
     env = hermetic_env(
         {
@@ -760,7 +768,8 @@ def profile(
     spy = shutil.which("py-spy", path=str(VENV_BIN)) or shutil.which("py-spy")
     if spy is None:
         return {"skipped": "py-spy not installed (pip install py-spy)"}
-    path_for = path_function("encounters", [])
+    scenario = getattr(args, "profile_scenario", "encounters")
+    path_for = path_function(scenario, [])
     files: dict[str, list[str]] = {m: [] for m in modes}
     requests: dict[str, int] = dict.fromkeys(modes, 0)
     for round_ in range(rounds):
@@ -799,7 +808,7 @@ def profile(
             summaries[mode] = profile_modes.summarize(existing, rate, requests[mode])
     # py-spy --gil counts a GIL-holding thread the OS has descheduled, so on a busy machine its
     # totals exceed the CPU the workers used. Scaled: each mode's layers rescaled so that they add
-    # up to the CPU per request measured for /encounters/ in the interleaved rounds.
+    # up to the CPU per request measured for the profiled scenario in the interleaved rounds.
     for mode, summary in summaries.items():
         measured = cpu_ms.get(mode)
         total = summary["cpu_us_per_request"]
@@ -818,7 +827,7 @@ def profile(
                 for k, v in summary["functions"].items()
             }
     out: dict[str, Any] = {
-        "endpoint": "/encounters/",
+        "endpoint": path_for(0),
         "rate_hz": rate,
         "seconds": seconds * rounds,
         "modes": summaries,
@@ -981,6 +990,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-profile", dest="profile", action="store_false", help="skip the profile")
     parser.add_argument("--profile-seconds", type=float, default=5.0, help="per mode and profile round")
     parser.add_argument("--profile-rounds", type=int, default=2)
+    parser.add_argument(
+        "--profile-scenario",
+        default="encounters",
+        choices=["encounters", "encounters_optimized", "cached"],
+        help="the endpoint the profile drives (default: the N+1 list)",
+    )
     parser.add_argument("--profile-rate", type=int, default=250, help="py-spy samples per second per worker")
     parser.add_argument("--no-micro", action="store_true", help="skip the micro-benchmarks")
     parser.add_argument("--output", help="JSON file (default benchmarks/results/<date>.json)")
@@ -988,6 +1003,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--agent-ref",
         help="measure the agent (and sample app) of this git commit instead of the working tree",
+    )
+    parser.add_argument(
+        "--hms-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an agent setting for the hms-otel-run mode only (repeatable): HMS_OTEL_COMPRESS_SPANS=true",
     )
     parser.add_argument(
         "--ignore-verification",
@@ -1020,6 +1042,7 @@ def main(argv: list[str] | None = None) -> int:
         "modes": {},
         "scenarios": {},
     }
+    hms_env = dict(item.split("=", 1) for item in args.hms_env)
     global SOURCE_ROOT
     if args.agent_ref:
         SOURCE_ROOT, sha = snapshot(args.agent_ref, log_dir / "src")
@@ -1035,7 +1058,7 @@ def main(argv: list[str] | None = None) -> int:
             sink = Sink(instrumented, log_dir) if instrumented else None
             for mode in args.modes:
                 servers[mode] = start_server(
-                    mode, sink, db_url, args.redis_url, args.workers, args.bsp_delay_ms, log_dir
+                    mode, sink, db_url, args.redis_url, args.workers, args.bsp_delay_ms, log_dir, hms_env
                 )
                 results["modes"][mode] = {
                     "title": MODE_TITLES[mode],
@@ -1102,7 +1125,7 @@ def main(argv: list[str] | None = None) -> int:
             if sink is not None:
                 results["sink"] = sink.stats()
             if args.profile:
-                log("profile (py-spy) of /encounters/")
+                log(f"profile (py-spy) of {path_function(args.profile_scenario, [])(0)}")
                 results["profile"] = profile(
                     servers,
                     sink,
@@ -1114,7 +1137,10 @@ def main(argv: list[str] | None = None) -> int:
                     log_dir,
                     {
                         m: a["cpu_ms_per_request"]
-                        for m, a in results["scenarios"].get("encounters", {}).get("modes", {}).items()
+                        for m, a in results["scenarios"]
+                        .get(args.profile_scenario, {})
+                        .get("modes", {})
+                        .items()
                     },
                 )
             for server in servers.values():
