@@ -302,11 +302,12 @@ def test_explain_is_opt_in_and_never_runs_on_writes(traced: Traced, explainer: A
             for s in traced.spans()
             if "hms.db.fingerprint" in s.attributes
         }
-    assert sorted(statements.values()) == ["INSERT", "SELECT"]
+    names = sorted(statements.values())
+    assert set(names) == {"INSERT", "SELECT"}  # Django 4.2 runs one SELECT more than 5.x
     assert explainer.wait_idle(30)
     explained = {fp for fp in statements if explainer.plan_for(fp) is not None}
-    assert {statements[fp] for fp in explained} == {"SELECT"}  # the SELECT only, never the INSERT
-    assert explainer.submitted == before + 1
+    assert {statements[fp] for fp in explained} == {"SELECT"}  # SELECTs only, never the INSERT
+    assert explainer.submitted == before + names.count("SELECT")
 
 
 def test_fast_queries_are_not_slow(traced: Traced) -> None:
