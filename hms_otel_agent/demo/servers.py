@@ -42,7 +42,8 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 class EmbeddedPostgres:
     user = "postgres"
-    database = "hms"
+    database = "hms"  # created at start; "postgres" (the maintenance database) creates nothing
+    extra_conf = ""  # appended to postgresql.conf
 
     def __init__(self, base_dir: Path | None = None) -> None:
         self._own_dir = base_dir is None
@@ -112,7 +113,7 @@ class EmbeddedPostgres:
             conf.write(
                 "\n# hms-otel demo: throwaway data\n"
                 "listen_addresses = '127.0.0.1'\nunix_socket_directories = ''\n"
-                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n" + self.extra_conf
             )
         last = ""
         for _ in range(3):
@@ -135,6 +136,8 @@ class EmbeddedPostgres:
         return self.url
 
     def _create_database(self) -> None:
+        if self.database == "postgres":
+            return
         import psycopg
 
         maintenance = f"postgresql://{self.user}@127.0.0.1:{self.port}/postgres"

