@@ -99,9 +99,7 @@ def _site(call: CacheCall) -> tuple[str, str]:
 
 
 def _fingerprint(kind: str, pattern: str, location: CodeLocation | None) -> str:
-    return hints.finding_fingerprint(
-        kind, pattern, location.file if location else "", location.function if location else ""
-    )
+    return hints.site_fingerprint(kind, pattern, location)
 
 
 def _duration_ms(calls: Iterable[CacheCall]) -> float:

@@ -19,6 +19,19 @@ def finding_fingerprint(*parts: str) -> str:
     return hashlib.blake2b("\x1f".join(parts).encode("utf-8", "replace"), digest_size=8).hexdigest()
 
 
+def site_fingerprint(kind: str, key: str, location: CodeLocation | None) -> str:
+    """A finding's fingerprint from its kind, what it is about, and the code site (not the line,
+    which moves with every edit above it)."""
+    return finding_fingerprint(
+        kind, key, location.file if location else "", location.function if location else ""
+    )
+
+
+def query_noun(model: str, table: str) -> str:
+    """``Patient query``, or ``query on hms_encounter`` without the ORM."""
+    return f"{short_model(model)} query" if model else f"query on {table or 'one table'}"
+
+
 def short_model(label: str) -> str:
     """``hms.Encounter`` -> ``Encounter``."""
     return label.rpartition(".")[2] if label else label

@@ -124,16 +124,12 @@ def _n_plus_one(activity: OwnerActivity, calls: list[DbCall], duration_ms: float
         model = orm.model if orm is not None else ""
         fix = hints.batch_fix(first.table, first.filter_columns, model)
         action = f"query once: {fix}"
-        what = hints.short_model(model) + " query" if model else f"query on {first.table or 'one table'}"
+        what = hints.query_noun(model, first.table)
         subject = f"the same {what} run"
         relation = relation_kind = ""
     hint = hints.sentence(owner, subject, count, duration_ms, location, action)
-    fingerprint = hints.finding_fingerprint(
-        N_PLUS_ONE,
-        relation or first.fingerprint,  # a relation's SQL may vary (GenericForeignKey)
-        location.file if location else "",
-        location.function if location else "",
-    )
+    # A relation's SQL may vary (GenericForeignKey): the relation identifies the finding.
+    fingerprint = hints.site_fingerprint(N_PLUS_ONE, relation or first.fingerprint, location)
     return Finding(
         kind=N_PLUS_ONE,
         fingerprint=fingerprint,
@@ -169,7 +165,7 @@ def _duplicates(activity: OwnerActivity, settings: Settings, covered: set[str]) 
         relation = next((o.relation for o in orms if o.relation), "")
         duration_ms = sum(c.duration_ns for c in calls) / 1e6
         fix = "run it once and reuse the result (a variable, cached_property, or select_related)"
-        what = f"{hints.short_model(model)} query" if model else f"query on {first.table or 'one table'}"
+        what = hints.query_noun(model, first.table)
         hint = hints.sentence(
             activity.name or activity.route,
             f"the same {what} with the same parameters run",
@@ -181,12 +177,7 @@ def _duplicates(activity: OwnerActivity, settings: Settings, covered: set[str]) 
         findings.append(
             Finding(
                 kind=DUPLICATE_QUERY,
-                fingerprint=hints.finding_fingerprint(
-                    DUPLICATE_QUERY,
-                    first.fingerprint,
-                    location.file if location else "",
-                    location.function if location else "",
-                ),
+                fingerprint=hints.site_fingerprint(DUPLICATE_QUERY, first.fingerprint, location),
                 repetitions=len(calls),
                 duration_ms=duration_ms,
                 statement=first.statement,

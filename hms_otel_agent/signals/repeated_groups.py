@@ -220,11 +220,8 @@ def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
         findings.append(
             Finding(
                 kind=REPEATED_GROUP,
-                fingerprint=hints.finding_fingerprint(
-                    REPEATED_GROUP,
-                    "|".join("\x1e".join(s.signature) for s in body),
-                    location.file if location else "",
-                    location.function if location else "",
+                fingerprint=hints.site_fingerprint(
+                    REPEATED_GROUP, "|".join("\x1e".join(s.signature) for s in body), location
                 ),
                 repetitions=repetitions,
                 duration_ms=duration_ms,

@@ -157,7 +157,7 @@ def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
         location = _most_common_location(calls)
         rows = max(c.rows for c in calls)
         duration_ms = sum(c.duration_ns for c in calls) / 1e6
-        what = f"{hints.short_model(model)} query" if model else f"query on {first.table or 'one table'}"
+        what = hints.query_noun(model, first.table)
         if kind == UNBOUNDED_RESULT:
             fix = pagination_fix(model, first.table)
             if wide:
@@ -170,12 +170,7 @@ def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
         findings.append(
             Finding(
                 kind=kind,
-                fingerprint=hints.finding_fingerprint(
-                    kind,
-                    first.fingerprint,
-                    location.file if location else "",
-                    location.function if location else "",
-                ),
+                fingerprint=hints.site_fingerprint(kind, first.fingerprint, location),
                 repetitions=len(calls),
                 duration_ms=duration_ms,
                 statement=first.statement,

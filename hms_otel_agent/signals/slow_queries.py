@@ -67,17 +67,12 @@ def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
         fix, table, columns = _fix(first, model, plan)
         duration_ms = sum(c.duration_ns for c in calls) / 1e6
         slowest = max(c.duration_ns for c in calls) / 1e6
-        what = f"{hints.short_model(model)} query" if model else f"query on {first.table or 'one table'}"
+        what = hints.query_noun(model, first.table)
         subject = f"slow {what} (up to {slowest:.0f} ms) run"
         findings.append(
             Finding(
                 kind=SLOW_QUERY,
-                fingerprint=hints.finding_fingerprint(
-                    SLOW_QUERY,
-                    first.fingerprint,
-                    location.file if location else "",
-                    location.function if location else "",
-                ),
+                fingerprint=hints.site_fingerprint(SLOW_QUERY, first.fingerprint, location),
                 repetitions=len(calls),
                 duration_ms=duration_ms,
                 statement=first.statement,
