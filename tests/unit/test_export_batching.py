@@ -159,3 +159,30 @@ def test_a_netrc_file_keeps_the_default_session(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / ".netrc").write_text("machine collector login u password p\n")
     assert resilient.plain_http_session("http://collector:4318/v1/traces") is None
+
+
+def test_the_timer_exports_what_was_queued_not_what_ends_meanwhile() -> None:
+    provider = TracerProvider()
+
+    class EndsSpansWhileExporting(Recording):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            if not self.batches:
+                batch._delay_s = 600.0  # no further timer during the test
+                end_spans(provider, 3)  # ended while the first export runs
+            return super().export(spans)
+
+    exporter = EndsSpansWhileExporting()
+    batch = BoundedBatchSpanProcessor(
+        exporter, max_queue_size=1000, max_export_batch_size=100, schedule_delay_ms=50
+    )
+    provider.add_span_processor(batch)
+    try:
+        end_spans(provider, 7)
+        wait_for(lambda: bool(exporter.batches))
+        time.sleep(0.2)  # a drain-until-empty export loop would post the 3 now
+        assert exporter.batches == [7]
+        assert batch.queue_length == 3
+        assert batch.force_flush(5000)
+        assert exporter.batches == [7, 3]
+    finally:
+        batch.shutdown(1000)
