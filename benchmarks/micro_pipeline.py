@@ -278,16 +278,25 @@ def _db_call(sql: str, i: int, orm: OrmContext | None) -> DbCall:
     )
 
 
+_interned_orm: dict[tuple[str, str, str], OrmContext] = {}
+
+
 def _relation_orm(model: str, relation: str, path: str) -> OrmContext:
-    return OrmContext(
-        model=model,
-        kind="forward",
-        relation=relation,
-        lazy=True,
-        path=path,
-        root_model="hms.Encounter",
-        location=VIEW_LOCATION,
-    )
+    """One object per relation and code location, as the live agent interns them
+    (instrument/django_orm._context): a loop's lazy loads share one OrmContext."""
+    key = (model, relation, path)
+    orm = _interned_orm.get(key)
+    if orm is None:
+        orm = _interned_orm[key] = OrmContext(
+            model=model,
+            kind="forward",
+            relation=relation,
+            lazy=True,
+            path=path,
+            root_model="hms.Encounter",
+            location=VIEW_LOCATION,
+        )
+    return orm
 
 
 def _activities() -> dict[str, tuple[OwnerActivity, int]]:
@@ -325,7 +334,10 @@ def _activities() -> dict[str, tuple[OwnerActivity, int]]:
                 )
             )
     out["db: /encounters/ shape (1 + 50 + 50 + 25, three relations)"] = (db_activity(calls), len(calls))
-    raw = [_db_call(LAZY_SQL, i, OrmContext(model="", kind="raw", location=VIEW_LOCATION)) for i in range(50)]
+    raw_orm = OrmContext(
+        model="", kind="raw", location=VIEW_LOCATION
+    )  # interned per location (instrument/db.py)
+    raw = [_db_call(LAZY_SQL, i, raw_orm) for i in range(50)]
     out["db: 50 repeats, no ORM context (raw SQL)"] = (db_activity(raw), len(raw))
     distinct = [_db_call(f"SELECT * FROM t{i} WHERE id = %s", i, None) for i in range(50)]
     out["db: 50 distinct statements (no finding)"] = (db_activity(distinct), len(distinct))

@@ -73,8 +73,14 @@ def _group_key(call: DbCall) -> tuple[str, str, str]:
 
 def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
     groups: dict[tuple[str, str, str], list[DbCall]] = {}
-    for call in activity.db_calls:
-        groups.setdefault(_group_key(call), []).append(call)
+    for call in activity.db_calls:  # _group_key, inlined: this loop runs once per statement
+        orm = call.orm
+        key = (call.fingerprint, "", "") if orm is None or not orm.lazy else ("", orm.relation, orm.path)
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [call]
+        else:
+            group.append(call)
     findings: list[Finding] = []
     n_plus_one_fingerprints: set[str] = set()
     for calls in groups.values():
