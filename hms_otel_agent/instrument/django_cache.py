@@ -299,24 +299,18 @@ def _start(operation: str, instance: Any, prepared: _Call) -> None:
         attributes["hms.cache.ttl_s"] = ttl_s
     if _state["capture_keys"] and keys:
         attributes["hms.cache.key"] = captured_keys(keys)
-    # The code location goes in with the other attributes (one validation pass, one lock) when
-    # the span will be recorded, as it is under a recording span or with no span at all.
-    current = trace.get_current_span()
-    location = None
-    located = current.is_recording() or not current.get_span_context().is_valid
-    if located:
-        location = user_location()
-        if location is not None:
-            attributes.update(code_attributes(location))
-    span = _state["tracer"].start_span(f"cache.{operation}", kind=SpanKind.CLIENT, attributes=attributes)
+    # The attributes are set right after the start, in one write without the SDK's per-value
+    # checks (context.set_attributes): the samplers the agent configures never read them, and a
+    # span that is not recorded needs neither them nor the code location.
+    span = _state["tracer"].start_span(f"cache.{operation}", kind=SpanKind.CLIENT)
     prepared.span = span
     if not span.is_recording():
         return
+    location = user_location()
+    if location is not None:
+        attributes.update(code_attributes(location))
+    set_attributes(span, attributes)
     unique = keys if len(keys) <= 1 else list(dict.fromkeys(key_text(k) for k in keys))
-    if not located:  # a sampler that records under a span that is not recorded
-        location = user_location()
-        if location is not None:
-            set_attributes(span, code_attributes(location))
     call = CacheCall(
         operation=operation,
         key_pattern=pattern,
