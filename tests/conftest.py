@@ -26,6 +26,12 @@ from typing import Any
 import pytest
 from hypothesis import settings as hypothesis_settings
 
+# The OTLP receiver runs a gRPC server in this process, and tests fork processes (pg_ctl, apps)
+# while it serves: gRPC's fork handlers then sometimes abort the child before it execs
+# ("Epoll1Poller ... Bad file descriptor", pg_ctl killed by SIGABRT). Children exec at once,
+# so they need none of that; set before grpc is first imported (harness.otlp_receiver).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 _TESTS_DIR = str(Path(__file__).resolve().parent)
 if _TESTS_DIR not in sys.path:  # `import harness` also under --import-mode=importlib
     sys.path.insert(0, _TESTS_DIR)

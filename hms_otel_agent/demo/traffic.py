@@ -7,6 +7,8 @@ the rarest. Patient ids are drawn from the seeded range, so cache keys repeat an
 
 from __future__ import annotations
 
+import itertools
+import queue
 import random
 import threading
 import time
@@ -14,7 +16,6 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -129,35 +130,48 @@ def drive(
     ]
     start = time.monotonic()
     deadline = start + duration_s if duration_s is not None else None
-    index = 0
-    # Not a `with` block: when interrupted, in-flight requests are not waited for (the server is
-    # stopped next, which ends them).
-    pool = ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="hms-demo-client")
+    indexes = itertools.count()
+    outcomes: queue.SimpleQueue[int | str | None] = queue.SimpleQueue()  # status, error name, or done
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+            item = nth(next(indexes))
+            if item is None:
+                break
+            try:
+                outcomes.put(request(base_url, *item))
+            except Exception as exc:
+                outcomes.put(type(exc).__name__)
+        outcomes.put(None)
+
+    # Daemon threads and a C-level queue, not an executor: a Ctrl-C raised in the main thread
+    # can then never leave a lock held that a client waits on, and exit never waits for them
+    # (the server is stopped next, which ends any request in flight).
+    clients = max(1, concurrency)
+    for n in range(clients):
+        threading.Thread(target=client, name=f"hms-demo-client-{n}", daemon=True).start()
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("sending requests", total=total)
-        running: set[Future[int]] = set()
         try:
-            while True:
-                while len(running) < concurrency and (deadline is None or time.monotonic() < deadline):
-                    item = nth(index)
-                    if item is None:
-                        break
-                    index += 1
-                    running.add(pool.submit(request, base_url, *item))
-                if not running:
-                    break
-                done, running = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
-                for future in done:
+            while clients:
+                try:
+                    outcome = outcomes.get(timeout=0.2)
+                except queue.Empty:
+                    outcome = ""  # nothing finished: only the elapsed time moves
+                if outcome is None:
+                    clients -= 1
+                elif outcome != "":
                     result.sent += 1
-                    try:
-                        result.statuses[future.result()] += 1
-                    except Exception as exc:
-                        result.errors[type(exc).__name__] += 1
+                    if isinstance(outcome, int):
+                        result.statuses[outcome] += 1
+                    else:
+                        result.errors[outcome] += 1
                     if requests is not None:
                         progress.advance(task)
                 if deadline is not None:
                     progress.update(task, completed=min(total, time.monotonic() - start))
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            stop.set()
     result.seconds = time.monotonic() - start
     return result

@@ -184,6 +184,8 @@ class Demo:
         self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"demo running {timeout}s after signal {sig}:\n{self.stderr}") from None
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()

@@ -44,6 +44,7 @@ def hermetic_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """``os.environ`` without OTEL_*/HMS_OTEL_*, with PYTHONUNBUFFERED=1 and the venv bin first on
     PATH, then ``env`` on top (a value of '' is kept as the empty string)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(_STRIPPED_PREFIXES)}
+    base.pop("GRPC_ENABLE_FORK_SUPPORT", None)  # the test process's own setting (conftest.py)
     base["PYTHONUNBUFFERED"] = "1"
     base["PATH"] = os.pathsep.join([str(venv_bin()), base.get("PATH", "")])
     base.update(env or {})
