@@ -3,7 +3,10 @@
 The request hook parses the command (`parse_command`): its keys, whether it reads, writes
 (with which expiry) or deletes them, and how to read hit or miss off the reply. The response
 hook counts hits and misses. Both set the `hms.cache.*` attributes and leave a `CacheCall`
-on the span for the span processor (attribute ``_hms_cache``). Pipelines get no request hook
+on the span for the span processor (attribute ``_hms_cache``). Commands sent by a Django
+cache call are left alone: the call's own span (`instrument.django_cache`) has the cache
+attributes and is what the signals count, so its Redis children would only repeat them at
+some 20 µs each. Pipelines get no request hook
 and their command stack is already reset when the response hook runs: `instrument.redis`
 keeps a copy in `pipeline_commands` around ``Pipeline.execute``.
 
@@ -48,7 +51,7 @@ MAX_CAPTURED_KEY_CHARS = 1024
 MAX_PATTERN_KEYS = 32  # keys of a multi-key command whose patterns are merged
 
 # The Django cache call in progress, if any (set by `instrument.django_cache`): the Redis
-# commands under it use its key prefix and need no code location (they are not recorded).
+# commands under it get no hms.cache.* attributes and are not recorded.
 current_django_call: ContextVar[Any] = ContextVar("hms_otel_django_cache_call", default=None)
 # The command stack of the pipeline being executed (set by `instrument.redis`).
 pipeline_commands: ContextVar[Sequence[tuple[Any, ...]] | None] = ContextVar(
@@ -250,13 +253,13 @@ def key_hash(keys: Sequence[Any]) -> int | None:
     return hash(tuple(key_text(k) for k in keys))
 
 
-def keys_pattern(keys: Sequence[Any], django_prefix: str | None = None) -> str:
+def keys_pattern(keys: Sequence[Any]) -> str:
     """The pattern of a key, or the common pattern of several (`common_pattern`)."""
     if not keys:
         return ""
     if len(keys) == 1:
-        return key_pattern(keys[0], django_prefix)
-    return common_pattern(key_pattern(k, django_prefix) for k in keys[:MAX_PATTERN_KEYS])
+        return key_pattern(keys[0])
+    return common_pattern(key_pattern(k) for k in keys[:MAX_PATTERN_KEYS])
 
 
 def captured_keys(keys: Sequence[Any]) -> str:
@@ -277,22 +280,11 @@ def read_attributes(reads: int, hits: int, misses: int, single: bool) -> dict[st
 # --- the hooks ---------------------------------------------------------------------------------
 
 
-def _prefix_and_location() -> tuple[str | None, Any]:
-    django_call = current_django_call.get()
-    if django_call is not None:
-        return django_call.key_prefix, None
-    return None, user_location()
-
-
 def _on_request(span: Any, args: Sequence[Any], capture_keys: bool) -> None:
     command = parse_command(args)
-    django_call = current_django_call.get()
-    if django_call is not None:
-        prefix, location = django_call.key_prefix, None
-    else:
-        prefix, location = None, user_location()
+    location = user_location()
     keys = command.keys
-    pattern = keys_pattern(keys, prefix)
+    pattern = keys_pattern(keys)
     attributes: dict[str, Any] = {"hms.cache.operation": command.operation}
     if pattern:
         attributes["hms.cache.key_pattern"] = pattern
@@ -304,8 +296,6 @@ def _on_request(span: Any, args: Sequence[Any], capture_keys: bool) -> None:
         attributes.update(code_attributes(location))
     set_attributes(span, attributes)
     setattr(span, COMMAND_RECORD, command)
-    if django_call is not None:
-        return  # a command under a Django cache call: the call is recorded, not its commands
     setattr(
         span,
         CACHE_RECORD,
@@ -343,7 +333,7 @@ def _on_pipeline(span: Any, stack: Sequence[tuple[Any, ...]], replies: Any, capt
     The TTL is the shortest one written; None when some key written without an expiry is not
     given one by a later EXPIRE in the same pipeline (MSET + EXPIRE per key is fine).
     """
-    prefix, location = _prefix_and_location()
+    location = user_location()
     if not isinstance(replies, (list, tuple)) or len(replies) != len(stack):
         replies = [None] * len(stack)
         counted = False
@@ -367,7 +357,7 @@ def _on_pipeline(span: Any, stack: Sequence[tuple[Any, ...]], replies: Any, capt
     single_command = len(set(operations)) == 1
     operation = operations[0] if single_command and operations else "PIPELINE"
     unique_keys = list(dict.fromkeys(key_text(k) for k in all_keys))
-    pattern = keys_pattern(unique_keys, prefix)
+    pattern = keys_pattern(unique_keys)
     writes = len(written)
     ttls = list(written.values())
     ttl_s = None if not ttls or any(t is None for t in ttls) else min(t for t in ttls if t is not None)
@@ -406,7 +396,9 @@ def redis_request_hook(settings: Settings) -> Callable[..., None] | None:
 
     def request_hook(span: Any, instance: Any, args: Any, kwargs: Any) -> None:
         try:
-            if span.is_recording():
+            # Commands under a Django cache call: that call's span has the cache attributes
+            # and is what the signals count; its Redis children keep only the contrib's.
+            if current_django_call.get() is None and span.is_recording():
                 _on_request(span, args, capture_keys)
         except Exception as exc:
             guard.report("redis request hook", exc)
@@ -419,7 +411,7 @@ def redis_response_hook(settings: Settings) -> Callable[..., None] | None:
 
     def response_hook(span: Any, instance: Any, response: Any) -> None:
         try:
-            if not span.is_recording():
+            if current_django_call.get() is not None or not span.is_recording():
                 return
             if getattr(span, COMMAND_RECORD, None) is not None:
                 _on_response(span, response)

@@ -10,8 +10,8 @@ they implement a method or inherit it.
 One call, one span: a wrapped method called while another runs in the same context (the
 base ``get_or_set`` calls ``get`` and ``add``, ``get_many`` calls ``get``, DatabaseCache's
 ``get`` calls ``get_many``, a subclass calls ``super()``) runs unwrapped. The outer span is
-the current span, so the Redis command spans underneath are its children; they read its
-backend's key prefix from `cache_hooks.current_django_call`.
+the current span, so the Redis command spans underneath are its children; the Redis hooks
+see `cache_hooks.current_django_call` and leave them to the contrib's attributes.
 
 Hit or miss never changes what the caller gets: ``get`` is called with a private sentinel as
 the default and the caller's default is returned when the sentinel comes back.
@@ -81,11 +81,10 @@ _MISSING = object()  # our default for get(): comes back only on a miss
 class DjangoCacheCall:
     """The Django cache call in progress (`cache_hooks.current_django_call`)."""
 
-    __slots__ = ("get_missed", "key_prefix", "operation")
+    __slots__ = ("get_missed", "operation")
 
-    def __init__(self, operation: str, key_prefix: str | None) -> None:
+    def __init__(self, operation: str) -> None:
         self.operation = operation
-        self.key_prefix = key_prefix
         self.get_missed: bool | None = None  # get_or_set: what its first inner get() found
 
 
@@ -376,7 +375,7 @@ def _make_wrapper(operation: str) -> Callable[..., Any]:
         prepared: _Call | None = None
         try:
             prepared = _prepare(operation, instance, args, kwargs, wrapped)
-            frame = DjangoCacheCall(operation, getattr(instance, "key_prefix", "") or None)
+            frame = DjangoCacheCall(operation)
             _start(operation, instance, prepared)
         except Exception as exc:
             guard.report("django cache instrumentation", exc)

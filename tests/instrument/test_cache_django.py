@@ -257,23 +257,19 @@ def test_redis_commands_are_children_of_the_django_span(
     with traced.tracer.start_as_current_span("job"):
         assert cache.get_many(["patient:1:summary", "patient:2:summary"]) == {"patient:1:summary": 1}
         assert cache.get("patient:2:summary") is None
+        cache.set_many({"patient:3:summary": 3, "patient:4:summary": 4}, 60)  # a pipeline
     job = owner(traced)
-    get_many, get = assert_one_span_per_call(traced, job, 2)
+    get_many, get, set_many = assert_one_span_per_call(traced, job, 3)
     [mget] = traced.children_of(get_many)
     [redis_get] = traced.children_of(get)
-    assert mget.instrumentation_scope.name == redis_get.instrumentation_scope.name == REDIS_SCOPE
-    # The Redis keys carry Django's prefix and version; the pattern does not.
-    assert hms(mget) == {
-        "hms.cache.operation": "MGET",
-        "hms.cache.key_pattern": "patient:{id}:summary",
-        "hms.cache.hits": 1,
-        "hms.cache.misses": 1,
-    }
-    assert hms(redis_get) == {
-        "hms.cache.operation": "GET",
-        "hms.cache.key_pattern": "patient:{id}:summary",
-        "hms.cache.hit": False,
-    }
+    redis_writes = traced.children_of(set_many)
+    assert redis_writes
+    for span in (mget, redis_get, *redis_writes):
+        assert span.instrumentation_scope.name == REDIS_SCOPE
+        # Their parent has the pattern (without Django's prefix and version) and the hits.
+        assert hms(span) == {}, span.name
+    assert hms(get_many) == expect("get_many", name, hits=1, misses=1)
+    assert hms(get) == expect("get", name, hit=False)
     assert redis_client.exists(f"{prefix}patient:1:summary") == 1
     # Counted once, from the Django calls.
     attributes = job.attributes or {}
