@@ -6,9 +6,9 @@ hook counts hits and misses. Both set the `hms.cache.*` attributes and leave a `
 on the span for the span processor (attribute ``_hms_cache``). Commands sent by a Django
 cache call are left alone: the call's own span (`instrument.django_cache`) has the cache
 attributes and is what the signals count, so its Redis children would only repeat them at
-some 20 µs each. Pipelines get no request hook
-and their command stack is already reset when the response hook runs: `instrument.redis`
-keeps a copy in `pipeline_commands` around ``Pipeline.execute``.
+some 20 µs each. Pipelines get no request hook and their command stack is already reset when
+the response hook runs: `instrument.redis` keeps a copy in `pipeline_commands` around
+``Pipeline.execute``.
 
 Command families (the reply decides hit or miss):
 
