@@ -274,7 +274,6 @@ def _db_call(sql: str, i: int, orm: OrmContext | None) -> DbCall:
         filter_columns=fp.filter_columns,
         params_hash=hash(repr((i,))),
         orm=orm,
-        span_id=format(i + 1, "016x"),
     )
 
 

@@ -53,14 +53,9 @@ def report_problems(loaded: config.LoadedSettings, *, force: bool = False) -> No
 
 
 def default_detectors() -> list[Detector]:
-    detectors: list[Detector] = []
-    try:
-        from hms_otel_agent.signals import registry
+    from hms_otel_agent.signals import registry
 
-        detectors.extend(registry.DETECTORS)
-    except ImportError:
-        pass
-    return detectors
+    return list(registry.DETECTORS)
 
 
 def start(detectors: Sequence[Detector] | None = None) -> bool:

@@ -84,10 +84,6 @@ class Pipeline:
         """Rename the service once the Django project is known."""
         self.update_resource({"service.name": name})
 
-    @property
-    def dropped_spans(self) -> int:
-        return sum(p.dropped_spans for p in self.batch_processors)
-
     def dropped_by_reason(self) -> dict[str, int]:
         totals = dict.fromkeys(DROP_REASONS, 0)
         for processor in self.batch_processors:

@@ -199,7 +199,6 @@ class SignalProcessor(SpanProcessor):
                         filter_columns=fp.filter_columns,
                         params_hash=record.params_hash,
                         orm=record.orm,
-                        span_id=format(span.context.span_id, "016x"),
                         rows=record.rows,
                     )
                 )
@@ -212,7 +211,6 @@ class SignalProcessor(SpanProcessor):
                     return
                 call.start_ns = span.start_time or 0
                 call.duration_ns = duration
-                call.span_id = format(span.context.span_id, "016x")
                 activity.cache_calls.append(call)
         except Exception as exc:
             guard.report("span processor (span end)", exc)

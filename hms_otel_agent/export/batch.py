@@ -83,7 +83,6 @@ class BoundedBatchSpanProcessor(SpanProcessor):
         self._wakeup = threading.Event()
         self._export_lock = threading.Lock()
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
-        self.exported_batches = 0
         self.max_queue_length = 0  # the longest the queue has been (for tests and the soak script)
         self._window_drops = 0
         self._window_start = 0.0
@@ -264,7 +263,6 @@ class BoundedBatchSpanProcessor(SpanProcessor):
         token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
         try:
             result = self.exporter.export(batch)
-            self.exported_batches += 1
             if result is SpanExportResult.FAILURE:
                 self._drop("export_failed", len(batch))
         except Exception as exc:

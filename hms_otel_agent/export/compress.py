@@ -79,8 +79,6 @@ class SpanCompressor:
         # span id -> (parent id, run key, duration): eligible spans between mark() and offer()
         self._marked: dict[int, tuple[int, tuple[str, int], int]] = {}
         self.held_spans = 0  # spans referenced by _held (first + pending of every run)
-        self.compressed_spans = 0  # spans that left inside a summary (for tests and benchmarks)
-        self.summaries = 0
 
     def mark(self, span: Any, end_ns: int) -> None:
         """From the `Span.end` hook, while the span is still the live SDK span (its DB record is
@@ -180,8 +178,6 @@ class SpanCompressor:
         attributes = dict(first._attributes)
         attributes[COUNT] = run.count
         attributes[DURATION_MS] = round(run.duration_ns / 1e6, 3)
-        self.compressed_spans += run.count
-        self.summaries += 1
         return ReadableSpan(
             name=first._name,
             context=first._context,

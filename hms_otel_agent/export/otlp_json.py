@@ -71,10 +71,6 @@ class OtlpJsonFileSpanExporter(SpanExporter):
     def __init__(self, directory: str) -> None:
         self._writer = _LineWriter(os.path.join(directory, TRACES_FILE))
 
-    @property
-    def path(self) -> str:
-        return self._writer.path
-
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if not spans:
             return SpanExportResult.SUCCESS

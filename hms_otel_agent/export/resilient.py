@@ -88,7 +88,6 @@ class ExportHealth:
         self.target = target
         self.unit = unit
         self.failed_batches = 0
-        self.failed_items = 0
         self._lock = threading.Lock()
         self._failing = False
         self._window_batches = 0
@@ -105,7 +104,6 @@ class ExportHealth:
     def failed(self, items: int, reason: str) -> None:
         with self._lock:
             self.failed_batches += 1
-            self.failed_items += items
             self._window_batches += 1
             self._window_items += items
             now = time.monotonic()

@@ -21,7 +21,6 @@ from hms_otel_agent import guard
 logger = logging.getLogger("hms_otel")
 
 _ready_callbacks: list[Callable[[], None]] = []
-_done = False
 
 
 def when_django_ready(callback: Callable[[], None]) -> None:
@@ -43,8 +42,6 @@ def _django_ready() -> bool:
 
 
 def _run_ready_callbacks() -> None:
-    global _done
-    _done = True
     # Django's logging config may have disabled loggers that existed before it ran.
     logging.getLogger("hms_otel").disabled = False
     while _ready_callbacks:

@@ -47,10 +47,7 @@ class FindingGroup:
     routes: dict[str, float] = field(default_factory=dict)  # route -> time spent there
     services: set[str] = field(default_factory=set)
     explicit_subject: str = ""  # Finding.subject (connection alias, group members, ...)
-    max_rows: int = 0
-    table: str = ""
-    columns: tuple[str, ...] = ()
-    members: tuple[str, ...] = ()
+    planned: bool = False  # a slow query's plan gave the fix
     _worst_ms: float = -1.0
 
     @property
@@ -79,9 +76,9 @@ class FindingGroup:
         if finding.duration_ms > self._worst_ms:
             self._worst_ms = finding.duration_ms
             self.hint = finding.hint or self.hint
-        if finding.columns and not self.columns:
+        if finding.columns and not self.planned:
             # A plan arrived (slow queries): its index is the fix from now on.
-            self.fix, self.table, self.columns = finding.fix, finding.table, finding.columns
+            self.fix, self.planned = finding.fix, True
         for name in (
             "statement",
             "model",
@@ -89,14 +86,11 @@ class FindingGroup:
             "relation_kind",
             "key_pattern",
             "fix",
-            "table",
-            "members",
         ):
             if not getattr(self, name) and getattr(finding, name):
                 setattr(self, name, getattr(finding, name))
         if not self.explicit_subject and finding.subject:
             self.explicit_subject = finding.subject
-        self.max_rows = max(self.max_rows, finding.rows)
         if self.location is None:
             self.location = finding.location
 

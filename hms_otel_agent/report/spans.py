@@ -135,7 +135,6 @@ def db_call(span: SpanData) -> DbCall | None:
         # Parameters are exported only when opted in; without them duplicates cannot be told.
         params_hash=hash(str(parameters)) if parameters is not None else None,
         orm=orm,
-        span_id=span.span_id,
         rows=_rows(attributes.get("db.response.returned_rows")),
     )
 
@@ -228,7 +227,6 @@ def cache_call(span: SpanData) -> CacheCall:
         duration_ns=span.duration_ns,
         backend=backend,
         django_api=span.scope == DJANGO_CACHE_SCOPE,
-        span_id=span.span_id,
         location=location(attributes),
     )
     hit = attributes.get("hms.cache.hit")
@@ -295,9 +293,7 @@ class Owner:
     is_request: bool = False
     service: str = ""
     run_id: str = ""
-    spans: int = 0  # DB and cache spans grouped here
     recorded: list[Finding] = field(default_factory=list)
-    attributes: dict[str, Any] = field(default_factory=dict)
     aggregate: bool = False  # the agent's span for findings over many requests, not a request
 
     @property
@@ -331,7 +327,6 @@ def build_owners(spans: Iterable[SpanData]) -> list[Owner]:
                 service=_resource_text(span, "service.name"),
                 run_id=_resource_text(span, "hms.run.id"),
                 recorded=recorded_findings(span, route or span.name),
-                attributes=span.attributes,
                 aggregate=span.scope in AGGREGATE_SCOPES,
             )
     resolved: dict[tuple[str, str], tuple[str, str]] = {}
@@ -382,7 +377,6 @@ def build_owners(spans: Iterable[SpanData]) -> list[Owner]:
         # The live processor records calls as they end.
         members.sort(key=lambda item: (item[1].end_ns, item[1].start_ns))
         for kind, span in members:
-            owner.spans += 1
             if span.events:
                 activity.connects.extend(connect_calls(span))
             if kind == DB:

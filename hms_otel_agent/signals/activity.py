@@ -76,7 +76,6 @@ class DbCall:
     filter_columns: tuple[str, ...] = ()
     params_hash: int | None = None  # never exported; compares executions in-process only
     orm: OrmContext | None = None
-    span_id: str = ""
     rows: int = -1  # rows returned (db.response.returned_rows); -1: unknown or no result set
 
 
@@ -96,7 +95,6 @@ class CacheCall:
     key_hash: int | None = None  # never exported; tells repeated reads of one key apart
     location: CodeLocation | None = None
     django_api: bool = False  # a Django cache API call (its Redis commands are its children)
-    span_id: str = ""
 
 
 @dataclass(slots=True)
@@ -109,7 +107,6 @@ class ConnectCall:
     conn_max_age: int | None = None  # CONN_MAX_AGE in seconds; None: unlimited; -2: unknown
     pooled: bool = False  # Django 5.1+ OPTIONS={"pool": ...}: a checkout, not a new connection
     vendor: str = ""  # "postgresql", ...
-    span_id: str = ""
 
 
 UNKNOWN_MAX_AGE = -2

@@ -98,10 +98,6 @@ def _site(call: CacheCall) -> tuple[str, str]:
     return (location.file, location.function) if location is not None else ("", "")
 
 
-def _fingerprint(kind: str, pattern: str, location: CodeLocation | None) -> str:
-    return hints.site_fingerprint(kind, pattern, location)
-
-
 def _duration_ms(calls: Iterable[CacheCall]) -> float:
     return sum(c.duration_ns for c in calls) / 1e6
 
@@ -119,14 +115,13 @@ def _finding(
     subject: str,
     action: str,
     fix: str,
-    location: CodeLocation | None = None,
 ) -> Finding:
-    location = location if location is not None else _most_common_location(calls)
+    location = _most_common_location(calls)
     duration_ms = _duration_ms(calls)
     hint = f"{owner}: {subject} ({duration_ms:.1f} ms){hints.where(location)} — {action}"
     return Finding(
         kind=kind,
-        fingerprint=_fingerprint(kind, pattern, location),
+        fingerprint=hints.site_fingerprint(kind, pattern, location),
         repetitions=len(calls),
         duration_ms=duration_ms,
         key_pattern=pattern,
@@ -332,16 +327,4 @@ def _invalidation_storm(
             "or version the keys instead of deleting each"
         )
     subject = f"{len(deletes)} cache deletes one call at a time ({_times(keys, 'key', 'keys')}) of {pattern}"
-    return [
-        _finding(
-            CACHE_INVALIDATION_STORM,
-            activity,
-            owner,
-            deletes,
-            pattern,
-            subject,
-            action,
-            fix,
-            location=_most_common_location(deletes),
-        )
-    ]
+    return [_finding(CACHE_INVALIDATION_STORM, activity, owner, deletes, pattern, subject, action, fix)]

@@ -549,8 +549,3 @@ def fingerprint_sql(sql: str | bytes) -> SqlFingerprint:
     if len(sql) <= CACHE_MAX_CHARS:
         return _fingerprint_cached(sql)
     return _fingerprint_uncached(sql)
-
-
-def clear_cache() -> None:
-    """Drop memoised fingerprints (benchmarks and tests)."""
-    _fingerprint_cached.cache_clear()

@@ -63,17 +63,11 @@ def _most_common(values: Iterable[object]) -> object | None:
     return counts.most_common(1)[0][0]
 
 
-def _group_key(call: DbCall) -> tuple[str, str, str]:
-    orm = call.orm
-    if orm is None or not orm.lazy:
-        return (call.fingerprint, "", "")
-    # One relation is one fix, whatever the SQL: a GenericForeignKey loads from several tables.
-    return ("", orm.relation, orm.path)
-
-
 def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
     groups: dict[tuple[str, str, str], list[DbCall]] = {}
-    for call in activity.db_calls:  # _group_key, inlined: this loop runs once per statement
+    for call in activity.db_calls:
+        # By statement; a lazy load by relation: one relation is one fix, whatever the SQL (a
+        # GenericForeignKey loads from several tables).
         orm = call.orm
         key = (call.fingerprint, "", "") if orm is None or not orm.lazy else ("", orm.relation, orm.path)
         group = groups.get(key)
