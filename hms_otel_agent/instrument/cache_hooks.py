@@ -314,16 +314,12 @@ def _on_request(span: Any, args: Sequence[Any], capture_keys: bool) -> None:
     )
 
 
-def _on_response(span: Any, reply: Any) -> None:
-    command: RedisCommand | None = getattr(span, COMMAND_RECORD, None)
-    if command is None:
-        return
+def _on_response(span: Any, command: RedisCommand, reply: Any) -> None:
     reads, hits, misses = command.count(reply)
     if not reads:
         return
-    call: CacheCall | None = getattr(span, CACHE_RECORD, None)
-    if call is not None:
-        call.reads, call.hits, call.misses = reads, hits, misses
+    call: CacheCall = getattr(span, CACHE_RECORD)
+    call.reads, call.hits, call.misses = reads, hits, misses
     set_attributes(span, read_attributes(reads, hits, misses, command.read in (NIL, EMPTY, TRUTHY)))
 
 
@@ -411,10 +407,13 @@ def redis_response_hook(settings: Settings) -> Callable[..., None] | None:
 
     def response_hook(span: Any, instance: Any, response: Any) -> None:
         try:
-            if current_django_call.get() is not None or not span.is_recording():
+            # Under a Django cache call there is neither a command record (the request hook
+            # skipped it) nor a pipeline copy (instrument.redis): nothing to do.
+            if not span.is_recording():
                 return
-            if getattr(span, COMMAND_RECORD, None) is not None:
-                _on_response(span, response)
+            command = getattr(span, COMMAND_RECORD, None)
+            if command is not None:
+                _on_response(span, command, response)
                 return
             stack = pipeline_commands.get()
             if stack is not None:

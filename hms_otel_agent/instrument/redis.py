@@ -20,7 +20,7 @@ import wrapt
 
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
-from hms_otel_agent.instrument.cache_hooks import pipeline_commands
+from hms_otel_agent.instrument.cache_hooks import current_django_call, pipeline_commands
 
 REDIS_SCOPE = "opentelemetry.instrumentation.redis"
 
@@ -73,6 +73,10 @@ def command_stack(pipeline: Any) -> list[tuple[Any, ...]]:
 
 
 def _snapshot(instance: Any) -> list[tuple[Any, ...]] | None:
+    """The pipeline's commands for the response hook; None under a Django cache call, whose own
+    span is what gets the cache attributes."""
+    if current_django_call.get() is not None:
+        return None
     try:
         return command_stack(instance)
     except Exception as exc:
