@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from hms_otel_agent import config, guard
 from hms_otel_agent.processors import Detector
+from hms_otel_agent.report.at_exit import RUN_ID_ATTRIBUTE, RUN_ID_ENV
 
 if TYPE_CHECKING:
     from hms_otel_agent.pipeline import Pipeline
@@ -90,9 +91,9 @@ def _start(settings: config.Settings, detectors: Sequence[Detector]) -> Pipeline
     from hms_otel_agent.report.live import LiveLog
 
     built = pipeline.build(settings, detectors, on_findings=LiveLog() if settings.live_log else None)
-    run_id = os.environ.get("HMS_OTEL_RUN_ID")  # set by hms-otel-run
+    run_id = os.environ.get(RUN_ID_ENV)  # set by hms-otel-run
     if run_id:
-        built.update_resource({"hms.run.id": run_id})
+        built.update_resource({RUN_ID_ATTRIBUTE: run_id})
     trace.set_tracer_provider(built.tracer_provider)
     metrics.set_meter_provider(built.meter_provider)
     instrument.install(settings, built.tracer_provider, built.meter_provider)

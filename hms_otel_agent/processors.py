@@ -24,6 +24,7 @@ from opentelemetry.trace.status import Status
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
 from hms_otel_agent.instrument import eager_loads
+from hms_otel_agent.instrument.cache_hooks import CACHE_RECORD
 from hms_otel_agent.instrument.db import DB_SCOPES, SPAN_RECORD
 from hms_otel_agent.instrument.db_connections import CONNECT_RECORD
 from hms_otel_agent.instrument.explain import EXPLAINER
@@ -36,15 +37,13 @@ from hms_otel_agent.signals.activity import (
     OwnerActivity,
     PlanSummary,
 )
-from hms_otel_agent.signals.registry import consolidate
+from hms_otel_agent.signals.registry import Detector, consolidate
 
 logger = logging.getLogger("hms_otel")
 
 CACHE_SCOPES = frozenset(("opentelemetry.instrumentation.redis", "hms_otel_agent.django_cache"))
-CACHE_RECORD = "_hms_cache"
 MAX_CALLS_PER_OWNER = 5000
 
-Detector = Callable[[OwnerActivity, Settings], list[Finding]]
 
 _OWNER, _DB, _CACHE, _NESTED_CACHE = 0, 1, 2, 3
 

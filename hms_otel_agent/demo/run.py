@@ -29,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from hms_otel_agent.demo.servers import EmbeddedPostgres, EmbeddedRedis, ServerError, free_port
 from hms_otel_agent.demo.traffic import drive
+from hms_otel_agent.report.at_exit import ROOT_PID_ENV, RUN_ID_ENV
 
 DEFAULT_REQUESTS = 200
 SETTINGS_MODULE = "hms_otel_agent.sample.settings"
@@ -122,7 +123,7 @@ class Demo:
         return db_url, redis_url
 
     def app_env(self, db_url: str, redis_url: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in ("HMS_OTEL_ROOT_PID", "HMS_OTEL_RUN_ID")}
+        env = {k: v for k, v in os.environ.items() if k not in (ROOT_PID_ENV, RUN_ID_ENV)}
         env.update(
             {
                 "DATABASE_URL": db_url,

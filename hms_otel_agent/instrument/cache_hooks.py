@@ -45,7 +45,7 @@ from hms_otel_agent.signals.activity import CacheCall
 from hms_otel_agent.signals.cache_signals import common_pattern
 from hms_otel_agent.signals.key_pattern import key_pattern
 
-CACHE_RECORD = "_hms_cache"  # = processors.CACHE_RECORD (read back when the span ends)
+CACHE_RECORD = "_hms_cache"  # the CacheCall, read back by the span processor when the span ends
 COMMAND_RECORD = "_hms_redis"  # the parsed command, from the request hook to the response hook
 MAX_CAPTURED_KEY_CHARS = 1024
 MAX_PATTERN_KEYS = 32  # keys of a multi-key command whose patterns are merged

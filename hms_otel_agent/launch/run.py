@@ -16,10 +16,9 @@ import sys
 
 from hms_otel_agent import __version__, config
 from hms_otel_agent.launch.options import add_setting_flags, given_settings
+from hms_otel_agent.report.at_exit import ROOT_PID_ENV, RUN_ID_ENV
 
 BOOTSTRAP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bootstrap")
-ROOT_PID_ENV = "HMS_OTEL_ROOT_PID"
-RUN_ID_ENV = "HMS_OTEL_RUN_ID"  # exported as the resource attribute hms.run.id
 
 
 def build_parser() -> argparse.ArgumentParser:

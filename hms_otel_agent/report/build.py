@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from hms_otel_agent.config import Settings
+from hms_otel_agent.report.at_exit import RUN_ID_ATTRIBUTE
 from hms_otel_agent.report.model import ANALYZED, RECORDED, Aggregator, Report
 from hms_otel_agent.report.otlp import SpanData
 from hms_otel_agent.report.spans import Owner, build_owners
-from hms_otel_agent.signals.activity import Finding, OwnerActivity
-
-Detector = Callable[[OwnerActivity, Settings], list[Finding]]
+from hms_otel_agent.signals.activity import Finding
+from hms_otel_agent.signals.registry import Detector
 
 
 def registered_detectors() -> list[Detector]:
@@ -37,14 +37,14 @@ def detect(owner: Owner, settings: Settings, detectors: Sequence[Detector]) -> l
 def filter_run(spans: Iterable[SpanData], run_id: str | None) -> list[SpanData]:
     if not run_id:
         return list(spans)
-    return [s for s in spans if str(s.resource.get("hms.run.id", "")) == run_id]
+    return [s for s in spans if str(s.resource.get(RUN_ID_ATTRIBUTE, "")) == run_id]
 
 
 def latest_run_id(spans: Iterable[SpanData]) -> str:
     """The run id of the most recent span that has one ('' if none has)."""
     latest, found = -1, ""
     for span in spans:
-        run_id = span.resource.get("hms.run.id")
+        run_id = span.resource.get(RUN_ID_ATTRIBUTE)
         if run_id and span.end_ns > latest:
             latest, found = span.end_ns, str(run_id)
     return found

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hms_otel_agent.report.at_exit import RUN_ID_ATTRIBUTE
 from hms_otel_agent.report.otlp import KIND_SERVER, SpanData
 from hms_otel_agent.signals.activity import (
     UNKNOWN_MAX_AGE,
@@ -325,7 +326,7 @@ def build_owners(spans: Iterable[SpanData]) -> list[Owner]:
                 trace_id=span.trace_id,
                 is_request=span.kind == KIND_SERVER,
                 service=_resource_text(span, "service.name"),
-                run_id=_resource_text(span, "hms.run.id"),
+                run_id=_resource_text(span, RUN_ID_ATTRIBUTE),
                 recorded=recorded_findings(span, route or span.name),
                 aggregate=span.scope in AGGREGATE_SCOPES,
             )
@@ -353,7 +354,7 @@ def build_owners(spans: Iterable[SpanData]) -> list[Owner]:
                         span=None,
                         trace_id=span.trace_id,
                         service=_resource_text(span, "service.name"),
-                        run_id=_resource_text(span, "hms.run.id"),
+                        run_id=_resource_text(span, RUN_ID_ATTRIBUTE),
                     )
                 break
             current = parent
