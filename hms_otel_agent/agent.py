@@ -49,8 +49,7 @@ def report_problems(loaded: config.LoadedSettings, *, force: bool = False) -> No
     """Print one line per bad setting (once per process tree unless forced)."""
     if not loaded.problems or (os.environ.get(ANNOUNCED_ENV) and not force):
         return
-    for problem in loaded.problems:
-        print(problem.line(loaded.settings.strict), file=sys.stderr, flush=True)
+    loaded.print_problems()
 
 
 def default_detectors() -> list[Detector]:

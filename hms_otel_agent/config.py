@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -830,6 +831,12 @@ class Settings:
 class LoadedSettings:
     settings: Settings
     problems: list[Problem]
+
+    def print_problems(self, strict: bool | None = None) -> None:
+        """One line per bad value on stderr; `strict` (default: the settings' own) words them."""
+        strict = self.settings.strict if strict is None else strict
+        for problem in self.problems:
+            print(problem.line(strict), file=sys.stderr, flush=True)
 
 
 def load(

@@ -10,7 +10,6 @@ bounded: spans that never end are evicted oldest first.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +36,7 @@ from hms_otel_agent.signals.activity import (
     OwnerActivity,
     PlanSummary,
 )
+from hms_otel_agent.signals.redact import scrub_stacktrace
 from hms_otel_agent.signals.registry import Detector, consolidate
 
 logger = logging.getLogger("hms_otel")
@@ -379,9 +379,6 @@ def _scrub(span: Span, settings: Settings, urls: bool = True) -> None:
         span._status = Status(status.status_code, redact.scrub_status_description(status.description))
 
 
-_MESSAGE_REDACTED = "(message redacted)"
-
-
 def _scrub_fail_closed(span: Span) -> None:
     """When redaction itself failed: drop what may identify a patient rather than export it."""
     try:
@@ -399,66 +396,9 @@ def _scrub_fail_closed(span: Span) -> None:
                 kept = {k: v for k, v in (event.attributes or {}).items() if k == "exception.type"}
                 events._dq[index] = Event(event.name, kept, event.timestamp)  # type: ignore[attr-defined]
         if span.status.description:
-            span._status = Status(span.status.status_code, _MESSAGE_REDACTED)
+            span._status = Status(span.status.status_code, redact.MESSAGE_REDACTED)
     except Exception as exc:
         guard.report("span processor (redaction fallback)", exc)
-
-
-# A formatted traceback, line by line: headers, frames (`File "..."` and the source and caret
-# lines under it), then the exception line, whose message may continue over any number of
-# lines, indented or not, until the next header. Exception groups prefix all of this with
-# "| " and separate their members with "+---- n ----" lines.
-_TB_HEADERS = (
-    "Traceback (most recent call last):",
-    "Exception Group Traceback (most recent call last):",
-    "The above exception was the direct cause",
-    "During handling of the above exception",
-)
-_TB_GROUP_PREFIX = re.compile(r"^[ \t]*[|+][ \t]?")
-_TB_SEPARATOR = re.compile(r"^[ \t]*\+[-+]*-{4,}(?: (?:\d+|\.\.\.) -+)?[ \t]*$")
-_TB_EXCEPTION = re.compile(r"^([A-Za-z_][\w.]*)(?=:|$)")
-_TB_SOURCE_LINES = 3  # source line(s) and caret line kept under a `File` line
-
-
-def scrub_stacktrace(text: str) -> str:
-    """Keep the structure and frames of a formatted traceback; drop every exception message,
-    including indented continuation lines and the members of exception groups."""
-    lines: list[str] = []
-    in_message = False
-    source_lines = 0
-    for line in text.splitlines():
-        if not line.strip():
-            lines.append("")
-            continue
-        if _TB_SEPARATOR.match(line):
-            lines.append(line)
-            in_message, source_lines = False, 0
-            continue
-        match = _TB_GROUP_PREFIX.match(line)
-        prefix = match.group(0) if match else ""
-        content = line[len(prefix) :]
-        if content.startswith(_TB_HEADERS):
-            lines.append(line)
-            in_message, source_lines = False, 0
-            continue
-        if in_message or not content.strip():
-            continue
-        if content[0] in " \t":
-            stripped = content.lstrip()
-            if stripped.startswith('File "'):
-                lines.append(line)
-                source_lines = _TB_SOURCE_LINES
-            elif stripped.startswith("[Previous line repeated"):
-                lines.append(line)
-            elif source_lines:
-                lines.append(line)
-                source_lines -= 1
-            continue  # any other indented text is not part of a frame: dropped
-        exception = _TB_EXCEPTION.match(content)
-        if exception:
-            lines.append(f"{prefix}{exception.group(1)}: {_MESSAGE_REDACTED}")
-        in_message, source_lines = True, 0
-    return "\n".join(lines) + ("\n" if text.endswith("\n") else "")
 
 
 _EVENT_NAMES = {

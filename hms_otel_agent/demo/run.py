@@ -24,10 +24,10 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from hms_otel_agent.demo.servers import EmbeddedPostgres, EmbeddedRedis, ServerError, free_port
+from hms_otel_agent.demo.servers import EmbeddedPostgres, EmbeddedRedis, ServerError, free_port, tail
 from hms_otel_agent.demo.traffic import drive
 from hms_otel_agent.report.at_exit import ROOT_PID_ENV, RUN_ID_ENV
 
@@ -51,24 +51,23 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
 
 
 @contextlib.contextmanager
-def _signals_raise() -> Iterator[None]:
-    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
+def _on_signals(handler: Any) -> Iterator[None]:
+    """`handler` for SIGINT and SIGTERM while in the block."""
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
-@contextlib.contextmanager
-def _signals_ignored() -> Iterator[None]:
+def _signals_raise() -> contextlib.AbstractContextManager[None]:
+    return _on_signals(_raise_interrupted)
+
+
+def _signals_ignored() -> contextlib.AbstractContextManager[None]:
     """No second Ctrl-C in the middle of cleanup."""
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return _on_signals(signal.SIG_IGN)
 
 
 def _safe_url(url: str) -> str:
@@ -143,10 +142,8 @@ class Demo:
                 cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False
             )
         if proc.returncode != 0:
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-            raise DemoError(
-                f"'{' '.join(command[:1])}' of the sample app failed (exit {proc.returncode}):\n{tail}"
-            )
+            name = " ".join(command[:1])
+            raise DemoError(f"'{name}' of the sample app failed (exit {proc.returncode}):\n{tail(log, 15)}")
 
     def prepare(self, env: dict[str, str]) -> None:
         started = time.monotonic()
@@ -208,10 +205,7 @@ class Demo:
         raise DemoError(f"the app server did not answer on {base_url} within 60 s:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.server_log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return tail(self.server_log, lines)
 
     def stop_server(self, graceful: bool = True, timeout: float = 15) -> None:
         """SIGTERM to gunicorn (graceful: workers finish and flush their telemetry), or SIGQUIT

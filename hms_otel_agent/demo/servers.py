@@ -28,12 +28,14 @@ class ServerError(RuntimeError):
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free on ``host`` a moment ago (the OS may hand it out again: bind soon)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
-def _tail(path: Path, lines: int = 20) -> str:
+def tail(path: Path, lines: int = 20) -> str:
+    """The last `lines` lines of a log file ('' when it cannot be read)."""
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -124,7 +126,7 @@ class EmbeddedPostgres:
                     "-o", f"-p {port}", "start",
                 )  # fmt: skip
             except ServerError as exc:
-                last = f"{exc}\n{_tail(self.log_file)}"
+                last = f"{exc}\n{tail(self.log_file)}"
                 if "could not bind" in last or "already in use" in last:
                     continue
                 raise ServerError(last) from None
@@ -247,7 +249,7 @@ class EmbeddedRedis:
             finally:
                 client.close()
             self._terminate()
-        raise ServerError(f"could not start redis-server: {_tail(self.log_file)}")
+        raise ServerError(f"could not start redis-server: {tail(self.log_file)}")
 
     def _terminate(self) -> None:
         proc, self._proc = self._proc, None

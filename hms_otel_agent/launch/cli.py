@@ -13,14 +13,12 @@ from hms_otel_agent.launch.options import add_setting_flags, given_settings
 def _config(args: argparse.Namespace) -> int:
     loaded = config.load(os.environ, given_settings(args))
     if args.check:
-        for problem in loaded.problems:
-            print(problem.line(strict=True), file=sys.stderr)
+        loaded.print_problems(strict=True)
         if loaded.problems:
             return 2
         print(f"hms-otel: configuration OK ({len(config.OPTIONS)} settings checked)")
         return 0
-    for problem in loaded.problems:
-        print(problem.line(strict=loaded.settings.strict), file=sys.stderr)
+    loaded.print_problems()
     rows = list(config.describe(loaded.settings))
     width = max(len(option.env) for option, _, _ in rows)
     for option, value, source in rows:

@@ -59,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     prepare_environment(environ, flags)
     loaded = config.load(environ)
     if loaded.settings.strict and loaded.problems:
-        for problem in loaded.problems:
-            print(problem.line(strict=True), file=sys.stderr)
+        loaded.print_problems(strict=True)
         return 2
     executable = shutil.which(args.command, path=environ.get("PATH"))
     if executable is None:

@@ -10,9 +10,7 @@ from collections.abc import Collection
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 REDACTED = "REDACTED"
-_MESSAGE_REDACTED = "(message redacted)"
-_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*)(: |:$)")
-_KEEP_PREFIXES = ("Traceback (most recent call last):", "The above exception", "During handling of")
+MESSAGE_REDACTED = "(message redacted)"
 
 
 def redact_query(query: str, names: Collection[str]) -> str:
@@ -42,21 +40,63 @@ def redact_url(url: str, names: Collection[str]) -> str:
 
 def exception_message(type_name: str) -> str:
     """What replaces an exception's message: its type only, since messages echo data."""
-    return f"{type_name.rpartition('.')[2] or 'Exception'} {_MESSAGE_REDACTED}"
+    return f"{type_name.rpartition('.')[2] or 'Exception'} {MESSAGE_REDACTED}"
+
+
+# A formatted traceback, line by line: headers, frames (`File "..."` and the source and caret
+# lines under it), then the exception line, whose message may continue over any number of
+# lines, indented or not, until the next header. Exception groups prefix all of this with
+# "| " and separate their members with "+---- n ----" lines.
+_TB_HEADERS = (
+    "Traceback (most recent call last):",
+    "Exception Group Traceback (most recent call last):",
+    "The above exception was the direct cause",
+    "During handling of the above exception",
+)
+_TB_GROUP_PREFIX = re.compile(r"^[ \t]*[|+][ \t]?")
+_TB_SEPARATOR = re.compile(r"^[ \t]*\+[-+]*-{4,}(?: (?:\d+|\.\.\.) -+)?[ \t]*$")
+_TB_EXCEPTION = re.compile(r"^([A-Za-z_][\w.]*)(?=:|$)")
+_TB_SOURCE_LINES = 3  # source line(s) and caret line kept under a `File` line
 
 
 def scrub_stacktrace(text: str) -> str:
-    """Keep the frames of a formatted traceback; drop the exception messages (they echo data,
-    e.g. PostgreSQL's ``Key (mrn)=(MRN-004211) already exists``)."""
-    lines = []
+    """Keep the structure and frames of a formatted traceback; drop every exception message,
+    including indented continuation lines and the members of exception groups."""
+    lines: list[str] = []
+    in_message = False
+    source_lines = 0
     for line in text.splitlines():
-        if not line or line.startswith((" ", "\t")) or line.startswith(_KEEP_PREFIXES):
-            lines.append(line)
+        if not line.strip():
+            lines.append("")
             continue
-        match = _EXCEPTION_LINE.match(line)
-        if match:
-            lines.append(f"{match.group(1)}: {_MESSAGE_REDACTED}")
-        # any other line is a continuation of a message: dropped
+        if _TB_SEPARATOR.match(line):
+            lines.append(line)
+            in_message, source_lines = False, 0
+            continue
+        match = _TB_GROUP_PREFIX.match(line)
+        prefix = match.group(0) if match else ""
+        content = line[len(prefix) :]
+        if content.startswith(_TB_HEADERS):
+            lines.append(line)
+            in_message, source_lines = False, 0
+            continue
+        if in_message or not content.strip():
+            continue
+        if content[0] in " \t":
+            stripped = content.lstrip()
+            if stripped.startswith('File "'):
+                lines.append(line)
+                source_lines = _TB_SOURCE_LINES
+            elif stripped.startswith("[Previous line repeated"):
+                lines.append(line)
+            elif source_lines:
+                lines.append(line)
+                source_lines -= 1
+            continue  # any other indented text is not part of a frame: dropped
+        exception = _TB_EXCEPTION.match(content)
+        if exception:
+            lines.append(f"{prefix}{exception.group(1)}: {MESSAGE_REDACTED}")
+        in_message, source_lines = True, 0
     return "\n".join(lines) + ("\n" if text.endswith("\n") else "")
 
 
@@ -65,4 +105,4 @@ def scrub_status_description(description: str) -> str:
     head = description.split(":", 1)[0].strip()
     if head and " " not in head:
         return exception_message(head)
-    return _MESSAGE_REDACTED
+    return MESSAGE_REDACTED

@@ -28,23 +28,16 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import time
 from urllib.parse import urlsplit, urlunsplit
 
 from hms_otel_agent.demo.servers import EmbeddedPostgres, EmbeddedRedis
+from hms_otel_agent.demo.servers import free_port as free_port  # the tests import it from here
 
 DATABASE_URL_ENV = "HMS_OTEL_TEST_DATABASE_URL"
 REDIS_URL_ENV = "HMS_OTEL_TEST_REDIS_URL"
 REDIS_BASE_DB = 13
 DB_NAME_PREFIX = "hms_otel_t_"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on ``host`` a moment ago (the OS may hand it out again: bind soon)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def xdist_worker_id() -> str:
