@@ -24,11 +24,15 @@ from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
 from hms_otel_agent.instrument import eager_loads
 from hms_otel_agent.instrument.cache_hooks import CACHE_RECORD
-from hms_otel_agent.instrument.db import DB_SCOPES, SPAN_RECORD
+from hms_otel_agent.instrument.db import SPAN_RECORD
 from hms_otel_agent.instrument.db_connections import CONNECT_RECORD
 from hms_otel_agent.instrument.explain import EXPLAINER
 from hms_otel_agent.signals import redact
 from hms_otel_agent.signals.activity import (
+    CACHE_SCOPES,
+    DB_SCOPES,
+    EXPLAIN_EVENT,
+    MAX_CALLS_PER_OWNER,
     CacheCall,
     ConnectCall,
     DbCall,
@@ -40,9 +44,6 @@ from hms_otel_agent.signals.redact import scrub_stacktrace
 from hms_otel_agent.signals.registry import Detector, consolidate
 
 logger = logging.getLogger("hms_otel")
-
-CACHE_SCOPES = frozenset(("opentelemetry.instrumentation.redis", "hms_otel_agent.django_cache"))
-MAX_CALLS_PER_OWNER = 5000
 
 
 _OWNER, _DB, _CACHE, _NESTED_CACHE = 0, 1, 2, 3
@@ -411,7 +412,6 @@ _EVENT_NAMES = {
     "connection_churn": "hms.connection_churn",
     "unused_eager_load": "hms.unused_eager_load",
 }
-EXPLAIN_EVENT = "hms.explain"
 
 
 def _attach_plans(activity: OwnerActivity, slow_query_ms: float) -> None:

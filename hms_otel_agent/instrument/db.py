@@ -31,13 +31,6 @@ from hms_otel_agent.signals.activity import OrmContext
 from hms_otel_agent.signals.fingerprint import fingerprint_sql
 from hms_otel_agent.signals.sql_mask import mask_sql_literals
 
-DB_SCOPES = frozenset(
-    (
-        "opentelemetry.instrumentation.psycopg2",
-        "opentelemetry.instrumentation.psycopg",
-        "opentelemetry.instrumentation.dbapi",
-    )
-)
 # The record the span processor reads back from the span when it ends.
 SPAN_RECORD = "_hms_db"
 # Masking and fingerprinting run on the application's thread, in time linear in the statement;

@@ -42,9 +42,9 @@ from hms_otel_agent.instrument.cache_hooks import (
     read_attributes,
 )
 from hms_otel_agent.instrument.context import code_attributes, set_attributes, user_location
-from hms_otel_agent.signals.activity import CacheCall
+from hms_otel_agent.signals.activity import DJANGO_CACHE_SCOPE, CacheCall
 
-SCOPE = "hms_otel_agent.django_cache"
+SCOPE = DJANGO_CACHE_SCOPE
 OPERATIONS = (
     "get",
     "get_many",

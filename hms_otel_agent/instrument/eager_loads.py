@@ -46,7 +46,7 @@ from opentelemetry.trace import SpanKind
 
 from hms_otel_agent import __version__, guard
 from hms_otel_agent.instrument.context import user_location
-from hms_otel_agent.signals.activity import CodeLocation, Finding
+from hms_otel_agent.signals.activity import EAGER_LOADS_SCOPE, CodeLocation, Finding
 from hms_otel_agent.signals.eager_loading import (
     PREFETCH_RELATED,
     SELECT_RELATED,
@@ -54,7 +54,7 @@ from hms_otel_agent.signals.eager_loading import (
     UnusedEagerAggregator,
 )
 
-SCOPE = "hms_otel_agent.eager_loads"
+SCOPE = EAGER_LOADS_SCOPE
 SPAN_NAME = "unused eager loading"
 EVENT_NAME = "hms.unused_eager_load"
 COMPONENT = "unused eager loading"

@@ -26,6 +26,13 @@ from typing import Any
 from hms_otel_agent.report.at_exit import RUN_ID_ATTRIBUTE
 from hms_otel_agent.report.otlp import KIND_SERVER, SpanData
 from hms_otel_agent.signals.activity import (
+    CACHE_SCOPES,
+    CONNECT_EVENT,
+    DB_SCOPES,
+    DJANGO_CACHE_SCOPE,
+    EAGER_LOADS_SCOPE,
+    EXPLAIN_EVENT,
+    MAX_CALLS_PER_OWNER,
     UNKNOWN_MAX_AGE,
     CacheCall,
     CodeLocation,
@@ -38,22 +45,8 @@ from hms_otel_agent.signals.activity import (
 )
 from hms_otel_agent.signals.fingerprint import fingerprint_sql
 
-# Instrumentation scopes, as in instrument/db.py and processors.py (not imported: report/ reads
-# files and must not need the SDK's instrumentations).
-DB_SCOPES = frozenset(
-    (
-        "opentelemetry.instrumentation.psycopg2",
-        "opentelemetry.instrumentation.psycopg",
-        "opentelemetry.instrumentation.dbapi",
-    )
-)
-CACHE_SCOPES = frozenset(("opentelemetry.instrumentation.redis", "hms_otel_agent.django_cache"))
-DJANGO_CACHE_SCOPE = "hms_otel_agent.django_cache"
-CONNECT_EVENT = "hms.db.connect"  # instrument/db_connections.py
-AGGREGATE_SCOPES = frozenset(("hms_otel_agent.eager_loads",))  # instrument/eager_loads.py
-EXPLAIN_EVENT = "hms.explain"
+AGGREGATE_SCOPES = frozenset((EAGER_LOADS_SCOPE,))
 CACHE_SYSTEMS = frozenset(("redis", "memcached", "valkey", "keydb", "dragonfly"))
-MAX_CALLS_PER_OWNER = 5000  # as in processors.py
 
 OWNER, DB, CACHE = 0, 1, 2
 
