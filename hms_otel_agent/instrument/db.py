@@ -1,15 +1,18 @@
 """psycopg2 and psycopg 3 through the OpenTelemetry contrib instrumentations, plus our hook.
 
-The contrib instrumentations make one CLIENT span per execute / executemany / callproc.
-Both share `dbapi.CursorTracer._populate_span`, which runs while the span is open and
-sees the statement and its parameters; the agent wraps it to
+The contrib instrumentations wrap connections and cursors and make one CLIENT span per
+execute / executemany / callproc in `dbapi.CursorTracer.traced_execution` (and its async
+twin), shared by psycopg and psycopg2. The agent replaces those two methods with the same span
+— name, kind, attributes, current span, exception status, SQL commenter and the contrib's
+metrics — built with one attribute write and without the SDK's two generator context
+managers (the stock path sets attributes one call and one validation at a time: on an N+1
+page that was the largest part of the telemetry cost per query), and adds
 
-* export the statement with inline literals masked (unless opted in),
-* add `hms.db.fingerprint` and, when the ORM is behind the query, the model, relation and
+* the statement with inline literals masked (unless opted in),
+* `hms.db.fingerprint` and, when the ORM is behind the query, the model, relation and
   the user's code location,
-* keep a hash of the parameters on the span for duplicate detection (never exported),
-* once the statement ran (``CursorTracer._record_metrics``, called in a ``finally`` while the
-  span is still open), record ``db.response.returned_rows`` for SELECTs: the driver's row count.
+* a hash of the parameters on the span for duplicate detection (never exported),
+* once the statement ran, ``db.response.returned_rows`` for SELECTs: the driver's row count.
 
 The statement as sent, its parameters and the cursor stay on the span record (`execution`) only
 until the span ends, for the opt-in EXPLAIN of slow queries (``instrument/explain.py``); the span
@@ -18,11 +21,17 @@ processor drops them then. They are never exported.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Awaitable, Callable
+from time import perf_counter
 from typing import Any
 
+from opentelemetry.context import attach, detach
 from opentelemetry.instrumentation import dbapi
-from opentelemetry.trace import get_current_span
+from opentelemetry.instrumentation._semconv import _set_db_name, _set_db_statement, _set_db_system
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+from opentelemetry.trace import SpanKind, set_span_in_context
+from opentelemetry.trace.status import Status, StatusCode
 
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
@@ -40,9 +49,6 @@ SPAN_RECORD = "_hms_db"
 MAX_FINGERPRINT_CHARS = 16_384
 MAX_EXPORTED_STATEMENT_CHARS = 4_096
 TRUNCATED = "…"
-
-_original_populate: Callable[..., Any] | None = None
-_original_record_metrics: Callable[..., Any] | None = None
 
 
 class DbSpanRecord:
@@ -115,84 +121,207 @@ def _params_hash(params: Any) -> int | None:
         return None
 
 
+# --- the traced execution -------------------------------------------------------------------
+
+_original_traced: tuple[Any, Any] | None = None
+_LEADING_COMMENT = re.compile(r"^/\*.*?\*/")
+# CursorTracer class -> whether its statement and operation name are the stock ones for str
+# statements (dbapi's and the psycopg / psycopg2 subclasses', which only add sql.Composable).
+_stock_reading: dict[type, bool] = {}
+
+
+def _reads_like_stock(tracer_class: type) -> bool:
+    stock = _stock_reading.get(tracer_class)
+    if stock is None:
+        stock = all(
+            getattr(tracer_class, name).__module__.startswith("opentelemetry.instrumentation.")
+            for name in ("get_operation_name", "get_statement")
+        )
+        _stock_reading[tracer_class] = stock
+    return stock
+
+
+def _statement_and_name(tracer: Any, cursor: Any, args: tuple[Any, ...]) -> tuple[Any, str]:
+    """What ``tracer.get_statement`` and ``tracer.get_operation_name`` return, without their
+    method layers for the common case (a str statement); the stock name of a comment-only
+    statement raises IndexError, this gives ""."""
+    statement = args[0] if args else ""
+    if statement.__class__ is str and _reads_like_stock(tracer.__class__):
+        words = _LEADING_COMMENT.sub("", statement).split(None, 1) if statement else ()
+        return statement, words[0] if words else ""
+    return tracer.get_statement(cursor, args), tracer.get_operation_name(cursor, args)
+
+
+def _contrib_attributes(integration: Any, statement: str, args: tuple[Any, ...]) -> dict[str, Any]:
+    """The attributes the contrib's ``_populate_span`` sets, with `statement` as the statement."""
+    mode = integration._sem_conv_opt_in_mode_db
+    attributes: dict[str, Any] = {}
+    _set_db_system(attributes, integration.database_system, mode)
+    _set_db_name(attributes, integration.database, mode)
+    _set_db_statement(attributes, statement, mode)
+    attributes.update(integration.span_attributes)
+    if integration.capture_parameters and len(args) > 1:
+        attributes["db.statement.parameters"] = str(args[1])
+    return attributes
+
+
+def _populate(
+    tracer: Any, span: Any, cursor: Any, args: tuple[Any, ...], statement: Any, mask: bool
+) -> DbSpanRecord | None:
+    """Every attribute of the DB span in one write: the contrib's, with the statement masked,
+    and the agent's (fingerprint, ORM context); the record the span processor reads."""
+    integration = tracer._db_api_integration
+    try:
+        if isinstance(statement, bytes):
+            statement = statement.decode("utf-8", "replace")
+        long = len(statement) > MAX_EXPORTED_STATEMENT_CHARS
+        fp = fingerprint_sql(statement[:MAX_FINGERPRINT_CHARS] if long else statement)
+        orm = current_orm.get()
+        if orm is None:
+            location = user_location()
+            if location is not None:
+                orm = _raw_context(location)
+        params = args[1] if len(args) > 1 else None
+        record = DbSpanRecord(fp, _params_hash(params), orm)
+        record.execution = (statement, params, cursor)
+        shown = statement
+        if statement and (mask or long):
+            shown = statement[:MAX_EXPORTED_STATEMENT_CHARS] if long else statement
+            if mask:  # a literal cut in two is masked whole: what follows an open quote is masked
+                shown = mask_sql_literals(shown)
+            if long:
+                shown += TRUNCATED
+        attributes = _contrib_attributes(integration, shown, args)
+        attributes["hms.db.fingerprint"] = fp.digest
+        if orm is not None:
+            attributes.update(orm_attributes(orm))
+        set_attributes(span, attributes)
+        setattr(span, SPAN_RECORD, record)
+        return record
+    except Exception as exc:
+        guard.report("SQL span hook", exc)
+        try:  # never fall back to exporting the raw statement: it may hold literals
+            span.set_attributes(_contrib_attributes(integration, "" if mask else str(statement), args))
+        except Exception as exc2:
+            guard.report("SQL span hook", exc2)
+        return None
+
+
+def _start(
+    tracer: Any, cursor: Any, args: tuple[Any, ...], mask: bool
+) -> tuple[Any, Any, str, tuple[Any, ...], Any]:
+    """Start the CLIENT span of one execute as the contrib's ``traced_execution`` does (same
+    name, kind, attributes, current span, SQL commenter), with one attribute write."""
+    integration = tracer._db_api_integration
+    statement, operation = _statement_and_name(tracer, cursor, args)
+    span = integration._tracer.start_span(
+        operation or integration.database or integration.name, kind=SpanKind.CLIENT
+    )
+    token = attach(set_span_in_context(span))
+    record = None
+    try:
+        if span.is_recording():
+            if args and tracer._commenter_enabled:
+                if tracer._enable_attribute_commenter:  # the comment is exported with the statement
+                    args = tracer._update_args_with_added_sql_comment(args, cursor)
+                    statement = _statement_and_name(tracer, cursor, args)[0]
+                    record = _populate(tracer, span, cursor, args, statement, mask)
+                else:
+                    record = _populate(tracer, span, cursor, args, statement, mask)
+                    args = tracer._update_args_with_added_sql_comment(args, cursor)
+            else:
+                record = _populate(tracer, span, cursor, args, statement, mask)
+    except Exception:
+        detach(token)
+        span.end()
+        raise
+    return span, token, operation, args, record
+
+
+def _finish(
+    tracer: Any,
+    span: Any,
+    token: Any,
+    cursor: Any,
+    operation: str,
+    started: float,
+    record: Any,
+    error: Exception | None,
+) -> None:
+    try:
+        if error is None and record is not None and record.fingerprint.operation == "SELECT":
+            rows = cursor.rowcount
+            if rows.__class__ is int and rows >= 0:  # -1: a server-side cursor, unknown
+                record.rows = rows
+                set_attributes(span, {"db.response.returned_rows": rows})
+        tracer._record_metrics(cursor, operation, started, error)  # the contrib's metrics (opt-in)
+        if error is not None and span.is_recording():
+            # What the SDK's start_as_current_span does with an exception leaving the block.
+            span.record_exception(error)
+            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+    except Exception as exc:
+        guard.report("SQL span hook", exc)
+    finally:
+        detach(token)
+        span.end()
+
+
 def install(settings: Settings) -> None:
-    global _original_populate
-    if _original_populate is not None:
+    """Replace the contrib's ``CursorTracer.traced_execution`` (and its async twin) with the
+    same span built in one attribute write, without two generator context managers, plus the
+    agent's attributes and record."""
+    global _original_traced
+    if _original_traced is not None:
         return
-    original = dbapi.CursorTracer._populate_span
     mask = not settings.capture_sql_literals
 
-    def _populate_span(self: Any, span: Any, cursor: Any, *args: Any) -> None:
-        if not span.is_recording():
-            return
+    def traced_execution(
+        tracer: Any, cursor: Any, query_method: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        if not is_instrumentation_enabled():
+            return query_method(*args, **kwargs)
         try:
-            statement = self.get_statement(cursor, args)
-            if isinstance(statement, bytes):
-                statement = statement.decode("utf-8", "replace")
-            long = isinstance(statement, str) and len(statement) > MAX_EXPORTED_STATEMENT_CHARS
-            fp = fingerprint_sql(statement[:MAX_FINGERPRINT_CHARS] if long else statement)
-            orm = current_orm.get()
-            if orm is None:
-                location = user_location()
-                if location is not None:
-                    orm = _raw_context(location)
-            params = args[1] if len(args) > 1 else None
-            record = DbSpanRecord(fp, _params_hash(params), orm)
-            record.execution = (statement, params, cursor)
-            if statement and (mask or long):
-                shown = statement[:MAX_EXPORTED_STATEMENT_CHARS] if long else statement
-                if mask:  # a literal cut in two is masked whole: what follows an open quote is masked
-                    shown = mask_sql_literals(shown)
-                args = (shown + TRUNCATED if long else shown, *args[1:])
+            span, token, operation, args, record = _start(tracer, cursor, args, mask)
         except Exception as exc:
-            guard.report("SQL span hook", exc)
-            # Never fall back to exporting the raw statement: it may hold literals.
-            original(self, span, cursor, *(("", *args[1:]) if mask and args else args))
-            return
-        original(self, span, cursor, *args)
+            guard.report("SQL span", exc)
+            return query_method(*args, **kwargs)
+        started = perf_counter()
+        error: Exception | None = None
         try:
-            if orm is None:
-                set_attributes(span, {"hms.db.fingerprint": fp.digest})
-            else:
-                set_attributes(span, {"hms.db.fingerprint": fp.digest, **orm_attributes(orm)})
-            setattr(span, SPAN_RECORD, record)
+            return query_method(*args, **kwargs)
         except Exception as exc:
-            guard.report("SQL span hook", exc)
+            error = exc
+            raise
+        finally:
+            _finish(tracer, span, token, cursor, operation, started, record, error)
 
-    dbapi.CursorTracer._populate_span = _populate_span  # type: ignore[method-assign]
-    _original_populate = original
-    _install_row_count()
+    async def traced_execution_async(
+        tracer: Any, cursor: Any, query_method: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any
+    ) -> Any:
+        if not is_instrumentation_enabled():
+            return await query_method(*args, **kwargs)
+        try:
+            span, token, operation, args, record = _start(tracer, cursor, args, mask)
+        except Exception as exc:
+            guard.report("SQL span", exc)
+            return await query_method(*args, **kwargs)
+        started = perf_counter()
+        error: Exception | None = None
+        try:
+            return await query_method(*args, **kwargs)
+        except Exception as exc:
+            error = exc
+            raise
+        finally:
+            _finish(tracer, span, token, cursor, operation, started, record, error)
 
-
-def _install_row_count() -> None:
-    global _original_record_metrics
-    original = getattr(dbapi.CursorTracer, "_record_metrics", None)
-    if original is None or _original_record_metrics is not None:
-        return  # another contrib version: no row counts
-
-    def _record_metrics(self: Any, cursor: Any, *args: Any) -> Any:
-        if args and args[-1] is None:  # no error
-            try:
-                span = get_current_span()
-                record = getattr(span, SPAN_RECORD, None)
-                if record is not None and record.fingerprint.operation == "SELECT":
-                    rows = cursor.rowcount
-                    if rows.__class__ is int and rows >= 0:  # -1: a server-side cursor, unknown
-                        record.rows = rows
-                        set_attributes(span, {"db.response.returned_rows": rows})
-            except Exception as exc:
-                guard.report("SQL row count", exc)
-        return original(self, cursor, *args)
-
-    dbapi.CursorTracer._record_metrics = _record_metrics  # type: ignore[method-assign,assignment]
-    _original_record_metrics = original
+    _original_traced = (dbapi.CursorTracer.traced_execution, dbapi.CursorTracer.traced_execution_async)
+    dbapi.CursorTracer.traced_execution = traced_execution  # type: ignore[method-assign,assignment]
+    dbapi.CursorTracer.traced_execution_async = traced_execution_async  # type: ignore[method-assign,assignment]
 
 
 def uninstall() -> None:
-    global _original_populate, _original_record_metrics
-    if _original_populate is not None:
-        dbapi.CursorTracer._populate_span = _original_populate  # type: ignore[method-assign]
-        _original_populate = None
-    if _original_record_metrics is not None:
-        dbapi.CursorTracer._record_metrics = _original_record_metrics  # type: ignore[method-assign]
-        _original_record_metrics = None
+    global _original_traced
+    if _original_traced is not None:
+        dbapi.CursorTracer.traced_execution, dbapi.CursorTracer.traced_execution_async = _original_traced  # type: ignore[method-assign]
+        _original_traced = None
