@@ -4,6 +4,12 @@ The contrib instrumentation records `GET ?` and nothing about the result; the ag
 request and response hooks add the key pattern, hit or miss, and the TTL of writes
 (see `cache_hooks`).
 
+Single commands on the sync client (``Redis.execute_command``, what Django's RedisCache and
+django-redis call) get the contrib's span from the agent's own wrapper (`_lean_execute_command`):
+the same name, kind, attributes, current span, hooks and exception status, built with one
+attribute write instead of one validated ``set_attribute`` per attribute and two generator
+context managers — on a cache-heavy page that was most of the telemetry cost of a command.
+
 For pipelines the contrib instrumentation calls only the response hook, after redis-py has
 reset the pipeline's command stack. An outer wrapper on each pipeline class's ``execute``
 (applied after the contrib one, so it runs first) copies the stack into
@@ -17,10 +23,15 @@ from collections.abc import Callable
 from typing import Any
 
 import wrapt
+from opentelemetry.context import attach, detach
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+from opentelemetry.trace import SpanKind, set_span_in_context
+from opentelemetry.trace.status import Status, StatusCode
 
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
 from hms_otel_agent.instrument.cache_hooks import current_django_call, pipeline_commands
+from hms_otel_agent.instrument.context import set_attributes
 
 REDIS_SCOPE = "opentelemetry.instrumentation.redis"
 
@@ -39,11 +50,16 @@ def install(settings: Settings, tracer_provider: Any) -> None:
 
     from hms_otel_agent.instrument import cache_hooks
 
+    request_hook = cache_hooks.redis_request_hook(settings)
+    response_hook = cache_hooks.redis_response_hook(settings)
     RedisInstrumentor().instrument(
-        tracer_provider=tracer_provider,
-        request_hook=cache_hooks.redis_request_hook(settings),
-        response_hook=cache_hooks.redis_response_hook(settings),
+        tracer_provider=tracer_provider, request_hook=request_hook, response_hook=response_hook
     )
+    try:
+        tracer = RedisInstrumentor._get_tracer(tracer_provider=tracer_provider)
+        _lean_execute_command(tracer, request_hook, response_hook)
+    except Exception as exc:  # another contrib version: its own wrapper stays
+        guard.report("redis instrumentation", exc)
     _wrap_pipelines()
 
 
@@ -52,6 +68,79 @@ def uninstall() -> None:
 
     _unwrap_pipelines()  # ours is the outermost wrapper: it goes first
     RedisInstrumentor().uninstrument()
+
+
+# --- single commands ---------------------------------------------------------------------------
+
+
+def _lean_execute_command(tracer: Any, request_hook: Any, response_hook: Any) -> None:
+    """Put the agent's wrapper in place of the contrib's on ``redis.Redis.execute_command``
+    (the contrib's ``uninstrument`` still unwraps it: it restores ``__wrapped__``)."""
+    import redis
+    from opentelemetry.instrumentation._semconv import (
+        _get_semconv_opt_in_modes,
+        _OpenTelemetryStabilitySignalType,
+        _set_db_statement,
+    )
+    from opentelemetry.instrumentation.redis import util
+
+    current = redis.Redis.__dict__.get("execute_command")
+    if not isinstance(current, wrapt.FunctionWrapper):
+        return
+    modes = _get_semconv_opt_in_modes(
+        (_OpenTelemetryStabilitySignalType.DATABASE, _OpenTelemetryStabilitySignalType.HTTP)
+    )
+    db_mode = modes[_OpenTelemetryStabilitySignalType.DATABASE]
+    http_mode = modes[_OpenTelemetryStabilitySignalType.HTTP]
+    # id(a pool's connection_kwargs) -> (that dict, its span attributes): bounded by the pools.
+    by_pool: dict[int, tuple[Any, dict[str, Any]]] = {}
+
+    def connection_attributes(instance: Any) -> dict[str, Any]:
+        kwargs = getattr(getattr(instance, "connection_pool", None), "connection_kwargs", None)
+        if kwargs is None:
+            return {}
+        entry = by_pool.get(id(kwargs))
+        if entry is None or entry[0] is not kwargs:
+            entry = (kwargs, util._extract_conn_attributes(kwargs, db_mode, http_mode))
+            if len(by_pool) > 1000:
+                by_pool.clear()
+            by_pool[id(kwargs)] = entry
+        return entry[1]
+
+    def execute_command(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        if not is_instrumentation_enabled():
+            return wrapped(*args, **kwargs)
+        name = util._build_span_name(instance, args)
+        span = tracer.start_span(name, kind=SpanKind.CLIENT)
+        token = attach(set_span_in_context(span))
+        try:
+            if span.is_recording():
+                attributes: dict[str, Any] = {}
+                _set_db_statement(attributes, util._format_command_args(args), db_mode)
+                attributes["db.redis.args_length"] = len(args)
+                attributes.update(connection_attributes(instance))
+                set_attributes(span, attributes)
+                if name == "redis.create_index":
+                    util._add_create_attributes(span, args)
+            if request_hook is not None:
+                request_hook(span, instance, args, kwargs)  # the agent's hooks catch their own errors
+            response = wrapped(*args, **kwargs)
+            if name == "redis.search" and span.is_recording():
+                util._add_search_attributes(span, response, args)
+            if response_hook is not None:
+                response_hook(span, instance, response)
+            return response
+        except Exception as exc:
+            # What the SDK's start_as_current_span does with an exception leaving the block.
+            if span.is_recording():
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            raise
+        finally:
+            detach(token)
+            span.end()
+
+    redis.Redis.execute_command = wrapt.FunctionWrapper(current.__wrapped__, execute_command)  # type: ignore[method-assign]
 
 
 # --- pipelines ---------------------------------------------------------------------------------
