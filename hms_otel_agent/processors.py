@@ -31,6 +31,7 @@ from hms_otel_agent.signals import redact
 from hms_otel_agent.signals.activity import (
     CACHE_SCOPES,
     DB_SCOPES,
+    DJANGO_CACHE_SCOPE,
     EXPLAIN_EVENT,
     MAX_CALLS_PER_OWNER,
     CacheCall,
@@ -46,16 +47,30 @@ from hms_otel_agent.signals.registry import Detector, consolidate
 logger = logging.getLogger("hms_otel")
 
 
-_OWNER, _DB, _CACHE, _NESTED_CACHE = 0, 1, 2, 3
+_OWNER, _DB, _CACHE = 0, 1, 2
 
 
 class _State:
-    __slots__ = ("activity", "kind", "owner")
+    """An open span the processor groups: an owner (with its activity), or a DB or cache span
+    under one. The children of an owner share one state per kind (no allocation per span)."""
+
+    __slots__ = ("activity", "cache_child", "db_child", "kind", "owner")
 
     def __init__(self, kind: int, owner: _State | None, activity: OwnerActivity | None) -> None:
         self.kind = kind
         self.owner = owner
         self.activity = activity
+        self.db_child: _State | None = None
+        self.cache_child: _State | None = None
+
+    def child(self, kind: int) -> _State:
+        if kind == _DB:
+            if self.db_child is None:
+                self.db_child = _State(_DB, self, None)
+            return self.db_child
+        if self.cache_child is None:
+            self.cache_child = _State(_CACHE, self, None)
+        return self.cache_child
 
 
 class SignalMetrics:
@@ -114,26 +129,25 @@ class SignalProcessor(SpanProcessor):
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         try:
-            scope = span.instrumentation_scope
+            scope = span._instrumentation_scope
             scope_name = scope.name if scope is not None else ""
             kind = _DB if scope_name in DB_SCOPES else _CACHE if scope_name in CACHE_SCOPES else _OWNER
             owner = None
-            parent = span.parent
+            parent = span._parent
             if parent is not None and not parent.is_remote:
                 parent_state = self._open.get(parent.span_id)
                 if parent_state is not None:
+                    if kind == _CACHE and parent_state.kind == _CACHE and scope_name != DJANGO_CACHE_SCOPE:
+                        return  # a Redis command under a Django cache call: the call is what counts
                     owner = parent_state if parent_state.kind == _OWNER else parent_state.owner
-                    if kind == _CACHE and parent_state.kind in (_CACHE, _NESTED_CACHE):
-                        # A Redis command under a Django cache call: the call is what counts.
-                        kind = _NESTED_CACHE
             if kind == _OWNER:
                 state = _State(_OWNER, None, OwnerActivity(name=span.name))
             elif owner is None:
                 return  # a DB or cache span with no owner in this process: nothing to group
             else:
-                state = _State(kind, owner, None)
+                state = owner.child(kind)
             open_spans = self._open
-            open_spans[span.context.span_id] = state
+            open_spans[span._context.span_id] = state  # type: ignore[union-attr]
             if len(open_spans) > self._max_open:
                 self._evict()
         except Exception as exc:
@@ -151,36 +165,41 @@ class SignalProcessor(SpanProcessor):
 
     def before_end(self, span: Span, end_ns: int) -> None:
         """Called by the `Span.end` hook while the span can still be written."""
+        state: _State | None = None
         try:
-            # DB and cache client spans never carry a URL: the statement, the command, ours.
-            scope = span._instrumentation_scope
-            scope_name = scope.name if scope is not None else ""
-            _scrub(span, self.settings, scope_name not in DB_SCOPES and scope_name not in CACHE_SCOPES)
+            state = self._open.pop(span._context.span_id, None)  # type: ignore[union-attr]
+            if state is None or state.kind == _OWNER:
+                # DB and cache client spans never carry a URL: the statement, the command, ours.
+                scope = span._instrumentation_scope
+                scope_name = scope.name if scope is not None else ""
+                _scrub(span, self.settings, scope_name not in DB_SCOPES and scope_name not in CACHE_SCOPES)
+            elif span._events or span._status.description:
+                _scrub(span, self.settings, urls=False)
         except Exception as exc:
             guard.report("span processor (redaction)", exc)
             _scrub_fail_closed(span)
         try:
-            record = getattr(span, SPAN_RECORD, None)
+            kind = state.kind if state is not None else _DB
+            record = getattr(span, SPAN_RECORD, None) if kind == _DB else None
             if record is not None and record.execution is not None:
                 self._release_execution(span, record, end_ns)
-            state = self._open.pop(span.context.span_id, None)
             if state is None:
                 return
             connects: list[ConnectCall] | None = getattr(span, CONNECT_RECORD, None)
-            if connects:
-                owner_state = state if state.kind == _OWNER else state.owner
-                target = owner_state.activity if owner_state is not None else None
+            owner = state if kind == _OWNER else state.owner
+            if connects and owner is not None:
+                target = owner.activity
                 if target is not None and len(target.connects) < MAX_CALLS_PER_OWNER:
                     target.connects.extend(connects)
-            if state.kind == _OWNER:
+            if kind == _OWNER:
                 self._finish_owner(span, state.activity)  # type: ignore[arg-type]
                 return
-            owner = state.owner
-            if owner is None or owner.activity is None or state.kind == _NESTED_CACHE:
+            if owner is None or owner.activity is None:
                 return
             activity = owner.activity
-            duration = end_ns - (span.start_time or end_ns)
-            if state.kind == _DB:
+            start_ns = span._start_time or end_ns
+            duration = end_ns - start_ns
+            if kind == _DB:
                 activity.db_count += 1
                 activity.db_duration_ns += duration
                 if record is None:
@@ -193,7 +212,7 @@ class SignalProcessor(SpanProcessor):
                     DbCall(
                         fingerprint=fp.digest,
                         statement=fp.normalized,
-                        start_ns=span.start_time or 0,
+                        start_ns=start_ns,
                         duration_ns=duration,
                         table=fp.table,
                         filter_columns=fp.filter_columns,
@@ -209,7 +228,7 @@ class SignalProcessor(SpanProcessor):
                 if len(activity.cache_calls) >= MAX_CALLS_PER_OWNER:
                     activity.dropped += 1
                     return
-                call.start_ns = span.start_time or 0
+                call.start_ns = start_ns
                 call.duration_ns = duration
                 activity.cache_calls.append(call)
         except Exception as exc:

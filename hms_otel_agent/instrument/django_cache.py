@@ -78,16 +78,6 @@ _SINGLE_KEY = frozenset(("get", "get_or_set", "has_key", "set", "add", "delete",
 _MISSING = object()  # our default for get(): comes back only on a miss
 
 
-class DjangoCacheCall:
-    """The Django cache call in progress (`cache_hooks.current_django_call`)."""
-
-    __slots__ = ("get_missed", "operation")
-
-    def __init__(self, operation: str) -> None:
-        self.operation = operation
-        self.get_missed: bool | None = None  # get_or_set: what its first inner get() found
-
-
 _state: dict[str, Any] = {"tracer": None, "capture_keys": False}
 _wrapped: list[tuple[type, str, Any]] = []  # (class, method name, original)
 _instrumented: set[type] = set()
@@ -188,11 +178,24 @@ def backend_name(cls: type) -> str:
 
 
 class _Call:
-    """What the wrapper learned before the call, and the arguments to call with."""
+    """One Django cache call in progress: what the wrapper learned before the call, the
+    arguments to call with, and its span. Also `cache_hooks.current_django_call` while it runs."""
 
-    __slots__ = ("args", "call", "keys", "kwargs", "sentinel", "span", "user_default")
+    __slots__ = (
+        "args",
+        "attributes",
+        "call",
+        "get_missed",
+        "keys",
+        "kwargs",
+        "operation",
+        "sentinel",
+        "span",
+        "user_default",
+    )
 
-    def __init__(self, args: Any, kwargs: Any) -> None:
+    def __init__(self, operation: str, args: Any, kwargs: Any) -> None:
+        self.operation = operation
         self.args = args
         self.kwargs = kwargs
         self.sentinel = False  # get() was given our _MISSING as its default
@@ -200,6 +203,9 @@ class _Call:
         self.user_default: Any = None
         self.span: Any = None
         self.call: CacheCall | None = None
+        # The span's attributes, written once when the call returns (or fails).
+        self.attributes: dict[str, Any] | None = None
+        self.get_missed: bool | None = None  # get_or_set: what its first inner get() found
 
 
 def _argument(args: Any, kwargs: Any, index: int, name: str, default: Any) -> Any:
@@ -235,7 +241,7 @@ def _has_default(wrapped: Any) -> bool:
 
 
 def _prepare(operation: str, instance: Any, args: Any, kwargs: Any, wrapped: Any = None) -> _Call:
-    prepared = _Call(args, kwargs)
+    prepared = _Call(operation, args, kwargs)
     if operation in _SINGLE_KEY:
         key = _argument(args, kwargs, 0, "key", None)
         keys: Sequence[Any] = () if key is None else (key,)
@@ -298,9 +304,9 @@ def _start(operation: str, instance: Any, prepared: _Call) -> None:
         attributes["hms.cache.ttl_s"] = ttl_s
     if _state["capture_keys"] and keys:
         attributes["hms.cache.key"] = captured_keys(keys)
-    # The attributes are set right after the start, in one write without the SDK's per-value
-    # checks (context.set_attributes): the samplers the agent configures never read them, and a
-    # span that is not recorded needs neither them nor the code location.
+    # The attributes are written when the call returns, with hit or miss, in one write without
+    # the SDK's per-value checks (context.set_attributes): the samplers the agent configures
+    # never read them, and a span that is not recorded needs neither them nor the code location.
     span = _state["tracer"].start_span(f"cache.{operation}", kind=SpanKind.CLIENT)
     prepared.span = span
     if not span.is_recording():
@@ -308,7 +314,7 @@ def _start(operation: str, instance: Any, prepared: _Call) -> None:
     location = user_location()
     if location is not None:
         attributes.update(code_attributes(location))
-    set_attributes(span, attributes)
+    prepared.attributes = attributes
     unique = keys if len(keys) <= 1 else list(dict.fromkeys(key_text(k) for k in keys))
     call = CacheCall(
         operation=operation,
@@ -327,9 +333,10 @@ def _start(operation: str, instance: Any, prepared: _Call) -> None:
     setattr(span, CACHE_RECORD, call)
 
 
-def _finish(operation: str, prepared: _Call, result: Any, frame: DjangoCacheCall) -> None:
+def _finish(operation: str, prepared: _Call, result: Any) -> None:
     call = prepared.call
-    if call is None:
+    attributes = prepared.attributes
+    if call is None or attributes is None:
         return
     reads = hits = 0
     if operation == "get":
@@ -338,23 +345,21 @@ def _finish(operation: str, prepared: _Call, result: Any, frame: DjangoCacheCall
     elif operation == "has_key":
         reads, hits = 1, 1 if result else 0
     elif operation == "get_or_set":
-        if frame.get_missed is not None:
-            reads, hits = 1, 0 if frame.get_missed else 1
-            call.writes = 1 if frame.get_missed else 0
+        if prepared.get_missed is not None:
+            reads, hits = 1, 0 if prepared.get_missed else 1
+            call.writes = 1 if prepared.get_missed else 0
     elif operation == "get_many":
         reads = len({key_text(k) for k in prepared.keys})
         hits = min(len(result), reads) if isinstance(result, dict) else 0
-    attributes: dict[str, Any] = {}
     if reads:
         call.reads, call.hits, call.misses = reads, hits, reads - hits
-        attributes = read_attributes(reads, hits, reads - hits, single=operation != "get_many")
+        attributes.update(read_attributes(reads, hits, reads - hits, single=operation != "get_many"))
     if operation == "get_or_set" and call.writes and call.ttl_s is not None:
         attributes["hms.cache.ttl_s"] = call.ttl_s  # it wrote: the miss is known only now
-    if attributes:
-        set_attributes(prepared.span, attributes)
+    set_attributes(prepared.span, attributes)
 
 
-def _nested(operation: str, outer: DjangoCacheCall, wrapped: Any, args: Any, kwargs: Any) -> Any:
+def _nested(operation: str, outer: _Call, wrapped: Any, args: Any, kwargs: Any) -> Any:
     """A cache method called by another one: no span; get_or_set learns hit or miss."""
     result = wrapped(*args, **kwargs)
     if operation == "get" and outer.operation == "get_or_set" and outer.get_missed is None:
@@ -375,7 +380,6 @@ def _make_wrapper(operation: str) -> Callable[..., Any]:
         prepared: _Call | None = None
         try:
             prepared = _prepare(operation, instance, args, kwargs, wrapped)
-            frame = DjangoCacheCall(operation)
             _start(operation, instance, prepared)
         except Exception as exc:
             guard.report("django cache instrumentation", exc)
@@ -386,18 +390,18 @@ def _make_wrapper(operation: str) -> Callable[..., Any]:
             return wrapped(*args, **kwargs)
         span = prepared.span
         token = context_api.attach(trace.set_span_in_context(span))
-        frame_token = current_django_call.set(frame)
+        call_token = current_django_call.set(prepared)
         try:
             result = wrapped(*prepared.args, **prepared.kwargs)
         except BaseException as exc:
-            current_django_call.reset(frame_token)
+            current_django_call.reset(call_token)
             context_api.detach(token)
-            _end_failed(span, exc)
+            _end_failed(span, prepared.attributes, exc)
             raise
-        current_django_call.reset(frame_token)
+        current_django_call.reset(call_token)
         context_api.detach(token)
         try:
-            _finish(operation, prepared, result, frame)
+            _finish(operation, prepared, result)
         except Exception as exc:
             guard.report("django cache instrumentation", exc)
         span.end()
@@ -410,8 +414,10 @@ def _make_wrapper(operation: str) -> Callable[..., Any]:
     return wrapper
 
 
-def _end_failed(span: Any, exc: BaseException) -> None:
+def _end_failed(span: Any, attributes: dict[str, Any] | None, exc: BaseException) -> None:
     try:
+        if attributes:
+            set_attributes(span, attributes)
         if isinstance(exc, Exception) and span.is_recording():
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))

@@ -360,7 +360,7 @@ def build_owners(spans: Iterable[SpanData]) -> list[Owner]:
         kind = roles[key]
         if kind == OWNER:
             continue
-        if kind == CACHE:
+        if kind == CACHE and span.scope != DJANGO_CACHE_SCOPE:
             parent = by_id.get((span.trace_id, span.parent_span_id))
             if parent is not None and roles[(parent.trace_id, parent.span_id)] == CACHE:
                 continue  # a Redis command under a Django cache call: the call is what counts

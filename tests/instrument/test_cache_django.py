@@ -350,6 +350,9 @@ def test_cache_calls_inside_a_get_or_set_default_get_their_own_spans(
     assert (outer.name, inner.name) == ("cache.get_or_set", "cache.get")
     assert inner.parent is not None and inner.parent.span_id == outer.context.span_id
     assert hms(outer) == expect("get_or_set", "locmem", hit=False, ttl_s=60.0)
+    # The application's own read inside the default counts too: two misses on the owner.
+    job = owner(traced)
+    assert (job.attributes["hms.cache.hit_count"], job.attributes["hms.cache.miss_count"]) == (0, 2)
 
 
 def test_async_api(traced: Traced, use_backend: Callable[[str], Any]) -> None:

@@ -6,6 +6,7 @@ import gzip
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from harness.processes import run
@@ -140,6 +141,27 @@ def test_owner_is_nearest_non_db_ancestor_and_nested_cache_is_not_counted(tmp_pa
     assert owners["GET x/"].activity.db_count == 0
     [call] = owners["GET x/"].activity.cache_calls
     assert (call.operation, call.reads, call.misses, call.django_api) == ("get", 1, 1, True)
+
+
+def test_django_cache_calls_inside_a_django_cache_call_are_counted(tmp_path: Path) -> None:
+    """A get_or_set default that reads the cache itself: both calls are the application's."""
+    trace, server, outer = new_trace(), new_span_id(), new_span_id()
+
+    def call(operation: str) -> dict[str, Any]:
+        return {"hms.cache.operation": operation, "hms.cache.key_pattern": "p:{id}", "hms.cache.hit": False}
+
+    req = request(
+        {
+            DJANGO: [span(trace, server, "", "GET x/", 2, attributes={"http.route": "x/"})],
+            "hms_otel_agent.django_cache": [
+                span(trace, outer, server, "cache.get_or_set", CLIENT, attributes=call("get_or_set")),
+                span(trace, new_span_id(), outer, "cache.get", CLIENT, attributes=call("get")),
+            ],
+        }
+    )
+    path = write_lines(tmp_path / "t.jsonl", req)
+    [owner] = build_owners(read_paths([str(path)]).spans)
+    assert sorted(c.operation for c in owner.activity.cache_calls) == ["get", "get_or_set"]
 
 
 def test_report_uses_recorded_events_and_analyze_redetects(tmp_path: Path) -> None:
