@@ -6,7 +6,11 @@ OTLP JSON. Detectors only ever see these records, never a span or a Django objec
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
 # Names the live span processor and the offline report (`report/spans.py`) both go by.
 DB_SCOPES = frozenset(
@@ -92,6 +96,11 @@ class DbCall:
     params_hash: int | None = None  # never exported; compares executions in-process only
     orm: OrmContext | None = None
     rows: int = -1  # rows returned (db.response.returned_rows); -1: unknown or no result set
+
+    @property
+    def operation(self) -> str:
+        """SELECT, INSERT, ..., BEGIN: the statement's first word."""
+        return self.statement.split(" ", 1)[0].upper()
 
 
 @dataclass(slots=True)
@@ -183,3 +192,70 @@ class Finding:
     # "relation:<app.Model.field>", "key_pattern:<pattern>"; registry.consolidate drops the
     # owner's cache N+1 findings of those key patterns.
     covers: tuple[str, ...] = ()
+
+
+# --- helpers the detectors share -----------------------------------------------------------
+
+_T = TypeVar("_T")
+
+
+class _Timed(Protocol):
+    duration_ns: int
+
+
+def total_ms(calls: Iterable[_Timed]) -> float:
+    return sum(c.duration_ns for c in calls) / 1e6
+
+
+def most_common(values: Iterable[_T | None]) -> _T | None:
+    """The most frequent value that is not None (the first seen among equals). Counted by
+    identity first — ORM contexts and code locations are interned, so a run of N calls has one
+    or a few distinct objects — and only those are hashed (a frozen dataclass hashes every
+    field on each call)."""
+    by_id: dict[int, list[Any]] = {}
+    for value in values:
+        if value is not None:
+            entry = by_id.get(id(value))
+            if entry is None:
+                by_id[id(value)] = [value, 1]
+            else:
+                entry[1] += 1
+    if not by_id:
+        return None
+    if len(by_id) == 1:
+        only: _T = next(iter(by_id.values()))[0]
+        return only
+    counts: Counter[_T] = Counter()
+    for value, count in by_id.values():  # in order of first occurrence, as Counter(values) is
+        counts[value] += count
+    return counts.most_common(1)[0][0]
+
+
+def db_location(call: DbCall) -> CodeLocation | None:
+    return call.orm.location if call.orm is not None else None
+
+
+def first_model(calls: Iterable[DbCall]) -> str:
+    """The model of the first call the ORM made, or ""."""
+    return next((c.orm.model for c in calls if c.orm is not None and c.orm.model), "")
+
+
+def outside_cache_calls(db_calls: Iterable[DbCall], cache_calls: Iterable[CacheCall]) -> list[DbCall]:
+    """The SQL the application ran itself: not from inside a cache call (DatabaseCache)."""
+    merged: list[list[int]] = []
+    for begin, end in sorted(
+        (c.start_ns, c.start_ns + c.duration_ns) for c in cache_calls if c.duration_ns > 0
+    ):
+        if merged and begin <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([begin, end])
+    if not merged:
+        return list(db_calls)
+    begins = [m[0] for m in merged]
+    kept = []
+    for call in db_calls:
+        index = bisect_right(begins, call.start_ns) - 1
+        if index < 0 or call.start_ns > merged[index][1]:
+            kept.append(call)
+    return kept

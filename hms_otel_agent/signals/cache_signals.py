@@ -24,12 +24,19 @@ Findings are grouped by key pattern and the user's code (file and function), so 
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from hms_otel_agent.config import Settings
 from hms_otel_agent.signals import hints
-from hms_otel_agent.signals.activity import CacheCall, CodeLocation, DbCall, Finding, OwnerActivity
+from hms_otel_agent.signals.activity import (
+    CacheCall,
+    DbCall,
+    Finding,
+    OwnerActivity,
+    most_common,
+    outside_cache_calls,
+    total_ms,
+)
 
 CACHE_N_PLUS_ONE = "cache_n_plus_one"
 CACHE_REPEATED_MISS = "cache_repeated_miss"
@@ -88,18 +95,9 @@ def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def _most_common_location(calls: Sequence[CacheCall]) -> CodeLocation | None:
-    counts = Counter(c.location for c in calls if c.location is not None)
-    return counts.most_common(1)[0][0] if counts else None
-
-
 def _site(call: CacheCall) -> tuple[str, str]:
     location = call.location
     return (location.file, location.function) if location is not None else ("", "")
-
-
-def _duration_ms(calls: Iterable[CacheCall]) -> float:
-    return sum(c.duration_ns for c in calls) / 1e6
 
 
 def _times(count: int, one: str, many: str) -> str:
@@ -116,8 +114,8 @@ def _finding(
     action: str,
     fix: str,
 ) -> Finding:
-    location = _most_common_location(calls)
-    duration_ms = _duration_ms(calls)
+    location = most_common(c.location for c in calls)
+    duration_ms = total_ms(calls)
     hint = f"{owner}: {subject} ({duration_ms:.1f} ms){hints.where(location)} — {action}"
     return Finding(
         kind=kind,
@@ -194,24 +192,6 @@ def _repeated_misses(activity: OwnerActivity, owner: str, calls: list[CacheCall]
 # --- miss without fill -------------------------------------------------------------------------
 
 
-def _external_db_starts(db_calls: list[DbCall], calls: list[CacheCall]) -> list[int]:
-    """Sorted start times of SQL run by the application, not by a cache call (DatabaseCache)."""
-    merged: list[list[int]] = []
-    for begin, end in sorted((c.start_ns, c.start_ns + c.duration_ns) for c in calls if c.duration_ns > 0):
-        if merged and begin <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
-        else:
-            merged.append([begin, end])
-    begins = [m[0] for m in merged]
-    starts = []
-    for db in db_calls:
-        index = bisect_right(begins, db.start_ns) - 1
-        if index < 0 or db.start_ns > merged[index][1]:
-            starts.append(db.start_ns)
-    starts.sort()
-    return starts
-
-
 def _last_starts(calls: Iterable[CacheCall], key: str) -> dict[object, int]:
     last: dict[object, int] = {}
     for call in calls:
@@ -227,7 +207,7 @@ def _misses_without_fill(
     misses = [c for c in calls if c.misses]
     if not misses or not db_calls:
         return []
-    db_starts = _external_db_starts(db_calls, calls)
+    db_starts = sorted(c.start_ns for c in outside_cache_calls(db_calls, calls))
     if not db_starts:
         return []
     writes = [c for c in calls if c.writes]

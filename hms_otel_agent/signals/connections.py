@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from hms_otel_agent.config import Settings
 from hms_otel_agent.signals import hints
-from hms_otel_agent.signals.activity import ConnectCall, Finding, OwnerActivity
+from hms_otel_agent.signals.activity import ConnectCall, Finding, OwnerActivity, total_ms
 
 CONNECTION_CHURN = "connection_churn"
 KINDS = (CONNECTION_CHURN,)
@@ -58,7 +58,7 @@ def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
         per_request = any(c.conn_max_age == 0 for c in calls)
         if not per_request and len(calls) < settings.connection_churn_threshold:
             continue
-        duration_ms = sum(c.duration_ns for c in calls) / 1e6
+        duration_ms = total_ms(calls)
         if per_request:
             fix = persistent_fix(alias)
             why = "CONN_MAX_AGE=0 closes it at the end of every request"

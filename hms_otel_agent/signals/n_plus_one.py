@@ -10,14 +10,10 @@ e.facility`` is two findings.
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable
-from typing import Any
-
 from hms_otel_agent.config import Settings
 from hms_otel_agent.signals import activity as a
 from hms_otel_agent.signals import hints
-from hms_otel_agent.signals.activity import CodeLocation, DbCall, Finding, OrmContext, OwnerActivity
+from hms_otel_agent.signals.activity import DbCall, Finding, OwnerActivity, most_common, total_ms
 
 N_PLUS_ONE = "n_plus_one"
 DUPLICATE_QUERY = "duplicate_query"
@@ -34,33 +30,6 @@ _ADD_TO_QUERYSET = frozenset(
         a.RELATED_EXISTS,
     )
 )
-
-
-def _operation(call: DbCall) -> str:
-    return call.statement.split(" ", 1)[0].upper()
-
-
-def _most_common(values: Iterable[object]) -> object | None:
-    """The most frequent value (the first seen among equals). Counted by identity first — the
-    ORM contexts and code locations are interned, so a run of N calls has one or a few distinct
-    objects — and only those are hashed (a frozen dataclass hashes every field on each call)."""
-    by_id: dict[int, list[Any]] = {}
-    for value in values:
-        if value is not None:
-            entry = by_id.get(id(value))
-            if entry is None:
-                by_id[id(value)] = [value, 1]
-            else:
-                entry[1] += 1
-    if not by_id:
-        return None
-    if len(by_id) == 1:
-        only: object = next(iter(by_id.values()))[0]
-        return only
-    counts: Counter[object] = Counter()
-    for value, count in by_id.values():  # in order of first occurrence, as Counter(values) was
-        counts[value] += count
-    return counts.most_common(1)[0][0]
 
 
 def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
@@ -80,9 +49,9 @@ def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
     for calls in groups.values():
         if len(calls) < settings.n_plus_one_threshold:
             continue
-        if _operation(calls[0]) in hints.TRANSACTION_OPERATIONS:
+        if calls[0].operation in hints.TRANSACTION_OPERATIONS:
             continue
-        duration_ms = sum(c.duration_ns for c in calls) / 1e6
+        duration_ms = total_ms(calls)
         if duration_ms < settings.n_plus_one_min_duration_ms:
             continue
         finding = _n_plus_one(activity, calls, duration_ms)
@@ -98,10 +67,10 @@ def _n_plus_one(activity: OwnerActivity, calls: list[DbCall], duration_ms: float
     first = calls[0]
     orms = [c.orm for c in calls if c.orm is not None]
     lazy = [o for o in orms if o.lazy]
-    orm: OrmContext | None = _most_common(lazy or orms)  # type: ignore[assignment]
-    location: CodeLocation | None = _most_common(o.location for o in orms)  # type: ignore[assignment]
+    orm = most_common(lazy or orms)
+    location = most_common(o.location for o in orms)
     owner = activity.name or activity.route
-    operation = _operation(first)
+    operation = first.operation
     count = len(calls)
     if orm is not None and (orm.lazy or orm.kind in (a.GET, a.REFRESH)):
         fix = hints.orm_fix(orm)
@@ -157,13 +126,13 @@ def _duplicates(activity: OwnerActivity, settings: Settings, covered: set[str]) 
         if len(calls) < settings.duplicate_query_threshold:
             continue
         first = calls[0]
-        if _operation(first) in hints.TRANSACTION_OPERATIONS:
+        if first.operation in hints.TRANSACTION_OPERATIONS:
             continue
         orms = [c.orm for c in calls if c.orm is not None]
-        location: CodeLocation | None = _most_common(o.location for o in orms)  # type: ignore[assignment]
+        location = most_common(o.location for o in orms)
         model = orms[0].model if orms else ""
         relation = next((o.relation for o in orms if o.relation), "")
-        duration_ms = sum(c.duration_ns for c in calls) / 1e6
+        duration_ms = total_ms(calls)
         fix = "run it once and reuse the result (a variable, cached_property, or select_related)"
         what = hints.query_noun(model, first.table)
         hint = hints.sentence(

@@ -32,15 +32,24 @@ library only.
 
 from __future__ import annotations
 
-from bisect import bisect_right
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hms_otel_agent.config import Settings
 from hms_otel_agent.signals import activity as a
 from hms_otel_agent.signals import hints
-from hms_otel_agent.signals.activity import CacheCall, CodeLocation, DbCall, Finding, OwnerActivity
+from hms_otel_agent.signals.activity import (
+    CacheCall,
+    CodeLocation,
+    DbCall,
+    Finding,
+    OwnerActivity,
+    db_location,
+    first_model,
+    most_common,
+    outside_cache_calls,
+    total_ms,
+)
 
 REPEATED_GROUP = "repeated_group"
 KINDS = (REPEATED_GROUP,)
@@ -71,31 +80,12 @@ def _cache_signature(call: CacheCall) -> tuple[str, ...]:
     return ("cache", call.operation, call.key_pattern)
 
 
-def _inside(intervals: list[tuple[int, int]], starts: list[int], at: int) -> bool:
-    index = bisect_right(starts, at) - 1
-    return index >= 0 and at <= intervals[index][1]
-
-
-def _merged(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    merged: list[tuple[int, int]] = []
-    for begin, end in sorted(intervals):
-        if merged and begin <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-        else:
-            merged.append((begin, end))
-    return merged
-
-
 def _steps(activity: OwnerActivity) -> list[_Step]:
     caches = [c for c in activity.cache_calls if c.operation]
-    intervals = _merged([(c.start_ns, c.start_ns + c.duration_ns) for c in caches if c.duration_ns > 0])
-    starts = [begin for begin, _ in intervals]
     steps = [_Step(_cache_signature(c), c.start_ns, c.duration_ns, cache=c) for c in caches]
-    for call in activity.db_calls:
-        if call.statement.split(" ", 1)[0].upper() in hints.TRANSACTION_OPERATIONS:
+    for call in outside_cache_calls(activity.db_calls, caches):
+        if call.operation in hints.TRANSACTION_OPERATIONS:
             continue
-        if intervals and _inside(intervals, starts, call.start_ns):
-            continue  # SQL run by a cache call (DatabaseCache)
         steps.append(_Step(_db_signature(call), call.start_ns, call.duration_ns, db=call))
     steps.sort(key=lambda s: s.start_ns)
     return steps[:MAX_CALLS]
@@ -142,7 +132,7 @@ def _describe(step: _Step) -> str:
     orm = db.orm
     if orm is not None and orm.lazy and orm.relation:
         return hints.lazy_subject(orm)
-    operation = db.statement.split(" ", 1)[0].upper()
+    operation = db.operation
     if orm is not None and orm.model:
         if orm.kind == a.GET:
             return f"{hints.short_model(orm.model)}.objects.get()"
@@ -167,7 +157,7 @@ def _step_fix(step: _Step) -> str:
     db = step.db
     assert db is not None
     orm = db.orm
-    operation = db.statement.split(" ", 1)[0].upper()
+    operation = db.operation
     if orm is not None and (orm.lazy or orm.kind in (a.GET, a.REFRESH)):
         return hints.orm_fix(orm)
     if operation in ("INSERT", "UPDATE", "DELETE"):
@@ -207,16 +197,15 @@ def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
         members = tuple(_describe(s) for s in body)
         calls = [s for begin, k, repeats in runs for s in steps[begin : begin + k * repeats]]
         repetitions = sum(repeats for _, _, repeats in runs)
-        duration_ms = sum(s.duration_ns for s in calls) / 1e6
-        locations = Counter(_location(s) for s in calls if _location(s) is not None)
-        location: CodeLocation | None = locations.most_common(1)[0][0] if locations else None
+        duration_ms = total_ms(calls)
+        location = most_common(_location(s) for s in calls)
         fix = "; ".join(dict.fromkeys(_step_fix(s) for s in body))
         subject = f"{period} calls repeated together per item ({' -> '.join(members)})"
         action = f"batch each step over all items: {fix}"
         hint = hints.sentence(owner, subject, repetitions, duration_ms, location, action)
         db_steps = [s.db for s in body if s.db is not None]
         cache_steps = [s.cache for s in body if s.cache is not None]
-        model = next((c.orm.model for c in db_steps if c.orm is not None and c.orm.model), "")
+        model = first_model(db_steps)
         findings.append(
             Finding(
                 kind=REPEATED_GROUP,
@@ -243,8 +232,7 @@ def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
 def _location(step: _Step) -> CodeLocation | None:
     if step.cache is not None:
         return step.cache.location
-    orm = step.db.orm if step.db is not None else None
-    return orm.location if orm is not None else None
+    return db_location(step.db) if step.db is not None else None
 
 
 def consolidate(findings: list[Finding]) -> list[Finding]:

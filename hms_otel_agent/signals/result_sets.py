@@ -32,11 +32,18 @@ checked: streaming is already the fix. Standard library only.
 from __future__ import annotations
 
 import re
-from collections import Counter
 
 from hms_otel_agent.config import Settings
 from hms_otel_agent.signals import hints
-from hms_otel_agent.signals.activity import CodeLocation, DbCall, Finding, OwnerActivity
+from hms_otel_agent.signals.activity import (
+    DbCall,
+    Finding,
+    OwnerActivity,
+    db_location,
+    first_model,
+    most_common,
+    total_ms,
+)
 
 UNBOUNDED_RESULT = "unbounded_result"
 WIDE_RESULT = "wide_result"
@@ -104,15 +111,6 @@ def select_width(statement: str) -> int | None:
     return commas + 1
 
 
-def _most_common_location(calls: list[DbCall]) -> CodeLocation | None:
-    counts = Counter(c.orm.location for c in calls if c.orm is not None and c.orm.location is not None)
-    return counts.most_common(1)[0][0] if counts else None
-
-
-def _model(calls: list[DbCall]) -> str:
-    return next((c.orm.model for c in calls if c.orm is not None and c.orm.model), "")
-
-
 def pagination_fix(model: str, table: str) -> str:
     if model:
         name = hints.short_model(model)
@@ -153,10 +151,10 @@ def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
                 continue
             bounded = True  # bounded by its key list: only the width can be helped here
         kind = WIDE_RESULT if bounded else UNBOUNDED_RESULT
-        model = _model(calls)
-        location = _most_common_location(calls)
+        model = first_model(calls)
+        location = most_common(db_location(c) for c in calls)
         rows = max(c.rows for c in calls)
-        duration_ms = sum(c.duration_ns for c in calls) / 1e6
+        duration_ms = total_ms(calls)
         what = hints.query_noun(model, first.table)
         if kind == UNBOUNDED_RESULT:
             fix = pagination_fix(model, first.table)

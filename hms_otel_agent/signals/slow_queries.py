@@ -14,11 +14,18 @@ statement filters on. Standard library only.
 
 from __future__ import annotations
 
-from collections import Counter
-
 from hms_otel_agent.config import Settings
 from hms_otel_agent.signals import hints, plans
-from hms_otel_agent.signals.activity import CodeLocation, DbCall, Finding, OwnerActivity, PlanSummary
+from hms_otel_agent.signals.activity import (
+    DbCall,
+    Finding,
+    OwnerActivity,
+    PlanSummary,
+    db_location,
+    first_model,
+    most_common,
+    total_ms,
+)
 
 SLOW_QUERY = "slow_query"
 KINDS = (SLOW_QUERY,)
@@ -27,7 +34,7 @@ KINDS = (SLOW_QUERY,)
 def is_slow(call: DbCall, settings: Settings) -> bool:
     if call.duration_ns < settings.slow_query_ms * 1e6:
         return False
-    return call.statement.split(" ", 1)[0].upper() not in hints.TRANSACTION_OPERATIONS
+    return call.operation not in hints.TRANSACTION_OPERATIONS
 
 
 def _fix(first: DbCall, model: str, plan: PlanSummary | None) -> tuple[str, str, tuple[str, ...]]:
@@ -53,19 +60,18 @@ def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
     groups: dict[tuple[str, str, str], list[DbCall]] = {}
     for call in activity.db_calls:
         if is_slow(call, settings):
-            at = call.orm.location if call.orm is not None else None
+            at = db_location(call)
             site = (at.file, at.function) if at is not None else ("", "")
             groups.setdefault((call.fingerprint, *site), []).append(call)
     findings = []
     owner = activity.name or activity.route
     for calls in groups.values():
         first = calls[0]
-        counts = Counter(c.orm.location for c in calls if c.orm is not None and c.orm.location is not None)
-        location: CodeLocation | None = counts.most_common(1)[0][0] if counts else None
-        model = next((c.orm.model for c in calls if c.orm is not None and c.orm.model), "")
+        location = most_common(db_location(c) for c in calls)
+        model = first_model(calls)
         plan = activity.plans.get(first.fingerprint)
         fix, table, columns = _fix(first, model, plan)
-        duration_ms = sum(c.duration_ns for c in calls) / 1e6
+        duration_ms = total_ms(calls)
         slowest = max(c.duration_ns for c in calls) / 1e6
         what = hints.query_noun(model, first.table)
         subject = f"slow {what} (up to {slowest:.0f} ms) run"
