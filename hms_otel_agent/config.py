@@ -266,6 +266,17 @@ OPTIONS: tuple[Option, ...] = (
         "hms.compressed.duration_ms, like Elastic APM's span compression (OTLP exporters only; "
         "findings are unchanged).",
     ),
+    Option(
+        "HMS_OTEL_CACHE_COMMAND_SPANS",
+        "cache_command_spans",
+        True,
+        _bool,
+        "true or false",
+        "Trace what a Django cache call sends to its backend (Redis commands, DatabaseCache SQL) as "
+        "spans under the call's cache.<operation> span; false: the call's span alone, which keeps "
+        "the key pattern, hit or miss and backend (fewer spans on cache-heavy pages; the cache "
+        "signals are unchanged).",
+    ),
     # Signals
     Option(
         "HMS_OTEL_N_PLUS_ONE_THRESHOLD",
@@ -742,6 +753,7 @@ class Settings:
     report: str = "auto"
     max_tracked_spans: int = 20_000
     compress_spans: bool = False
+    cache_command_spans: bool = True
     n_plus_one_threshold: int = 5
     n_plus_one_min_duration_ms: float = 0.0
     duplicate_query_threshold: int = 2

@@ -27,6 +27,7 @@ from typing import Any
 import wrapt
 from opentelemetry import context as context_api
 from opentelemetry import trace
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -78,7 +79,7 @@ _SINGLE_KEY = frozenset(("get", "get_or_set", "has_key", "set", "add", "delete",
 _MISSING = object()  # our default for get(): comes back only on a miss
 
 
-_state: dict[str, Any] = {"tracer": None, "capture_keys": False}
+_state: dict[str, Any] = {"tracer": None, "capture_keys": False, "command_spans": True}
 _wrapped: list[tuple[type, str, Any]] = []  # (class, method name, original)
 _instrumented: set[type] = set()
 _lock = threading.Lock()  # backends are constructed on any thread
@@ -100,6 +101,7 @@ def install(settings: Settings, tracer_provider: Any) -> None:
 
     _state["tracer"] = trace.get_tracer(SCOPE, __version__, tracer_provider)
     _state["capture_keys"] = settings.capture_cache_keys
+    _state["command_spans"] = settings.cache_command_spans
     if not _is_ours(BaseCache.__dict__.get("__init__")):
         wrapt.wrap_function_wrapper(BaseCache, "__init__", _backend_init)
     pending: list[type] = [BaseCache]
@@ -280,9 +282,12 @@ def _outside_call(default: Callable[[], Any]) -> Callable[[], Any]:
         if outer is not None:
             outer.get_missed = True
         token = current_django_call.set(None)
+        # Traced even when the call's own commands are not (HMS_OTEL_CACHE_COMMAND_SPANS=false).
+        context_token = context_api.attach(context_api.set_value(_SUPPRESS_INSTRUMENTATION_KEY, False))
         try:
             return default()
         finally:
+            context_api.detach(context_token)
             current_django_call.reset(token)
 
     return compute
@@ -389,7 +394,10 @@ def _make_wrapper(operation: str) -> Callable[..., Any]:
         if prepared is None:
             return wrapped(*args, **kwargs)
         span = prepared.span
-        token = context_api.attach(trace.set_span_in_context(span))
+        context = trace.set_span_in_context(span)
+        if not _state["command_spans"]:  # HMS_OTEL_CACHE_COMMAND_SPANS=false: no spans below
+            context = context_api.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True, context)
+        token = context_api.attach(context)
         call_token = current_django_call.set(prepared)
         try:
             result = wrapped(*prepared.args, **prepared.kwargs)

@@ -355,6 +355,38 @@ def test_cache_calls_inside_a_get_or_set_default_get_their_own_spans(
     assert (job.attributes["hms.cache.hit_count"], job.attributes["hms.cache.miss_count"]) == (0, 2)
 
 
+@pytest.mark.parametrize("name", ["redis", "db"])
+def test_without_command_spans_a_call_has_no_spans_below(
+    name: str, traced: Traced, use_backend: Callable[[str], Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HMS_OTEL_CACHE_COMMAND_SPANS=false: no Redis command or DatabaseCache SQL span, the same
+    cache attributes and counts; the application's query in a get_or_set default is traced."""
+    from hms_otel_agent.sample.hms.models import Patient
+
+    cache = use_backend(name)
+    monkeypatch.setitem(django_cache._state, "command_spans", False)
+    with traced.tracer.start_as_current_span("job"):
+        cache.set("patient:1:summary", 1, 60)
+        assert cache.get("patient:1:summary") == 1
+        assert cache.get_or_set("patient:2:summary", Patient.objects.count, 60) == 40
+    calls = cache_spans(traced)
+    assert [hms(s) for s in calls] == [
+        expect("set", name, ttl_s=60.0),
+        expect("get", name, hit=True),
+        expect("get_or_set", name, hit=False, ttl_s=60.0),
+    ]
+    below = [
+        s
+        for s in traced.spans()
+        if s.parent is not None and s.parent.span_id in {c.context.span_id for c in calls}
+    ]
+    assert [(s.name, s.parent.span_id) for s in below] == [("SELECT", calls[2].context.span_id)]
+    assert "COUNT(*)" in below[0].attributes["db.statement"]
+    job = owner(traced)
+    assert (job.attributes["hms.cache.hit_count"], job.attributes["hms.cache.miss_count"]) == (1, 1)
+    assert job.attributes["hms.db.query_count"] == 1
+
+
 def test_async_api(traced: Traced, use_backend: Callable[[str], Any]) -> None:
     cache = use_backend("locmem")
 
