@@ -79,7 +79,12 @@ _SINGLE_KEY = frozenset(("get", "get_or_set", "has_key", "set", "add", "delete",
 _MISSING = object()  # our default for get(): comes back only on a miss
 
 
-_state: dict[str, Any] = {"tracer": None, "capture_keys": False, "command_spans": True}
+_state: dict[str, Any] = {
+    "tracer": None,
+    "capture_keys": False,
+    "command_spans": True,
+    "default_timeout": object(),  # Django's DEFAULT_TIMEOUT once installed
+}
 _wrapped: list[tuple[type, str, Any]] = []  # (class, method name, original)
 _instrumented: set[type] = set()
 _lock = threading.Lock()  # backends are constructed on any thread
@@ -97,8 +102,9 @@ def when_ready(settings: Settings, tracer_provider: Any) -> Callable[[], None]:
 
 
 def install(settings: Settings, tracer_provider: Any) -> None:
-    from django.core.cache.backends.base import BaseCache
+    from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 
+    _state["default_timeout"] = DEFAULT_TIMEOUT
     _state["tracer"] = trace.get_tracer(SCOPE, __version__, tracer_provider)
     _state["capture_keys"] = settings.capture_cache_keys
     _state["command_spans"] = settings.cache_command_spans
@@ -218,10 +224,9 @@ def _argument(args: Any, kwargs: Any, index: int, name: str, default: Any) -> An
 
 def _ttl(instance: Any, args: Any, kwargs: Any, operation: str) -> float | None:
     """Seconds until the written entry expires; None: never. DEFAULT_TIMEOUT is the backend's."""
-    from django.core.cache.backends.base import DEFAULT_TIMEOUT
-
-    timeout = _argument(args, kwargs, _TIMEOUT_INDEX[operation], "timeout", DEFAULT_TIMEOUT)
-    if timeout is DEFAULT_TIMEOUT:
+    default = _state["default_timeout"]  # Django's DEFAULT_TIMEOUT sentinel
+    timeout = _argument(args, kwargs, _TIMEOUT_INDEX[operation], "timeout", default)
+    if timeout is default:
         timeout = getattr(instance, "default_timeout", None)
     if timeout is None:
         return None
@@ -294,6 +299,13 @@ def _outside_call(default: Callable[[], Any]) -> Callable[[], Any]:
 
 
 def _start(operation: str, instance: Any, prepared: _Call) -> None:
+    # The attributes are written when the call returns, with hit or miss, in one write without
+    # the SDK's per-value checks (context.set_attributes): the samplers the agent configures
+    # never read them, and a span that is not recorded needs none of them.
+    span = _state["tracer"].start_span(f"cache.{operation}", kind=SpanKind.CLIENT)
+    prepared.span = span
+    if not span.is_recording():
+        return
     keys = prepared.keys
     pattern = keys_pattern(keys)
     backend = backend_name(type(instance))
@@ -309,13 +321,6 @@ def _start(operation: str, instance: Any, prepared: _Call) -> None:
         attributes["hms.cache.ttl_s"] = ttl_s
     if _state["capture_keys"] and keys:
         attributes["hms.cache.key"] = captured_keys(keys)
-    # The attributes are written when the call returns, with hit or miss, in one write without
-    # the SDK's per-value checks (context.set_attributes): the samplers the agent configures
-    # never read them, and a span that is not recorded needs neither them nor the code location.
-    span = _state["tracer"].start_span(f"cache.{operation}", kind=SpanKind.CLIENT)
-    prepared.span = span
-    if not span.is_recording():
-        return
     location = user_location()
     if location is not None:
         attributes.update(code_attributes(location))
@@ -327,6 +332,7 @@ def _start(operation: str, instance: Any, prepared: _Call) -> None:
         start_ns=0,
         duration_ns=0,
         backend=backend,
+        reads=len(unique) if operation == "get_many" else 0,  # hits and misses: when it returns
         writes=writes,
         deletes=(len(keys) or 1) if operation in ("delete", "delete_many") else 0,
         ttl_s=ttl_s,
@@ -354,7 +360,7 @@ def _finish(operation: str, prepared: _Call, result: Any) -> None:
             reads, hits = 1, 0 if prepared.get_missed else 1
             call.writes = 1 if prepared.get_missed else 0
     elif operation == "get_many":
-        reads = len({key_text(k) for k in prepared.keys})
+        reads = call.reads
         hits = min(len(result), reads) if isinstance(result, dict) else 0
     if reads:
         call.reads, call.hits, call.misses = reads, hits, reads - hits
