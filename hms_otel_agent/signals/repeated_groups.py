@@ -98,15 +98,20 @@ def find_groups(
     different values) repeats back to back ``min_repeats`` times or more; the smallest period
     that covers the most wins; runs do not overlap."""
     n = len(signatures)
+    # next_different[i]: the first index after i whose signature differs from signatures[i] (n if
+    # none), so that a window [i, i + k) holds two different values exactly when k is larger
+    # than next_different[i] - i: no set per window (a run of one lazy load was n x period sets).
+    next_different = [n] * n
+    for index in range(n - 2, -1, -1):
+        same = signatures[index + 1] == signatures[index]
+        next_different[index] = next_different[index + 1] if same else index + 1
     found = []
     i = 0
     while i < n:
         best: tuple[int, int] | None = None
-        for k in range(2, max_period + 1):
+        for k in range(max(2, next_different[i] - i + 1), max_period + 1):
             if i + k * min_repeats > n:
                 break
-            if len(set(signatures[i : i + k])) < 2:
-                continue
             j = i + k
             while j < n and signatures[j] == signatures[j - k]:
                 j += 1

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from hms_otel_agent import config
 from hms_otel_agent.signals import activity as a
 from hms_otel_agent.signals import registry, repeated_groups
@@ -68,6 +71,38 @@ def test_find_groups() -> None:
     assert find_groups("AAAAAAAA", 3) == []  # one signature: an N+1, not a group
     assert find_groups("ABCABD", 2) == []
     assert find_groups("ABABABxCDCDCD", 3) == [(0, 2, 3), (7, 2, 3)]
+
+
+def _find_groups_by_windows(signatures: str, min_repeats: int, max_period: int) -> list[tuple[int, int, int]]:
+    """The definition, window by window (what find_groups computed before it skipped windows of
+    one value without looking at them)."""
+    n, found, i = len(signatures), [], 0
+    while i < n:
+        best = None
+        for k in range(2, max_period + 1):
+            if i + k * min_repeats > n:
+                break
+            if len(set(signatures[i : i + k])) < 2:
+                continue
+            j = i + k
+            while j < n and signatures[j] == signatures[j - k]:
+                j += 1
+            repeats = (j - i) // k
+            if repeats >= min_repeats and (best is None or repeats * k > best[0] * best[1]):
+                best = (k, repeats)
+        if best is None:
+            i += 1
+            continue
+        found.append((i, *best))
+        i += best[0] * best[1]
+    return found
+
+
+@given(st.text(alphabet="AABBC", max_size=60), st.integers(2, 5), st.integers(2, 8))
+def test_find_groups_matches_the_window_by_window_definition(
+    signatures: str, repeats: int, period: int
+) -> None:
+    assert find_groups(signatures, repeats, period) == _find_groups_by_windows(signatures, repeats, period)
 
 
 def test_cache_get_select_cache_set_per_item_is_one_group() -> None:
