@@ -192,6 +192,9 @@ class SignalProcessor(SpanProcessor):
                 if target is not None and len(target.connects) < MAX_CALLS_PER_OWNER:
                     target.connects.extend(connects)
             if kind == _OWNER:
+                # The shared child states point back at their owner: leave no cycle behind, so
+                # that the owner's records go when the request does, not at the next collection.
+                state.db_child = state.cache_child = None
                 self._finish_owner(span, state.activity)  # type: ignore[arg-type]
                 return
             if owner is None or owner.activity is None:
