@@ -5,7 +5,7 @@ request and response hooks add the key pattern, hit or miss, and the TTL of writ
 (see `cache_hooks`).
 
 Single commands on the sync client (``Redis.execute_command``, what Django's RedisCache and
-django-redis call) get the contrib's span from the agent's own wrapper (`_lean_execute_command`):
+django-redis call) get the contrib's span from the agent's own wrapper (`_replace_command_wrapper`):
 the same name, kind, attributes, current span, hooks and exception status, built with one
 attribute write instead of one validated ``set_attribute`` per attribute and two generator
 context managers — on a cache-heavy page that was most of the telemetry cost of a command.
@@ -57,7 +57,7 @@ def install(settings: Settings, tracer_provider: Any) -> None:
     )
     try:
         tracer = RedisInstrumentor._get_tracer(tracer_provider=tracer_provider)
-        _lean_execute_command(tracer, request_hook, response_hook)
+        _replace_command_wrapper(tracer, request_hook, response_hook)
     except Exception as exc:  # another contrib version: its own wrapper stays
         guard.report("redis instrumentation", exc)
     _wrap_pipelines()
@@ -73,7 +73,7 @@ def uninstall() -> None:
 # --- single commands ---------------------------------------------------------------------------
 
 
-def _lean_execute_command(tracer: Any, request_hook: Any, response_hook: Any) -> None:
+def _replace_command_wrapper(tracer: Any, request_hook: Any, response_hook: Any) -> None:
     """Put the agent's wrapper in place of the contrib's on ``redis.Redis.execute_command``
     (the contrib's ``uninstrument`` still unwraps it: it restores ``__wrapped__``)."""
     import redis
