@@ -9,6 +9,7 @@ them, so a gRPC channel is never carried across fork() into a gunicorn worker.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -225,6 +226,15 @@ class _PerProcess:
                     self._pid = pid
         return self._exporter
 
+    def discard(self) -> None:
+        """After the exporter raised: its state is unknown (a gRPC channel half re-initialised,
+        say), so the next export builds a new one rather than failing on it for good."""
+        with self._lock:
+            old, self._exporter, self._pid = self._exporter, None, -1
+        if old is not None:
+            with contextlib.suppress(Exception):
+                old.shutdown()
+
     def shutdown(self, **kwargs: Any) -> None:
         if self._pid == os.getpid() and self._exporter is not None:
             self._exporter.shutdown(**kwargs)
@@ -242,6 +252,7 @@ class ResilientSpanExporter(SpanExporter):
         except Exception as exc:
             # The type only: an exception raised while encoding may quote attribute values.
             self.health.failed(len(spans), type(exc).__name__)
+            self._inner.discard()
             return SpanExportResult.FAILURE
         if result is SpanExportResult.SUCCESS:
             self.health.succeeded()
@@ -273,6 +284,7 @@ class ResilientMetricExporter(MetricExporter):
             result = self._inner.get().export(metrics_data, timeout_millis=timeout_millis)
         except Exception as exc:
             self.health.failed(points, type(exc).__name__)
+            self._inner.discard()
             return MetricExportResult.FAILURE
         if result is MetricExportResult.SUCCESS:
             self.health.succeeded()

@@ -186,3 +186,35 @@ def test_the_timer_exports_what_was_queued_not_what_ends_meanwhile() -> None:
         assert exporter.batches == [7, 3]
     finally:
         batch.shutdown(1000)
+
+
+def test_an_exporter_that_raised_is_replaced_at_the_next_export() -> None:
+    """A wrapped exporter that raises (a gRPC channel left broken, say) is not used again: the
+    next batch goes through a new one, and the failure is counted once."""
+    built: list[_Broken] = []
+
+    class _Broken(SpanExporter):
+        def __init__(self) -> None:
+            self.shut_down = False
+
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            if self is built[0]:
+                raise AttributeError("stale channel")
+            return SpanExportResult.SUCCESS
+
+        def shutdown(self) -> None:
+            self.shut_down = True
+
+    def factory() -> SpanExporter:
+        built.append(_Broken())
+        return built[-1]
+
+    exporter = resilient.ResilientSpanExporter(factory, "http://127.0.0.1:9")
+    provider = TracerProvider()
+    span = provider.get_tracer("t").start_span("s")
+    span.end()
+    assert exporter.export([span]) is SpanExportResult.FAILURE
+    assert exporter.export([span]) is SpanExportResult.SUCCESS
+    assert exporter.export([span]) is SpanExportResult.SUCCESS
+    assert len(built) == 2 and built[0].shut_down and not built[1].shut_down
+    assert exporter.health.failed_batches == 1
