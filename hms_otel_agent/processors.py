@@ -24,6 +24,7 @@ from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
 from hms_otel_agent.instrument import eager_loads
 from hms_otel_agent.instrument.cache_hooks import CACHE_RECORD
+from hms_otel_agent.instrument.context import code_attributes
 from hms_otel_agent.instrument.db import SPAN_RECORD
 from hms_otel_agent.instrument.db_connections import CONNECT_RECORD
 from hms_otel_agent.instrument.explain import EXPLAINER
@@ -179,12 +180,13 @@ class SignalProcessor(SpanProcessor):
             guard.report("span processor (redaction)", exc)
             _scrub_fail_closed(span)
         try:
-            kind = state.kind if state is not None else _DB
-            record = getattr(span, SPAN_RECORD, None) if kind == _DB else None
+            # Any span but an owner's or a cache span may be a DB span (tracked or not).
+            record = getattr(span, SPAN_RECORD, None) if state is None or state.kind == _DB else None
             if record is not None and record.execution is not None:
                 self._release_execution(span, record, end_ns)
             if state is None:
                 return
+            kind = state.kind
             connects: list[ConnectCall] | None = getattr(span, CONNECT_RECORD, None)
             owner = state if kind == _OWNER else state.owner
             if connects and owner is not None:
@@ -476,10 +478,7 @@ def finding_attributes(finding: Finding) -> dict[str, Any]:
         attributes["hms.orm.relation_kind"] = finding.relation_kind
     if finding.key_pattern:
         attributes["hms.cache.key_pattern"] = finding.key_pattern
-    if finding.location is not None:
-        attributes["code.file.path"] = finding.location.file
-        attributes["code.line.number"] = finding.location.line
-        attributes["code.function.name"] = finding.location.function
+    attributes.update(code_attributes(finding.location))
     if finding.fix:
         attributes["hms.hint.fix"] = finding.fix
     if finding.hint:

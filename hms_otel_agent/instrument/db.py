@@ -35,7 +35,7 @@ from opentelemetry.trace.status import Status, StatusCode
 
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
-from hms_otel_agent.instrument.context import current_orm, set_attributes, user_location
+from hms_otel_agent.instrument.context import code_attributes, current_orm, set_attributes, user_location
 from hms_otel_agent.signals.activity import OrmContext
 from hms_otel_agent.signals.fingerprint import fingerprint_sql
 from hms_otel_agent.signals.sql_mask import mask_sql_literals
@@ -88,10 +88,7 @@ def _build_orm_attributes(orm: OrmContext) -> dict[str, Any]:
             attributes["hms.orm.root_model"] = orm.root_model
         if orm.filtered:
             attributes["hms.orm.filtered"] = True
-    if orm.location is not None:
-        attributes["code.file.path"] = orm.location.file
-        attributes["code.line.number"] = orm.location.line
-        attributes["code.function.name"] = orm.location.function
+    attributes.update(code_attributes(orm.location))
     return attributes
 
 
