@@ -33,6 +33,7 @@ HMS_OTEL_CAPTURE_CACHE_KEYS=true, which adds ``hms.cache.key``.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
@@ -133,6 +134,30 @@ class RedisCommand:
         return 0, 0, 0
 
 
+# Commands whose second word is a subcommand (``CONFIG GET``, ``CLIENT SETNAME``).
+_CONTAINERS = frozenset(
+    """ACL CLIENT CLUSTER COMMAND CONFIG DEBUG FUNCTION LATENCY MEMORY MODULE OBJECT PUBSUB SCRIPT
+    SLOWLOG XGROUP XINFO""".split()  # noqa: SIM905 - a word list reads better as text
+)
+_COMMAND_WORD = re.compile(r"[A-Za-z][A-Za-z0-9._|-]{0,31}")
+
+
+def command_head(first: Any) -> tuple[list[str], int]:
+    """The command's name words in its first argument, and how many more words follow there.
+
+    redis-py splits a first argument on whitespace before sending it (``execute_command("CONFIG
+    GET", name)``), so ``execute_command(f"GET {key}")`` sends a GET of `key`. Only the command
+    and a subcommand of the `_CONTAINERS` are command words; a first word that does not read as
+    a command is ``?``."""
+    words = key_text(first).split()
+    if not words:
+        return [], 0
+    head = [words[0] if _COMMAND_WORD.fullmatch(words[0]) else "?"]
+    if len(words) > 1 and head[0].upper() in _CONTAINERS and _COMMAND_WORD.fullmatch(words[1]):
+        head.append(words[1])
+    return head, len(words) - len(head)
+
+
 def _token(value: Any) -> str:
     if value.__class__ is str:
         return value.upper()
@@ -191,8 +216,14 @@ def parse_command(args: Sequence[Any]) -> RedisCommand:
     if not args:
         return RedisCommand("")
     name = _token(args[0])
-    if " " in name:  # "CLIENT SETNAME" and the like: no keys
-        return RedisCommand(name)
+    if not _COMMAND_WORD.fullmatch(name):
+        # redis-py splits a first argument on whitespace before sending it: "CONFIG GET" and
+        # the like, but also execute_command(f"GET {key}"), whose key must not be the operation.
+        head, _ = command_head(args[0])
+        if len(head) != 1:
+            return RedisCommand(" ".join(head).upper())
+        name = head[0].upper()
+        args = (*key_text(args[0]).split(), *args[1:])
     n = len(args)
     if name in _NIL_READS:
         if name == "GETEX":
