@@ -44,12 +44,14 @@ from hms_otel_agent.config import Settings
 from hms_otel_agent.instrument.context import code_attributes, set_attributes, user_location
 from hms_otel_agent.signals.activity import CacheCall
 from hms_otel_agent.signals.cache_signals import common_pattern
-from hms_otel_agent.signals.key_pattern import key_pattern
+from hms_otel_agent.signals.key_pattern import KeyPatterns
 
 CACHE_RECORD = "_hms_cache"  # the CacheCall, read back by the span processor when the span ends
 COMMAND_RECORD = "_hms_redis"  # the parsed command, from the request hook to the response hook
 MAX_CAPTURED_KEY_CHARS = 1024
 MAX_PATTERN_KEYS = 32  # keys of a multi-key command whose patterns are merged
+# The process's key patterns: the built-in structural words and those learned from its keys.
+PATTERNS = KeyPatterns()
 
 # The Django cache call in progress, if any (set by `instrument.django_cache`): the Redis
 # commands under it get no hms.cache.* attributes and are not recorded.
@@ -289,8 +291,8 @@ def keys_pattern(keys: Sequence[Any]) -> str:
     if not keys:
         return ""
     if len(keys) == 1:
-        return key_pattern(keys[0])
-    return common_pattern(key_pattern(k) for k in keys[:MAX_PATTERN_KEYS])
+        return PATTERNS.pattern(keys[0])
+    return common_pattern(PATTERNS.pattern(k) for k in keys[:MAX_PATTERN_KEYS])
 
 
 def captured_keys(keys: Sequence[Any]) -> str:
