@@ -356,20 +356,22 @@ class KeyPatterns:
         try:
             text = _text(key)[: MAX_KEY_CHARS + 1]
             cache_key = (text, django_prefix)
-            if self._results_version == self._version:
-                found = self._results.get(cache_key)
-                if found is not None:
-                    return found
-            else:
-                self._results = {}
-                self._results_version = self._version
+            version, results = self._version, self._results
+            if self._results_version != version:
+                results = self._results = {}
+                self._results_version = version
+            found = results.get(cache_key)
+            if found is not None:
+                return found
             parsed = analysis(text, django_prefix)
             if parsed.slots:
                 self._observe(parsed)
             result = parsed.fill(self.learned)[:MAX_PATTERN_CHARS]
-            if len(self._results) >= _CACHE_SIZE:
-                self._results = {}
-            self._results[cache_key] = result
+            # Kept only if nothing was learned or forgotten meanwhile (another thread may have).
+            if self._version == version:
+                if len(results) >= _CACHE_SIZE:
+                    results.clear()
+                results[cache_key] = result
             return result
         except Exception:
             return _FAILED
