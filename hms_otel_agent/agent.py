@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from hms_otel_agent import config, guard
+from hms_otel_agent.printable import PrintableFormatter
 from hms_otel_agent.processors import Detector
 from hms_otel_agent.report.at_exit import RUN_ID_ATTRIBUTE, RUN_ID_ENV
 
@@ -39,7 +40,7 @@ def _configure_logging(level: str) -> None:
     log.setLevel(level.upper())
     if not any(getattr(h, "_hms_otel", False) for h in log.handlers):
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(PrintableFormatter("%(message)s"))
         handler._hms_otel = True  # type: ignore[attr-defined]
         log.addHandler(handler)
     log.propagate = False

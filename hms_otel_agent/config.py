@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from hms_otel_agent.printable import printable
+
 PREFIX = "HMS_OTEL_"
 
 
@@ -848,7 +850,7 @@ class LoadedSettings:
         """One line per bad value on stderr; `strict` (default: the settings' own) words them."""
         strict = self.settings.strict if strict is None else strict
         for problem in self.problems:
-            print(problem.line(strict), file=sys.stderr, flush=True)
+            print(printable(problem.line(strict)), file=sys.stderr, flush=True)
 
 
 def load(

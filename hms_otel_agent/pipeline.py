@@ -368,6 +368,42 @@ def uninstall_end_hook() -> None:
         _original_end = None
 
 
+_original_record_exception: Any = None
+
+
+def install_exception_hook() -> None:
+    """Let a processor record an exception event itself (`SignalProcessor.exception_event`):
+    the exception object is there, so its stack trace can be built from its structure instead
+    of scrubbed as text, and its message is never read."""
+    global _original_record_exception
+    if _original_record_exception is not None:
+        return
+    original = Span.record_exception
+
+    def record_exception(
+        self: Span,
+        exception: BaseException,
+        attributes: Any = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
+        for processor in getattr(self._span_processor, "_span_processors", ()):
+            handler = getattr(processor, "exception_event", None)
+            if handler is not None and handler(self, exception, attributes, timestamp, escaped):
+                return
+        original(self, exception, attributes, timestamp, escaped)
+
+    Span.record_exception = record_exception  # type: ignore[method-assign]
+    _original_record_exception = original
+
+
+def uninstall_exception_hook() -> None:
+    global _original_record_exception
+    if _original_record_exception is not None:
+        Span.record_exception = _original_record_exception  # type: ignore[method-assign]
+        _original_record_exception = None
+
+
 # --- assembly -------------------------------------------------------------------------------
 
 
@@ -419,6 +455,7 @@ def build(
             pipeline.local_dir = os.path.abspath(settings.local_dir)
     register_agent_metrics(pipeline)
     install_end_hook()
+    install_exception_hook()
     if hasattr(os, "register_at_fork"):
         # A forked worker (gunicorn, uvicorn --workers) reports its own pid.
         weak = weakref.ref(pipeline)

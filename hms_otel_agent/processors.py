@@ -248,6 +248,49 @@ class SignalProcessor(SpanProcessor):
         if settings.explain and end_ns - (span.start_time or end_ns) >= settings.slow_query_ms * 1e6:
             EXPLAINER.submit(record.fingerprint, execution, settings)
 
+    def exception_event(
+        self, span: Span, exception: BaseException, attributes: Any, timestamp: int | None, escaped: bool
+    ) -> bool:
+        """Called by the ``Span.record_exception`` hook (pipeline.py): the exception event as the
+        SDK records it, but without the message, its stack trace built from the exception's
+        structure (`redact.format_exception_redacted`). False: record it as the SDK does
+        (HMS_OTEL_CAPTURE_EXCEPTION_MESSAGES=true)."""
+        if self.settings.capture_exception_messages:
+            return False
+        try:
+            kind = type(exception)
+            module, qualname = kind.__module__, kind.__qualname__
+            type_name = f"{module}.{qualname}" if module and module != "builtins" else qualname
+            event: dict[str, Any] = {
+                "exception.type": type_name,
+                "exception.message": redact.exception_message(type_name),
+            }
+            stacktrace: str | None = None
+            try:
+                stacktrace = redact.format_exception_redacted(exception)
+                event["exception.stacktrace"] = stacktrace
+            except Exception as exc:
+                guard.report("span processor (exception)", exc)
+            event["exception.escaped"] = str(escaped)
+            if attributes:
+                event.update(attributes)
+            if stacktrace is not None and event.get("exception.stacktrace") is stacktrace:
+                # _scrub leaves this one alone (the text scrubber would drop its source lines).
+                structured = getattr(span, _STRUCTURED_TRACES, None)
+                if structured is None:
+                    structured = []
+                    setattr(span, _STRUCTURED_TRACES, structured)
+                if len(structured) < 64:
+                    structured.append(stacktrace)
+            span.add_event("exception", event, timestamp)
+        except Exception as exc:
+            guard.report("span processor (exception)", exc)
+            try:
+                span.add_event("exception", {"exception.type": type(exception).__name__}, timestamp)
+            except Exception as error:
+                guard.report("span processor (exception)", error)
+        return True
+
     def on_end(self, span: ReadableSpan) -> None:
         pass
 
@@ -369,6 +412,7 @@ class SignalProcessor(SpanProcessor):
 
 
 _URL_ATTRIBUTES = ("http.url", "http.target", "url.full")
+_STRUCTURED_TRACES = "_hms_structured_traces"  # stack traces SignalProcessor.exception_event built
 
 
 def _scrub(span: Span, settings: Settings, urls: bool = True) -> None:
@@ -391,13 +435,15 @@ def _scrub(span: Span, settings: Settings, urls: bool = True) -> None:
     if settings.capture_exception_messages:
         return
     events = span._events
+    structured = getattr(span, _STRUCTURED_TRACES, ())
     for index in range(len(events) if events else 0):
         event = events[index]
         if event.name == "exception" and event.attributes:
             scrubbed = dict(event.attributes)
             scrubbed["exception.message"] = redact.exception_message(str(scrubbed.get("exception.type", "")))
-            if "exception.stacktrace" in scrubbed:
-                scrubbed["exception.stacktrace"] = scrub_stacktrace(str(scrubbed["exception.stacktrace"]))
+            stacktrace = scrubbed.get("exception.stacktrace")
+            if stacktrace is not None and not any(stacktrace is built for built in structured):
+                scrubbed["exception.stacktrace"] = scrub_stacktrace(str(stacktrace))
             events._dq[index] = Event(event.name, scrubbed, event.timestamp)  # type: ignore[attr-defined]
     status = span.status
     if status.description:

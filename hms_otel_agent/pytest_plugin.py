@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from hms_otel_agent.printable import printable
 from hms_otel_agent.signals.registry import FINDING_KINDS
 
 if TYPE_CHECKING:
@@ -152,7 +153,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     report = state.aggregator.report()
     line = f"hms-otel: {len(report.findings)} distinct findings in {state.tests_with_findings} tests"
     if state.report_path:
-        line += f"; report: {state.report_path}"
+        line += f"; report: {printable(state.report_path)}"
     terminalreporter.write_line(line)
 
 
@@ -200,10 +201,10 @@ def _message(failing: Sequence[Finding]) -> str:
     lines = [f"hms-otel: {len(failing)} finding{'s' if len(failing) != 1 else ''} in this test:"]
     example = ""
     for f in failing:
-        lines.append(f"  [{f.kind}] {f.hint or f.statement}")
+        lines.append(f"  [{f.kind}] {printable(f.hint or f.statement)}")
         if f.fix:
-            lines.append(f"      fix: {f.fix}")
-        example = example or f.relation or f.key_pattern or f.kind
+            lines.append(f"      fix: {printable(f.fix)}")
+        example = example or printable(f.relation or f.key_pattern or f.kind)
     lines.append(
         f'Allow a known case with @pytest.mark.{ALLOW_MARKER}("{example}") or '
         f'`with hms_otel_agent.pytest_plugin.allow("{example}"):`.'

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from hms_otel_agent.demo.servers import EmbeddedPostgres, EmbeddedRedis, ServerError, free_port, tail
 from hms_otel_agent.demo.traffic import drive
+from hms_otel_agent.printable import printable
 from hms_otel_agent.report.at_exit import ROOT_PID_ENV, RUN_ID_ENV
 
 DEFAULT_REQUESTS = 200
@@ -93,7 +94,7 @@ class Demo:
 
     def say(self, message: str) -> None:
         if not self.quiet:
-            print(f"hms-otel demo: {message}", file=self.err, flush=True)
+            print(f"hms-otel demo: {printable(message)}", file=self.err, flush=True)
 
     # -- steps -----------------------------------------------------------------------------------
 
@@ -317,5 +318,5 @@ def main(args: argparse.Namespace, err: IO[str] | None = None) -> int:
         )
         return 128 + exc.signum
     except (DemoError, ServerError) as exc:
-        print(f"hms-otel demo: {exc}", file=err, flush=True)
+        print(f"hms-otel demo: {printable(exc)}", file=err, flush=True)
         return EXIT_ERROR

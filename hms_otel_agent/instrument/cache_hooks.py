@@ -33,6 +33,7 @@ HMS_OTEL_CAPTURE_CACHE_KEYS=true, which adds ``hms.cache.key``.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
@@ -43,12 +44,14 @@ from hms_otel_agent.config import Settings
 from hms_otel_agent.instrument.context import code_attributes, set_attributes, user_location
 from hms_otel_agent.signals.activity import CacheCall
 from hms_otel_agent.signals.cache_signals import common_pattern
-from hms_otel_agent.signals.key_pattern import key_pattern
+from hms_otel_agent.signals.key_pattern import KeyPatterns
 
 CACHE_RECORD = "_hms_cache"  # the CacheCall, read back by the span processor when the span ends
 COMMAND_RECORD = "_hms_redis"  # the parsed command, from the request hook to the response hook
 MAX_CAPTURED_KEY_CHARS = 1024
 MAX_PATTERN_KEYS = 32  # keys of a multi-key command whose patterns are merged
+# The process's key patterns: the built-in structural words and those learned from its keys.
+PATTERNS = KeyPatterns()
 
 # The Django cache call in progress, if any (set by `instrument.django_cache`): the Redis
 # commands under it get no hms.cache.* attributes and are not recorded.
@@ -133,6 +136,30 @@ class RedisCommand:
         return 0, 0, 0
 
 
+# Commands whose second word is a subcommand (``CONFIG GET``, ``CLIENT SETNAME``).
+_CONTAINERS = frozenset(
+    """ACL CLIENT CLUSTER COMMAND CONFIG DEBUG FUNCTION LATENCY MEMORY MODULE OBJECT PUBSUB SCRIPT
+    SLOWLOG XGROUP XINFO""".split()  # noqa: SIM905 - a word list reads better as text
+)
+_COMMAND_WORD = re.compile(r"[A-Za-z][A-Za-z0-9._|-]{0,31}")
+
+
+def command_head(first: Any) -> tuple[list[str], int]:
+    """The command's name words in its first argument, and how many more words follow there.
+
+    redis-py splits a first argument on whitespace before sending it (``execute_command("CONFIG
+    GET", name)``), so ``execute_command(f"GET {key}")`` sends a GET of `key`. Only the command
+    and a subcommand of the `_CONTAINERS` are command words; a first word that does not read as
+    a command is ``?``."""
+    words = key_text(first).split()
+    if not words:
+        return [], 0
+    head = [words[0] if _COMMAND_WORD.fullmatch(words[0]) else "?"]
+    if len(words) > 1 and head[0].upper() in _CONTAINERS and _COMMAND_WORD.fullmatch(words[1]):
+        head.append(words[1])
+    return head, len(words) - len(head)
+
+
 def _token(value: Any) -> str:
     if value.__class__ is str:
         return value.upper()
@@ -191,8 +218,14 @@ def parse_command(args: Sequence[Any]) -> RedisCommand:
     if not args:
         return RedisCommand("")
     name = _token(args[0])
-    if " " in name:  # "CLIENT SETNAME" and the like: no keys
-        return RedisCommand(name)
+    if not _COMMAND_WORD.fullmatch(name):
+        # redis-py splits a first argument on whitespace before sending it: "CONFIG GET" and
+        # the like, but also execute_command(f"GET {key}"), whose key must not be the operation.
+        head, _ = command_head(args[0])
+        if len(head) != 1:
+            return RedisCommand(" ".join(head).upper())
+        name = head[0].upper()
+        args = (*key_text(args[0]).split(), *args[1:])
     n = len(args)
     if name in _NIL_READS:
         if name == "GETEX":
@@ -258,8 +291,8 @@ def keys_pattern(keys: Sequence[Any]) -> str:
     if not keys:
         return ""
     if len(keys) == 1:
-        return key_pattern(keys[0])
-    return common_pattern(key_pattern(k) for k in keys[:MAX_PATTERN_KEYS])
+        return PATTERNS.pattern(keys[0])
+    return common_pattern(PATTERNS.pattern(k) for k in keys[:MAX_PATTERN_KEYS])
 
 
 def captured_keys(keys: Sequence[Any]) -> str:

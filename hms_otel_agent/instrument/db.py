@@ -256,11 +256,16 @@ def _finish(
             # What the SDK's start_as_current_span does with an exception leaving the block.
             span.record_exception(error)
             span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
-    except Exception as exc:
+    except Exception as exc:  # an exception whose str() raises, for one
         guard.report("SQL span hook", exc)
     finally:
-        detach(token)
-        span.end()
+        # In the `finally` of the application's call: raising here would replace its result
+        # or its exception.
+        try:
+            detach(token)
+            span.end()
+        except Exception as exc:
+            guard.report("SQL span hook", exc)
 
 
 def install(settings: Settings) -> None:

@@ -418,7 +418,7 @@ def _make_wrapper(operation: str) -> Callable[..., Any]:
             _finish(operation, prepared, result)
         except Exception as exc:
             guard.report("django cache instrumentation", exc)
-        span.end()
+        _end(span)
         if result is _MISSING and prepared.sentinel:
             return prepared.user_default
         return result
@@ -437,7 +437,15 @@ def _end_failed(span: Any, attributes: dict[str, Any] | None, exc: BaseException
             span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
     except Exception as error:
         guard.report("django cache instrumentation", error)
-    span.end()
+    _end(span)
+
+
+def _end(span: Any) -> None:
+    """End the span; between the application's call and its caller: never raises."""
+    try:
+        span.end()
+    except Exception as exc:
+        guard.report("django cache instrumentation", exc)
 
 
 _WRAPPERS = {name: _make_wrapper(name) for name in OPERATIONS}

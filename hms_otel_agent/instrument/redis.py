@@ -10,6 +10,17 @@ the same name, kind, attributes, current span, hooks and exception status, built
 attribute write instead of one validated ``set_attribute`` per attribute and two generator
 context managers — on a cache-heavy page that was most of the telemetry cost of a command.
 
+Nothing the agent or the contrib's helpers do can fail the command: agent code runs before and
+after the application's call, never around it, each part guarded (`guard.report`); the reply and
+the exception the application gets are redis-py's own. The contrib's helpers that read values or
+mishandle replies are replaced in the contrib's modules (its own wrappers, still in place on
+cluster clients, asyncio clients and ``Pipeline.immediate_execute_command``, look them up at
+each call): ``_add_search_attributes`` exported the RediSearch query, the number of results and
+every field of every document found, and raised KeyError on RESP3 replies (a dict: redis-py
+8's default), failing the request; only ``redis.search.index`` is kept, as a key pattern. The
+span name and ``db.statement`` keep only the command words: redis-py splits a first argument on
+whitespace, so ``execute_command(f"GET {key}")`` put the key in both.
+
 For pipelines the contrib instrumentation calls only the response hook, after redis-py has
 reset the pipeline's command stack. An outer wrapper on each pipeline class's ``execute``
 (applied after the contrib one, so it runs first) copies the stack into
@@ -30,8 +41,9 @@ from opentelemetry.trace.status import Status, StatusCode
 
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
-from hms_otel_agent.instrument.cache_hooks import current_django_call, pipeline_commands
+from hms_otel_agent.instrument.cache_hooks import command_head, current_django_call, pipeline_commands
 from hms_otel_agent.instrument.context import set_attributes
+from hms_otel_agent.signals.key_pattern import key_pattern
 
 REDIS_SCOPE = "opentelemetry.instrumentation.redis"
 
@@ -56,6 +68,7 @@ def install(settings: Settings, tracer_provider: Any) -> None:
         tracer_provider=tracer_provider, request_hook=request_hook, response_hook=response_hook
     )
     try:
+        _replace_contrib_helpers()
         tracer = RedisInstrumentor._get_tracer(tracer_provider=tracer_provider)
         _replace_command_wrapper(tracer, request_hook, response_hook)
     except Exception as exc:  # another contrib version: its own wrapper stays
@@ -68,6 +81,7 @@ def uninstall() -> None:
 
     _unwrap_pipelines()  # ours is the outermost wrapper: it goes first
     RedisInstrumentor().uninstrument()
+    _restore_contrib_helpers()
 
 
 # --- single commands ---------------------------------------------------------------------------
@@ -107,40 +121,189 @@ def _replace_command_wrapper(tracer: Any, request_hook: Any, response_hook: Any)
             by_pool[id(kwargs)] = entry
         return entry[1]
 
-    def execute_command(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        if not is_instrumentation_enabled():
-            return wrapped(*args, **kwargs)
-        name = util._build_span_name(instance, args)
-        span = tracer.start_span(name, kind=SpanKind.CLIENT)
-        token = attach(set_span_in_context(span))
+    def start(instance: Any, args: Any, kwargs: Any) -> tuple[Any, Any, str] | None:
+        """The command's span, current, with its attributes and the request hook's; None when
+        agent code failed (the command then runs untraced)."""
+        try:
+            name = span_name(instance, args)
+            span = tracer.start_span(name, kind=SpanKind.CLIENT)
+            token = attach(set_span_in_context(span))
+        except Exception as exc:
+            guard.report("redis instrumentation", exc)
+            return None
         try:
             if span.is_recording():
                 attributes: dict[str, Any] = {}
-                _set_db_statement(attributes, util._format_command_args(args), db_mode)
+                _set_db_statement(attributes, statement(args), db_mode)
                 attributes["db.redis.args_length"] = len(args)
                 attributes.update(connection_attributes(instance))
                 set_attributes(span, attributes)
                 if name == "redis.create_index":
-                    util._add_create_attributes(span, args)
+                    _create_attributes(span, args)
             if request_hook is not None:
                 request_hook(span, instance, args, kwargs)  # the agent's hooks catch their own errors
-            response = wrapped(*args, **kwargs)
+        except Exception as exc:
+            guard.report("redis instrumentation", exc)
+        return span, token, name
+
+    def end(span: Any, token: Any, name: str, instance: Any, args: Any, response: Any) -> None:
+        try:
             if name == "redis.search" and span.is_recording():
-                util._add_search_attributes(span, response, args)
+                search_attributes(span, args)
             if response_hook is not None:
                 response_hook(span, instance, response)
-            return response
         except Exception as exc:
-            # What the SDK's start_as_current_span does with an exception leaving the block.
-            if span.is_recording():
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-            raise
+            guard.report("redis instrumentation", exc)
         finally:
-            detach(token)
-            span.end()
+            _close(span, token)
+
+    def execute_command(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        if not is_instrumentation_enabled():
+            return wrapped(*args, **kwargs)
+        started = start(instance, args, kwargs)
+        if started is None:
+            return wrapped(*args, **kwargs)
+        span, token, name = started
+        # The application's call runs outside every guard: its result and its exception pass
+        # through untouched; agent code before and after it never raises.
+        try:
+            response = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            _failed(span, token, exc)
+            raise
+        end(span, token, name, instance, args, response)
+        return response
 
     redis.Redis.execute_command = wrapt.FunctionWrapper(current.__wrapped__, execute_command)  # type: ignore[method-assign]
+
+
+def _close(span: Any, token: Any) -> None:
+    try:
+        detach(token)
+        span.end()
+    except Exception as exc:
+        guard.report("redis instrumentation", exc)
+
+
+def _failed(span: Any, token: Any, exc: BaseException) -> None:
+    """What the SDK's start_as_current_span does with an exception leaving the block (only
+    ``Exception``s are recorded); never raises, so the application's exception goes on as it was."""
+    try:
+        if isinstance(exc, Exception) and span.is_recording():
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+    except Exception as error:  # an exception whose str() raises, for one
+        guard.report("redis instrumentation", error)
+    finally:
+        _close(span, token)
+
+
+def search_attributes(span: Any, args: Any) -> None:
+    """``redis.search.index`` only (as a key pattern). The contrib's helper also exports the
+    query (``redis.search.query``: what was searched for, names included), the number of
+    results and every field of every document found (``redis.search.xdoc_*``), and raises
+    KeyError on a RESP3 reply (a dict: redis-py 8's default)."""
+    if len(args) > 1:
+        pattern = key_pattern(args[1])
+        if pattern:
+            span.set_attribute("redis.search.index", pattern)
+
+
+def _create_attributes(span: Any, args: Any) -> None:
+    """The contrib's ``redis.create_index.*`` (the index name, field names and types: schema,
+    not data), guarded; the index name as a key pattern."""
+    from opentelemetry.instrumentation.redis import util
+
+    try:
+        util._add_create_attributes(span, args)
+        if len(args) > 1 and span.is_recording():
+            span.set_attribute("redis.create_index.index", key_pattern(args[1]))
+    except Exception as exc:
+        guard.report("redis instrumentation", exc)
+
+
+def _search_attributes(span: Any, response: Any, args: Any) -> None:
+    """In place of the contrib's ``_add_search_attributes`` in its own wrappers (cluster
+    clients, ``Pipeline.immediate_execute_command``): `search_attributes`, guarded."""
+    try:
+        if span.is_recording():
+            search_attributes(span, args)
+    except Exception as exc:
+        guard.report("redis instrumentation", exc)
+
+
+# --- span name and statement -------------------------------------------------------------------
+
+_MAX_STATEMENT_CHARS = 1000  # as the contrib's
+
+
+def span_name(instance: Any, args: Any) -> str:
+    """The contrib's span name (``GET``, ``redis.search``, the db index without a command),
+    with nothing but the command words."""
+    if len(args) > 0 and args[0]:
+        if args[0] == "FT.SEARCH":
+            return "redis.search"
+        if args[0] == "FT.CREATE":
+            return "redis.create_index"
+        head, _ = command_head(args[0])
+        if head:
+            return " ".join(head)
+    db = instance.connection_pool.connection_kwargs.get("db")
+    return str(0 if db is None else db)
+
+
+def statement(args: Any) -> str:
+    """The contrib's ``COMMAND ? ?``, with values in the first argument replaced too."""
+    if not args:
+        return ""
+    head, extra = command_head(args[0])
+    text = " ".join(head + ["?"] * (extra + len(args) - 1))
+    if len(text) > _MAX_STATEMENT_CHARS:
+        text = text[: _MAX_STATEMENT_CHARS - 3] + "..."
+    return text
+
+
+def _pipeline_meta(instance: Any) -> tuple[list[Any], str, str]:
+    """The contrib's ``_build_span_meta_data_for_pipeline``, its span name from `span_name`."""
+    original = _originals.get(_PIPELINE_META)
+    if original is None:
+        return [], "", "redis"
+    stack, resource, _ = original(instance)
+    try:
+        names = [span_name(instance, c.args if hasattr(c, "args") else c[0]) for c in stack]
+        return stack, resource, " ".join(names) or "redis"
+    except Exception as exc:
+        guard.report("redis instrumentation", exc)
+        return stack, resource, "redis"
+
+
+# Helpers the contrib's wrappers look up in their modules at each call (ours calls the same).
+_PIPELINE_META = ("opentelemetry.instrumentation.redis", "_build_span_meta_data_for_pipeline")
+_CONTRIB_HELPERS = (
+    ("opentelemetry.instrumentation.redis", "_add_search_attributes", _search_attributes),
+    ("opentelemetry.instrumentation.redis", "_add_create_attributes", _create_attributes),
+    ("opentelemetry.instrumentation.redis", "_build_span_name", span_name),
+    ("opentelemetry.instrumentation.redis", "_format_command_args", statement),
+    (*_PIPELINE_META, _pipeline_meta),
+    ("opentelemetry.instrumentation.redis.util", "_format_command_args", statement),
+)
+_originals: dict[tuple[str, str], Any] = {}  # (module, name) -> the contrib's helper
+
+
+def _replace_contrib_helpers() -> None:
+    for module_name, name, replacement in _CONTRIB_HELPERS:
+        module = importlib.import_module(module_name)
+        original = module.__dict__.get(name)
+        if original is None or original is replacement:
+            continue
+        _originals[(module_name, name)] = original
+        setattr(module, name, replacement)
+
+
+def _restore_contrib_helpers() -> None:
+    for (module_name, name), original in list(_originals.items()):
+        setattr(importlib.import_module(module_name), name, original)
+    _originals.clear()
 
 
 # --- pipelines ---------------------------------------------------------------------------------

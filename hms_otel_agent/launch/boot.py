@@ -44,7 +44,11 @@ def _chain_next_sitecustomize(own_dir: str) -> None:
                     module = importlib.util.module_from_spec(spec)
                     spec.loader.exec_module(module)
             except Exception as exc:
-                print(f"hms-otel: error in {candidate}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                from hms_otel_agent.printable import printable
+
+                print(
+                    printable(f"hms-otel: error in {candidate}: {type(exc).__name__}: {exc}"), file=sys.stderr
+                )
             return
 
 

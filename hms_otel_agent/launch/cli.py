@@ -8,6 +8,7 @@ import sys
 
 from hms_otel_agent import __version__, config
 from hms_otel_agent.launch.options import add_setting_flags, given_settings
+from hms_otel_agent.printable import printable
 
 
 def _config(args: argparse.Namespace) -> int:
@@ -22,7 +23,7 @@ def _config(args: argparse.Namespace) -> int:
     rows = list(config.describe(loaded.settings))
     width = max(len(option.env) for option, _, _ in rows)
     for option, value, source in rows:
-        print(f"{option.env:<{width}}  {value}  [{source}]")
+        print(f"{option.env:<{width}}  {printable(value)}  [{printable(source)}]")
     settings = loaded.settings
     print()
     for signal in ("traces", "metrics"):
@@ -34,7 +35,7 @@ def _config(args: argparse.Namespace) -> int:
                 destinations.append(f"file {os.path.abspath(settings.local_dir)}/")
             else:
                 destinations.append(exporter)
-        print(f"{signal} go to: {', '.join(destinations) or 'nowhere'}")
+        print(f"{signal} go to: {printable(', '.join(destinations)) or 'nowhere'}")
     return 2 if settings.strict and loaded.problems else 0
 
 

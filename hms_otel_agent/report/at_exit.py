@@ -16,6 +16,7 @@ import time
 from typing import IO, Any
 
 from hms_otel_agent.config import Settings
+from hms_otel_agent.printable import printable
 
 ROOT_PID_ENV = "HMS_OTEL_ROOT_PID"  # set by hms-otel-run (launch/run.py)
 RUN_ID_ENV = "HMS_OTEL_RUN_ID"  # set by hms-otel-run (launch/run.py)
@@ -94,9 +95,11 @@ def print_report(local_dir: str, run_id: str, settings: Settings, stream: IO[str
     if not spans:
         return
     report = build_report(spans, settings, analyze=False, inputs=[path])
-    again = f"hms-otel report --run {run_id}" if run_id else "hms-otel report"
+    again = f"hms-otel report --run {printable(run_id)}" if run_id else "hms-otel report"
+    local_dir = printable(local_dir)
     if result.skipped_lines:
         report.notes.append(f"{len(result.skipped_lines)} unreadable lines skipped in {path}")
+    # (the report's own fields are escaped by the renderer)
     if not report.findings:
         s = report.summary
         print(

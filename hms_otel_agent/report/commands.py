@@ -8,6 +8,7 @@ import sys
 from typing import IO
 
 from hms_otel_agent import config
+from hms_otel_agent.printable import printable
 from hms_otel_agent.report.build import build_report, filter_run, latest_run_id
 from hms_otel_agent.report.otlp import InputError, read_paths
 from hms_otel_agent.report.render import FORMATS, render
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace, analyze: bool) -> int:
     name = "analyze" if analyze else "report"
     loaded = config.load(os.environ, given_settings(args))
     for problem in loaded.problems:
-        print(problem.line(loaded.settings.strict), file=sys.stderr)
+        print(printable(problem.line(loaded.settings.strict)), file=sys.stderr)
     settings = loaded.settings
     paths = list(args.files) or [settings.local_dir]
     try:
@@ -87,12 +88,12 @@ def run(args: argparse.Namespace, analyze: bool) -> int:
     except InputError as exc:
         if not args.files and exc.message == "no such file or directory":
             print(
-                f"hms-otel {name}: nothing recorded yet in {os.path.abspath(settings.local_dir)}/ "
+                f"hms-otel {name}: nothing recorded yet in {printable(os.path.abspath(settings.local_dir))}/ "
                 "(run your application under hms-otel-run, or pass FILE)",
                 file=sys.stderr,
             )
         else:
-            print(f"hms-otel {name}: {exc}", file=sys.stderr)
+            print(f"hms-otel {name}: {printable(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     spans = result.spans
     run_id = args.run or (latest_run_id(spans) if args.last_run else None)

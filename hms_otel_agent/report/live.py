@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 
+from hms_otel_agent.printable import printable
 from hms_otel_agent.signals.activity import Finding, OwnerActivity
 
 logger = logging.getLogger("hms_otel")
@@ -40,12 +41,11 @@ class LiveLog:
                         continue
                     self._seen[finding.fingerprint] = (now, 0)
                     first = False
+            # Escaped here too: an application's own handler may print this logger's records.
+            kind, hint = printable(finding.kind.replace("_", " ")), printable(finding.hint)
             if first:
-                logger.warning("hms-otel: %s: %s", finding.kind.replace("_", " "), finding.hint)
+                logger.warning("hms-otel: %s: %s", kind, hint)
             else:
                 logger.info(
-                    "hms-otel: %s seen again (%d more times since last logged): %s",
-                    finding.kind.replace("_", " "),
-                    repeats + 1,
-                    finding.hint,
+                    "hms-otel: %s seen again (%d more times since last logged): %s", kind, repeats + 1, hint
                 )

@@ -14,6 +14,7 @@ from typing import Any
 from hms_otel_agent.config import Settings
 from hms_otel_agent.report.spans import Owner
 from hms_otel_agent.signals.activity import CodeLocation, Finding
+from hms_otel_agent.signals.cache_signals import group_of, most_informative
 
 SCHEMA = "hms-otel-report/1"
 RECORDED = "recorded"  # findings the live agent wrote into the telemetry (hms-otel report)
@@ -286,9 +287,13 @@ class Aggregator:
         for call in activity.cache_calls:
             if not (call.reads or call.writes or call.deletes):
                 continue
-            stats = self.patterns.get(call.key_pattern)
+            # One row per group: a pattern that gained a learned word is the same family.
+            group = group_of(call.key_pattern)
+            stats = self.patterns.get(group)
             if stats is None:
-                stats = self.patterns[call.key_pattern] = KeyPatternStats(call.key_pattern)
+                stats = self.patterns[group] = KeyPatternStats(call.key_pattern)
+            elif call.key_pattern != stats.key_pattern:
+                stats.key_pattern = most_informative((stats.key_pattern, call.key_pattern))
             stats.reads += call.reads
             stats.hits += call.hits
             stats.misses += call.misses

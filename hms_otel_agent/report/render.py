@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import IO, Any
 
+from hms_otel_agent.printable import json_printable, printable
 from hms_otel_agent.report.model import ANALYZED, FindingGroup, KeyPatternStats, Report
 
 FORMATS = ("terminal", "json", "markdown")
@@ -71,25 +72,25 @@ def headline(report: Report) -> str:
 
 
 def to_json(report: Report) -> str:
-    return json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n"
+    return json_printable(json.dumps(report.to_dict(), indent=2, ensure_ascii=False)) + "\n"
 
 
 # --- Markdown ---------------------------------------------------------------------------------
 
 
 def _md(text: Any) -> str:
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    return printable(text).replace("\\", "\\\\").replace("|", "\\|")
 
 
 def _code(text: str) -> str:
     if not text:
         return ""
-    text = text.replace("\n", " ")
+    text = printable(text)
     return f"`{text}`" if "`" not in text else f"``{text}``"
 
 
 def to_markdown(report: Report, top: int | None = None) -> str:
-    lines = ["## hms-otel findings", "", headline(report) + ".", ""]
+    lines = ["## hms-otel findings", "", _md(headline(report)) + ".", ""]
     findings = report.findings if top is None else report.findings[:top]
     if findings:
         lines += [
@@ -150,7 +151,7 @@ def to_terminal(report: Report, file: IO[str] | None = None, top: int | None = N
     elif not console.is_terminal:
         console.width = max(console.width, 160)
     console.print(Text("hms-otel findings", style="bold"))
-    console.print(Text(headline(report), style="dim"), overflow="fold")
+    console.print(Text(printable(headline(report)), style="dim"), overflow="fold")
     findings = report.findings if top is None else report.findings[:top]
     if findings:
         table = Table(box=box.SIMPLE_HEAD, show_lines=False, pad_edge=False, expand=False)
@@ -165,9 +166,9 @@ def to_terminal(report: Report, file: IO[str] | None = None, top: int | None = N
         for index, g in enumerate(findings, 1):
             table.add_row(
                 str(index),
-                kind_label(g.kind),
-                _routes(g),
-                g.subject,
+                _text(kind_label(g.kind)),
+                _text(_routes(g)),
+                _text(g.subject),
                 str(g.requests),
                 str(g.repetitions),
                 _ms(g.total_ms),
@@ -177,11 +178,11 @@ def to_terminal(report: Report, file: IO[str] | None = None, top: int | None = N
         for index, g in enumerate(findings, 1):
             where = _where(g)
             line = Text(f"{index:>3}. ", style="dim")
-            line.append(where or "(no code location)", style="cyan")
+            line.append(printable(where) or "(no code location)", style="cyan")
             console.print(line, overflow="fold")
             if g.fix:
                 fix = Text("     fix: ", style="dim")
-                fix.append(g.fix, style="green")
+                fix.append(printable(g.fix), style="green")
                 console.print(fix, overflow="fold")
         if top is not None and len(report.findings) > top:
             console.print(f"{len(report.findings) - top} more findings not shown (--top).", style="dim")
@@ -190,7 +191,14 @@ def to_terminal(report: Report, file: IO[str] | None = None, top: int | None = N
     if report.key_patterns:
         _cache_table(console, report.key_patterns)
     for note in report.notes:
-        console.print(Text("note: " + note, style="dim"))
+        console.print(Text("note: " + printable(note), style="dim"))
+
+
+def _text(value: str) -> Any:
+    """A table cell: escaped, and a Text, so that rich reads no markup in it (``[red]``)."""
+    from rich.text import Text
+
+    return Text(printable(value))
 
 
 def _cache_table(console: Any, patterns: list[KeyPatternStats]) -> None:
@@ -204,7 +212,7 @@ def _cache_table(console: Any, patterns: list[KeyPatternStats]) -> None:
     table.add_column("")
     for k in patterns:
         table.add_row(
-            k.key_pattern or "(none)",
+            _text(k.key_pattern or "(none)"),
             str(k.reads),
             str(k.hits),
             str(k.misses),

@@ -18,7 +18,11 @@ cache_invalidation_storm    >= ``cache_invalidation_threshold`` delete calls (ro
 =========================== ===============================================================
 
 Findings are grouped by key pattern and the user's code (file and function), so a loop over
-50 keys of one pattern is one finding with 50 repetitions. Standard library only.
+50 keys of one pattern is one finding with 50 repetitions. Patterns are grouped by `group_of`
+(the pattern with only built-in structural words): a pattern that gains a learned word while
+the process runs (``{value}:{id}:summary`` -> ``hms:{id}:summary``, see signals/key_pattern.py)
+stays one group, its finding keeps its fingerprint, and the finding shows the most informative
+pattern of the group. Standard library only.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from hms_otel_agent.signals.activity import (
     outside_cache_calls,
     total_ms,
 )
+from hms_otel_agent.signals.key_pattern import VALUE, key_pattern
 
 CACHE_N_PLUS_ONE = "cache_n_plus_one"
 CACHE_REPEATED_MISS = "cache_repeated_miss"
@@ -50,6 +55,22 @@ KINDS = (
     CACHE_WRITE_WITHOUT_TTL,
     CACHE_INVALIDATION_STORM,
 )
+
+
+def group_of(pattern: str) -> str:
+    """The group of a key pattern: the same for a pattern with learned words and without."""
+    return key_pattern(pattern) if pattern else ""
+
+
+def most_informative(patterns: Iterable[str]) -> str:
+    """The pattern with the fewest masked words (the latest among equals)."""
+    best, best_masked = "", -1
+    for pattern in patterns:
+        masked = pattern.count(VALUE)
+        if best_masked < 0 or masked <= best_masked:
+            best, best_masked = pattern, masked
+    return best
+
 
 WILDCARD = "*"
 _SEPARATOR = ":"
@@ -119,7 +140,7 @@ def _finding(
     hint = f"{owner}: {subject} ({duration_ms:.1f} ms){hints.where(location)} — {action}"
     return Finding(
         kind=kind,
-        fingerprint=hints.site_fingerprint(kind, pattern, location),
+        fingerprint=hints.site_fingerprint(kind, group_of(pattern), location),
         repetitions=len(calls),
         duration_ms=duration_ms,
         key_pattern=pattern,
@@ -131,10 +152,14 @@ def _finding(
 
 
 def _group_by_site(calls: Iterable[CacheCall]) -> dict[tuple[str, str, str, bool], list[CacheCall]]:
+    """Calls by (pattern, file, function, Django API); the pattern is the group's most
+    informative one."""
     groups: dict[tuple[str, str, str, bool], list[CacheCall]] = {}
     for call in calls:
-        groups.setdefault((call.key_pattern, *_site(call), call.django_api), []).append(call)
-    return groups
+        groups.setdefault((group_of(call.key_pattern), *_site(call), call.django_api), []).append(call)
+    return {
+        (most_informative(c.key_pattern for c in group), *key[1:]): group for key, group in groups.items()
+    }
 
 
 # --- cache N+1 ---------------------------------------------------------------------------------
@@ -144,11 +169,12 @@ def _n_plus_one(activity: OwnerActivity, owner: str, calls: list[CacheCall], thr
     groups: dict[tuple[str, bool], list[CacheCall]] = {}
     for call in calls:
         if call.reads == 1 and call.key_pattern:
-            groups.setdefault((call.key_pattern, call.django_api), []).append(call)
+            groups.setdefault((group_of(call.key_pattern), call.django_api), []).append(call)
     findings = []
-    for (pattern, django_api), group in groups.items():
+    for (_, django_api), group in groups.items():
         if len(group) < threshold:
             continue
+        pattern = most_informative(c.key_pattern for c in group)
         if django_api:
             fix = "cache.get_many([...])"
             action = "read them with cache.get_many() (one MGET)"
@@ -195,7 +221,7 @@ def _repeated_misses(activity: OwnerActivity, owner: str, calls: list[CacheCall]
 def _last_starts(calls: Iterable[CacheCall], key: str) -> dict[object, int]:
     last: dict[object, int] = {}
     for call in calls:
-        value = call.key_hash if key == "hash" else call.key_pattern
+        value = call.key_hash if key == "hash" else group_of(call.key_pattern)
         if value is not None and call.start_ns >= last.get(value, -1):
             last[value] = call.start_ns
     return last
@@ -224,7 +250,7 @@ def _misses_without_fill(
         if miss.key_hash is not None and by_key.get(miss.key_hash, -1) >= start:
             continue
         filled_by_pattern = by_pattern if miss.reads > 1 else by_pattern_multi
-        if filled_by_pattern.get(miss.key_pattern, -1) >= start:
+        if filled_by_pattern.get(group_of(miss.key_pattern), -1) >= start:
             continue
         unfilled.append(miss)
     findings = []

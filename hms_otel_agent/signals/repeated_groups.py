@@ -50,6 +50,7 @@ from hms_otel_agent.signals.activity import (
     outside_cache_calls,
     total_ms,
 )
+from hms_otel_agent.signals.cache_signals import group_of
 
 REPEATED_GROUP = "repeated_group"
 KINDS = (REPEATED_GROUP,)
@@ -77,7 +78,7 @@ def _db_signature(call: DbCall) -> tuple[str, ...]:
 
 
 def _cache_signature(call: CacheCall) -> tuple[str, ...]:
-    return ("cache", call.operation, call.key_pattern)
+    return ("cache", call.operation, group_of(call.key_pattern))
 
 
 def _steps(activity: OwnerActivity) -> list[_Step]:
@@ -172,7 +173,7 @@ def _step_fix(step: _Step) -> str:
 
 def _covers(step: _Step) -> str:
     if step.cache is not None:
-        return "key_pattern:" + step.cache.key_pattern
+        return "key_pattern:" + group_of(step.cache.key_pattern)
     call = step.db
     assert call is not None
     if call.orm is not None and call.orm.lazy and call.orm.relation:
@@ -251,7 +252,7 @@ def consolidate(findings: list[Finding]) -> list[Finding]:
         return findings
     kept = []
     for finding in findings:
-        if finding.kind in _COVERED_KINDS and "key_pattern:" + finding.key_pattern in covered:
+        if finding.kind in _COVERED_KINDS and "key_pattern:" + group_of(finding.key_pattern) in covered:
             continue
         kept.append(finding)
     return kept

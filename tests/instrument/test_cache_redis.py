@@ -205,7 +205,7 @@ def test_writes_carry_their_expiry(traced_redis: Traced, redis_client: Any) -> N
             "hms.cache.ttl_s": 60.0,
         },
         {"hms.cache.operation": "SET", "hms.cache.key_pattern": "patient:{id}:summary"},
-        {"hms.cache.operation": "INCRBY", "hms.cache.key_pattern": "hms:stats:hits"},
+        {"hms.cache.operation": "INCRBY", "hms.cache.key_pattern": "{value}:stats:hits"},
         {"hms.cache.operation": "DEL", "hms.cache.key_pattern": "encounter:{id}"},
     ]
     # The SET without expiry got one from EXPIRE right after; KEEPTTL and INCR keep theirs.

@@ -7,10 +7,13 @@ import traceback
 
 import pytest
 from harness.traced import Traced
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from opentelemetry.sdk.trace import ReadableSpan
 
 from hms_otel_agent import guard, processors
 from hms_otel_agent.processors import scrub_stacktrace
+from hms_otel_agent.signals import redact
 
 # Built at run time so that the source lines a traceback shows do not contain them.
 NAME, MRN, PHONE = "Quill" + "feather", "MRN-" + "Q7Z9X1", "555-" + "0199"
@@ -135,3 +138,197 @@ def test_huge_statements_are_exported_masked_and_cut(traced: Traced) -> None:
             assert "Quillfeather" not in exported
             assert span.attributes["hms.db.fingerprint"]
     assert exported.startswith("SELECT ? WHERE ? IN (?,?,?") and exported.endswith("…")
+
+
+# --- messages that embed another traceback ------------------------------------------------------
+
+FIRST, LAST = "Zebe" + "diah", "Quill" + "feather"
+# A traceback from another process (a worker, a job runner) quoted in a message: its source
+# line shows the call with its arguments.
+QUOTED = (
+    "Traceback (most recent call last):\n"
+    '  File "/srv/jobs/admissions.py", line 12, in run\n'
+    f"    admit(name='{FIRST} {LAST}', mrn='{MRN}')\n"
+    '  File "/srv/jobs/admissions.py", line 40, in admit\n'
+    "    raise ValueError(mrn)\n"
+    f"ValueError: {MRN}\n"
+)
+EMBEDDED_SECRETS = (FIRST, LAST, MRN, MRN2, NAME, "admit(name=")
+
+
+def lookup(name: str) -> None:
+    raise ValueError(f"no patient {name}")
+
+
+def reraised_with_traceback() -> None:
+    """The common worker pattern: the caught traceback as the message of a new exception."""
+    try:
+        lookup(name=FIRST + " " + LAST)
+    except ValueError:
+        raise RuntimeError("job failed:\n" + traceback.format_exc())  # noqa: B904 - on purpose
+
+
+def quoted_from_elsewhere() -> None:
+    raise RuntimeError("import failed:\n" + QUOTED)
+
+
+def quoted_chain() -> None:
+    """A message holding a whole chained traceback, separators and all."""
+    chain = QUOTED + "\nThe above exception was the direct cause of the following exception:\n\n" + QUOTED
+    raise LookupError(chain)
+
+
+def embedded_twice() -> None:
+    try:
+        quoted_from_elsewhere()
+    except RuntimeError as exc:
+        raise LookupError(f"retry failed {exc}") from exc
+
+
+EMBEDDED = [reraised_with_traceback, quoted_from_elsewhere, quoted_chain, embedded_twice]
+
+
+def _leaked(text: str) -> list[str]:
+    return [v for v in EMBEDDED_SECRETS if v in text]
+
+
+def _first_traceback(text: str) -> list[str]:
+    """The lines of the first traceback before its exception line: the interpreter's own."""
+    lines = []
+    for line in text.splitlines()[1:]:
+        if not line.startswith(" "):
+            break
+        lines.append(line)
+    return lines
+
+
+@pytest.mark.parametrize("make", EMBEDDED, ids=lambda f: f.__name__)
+def test_text_scrubber_fails_closed_on_a_message_that_embeds_a_traceback(make: object) -> None:
+    text = formatted(make)
+    assert _leaked(text)  # the raw traceback quotes them (positive control)
+    scrubbed = scrub_stacktrace(text)
+    assert not _leaked(scrubbed), scrubbed
+    # The first traceback is the interpreter's own: its frames and source lines stay.
+    first = _first_traceback(text)
+    assert first and all(line in scrubbed for line in first)
+
+
+@pytest.mark.parametrize("make", [*EMBEDDED, *CASES], ids=lambda f: f.__name__)
+def test_structural_traceback_keeps_every_real_frame_and_no_message(make: object) -> None:
+    try:
+        make()  # type: ignore[operator]
+    except BaseException as exc:
+        caught = exc
+    raw = "".join(traceback.format_exception(type(caught), caught, caught.__traceback__))
+    built = redact.format_exception_redacted(caught)
+    for secret in (*SECRETS, *EMBEDDED_SECRETS):
+        assert secret not in built, built
+    # Every frame the interpreter recorded, with its source line (they are the app's code).
+    frames = traceback.extract_tb(caught.__traceback__)
+    for frame in frames:
+        assert f'File "{frame.filename}", line {frame.lineno}, in {frame.name}' in built
+        assert (frame.line or "") in built
+    assert built.count("(message redacted)") >= 1
+    assert raw.count("Traceback (most recent call last)") >= built.count("Traceback (most recent call last)")
+
+
+def test_syntax_errors_and_notes_lose_their_data() -> None:
+    try:
+        compile(f"x = '{LAST}", "<patient form>", "exec")
+    except SyntaxError as exc:
+        if hasattr(exc, "add_note"):
+            exc.add_note(f"while parsing {FIRST}")
+        built = redact.format_exception_redacted(exc)
+    assert FIRST not in built and LAST not in built
+    assert "SyntaxError: (message redacted)" in built
+
+
+def test_recorded_exceptions_carry_the_structural_traceback(traced: Traced) -> None:
+    """Every exception the SDK records (contrib middleware, the agent's wrappers, use_span) goes
+    through the agent's record_exception hook: no message is read, the stack trace is built
+    from the exception object."""
+    traced.clear()
+    with pytest.raises(RuntimeError), traced.tracer.start_as_current_span("job"):
+        reraised_with_traceback()
+    [job] = [s for s in traced.spans() if s.name == "job"]
+    [event] = [e for e in job.events if e.name == "exception"]
+    attributes = dict(event.attributes or {})
+    stacktrace = str(attributes["exception.stacktrace"])
+    assert attributes["exception.type"] == "RuntimeError"
+    assert attributes["exception.message"] == "RuntimeError (message redacted)"
+    assert not _leaked(exported_text([job])), exported_text([job])
+    # The real frames keep their source lines, after the first exception line too (the text
+    # scrubber drops those).
+    assert 'raise RuntimeError("job failed:\\n" + traceback.format_exc())' in stacktrace
+    assert 'lookup(name=FIRST + " " + LAST)' in stacktrace
+
+
+def test_an_exception_that_cannot_be_printed_is_recorded(traced: Traced) -> None:
+    """The SDK's record_exception calls str() on it and raises; the agent's never reads it."""
+
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no str")
+
+    traced.clear()
+    span = traced.tracer.start_span("job")
+    span.record_exception(Unprintable())
+    span.end()
+    [job] = [s for s in traced.spans() if s.name == "job"]
+    [event] = [e for e in job.events if e.name == "exception"]
+    assert str((event.attributes or {})["exception.type"]).endswith("Unprintable")
+    assert "Unprintable: (message redacted)" in str((event.attributes or {})["exception.stacktrace"])
+
+
+_PHI_TOKEN = st.from_regex(r"[A-Z][a-z]{5,9}|MRN-[0-9]{6}|[0-9]{3}-[0-9]{2}-[0-9]{4}", fullmatch=True)
+_TB_PIECES = st.sampled_from(
+    [
+        "Traceback (most recent call last):",
+        "Exception Group Traceback (most recent call last):",
+        '  File "/srv/a.py", line 3, in f',
+        '  | File "/srv/a.py", line 3, in f',
+        "    f(name='{phi}')",
+        "    ^^^^^^^^^^^^^^",
+        "ValueError: {phi}",
+        "  | ValueError: {phi}",
+        "+---------------- 1 ----------------",
+        "",
+        "The above exception was the direct cause of the following exception:",
+        "During handling of the above exception, another exception occurred:",
+        "    [Previous line repeated 3 more times]",
+        "{phi}",
+    ]
+)
+
+
+def raise_with(message: str) -> None:
+    raise RuntimeError(message)
+
+
+def caught_with(message: str) -> RuntimeError:
+    try:
+        raise_with(message)
+    except RuntimeError as exc:
+        return exc
+    raise AssertionError("did not raise")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_TB_PIECES, min_size=1, max_size=12), _PHI_TOKEN)
+def test_property_no_quoted_traceback_survives_either_scrubber(pieces: list[str], phi: str) -> None:
+    """Quoted source lines, messages and exception lines go; (quoted frame lines, which name a
+    file and a function, are kept by the text scrubber: they read as frames)."""
+    message = "\n".join(pieces).replace("{phi}", phi)
+    assume(phi in message)
+    caught = caught_with(message)
+    text = "".join(traceback.format_exception(type(caught), caught, caught.__traceback__))
+    assert phi not in scrub_stacktrace(text)
+    assert phi not in redact.format_exception_redacted(caught)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=1, max_size=200))
+def test_property_structural_traceback_never_holds_the_message(message: str) -> None:
+    built = redact.format_exception_redacted(caught_with(message))
+    assume(message.strip() and message not in redact.format_exception_redacted(caught_with("")))
+    assert message not in built
