@@ -138,13 +138,14 @@ def _load_literals() -> frozenset[str]:
         from django.conf import settings as django_settings
         from django.urls import get_resolver
 
-        routes.extend(code for code, _name in getattr(django_settings, "LANGUAGES", ()) or ())
         todo = list(get_resolver().url_patterns)
         seen = 0
         while todo and seen < _MAX_PATTERNS:
             pattern = todo.pop()
             seen += 1
             routes.append(str(pattern.pattern))
+            if type(pattern.pattern).__name__ == "LocalePrefixPattern":  # i18n_patterns(): /en/, /de/
+                routes.extend(code for code, _name in getattr(django_settings, "LANGUAGES", ()) or ())
             children = getattr(pattern, "url_patterns", None)
             if children:
                 todo.extend(children)
