@@ -10,6 +10,7 @@ bounded: spans that never end are evicted oldest first.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -42,7 +43,7 @@ from hms_otel_agent.signals.activity import (
     OwnerActivity,
     PlanSummary,
 )
-from hms_otel_agent.signals.http_privacy import HttpPrivacy
+from hms_otel_agent.signals.http_privacy import HttpPrivacy, named_headers
 from hms_otel_agent.signals.redact import scrub_stacktrace
 from hms_otel_agent.signals.registry import Detector, consolidate
 
@@ -373,16 +374,23 @@ _URL_ATTRIBUTES = ("http.url", "http.target", "url.full", "url.path", "url.query
 _HEADER_PREFIXES = ("http.request.header.", "http.response.header.")
 _USER_AGENT_ATTRIBUTES = ("http.user_agent", "user_agent.original")
 
-_privacy: tuple[Settings, HttpPrivacy] | None = None
+_CAPTURE_VARIABLES = (
+    "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST",
+    "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE",
+)
+_privacy: tuple[Settings, tuple[str | None, ...], HttpPrivacy] | None = None
 
 
 def http_privacy(settings: Settings) -> HttpPrivacy:
-    """The URL, user-agent and header rules of `settings` (built again when they change)."""
+    """The URL, user-agent and header rules of `settings` and of the contrib's header capture
+    variables (which the contrib reads on every request), built again when they change."""
     global _privacy
+    capture = tuple(map(os.environ.get, _CAPTURE_VARIABLES))
     built = _privacy
-    if built is None or built[0] is not settings:
-        built = _privacy = (settings, HttpPrivacy.from_settings(settings))
-    return built[1]
+    if built is None or built[0] is not settings or built[1] != capture:
+        named = named_headers(capture[0]) | named_headers(capture[1])
+        built = _privacy = (settings, capture, HttpPrivacy.from_settings(settings, named))
+    return built[2]
 
 
 def _scrub(span: Span, settings: Settings, urls: bool = True) -> None:

@@ -18,7 +18,10 @@ attribute                       by default
                                 ``HMS_OTEL_CAPTURE_HEADER_VALUES`` keeps values as captured.
                                 Credentials (`ALWAYS_REDACTED_HEADERS`) and
                                 ``HMS_OTEL_REDACT_HEADERS`` are always ``REDACTED``. A header
-                                whose name is not a plain lower-case word is dropped.
+                                whose name nobody wrote down (matched by a pattern such as
+                                ``x-.*``, named by the client: ``X-Quillfeather``) is dropped:
+                                names must be safe, redacted or listed as such in the capture
+                                variables (`named_headers`).
 =============================== ===================================================================
 """
 
@@ -34,7 +37,7 @@ from hms_otel_agent.signals.urls import REDACTED
 if TYPE_CHECKING:
     from hms_otel_agent.config import Settings
 
-__all__ = ["ALWAYS_REDACTED_HEADERS", "SAFE_HEADERS", "HttpPrivacy", "header_key"]
+__all__ = ["ALWAYS_REDACTED_HEADERS", "SAFE_HEADERS", "HttpPrivacy", "header_key", "named_headers"]
 
 # Query parameters whose values are redacted even with HMS_OTEL_CAPTURE_QUERY_VALUES=true
 # (and never safe); HMS_OTEL_REDACT_QUERY_PARAMS adds to them.
@@ -125,7 +128,7 @@ SAFE_HEADERS: Final = frozenset(
 )
 _REQUEST_HEADER: Final = "http.request.header."
 _RESPONSE_HEADER: Final = "http.response.header."
-_HEADER_NAME: Final = re.compile(r"[a-z][a-z_]{0,63}")
+_LITERAL_HEADER: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SAFE_HEADER_VALUE: Final = re.compile(r"[\x20-\x7e]{0,256}")
 _UA_KEYS: Final = ("http.user_agent", "user_agent.original")
 _TARGET_KEYS: Final = ("http.target", "http.url", "url.full")
@@ -138,6 +141,16 @@ Changes = dict[str, Any]  # attribute -> new value; None: remove it
 def header_key(name: str) -> str:
     """``X-Patient-Id`` -> ``x_patient_id``, as the header's attribute key ends."""
     return name.strip().lower().replace("-", "_")
+
+
+def named_headers(capture: str | None) -> frozenset[str]:
+    """The header names a contrib capture variable spells out (``content-type,x-patient-id``),
+    leaving out its regular expressions (``x-.*``): as attribute keys end."""
+    if not capture:
+        return frozenset()
+    return frozenset(
+        header_key(item) for item in capture.split(",") if _LITERAL_HEADER.fullmatch(item.strip())
+    )
 
 
 def _names(values: Iterable[str]) -> frozenset[str]:
@@ -158,6 +171,7 @@ class HttpPrivacy:
         raw_query_values: bool = False,
         raw_user_agent: bool = False,
         raw_header_values: bool = False,
+        named_headers: Iterable[str] = (),
     ) -> None:
         self.redacted_query = _names((*REDACTED_QUERY_PARAMS, *redact_query_params))
         self.safe_query = _names((*urls.SAFE_QUERY_PARAMS, *safe_query_params)) - self.redacted_query
@@ -169,9 +183,11 @@ class HttpPrivacy:
         self.raw_query_values = raw_query_values
         self.raw_user_agent = raw_user_agent
         self.raw_header_values = raw_header_values
+        self.named_headers = frozenset(named_headers)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> HttpPrivacy:
+    def from_settings(cls, settings: Settings, named: Iterable[str] = ()) -> HttpPrivacy:
+        """`named`: the header names the capture variables spell out (`named_headers`)."""
         return cls(
             safe_query_params=settings.safe_query_params,
             redact_query_params=settings.redact_query_params,
@@ -181,6 +197,7 @@ class HttpPrivacy:
             raw_query_values=settings.capture_query_values,
             raw_user_agent=settings.capture_user_agent,
             raw_header_values=settings.capture_header_values,
+            named_headers=named,
         )
 
     # --- URLs ------------------------------------------------------------------------------
@@ -279,10 +296,10 @@ class HttpPrivacy:
             safe = [self._safe_header_value(header, v, literals) for v in values]
             if safe != values:
                 changes[key] = safe
-        elif _HEADER_NAME.fullmatch(header) is None:
-            changes[key] = None  # the name itself may be data (a header named after a patient)
-        else:
+        elif header in self.named_headers:
             changes[key] = [REDACTED] * len(values)
+        else:
+            changes[key] = None  # a name the client chose may be data itself (X-Quillfeather)
 
     def _safe_header_value(self, header: str, value: Any, literals: Container[str] | None) -> str:
         if not isinstance(value, str):

@@ -9,7 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hms_otel_agent.signals import user_agent
-from hms_otel_agent.signals.http_privacy import ALWAYS_REDACTED_HEADERS, HttpPrivacy, header_key
+from hms_otel_agent.signals.http_privacy import (
+    ALWAYS_REDACTED_HEADERS,
+    HttpPrivacy,
+    header_key,
+    named_headers,
+)
 from hms_otel_agent.signals.urls import REDACTED, route_literals
 
 LITERALS = route_literals(["patients/", "patients/<int:pk>/summary/", "patients/search/"])
@@ -183,7 +188,10 @@ HEADERS = {
 
 
 def test_captured_headers_by_default() -> None:
-    out, _ = apply(HttpPrivacy(), dict(HEADERS))
+    # As with OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST=x-patient-mrn,x-.*,...
+    named = named_headers("Authorization, X-Patient-MRN,x-.*,content-type,[a-z]+")
+    assert named == {"authorization", "x_patient_mrn", "content_type"}
+    out, _ = apply(HttpPrivacy(named_headers=named), dict(HEADERS))
     assert out == {
         "http.request.header.authorization": [REDACTED],
         "http.request.header.cookie": [REDACTED],
@@ -192,8 +200,7 @@ def test_captured_headers_by_default() -> None:
         "http.request.header.accept_language": ["en-US,en;q=0.9"],
         "http.request.header.referer": ["http://h/patients/{id}/?q=REDACTED"],
         "http.request.header.user_agent": ["Firefox 120 / Linux"],
-        # x_mrn_qz7731x: a name with digits may be data itself: dropped
-        "http.request.header.x_ward": [REDACTED],
+        # x_mrn_qz7731x, x_ward: names nobody listed (a pattern matched them) may be data: dropped
         "http.request.header.accept": [REDACTED],  # not printable ASCII
         "http.response.header.set_cookie": [REDACTED],
         "http.response.header.content_length": ["42"],
