@@ -378,19 +378,28 @@ _CAPTURE_VARIABLES = (
     "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST",
     "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE",
 )
-_privacy: tuple[Settings, tuple[str | None, ...], HttpPrivacy] | None = None
+_privacy: tuple[Settings, HttpPrivacy] | None = None
+_named: tuple[tuple[str | None, ...], frozenset[str]] = ((None, None), frozenset())
+
+
+def _named_headers() -> frozenset[str]:
+    """The header names the contrib's capture variables spell out. The contrib reads them on
+    every request, so they are read again here — only for spans that have captured headers."""
+    global _named
+    capture = tuple(map(os.environ.get, _CAPTURE_VARIABLES))
+    known = _named
+    if known[0] != capture:
+        known = _named = (capture, named_headers(capture[0]) | named_headers(capture[1]))
+    return known[1]
 
 
 def http_privacy(settings: Settings) -> HttpPrivacy:
-    """The URL, user-agent and header rules of `settings` and of the contrib's header capture
-    variables (which the contrib reads on every request), built again when they change."""
+    """The URL, user-agent and header rules of `settings` (built again when they change)."""
     global _privacy
-    capture = tuple(map(os.environ.get, _CAPTURE_VARIABLES))
     built = _privacy
-    if built is None or built[0] is not settings or built[1] != capture:
-        named = named_headers(capture[0]) | named_headers(capture[1])
-        built = _privacy = (settings, capture, HttpPrivacy.from_settings(settings, named))
-    return built[2]
+    if built is None or built[0] is not settings:
+        built = _privacy = (settings, HttpPrivacy.from_settings(settings, _named_headers))
+    return built[1]
 
 
 def _scrub(span: Span, settings: Settings, urls: bool = True) -> None:

@@ -28,7 +28,8 @@ attribute                       by default
 from __future__ import annotations
 
 import re
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Callable, Collection, Container, Iterable, Mapping
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Final
 
 from hms_otel_agent.signals import urls, user_agent
@@ -128,8 +129,10 @@ SAFE_HEADERS: Final = frozenset(
 )
 _REQUEST_HEADER: Final = "http.request.header."
 _RESPONSE_HEADER: Final = "http.response.header."
+_HEADER_PREFIXES: Final = (_REQUEST_HEADER, _RESPONSE_HEADER)
 _LITERAL_HEADER: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SAFE_HEADER_VALUE: Final = re.compile(r"[\x20-\x7e]{0,256}")
+_MEMO_CHARS: Final = 256
 _UA_KEYS: Final = ("http.user_agent", "user_agent.original")
 _TARGET_KEYS: Final = ("http.target", "http.url", "url.full")
 # "GET /patients/1/": span names some instrumentations build from the path.
@@ -171,8 +174,10 @@ class HttpPrivacy:
         raw_query_values: bool = False,
         raw_user_agent: bool = False,
         raw_header_values: bool = False,
-        named_headers: Iterable[str] = (),
+        named_headers: Iterable[str] | Callable[[], Collection[str]] = (),
     ) -> None:
+        """`named_headers`: the header names the capture variables spell out (`named_headers`),
+        or a function that reads them, called only for spans with captured headers."""
         self.redacted_query = _names((*REDACTED_QUERY_PARAMS, *redact_query_params))
         self.safe_query = _names((*urls.SAFE_QUERY_PARAMS, *safe_query_params)) - self.redacted_query
         self.redacted_headers = ALWAYS_REDACTED_HEADERS | {header_key(h) for h in redact_headers if h.strip()}
@@ -183,11 +188,17 @@ class HttpPrivacy:
         self.raw_query_values = raw_query_values
         self.raw_user_agent = raw_user_agent
         self.raw_header_values = raw_header_values
-        self.named_headers = frozenset(named_headers)
+        if callable(named_headers):
+            self._named = named_headers
+        else:
+            fixed = frozenset(named_headers)
+            self._named = lambda: fixed
+        self._memo = lru_cache(maxsize=1024)(self._target)
 
     @classmethod
-    def from_settings(cls, settings: Settings, named: Iterable[str] = ()) -> HttpPrivacy:
-        """`named`: the header names the capture variables spell out (`named_headers`)."""
+    def from_settings(
+        cls, settings: Settings, named: Iterable[str] | Callable[[], Collection[str]] = ()
+    ) -> HttpPrivacy:
         return cls(
             safe_query_params=settings.safe_query_params,
             redact_query_params=settings.redact_query_params,
@@ -203,7 +214,13 @@ class HttpPrivacy:
     # --- URLs ------------------------------------------------------------------------------
 
     def target(self, target: str, route: str | None = None, literals: Container[str] | None = None) -> str:
-        """A request target or URL as it may be exported."""
+        """A request target or URL as it may be exported (memoised for short targets: the same
+        pages are asked for again and again)."""
+        if len(target) <= _MEMO_CHARS and (literals is None or isinstance(literals, frozenset)):
+            return self._memo(target, route, literals)
+        return self._target(target, route, literals)
+
+    def _target(self, target: str, route: str | None, literals: Container[str] | None) -> str:
         return urls.sanitize_target(
             target,
             route,
@@ -226,8 +243,8 @@ class HttpPrivacy:
 
     def span_name(self, name: str, route: str | None, literals: Container[str] | None) -> str:
         """``GET /patients/1/`` -> ``GET /patients/{id}/``; names without a path unchanged."""
-        if "/" not in name:
-            return name
+        if not name.startswith("/") and " /" not in name:
+            return name  # Django's own names: the method and the route, which has no leading /
         match = _NAME_WITH_PATH.fullmatch(name)
         if match is None:
             return name
@@ -264,9 +281,11 @@ class HttpPrivacy:
                 changes["url.query"] = safe
         if not self.raw_user_agent:
             self._user_agent(attributes, changes)
-        for key in attributes:
-            if key.startswith(_REQUEST_HEADER) or key.startswith(_RESPONSE_HEADER):
-                self._header(key, attributes[key], changes, literals)
+        headers = [key for key in attributes if key.startswith(_HEADER_PREFIXES)]
+        if headers:
+            named = self._named()
+            for key in headers:
+                self._header(key, attributes[key], changes, literals, named)
         return changes, self.span_name(name, route, literals)
 
     def _user_agent(self, attributes: Mapping[str, Any], changes: Changes) -> None:
@@ -285,7 +304,9 @@ class HttpPrivacy:
                 if described.os:
                     changes["user_agent.os.name"] = described.os
 
-    def _header(self, key: str, value: Any, changes: Changes, literals: Container[str] | None) -> None:
+    def _header(
+        self, key: str, value: Any, changes: Changes, literals: Container[str] | None, named: Collection[str]
+    ) -> None:
         header = key[len(_REQUEST_HEADER if key.startswith(_REQUEST_HEADER) else _RESPONSE_HEADER) :]
         values = list(value) if isinstance(value, (list, tuple)) else [value]
         if header in self.redacted_headers:
@@ -296,7 +317,7 @@ class HttpPrivacy:
             safe = [self._safe_header_value(header, v, literals) for v in values]
             if safe != values:
                 changes[key] = safe
-        elif header in self.named_headers:
+        elif header in named:
             changes[key] = [REDACTED] * len(values)
         else:
             changes[key] = None  # a name the client chose may be data itself (X-Quillfeather)

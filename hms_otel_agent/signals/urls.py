@@ -131,18 +131,14 @@ def sanitize_path(path: str, literals: Container[str] | None = None) -> str:
     more = len(segments) > MAX_SEGMENTS
     if more:
         segments.pop()
-    out = [segment if _structural(segment, literals) else PLACEHOLDER for segment in segments]
+    if literals is not None:
+        out = [s if not s or s in literals or s in WELL_KNOWN_SEGMENTS else PLACEHOLDER for s in segments]
+    else:
+        word = _WORD_SEGMENT.fullmatch
+        out = [s if not s or s in WELL_KNOWN_SEGMENTS or word(s) else PLACEHOLDER for s in segments]
     if more:
         out.append(PLACEHOLDER)
     return "/".join(out)
-
-
-def _structural(segment: str, literals: Container[str] | None) -> bool:
-    if not segment or segment in WELL_KNOWN_SEGMENTS:
-        return True
-    if literals is not None:
-        return segment in literals
-    return _WORD_SEGMENT.fullmatch(segment) is not None
 
 
 def templated_path(path: str, route: str | None, literals: Container[str] | None = None) -> str:
@@ -163,8 +159,9 @@ def templated_path(path: str, route: str | None, literals: Container[str] | None
     for index, piece in enumerate(pieces):
         if "{" not in piece and piece != raw[offset + index]:
             return sanitize_path(path, literals)
-    prefix = sanitize_path("/".join(raw[:offset]), literals)
-    return f"{prefix}/{template}"
+    if offset == 1 and not raw[0]:
+        return "/" + template  # no script prefix: the usual case
+    return sanitize_path("/".join(raw[:offset]), literals) + "/" + template
 
 
 @lru_cache(maxsize=512)
@@ -273,7 +270,11 @@ def sanitize_query(
     `safe` and `redacted` hold lower-case names; the values of `numeric` ones are numbers."""
     if not query:
         return query
-    parts = _QUERY_SEPARATORS.split(query, MAX_PARAMETERS)
+    parts = (
+        query.split("&", MAX_PARAMETERS)
+        if ";" not in query
+        else _QUERY_SEPARATORS.split(query, MAX_PARAMETERS)
+    )
     more = len(parts) > MAX_PARAMETERS
     if more:
         parts.pop()
