@@ -86,9 +86,10 @@ def instrument_server(settings: Settings, tracer_provider: Any, meter_provider: 
         if not instrumentor.is_instrumented_by_opentelemetry:
             from opentelemetry.instrumentation.django.middleware.otel_middleware import _DjangoMiddleware
 
-            global _privacy, _duration_key
+            global _privacy, _duration_key, _traced_attributes
             _privacy = HttpPrivacy.from_settings(settings)
             _duration_key = _DjangoMiddleware._environ_duration_attr_key
+            _traced_attributes = tuple(_DjangoMiddleware._traced_request_attrs or ())
             instrumentor.instrument(
                 tracer_provider=tracer_provider, meter_provider=meter_provider, request_hook=_request_hook
             )
@@ -101,6 +102,7 @@ def instrument_server(settings: Settings, tracer_provider: Any, meter_provider: 
 _privacy: HttpPrivacy | None = None
 _literals: frozenset[str] | None = None
 _duration_key = ""  # where the middleware keeps the metric's attributes in request.META
+_traced_attributes: tuple[str, ...] = ()  # OTEL_PYTHON_DJANGO_TRACED_REQUEST_ATTRS, as the contrib read it
 _MAX_PATTERNS = 20_000
 
 
@@ -114,17 +116,30 @@ def _request_hook(span: Any, request: Any) -> None:
     """The contrib middleware's request hook: the http.server.duration metric is recorded with
     the attributes it collected at the start of the request, where ``http.target`` is the raw
     target (with its query) until a route is resolved — and stays so for unrouted requests
-    (404s). It gets what the span gets (the span itself is scrubbed when it ends)."""
+    (404s). It gets what the span gets (the span itself is scrubbed when it ends). The request
+    attributes a user had the contrib record (OTEL_PYTHON_DJANGO_TRACED_REQUEST_ATTRS, by the
+    attribute's own name) are scrubbed here, where their names are known."""
     try:
+        privacy = _privacy
+        if privacy is None:
+            return
         literals = _literals if _literals is not None else _load_literals()
         attributes = request.META.get(_duration_key)
         target = attributes.get("http.target") if isinstance(attributes, dict) else None
-        if isinstance(target, str) and _privacy is not None:
-            attributes["http.target"] = _privacy.target(target, None, literals)
+        if isinstance(target, str):
+            attributes["http.target"] = privacy.target(target, None, literals)
+        if _traced_attributes and span.is_recording():
+            recorded = span.attributes
+            for name in _traced_attributes:
+                if name in recorded:
+                    span.set_attribute(name, privacy.request_attribute(name, recorded[name], literals))
     except Exception as exc:
         guard.report("Django request hook", exc)
         with contextlib.suppress(Exception):  # no raw target in the metric then
             request.META[_duration_key].pop("http.target", None)
+        with contextlib.suppress(Exception):
+            for name in _traced_attributes:
+                span.set_attribute(name, url_rules.REDACTED)
 
 
 def _load_literals() -> frozenset[str]:

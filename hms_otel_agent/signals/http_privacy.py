@@ -133,6 +133,8 @@ _HEADER_PREFIXES: Final = (_REQUEST_HEADER, _RESPONSE_HEADER)
 _LITERAL_HEADER: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SAFE_HEADER_VALUE: Final = re.compile(r"[\x20-\x7e]{0,256}")
 _MEMO_CHARS: Final = 256
+_REQUEST_PATHS: Final = frozenset(("path", "path_info"))
+_PLAIN_REQUEST_ATTRIBUTES: Final = frozenset(("method", "scheme", "content_type", "encoding"))
 _UA_KEYS: Final = ("http.user_agent", "user_agent.original")
 _TARGET_KEYS: Final = ("http.target", "http.url", "url.full")
 # "GET /patients/1/": span names some instrumentations build from the path.
@@ -252,6 +254,18 @@ class HttpPrivacy:
         if not target.startswith("/"):
             return name
         return f"{method}{self.target(target, route, literals)}{words}{' ' + REDACTED if rest else ''}"
+
+    def request_attribute(self, name: str, value: Any, literals: Container[str] | None) -> str:
+        """An attribute of the request object that the user asked the contrib to record
+        (``OTEL_PYTHON_DJANGO_TRACED_REQUEST_ATTRS=path_info,method,user``): paths like
+        ``url.path``, a few attributes that cannot hold patient data kept, any other (``GET``,
+        ``COOKIES``, ``user``, ``body``: the request's data) ``REDACTED``."""
+        text = value if isinstance(value, str) else ""
+        if name in _REQUEST_PATHS:
+            return self.path(text, None, literals) if text.startswith("/") else REDACTED
+        if name in _PLAIN_REQUEST_ATTRIBUTES and _SAFE_HEADER_VALUE.fullmatch(text):
+            return text
+        return REDACTED
 
     # --- span attributes ---------------------------------------------------------------------
 

@@ -179,3 +179,21 @@ def test_a_failing_request_hook_drops_the_dimension(traced: Traced, monkeypatch:
     assert response.status_code == 404
     assert "Django request hook" in guard.error_counts()
     assert not any(NAME in t for t in duration_targets(traced))
+
+
+def test_request_attributes_the_user_had_recorded(traced: Traced, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OTEL_PYTHON_DJANGO_TRACED_REQUEST_ATTRS records request attributes under their own names:
+    paths are templated, a few plain ones kept, the request's data REDACTED."""
+    from opentelemetry.instrumentation.django.middleware.otel_middleware import _DjangoMiddleware
+
+    names = ["path_info", "path", "method", "content_type", "GET", "COOKIES", "body"]
+    monkeypatch.setattr(_DjangoMiddleware, "_traced_request_attrs", names)
+    monkeypatch.setattr(django_server, "_traced_attributes", tuple(names))
+    raw = f"/patients/{MRN}/?q={NAME}"
+    response, server = traced.request(raw, HTTP_COOKIE=f"last={MRN}")
+    assert response.status_code == 404
+    attributes = server.attributes
+    assert attributes["path_info"] == attributes["path"] == "/patients/{id}/"
+    assert attributes["method"] == "GET" and attributes["content_type"] == ""  # as the test client sends it
+    assert attributes["GET"] == attributes["COOKIES"] == attributes["body"] == "REDACTED"
+    assert MRN not in exported(traced) and NAME not in exported(traced)
