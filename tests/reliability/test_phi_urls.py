@@ -3,7 +3,8 @@ proof, and the opt-ins that restore raw values.
 
 The sample app runs under hms-otel-run with the contrib's header capture turned on
 (``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST`` naming credentials, custom
-patient headers and a pattern ``x-.*``), on
+patient headers and a pattern ``x-.*``) and recording request attributes
+(``OTEL_PYTHON_DJANGO_TRACED_REQUEST_ATTRS``: the path, ``GET``, ``COOKIES``), on
 
 * gunicorn (sync; ``http.target`` is the raw request target) exporting OTLP/HTTP,
 * uvicorn (ASGI; ``http.url`` has the query *decoded*) exporting OTLP/gRPC with gzip, with
@@ -58,6 +59,8 @@ CAPTURE = {
         "content-type,accept-language,referer,user-agent,x-.*"
     ),
     "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE": "content-type,x-frame-options,set-cookie",
+    # request attributes recorded under their own names: the raw path and the request's data
+    "OTEL_PYTHON_DJANGO_TRACED_REQUEST_ATTRS": "path_info,path,method,GET,COOKIES,body",
 }
 A, B, C = FAKE_PATIENTS
 # Values this module sends besides the corpus: the owners of devices, a token, a header name.
@@ -223,6 +226,8 @@ def test_no_phi_from_urls_user_agents_or_headers(
     assert any(s.attributes.get("http.request.header.authorization") == ["REDACTED"] for s in spans)
     assert any(s.attributes.get("http.request.header.accept_language") == ["en-US,en;q=0.9"] for s in spans)
     assert not any("http.request.header.x_quillfeather" in s.attributes for s in spans)
+    assert any(s.attributes.get("path_info") == "/patients/{id}/" for s in spans)
+    assert any(s.attributes.get("GET") == "REDACTED" for s in spans)
     durations = otlp_receiver.metrics("http.server.duration")
     assert {"/patients/{id}/", "/patients/{id}/{id}/"} <= {
         str(p.attributes.get("http.target")) for p in durations
