@@ -138,6 +138,7 @@ _PLAIN_REQUEST_ATTRIBUTES: Final = frozenset(("method", "scheme", "content_type"
 _UA_KEYS: Final = ("http.user_agent", "user_agent.original")
 _TARGET_KEYS: Final = ("http.target", "http.url", "url.full")
 # "GET /patients/1/": span names some instrumentations build from the path.
+_PATH_WORD: Final = re.compile(r"(?<!\S)/\S*")
 _NAME_WITH_PATH: Final = re.compile(r"((?:[A-Z_]{1,20} )?)(/\S*)((?: [a-z]{1,20}){0,3})(.*)", re.DOTALL)
 
 Changes = dict[str, Any]  # attribute -> new value; None: remove it
@@ -248,11 +249,9 @@ class HttpPrivacy:
         if not name.startswith("/") and " /" not in name:
             return name  # Django's own names: the method and the route, which has no leading /
         match = _NAME_WITH_PATH.fullmatch(name)
-        if match is None:
-            return name
+        if match is None:  # some other shape: every word that starts with / is a path
+            return _PATH_WORD.sub(lambda m: self.target(m.group(0), route, literals), name)
         method, target, words, rest = match.groups()
-        if not target.startswith("/"):
-            return name
         return f"{method}{self.target(target, route, literals)}{words}{' ' + REDACTED if rest else ''}"
 
     def request_attribute(self, name: str, value: Any, literals: Container[str] | None) -> str:

@@ -157,6 +157,7 @@ def test_span_names_that_carry_the_path() -> None:
     assert apply(privacy, {}, "GET /patients/x/ Zebediah Quillfeather")[1] == "GET /patients/{id}/ REDACTED"
     assert apply(privacy, {}, "GET patients/<int:pk>/summary/")[1] == "GET patients/<int:pk>/summary/"
     assert apply(privacy, {}, "/patients/MRN-1/")[1] == "/patients/{id}/"
+    assert apply(privacy, {}, "websocket /patients/MRN-1/ Connect")[1] == "websocket /patients/{id}/ Connect"
     assert apply(HttpPrivacy(raw_paths=True), {}, "GET /patients/MRN-1/")[1] == "GET /patients/MRN-1/"
 
 
