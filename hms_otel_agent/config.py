@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -101,6 +102,21 @@ def _nonempty_name_list(raw: str) -> tuple[str, ...]:
     return names
 
 
+def _query_name_list(raw: str) -> tuple[str, ...]:
+    # Only lower-case identifiers are ever kept as names in exported query strings.
+    names = tuple(name.lower() for name in _nonempty_name_list(raw))
+    if any(not _QUERY_NAME.fullmatch(name) for name in names):
+        raise ConfigError
+    return names
+
+
+def _header_name_list(raw: str) -> tuple[str, ...]:
+    names = _nonempty_name_list(raw)
+    if any(not _HEADER_NAME.fullmatch(name) for name in names):
+        raise ConfigError
+    return tuple(name.lower() for name in names)
+
+
 def _text(raw: str) -> str:
     return raw.strip()
 
@@ -167,36 +183,8 @@ _SAMPLERS = (
 )
 _COMPRESSION = ("gzip", "none")
 
-# Query-string parameters whose values are replaced by "REDACTED" in exported URLs.
-DEFAULT_REDACTED_QUERY_PARAMS = (
-    "q",
-    "query",
-    "search",
-    "name",
-    "given_name",
-    "family_name",
-    "first_name",
-    "last_name",
-    "mrn",
-    "patient",
-    "patient_id",
-    "ssn",
-    "national_id",
-    "dob",
-    "date_of_birth",
-    "birth_date",
-    "email",
-    "phone",
-    "address",
-    "token",
-    "code",
-    "password",
-    "api_key",
-    "key",
-    "secret",
-    "sig",
-    "signature",
-)
+_QUERY_NAME = re.compile(r"[a-z_][a-z_.-]{0,39}")
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")  # an HTTP token
 
 OPTIONS: tuple[Option, ...] = (
     # Agent behaviour
@@ -478,12 +466,91 @@ OPTIONS: tuple[Option, ...] = (
         "privacy",
     ),
     Option(
+        "HMS_OTEL_CAPTURE_URL_PATHS",
+        "capture_url_paths",
+        False,
+        _bool,
+        "true or false",
+        "Export request paths as sent (http.target, url.path, http.url, url.full, span names, the "
+        "http.server.duration http.target dimension); by default the route with placeholders, or "
+        "for unrouted paths each segment that is not a literal of the app's routes as {id}.",
+        "privacy",
+    ),
+    Option(
+        "HMS_OTEL_CAPTURE_QUERY_VALUES",
+        "capture_query_values",
+        False,
+        _bool,
+        "true or false",
+        "Export query strings as sent, but for the values of the always-redacted parameters (q, "
+        "name, mrn, dob, email, ... and HMS_OTEL_REDACT_QUERY_PARAMS); by default every value is "
+        "REDACTED but those of safe parameters (page, limit, ordering, ...) that are short numbers "
+        "or plain words.",
+        "privacy",
+    ),
+    Option(
+        "HMS_OTEL_SAFE_QUERY_PARAMS",
+        "safe_query_params",
+        (),
+        _query_name_list,
+        "a comma-separated list of lower-case parameter names (letters, _, . and -)",
+        "Query-string parameters whose values are exported when they are a number of up to 6 digits "
+        "or a lower-case word, added to page, page_size, per_page, limit, offset, ordering, "
+        "order_by, sort, sort_by, order, direction, format, lang, language.",
+        "privacy",
+    ),
+    Option(
         "HMS_OTEL_REDACT_QUERY_PARAMS",
         "redact_query_params",
-        DEFAULT_REDACTED_QUERY_PARAMS,
+        (),
         _nonempty_name_list,
         "a comma-separated list of parameter names",
-        "Query-string parameters whose values are replaced by REDACTED in exported URLs.",
+        "Query-string parameters whose values are always replaced by REDACTED, even with "
+        "HMS_OTEL_CAPTURE_QUERY_VALUES, added to the built-in list (q, query, search, name, mrn, "
+        "patient, dob, email, phone, ssn, token, ...); a safe parameter named here is not safe.",
+        "privacy",
+    ),
+    Option(
+        "HMS_OTEL_CAPTURE_USER_AGENT",
+        "capture_user_agent",
+        False,
+        _bool,
+        "true or false",
+        "Export the User-Agent header as sent (user_agent.original / http.user_agent); by default "
+        "it is dropped and user_agent.name, user_agent.version (major) and user_agent.os.name are "
+        "exported for known browsers, bots and tools.",
+        "privacy",
+    ),
+    Option(
+        "HMS_OTEL_CAPTURE_HEADER_VALUES",
+        "capture_header_values",
+        False,
+        _bool,
+        "true or false",
+        "With the contrib's header capture on (OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_"
+        "REQUEST / _RESPONSE), export captured values as captured; by default values of headers "
+        "outside the safe list are REDACTED. Credentials and HMS_OTEL_REDACT_HEADERS stay REDACTED.",
+        "privacy",
+    ),
+    Option(
+        "HMS_OTEL_SAFE_HEADERS",
+        "safe_headers",
+        (),
+        _header_name_list,
+        "a comma-separated list of header names",
+        "Captured headers whose values are exported (printable ASCII up to 256 characters), added "
+        "to content-type, accept, accept-language, content-length, host, x-request-id, ... "
+        "(referer, origin and location sanitized as URLs, user-agent reduced to its family).",
+        "privacy",
+    ),
+    Option(
+        "HMS_OTEL_REDACT_HEADERS",
+        "redact_headers",
+        (),
+        _header_name_list,
+        "a comma-separated list of header names",
+        "Captured headers whose values are always REDACTED, added to authorization, "
+        "proxy-authorization, cookie, set-cookie, x-api-key, x-auth-token, x-csrftoken.",
         "privacy",
     ),
     # Standard OpenTelemetry variables the agent validates and acts on
@@ -777,7 +844,14 @@ class Settings:
     capture_sql_parameters: bool = False
     capture_cache_keys: bool = False
     capture_exception_messages: bool = False
-    redact_query_params: tuple[str, ...] = DEFAULT_REDACTED_QUERY_PARAMS
+    capture_url_paths: bool = False
+    capture_query_values: bool = False
+    safe_query_params: tuple[str, ...] = ()
+    redact_query_params: tuple[str, ...] = ()
+    capture_user_agent: bool = False
+    capture_header_values: bool = False
+    safe_headers: tuple[str, ...] = ()
+    redact_headers: tuple[str, ...] = ()
     sdk_disabled: bool = False
     service_name: str = ""
     resource_attributes: str = ""

@@ -10,6 +10,7 @@ bounded: spans that never end are evicted oldest first.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,7 +23,7 @@ from opentelemetry.trace.status import Status
 
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
-from hms_otel_agent.instrument import eager_loads
+from hms_otel_agent.instrument import django_server, eager_loads
 from hms_otel_agent.instrument.cache_hooks import CACHE_RECORD
 from hms_otel_agent.instrument.context import code_attributes
 from hms_otel_agent.instrument.db import SPAN_RECORD
@@ -42,6 +43,7 @@ from hms_otel_agent.signals.activity import (
     OwnerActivity,
     PlanSummary,
 )
+from hms_otel_agent.signals.http_privacy import HttpPrivacy, named_headers
 from hms_otel_agent.signals.redact import scrub_stacktrace
 from hms_otel_agent.signals.registry import Detector, consolidate
 
@@ -411,27 +413,56 @@ class SignalProcessor(SpanProcessor):
             span.set_attribute("hms.cache.hit_ratio", round(hits / (hits + misses), 4))
 
 
-_URL_ATTRIBUTES = ("http.url", "http.target", "url.full")
 _STRUCTURED_TRACES = "_hms_structured_traces"  # stack traces SignalProcessor.exception_event built
+_URL_ATTRIBUTES = ("http.url", "http.target", "url.full", "url.path", "url.query")
+_HEADER_PREFIXES = ("http.request.header.", "http.response.header.")
+_USER_AGENT_ATTRIBUTES = ("http.user_agent", "user_agent.original")
+
+_CAPTURE_VARIABLES = (
+    "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST",
+    "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE",
+)
+_privacy: tuple[Settings, HttpPrivacy] | None = None
+_named: tuple[tuple[str | None, ...], frozenset[str]] = ((None, None), frozenset())
+
+
+def _named_headers() -> frozenset[str]:
+    """The header names the contrib's capture variables spell out. The contrib reads them on
+    every request, so they are read again here — only for spans that have captured headers."""
+    global _named
+    capture = tuple(map(os.environ.get, _CAPTURE_VARIABLES))
+    known = _named
+    if known[0] != capture:
+        known = _named = (capture, named_headers(capture[0]) | named_headers(capture[1]))
+    return known[1]
+
+
+def http_privacy(settings: Settings) -> HttpPrivacy:
+    """The URL, user-agent and header rules of `settings` (built again when they change)."""
+    global _privacy
+    built = _privacy
+    if built is None or built[0] is not settings:
+        built = _privacy = (settings, HttpPrivacy.from_settings(settings, _named_headers))
+    return built[1]
 
 
 def _scrub(span: Span, settings: Settings, urls: bool = True) -> None:
-    """Remove identifying query values and exception messages before the span is exported.
-    `urls`: look at the URL attributes (not for DB and cache client spans)."""
-    if urls and settings.redact_query_params:
+    """Remove patient data from URLs, the user agent, captured headers and exception messages
+    before the span is exported. `urls`: look at the HTTP attributes (not for DB and cache
+    client spans)."""
+    if urls:
         bounded = span._attributes
         attributes = getattr(bounded, "_dict", bounded)  # the plain dict: no KeyError per lookup
-        if attributes:
-            names = settings.redact_query_params
-            for key in _URL_ATTRIBUTES:
-                value = attributes.get(key)
-                if isinstance(value, str) and "?" in value:
-                    redacted = redact.redact_url(value, names)
-                    if redacted != value:
-                        span.set_attribute(key, redacted)
-            query = attributes.get("url.query")
-            if isinstance(query, str) and query:
-                span.set_attribute("url.query", redact.redact_query(query, names))
+        if attributes or "/" in span._name:
+            literals = django_server.route_literals() if span.kind is SpanKind.SERVER else None
+            changes, name = http_privacy(settings).changes(attributes or {}, span._name, literals)
+            for key, value in changes.items():
+                if value is None:
+                    attributes.pop(key, None)  # type: ignore[union-attr]
+                else:
+                    span.set_attribute(key, value)
+            if name != span._name:
+                span.update_name(name)
     if settings.capture_exception_messages:
         return
     events = span._events
@@ -453,13 +484,15 @@ def _scrub(span: Span, settings: Settings, urls: bool = True) -> None:
 def _scrub_fail_closed(span: Span) -> None:
     """When redaction itself failed: drop what may identify a patient rather than export it."""
     try:
-        attributes = span.attributes or {}
-        for key in _URL_ATTRIBUTES:
-            value = attributes.get(key)
-            if isinstance(value, str) and "?" in value:
-                span.set_attribute(key, value.split("?", 1)[0] + "?" + redact.REDACTED)
-        if attributes.get("url.query"):
-            span.set_attribute("url.query", redact.REDACTED)
+        bounded = span._attributes
+        attributes = getattr(bounded, "_dict", bounded) or {}
+        for key in list(attributes):
+            if key in _URL_ATTRIBUTES:
+                span.set_attribute(key, redact.REDACTED)
+            elif key in _USER_AGENT_ATTRIBUTES or key.startswith(_HEADER_PREFIXES):
+                attributes.pop(key, None)  # type: ignore[union-attr]
+        if "/" in span._name:
+            span.update_name(span._name.split(" ", 1)[0] if " " in span._name else redact.REDACTED)
         events = span._events
         for index in range(len(events)):
             event = events[index]

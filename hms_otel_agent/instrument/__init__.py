@@ -65,7 +65,9 @@ def install(settings: Settings, tracer_provider: Any, meter_provider: Any) -> No
     when_imported("redis", "redis", lambda: redis.install(settings, tracer_provider))
     if "django" not in disabled and "django" not in _installed:
         _installed.add("django")
-        django_server.when_django_ready(django_server.instrument_server(tracer_provider, meter_provider))
+        django_server.when_django_ready(
+            django_server.instrument_server(settings, tracer_provider, meter_provider)
+        )
         django_server.when_django_ready(django_orm.install)
         from hms_otel_agent.instrument import db_connections, eager_loads
 

@@ -9,6 +9,7 @@ returns, so the settings are whatever the application configured.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from collections.abc import Callable
@@ -17,6 +18,9 @@ from typing import Any
 import wrapt
 
 from hms_otel_agent import guard
+from hms_otel_agent.config import Settings
+from hms_otel_agent.signals import urls as url_rules
+from hms_otel_agent.signals.http_privacy import HttpPrivacy
 
 logger = logging.getLogger("hms_otel")
 
@@ -74,18 +78,103 @@ def hook_django_setup() -> None:
     wrapt.register_post_import_hook(on_import, "django")
 
 
-def instrument_server(tracer_provider: Any, meter_provider: Any) -> Callable[[], None]:
+def instrument_server(settings: Settings, tracer_provider: Any, meter_provider: Any) -> Callable[[], None]:
     def instrument_django_server() -> None:
         from opentelemetry.instrumentation.django import DjangoInstrumentor
 
         instrumentor = DjangoInstrumentor()
         if not instrumentor.is_instrumented_by_opentelemetry:
-            instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
+            from opentelemetry.instrumentation.django.middleware.otel_middleware import _DjangoMiddleware
+
+            global _privacy, _duration_key, _traced_attributes
+            _privacy = HttpPrivacy.from_settings(settings)
+            _duration_key = _DjangoMiddleware._environ_duration_attr_key
+            _traced_attributes = tuple(_DjangoMiddleware._traced_request_attrs or ())
+            instrumentor.instrument(
+                tracer_provider=tracer_provider, meter_provider=meter_provider, request_hook=_request_hook
+            )
 
     return instrument_django_server
+
+
+# --- what the duration metric may carry -----------------------------------------------------------
+
+_privacy: HttpPrivacy | None = None
+_literals: frozenset[str] | None = None
+_duration_key = ""  # where the middleware keeps the metric's attributes in request.META
+_traced_attributes: tuple[str, ...] = ()  # OTEL_PYTHON_DJANGO_TRACED_REQUEST_ATTRS, as the contrib read it
+_MAX_PATTERNS = 20_000
+
+
+def route_literals() -> frozenset[str] | None:
+    """The literal path segments of the application's routes (ROOT_URLCONF, with every include),
+    read at its first traced request; None before (or without Django)."""
+    return _literals
+
+
+def _request_hook(span: Any, request: Any) -> None:
+    """The contrib middleware's request hook: the http.server.duration metric is recorded with
+    the attributes it collected at the start of the request, where ``http.target`` is the raw
+    target (with its query) until a route is resolved — and stays so for unrouted requests
+    (404s). It gets what the span gets (the span itself is scrubbed when it ends). The request
+    attributes a user had the contrib record (OTEL_PYTHON_DJANGO_TRACED_REQUEST_ATTRS, by the
+    attribute's own name) are scrubbed here, where their names are known."""
+    try:
+        privacy = _privacy
+        if privacy is None:
+            return
+        literals = _literals if _literals is not None else _load_literals()
+        attributes = request.META.get(_duration_key)
+        target = attributes.get("http.target") if isinstance(attributes, dict) else None
+        if isinstance(target, str):
+            attributes["http.target"] = privacy.target(target, None, literals)
+        if _traced_attributes and span.is_recording():
+            recorded = span.attributes
+            for name in _traced_attributes:
+                if name in recorded:
+                    span.set_attribute(name, privacy.request_attribute(name, recorded[name], literals))
+    except Exception as exc:
+        guard.report("Django request hook", exc)
+        with contextlib.suppress(Exception):  # no raw target in the metric then
+            request.META[_duration_key].pop("http.target", None)
+        with contextlib.suppress(Exception):
+            for name in _traced_attributes:
+                span.set_attribute(name, url_rules.REDACTED)
+
+
+def _load_literals() -> frozenset[str]:
+    """Walk the URL patterns once. The middleware has resolved the request's path already (for
+    the span name), so the URLconf is imported; includes not yet imported are imported here, as
+    Django's first reverse() does. Whatever fails leaves an empty set: every unrouted segment
+    is then replaced."""
+    global _literals
+    routes: list[str] = []
+    try:
+        from django.conf import settings as django_settings
+        from django.urls import get_resolver
+
+        todo = list(get_resolver().url_patterns)
+        seen = 0
+        while todo and seen < _MAX_PATTERNS:
+            pattern = todo.pop()
+            seen += 1
+            routes.append(str(pattern.pattern))
+            if type(pattern.pattern).__name__ == "LocalePrefixPattern":  # i18n_patterns(): /en/, /de/
+                routes.extend(code for code, _name in getattr(django_settings, "LANGUAGES", ()) or ())
+            children = getattr(pattern, "url_patterns", None)
+            if children:
+                todo.extend(children)
+        found = url_rules.route_literals(routes)
+    except Exception as exc:
+        guard.report("Django URL patterns", exc)
+        found = frozenset()
+    _literals = found
+    return found
 
 
 def uninstrument_server() -> None:
     from opentelemetry.instrumentation.django import DjangoInstrumentor
 
+    global _literals
     DjangoInstrumentor().uninstrument()
+    _literals = None

@@ -44,6 +44,7 @@ from hms_otel_agent.signals.activity import (
     PlanSummary,
 )
 from hms_otel_agent.signals.fingerprint import fingerprint_sql
+from hms_otel_agent.signals.http_privacy import HttpPrivacy
 
 AGGREGATE_SCOPES = frozenset((EAGER_LOADS_SCOPE,))
 CACHE_SYSTEMS = frozenset(("redis", "memcached", "valkey", "keydb", "dragonfly"))
@@ -296,6 +297,10 @@ class Owner:
         return self.activity.route or self.activity.name
 
 
+# Span names that carry a path are printed with the path templated, as the agent exports them.
+_URLS = HttpPrivacy()
+
+
 def _resource_text(span: SpanData, name: str) -> str:
     value = span.resource.get(name)
     return str(value) if value is not None else ""
@@ -313,14 +318,17 @@ def build_owners(spans: Iterable[SpanData]) -> list[Owner]:
             route = _text(span.attributes, "http.route")
             owners[key] = Owner(
                 activity=OwnerActivity(
-                    name=span.name, route=route, plans=recorded_plans(span), connects=connect_calls(span)
+                    name=_URLS.span_name(span.name, None, None),  # "GET /patients/MRN-1/" from other agents
+                    route=route,
+                    plans=recorded_plans(span),
+                    connects=connect_calls(span),
                 ),
                 span=span,
                 trace_id=span.trace_id,
                 is_request=span.kind == KIND_SERVER,
                 service=_resource_text(span, "service.name"),
                 run_id=_resource_text(span, RUN_ID_ATTRIBUTE),
-                recorded=recorded_findings(span, route or span.name),
+                recorded=recorded_findings(span, route or _URLS.span_name(span.name, None, None)),
                 aggregate=span.scope in AGGREGATE_SCOPES,
             )
     resolved: dict[tuple[str, str], tuple[str, str]] = {}

@@ -1,4 +1,4 @@
-"""Removing patient data from URLs and exception texts before they are exported.
+"""Removing patient data from exception texts before they are exported (URLs: `urls`).
 
 Pure functions; the span processor applies them to every span just before it ends.
 """
@@ -7,36 +7,17 @@ from __future__ import annotations
 
 import re
 import traceback
-from collections.abc import Collection
-from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
-REDACTED = "REDACTED"
+from hms_otel_agent.signals.urls import REDACTED
+
+__all__ = [
+    "MESSAGE_REDACTED",
+    "REDACTED",
+    "exception_message",
+    "scrub_stacktrace",
+    "scrub_status_description",
+]
 MESSAGE_REDACTED = "(message redacted)"
-
-
-def redact_query(query: str, names: Collection[str]) -> str:
-    """``mrn=MRN-1&limit=5`` -> ``mrn=REDACTED&limit=5`` for names in `names` (any case)."""
-    if not query:
-        return query
-    lowered = {n.lower() for n in names}
-    pairs = parse_qsl(query, keep_blank_values=True)
-    if not any(key.lower() in lowered for key, _ in pairs):
-        return query
-    return "&".join(
-        f"{quote(key, safe='')}={REDACTED if key.lower() in lowered else quote(value, safe='')}"
-        for key, value in pairs
-    )
-
-
-def redact_url(url: str, names: Collection[str]) -> str:
-    """Redact identifying query values in a URL or in a request target (``/path?query``)."""
-    if "?" not in url:
-        return url
-    parts = urlsplit(url)
-    query = redact_query(parts.query, names)
-    if query == parts.query:
-        return url
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
 
 
 def exception_message(type_name: str) -> str:

@@ -314,11 +314,39 @@ def test_launcher_and_config_check_as_processes(process_dir: Path, environ: dict
 
 
 @pytest.mark.parametrize("value", [",", " , ", " ,, "])
-def test_a_redaction_list_that_names_nothing_keeps_the_default(value: str) -> None:
+def test_a_redaction_list_that_names_nothing_is_a_typo_and_redaction_stays(value: str) -> None:
+    from hms_otel_agent.signals.http_privacy import REDACTED_QUERY_PARAMS, HttpPrivacy
+
     loaded = config.load({"HMS_OTEL_REDACT_QUERY_PARAMS": value})
-    assert loaded.settings.redact_query_params == config.DEFAULT_REDACTED_QUERY_PARAMS
+    assert loaded.settings.redact_query_params == ()
     [problem] = loaded.problems
-    assert "using the default q,query,search,name," in problem.line(strict=False)
+    assert "using the default (empty)" in problem.line(strict=False)
+    # The list adds to the built-in one: whatever it holds, the built-in names stay redacted.
+    privacy = HttpPrivacy.from_settings(loaded.settings)
+    assert privacy.redacted_query >= set(REDACTED_QUERY_PARAMS)
+    assert privacy.query("mrn=MRN-1&q=Smith") == "mrn=REDACTED&q=REDACTED"
+
+
+def test_query_and_header_lists_accept_only_names_that_can_match() -> None:
+    loaded = config.load(
+        {
+            "HMS_OTEL_SAFE_QUERY_PARAMS": "Ward, bed_no",
+            "HMS_OTEL_SAFE_HEADERS": "X-Ward",
+            "HMS_OTEL_REDACT_HEADERS": "X-Patient-Id",
+        }
+    )
+    assert not loaded.problems
+    assert loaded.settings.safe_query_params == ("ward", "bed_no")
+    assert loaded.settings.safe_headers == ("x-ward",) and loaded.settings.redact_headers == ("x-patient-id",)
+    for env, value in (
+        ("HMS_OTEL_SAFE_QUERY_PARAMS", "page size"),
+        ("HMS_OTEL_SAFE_QUERY_PARAMS", "bed2"),
+        ("HMS_OTEL_SAFE_QUERY_PARAMS", "patient[name]"),
+        ("HMS_OTEL_SAFE_HEADERS", "X Ward"),
+        ("HMS_OTEL_REDACT_HEADERS", ","),
+    ):
+        [problem] = config.load({env: value}).problems
+        assert problem.option.env == env
 
 
 @pytest.mark.parametrize("value", ["inf", "-inf", "1e309", "nan"])

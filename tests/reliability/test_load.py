@@ -176,6 +176,8 @@ def test_every_finding_lands_on_its_own_request(
         "OTEL_BSP_MAX_QUEUE_SIZE": "200000",  # this test needs every server span
         "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "2048",
         "HMS_OTEL_LIVE_LOG": "false",
+        # Requests are told apart by their ?req= value (r12, cal3), which is redacted by default.
+        "HMS_OTEL_CAPTURE_QUERY_VALUES": "true",
     }
     if server == "uvicorn":
         app = start_sample(app_process, uvicorn, env, extra=["--no-access-log", "--backlog", "2048"])

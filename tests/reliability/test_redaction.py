@@ -106,15 +106,19 @@ def test_when_redaction_fails_the_span_loses_the_data_not_the_app(
     def broken(*args: object) -> str:
         raise RuntimeError("redaction bug")
 
-    monkeypatch.setattr(processors.redact, "redact_url", broken)
+    monkeypatch.setattr(processors.HttpPrivacy, "changes", broken)
     monkeypatch.setattr(processors.redact, "exception_message", broken)
     guard.reset_for_tests()
-    response, server = traced.request("/boom/?mrn=MRN-Q7Z9X1&limit=3")
+    response, server = traced.request(
+        "/boom/?mrn=MRN-Q7Z9X1&limit=3", HTTP_USER_AGENT="Quillfeather's Firefox/120.0"
+    )
     assert response.status_code == 500
     text = exported_text(traced.spans())
-    assert "MRN-Q7Z9X1" not in text
+    assert "MRN-Q7Z9X1" not in text and "Quillfeather" not in text
     assert "span processor (redaction)" in guard.error_counts()
-    assert str(server.attributes["http.url"]).endswith("/boom/?REDACTED")
+    # Every URL attribute is replaced whole (the path may be data too); the user agent is gone.
+    assert server.attributes["http.url"] == "REDACTED"
+    assert "http.user_agent" not in server.attributes and "user_agent.original" not in server.attributes
     [event] = [e for e in server.events if e.name == "exception"]
     assert set(event.attributes or {}) == {"exception.type"}
     assert server.status.description in (None, "(message redacted)")

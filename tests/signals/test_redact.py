@@ -1,37 +1,8 @@
-"""Redaction of identifying query values and exception messages (pure functions)."""
+"""Redaction of exception messages (pure functions; URLs: test_urls.py)."""
 
 from __future__ import annotations
 
-import pytest
-
-from hms_otel_agent.config import DEFAULT_REDACTED_QUERY_PARAMS
 from hms_otel_agent.signals import redact
-
-NAMES = DEFAULT_REDACTED_QUERY_PARAMS
-
-
-@pytest.mark.parametrize(
-    ("url", "expected"),
-    [
-        (
-            "http://h/patients/search/?q=Smith&mrn=MRN-004211&limit=5",
-            "http://h/patients/search/?q=REDACTED&mrn=REDACTED&limit=5",
-        ),
-        ("/patients/search/?MRN=MRN-004211", "/patients/search/?MRN=REDACTED"),
-        ("/encounters/?limit=20&offset=40", "/encounters/?limit=20&offset=40"),
-        ("/encounters/", "/encounters/"),
-        ("http://h/p/?email=a%40b.org&x=1", "http://h/p/?email=REDACTED&x=1"),
-        ("http://h/p/?name=", "http://h/p/?name=REDACTED"),
-    ],
-)
-def test_redact_url(url: str, expected: str) -> None:
-    assert redact.redact_url(url, NAMES) == expected
-
-
-def test_unlisted_parameters_are_kept_and_list_is_configurable() -> None:
-    assert redact.redact_query("ward=4B&bed=12", NAMES) == "ward=4B&bed=12"
-    assert redact.redact_query("ward=4B&bed=12", ["bed"]) == "ward=4B&bed=REDACTED"
-
 
 TRACEBACK = """Traceback (most recent call last):
   File "/app/hms/views.py", line 10, in duplicate
