@@ -30,3 +30,178 @@ def apply(app: str, name: str) -> None:
 def _add(cls: Any, attr: str, method: str, *lookups: Any) -> None:
     """cls.attr = getattr(cls.attr, method)(*lookups): edit a view's or viewset's queryset."""
     setattr(cls, attr, getattr(getattr(cls, attr), method)(*lookups))
+
+
+# Source edits: (file under the project directory, text, replacement). Applied to the checkout
+# before Django starts, restored when the count step ends (scripts/accuracy_run.py).
+SOURCE_EDITS: dict[str, dict[str, list[tuple[str, str, str]]]] = {
+    "netbox": {
+        # The search backend iterates its RawQuerySet three times: every iteration runs the query
+        # again and builds new instances, so the display attributes prefetched on the second
+        # pass are gone on the third. Evaluating it once keeps them.
+        "search": [
+            (
+                "netbox/search/backends.py",
+                "results = CachedValue.objects",
+                "results = list(CachedValue.objects",
+            )
+        ],
+        # ObjectCountsWidget hands the template the bound method `qs.count`; the template calls it
+        # in `{% if count is None %}` and again in `{{ count }}`. Count once in the widget.
+        "home-counts": [
+            ("extras/dashboard/widgets.py", "object_count = qs.count\n", "object_count = qs.count()\n")
+        ],
+    },
+    "babybuddy": {},
+}
+_SEARCH_CLOSE = ("params\n        )\n", "params\n        ))\n")
+SOURCE_EDITS["netbox"]["search"].append(("netbox/search/backends.py", *_SEARCH_CLOSE))
+
+
+# --- NetBox ------------------------------------------------------------------------------------
+
+
+@fix("netbox", "cables-agent")
+def _cables_agent() -> None:
+    """The agent's hint for api/dcim/cables/, applied literally to CableViewSet.queryset."""
+    from dcim.api.views import CableViewSet
+
+    _add(CableViewSet, "queryset", "select_related", "terminations__termination__device")
+
+
+@fix("netbox", "cables")
+def _cables() -> None:
+    """CableViewSet.queryset (dcim/api/views.py): the terminations' GenericForeignKey prefetched
+    per content type, with the relations each nested serializer reads."""
+    from circuits.models import CircuitTermination
+    from dcim.api.views import CableViewSet
+    from dcim.models import (
+        Cable,
+        CableTermination,
+        ConsolePort,
+        ConsoleServerPort,
+        FrontPort,
+        Interface,
+        PowerFeed,
+        PowerOutlet,
+        PowerPort,
+        RearPort,
+    )
+    from django.contrib.contenttypes.prefetch import GenericPrefetch
+    from django.db.models import Prefetch
+
+    per_type = [
+        m.objects.select_related("device", "cable")
+        for m in (Interface, FrontPort, RearPort, ConsolePort, ConsoleServerPort, PowerPort, PowerOutlet)
+    ]
+    per_type.append(CircuitTermination.objects.select_related("circuit__provider", "cable"))
+    per_type.append(PowerFeed.objects.select_related("power_panel", "cable"))
+    terminations = CableTermination.objects.prefetch_related(GenericPrefetch("termination", per_type))
+    CableViewSet.queryset = Cable.objects.prefetch_related(Prefetch("terminations", queryset=terminations))
+
+
+@fix("netbox", "circuits-agent")
+def _circuits_agent() -> None:
+    """The agent's hint for the larger of the two findings on api/circuits/circuits/."""
+    from circuits.api.views import CircuitViewSet
+
+    _add(CircuitViewSet, "queryset", "select_related", "termination_z__circuit")
+
+
+@fix("netbox", "circuits")
+def _circuits() -> None:
+    """CircuitViewSet.queryset (circuits/api/views.py): both terminations' circuit (their
+    __str__ reads it for the nested `display`)."""
+    from circuits.api.views import CircuitViewSet
+
+    _add(CircuitViewSet, "queryset", "select_related", "termination_a__circuit", "termination_z__circuit")
+
+
+@fix("netbox", "racks-agent")
+def _racks_agent() -> None:
+    """The agent's two hints for dcim/racks/ on RackListView.queryset (the placeholder of the
+    Prefetch filled with the filter get_available_units uses)."""
+    from dcim.models import Device
+    from dcim.views import RackListView
+    from django.db.models import Prefetch
+
+    devices = Prefetch("devices", queryset=Device.objects.filter(position__gte=1), to_attr="devices_list")
+    _add(RackListView, "queryset", "prefetch_related", "reservations", devices)
+
+
+@fix("netbox", "racks-reservations")
+def _racks_reservations() -> None:
+    from dcim.views import RackListView
+
+    _add(RackListView, "queryset", "prefetch_related", "reservations")
+
+
+@fix("netbox", "console-ports")
+def _console_ports() -> None:
+    """ConsolePortListView.queryset and ConsolePortViewSet.queryset: the agent's hint."""
+    from dcim.api.views import ConsolePortViewSet
+    from dcim.views import ConsolePortListView
+
+    _add(ConsolePortListView, "queryset", "select_related", "device__virtual_chassis")
+    _add(ConsolePortViewSet, "queryset", "select_related", "device__virtual_chassis")
+
+
+@fix("netbox", "interfaces-path")
+def _interfaces_path() -> None:
+    """DeviceInterfacesView.get_children: prefetch the cable path's GenericArrayForeignKey
+    (NetBox's own field supports prefetching) instead of one get() per path node."""
+    from dcim.views import DeviceInterfacesView
+
+    original = DeviceInterfacesView.get_children
+
+    def get_children(self: Any, request: Any, parent: Any) -> Any:
+        return original(self, request, parent).prefetch_related("_path__path_objects")
+
+    DeviceInterfacesView.get_children = get_children  # type: ignore[method-assign]
+
+
+@fix("netbox", "search")
+def _search() -> None:
+    """Source edit only (SOURCE_EDITS)."""
+
+
+@fix("netbox", "home-counts")
+def _home_counts() -> None:
+    """Source edit only (SOURCE_EDITS)."""
+
+
+# --- Baby Buddy --------------------------------------------------------------------------------
+
+_BB_LISTS = ("Feeding", "DiaperChange", "Sleep", "Note", "TummyTime", "Temperature", "Weight")
+
+
+@fix("babybuddy", "lists-agent")
+def _bb_lists_agent() -> None:
+    """The agent's hints for the list pages, applied where they say: `.select_related('child')`
+    on each list view's queryset (core/views.py: the views set `model`, not `queryset`)."""
+    from core import models, views
+
+    for name in _BB_LISTS:
+        view = getattr(views, f"{name}List")
+        view.queryset = getattr(models, name).objects.select_related("child")
+
+
+@fix("babybuddy", "lists")
+def _bb_lists() -> None:
+    """Each list view's queryset with its child joined and its tags prefetched (the template's
+    tag list reads instance.tags.all() per row)."""
+    from core import models, views
+
+    for name in _BB_LISTS:
+        view = getattr(views, f"{name}List")
+        view.queryset = getattr(models, name).objects.select_related("child").prefetch_related("tags")
+
+
+@fix("babybuddy", "api-tags")
+def _bb_api_tags() -> None:
+    """The API viewsets' querysets (api/views.py): prefetch the taggit tags the serializer
+    lists per object."""
+    from api import views
+
+    for name in ("FeedingViewSet", "DiaperChangeViewSet", "SleepViewSet", "NoteViewSet"):
+        _add(getattr(views, name), "queryset", "prefetch_related", "tags")

@@ -26,6 +26,7 @@ the application's virtualenv (``--venv``), which also has the agent installed
 from __future__ import annotations
 
 import argparse
+import atexit
 import collections
 import contextlib
 import http.cookiejar
@@ -329,9 +330,10 @@ class Driver:
             urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
         )
 
-    def request(self, method: str, path: str, body: Any = None) -> tuple[int, int, float]:
+    def request(self, method: str, path: str, body: Any = None, tag: str = "") -> tuple[int, int, float]:
         data = None
         headers = dict(self.headers)
+        headers["User-Agent"] = f"accuracy-run/{tag}"  # ties the server span to this request
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
@@ -399,7 +401,7 @@ def cmd_agent(args: argparse.Namespace) -> None:
         driver = Driver(f"http://127.0.0.1:{port}", profile["headers"])
         for round_no in range(args.rounds):
             for method, path, body in pages:
-                status, size, ms = driver.request(method, path, body)
+                status, size, ms = driver.request(method, path, body, tag=str(len(results)))
                 results.append(
                     {
                         "round": round_no,
@@ -487,6 +489,9 @@ def per_page_findings(local: Path) -> list[dict[str, Any]]:
                         {
                             "name": span["name"],
                             "url": attrs.get("http.url") or attrs.get("url.full") or "",
+                            "user_agent": attrs.get("http.user_agent")
+                            or attrs.get("user_agent.original")
+                            or "",
                             "route": attrs.get("http.route", ""),
                             "status": attrs.get("http.status_code") or attrs.get("http.response.status_code"),
                             "queries": attrs.get("hms.db.query_count"),
@@ -541,6 +546,15 @@ def _stack(project: str) -> tuple[list[str], str, list[str]]:
     return frames, template, libs[:6]
 
 
+def edit_source(path: Path, text: str, replacement: str) -> None:
+    """Apply a fix to the checkout's source for this process's lifetime (restored at exit)."""
+    original = path.read_text()
+    if original.count(text) != 1:
+        raise SystemExit(f"{path}: the text to replace is not there exactly once: {text!r}")
+    path.write_text(original.replace(text, replacement))
+    atexit.register(path.write_text, original)
+
+
 def cmd_count(args: argparse.Namespace) -> None:
     venv_python = venv_bin(args, "python")
     if Path(sys.prefix).resolve() != Path(args.venv).resolve() and not os.environ.get("ACC_IN_VENV"):
@@ -556,6 +570,11 @@ def cmd_count(args: argparse.Namespace) -> None:
     os.chdir(proj)
     sys.path.insert(0, str(proj))
     sys.path.insert(0, str(HERE))
+    import accuracy_fixes
+
+    for fix_id in args.fix:
+        for relpath, text, replacement in accuracy_fixes.SOURCE_EDITS[args.app].get(fix_id, []):
+            edit_source(proj / relpath, text, replacement)
     import django
 
     django.setup()
@@ -586,8 +605,6 @@ def cmd_count(args: argparse.Namespace) -> None:
         zeal_context = _zc
     except ImportError:
         pass
-
-    import accuracy_fixes
 
     applied = []
     for fix_id in args.fix:
@@ -677,7 +694,7 @@ def cmd_count(args: argparse.Namespace) -> None:
 
     results = []
     for method, path, body in pages:
-        if args.only and not any(o in path for o in args.only):
+        if args.only and not any(path == o[1:] if o.startswith("=") else o in path for o in args.only):
             continue
 
         def request(method: str = method, path: str = path, body: Any = body) -> Any:
@@ -711,16 +728,19 @@ def cmd_compare(args: argparse.Namespace) -> None:
     pages = json.loads((Path(args.agent) / "pages.json").read_text())
     ref = json.loads(Path(args.reference).read_text())
     ref_by_path = {p["path"]: p for p in ref["pages"]}
-    # Requests end in the order they were sent: match owners to pages by URL, first round only.
-    owners_by_url: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
-    for owner in agent:
-        owners_by_url[owner["url"].split("://", 1)[-1].split("/", 1)[-1]].append(owner)
+    # Each request's User-Agent carries its index in pages.json (URLs cannot be matched: identifying
+    # query values are redacted). Older runs without it: the order the requests ended.
+    tagged = {
+        o["user_agent"].partition("/")[2]: o
+        for o in agent
+        if o.get("user_agent", "").startswith("accuracy-run/")
+    }
+    requests = [o for o in agent if o["url"]]
     lines = []
-    for page in pages:
+    for index, page in enumerate(pages):
         if page["round"] != args.round:
             continue
-        key = page["path"].lstrip("/")
-        owner = owners_by_url.get(key, [None])[0] if owners_by_url.get(key) else None
+        owner = tagged.get(str(index)) if tagged else (requests[index] if index < len(requests) else None)
         r = ref_by_path.get(page["path"], {})
         lines.append(f"## {page['method']} {page['path']}  status {page['status']}")
         if owner is None:
@@ -783,7 +803,9 @@ def main() -> None:
     count = sub.choices["count"]
     count.add_argument("--out", required=True)
     count.add_argument("--fix", action="append", default=[], help="fix id from scripts/accuracy_fixes.py")
-    count.add_argument("--only", action="append", default=[], help="only pages whose path contains this")
+    count.add_argument(
+        "--only", action="append", default=[], help="only pages whose path contains this (=PATH: is this)"
+    )
     count.add_argument("--no-reset", action="store_true")
     count.add_argument("--no-commands", action="store_true")
     count.add_argument("--zeal-threshold", type=int, default=2)
