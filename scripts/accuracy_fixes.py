@@ -205,3 +205,96 @@ def _bb_api_tags() -> None:
 
     for name in ("FeedingViewSet", "DiaperChangeViewSet", "SleepViewSet", "NoteViewSet"):
         _add(getattr(views, name), "queryset", "prefetch_related", "tags")
+
+
+# --- the agent's fix expressions, compiled on the app's models ---------------------------------
+# (label, the hint as the agent printed it, a function building it): `count --check-hints` builds
+# each queryset and compiles its SQL without running it (in_bulk runs: it is a read).
+
+
+def _compile(qs: Any) -> str:
+    sql, _ = qs.query.get_compiler(qs.db).as_sql()
+    return sql
+
+
+def _model(label: str) -> Any:
+    from django.apps import apps
+
+    return apps.get_model(label)
+
+
+HINTS: dict[str, list[tuple[str, str, Callable[[], Any]]]] = {
+    "netbox": [
+        (
+            "api/dcim/cables/ Interface.device",
+            "Cable: .select_related('terminations__termination__device')",
+            lambda: _compile(
+                _model("dcim.Cable").objects.select_related("terminations__termination__device")
+            ),
+        ),
+        (
+            "api/dcim/cables/ Circuit.provider",
+            "Cable: .select_related('terminations__termination__circuit__provider')",
+            lambda: _compile(
+                _model("dcim.Cable").objects.select_related("terminations__termination__circuit__provider")
+            ),
+        ),
+        (
+            "search/ Device.rack (and 5 more)",
+            "CachedValue: .select_related('object__rack')",
+            lambda: _compile(_model("extras.CachedValue").objects.select_related("object__rack")),
+        ),
+        (
+            "home ObjectType.objects.get() 24x",
+            "ObjectType.objects.in_bulk(ids) -- the loop has (app_label, model) pairs, not ids",
+            lambda: _model("core.ObjectType").objects.in_bulk(["dcim"], field_name="app_label"),
+        ),
+        (
+            "api/circuits/circuits/ (per request)",
+            "Circuit: .select_related('termination_z__circuit')",
+            lambda: _compile(_model("circuits.Circuit").objects.select_related("termination_z__circuit")),
+        ),
+        (
+            "dcim/console-ports/",
+            "ConsolePort: .select_related('device__virtual_chassis')",
+            lambda: _compile(_model("dcim.ConsolePort").objects.select_related("device__virtual_chassis")),
+        ),
+        (
+            "dcim/devices/<pk>/interfaces/ Interface.device",
+            "Interface: .select_related('device')",
+            lambda: _compile(_model("dcim.Interface").objects.select_related("device")),
+        ),
+        (
+            "dcim/devices/<pk>/interfaces/ Cable.objects.get() 24x",
+            "Cable.objects.in_bulk(ids)",
+            lambda: len(_model("dcim.Cable").objects.in_bulk([1, 2])),
+        ),
+    ],
+    "babybuddy": [
+        (
+            "list pages / API: core.Tag 25-168x",
+            "Tag.objects.filter(app_label__in=values) once, outside the loop",
+            lambda: _compile(_model("core.Tag").objects.filter(app_label__in=["core"])),
+        ),
+        (
+            "tags/<slug>/: core.Tag get() 9x",
+            "Tag.objects.in_bulk(ids)",
+            lambda: len(_model("core.Tag").objects.in_bulk([1, 2])),
+        ),
+        (
+            "list pages: <Model>.child",
+            "Feeding: .select_related('child')",
+            lambda: _compile(_model("core.Feeding").objects.select_related("child")),
+        ),
+    ],
+}
+
+
+@fix("babybuddy", "admin-count")
+def _bb_admin_count() -> None:
+    """The admin's second COUNT(*) (the unfiltered total next to the paginator's count) is Django's
+    ChangeList design; the admin option that drops it is ModelAdmin.show_full_result_count."""
+    from django.contrib import admin
+
+    for model_admin in admin.site._registry.values():
+        model_admin.show_full_result_count = False
