@@ -36,14 +36,15 @@ def _add(cls: Any, attr: str, method: str, *lookups: Any) -> None:
 # before Django starts, restored when the count step ends (scripts/accuracy_run.py).
 SOURCE_EDITS: dict[str, dict[str, list[tuple[str, str, str]]]] = {
     "netbox": {
-        # The search backend iterates its RawQuerySet three times: every iteration runs the query
-        # again and builds new instances, so the display attributes prefetched on the second
-        # pass are gone on the third. Evaluating it once keeps them.
+        # The search backend prefetches the display attributes only for the results whose
+        # `object_type` equals the ObjectType being processed; the FK points to ContentType, and a
+        # ContentType never equals an ObjectType (Model.__eq__ compares concrete models), so the
+        # list is always empty and every display attribute loads lazily. Compare ids instead.
         "search": [
             (
                 "netbox/search/backends.py",
-                "results = CachedValue.objects",
-                "results = list(CachedValue.objects",
+                "r.object_type == object_type]",
+                "r.object_type_id == object_type.pk]",
             )
         ],
         # ObjectCountsWidget hands the template the bound method `qs.count`; the template calls it
@@ -54,8 +55,6 @@ SOURCE_EDITS: dict[str, dict[str, list[tuple[str, str, str]]]] = {
     },
     "babybuddy": {},
 }
-_SEARCH_CLOSE = ("params\n        )\n", "params\n        ))\n")
-SOURCE_EDITS["netbox"]["search"].append(("netbox/search/backends.py", *_SEARCH_CLOSE))
 
 
 # --- NetBox ------------------------------------------------------------------------------------
