@@ -1,6 +1,9 @@
 """Every setting the agent reads, in one table, parsed once into a frozen `Settings`.
 
-Agent settings are ``HMS_OTEL_*`` variables, each with a matching command-line flag.
+The table is the `Settings` class: each field is declared with `setting()` -- variable, parser,
+default, help -- and `OPTIONS` lists them as rows (the flags of `hms-otel-run`, the lines of
+`hms-otel config`, the README table). A parser states what it accepts from its own bounds and
+choices. Agent settings are ``HMS_OTEL_*`` variables, each with a matching command-line flag.
 The standard ``OTEL_*`` variables the agent acts on are in the same table so that a bad
 value gets the same treatment everywhere: one line naming the variable, the value, what
 is accepted and the default used instead (or exit status 2 in strict mode and in
@@ -15,9 +18,9 @@ import dataclasses
 import math
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 PREFIX = "HMS_OTEL_"
@@ -27,106 +30,196 @@ class ConfigError(ValueError):
     """A value was not accepted; the message says what is accepted."""
 
 
-# --- parsers: str -> value, raising ConfigError ------------------------------------------
+# --- parsers: str -> value, raising ConfigError; each says what it accepts ---------------------
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 
-def _bool(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in ("true", "1", "yes", "on"):
-        return True
-    if value in ("false", "0", "no", "off"):
-        return False
-    raise ConfigError
+class Parser(Generic[T_co]):
+    """Turns the text of a variable into its value or raises ConfigError. `accepted` is derived
+    from the parser's own bounds and choices, so the message for a bad value cannot drift from
+    what the parser does."""
+
+    @property
+    def accepted(self) -> str:
+        raise NotImplementedError
+
+    def __call__(self, raw: str) -> T_co:
+        raise NotImplementedError
 
 
-def _int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
+def _number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _alternatives(words: Sequence[str]) -> str:
+    """("a", "b", "c") -> "a, b or c"."""
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
+@dataclass(frozen=True)
+class Bool(Parser[bool]):
+    @property
+    def accepted(self) -> str:
+        return "true or false"
+
+    def __call__(self, raw: str) -> bool:
+        value = raw.strip().lower()
+        if value in ("true", "1", "yes", "on"):
+            return True
+        if value in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError
+
+
+@dataclass(frozen=True)
+class Int(Parser[int]):
+    minimum: int
+    maximum: int | None = None
+    unit: str = ""
+
+    @property
+    def accepted(self) -> str:
+        kind = f"an integer number of {self.unit}" if self.unit else "an integer"
+        if self.maximum is None:
+            return f"{kind} >= {self.minimum}"
+        return f"{kind} from {self.minimum} to {self.maximum}"
+
+    def __call__(self, raw: str) -> int:
         try:
             value = int(raw.strip())
         except ValueError:
             raise ConfigError from None
-        if value < minimum or (maximum is not None and value > maximum):
+        if value < self.minimum or (self.maximum is not None and value > self.maximum):
             raise ConfigError
         return value
 
-    return parse
 
+@dataclass(frozen=True)
+class Float(Parser[float]):
+    minimum: float
+    maximum: float | None = None
 
-def _float(minimum: float, maximum: float | None = None) -> Callable[[str], float]:
-    def parse(raw: str) -> float:
+    @property
+    def accepted(self) -> str:
+        if self.maximum is None:
+            return f"a number >= {_number(self.minimum)}"
+        return f"a number from {_number(self.minimum)} to {_number(self.maximum)}"
+
+    def __call__(self, raw: str) -> float:
         try:
             value = float(raw.strip())
         except ValueError:
             raise ConfigError from None
-        if not math.isfinite(value) or value < minimum or (maximum is not None and value > maximum):
+        if (
+            not math.isfinite(value)
+            or value < self.minimum
+            or (self.maximum is not None and value > self.maximum)
+        ):
             raise ConfigError
         return value
 
-    return parse
 
+@dataclass(frozen=True)
+class Choice(Parser[str]):
+    choices: tuple[str, ...]
 
-def _choice(*choices: str) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
+    @property
+    def accepted(self) -> str:
+        return _alternatives(self.choices)
+
+    def __call__(self, raw: str) -> str:
         value = raw.strip().lower()
-        if value not in choices:
+        if value not in self.choices:
             raise ConfigError
         return value
 
-    return parse
 
+@dataclass(frozen=True)
+class ChoiceList(Parser[tuple[str, ...]]):
+    """A comma-separated list of choices; `alone` (none) may not be combined with others."""
 
-def _choice_list(*choices: str) -> Callable[[str], tuple[str, ...]]:
-    def parse(raw: str) -> tuple[str, ...]:
+    choices: tuple[str, ...]
+    alone: str = "none"
+
+    @property
+    def accepted(self) -> str:
+        return f"{_alternatives(self.choices)} (comma-separated)"
+
+    def __call__(self, raw: str) -> tuple[str, ...]:
         values = tuple(v.strip().lower() for v in raw.split(",") if v.strip())
-        if not values or any(v not in choices for v in values):
+        if not values or any(v not in self.choices for v in values):
             raise ConfigError
-        if "none" in values and len(values) > 1:
+        if self.alone in values and len(values) > 1:
             raise ConfigError
         return values
 
-    return parse
 
+@dataclass(frozen=True)
+class Text(Parser[str]):
+    """Free text (stripped); `what` describes it, as nothing else bounds it."""
 
-def _name_list(raw: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in raw.split(",") if v.strip())
+    what: str = "any text"
+    nonempty: bool = False
 
+    @property
+    def accepted(self) -> str:
+        return self.what
 
-def _nonempty_name_list(raw: str) -> tuple[str, ...]:
-    # "," would silently turn redaction off: a list that names nothing is a typo, not a choice.
-    names = _name_list(raw)
-    if not names:
-        raise ConfigError
-    return names
-
-
-def _text(raw: str) -> str:
-    return raw.strip()
-
-
-def _nonempty_text(raw: str) -> str:
-    value = raw.strip()
-    if not value:
-        raise ConfigError
-    return value
-
-
-def _url(raw: str) -> str:
-    value = raw.strip()
-    try:
-        parts = urlsplit(value)
-        port = parts.port  # raises ValueError on a bad port
-    except ValueError:
-        raise ConfigError from None
-    if parts.scheme not in ("http", "https") or not parts.hostname or (port is not None and port <= 0):
-        raise ConfigError
-    return value
-
-
-def _resource_attributes(raw: str) -> str:
-    for item in raw.split(","):
-        if item.strip() and ("=" not in item or not item.split("=", 1)[0].strip()):
+    def __call__(self, raw: str) -> str:
+        value = raw.strip()
+        if self.nonempty and not value:
             raise ConfigError
-    return raw.strip()
+        return value
+
+
+@dataclass(frozen=True)
+class NameList(Parser[tuple[str, ...]]):
+    what: str
+    # "," would silently turn a deny-list off: a list that names nothing is a typo, not a choice.
+    nonempty: bool = False
+
+    @property
+    def accepted(self) -> str:
+        return self.what
+
+    def __call__(self, raw: str) -> tuple[str, ...]:
+        names = tuple(v.strip() for v in raw.split(",") if v.strip())
+        if self.nonempty and not names:
+            raise ConfigError
+        return names
+
+
+@dataclass(frozen=True)
+class Url(Parser[str]):
+    @property
+    def accepted(self) -> str:
+        return "an http:// or https:// URL"
+
+    def __call__(self, raw: str) -> str:
+        value = raw.strip()
+        try:
+            parts = urlsplit(value)
+            port = parts.port  # raises ValueError on a bad port
+        except ValueError:
+            raise ConfigError from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or (port is not None and port <= 0):
+            raise ConfigError
+        return value
+
+
+@dataclass(frozen=True)
+class ResourceAttributes(Parser[str]):
+    @property
+    def accepted(self) -> str:
+        return "key=value pairs separated by commas"
+
+    def __call__(self, raw: str) -> str:
+        for item in raw.split(","):
+            if item.strip() and ("=" not in item or not item.split("=", 1)[0].strip()):
+                raise ConfigError
+        return raw.strip()
 
 
 # --- the table --------------------------------------------------------------------------
@@ -134,13 +227,14 @@ def _resource_attributes(raw: str) -> str:
 
 @dataclass(frozen=True)
 class Option:
+    """One row of the settings table: a variable, its parser, its default and what it does."""
+
     env: str
-    field: str
+    parse: Parser[Any]
     default: Any
-    parse: Callable[[str], Any]
-    accepted: str
     help: str
     group: str = "agent"
+    field: str = ""  # the `Settings` field (filled in from the class below)
 
     @property
     def flag(self) -> str:
@@ -149,12 +243,21 @@ class Option:
         return "--" + name.lower().replace("_", "-")
 
     @property
+    def accepted(self) -> str:
+        return self.parse.accepted
+
+    @property
     def is_bool(self) -> bool:
-        return self.parse is _bool
+        return isinstance(self.parse, Bool)
+
+
+def setting(env: str, parse: Parser[T], default: T, help: str, group: str = "agent") -> T:
+    """A field of `Settings` that is also a row of the table (`OPTIONS`)."""
+    return field(default=default, metadata={"option": Option(env, parse, default, help, group)})
 
 
 _PROTOCOLS = ("grpc", "http/protobuf")
-_EXPORTERS = ("otlp", "console", "none", "hms_file")
+_EXPORTERS = ("otlp", "console", "hms_file", "none")
 _SAMPLERS = (
     "always_on",
     "always_off",
@@ -196,611 +299,414 @@ DEFAULT_REDACTED_QUERY_PARAMS = (
     "signature",
 )
 
-OPTIONS: tuple[Option, ...] = (
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting the agent acts on: one field per variable, declared with `setting()`, which
+    makes it a row of the table (`OPTIONS`) -- the variable, its parser, its default, its help --
+    in the order of `hms-otel-run --help` and `hms-otel config`."""
+
     # Agent behaviour
-    Option(
+    strict: bool = setting(
         "HMS_OTEL_STRICT",
-        "strict",
+        Bool(),
         False,
-        _bool,
-        "true or false",
         "Exit with status 2 on any bad setting instead of using the default.",
-    ),
-    Option(
+    )
+    log_level: str = setting(
         "HMS_OTEL_LOG_LEVEL",
-        "log_level",
+        Choice(("debug", "info", "warning", "error")),
         "info",
-        _choice("debug", "info", "warning", "error"),
-        "debug, info, warning or error",
         "Level of the agent's own log (logger 'hms_otel', stderr).",
-    ),
-    Option(
+    )
+    local_dir: str = setting(
         "HMS_OTEL_LOCAL_DIR",
-        "local_dir",
+        Text("a directory path", nonempty=True),
         ".hms-otel",
-        _nonempty_text,
-        "a directory path",
         "Where the embedded default writes OTLP-JSON lines when no OTLP endpoint is configured.",
-    ),
-    Option(
+    )
+    service_version: str = setting(
         "HMS_OTEL_SERVICE_VERSION",
-        "service_version",
+        Text(),
         "",
-        _text,
-        "any text",
         "service.version resource attribute (OTEL_RESOURCE_ATTRIBUTES may set it too).",
-    ),
-    Option(
+    )
+    shutdown_timeout_ms: int = setting(
         "HMS_OTEL_SHUTDOWN_TIMEOUT_MS",
-        "shutdown_timeout_ms",
+        Int(0, 600_000),
         3000,
-        _int(0, 600_000),
-        "an integer from 0 to 600000",
         "How long the process may wait at exit to flush telemetry.",
-    ),
-    Option(
+    )
+    report: str = setting(
         "HMS_OTEL_REPORT",
-        "report",
+        Choice(("auto", "true", "false")),
         "auto",
-        _choice("auto", "true", "false"),
-        "auto, true or false",
         "Print the findings report of the run to stderr when the program started by hms-otel-run exits "
         "(auto: only when telemetry goes to the local dir and no OTLP endpoint is configured).",
-    ),
-    Option(
+    )
+    max_tracked_spans: int = setting(
         "HMS_OTEL_MAX_TRACKED_SPANS",
-        "max_tracked_spans",
+        Int(100, 10_000_000),
         20_000,
-        _int(100, 10_000_000),
-        "an integer >= 100",
         "Open spans the signal processor keeps state for; the oldest are evicted.",
-    ),
-    Option(
+    )
+    compress_spans: bool = setting(
         "HMS_OTEL_COMPRESS_SPANS",
-        "compress_spans",
+        Bool(),
         False,
-        _bool,
-        "true or false",
         "Export a run of repeated DB spans under one parent (same statement and ORM context, at least "
         "HMS_OTEL_N_PLUS_ONE_THRESHOLD of them) as one summary span with hms.compressed.count and "
         "hms.compressed.duration_ms, like Elastic APM's span compression (OTLP exporters only; "
         "findings are unchanged).",
-    ),
-    Option(
+    )
+    cache_command_spans: bool = setting(
         "HMS_OTEL_CACHE_COMMAND_SPANS",
-        "cache_command_spans",
+        Bool(),
         True,
-        _bool,
-        "true or false",
         "Trace what a Django cache call sends to its backend (Redis commands, DatabaseCache SQL) as "
         "spans under the call's cache.<operation> span; false: the call's span alone, which keeps "
         "the key pattern, hit or miss and backend (fewer spans on cache-heavy pages; the cache "
         "signals are unchanged).",
-    ),
+    )
     # Signals
-    Option(
+    n_plus_one_threshold: int = setting(
         "HMS_OTEL_N_PLUS_ONE_THRESHOLD",
-        "n_plus_one_threshold",
+        Int(2),
         5,
-        _int(2),
-        "an integer >= 2",
         "Repetitions of one query fingerprint under one owner span that make an N+1 finding.",
         "signals",
-    ),
-    Option(
+    )
+    n_plus_one_min_duration_ms: float = setting(
         "HMS_OTEL_N_PLUS_ONE_MIN_DURATION_MS",
-        "n_plus_one_min_duration_ms",
+        Float(0.0),
         0.0,
-        _float(0.0),
-        "a number >= 0",
         "Minimum total time of the repeated queries for an N+1 finding.",
         "signals",
-    ),
-    Option(
+    )
+    duplicate_query_threshold: int = setting(
         "HMS_OTEL_DUPLICATE_QUERY_THRESHOLD",
-        "duplicate_query_threshold",
+        Int(2),
         2,
-        _int(2),
-        "an integer >= 2",
         "Executions of the same statement with the same parameters that make a duplicate-query finding.",
         "signals",
-    ),
-    Option(
+    )
+    cache_n_plus_one_threshold: int = setting(
         "HMS_OTEL_CACHE_N_PLUS_ONE_THRESHOLD",
-        "cache_n_plus_one_threshold",
+        Int(2),
         5,
-        _int(2),
-        "an integer >= 2",
         "Single-key cache reads of one key pattern under one owner that make a cache N+1 finding.",
         "signals",
-    ),
-    Option(
+    )
+    cache_invalidation_threshold: int = setting(
         "HMS_OTEL_CACHE_INVALIDATION_THRESHOLD",
-        "cache_invalidation_threshold",
+        Int(2),
         10,
-        _int(2),
-        "an integer >= 2",
         "Cache deletes in one request that make an invalidation-storm finding.",
         "signals",
-    ),
-    Option(
+    )
+    large_result_rows: int = setting(
         "HMS_OTEL_LARGE_RESULT_ROWS",
-        "large_result_rows",
+        Int(1),
         1000,
-        _int(1),
-        "an integer >= 1",
         "Rows returned by one SELECT without LIMIT that make an unbounded-result finding "
         "(and, with many columns, a wide-result finding even with a LIMIT).",
         "signals",
-    ),
-    Option(
+    )
+    wide_result_columns: int = setting(
         "HMS_OTEL_WIDE_RESULT_COLUMNS",
-        "wide_result_columns",
+        Int(2),
         10,
-        _int(2),
-        "an integer >= 2",
         "Columns in the SELECT list of a large result above which only()/values() is suggested.",
         "signals",
-    ),
-    Option(
+    )
+    slow_query_ms: float = setting(
         "HMS_OTEL_SLOW_QUERY_MS",
-        "slow_query_ms",
+        Float(0.0),
         500.0,
-        _float(0.0),
-        "a number >= 0",
         "Duration of one SQL statement that makes a slow-query finding.",
         "signals",
-    ),
-    Option(
+    )
+    explain: bool = setting(
         "HMS_OTEL_EXPLAIN",
-        "explain",
+        Bool(),
         False,
-        _bool,
-        "true or false",
         "EXPLAIN slow SELECTs (never ANALYZE, never writes) on a separate connection, in the "
         "background, and attach the plan's costly nodes and index hint to later occurrences.",
         "signals",
-    ),
-    Option(
+    )
+    explain_interval_s: int = setting(
         "HMS_OTEL_EXPLAIN_INTERVAL_S",
-        "explain_interval_s",
+        Int(1),
         3600,
-        _int(1),
-        "an integer >= 1",
         "At most one EXPLAIN per statement fingerprint in this many seconds (per process).",
         "signals",
-    ),
-    Option(
+    )
+    explain_timeout_ms: int = setting(
         "HMS_OTEL_EXPLAIN_TIMEOUT_MS",
-        "explain_timeout_ms",
+        Int(10, 600_000),
         2000,
-        _int(10, 600_000),
-        "an integer from 10 to 600000",
         "statement_timeout (and connect timeout) of the EXPLAIN connection.",
         "signals",
-    ),
-    Option(
+    )
+    explain_seq_scan_rows: int = setting(
         "HMS_OTEL_EXPLAIN_SEQ_SCAN_ROWS",
-        "explain_seq_scan_rows",
+        Int(0),
         10_000,
-        _int(0),
-        "an integer >= 0",
         "Estimated table rows above which a filtered sequential scan in a plan gets an index hint.",
         "signals",
-    ),
-    Option(
+    )
+    connection_churn_threshold: int = setting(
         "HMS_OTEL_CONNECTION_CHURN_THRESHOLD",
-        "connection_churn_threshold",
+        Int(1),
         2,
-        _int(1),
-        "an integer >= 1",
         "New database connections of one alias under one request that make a connection-churn "
         "finding (with CONN_MAX_AGE=0 and no pool, one is enough).",
         "signals",
-    ),
-    Option(
+    )
+    repeated_group_threshold: int = setting(
         "HMS_OTEL_REPEATED_GROUP_THRESHOLD",
-        "repeated_group_threshold",
+        Int(2),
         5,
-        _int(2),
-        "an integer >= 2",
         "Repetitions of one group of different queries / cache calls (per item in a loop) that "
         "make a repeated-group (MN+1) finding.",
         "signals",
-    ),
-    Option(
+    )
+    unused_eager_loads: bool = setting(
         "HMS_OTEL_UNUSED_EAGER_LOADS",
-        "unused_eager_loads",
+        Bool(),
         False,
-        _bool,
-        "true or false",
         "Track which select_related / prefetch_related relations are never read (opt-in: about "
         "0.7 µs per loaded instance and 0.1 µs per relation read; benchmarks/micro_eager.py).",
         "signals",
-    ),
-    Option(
+    )
+    unused_eager_min_loads: int = setting(
         "HMS_OTEL_UNUSED_EAGER_MIN_LOADS",
-        "unused_eager_min_loads",
+        Int(1),
         20,
-        _int(1),
-        "an integer >= 1",
         "Querysets evaluated at one code location with an eager relation never accessed before "
         "an unused-eager-loading finding.",
         "signals",
-    ),
-    Option(
+    )
+    live_log: bool = setting(
         "HMS_OTEL_LIVE_LOG",
-        "live_log",
+        Bool(),
         True,
-        _bool,
-        "true or false",
         "Log one line (logger 'hms_otel') the first time each finding is seen.",
         "signals",
-    ),
+    )
     # Privacy: everything that could carry patient data is off unless opted in
-    Option(
+    capture_sql_literals: bool = setting(
         "HMS_OTEL_CAPTURE_SQL_LITERALS",
-        "capture_sql_literals",
+        Bool(),
         False,
-        _bool,
-        "true or false",
         "Export db.statement as written; by default inline literals are replaced by '?'.",
         "privacy",
-    ),
-    Option(
+    )
+    capture_sql_parameters: bool = setting(
         "HMS_OTEL_CAPTURE_SQL_PARAMETERS",
-        "capture_sql_parameters",
+        Bool(),
         False,
-        _bool,
-        "true or false",
         "Export query parameters (db.statement.parameters).",
         "privacy",
-    ),
-    Option(
+    )
+    capture_cache_keys: bool = setting(
         "HMS_OTEL_CAPTURE_CACHE_KEYS",
-        "capture_cache_keys",
+        Bool(),
         False,
-        _bool,
-        "true or false",
         "Export raw cache keys (hms.cache.key); by default only the key pattern leaves the process.",
         "privacy",
-    ),
-    Option(
+    )
+    capture_exception_messages: bool = setting(
         "HMS_OTEL_CAPTURE_EXCEPTION_MESSAGES",
-        "capture_exception_messages",
+        Bool(),
         False,
-        _bool,
-        "true or false",
         "Export exception messages and status descriptions as raised; by default only the exception "
         "type is kept (database errors echo the values that failed).",
         "privacy",
-    ),
-    Option(
+    )
+    redact_query_params: tuple[str, ...] = setting(
         "HMS_OTEL_REDACT_QUERY_PARAMS",
-        "redact_query_params",
+        NameList("a comma-separated list of parameter names", nonempty=True),
         DEFAULT_REDACTED_QUERY_PARAMS,
-        _nonempty_name_list,
-        "a comma-separated list of parameter names",
         "Query-string parameters whose values are replaced by REDACTED in exported URLs.",
         "privacy",
-    ),
+    )
     # Standard OpenTelemetry variables the agent validates and acts on
-    Option(
+    sdk_disabled: bool = setting(
         "OTEL_SDK_DISABLED",
-        "sdk_disabled",
+        Bool(),
         False,
-        _bool,
-        "true or false",
         "Disable the agent and the SDK entirely.",
         "otel",
-    ),
-    Option(
+    )
+    service_name: str = setting(
         "OTEL_SERVICE_NAME",
-        "service_name",
+        Text(),
         "",
-        _text,
-        "any text",
         "service.name; default: the Django project name, else the command.",
         "otel",
-    ),
-    Option(
+    )
+    resource_attributes: str = setting(
         "OTEL_RESOURCE_ATTRIBUTES",
-        "resource_attributes",
+        ResourceAttributes(),
         "",
-        _resource_attributes,
-        "key=value pairs separated by commas",
         "Extra resource attributes.",
         "otel",
-    ),
-    Option(
+    )
+    traces_exporter: tuple[str, ...] | None = setting(
         "OTEL_TRACES_EXPORTER",
-        "traces_exporter",
+        ChoiceList(_EXPORTERS),
         None,
-        _choice_list(*_EXPORTERS),
-        "otlp, console, hms_file or none (comma-separated)",
         "Trace exporters; unset with no endpoint configured: the local file (hms_file).",
         "otel",
-    ),
-    Option(
+    )
+    metrics_exporter: tuple[str, ...] | None = setting(
         "OTEL_METRICS_EXPORTER",
-        "metrics_exporter",
+        ChoiceList(_EXPORTERS),
         None,
-        _choice_list(*_EXPORTERS),
-        "otlp, console, hms_file or none (comma-separated)",
         "Metric exporters; default as for traces.",
         "otel",
-    ),
-    Option(
+    )
+    otlp_protocol: str = setting(
         "OTEL_EXPORTER_OTLP_PROTOCOL",
-        "otlp_protocol",
+        Choice(_PROTOCOLS),
         "http/protobuf",
-        _choice(*_PROTOCOLS),
-        "grpc or http/protobuf",
         "OTLP transport for all signals.",
         "otel",
-    ),
-    Option(
+    )
+    otlp_traces_protocol: str | None = setting(
         "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-        "otlp_traces_protocol",
+        Choice(_PROTOCOLS),
         None,
-        _choice(*_PROTOCOLS),
-        "grpc or http/protobuf",
         "OTLP transport for traces.",
         "otel",
-    ),
-    Option(
+    )
+    otlp_metrics_protocol: str | None = setting(
         "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
-        "otlp_metrics_protocol",
+        Choice(_PROTOCOLS),
         None,
-        _choice(*_PROTOCOLS),
-        "grpc or http/protobuf",
         "OTLP transport for metrics.",
         "otel",
-    ),
-    Option(
+    )
+    otlp_endpoint: str | None = setting(
         "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "otlp_endpoint",
+        Url(),
         None,
-        _url,
-        "an http:// or https:// URL",
         "Base OTLP endpoint (http: /v1/traces and /v1/metrics are appended).",
         "otel",
-    ),
-    Option(
+    )
+    otlp_traces_endpoint: str | None = setting(
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-        "otlp_traces_endpoint",
+        Url(),
         None,
-        _url,
-        "an http:// or https:// URL",
         "OTLP endpoint for traces, used as given.",
         "otel",
-    ),
-    Option(
+    )
+    otlp_metrics_endpoint: str | None = setting(
         "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-        "otlp_metrics_endpoint",
+        Url(),
         None,
-        _url,
-        "an http:// or https:// URL",
         "OTLP endpoint for metrics, used as given.",
         "otel",
-    ),
-    Option(
+    )
+    otlp_timeout_ms: int = setting(
         "OTEL_EXPORTER_OTLP_TIMEOUT",
-        "otlp_timeout_ms",
+        Int(1, 3_600_000, "milliseconds"),
         10_000,
-        _int(1, 3_600_000),
-        "an integer number of milliseconds >= 1",
         "OTLP export timeout (milliseconds, as the spec says).",
         "otel",
-    ),
-    Option(
+    )
+    otlp_traces_timeout_ms: int | None = setting(
         "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
-        "otlp_traces_timeout_ms",
+        Int(1, 3_600_000, "milliseconds"),
         None,
-        _int(1, 3_600_000),
-        "an integer number of milliseconds >= 1",
         "OTLP trace export timeout.",
         "otel",
-    ),
-    Option(
+    )
+    otlp_metrics_timeout_ms: int | None = setting(
         "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
-        "otlp_metrics_timeout_ms",
+        Int(1, 3_600_000, "milliseconds"),
         None,
-        _int(1, 3_600_000),
-        "an integer number of milliseconds >= 1",
         "OTLP metric export timeout.",
         "otel",
-    ),
-    Option(
+    )
+    otlp_compression: str = setting(
         "OTEL_EXPORTER_OTLP_COMPRESSION",
-        "otlp_compression",
+        Choice(_COMPRESSION),
         "none",
-        _choice(*_COMPRESSION),
-        "gzip or none",
         "OTLP compression.",
         "otel",
-    ),
-    Option(
+    )
+    otlp_traces_compression: str | None = setting(
         "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
-        "otlp_traces_compression",
+        Choice(_COMPRESSION),
         None,
-        _choice(*_COMPRESSION),
-        "gzip or none",
         "OTLP compression for traces.",
         "otel",
-    ),
-    Option(
+    )
+    otlp_metrics_compression: str | None = setting(
         "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
-        "otlp_metrics_compression",
+        Choice(_COMPRESSION),
         None,
-        _choice(*_COMPRESSION),
-        "gzip or none",
         "OTLP compression for metrics.",
         "otel",
-    ),
-    Option(
+    )
+    traces_sampler: str = setting(
         "OTEL_TRACES_SAMPLER",
-        "traces_sampler",
+        Choice(_SAMPLERS),
         "parentbased_always_on",
-        _choice(*_SAMPLERS),
-        ", ".join(_SAMPLERS),
         "Sampler.",
         "otel",
-    ),
-    Option(
+    )
+    traces_sampler_arg: float = setting(
         "OTEL_TRACES_SAMPLER_ARG",
-        "traces_sampler_arg",
+        Float(0.0, 1.0),
         1.0,
-        _float(0.0, 1.0),
-        "a number from 0 to 1",
         "Sampling ratio for the traceidratio samplers.",
         "otel",
-    ),
-    Option(
+    )
+    bsp_schedule_delay_ms: int = setting(
         "OTEL_BSP_SCHEDULE_DELAY",
-        "bsp_schedule_delay_ms",
+        Int(0),
         5000,
-        _int(0),
-        "an integer >= 0",
         "Delay between two consecutive span exports (ms).",
         "otel",
-    ),
-    Option(
+    )
+    bsp_export_timeout_ms: int = setting(
         "OTEL_BSP_EXPORT_TIMEOUT",
-        "bsp_export_timeout_ms",
+        Int(0),
         30_000,
-        _int(0),
-        "an integer >= 0",
         "Maximum time an export may take (ms).",
         "otel",
-    ),
-    Option(
+    )
+    bsp_max_queue_size: int = setting(
         "OTEL_BSP_MAX_QUEUE_SIZE",
-        "bsp_max_queue_size",
+        Int(1),
         2048,
-        _int(1),
-        "an integer >= 1",
         "Spans kept for export; beyond it spans are dropped and counted.",
         "otel",
-    ),
-    Option(
+    )
+    bsp_max_export_batch_size: int = setting(
         "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
-        "bsp_max_export_batch_size",
+        Int(1),
         512,
-        _int(1),
-        "an integer >= 1",
         "Maximum spans per export.",
         "otel",
-    ),
-    Option(
+    )
+    metric_export_interval_ms: int = setting(
         "OTEL_METRIC_EXPORT_INTERVAL",
-        "metric_export_interval_ms",
+        Int(1),
         60_000,
-        _int(1),
-        "an integer >= 1",
         "Interval between metric exports (ms).",
         "otel",
-    ),
-    Option(
+    )
+    disabled_instrumentations: tuple[str, ...] = setting(
         "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS",
-        "disabled_instrumentations",
+        NameList("a comma-separated list of instrumentation names (django, psycopg2, psycopg, redis)"),
         (),
-        _name_list,
-        "a comma-separated list (django, psycopg2, psycopg, redis)",
         "Instrumentations not to apply.",
         "otel",
-    ),
-)
-
-OPTIONS_BY_ENV: dict[str, Option] = {o.env: o for o in OPTIONS}
-
-
-@dataclass(frozen=True)
-class Problem:
-    """A value that was not accepted."""
-
-    option: Option
-    value: str
-    source: str
-
-    def line(self, strict: bool) -> str:
-        shown = self.value if len(self.value) <= 80 else self.value[:77] + "..."
-        if strict:
-            return f"hms-otel: {self.option.env}={shown!r} is not accepted (expected {self.option.accepted})"
-        return (
-            f"hms-otel: {self.option.env}={shown!r} is not accepted (expected {self.option.accepted}); "
-            f"using the default {_show(self.option.default)}"
-        )
-
-
-def _show(value: Any) -> str:
-    if value is None:
-        return "(unset)"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, tuple):
-        return ",".join(value) if value else "(empty)"
-    return str(value) if value != "" else "(empty)"
-
-
-@dataclass(frozen=True)
-class Settings:
-    strict: bool = False
-    log_level: str = "info"
-    local_dir: str = ".hms-otel"
-    service_version: str = ""
-    shutdown_timeout_ms: int = 3000
-    report: str = "auto"
-    max_tracked_spans: int = 20_000
-    compress_spans: bool = False
-    cache_command_spans: bool = True
-    n_plus_one_threshold: int = 5
-    n_plus_one_min_duration_ms: float = 0.0
-    duplicate_query_threshold: int = 2
-    cache_n_plus_one_threshold: int = 5
-    cache_invalidation_threshold: int = 10
-    large_result_rows: int = 1000
-    wide_result_columns: int = 10
-    slow_query_ms: float = 500.0
-    explain: bool = False
-    explain_interval_s: int = 3600
-    explain_timeout_ms: int = 2000
-    explain_seq_scan_rows: int = 10_000
-    connection_churn_threshold: int = 2
-    repeated_group_threshold: int = 5
-    unused_eager_loads: bool = False
-    unused_eager_min_loads: int = 20
-    live_log: bool = True
-    capture_sql_literals: bool = False
-    capture_sql_parameters: bool = False
-    capture_cache_keys: bool = False
-    capture_exception_messages: bool = False
-    redact_query_params: tuple[str, ...] = DEFAULT_REDACTED_QUERY_PARAMS
-    sdk_disabled: bool = False
-    service_name: str = ""
-    resource_attributes: str = ""
-    traces_exporter: tuple[str, ...] | None = None
-    metrics_exporter: tuple[str, ...] | None = None
-    otlp_protocol: str = "http/protobuf"
-    otlp_traces_protocol: str | None = None
-    otlp_metrics_protocol: str | None = None
-    otlp_endpoint: str | None = None
-    otlp_traces_endpoint: str | None = None
-    otlp_metrics_endpoint: str | None = None
-    otlp_timeout_ms: int = 10_000
-    otlp_traces_timeout_ms: int | None = None
-    otlp_metrics_timeout_ms: int | None = None
-    otlp_compression: str = "none"
-    otlp_traces_compression: str | None = None
-    otlp_metrics_compression: str | None = None
-    traces_sampler: str = "parentbased_always_on"
-    traces_sampler_arg: float = 1.0
-    bsp_schedule_delay_ms: int = 5000
-    bsp_export_timeout_ms: int = 30_000
-    bsp_max_queue_size: int = 2048
-    bsp_max_export_batch_size: int = 512
-    metric_export_interval_ms: int = 60_000
-    disabled_instrumentations: tuple[str, ...] = ()
+    )
     # Where each value came from: "default", "env" or "cli" (for `hms-otel config`).
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -837,6 +743,42 @@ class Settings:
     def compression(self, signal: str) -> str:
         specific = self.otlp_traces_compression if signal == "traces" else self.otlp_metrics_compression
         return specific or self.otlp_compression
+
+
+OPTIONS: tuple[Option, ...] = tuple(
+    dataclasses.replace(f.metadata["option"], field=f.name)
+    for f in dataclasses.fields(Settings)
+    if "option" in f.metadata
+)
+OPTIONS_BY_ENV: dict[str, Option] = {o.env: o for o in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A value that was not accepted."""
+
+    option: Option
+    value: str
+    source: str
+
+    def line(self, strict: bool) -> str:
+        shown = self.value if len(self.value) <= 80 else self.value[:77] + "..."
+        if strict:
+            return f"hms-otel: {self.option.env}={shown!r} is not accepted (expected {self.option.accepted})"
+        return (
+            f"hms-otel: {self.option.env}={shown!r} is not accepted (expected {self.option.accepted}); "
+            f"using the default {_show(self.option.default)}"
+        )
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "(unset)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(value) if value else "(empty)"
+    return str(value) if value != "" else "(empty)"
 
 
 @dataclass

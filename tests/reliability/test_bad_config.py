@@ -17,6 +17,7 @@ import io
 import logging
 import math
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -139,6 +140,76 @@ def test_load_accepts_or_answers_in_one_line(environ: dict[str, str]) -> None:
             assert loaded.settings.sources[option.field] == "env"
             if isinstance(value, float):
                 assert math.isfinite(value), (option.env, raw)
+
+
+# --- what each message says is accepted is what the parser accepts ----------------------------------
+
+_LOWER_ONLY = re.compile(r">= (-?[0-9.]+)$")
+_RANGE = re.compile(r"from (-?[0-9.]+) to (-?[0-9.]+)$")
+
+
+def accepts(parse: config.Parser[Any], value: str) -> bool:
+    try:
+        parse(value)
+    except config.ConfigError:
+        return False
+    return True
+
+
+def check_bounds_stated(parse: config.Parser[Any]) -> None:
+    """The bounds in the accepted text are where the parser starts and stops accepting: the lowest
+    and highest stated values pass, one step beyond fails, and a text without an upper bound means
+    the parser takes any large number. Found by calling the parser, not by reading its fields."""
+    text = parse.accepted
+    lower_only, both = _LOWER_ONLY.search(text), _RANGE.search(text)
+    assert lower_only or both, f"no bounds stated in {text!r}"
+    integer = isinstance(parse, config.Int)
+    number = int if integer else float
+    low = number((both or lower_only).group(1))  # type: ignore[union-attr]
+    high = number(both.group(2)) if both else None
+    step = 1 if integer else 1e-9 * max(1.0, abs(low))
+    assert accepts(parse, str(low)), text
+    assert not accepts(parse, str(low - step)), text
+    if high is None:
+        huge = 10**30 if integer else 1e300
+        assert accepts(parse, str(huge)), f"{text!r} states no upper bound, but {huge} is refused"
+    else:
+        assert accepts(parse, str(high)), text
+        assert not accepts(parse, str(high + (1 if integer else 1e-9 * max(1.0, abs(high))))), text
+
+
+NUMERIC = [o for o in OPTIONS if isinstance(o.parse, (config.Int, config.Float))]
+
+
+@pytest.mark.parametrize("option", NUMERIC, ids=[o.env for o in NUMERIC])
+def test_the_accepted_text_of_a_number_states_the_parsers_real_bounds(option: config.Option) -> None:
+    check_bounds_stated(option.parse)
+
+
+def test_the_bounds_check_fails_on_a_text_that_omits_a_bound() -> None:
+    """The check above can fail: a text that leaves out the upper bound (as four texts once did)."""
+
+    class OmitsUpperBound(config.Int):
+        @property
+        def accepted(self) -> str:
+            return f"an integer >= {self.minimum}"
+
+    with pytest.raises(AssertionError, match="states no upper bound"):
+        check_bounds_stated(OmitsUpperBound(100, 10_000_000))
+
+
+CHOICES = [o for o in OPTIONS if isinstance(o.parse, (config.Choice, config.ChoiceList))]
+
+
+@given(st.sampled_from(CHOICES), values())
+@settings(max_examples=300, deadline=None)
+def test_a_choice_is_accepted_exactly_when_the_message_lists_it(option: config.Option, value: str) -> None:
+    listed = re.findall(r"[a-z_/]+", option.accepted.replace(" or ", ", ").replace("(comma-separated)", ""))
+    for word in listed:
+        assert accepts(option.parse, word), (option.env, word)
+    if accepts(option.parse, value):
+        items = value.split(",") if isinstance(option.parse, config.ChoiceList) else [value]
+        assert all(item.strip().lower() in listed for item in items if item.strip()), (option.env, value)
 
 
 def flag_parser() -> argparse.ArgumentParser:

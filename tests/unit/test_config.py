@@ -9,11 +9,18 @@ import pytest
 from hms_otel_agent import config
 
 
-def test_every_option_has_a_settings_field_with_the_same_default() -> None:
-    fields = {f.name: f for f in dataclasses.fields(config.Settings)}
-    for option in config.OPTIONS:
-        assert option.field in fields, option.env
-        assert fields[option.field].default == option.default, option.env
+def test_every_settings_field_is_a_row_of_the_table() -> None:
+    fields = [f.name for f in dataclasses.fields(config.Settings) if f.name != "sources"]
+    assert [o.field for o in config.OPTIONS] == fields
+    assert config.Settings() == config.load({}).settings
+
+
+@pytest.mark.parametrize("option", config.OPTIONS, ids=[o.env for o in config.OPTIONS])
+def test_every_default_is_a_value_its_own_parser_accepts(option: config.Option) -> None:
+    """A default outside the parser's bounds (or of another kind) would be a value no user could set."""
+    if option.default in (None, "", ()):
+        return  # unset: the variable is simply not given
+    assert option.parse(config._show(option.default)) == option.default
 
 
 def test_defaults_with_empty_environment() -> None:
