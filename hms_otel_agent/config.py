@@ -674,9 +674,9 @@ class Settings:
     )
     bsp_export_timeout_ms: int = setting(
         "OTEL_BSP_EXPORT_TIMEOUT",
-        Int(0),
+        Int(0, unit="milliseconds"),
         30_000,
-        "Maximum time an export may take (ms).",
+        "Maximum time one span export may take (0: no bound beyond the OTLP timeout).",
         "otel",
     )
     bsp_max_queue_size: int = setting(
@@ -698,6 +698,13 @@ class Settings:
         Int(1),
         60_000,
         "Interval between metric exports (ms).",
+        "otel",
+    )
+    metric_export_timeout_ms: int = setting(
+        "OTEL_METRIC_EXPORT_TIMEOUT",
+        Int(1, unit="milliseconds"),
+        30_000,
+        "Maximum time one metric export may take.",
         "otel",
     )
     disabled_instrumentations: tuple[str, ...] = setting(
@@ -737,8 +744,16 @@ class Settings:
         return f"{base}/v1/{signal}"
 
     def timeout_s(self, signal: str) -> float:
-        specific = self.otlp_traces_timeout_ms if signal == "traces" else self.otlp_metrics_timeout_ms
-        return (specific or self.otlp_timeout_ms) / 1000.0
+        """How long one OTLP export may take: the exporter's timeout (retries included), within
+        the processor's bound on one export (OTEL_BSP_EXPORT_TIMEOUT for traces,
+        OTEL_METRIC_EXPORT_TIMEOUT for metrics; a BSP timeout of 0 is no bound) -- the
+        SDK's exporters take no per-call timeout, so that bound is enforced through theirs."""
+        if signal == "traces":
+            specific, bound = self.otlp_traces_timeout_ms, self.bsp_export_timeout_ms
+        else:
+            specific, bound = self.otlp_metrics_timeout_ms, self.metric_export_timeout_ms
+        timeout = specific or self.otlp_timeout_ms
+        return (min(timeout, bound) if bound else timeout) / 1000.0
 
     def compression(self, signal: str) -> str:
         specific = self.otlp_traces_compression if signal == "traces" else self.otlp_metrics_compression
