@@ -15,10 +15,12 @@ milliseconds in the spec, seconds in the SDK) the agent follows the specificatio
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
+import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
@@ -44,6 +46,11 @@ class Parser(Generic[T_co]):
     @property
     def accepted(self) -> str:
         raise NotImplementedError
+
+    @property
+    def summary(self) -> str:
+        """What is accepted, independent of this machine (the README table)."""
+        return self.accepted
 
     def __call__(self, raw: str) -> T_co:
         raise NotImplementedError
@@ -121,16 +128,25 @@ class Float(Parser[float]):
         return value
 
 
+def _normalized(value: str, case: str) -> str:
+    """ "lower": any case and surrounding space; "upper": likewise, upper-case choices; "exact":
+    as written (for variables whose reader compares the raw text)."""
+    if case == "exact":
+        return value
+    return value.strip().upper() if case == "upper" else value.strip().lower()
+
+
 @dataclass(frozen=True)
 class Choice(Parser[str]):
     choices: tuple[str, ...]
+    case: str = "lower"
 
     @property
     def accepted(self) -> str:
         return _alternatives(self.choices)
 
     def __call__(self, raw: str) -> str:
-        value = raw.strip().lower()
+        value = _normalized(raw, self.case)
         if value not in self.choices:
             raise ConfigError
         return value
@@ -142,13 +158,14 @@ class ChoiceList(Parser[tuple[str, ...]]):
 
     choices: tuple[str, ...]
     alone: str = "none"
+    case: str = "lower"  # of each item, surrounding space aside (see _normalized)
 
     @property
     def accepted(self) -> str:
         return f"{_alternatives(self.choices)} (comma-separated)"
 
     def __call__(self, raw: str) -> tuple[str, ...]:
-        values = tuple(v.strip().lower() for v in raw.split(",") if v.strip())
+        values = tuple(_normalized(v.strip(), self.case) for v in raw.split(",") if v.strip())
         if not values or any(v not in self.choices for v in values):
             raise ConfigError
         if self.alone in values and len(values) > 1:
@@ -222,6 +239,139 @@ class ResourceAttributes(Parser[str]):
         return raw.strip()
 
 
+@dataclass(frozen=True)
+class Regexes(Parser[str]):
+    """Comma-separated regular expressions that contrib joins with "|" and compiles (excluded
+    URLs, captured and sanitized headers): compiled here the same way, so that an invalid one
+    never reaches contrib, which would raise on every request or not instrument at all."""
+
+    ignorecase: bool = False
+    # An empty entry matches everything: for excluded URLs, a trailing comma would turn tracing off.
+    empty_entries: bool = True
+
+    @property
+    def accepted(self) -> str:
+        extra = "" if self.empty_entries else ", none of them empty"
+        return f"comma-separated regular expressions (Python re syntax{extra})"
+
+    def __call__(self, raw: str) -> str:
+        entries = [entry.strip() for entry in raw.split(",")]
+        if not self.empty_entries and not all(entries):
+            raise ConfigError("an empty entry would match everything")
+        try:
+            re.compile("|".join(entries), re.IGNORECASE if self.ignorecase else 0)
+        except re.error as exc:
+            raise ConfigError(exc.msg) from None
+        except (RecursionError, OverflowError, ValueError):
+            raise ConfigError("too complex to compile") from None
+        return raw
+
+
+# The OTLP exporter specification's syntax for headers in the environment: name=value pairs,
+# names are HTTP tokens, values URL-encoded. Like the SDK's exporters, spaces are allowed in a
+# value (other SDKs send "Authorization=Bearer x" unencoded); the SDK skips an entry it cannot
+# parse after logging it -- with the credential in it.
+_HEADER_DELIMITER = re.compile(r"[ \t]*,[ \t]*")
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]*")
+_HEADER_VALUE_EXCLUDED = frozenset('",;\\')
+
+
+@dataclass(frozen=True)
+class Headers(Parser[str]):
+    """OTLP headers. Credentials live here: a reason names the entry by position and says what
+    is wrong with its shape, never what it holds."""
+
+    @property
+    def accepted(self) -> str:
+        return (
+            "comma-separated name=value pairs (names: letters, digits and !#$%&'*+-.^_`|~; "
+            "values URL-encoded)"
+        )
+
+    def __call__(self, raw: str) -> str:
+        entries = _HEADER_DELIMITER.split(raw)
+        count = len(entries)
+        for position, entry in enumerate(entries, start=1):
+            if not entry:  # as the SDK: only nothing at all between two commas is skipped
+                continue
+            entry = entry.strip()
+            where = f"entry {position} of {count}"
+            name, sep, value = entry.partition("=")
+            if not sep:
+                raise ConfigError(f"{where} has no '='")
+            name, value = name.strip(" \t"), value.strip(" \t")
+            if not name:
+                raise ConfigError(f"{where} has no name before '='")
+            if not _HEADER_NAME.fullmatch(name):
+                raise ConfigError(f"the name of {where} has a character not allowed in a header name")
+            if not _HEADER_VALUE.fullmatch(value) or _HEADER_VALUE_EXCLUDED.intersection(value):
+                raise ConfigError(
+                    f"the value of {where} has a character that must be URL-encoded "
+                    '(anything but printable ASCII, and " , ; \\)'
+                )
+        return raw
+
+
+@dataclass(frozen=True)
+class ReadableFile(Parser[str]):
+    """A path the exporters open as given (certificates and keys)."""
+
+    @property
+    def accepted(self) -> str:
+        return "the path of a readable file"
+
+    def __call__(self, raw: str) -> str:
+        if not os.path.exists(raw):
+            raise ConfigError("no such file")
+        if not os.path.isfile(raw):
+            raise ConfigError("not a regular file")
+        if not os.access(raw, os.R_OK):
+            raise ConfigError("not readable by this user")
+        return raw
+
+
+@functools.cache
+def _entry_point_names(group: str) -> tuple[str, ...]:
+    from importlib.metadata import entry_points
+
+    return tuple(sorted({entry.name for entry in entry_points(group=group)}))
+
+
+@dataclass(frozen=True)
+class EntryPoints(Parser[str]):
+    """Names of installed entry points of a group (propagators, context, credential providers),
+    as the SDK looks them up: exact names, each item stripped when `multiple`; `also` lists the
+    words the reader takes besides the names ("none", "*")."""
+
+    group: str
+    what: str
+    multiple: bool = False
+    also: tuple[str, ...] = ()
+
+    def names(self) -> tuple[str, ...]:
+        return _entry_point_names(self.group)
+
+    @property
+    def summary(self) -> str:
+        extra = f", or {_alternatives(self.also)}" if self.also else ""
+        listed = " (comma-separated)" if self.multiple else ""
+        return f"{self.what}{listed}{extra}"
+
+    @property
+    def accepted(self) -> str:
+        installed = ", ".join(self.names()) or "none"
+        return f"{self.summary}; installed: {installed}"
+
+    def __call__(self, raw: str) -> str:
+        items = [item.strip() for item in raw.split(",")] if self.multiple else [raw]
+        known = set(self.names()) | set(self.also)
+        for item in items:
+            if item not in known:
+                raise ConfigError
+        return raw
+
+
 # --- the table --------------------------------------------------------------------------
 
 
@@ -234,7 +384,16 @@ class Option:
     default: Any
     help: str
     group: str = "agent"
-    field: str = ""  # the `Settings` field (filled in from the class below)
+    field: str = ""  # the `Settings` field (filled in from the class below); "" for SDK_OPTIONS
+    secret: bool = False  # the value may hold a credential: never printed
+    # For SDK_OPTIONS: the default as their reader applies it, in words.
+    shown_default: str | None = None
+    # For SDK_OPTIONS: what the reader gets instead of a bad value (None: the variable is removed,
+    # so the reader's own default applies).
+    replacement: str | None = None
+    # For SDK_OPTIONS: the text the reader should see for an accepted value (None: removed), where
+    # the reader understands less than the parser (contrib's "False", "any value is true").
+    to_environ: Callable[[Any], str | None] | None = None
 
     @property
     def flag(self) -> str:
@@ -250,10 +409,17 @@ class Option:
     def is_bool(self) -> bool:
         return isinstance(self.parse, Bool)
 
+    @property
+    def default_text(self) -> str:
+        return self.shown_default if self.shown_default is not None else _show(self.default)
 
-def setting(env: str, parse: Parser[T], default: T, help: str, group: str = "agent") -> T:
+
+def setting(
+    env: str, parse: Parser[T], default: T, help: str, group: str = "agent", *, secret: bool = False
+) -> T:
     """A field of `Settings` that is also a row of the table (`OPTIONS`)."""
-    return field(default=default, metadata={"option": Option(env, parse, default, help, group)})
+    option = Option(env, parse, default, help, group, secret=secret)
+    return field(default=default, metadata={"option": option})
 
 
 _PROTOCOLS = ("grpc", "http/protobuf")
@@ -768,6 +934,296 @@ OPTIONS: tuple[Option, ...] = tuple(
 OPTIONS_BY_ENV: dict[str, Option] = {o.env: o for o in OPTIONS}
 
 
+# --- standard variables the SDK and contrib read themselves --------------------------------
+#
+# Every OTEL_* variable read in the agent's process besides the table above (found in the
+# installed SDK, exporters and instrumentations, and by recording what a process under the
+# agent reads: tests/reliability/test_bad_config.py). The agent passes its own values for
+# the table's variables; these the SDK and contrib take from the environment, some when they
+# are imported. A bad value gets the same one line, and is removed from the environment
+# before anything reads it (or replaced, see `replacement`), so their default applies and
+# child processes never see it. They have no flags.
+
+_GRPC_STATUS_CODES = (
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+)
+_SEMCONV_OPT_INS = ("http", "http/dup", "database", "database/dup", "gen_ai_latest_experimental")
+_HTTP_CAPTURE_HEADERS = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_"
+
+
+def _read_by(group: str, env: str, parse: Parser[Any], default: str, help: str, **extra: Any) -> Option:
+    return Option(env, parse, None, help, group, shown_default=default, **extra)
+
+
+_COUNT_DEFAULT = "(OTEL_ATTRIBUTE_COUNT_LIMIT, else 128)"
+
+
+def _limit(env: str, default: str, help: str) -> Option:
+    return _read_by("sdk", env, Int(0), default, help)
+
+
+def _per_signal(make: Callable[[str, str], Option]) -> tuple[Option, ...]:
+    """The variable for all signals, then its _TRACES_ and _METRICS_ forms (which fall back on it)."""
+    return (make("OTEL_EXPORTER_OTLP_", ""), make("OTEL_EXPORTER_OTLP_TRACES_", "OTEL_EXPORTER_OTLP_"),
+            make("OTEL_EXPORTER_OTLP_METRICS_", "OTEL_EXPORTER_OTLP_"))  # fmt: skip
+
+
+def _fallback(general: str, name: str, otherwise: str) -> str:
+    return f"(unset: {general}{name} applies)" if general else otherwise
+
+
+def _credential_provider(transport: str, signal: str) -> Option:
+    env = f"OTEL_PYTHON_EXPORTER_OTLP_{transport}_{signal}CREDENTIAL_PROVIDER"
+    parse = EntryPoints("opentelemetry_otlp_credential_provider", "an installed OTLP credential provider")
+    return _read_by("otlp", env, parse, "(none)", f"Credentials for the OTLP/{transport.lower()} exporter.")
+
+
+SDK_OPTIONS: tuple[Option, ...] = (
+    # The SDK: span limits (read when the tracer provider is built), context, propagation, metrics
+    _limit(
+        "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "(no limit)", "Longest attribute value on spans, events, links."
+    ),
+    _limit("OTEL_ATTRIBUTE_COUNT_LIMIT", "128", "Most attributes on a span, event or link."),
+    _limit(
+        "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+        "(OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT)",
+        "Longest span attribute value.",
+    ),
+    _limit("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", _COUNT_DEFAULT, "Most span attributes."),
+    _limit("OTEL_SPAN_EVENT_COUNT_LIMIT", "128", "Most events on a span."),
+    _limit("OTEL_SPAN_LINK_COUNT_LIMIT", "128", "Most links on a span."),
+    _limit("OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT", _COUNT_DEFAULT, "Most event attributes."),
+    _limit("OTEL_LINK_ATTRIBUTE_COUNT_LIMIT", _COUNT_DEFAULT, "Most link attributes."),
+    _read_by(
+        "sdk",
+        "OTEL_PROPAGATORS",
+        EntryPoints("opentelemetry_propagator", "installed propagators", multiple=True, also=("none",)),
+        "tracecontext,baggage",
+        "Context propagation formats (read when opentelemetry.propagate is imported).",
+    ),
+    _read_by(
+        "sdk",
+        "OTEL_PYTHON_CONTEXT",
+        EntryPoints("opentelemetry_context", "an installed context implementation"),
+        "contextvars_context",
+        "Runtime context implementation (read when opentelemetry.context is imported).",
+    ),
+    _read_by(
+        "sdk",
+        "OTEL_METRICS_EXEMPLAR_FILTER",
+        Choice(("trace_based", "always_on", "always_off"), case="exact"),
+        "trace_based",
+        "Which measurements may become exemplars.",
+    ),
+    _read_by(
+        "sdk",
+        "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS",
+        EntryPoints(
+            "opentelemetry_resource_detector", "installed resource detectors", multiple=True, also=("*",)
+        ),
+        "(none)",
+        "Resource detectors of Resource.create (the agent builds its resource itself).",
+    ),
+    _read_by(
+        "sdk",
+        "OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED",
+        Bool(),
+        "false",
+        "The SDK's metrics about itself.",
+        to_environ=lambda on: "true" if on else "false",
+    ),
+    # The OTLP exporters
+    *_per_signal(
+        lambda prefix, general: _read_by(
+            "otlp",
+            f"{prefix}HEADERS",
+            Headers(),
+            _fallback(general, "HEADERS", "(none)"),
+            "Headers sent with each OTLP export (credentials: the value is never printed).",
+            secret=True,
+        )
+    ),
+    *_per_signal(
+        lambda prefix, general: _read_by(
+            "otlp",
+            f"{prefix}CERTIFICATE",
+            ReadableFile(),
+            _fallback(general, "CERTIFICATE", "(the system's CA certificates)"),
+            "CA certificate(s) to verify the OTLP endpoint with (https).",
+        )
+    ),
+    *_per_signal(
+        lambda prefix, general: _read_by(
+            "otlp",
+            f"{prefix}CLIENT_CERTIFICATE",
+            ReadableFile(),
+            _fallback(general, "CLIENT_CERTIFICATE", "(none)"),
+            "Client certificate for mTLS.",
+        )
+    ),
+    *_per_signal(
+        lambda prefix, general: _read_by(
+            "otlp",
+            f"{prefix}CLIENT_KEY",
+            ReadableFile(),
+            _fallback(general, "CLIENT_KEY", "(none)"),
+            "Client private key for mTLS (the path is not printed).",
+            secret=True,
+        )
+    ),
+    *_per_signal(
+        lambda prefix, general: _read_by(
+            "otlp",
+            f"{prefix}INSECURE",
+            Bool(),
+            _fallback(general, "INSECURE", "(from the endpoint's scheme)"),
+            "gRPC without TLS; only for endpoints without a scheme, which the agent does not accept.",
+            to_environ=lambda on: "true" if on else "false",
+        )
+    ),
+    _read_by(
+        "otlp",
+        "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+        Choice(("cumulative", "delta", "lowmemory")),
+        "cumulative",
+        "Aggregation temporality of exported metrics.",
+    ),
+    _read_by(
+        "otlp",
+        "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION",
+        Choice(("explicit_bucket_histogram", "base2_exponential_bucket_histogram"), case="exact"),
+        "explicit_bucket_histogram",
+        "Default aggregation of histograms.",
+    ),
+    _read_by(
+        "otlp",
+        "OTEL_PYTHON_EXPORTER_OTLP_GRPC_RETRYABLE_ERROR_CODES",
+        ChoiceList(_GRPC_STATUS_CODES, alone="", case="upper"),
+        "(the SDK's list)",
+        "gRPC status codes after which an OTLP/gRPC export is retried.",
+    ),
+    _credential_provider("HTTP", ""),
+    _credential_provider("HTTP", "TRACES_"),
+    _credential_provider("HTTP", "METRICS_"),
+    _credential_provider("GRPC", ""),
+    _credential_provider("GRPC", "TRACES_"),
+    _credential_provider("GRPC", "METRICS_"),
+    # Contrib's Django, WSGI and ASGI instrumentations, and its semantic conventions switch
+    _read_by(
+        "contrib",
+        "OTEL_PYTHON_DJANGO_EXCLUDED_URLS",
+        Regexes(empty_entries=False),
+        "(unset: OTEL_PYTHON_EXCLUDED_URLS applies)",
+        "URLs (searched with each regex) Django requests are not traced for.",
+    ),
+    _read_by(
+        "contrib",
+        "OTEL_PYTHON_EXCLUDED_URLS",
+        Regexes(empty_entries=False),
+        "(none excluded)",
+        "URLs not traced, for every instrumentation.",
+    ),
+    _read_by(
+        "contrib",
+        "OTEL_PYTHON_DJANGO_TRACED_REQUEST_ATTRS",
+        NameList("a comma-separated list of request attribute names"),
+        "(none)",
+        "Attributes of Django's request recorded on the server span.",
+    ),
+    _read_by(
+        "contrib",
+        "OTEL_PYTHON_DJANGO_INSTRUMENT",
+        Bool(),
+        "true",
+        "false: Django requests are not traced (contrib itself only knows the exact text False).",
+        to_environ=lambda on: "True" if on else "False",
+    ),
+    _read_by(
+        "contrib",
+        "OTEL_PYTHON_DJANGO_MIDDLEWARE_POSITION",
+        Int(0),
+        "0 (first)",
+        "Where in MIDDLEWARE contrib's middleware goes.",
+    ),
+    _read_by(
+        "contrib",
+        f"{_HTTP_CAPTURE_HEADERS}SERVER_REQUEST",
+        Regexes(ignorecase=True),
+        "(none captured)",
+        "Request headers recorded on server spans.",
+    ),
+    _read_by(
+        "contrib",
+        f"{_HTTP_CAPTURE_HEADERS}SERVER_RESPONSE",
+        Regexes(ignorecase=True),
+        "(none captured)",
+        "Response headers recorded on server spans.",
+    ),
+    _read_by(
+        "contrib",
+        f"{_HTTP_CAPTURE_HEADERS}SANITIZE_FIELDS",
+        Regexes(ignorecase=True),
+        ".* (every captured header value redacted)",
+        "Captured headers whose values are redacted. A bad value redacts them all rather than none.",
+        replacement=".*",
+    ),
+    _read_by(
+        "contrib",
+        "OTEL_PYTHON_INSTRUMENTATION_HTTP_CAPTURE_ALL_METHODS",
+        Bool(),
+        "false",
+        "Keep unknown HTTP methods as sent instead of _OTHER (contrib takes any value as true).",
+        to_environ=lambda on: "true" if on else None,
+    ),
+    _read_by(
+        "contrib",
+        "OTEL_SEMCONV_STABILITY_OPT_IN",
+        ChoiceList(_SEMCONV_OPT_INS, alone="", case="exact"),
+        "(the old conventions)",
+        "Which semantic conventions contrib's instrumentations follow.",
+    ),
+)
+SDK_OPTIONS_BY_ENV: dict[str, Option] = {o.env: o for o in SDK_OPTIONS}
+ALL_OPTIONS: tuple[Option, ...] = OPTIONS + SDK_OPTIONS
+
+# HMS_OTEL_* variables that are not settings: hms-otel-run and the agent set them for the
+# processes they start; never reported as unknown. HMS_OTEL_TEST_* belong to the test suite.
+ANNOUNCED_ENV = "HMS_OTEL_ANNOUNCED"  # problems and destination shown once per process tree
+RUN_ID_ENV = "HMS_OTEL_RUN_ID"  # one id per hms-otel-run run (resource hms.run.id)
+ROOT_PID_ENV = "HMS_OTEL_ROOT_PID"  # the process hms-otel-run exec'd (prints the report)
+INTERNAL_VARIABLES = frozenset((ANNOUNCED_ENV, RUN_ID_ENV, ROOT_PID_ENV))
+_RESERVED_PREFIXES = ("HMS_OTEL_TEST_",)
+
+
+def _printable(text: str) -> str:
+    """Text as it can go to a terminal: escaped (repr) when it holds anything but printable
+    characters, so that a value cannot forge a line or send escape sequences."""
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
+def _shown_value(option: Option, raw: str) -> str:
+    if option.secret:
+        return "<hidden>"
+    shown = raw if len(raw) <= 80 else raw[:77] + "..."
+    return repr(shown)
+
+
 @dataclass(frozen=True)
 class Problem:
     """A value that was not accepted."""
@@ -775,15 +1231,44 @@ class Problem:
     option: Option
     value: str
     source: str
+    reason: str = ""  # what is wrong with it, when the parser says (never the value itself)
 
     def line(self, strict: bool) -> str:
-        shown = self.value if len(self.value) <= 80 else self.value[:77] + "..."
-        if strict:
-            return f"hms-otel: {self.option.env}={shown!r} is not accepted (expected {self.option.accepted})"
-        return (
-            f"hms-otel: {self.option.env}={shown!r} is not accepted (expected {self.option.accepted}); "
-            f"using the default {_show(self.option.default)}"
+        reason = f": {self.reason}" if self.reason else ""
+        text = (
+            f"hms-otel: {self.option.env}={_shown_value(self.option, self.value)} is not accepted{reason} "
+            f"(expected {self.option.accepted})"
         )
+        return text if strict else f"{text}; using the default {self.option.default_text}"
+
+
+@dataclass(frozen=True)
+class UnknownName:
+    """An HMS_OTEL_* variable that is no setting (a typo, most often); its value is not shown."""
+
+    name: str
+    suggestion: str | None
+
+    def line(self, strict: bool) -> str:
+        hint = f"; did you mean {self.suggestion}?" if self.suggestion else ""
+        ignored = "" if strict else " (ignored)"
+        return f"hms-otel: unknown setting {_printable(self.name)}{ignored}{hint}"
+
+
+def _unknown_names(environ: Mapping[str, str]) -> list[UnknownName]:
+    import difflib
+
+    known = [o.env for o in ALL_OPTIONS if o.env.startswith(PREFIX)]
+    unknown = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(PREFIX) or name in known or name in INTERNAL_VARIABLES:
+            continue
+        if upper.startswith(_RESERVED_PREFIXES):
+            continue
+        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.8)
+        unknown.append(UnknownName(name, close[0] if close else None))
+    return unknown
 
 
 def _show(value: Any) -> str:
@@ -800,19 +1285,35 @@ def _show(value: Any) -> str:
 class LoadedSettings:
     settings: Settings
     problems: list[Problem]
+    unknown: list[UnknownName] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        """Something was not accepted: exit 2 under strict mode and `hms-otel config --check`."""
+        return bool(self.problems or self.unknown)
+
+    def lines(self, strict: bool | None = None) -> list[str]:
+        """One line per bad value and unknown name; `strict` (default: the settings' own) words them."""
+        strict = self.settings.strict if strict is None else strict
+        return [p.line(strict) for p in self.problems] + [u.line(strict) for u in self.unknown]
 
     def print_problems(self, strict: bool | None = None) -> None:
-        """One line per bad value on stderr; `strict` (default: the settings' own) words them."""
-        strict = self.settings.strict if strict is None else strict
-        for problem in self.problems:
-            print(problem.line(strict), file=sys.stderr, flush=True)
+        for line in self.lines(strict):
+            print(line, file=sys.stderr, flush=True)
+
+
+def _given(environ: Mapping[str, str], name: str) -> str | None:
+    """The value of a variable, None when unset or empty (the spec treats an empty value as unset)."""
+    raw = environ.get(name)
+    return raw if raw is not None and raw.strip() else None
 
 
 def load(
     environ: Mapping[str, str] | None = None,
     cli: Mapping[str, str] | None = None,
 ) -> LoadedSettings:
-    """Parse the environment and command-line values (CLI wins) into `Settings`.
+    """Parse the environment and command-line values (CLI wins) into `Settings`, validate the
+    variables the SDK and contrib read (`SDK_OPTIONS`) and find unknown HMS_OTEL_* names.
 
     Never raises for a bad value: the default is used and the problem is returned.
     """
@@ -824,26 +1325,75 @@ def load(
     for option in OPTIONS:
         if option.env in cli:
             raw, source = cli[option.env], "cli"
-        elif environ.get(option.env, "").strip():  # the spec treats an empty value as unset
-            raw, source = environ[option.env], "env"
+        elif (given := _given(environ, option.env)) is not None:
+            raw, source = given, "env"
         else:
             sources[option.field] = "default"
             continue
         try:
             values[option.field] = option.parse(raw)
             sources[option.field] = source
-        except ConfigError:
-            problems.append(Problem(option, raw, source))
-            sources[option.field] = f"default ({source} value {raw!r} not accepted)"
+        except ConfigError as exc:
+            problems.append(Problem(option, raw, source, str(exc)))
+            sources[option.field] = f"default ({source} value {_shown_value(option, raw)} not accepted)"
+    for option in SDK_OPTIONS:
+        if (given := _given(environ, option.env)) is not None:
+            try:
+                option.parse(given)
+            except ConfigError as exc:
+                problems.append(Problem(option, given, "env", str(exc)))
     settings = Settings(**values, sources=sources)
-    return LoadedSettings(settings, problems)
+    return LoadedSettings(settings, problems, _unknown_names(environ))
+
+
+def clean_environ(loaded: LoadedSettings, environ: MutableMapping[str, str] | None = None) -> None:
+    """Keep what the SDK and contrib must not read out of the environment, before they read it
+    (some do when imported): a bad value of an OTEL_* variable is removed, so their default
+    applies as the line said (or replaced, `Option.replacement`); an empty one too, which the
+    spec treats as unset and some of them do not (a limit of '' is no limit, an exemplar filter
+    of '' raises); and an accepted one is rewritten where they understand less
+    (`Option.to_environ`). Child processes inherit the result, so they never repeat the line."""
+    environ = os.environ if environ is None else environ
+    bad = {p.option.env for p in loaded.problems if p.source == "env"}
+    for option in ALL_OPTIONS:
+        raw = environ.get(option.env)
+        if raw is None or not option.env.startswith("OTEL_"):
+            continue
+        new: str | None
+        if option.env in bad:
+            new = option.replacement
+        elif not raw.strip():
+            new = None
+        elif option.to_environ is not None:
+            new = option.to_environ(option.parse(raw))
+        else:
+            continue
+        if new is None:
+            del environ[option.env]
+        elif new != raw:
+            environ[option.env] = new
 
 
 def describe(settings: Settings) -> Iterable[tuple[Option, str, str]]:
     """(option, shown value, source) for every option, for `hms-otel config`."""
     for option in OPTIONS:
         value = getattr(settings, option.field)
-        yield option, _show(value), settings.sources.get(option.field, "default")
+        shown = "<hidden>" if option.secret and value else _printable(_show(value))
+        yield option, shown, settings.sources.get(option.field, "default")
+
+
+def describe_sdk(environ: Mapping[str, str]) -> Iterator[tuple[Option, str, str]]:
+    """(option, shown value, what applies) for the SDK_OPTIONS that are set."""
+    for option in SDK_OPTIONS:
+        if (given := _given(environ, option.env)) is None:
+            continue
+        shown = "<hidden>" if option.secret else _printable(given)
+        try:
+            option.parse(given)
+        except ConfigError:
+            yield option, shown, f"not accepted: the default {option.default_text} applies"
+            continue
+        yield option, shown, "env"
 
 
 def replace(settings: Settings, **changes: Any) -> Settings:
