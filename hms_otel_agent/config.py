@@ -20,6 +20,7 @@ import math
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -259,9 +260,15 @@ class Regexes(Parser[str]):
         if not self.empty_entries and not all(entries):
             raise ConfigError("an empty entry would match everything")
         try:
-            re.compile("|".join(entries), re.IGNORECASE if self.ignorecase else 0)
+            with warnings.catch_warnings():
+                # "Possible nested set" and the like: Python warns that a later version may read
+                # the pattern differently, and contrib's compile would print that warning.
+                warnings.simplefilter("error", FutureWarning)
+                re.compile("|".join(entries), re.IGNORECASE if self.ignorecase else 0)
         except re.error as exc:
             raise ConfigError(exc.msg) from None
+        except FutureWarning as exc:
+            raise ConfigError(f"ambiguous: {str(exc).lower()}") from None
         except (RecursionError, OverflowError, ValueError):
             raise ConfigError("too complex to compile") from None
         return raw

@@ -134,3 +134,50 @@ def test_flags_are_derived_from_variable_names() -> None:
     assert option.flag == "--n-plus-one-threshold"
     assert config.OPTIONS_BY_ENV["OTEL_SERVICE_NAME"].flag == "--otel-service-name"
     assert len({o.flag for o in config.OPTIONS}) == len(config.OPTIONS)
+
+
+def test_clean_environ_keeps_bad_values_from_the_sdk_and_contrib() -> None:
+    environ = {
+        "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "abc",  # bad: removed, the SDK's default applies
+        "OTEL_SPAN_EVENT_COUNT_LIMIT": " ",  # empty is unset (the SDK would read "no limit")
+        "OTEL_SPAN_LINK_COUNT_LIMIT": "64",  # accepted: left as it is
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS": "[",  # bad: redact everything
+        "OTEL_PYTHON_DJANGO_INSTRUMENT": "false",  # contrib only knows "False"
+        "OTEL_PYTHON_INSTRUMENTATION_HTTP_CAPTURE_ALL_METHODS": "no",  # contrib takes any value as on
+        "OTEL_EXPORTER_OTLP_INSECURE": "1",  # the SDK only knows "true"
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "abc",  # a table row the gRPC exporter also reads
+        "HMS_OTEL_N_PLUS_ONE_THRESHOLD": "x",  # only the agent reads it: left for hms-otel config
+        "PATH": "/bin",
+    }
+    loaded = config.load(environ)
+    config.clean_environ(loaded, environ)
+    assert environ == {
+        "OTEL_SPAN_LINK_COUNT_LIMIT": "64",
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS": ".*",
+        "OTEL_PYTHON_DJANGO_INSTRUMENT": "False",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "HMS_OTEL_N_PLUS_ONE_THRESHOLD": "x",
+        "PATH": "/bin",
+    }
+
+
+def test_hms_otel_config_lists_the_standard_variables_that_are_set_and_hides_secrets(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hms_otel_agent.launch import cli
+
+    monkeypatch.setenv("OTEL_PROPAGATORS", "tracecontext")
+    monkeypatch.setenv("OTEL_SPAN_EVENT_COUNT_LIMIT", "x")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "api-key=s3cr3t-value")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/keys/s3cr3t-tenant.pem")
+    assert cli.main(["config"]) == 0
+    out, err = capsys.readouterr()
+    assert "s3cr3t" not in out + err
+    shown = {line.split()[0]: line for line in out.splitlines() if line.startswith("OTEL_")}
+    assert shown["OTEL_PROPAGATORS"].split()[1:] == ["tracecontext", "[env]"]
+    assert "not accepted: the default 128 applies" in shown["OTEL_SPAN_EVENT_COUNT_LIMIT"]
+    assert (
+        "<hidden>" in shown["OTEL_EXPORTER_OTLP_HEADERS"]
+        and "<hidden>" in shown["OTEL_EXPORTER_OTLP_CLIENT_KEY"]
+    )
+    assert err.startswith("hms-otel: OTEL_SPAN_EVENT_COUNT_LIMIT='x' is not accepted")
