@@ -30,7 +30,8 @@ PREFIX = "HMS_OTEL_"
 
 
 class ConfigError(ValueError):
-    """A value was not accepted; the message says what is accepted."""
+    """A value was not accepted; the message, if any, says what is wrong with it -- its shape,
+    never its content (it may be a credential)."""
 
 
 # --- parsers: str -> value, raising ConfigError; each says what it accepts ---------------------
