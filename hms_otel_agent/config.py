@@ -399,8 +399,8 @@ class Option:
     # For SDK_OPTIONS: what the reader gets instead of a bad value (None: the variable is removed,
     # so the reader's own default applies).
     replacement: str | None = None
-    # For SDK_OPTIONS: the text the reader should see for an accepted value (None: removed), where
-    # the reader understands less than the parser (contrib's "False", "any value is true").
+    # For OTEL_* variables: the text the SDK or contrib should see for an accepted value (None:
+    # removed), where they understand less than the parser (contrib's "False", "any value is true").
     to_environ: Callable[[Any], str | None] | None = None
 
     @property
@@ -423,10 +423,18 @@ class Option:
 
 
 def setting(
-    env: str, parse: Parser[T], default: T, help: str, group: str = "agent", *, secret: bool = False
+    env: str,
+    parse: Parser[T],
+    default: T,
+    help: str,
+    group: str = "agent",
+    *,
+    secret: bool = False,
+    to_environ: Callable[[Any], str | None] | None = None,
 ) -> T:
-    """A field of `Settings` that is also a row of the table (`OPTIONS`)."""
-    option = Option(env, parse, default, help, group, secret=secret)
+    """A field of `Settings` that is also a row of the table (`OPTIONS`). `to_environ`: for an
+    OTEL_* variable the SDK reads too, the text it should see (see `Option.to_environ`)."""
+    option = Option(env, parse, default, help, group, secret=secret, to_environ=to_environ)
     return field(default=default, metadata={"option": option})
 
 
@@ -726,6 +734,9 @@ class Settings:
         "",
         "Extra resource attributes.",
         "otel",
+        # The SDK's Resource.create (run when its logs module is imported) warns about an empty
+        # item, as in a trailing comma, which the agent skips.
+        to_environ=lambda value: ",".join(item for item in value.split(",") if item.strip()) or None,
     )
     traces_exporter: tuple[str, ...] | None = setting(
         "OTEL_TRACES_EXPORTER",

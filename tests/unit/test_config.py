@@ -146,6 +146,7 @@ def test_clean_environ_keeps_bad_values_from_the_sdk_and_contrib() -> None:
         "OTEL_PYTHON_INSTRUMENTATION_HTTP_CAPTURE_ALL_METHODS": "no",  # contrib takes any value as on
         "OTEL_EXPORTER_OTLP_INSECURE": "1",  # the SDK only knows "true"
         "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "abc",  # a table row the gRPC exporter also reads
+        "OTEL_RESOURCE_ATTRIBUTES": "a=b, ,c=d,",  # the SDK's Resource.create warns about empty items
         "HMS_OTEL_N_PLUS_ONE_THRESHOLD": "x",  # only the agent reads it: left for hms-otel config
         "PATH": "/bin",
     }
@@ -156,6 +157,7 @@ def test_clean_environ_keeps_bad_values_from_the_sdk_and_contrib() -> None:
         "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS": ".*",
         "OTEL_PYTHON_DJANGO_INSTRUMENT": "False",
         "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_RESOURCE_ATTRIBUTES": "a=b,c=d",
         "HMS_OTEL_N_PLUS_ONE_THRESHOLD": "x",
         "PATH": "/bin",
     }
