@@ -12,17 +12,17 @@ from typing import TYPE_CHECKING
 
 from hms_otel_agent import config, guard
 from hms_otel_agent.printable import PrintableFormatter
-from hms_otel_agent.processors import Detector
 from hms_otel_agent.report.at_exit import RUN_ID_ATTRIBUTE, RUN_ID_ENV
 
 if TYPE_CHECKING:
     from hms_otel_agent.pipeline import Pipeline
+    from hms_otel_agent.processors import Detector
 
 logger = logging.getLogger("hms_otel")
 
 # Set in the environment once the configuration problems and the destination were shown,
 # so child processes (the runserver autoreloader's child, subprocesses) do not repeat them.
-ANNOUNCED_ENV = "HMS_OTEL_ANNOUNCED"
+ANNOUNCED_ENV = config.ANNOUNCED_ENV
 
 _lock = threading.Lock()
 _pipeline: Pipeline | None = None
@@ -48,9 +48,22 @@ def _configure_logging(level: str) -> None:
 
 def report_problems(loaded: config.LoadedSettings, *, force: bool = False) -> None:
     """Print one line per bad setting (once per process tree unless forced)."""
-    if not loaded.problems or (os.environ.get(ANNOUNCED_ENV) and not force):
+    if not loaded.failed or (os.environ.get(ANNOUNCED_ENV) and not force):
         return
     loaded.print_problems()
+
+
+def load_settings() -> config.LoadedSettings:
+    """The settings, their problems said once, and the environment cleaned of what the SDK and
+    contrib must not read (config.clean_environ) -- before any of them is imported, which is
+    why this module imports nothing of OpenTelemetry at its top."""
+    loaded = config.load()
+    if loaded.settings.strict and loaded.failed:
+        report_problems(loaded, force=True)
+        raise StrictConfigError()
+    report_problems(loaded)
+    config.clean_environ(loaded)
+    return loaded
 
 
 def default_detectors() -> list[Detector]:
@@ -64,12 +77,7 @@ def start(detectors: Sequence[Detector] | None = None) -> bool:
     with _lock:
         if _pipeline is not None:
             return False
-        loaded = config.load()
-        settings = loaded.settings
-        if settings.strict and loaded.problems:
-            report_problems(loaded, force=True)
-            raise StrictConfigError()
-        report_problems(loaded)
+        settings = load_settings().settings
         if settings.sdk_disabled:
             return False
         try:

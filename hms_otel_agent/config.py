@@ -1,6 +1,9 @@
 """Every setting the agent reads, in one table, parsed once into a frozen `Settings`.
 
-Agent settings are ``HMS_OTEL_*`` variables, each with a matching command-line flag.
+The table is the `Settings` class: each field is declared with `setting()` -- variable, parser,
+default, help -- and `OPTIONS` lists them as rows (the flags of `hms-otel-run`, the lines of
+`hms-otel config`, the README table). A parser states what it accepts from its own bounds and
+choices. Agent settings are ``HMS_OTEL_*`` variables, each with a matching command-line flag.
 The standard ``OTEL_*`` variables the agent acts on are in the same table so that a bad
 value gets the same treatment everywhere: one line naming the variable, the value, what
 is accepted and the default used instead (or exit status 2 in strict mode and in
@@ -12,13 +15,15 @@ milliseconds in the spec, seconds in the SDK) the agent follows the specificatio
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from hms_otel_agent.printable import printable
@@ -27,124 +32,360 @@ PREFIX = "HMS_OTEL_"
 
 
 class ConfigError(ValueError):
-    """A value was not accepted; the message says what is accepted."""
+    """A value was not accepted; the message, if any, says what is wrong with it -- its shape,
+    never its content (it may be a credential)."""
 
 
-# --- parsers: str -> value, raising ConfigError ------------------------------------------
+# --- parsers: str -> value, raising ConfigError; each says what it accepts ---------------------
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 
-def _bool(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in ("true", "1", "yes", "on"):
-        return True
-    if value in ("false", "0", "no", "off"):
-        return False
-    raise ConfigError
+class Parser(Generic[T_co]):
+    """Turns the text of a variable into its value or raises ConfigError. `accepted` is derived
+    from the parser's own bounds and choices, so the message for a bad value cannot drift from
+    what the parser does."""
+
+    @property
+    def accepted(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def summary(self) -> str:
+        """What is accepted, independent of this machine (the README table)."""
+        return self.accepted
+
+    def __call__(self, raw: str) -> T_co:
+        raise NotImplementedError
 
 
-def _int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
+def _number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _alternatives(words: Sequence[str]) -> str:
+    """("a", "b", "c") -> "a, b or c"."""
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
+@dataclass(frozen=True)
+class Bool(Parser[bool]):
+    @property
+    def accepted(self) -> str:
+        return "true or false"
+
+    def __call__(self, raw: str) -> bool:
+        value = raw.strip().lower()
+        if value in ("true", "1", "yes", "on"):
+            return True
+        if value in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError
+
+
+@dataclass(frozen=True)
+class Int(Parser[int]):
+    minimum: int
+    maximum: int | None = None
+    unit: str = ""
+
+    @property
+    def accepted(self) -> str:
+        kind = f"an integer number of {self.unit}" if self.unit else "an integer"
+        if self.maximum is None:
+            return f"{kind} >= {self.minimum}"
+        return f"{kind} from {self.minimum} to {self.maximum}"
+
+    def __call__(self, raw: str) -> int:
         try:
             value = int(raw.strip())
         except ValueError:
             raise ConfigError from None
-        if value < minimum or (maximum is not None and value > maximum):
+        if value < self.minimum or (self.maximum is not None and value > self.maximum):
             raise ConfigError
         return value
 
-    return parse
 
+@dataclass(frozen=True)
+class Float(Parser[float]):
+    minimum: float
+    maximum: float | None = None
 
-def _float(minimum: float, maximum: float | None = None) -> Callable[[str], float]:
-    def parse(raw: str) -> float:
+    @property
+    def accepted(self) -> str:
+        if self.maximum is None:
+            return f"a number >= {_number(self.minimum)}"
+        return f"a number from {_number(self.minimum)} to {_number(self.maximum)}"
+
+    def __call__(self, raw: str) -> float:
         try:
             value = float(raw.strip())
         except ValueError:
             raise ConfigError from None
-        if not math.isfinite(value) or value < minimum or (maximum is not None and value > maximum):
+        if (
+            not math.isfinite(value)
+            or value < self.minimum
+            or (self.maximum is not None and value > self.maximum)
+        ):
             raise ConfigError
         return value
 
-    return parse
+
+def _normalized(value: str, case: str) -> str:
+    """ "lower": any case and surrounding space; "upper": likewise, upper-case choices; "exact":
+    as written (for variables whose reader compares the raw text)."""
+    if case == "exact":
+        return value
+    return value.strip().upper() if case == "upper" else value.strip().lower()
 
 
-def _choice(*choices: str) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
-        value = raw.strip().lower()
-        if value not in choices:
+@dataclass(frozen=True)
+class Choice(Parser[str]):
+    choices: tuple[str, ...]
+    case: str = "lower"
+
+    @property
+    def accepted(self) -> str:
+        return _alternatives(self.choices)
+
+    def __call__(self, raw: str) -> str:
+        value = _normalized(raw, self.case)
+        if value not in self.choices:
             raise ConfigError
         return value
 
-    return parse
 
+@dataclass(frozen=True)
+class ChoiceList(Parser[tuple[str, ...]]):
+    """A comma-separated list of choices; `alone` (none) may not be combined with others."""
 
-def _choice_list(*choices: str) -> Callable[[str], tuple[str, ...]]:
-    def parse(raw: str) -> tuple[str, ...]:
-        values = tuple(v.strip().lower() for v in raw.split(",") if v.strip())
-        if not values or any(v not in choices for v in values):
+    choices: tuple[str, ...]
+    alone: str = "none"
+    case: str = "lower"  # of each item, surrounding space aside (see _normalized)
+
+    @property
+    def accepted(self) -> str:
+        return f"{_alternatives(self.choices)} (comma-separated)"
+
+    def __call__(self, raw: str) -> tuple[str, ...]:
+        values = tuple(_normalized(v.strip(), self.case) for v in raw.split(",") if v.strip())
+        if not values or any(v not in self.choices for v in values):
             raise ConfigError
-        if "none" in values and len(values) > 1:
+        if self.alone in values and len(values) > 1:
             raise ConfigError
         return values
 
-    return parse
 
+@dataclass(frozen=True)
+class Text(Parser[str]):
+    """Free text (stripped); `what` describes it, as nothing else bounds it."""
 
-def _name_list(raw: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in raw.split(",") if v.strip())
+    what: str = "any text"
+    nonempty: bool = False
 
+    @property
+    def accepted(self) -> str:
+        return self.what
 
-def _nonempty_name_list(raw: str) -> tuple[str, ...]:
-    # "," would silently turn redaction off: a list that names nothing is a typo, not a choice.
-    names = _name_list(raw)
-    if not names:
-        raise ConfigError
-    return names
-
-
-def _query_name_list(raw: str) -> tuple[str, ...]:
-    # Only lower-case identifiers are ever kept as names in exported query strings.
-    names = tuple(name.lower() for name in _nonempty_name_list(raw))
-    if any(not _QUERY_NAME.fullmatch(name) for name in names):
-        raise ConfigError
-    return names
-
-
-def _header_name_list(raw: str) -> tuple[str, ...]:
-    names = _nonempty_name_list(raw)
-    if any(not _HEADER_NAME.fullmatch(name) for name in names):
-        raise ConfigError
-    return tuple(name.lower() for name in names)
-
-
-def _text(raw: str) -> str:
-    return raw.strip()
-
-
-def _nonempty_text(raw: str) -> str:
-    value = raw.strip()
-    if not value:
-        raise ConfigError
-    return value
-
-
-def _url(raw: str) -> str:
-    value = raw.strip()
-    try:
-        parts = urlsplit(value)
-        port = parts.port  # raises ValueError on a bad port
-    except ValueError:
-        raise ConfigError from None
-    if parts.scheme not in ("http", "https") or not parts.hostname or (port is not None and port <= 0):
-        raise ConfigError
-    return value
-
-
-def _resource_attributes(raw: str) -> str:
-    for item in raw.split(","):
-        if item.strip() and ("=" not in item or not item.split("=", 1)[0].strip()):
+    def __call__(self, raw: str) -> str:
+        value = raw.strip()
+        if self.nonempty and not value:
             raise ConfigError
-    return raw.strip()
+        return value
+
+
+@dataclass(frozen=True)
+class NameList(Parser[tuple[str, ...]]):
+    what: str
+    # "," would silently turn a deny-list off: a list that names nothing is a typo, not a choice.
+    nonempty: bool = False
+    pattern: re.Pattern[str] | None = None  # every name must match it
+    lower: bool = False
+
+    @property
+    def accepted(self) -> str:
+        return self.what
+
+    def __call__(self, raw: str) -> tuple[str, ...]:
+        names = tuple(v.strip() for v in raw.split(",") if v.strip())
+        if self.nonempty and not names:
+            raise ConfigError
+        if self.lower:
+            names = tuple(name.lower() for name in names)
+        if self.pattern is not None and any(not self.pattern.fullmatch(name) for name in names):
+            raise ConfigError
+        return names
+
+
+@dataclass(frozen=True)
+class Url(Parser[str]):
+    @property
+    def accepted(self) -> str:
+        return "an http:// or https:// URL"
+
+    def __call__(self, raw: str) -> str:
+        value = raw.strip()
+        try:
+            parts = urlsplit(value)
+            port = parts.port  # raises ValueError on a bad port
+        except ValueError:
+            raise ConfigError from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or (port is not None and port <= 0):
+            raise ConfigError
+        return value
+
+
+@dataclass(frozen=True)
+class ResourceAttributes(Parser[str]):
+    @property
+    def accepted(self) -> str:
+        return "key=value pairs separated by commas"
+
+    def __call__(self, raw: str) -> str:
+        for item in raw.split(","):
+            if item.strip() and ("=" not in item or not item.split("=", 1)[0].strip()):
+                raise ConfigError
+        return raw.strip()
+
+
+@dataclass(frozen=True)
+class Regexes(Parser[str]):
+    """Comma-separated regular expressions that contrib joins with "|" and compiles (excluded
+    URLs, captured and sanitized headers): compiled here the same way, so that an invalid one
+    never reaches contrib, which would raise on every request or not instrument at all."""
+
+    ignorecase: bool = False
+    # An empty entry matches everything: for excluded URLs, a trailing comma would turn tracing off.
+    empty_entries: bool = True
+
+    @property
+    def accepted(self) -> str:
+        extra = "" if self.empty_entries else ", none of them empty"
+        return f"comma-separated regular expressions (Python re syntax{extra})"
+
+    def __call__(self, raw: str) -> str:
+        entries = [entry.strip() for entry in raw.split(",")]
+        if not self.empty_entries and not all(entries):
+            raise ConfigError("an empty entry would match everything")
+        try:
+            with warnings.catch_warnings():
+                # "Possible nested set" and the like: Python warns that a later version may read
+                # the pattern differently, and contrib's compile would print that warning.
+                warnings.simplefilter("error", FutureWarning)
+                re.compile("|".join(entries), re.IGNORECASE if self.ignorecase else 0)
+        except re.error as exc:
+            raise ConfigError(exc.msg) from None
+        except FutureWarning as exc:
+            raise ConfigError(f"ambiguous: {str(exc).lower()}") from None
+        except (RecursionError, OverflowError, ValueError):
+            raise ConfigError("too complex to compile") from None
+        return raw
+
+
+# The OTLP exporter specification's syntax for headers in the environment: name=value pairs,
+# names are HTTP tokens, values URL-encoded. Like the SDK's exporters, spaces are allowed in a
+# value (other SDKs send "Authorization=Bearer x" unencoded); the SDK skips an entry it cannot
+# parse after logging it -- with the credential in it.
+_HEADER_DELIMITER = re.compile(r"[ \t]*,[ \t]*")
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]*")
+_HEADER_VALUE_EXCLUDED = frozenset('",;\\')
+
+
+@dataclass(frozen=True)
+class Headers(Parser[str]):
+    """OTLP headers. Credentials live here: a reason names the entry by position and says what
+    is wrong with its shape, never what it holds."""
+
+    @property
+    def accepted(self) -> str:
+        return (
+            "comma-separated name=value pairs (names: letters, digits and !#$%&'*+-.^_`|~; "
+            "values URL-encoded)"
+        )
+
+    def __call__(self, raw: str) -> str:
+        entries = _HEADER_DELIMITER.split(raw)
+        count = len(entries)
+        for position, entry in enumerate(entries, start=1):
+            if not entry:  # as the SDK: only nothing at all between two commas is skipped
+                continue
+            entry = entry.strip()
+            where = f"entry {position} of {count}"
+            name, sep, value = entry.partition("=")
+            if not sep:
+                raise ConfigError(f"{where} has no '='")
+            name, value = name.strip(" \t"), value.strip(" \t")
+            if not name:
+                raise ConfigError(f"{where} has no name before '='")
+            if not _HEADER_NAME.fullmatch(name):
+                raise ConfigError(f"the name of {where} has a character not allowed in a header name")
+            if not _HEADER_VALUE.fullmatch(value) or _HEADER_VALUE_EXCLUDED.intersection(value):
+                raise ConfigError(
+                    f"the value of {where} has a character that must be URL-encoded "
+                    '(anything but printable ASCII, and " , ; \\)'
+                )
+        return raw
+
+
+@dataclass(frozen=True)
+class ReadableFile(Parser[str]):
+    """A path the exporters open as given (certificates and keys)."""
+
+    @property
+    def accepted(self) -> str:
+        return "the path of a readable file"
+
+    def __call__(self, raw: str) -> str:
+        if not os.path.exists(raw):
+            raise ConfigError("no such file")
+        if not os.path.isfile(raw):
+            raise ConfigError("not a regular file")
+        if not os.access(raw, os.R_OK):
+            raise ConfigError("not readable by this user")
+        return raw
+
+
+@functools.cache
+def _entry_point_names(group: str) -> tuple[str, ...]:
+    from importlib.metadata import entry_points
+
+    return tuple(sorted({entry.name for entry in entry_points(group=group)}))
+
+
+@dataclass(frozen=True)
+class EntryPoints(Parser[str]):
+    """Names of installed entry points of a group (propagators, context, credential providers),
+    as the SDK looks them up: exact names, each item stripped when `multiple`; `also` lists the
+    words the reader takes besides the names ("none", "*")."""
+
+    group: str
+    what: str
+    multiple: bool = False
+    also: tuple[str, ...] = ()
+
+    def names(self) -> tuple[str, ...]:
+        return _entry_point_names(self.group)
+
+    @property
+    def summary(self) -> str:
+        extra = f", or {_alternatives(self.also)}" if self.also else ""
+        listed = " (comma-separated)" if self.multiple else ""
+        return f"{self.what}{listed}{extra}"
+
+    @property
+    def accepted(self) -> str:
+        installed = ", ".join(self.names()) or "none"
+        return f"{self.summary}; installed: {installed}"
+
+    def __call__(self, raw: str) -> str:
+        items = [item.strip() for item in raw.split(",")] if self.multiple else [raw]
+        known = set(self.names()) | set(self.also)
+        for item in items:
+            if item not in known:
+                raise ConfigError
+        return raw
 
 
 # --- the table --------------------------------------------------------------------------
@@ -152,13 +393,23 @@ def _resource_attributes(raw: str) -> str:
 
 @dataclass(frozen=True)
 class Option:
+    """One row of the settings table: a variable, its parser, its default and what it does."""
+
     env: str
-    field: str
+    parse: Parser[Any]
     default: Any
-    parse: Callable[[str], Any]
-    accepted: str
     help: str
     group: str = "agent"
+    field: str = ""  # the `Settings` field (filled in from the class below); "" for SDK_OPTIONS
+    secret: bool = False  # the value may hold a credential: never printed
+    # For SDK_OPTIONS: the default as their reader applies it, in words.
+    shown_default: str | None = None
+    # For SDK_OPTIONS: what the reader gets instead of a bad value (None: the variable is removed,
+    # so the reader's own default applies).
+    replacement: str | None = None
+    # For OTEL_* variables: the text the SDK or contrib should see for an accepted value (None:
+    # removed), where they understand less than the parser (contrib's "False", "any value is true").
+    to_environ: Callable[[Any], str | None] | None = None
 
     @property
     def flag(self) -> str:
@@ -167,12 +418,36 @@ class Option:
         return "--" + name.lower().replace("_", "-")
 
     @property
+    def accepted(self) -> str:
+        return self.parse.accepted
+
+    @property
     def is_bool(self) -> bool:
-        return self.parse is _bool
+        return isinstance(self.parse, Bool)
+
+    @property
+    def default_text(self) -> str:
+        return self.shown_default if self.shown_default is not None else _show(self.default)
+
+
+def setting(
+    env: str,
+    parse: Parser[T],
+    default: T,
+    help: str,
+    group: str = "agent",
+    *,
+    secret: bool = False,
+    to_environ: Callable[[Any], str | None] | None = None,
+) -> T:
+    """A field of `Settings` that is also a row of the table (`OPTIONS`). `to_environ`: for an
+    OTEL_* variable the SDK reads too, the text it should see (see `Option.to_environ`)."""
+    option = Option(env, parse, default, help, group, secret=secret, to_environ=to_environ)
+    return field(default=default, metadata={"option": option})
 
 
 _PROTOCOLS = ("grpc", "http/protobuf")
-_EXPORTERS = ("otlp", "console", "none", "hms_file")
+_EXPORTERS = ("otlp", "console", "hms_file", "none")
 _SAMPLERS = (
     "always_on",
     "always_off",
@@ -184,699 +459,495 @@ _SAMPLERS = (
 _COMPRESSION = ("gzip", "none")
 
 _QUERY_NAME = re.compile(r"[a-z_][a-z_.-]{0,39}")
-_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")  # an HTTP token
 
-OPTIONS: tuple[Option, ...] = (
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting the agent acts on: one field per variable, declared with `setting()`, which
+    makes it a row of the table (`OPTIONS`) -- the variable, its parser, its default, its help --
+    in the order of `hms-otel-run --help` and `hms-otel config`."""
+
     # Agent behaviour
-    Option(
+    strict: bool = setting(
         "HMS_OTEL_STRICT",
-        "strict",
+        Bool(),
         False,
-        _bool,
-        "true or false",
         "Exit with status 2 on any bad setting instead of using the default.",
-    ),
-    Option(
+    )
+    log_level: str = setting(
         "HMS_OTEL_LOG_LEVEL",
-        "log_level",
+        Choice(("debug", "info", "warning", "error")),
         "info",
-        _choice("debug", "info", "warning", "error"),
-        "debug, info, warning or error",
         "Level of the agent's own log (logger 'hms_otel', stderr).",
-    ),
-    Option(
+    )
+    local_dir: str = setting(
         "HMS_OTEL_LOCAL_DIR",
-        "local_dir",
+        Text("a directory path", nonempty=True),
         ".hms-otel",
-        _nonempty_text,
-        "a directory path",
         "Where the embedded default writes OTLP-JSON lines when no OTLP endpoint is configured.",
-    ),
-    Option(
+    )
+    service_version: str = setting(
         "HMS_OTEL_SERVICE_VERSION",
-        "service_version",
+        Text(),
         "",
-        _text,
-        "any text",
         "service.version resource attribute (OTEL_RESOURCE_ATTRIBUTES may set it too).",
-    ),
-    Option(
+    )
+    shutdown_timeout_ms: int = setting(
         "HMS_OTEL_SHUTDOWN_TIMEOUT_MS",
-        "shutdown_timeout_ms",
+        Int(0, 600_000),
         3000,
-        _int(0, 600_000),
-        "an integer from 0 to 600000",
         "How long the process may wait at exit to flush telemetry.",
-    ),
-    Option(
+    )
+    report: str = setting(
         "HMS_OTEL_REPORT",
-        "report",
+        Choice(("auto", "true", "false")),
         "auto",
-        _choice("auto", "true", "false"),
-        "auto, true or false",
         "Print the findings report of the run to stderr when the program started by hms-otel-run exits "
         "(auto: only when telemetry goes to the local dir and no OTLP endpoint is configured).",
-    ),
-    Option(
+    )
+    max_tracked_spans: int = setting(
         "HMS_OTEL_MAX_TRACKED_SPANS",
-        "max_tracked_spans",
+        Int(100, 10_000_000),
         20_000,
-        _int(100, 10_000_000),
-        "an integer >= 100",
         "Open spans the signal processor keeps state for; the oldest are evicted.",
-    ),
-    Option(
+    )
+    compress_spans: bool = setting(
         "HMS_OTEL_COMPRESS_SPANS",
-        "compress_spans",
+        Bool(),
         False,
-        _bool,
-        "true or false",
         "Export a run of repeated DB spans under one parent (same statement and ORM context, at least "
         "HMS_OTEL_N_PLUS_ONE_THRESHOLD of them) as one summary span with hms.compressed.count and "
         "hms.compressed.duration_ms, like Elastic APM's span compression (OTLP exporters only; "
         "findings are unchanged).",
-    ),
-    Option(
+    )
+    cache_command_spans: bool = setting(
         "HMS_OTEL_CACHE_COMMAND_SPANS",
-        "cache_command_spans",
+        Bool(),
         True,
-        _bool,
-        "true or false",
         "Trace what a Django cache call sends to its backend (Redis commands, DatabaseCache SQL) as "
         "spans under the call's cache.<operation> span; false: the call's span alone, which keeps "
         "the key pattern, hit or miss and backend (fewer spans on cache-heavy pages; the cache "
         "signals are unchanged).",
-    ),
+    )
     # Signals
-    Option(
+    n_plus_one_threshold: int = setting(
         "HMS_OTEL_N_PLUS_ONE_THRESHOLD",
-        "n_plus_one_threshold",
+        Int(2),
         5,
-        _int(2),
-        "an integer >= 2",
         "Repetitions of one query fingerprint under one owner span that make an N+1 finding.",
         "signals",
-    ),
-    Option(
+    )
+    n_plus_one_min_duration_ms: float = setting(
         "HMS_OTEL_N_PLUS_ONE_MIN_DURATION_MS",
-        "n_plus_one_min_duration_ms",
+        Float(0.0),
         0.0,
-        _float(0.0),
-        "a number >= 0",
         "Minimum total time of the repeated queries for an N+1 finding.",
         "signals",
-    ),
-    Option(
+    )
+    duplicate_query_threshold: int = setting(
         "HMS_OTEL_DUPLICATE_QUERY_THRESHOLD",
-        "duplicate_query_threshold",
+        Int(2),
         2,
-        _int(2),
-        "an integer >= 2",
         "Executions of the same statement with the same parameters that make a duplicate-query finding.",
         "signals",
-    ),
-    Option(
+    )
+    cache_n_plus_one_threshold: int = setting(
         "HMS_OTEL_CACHE_N_PLUS_ONE_THRESHOLD",
-        "cache_n_plus_one_threshold",
+        Int(2),
         5,
-        _int(2),
-        "an integer >= 2",
         "Single-key cache reads of one key pattern under one owner that make a cache N+1 finding.",
         "signals",
-    ),
-    Option(
+    )
+    cache_invalidation_threshold: int = setting(
         "HMS_OTEL_CACHE_INVALIDATION_THRESHOLD",
-        "cache_invalidation_threshold",
+        Int(2),
         10,
-        _int(2),
-        "an integer >= 2",
         "Cache deletes in one request that make an invalidation-storm finding.",
         "signals",
-    ),
-    Option(
+    )
+    large_result_rows: int = setting(
         "HMS_OTEL_LARGE_RESULT_ROWS",
-        "large_result_rows",
+        Int(1),
         1000,
-        _int(1),
-        "an integer >= 1",
         "Rows returned by one SELECT without LIMIT that make an unbounded-result finding "
         "(and, with many columns, a wide-result finding even with a LIMIT).",
         "signals",
-    ),
-    Option(
+    )
+    wide_result_columns: int = setting(
         "HMS_OTEL_WIDE_RESULT_COLUMNS",
-        "wide_result_columns",
+        Int(2),
         10,
-        _int(2),
-        "an integer >= 2",
         "Columns in the SELECT list of a large result above which only()/values() is suggested.",
         "signals",
-    ),
-    Option(
+    )
+    slow_query_ms: float = setting(
         "HMS_OTEL_SLOW_QUERY_MS",
-        "slow_query_ms",
+        Float(0.0),
         500.0,
-        _float(0.0),
-        "a number >= 0",
         "Duration of one SQL statement that makes a slow-query finding.",
         "signals",
-    ),
-    Option(
+    )
+    explain: bool = setting(
         "HMS_OTEL_EXPLAIN",
-        "explain",
+        Bool(),
         False,
-        _bool,
-        "true or false",
         "EXPLAIN slow SELECTs (never ANALYZE, never writes) on a separate connection, in the "
         "background, and attach the plan's costly nodes and index hint to later occurrences.",
         "signals",
-    ),
-    Option(
+    )
+    explain_interval_s: int = setting(
         "HMS_OTEL_EXPLAIN_INTERVAL_S",
-        "explain_interval_s",
+        Int(1),
         3600,
-        _int(1),
-        "an integer >= 1",
         "At most one EXPLAIN per statement fingerprint in this many seconds (per process).",
         "signals",
-    ),
-    Option(
+    )
+    explain_timeout_ms: int = setting(
         "HMS_OTEL_EXPLAIN_TIMEOUT_MS",
-        "explain_timeout_ms",
+        Int(10, 600_000),
         2000,
-        _int(10, 600_000),
-        "an integer from 10 to 600000",
         "statement_timeout (and connect timeout) of the EXPLAIN connection.",
         "signals",
-    ),
-    Option(
+    )
+    explain_seq_scan_rows: int = setting(
         "HMS_OTEL_EXPLAIN_SEQ_SCAN_ROWS",
-        "explain_seq_scan_rows",
+        Int(0),
         10_000,
-        _int(0),
-        "an integer >= 0",
         "Estimated table rows above which a filtered sequential scan in a plan gets an index hint.",
         "signals",
-    ),
-    Option(
+    )
+    connection_churn_threshold: int = setting(
         "HMS_OTEL_CONNECTION_CHURN_THRESHOLD",
-        "connection_churn_threshold",
+        Int(1),
         2,
-        _int(1),
-        "an integer >= 1",
         "New database connections of one alias under one request that make a connection-churn "
         "finding (with CONN_MAX_AGE=0 and no pool, one is enough).",
         "signals",
-    ),
-    Option(
+    )
+    repeated_group_threshold: int = setting(
         "HMS_OTEL_REPEATED_GROUP_THRESHOLD",
-        "repeated_group_threshold",
+        Int(2),
         5,
-        _int(2),
-        "an integer >= 2",
         "Repetitions of one group of different queries / cache calls (per item in a loop) that "
         "make a repeated-group (MN+1) finding.",
         "signals",
-    ),
-    Option(
+    )
+    unused_eager_loads: bool = setting(
         "HMS_OTEL_UNUSED_EAGER_LOADS",
-        "unused_eager_loads",
+        Bool(),
         False,
-        _bool,
-        "true or false",
         "Track which select_related / prefetch_related relations are never read (opt-in: about "
         "0.7 µs per loaded instance and 0.1 µs per relation read; benchmarks/micro_eager.py).",
         "signals",
-    ),
-    Option(
+    )
+    unused_eager_min_loads: int = setting(
         "HMS_OTEL_UNUSED_EAGER_MIN_LOADS",
-        "unused_eager_min_loads",
+        Int(1),
         20,
-        _int(1),
-        "an integer >= 1",
         "Querysets evaluated at one code location with an eager relation never accessed before "
         "an unused-eager-loading finding.",
         "signals",
-    ),
-    Option(
+    )
+    live_log: bool = setting(
         "HMS_OTEL_LIVE_LOG",
-        "live_log",
+        Bool(),
         True,
-        _bool,
-        "true or false",
         "Log one line (logger 'hms_otel') the first time each finding is seen.",
         "signals",
-    ),
+    )
     # Privacy: everything that could carry patient data is off unless opted in
-    Option(
+    capture_sql_literals: bool = setting(
         "HMS_OTEL_CAPTURE_SQL_LITERALS",
-        "capture_sql_literals",
+        Bool(),
         False,
-        _bool,
-        "true or false",
         "Export db.statement as written; by default inline literals are replaced by '?'.",
         "privacy",
-    ),
-    Option(
+    )
+    capture_sql_parameters: bool = setting(
         "HMS_OTEL_CAPTURE_SQL_PARAMETERS",
-        "capture_sql_parameters",
+        Bool(),
         False,
-        _bool,
-        "true or false",
         "Export query parameters (db.statement.parameters).",
         "privacy",
-    ),
-    Option(
+    )
+    capture_cache_keys: bool = setting(
         "HMS_OTEL_CAPTURE_CACHE_KEYS",
-        "capture_cache_keys",
+        Bool(),
         False,
-        _bool,
-        "true or false",
         "Export raw cache keys (hms.cache.key); by default only the key pattern leaves the process.",
         "privacy",
-    ),
-    Option(
+    )
+    capture_exception_messages: bool = setting(
         "HMS_OTEL_CAPTURE_EXCEPTION_MESSAGES",
-        "capture_exception_messages",
+        Bool(),
         False,
-        _bool,
-        "true or false",
         "Export exception messages and status descriptions as raised; by default only the exception "
         "type is kept (database errors echo the values that failed).",
         "privacy",
-    ),
-    Option(
+    )
+    capture_url_paths: bool = setting(
         "HMS_OTEL_CAPTURE_URL_PATHS",
-        "capture_url_paths",
+        Bool(),
         False,
-        _bool,
-        "true or false",
         "Export request paths as sent (http.target, url.path, http.url, url.full, span names, the "
         "http.server.duration http.target dimension); by default the route with placeholders, or "
         "for unrouted paths each segment that is not a literal of the app's routes as {id}.",
         "privacy",
-    ),
-    Option(
+    )
+    capture_query_values: bool = setting(
         "HMS_OTEL_CAPTURE_QUERY_VALUES",
-        "capture_query_values",
+        Bool(),
         False,
-        _bool,
-        "true or false",
         "Export query strings as sent, but for the values of the always-redacted parameters (q, "
         "name, mrn, dob, email, ... and HMS_OTEL_REDACT_QUERY_PARAMS); by default every value is "
         "REDACTED but those of safe parameters (page, limit, ordering, ...) that are short numbers "
         "or plain words.",
         "privacy",
-    ),
-    Option(
+    )
+    safe_query_params: tuple[str, ...] = setting(
         "HMS_OTEL_SAFE_QUERY_PARAMS",
-        "safe_query_params",
+        NameList(
+            "a comma-separated list of lower-case parameter names (letters, _, . and -)",
+            nonempty=True,
+            pattern=_QUERY_NAME,
+            lower=True,
+        ),
         (),
-        _query_name_list,
-        "a comma-separated list of lower-case parameter names (letters, _, . and -)",
         "Query-string parameters whose values are exported when they are a number of up to 6 digits "
         "or a lower-case word, added to page, page_size, per_page, limit, offset, ordering, "
         "order_by, sort, sort_by, order, direction, format, lang, language.",
         "privacy",
-    ),
-    Option(
+    )
+    redact_query_params: tuple[str, ...] = setting(
         "HMS_OTEL_REDACT_QUERY_PARAMS",
-        "redact_query_params",
+        NameList("a comma-separated list of parameter names", nonempty=True),
         (),
-        _nonempty_name_list,
-        "a comma-separated list of parameter names",
         "Query-string parameters whose values are always replaced by REDACTED, even with "
         "HMS_OTEL_CAPTURE_QUERY_VALUES, added to the built-in list (q, query, search, name, mrn, "
         "patient, dob, email, phone, ssn, token, ...); a safe parameter named here is not safe.",
         "privacy",
-    ),
-    Option(
+    )
+    capture_user_agent: bool = setting(
         "HMS_OTEL_CAPTURE_USER_AGENT",
-        "capture_user_agent",
+        Bool(),
         False,
-        _bool,
-        "true or false",
         "Export the User-Agent header as sent (user_agent.original / http.user_agent); by default "
         "it is dropped and user_agent.name, user_agent.version (major) and user_agent.os.name are "
         "exported for known browsers, bots and tools.",
         "privacy",
-    ),
-    Option(
+    )
+    capture_header_values: bool = setting(
         "HMS_OTEL_CAPTURE_HEADER_VALUES",
-        "capture_header_values",
+        Bool(),
         False,
-        _bool,
-        "true or false",
         "With the contrib's header capture on (OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_"
         "REQUEST / _RESPONSE), export captured values as captured; by default values of headers "
         "outside the safe list are REDACTED. Credentials and HMS_OTEL_REDACT_HEADERS stay REDACTED.",
         "privacy",
-    ),
-    Option(
+    )
+    safe_headers: tuple[str, ...] = setting(
         "HMS_OTEL_SAFE_HEADERS",
-        "safe_headers",
+        NameList("a comma-separated list of header names", nonempty=True, pattern=_HEADER_NAME, lower=True),
         (),
-        _header_name_list,
-        "a comma-separated list of header names",
         "Captured headers whose values are exported (printable ASCII up to 256 characters), added "
         "to content-type, accept, accept-language, content-length, host, x-request-id, ... "
         "(referer, origin and location sanitized as URLs, user-agent reduced to its family).",
         "privacy",
-    ),
-    Option(
+    )
+    redact_headers: tuple[str, ...] = setting(
         "HMS_OTEL_REDACT_HEADERS",
-        "redact_headers",
+        NameList("a comma-separated list of header names", nonempty=True, pattern=_HEADER_NAME, lower=True),
         (),
-        _header_name_list,
-        "a comma-separated list of header names",
         "Captured headers whose values are always REDACTED, added to authorization, "
         "proxy-authorization, cookie, set-cookie, x-api-key, x-auth-token, x-csrftoken.",
         "privacy",
-    ),
+    )
     # Standard OpenTelemetry variables the agent validates and acts on
-    Option(
+    sdk_disabled: bool = setting(
         "OTEL_SDK_DISABLED",
-        "sdk_disabled",
+        Bool(),
         False,
-        _bool,
-        "true or false",
         "Disable the agent and the SDK entirely.",
         "otel",
-    ),
-    Option(
+    )
+    service_name: str = setting(
         "OTEL_SERVICE_NAME",
-        "service_name",
+        Text(),
         "",
-        _text,
-        "any text",
         "service.name; default: the Django project name, else the command.",
         "otel",
-    ),
-    Option(
+    )
+    resource_attributes: str = setting(
         "OTEL_RESOURCE_ATTRIBUTES",
-        "resource_attributes",
+        ResourceAttributes(),
         "",
-        _resource_attributes,
-        "key=value pairs separated by commas",
         "Extra resource attributes.",
         "otel",
-    ),
-    Option(
+        # The SDK's Resource.create (run when its logs module is imported) warns about an empty
+        # item, as in a trailing comma, which the agent skips.
+        to_environ=lambda value: ",".join(item for item in value.split(",") if item.strip()) or None,
+    )
+    traces_exporter: tuple[str, ...] | None = setting(
         "OTEL_TRACES_EXPORTER",
-        "traces_exporter",
+        ChoiceList(_EXPORTERS),
         None,
-        _choice_list(*_EXPORTERS),
-        "otlp, console, hms_file or none (comma-separated)",
         "Trace exporters; unset with no endpoint configured: the local file (hms_file).",
         "otel",
-    ),
-    Option(
+    )
+    metrics_exporter: tuple[str, ...] | None = setting(
         "OTEL_METRICS_EXPORTER",
-        "metrics_exporter",
+        ChoiceList(_EXPORTERS),
         None,
-        _choice_list(*_EXPORTERS),
-        "otlp, console, hms_file or none (comma-separated)",
         "Metric exporters; default as for traces.",
         "otel",
-    ),
-    Option(
+    )
+    otlp_protocol: str = setting(
         "OTEL_EXPORTER_OTLP_PROTOCOL",
-        "otlp_protocol",
+        Choice(_PROTOCOLS),
         "http/protobuf",
-        _choice(*_PROTOCOLS),
-        "grpc or http/protobuf",
         "OTLP transport for all signals.",
         "otel",
-    ),
-    Option(
+    )
+    otlp_traces_protocol: str | None = setting(
         "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-        "otlp_traces_protocol",
+        Choice(_PROTOCOLS),
         None,
-        _choice(*_PROTOCOLS),
-        "grpc or http/protobuf",
         "OTLP transport for traces.",
         "otel",
-    ),
-    Option(
+    )
+    otlp_metrics_protocol: str | None = setting(
         "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
-        "otlp_metrics_protocol",
+        Choice(_PROTOCOLS),
         None,
-        _choice(*_PROTOCOLS),
-        "grpc or http/protobuf",
         "OTLP transport for metrics.",
         "otel",
-    ),
-    Option(
+    )
+    otlp_endpoint: str | None = setting(
         "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "otlp_endpoint",
+        Url(),
         None,
-        _url,
-        "an http:// or https:// URL",
         "Base OTLP endpoint (http: /v1/traces and /v1/metrics are appended).",
         "otel",
-    ),
-    Option(
+    )
+    otlp_traces_endpoint: str | None = setting(
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-        "otlp_traces_endpoint",
+        Url(),
         None,
-        _url,
-        "an http:// or https:// URL",
         "OTLP endpoint for traces, used as given.",
         "otel",
-    ),
-    Option(
+    )
+    otlp_metrics_endpoint: str | None = setting(
         "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-        "otlp_metrics_endpoint",
+        Url(),
         None,
-        _url,
-        "an http:// or https:// URL",
         "OTLP endpoint for metrics, used as given.",
         "otel",
-    ),
-    Option(
+    )
+    otlp_timeout_ms: int = setting(
         "OTEL_EXPORTER_OTLP_TIMEOUT",
-        "otlp_timeout_ms",
+        Int(1, 3_600_000, "milliseconds"),
         10_000,
-        _int(1, 3_600_000),
-        "an integer number of milliseconds >= 1",
         "OTLP export timeout (milliseconds, as the spec says).",
         "otel",
-    ),
-    Option(
+    )
+    otlp_traces_timeout_ms: int | None = setting(
         "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
-        "otlp_traces_timeout_ms",
+        Int(1, 3_600_000, "milliseconds"),
         None,
-        _int(1, 3_600_000),
-        "an integer number of milliseconds >= 1",
         "OTLP trace export timeout.",
         "otel",
-    ),
-    Option(
+    )
+    otlp_metrics_timeout_ms: int | None = setting(
         "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
-        "otlp_metrics_timeout_ms",
+        Int(1, 3_600_000, "milliseconds"),
         None,
-        _int(1, 3_600_000),
-        "an integer number of milliseconds >= 1",
         "OTLP metric export timeout.",
         "otel",
-    ),
-    Option(
+    )
+    otlp_compression: str = setting(
         "OTEL_EXPORTER_OTLP_COMPRESSION",
-        "otlp_compression",
+        Choice(_COMPRESSION),
         "none",
-        _choice(*_COMPRESSION),
-        "gzip or none",
         "OTLP compression.",
         "otel",
-    ),
-    Option(
+    )
+    otlp_traces_compression: str | None = setting(
         "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
-        "otlp_traces_compression",
+        Choice(_COMPRESSION),
         None,
-        _choice(*_COMPRESSION),
-        "gzip or none",
         "OTLP compression for traces.",
         "otel",
-    ),
-    Option(
+    )
+    otlp_metrics_compression: str | None = setting(
         "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
-        "otlp_metrics_compression",
+        Choice(_COMPRESSION),
         None,
-        _choice(*_COMPRESSION),
-        "gzip or none",
         "OTLP compression for metrics.",
         "otel",
-    ),
-    Option(
+    )
+    traces_sampler: str = setting(
         "OTEL_TRACES_SAMPLER",
-        "traces_sampler",
+        Choice(_SAMPLERS),
         "parentbased_always_on",
-        _choice(*_SAMPLERS),
-        ", ".join(_SAMPLERS),
         "Sampler.",
         "otel",
-    ),
-    Option(
+    )
+    traces_sampler_arg: float = setting(
         "OTEL_TRACES_SAMPLER_ARG",
-        "traces_sampler_arg",
+        Float(0.0, 1.0),
         1.0,
-        _float(0.0, 1.0),
-        "a number from 0 to 1",
         "Sampling ratio for the traceidratio samplers.",
         "otel",
-    ),
-    Option(
+    )
+    bsp_schedule_delay_ms: int = setting(
         "OTEL_BSP_SCHEDULE_DELAY",
-        "bsp_schedule_delay_ms",
+        Int(0),
         5000,
-        _int(0),
-        "an integer >= 0",
         "Delay between two consecutive span exports (ms).",
         "otel",
-    ),
-    Option(
+    )
+    bsp_export_timeout_ms: int = setting(
         "OTEL_BSP_EXPORT_TIMEOUT",
-        "bsp_export_timeout_ms",
+        Int(0, unit="milliseconds"),
         30_000,
-        _int(0),
-        "an integer >= 0",
-        "Maximum time an export may take (ms).",
+        "Maximum time one span export may take (0: no bound beyond the OTLP timeout).",
         "otel",
-    ),
-    Option(
+    )
+    bsp_max_queue_size: int = setting(
         "OTEL_BSP_MAX_QUEUE_SIZE",
-        "bsp_max_queue_size",
+        Int(1),
         2048,
-        _int(1),
-        "an integer >= 1",
         "Spans kept for export; beyond it spans are dropped and counted.",
         "otel",
-    ),
-    Option(
+    )
+    bsp_max_export_batch_size: int = setting(
         "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
-        "bsp_max_export_batch_size",
+        Int(1),
         512,
-        _int(1),
-        "an integer >= 1",
         "Maximum spans per export.",
         "otel",
-    ),
-    Option(
+    )
+    metric_export_interval_ms: int = setting(
         "OTEL_METRIC_EXPORT_INTERVAL",
-        "metric_export_interval_ms",
+        Int(1),
         60_000,
-        _int(1),
-        "an integer >= 1",
         "Interval between metric exports (ms).",
         "otel",
-    ),
-    Option(
+    )
+    metric_export_timeout_ms: int = setting(
+        "OTEL_METRIC_EXPORT_TIMEOUT",
+        Int(1, unit="milliseconds"),
+        30_000,
+        "Maximum time one metric export may take.",
+        "otel",
+    )
+    disabled_instrumentations: tuple[str, ...] = setting(
         "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS",
-        "disabled_instrumentations",
+        NameList("a comma-separated list of instrumentation names (django, psycopg2, psycopg, redis)"),
         (),
-        _name_list,
-        "a comma-separated list (django, psycopg2, psycopg, redis)",
         "Instrumentations not to apply.",
         "otel",
-    ),
-)
-
-OPTIONS_BY_ENV: dict[str, Option] = {o.env: o for o in OPTIONS}
-
-
-@dataclass(frozen=True)
-class Problem:
-    """A value that was not accepted."""
-
-    option: Option
-    value: str
-    source: str
-
-    def line(self, strict: bool) -> str:
-        shown = self.value if len(self.value) <= 80 else self.value[:77] + "..."
-        if strict:
-            return f"hms-otel: {self.option.env}={shown!r} is not accepted (expected {self.option.accepted})"
-        return (
-            f"hms-otel: {self.option.env}={shown!r} is not accepted (expected {self.option.accepted}); "
-            f"using the default {_show(self.option.default)}"
-        )
-
-
-def _show(value: Any) -> str:
-    if value is None:
-        return "(unset)"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, tuple):
-        return ",".join(value) if value else "(empty)"
-    return str(value) if value != "" else "(empty)"
-
-
-@dataclass(frozen=True)
-class Settings:
-    strict: bool = False
-    log_level: str = "info"
-    local_dir: str = ".hms-otel"
-    service_version: str = ""
-    shutdown_timeout_ms: int = 3000
-    report: str = "auto"
-    max_tracked_spans: int = 20_000
-    compress_spans: bool = False
-    cache_command_spans: bool = True
-    n_plus_one_threshold: int = 5
-    n_plus_one_min_duration_ms: float = 0.0
-    duplicate_query_threshold: int = 2
-    cache_n_plus_one_threshold: int = 5
-    cache_invalidation_threshold: int = 10
-    large_result_rows: int = 1000
-    wide_result_columns: int = 10
-    slow_query_ms: float = 500.0
-    explain: bool = False
-    explain_interval_s: int = 3600
-    explain_timeout_ms: int = 2000
-    explain_seq_scan_rows: int = 10_000
-    connection_churn_threshold: int = 2
-    repeated_group_threshold: int = 5
-    unused_eager_loads: bool = False
-    unused_eager_min_loads: int = 20
-    live_log: bool = True
-    capture_sql_literals: bool = False
-    capture_sql_parameters: bool = False
-    capture_cache_keys: bool = False
-    capture_exception_messages: bool = False
-    capture_url_paths: bool = False
-    capture_query_values: bool = False
-    safe_query_params: tuple[str, ...] = ()
-    redact_query_params: tuple[str, ...] = ()
-    capture_user_agent: bool = False
-    capture_header_values: bool = False
-    safe_headers: tuple[str, ...] = ()
-    redact_headers: tuple[str, ...] = ()
-    sdk_disabled: bool = False
-    service_name: str = ""
-    resource_attributes: str = ""
-    traces_exporter: tuple[str, ...] | None = None
-    metrics_exporter: tuple[str, ...] | None = None
-    otlp_protocol: str = "http/protobuf"
-    otlp_traces_protocol: str | None = None
-    otlp_metrics_protocol: str | None = None
-    otlp_endpoint: str | None = None
-    otlp_traces_endpoint: str | None = None
-    otlp_metrics_endpoint: str | None = None
-    otlp_timeout_ms: int = 10_000
-    otlp_traces_timeout_ms: int | None = None
-    otlp_metrics_timeout_ms: int | None = None
-    otlp_compression: str = "none"
-    otlp_traces_compression: str | None = None
-    otlp_metrics_compression: str | None = None
-    traces_sampler: str = "parentbased_always_on"
-    traces_sampler_arg: float = 1.0
-    bsp_schedule_delay_ms: int = 5000
-    bsp_export_timeout_ms: int = 30_000
-    bsp_max_queue_size: int = 2048
-    bsp_max_export_batch_size: int = 512
-    metric_export_interval_ms: int = 60_000
-    disabled_instrumentations: tuple[str, ...] = ()
+    )
     # Where each value came from: "default", "env" or "cli" (for `hms-otel config`).
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -907,31 +978,404 @@ class Settings:
         return f"{base}/v1/{signal}"
 
     def timeout_s(self, signal: str) -> float:
-        specific = self.otlp_traces_timeout_ms if signal == "traces" else self.otlp_metrics_timeout_ms
-        return (specific or self.otlp_timeout_ms) / 1000.0
+        """How long one OTLP export may take: the exporter's timeout (retries included), within
+        the processor's bound on one export (OTEL_BSP_EXPORT_TIMEOUT for traces,
+        OTEL_METRIC_EXPORT_TIMEOUT for metrics; a BSP timeout of 0 is no bound) -- the
+        SDK's exporters take no per-call timeout, so that bound is enforced through theirs."""
+        if signal == "traces":
+            specific, bound = self.otlp_traces_timeout_ms, self.bsp_export_timeout_ms
+        else:
+            specific, bound = self.otlp_metrics_timeout_ms, self.metric_export_timeout_ms
+        timeout = specific or self.otlp_timeout_ms
+        return (min(timeout, bound) if bound else timeout) / 1000.0
 
     def compression(self, signal: str) -> str:
         specific = self.otlp_traces_compression if signal == "traces" else self.otlp_metrics_compression
         return specific or self.otlp_compression
 
 
+OPTIONS: tuple[Option, ...] = tuple(
+    dataclasses.replace(f.metadata["option"], field=f.name)
+    for f in dataclasses.fields(Settings)
+    if "option" in f.metadata
+)
+OPTIONS_BY_ENV: dict[str, Option] = {o.env: o for o in OPTIONS}
+
+
+# --- standard variables the SDK and contrib read themselves --------------------------------
+#
+# Every OTEL_* variable read in the agent's process besides the table above (found in the
+# installed SDK, exporters and instrumentations, and by recording what a process under the
+# agent reads: tests/reliability/test_bad_config.py). The agent passes its own values for
+# the table's variables; these the SDK and contrib take from the environment, some when they
+# are imported. A bad value gets the same one line, and is removed from the environment
+# before anything reads it (or replaced, see `replacement`), so their default applies and
+# child processes never see it. They have no flags.
+
+_GRPC_STATUS_CODES = (
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+)
+_SEMCONV_OPT_INS = ("http", "http/dup", "database", "database/dup", "gen_ai_latest_experimental")
+_HTTP_CAPTURE_HEADERS = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_"
+
+
+def _read_by(group: str, env: str, parse: Parser[Any], default: str, help: str, **extra: Any) -> Option:
+    return Option(env, parse, None, help, group, shown_default=default, **extra)
+
+
+_COUNT_DEFAULT = "(OTEL_ATTRIBUTE_COUNT_LIMIT, else 128)"
+
+
+def _limit(env: str, default: str, help: str) -> Option:
+    return _read_by("sdk", env, Int(0), default, help)
+
+
+def _per_signal(make: Callable[[str, str], Option]) -> tuple[Option, ...]:
+    """The variable for all signals, then its _TRACES_ and _METRICS_ forms (which fall back on it)."""
+    return (make("OTEL_EXPORTER_OTLP_", ""), make("OTEL_EXPORTER_OTLP_TRACES_", "OTEL_EXPORTER_OTLP_"),
+            make("OTEL_EXPORTER_OTLP_METRICS_", "OTEL_EXPORTER_OTLP_"))  # fmt: skip
+
+
+def _fallback(general: str, name: str, otherwise: str) -> str:
+    return f"(unset: {general}{name} applies)" if general else otherwise
+
+
+def _credential_provider(transport: str, signal: str) -> Option:
+    env = f"OTEL_PYTHON_EXPORTER_OTLP_{transport}_{signal}CREDENTIAL_PROVIDER"
+    parse = EntryPoints("opentelemetry_otlp_credential_provider", "an installed OTLP credential provider")
+    return _read_by("otlp", env, parse, "(none)", f"Credentials for the OTLP/{transport.lower()} exporter.")
+
+
+SDK_OPTIONS: tuple[Option, ...] = (
+    # The SDK: span limits (read when the tracer provider is built), context, propagation, metrics
+    _limit(
+        "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "(no limit)", "Longest attribute value on spans, events, links."
+    ),
+    _limit("OTEL_ATTRIBUTE_COUNT_LIMIT", "128", "Most attributes on a span, event or link."),
+    _limit(
+        "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+        "(OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT)",
+        "Longest span attribute value.",
+    ),
+    _limit("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", _COUNT_DEFAULT, "Most span attributes."),
+    _limit("OTEL_SPAN_EVENT_COUNT_LIMIT", "128", "Most events on a span."),
+    _limit("OTEL_SPAN_LINK_COUNT_LIMIT", "128", "Most links on a span."),
+    _limit("OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT", _COUNT_DEFAULT, "Most event attributes."),
+    _limit("OTEL_LINK_ATTRIBUTE_COUNT_LIMIT", _COUNT_DEFAULT, "Most link attributes."),
+    _read_by(
+        "sdk",
+        "OTEL_PROPAGATORS",
+        EntryPoints("opentelemetry_propagator", "installed propagators", multiple=True, also=("none",)),
+        "tracecontext,baggage",
+        "Context propagation formats (read when opentelemetry.propagate is imported).",
+    ),
+    _read_by(
+        "sdk",
+        "OTEL_PYTHON_CONTEXT",
+        EntryPoints("opentelemetry_context", "an installed context implementation"),
+        "contextvars_context",
+        "Runtime context implementation (read when opentelemetry.context is imported).",
+    ),
+    _read_by(
+        "sdk",
+        "OTEL_METRICS_EXEMPLAR_FILTER",
+        Choice(("trace_based", "always_on", "always_off"), case="exact"),
+        "trace_based",
+        "Which measurements may become exemplars.",
+    ),
+    _read_by(
+        "sdk",
+        "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS",
+        EntryPoints(
+            "opentelemetry_resource_detector", "installed resource detectors", multiple=True, also=("*",)
+        ),
+        "(none)",
+        "Resource detectors of Resource.create (the agent builds its resource itself).",
+    ),
+    _read_by(
+        "sdk",
+        "OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED",
+        Bool(),
+        "false",
+        "The SDK's metrics about itself.",
+        to_environ=lambda on: "true" if on else "false",
+    ),
+    # The OTLP exporters
+    *_per_signal(
+        lambda prefix, general: _read_by(
+            "otlp",
+            f"{prefix}HEADERS",
+            Headers(),
+            _fallback(general, "HEADERS", "(none)"),
+            "Headers sent with each OTLP export (credentials: the value is never printed).",
+            secret=True,
+        )
+    ),
+    *_per_signal(
+        lambda prefix, general: _read_by(
+            "otlp",
+            f"{prefix}CERTIFICATE",
+            ReadableFile(),
+            _fallback(general, "CERTIFICATE", "(the system's CA certificates)"),
+            "CA certificate(s) to verify the OTLP endpoint with (https).",
+        )
+    ),
+    *_per_signal(
+        lambda prefix, general: _read_by(
+            "otlp",
+            f"{prefix}CLIENT_CERTIFICATE",
+            ReadableFile(),
+            _fallback(general, "CLIENT_CERTIFICATE", "(none)"),
+            "Client certificate for mTLS.",
+        )
+    ),
+    *_per_signal(
+        lambda prefix, general: _read_by(
+            "otlp",
+            f"{prefix}CLIENT_KEY",
+            ReadableFile(),
+            _fallback(general, "CLIENT_KEY", "(none)"),
+            "Client private key for mTLS (the path is not printed).",
+            secret=True,
+        )
+    ),
+    *_per_signal(
+        lambda prefix, general: _read_by(
+            "otlp",
+            f"{prefix}INSECURE",
+            Bool(),
+            _fallback(general, "INSECURE", "(from the endpoint's scheme)"),
+            "gRPC without TLS; only for endpoints without a scheme, which the agent does not accept.",
+            to_environ=lambda on: "true" if on else "false",
+        )
+    ),
+    _read_by(
+        "otlp",
+        "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+        Choice(("cumulative", "delta", "lowmemory")),
+        "cumulative",
+        "Aggregation temporality of exported metrics.",
+    ),
+    _read_by(
+        "otlp",
+        "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION",
+        Choice(("explicit_bucket_histogram", "base2_exponential_bucket_histogram"), case="exact"),
+        "explicit_bucket_histogram",
+        "Default aggregation of histograms.",
+    ),
+    _read_by(
+        "otlp",
+        "OTEL_PYTHON_EXPORTER_OTLP_GRPC_RETRYABLE_ERROR_CODES",
+        ChoiceList(_GRPC_STATUS_CODES, alone="", case="upper"),
+        "(the SDK's list)",
+        "gRPC status codes after which an OTLP/gRPC export is retried.",
+    ),
+    _credential_provider("HTTP", ""),
+    _credential_provider("HTTP", "TRACES_"),
+    _credential_provider("HTTP", "METRICS_"),
+    _credential_provider("GRPC", ""),
+    _credential_provider("GRPC", "TRACES_"),
+    _credential_provider("GRPC", "METRICS_"),
+    # Contrib's Django, WSGI and ASGI instrumentations, and its semantic conventions switch
+    _read_by(
+        "contrib",
+        "OTEL_PYTHON_DJANGO_EXCLUDED_URLS",
+        Regexes(empty_entries=False),
+        "(unset: OTEL_PYTHON_EXCLUDED_URLS applies)",
+        "URLs (searched with each regex) Django requests are not traced for.",
+    ),
+    _read_by(
+        "contrib",
+        "OTEL_PYTHON_EXCLUDED_URLS",
+        Regexes(empty_entries=False),
+        "(none excluded)",
+        "URLs not traced, for every instrumentation.",
+    ),
+    _read_by(
+        "contrib",
+        "OTEL_PYTHON_DJANGO_TRACED_REQUEST_ATTRS",
+        NameList("a comma-separated list of request attribute names"),
+        "(none)",
+        "Attributes of Django's request recorded on the server span.",
+    ),
+    _read_by(
+        "contrib",
+        "OTEL_PYTHON_DJANGO_INSTRUMENT",
+        Bool(),
+        "true",
+        "false: Django requests are not traced (contrib itself only knows the exact text False).",
+        to_environ=lambda on: "True" if on else "False",
+    ),
+    _read_by(
+        "contrib",
+        "OTEL_PYTHON_DJANGO_MIDDLEWARE_POSITION",
+        Int(0),
+        "0 (first)",
+        "Where in MIDDLEWARE contrib's middleware goes.",
+    ),
+    _read_by(
+        "contrib",
+        f"{_HTTP_CAPTURE_HEADERS}SERVER_REQUEST",
+        Regexes(ignorecase=True),
+        "(none captured)",
+        "Request headers recorded on server spans.",
+    ),
+    _read_by(
+        "contrib",
+        f"{_HTTP_CAPTURE_HEADERS}SERVER_RESPONSE",
+        Regexes(ignorecase=True),
+        "(none captured)",
+        "Response headers recorded on server spans.",
+    ),
+    _read_by(
+        "contrib",
+        f"{_HTTP_CAPTURE_HEADERS}SANITIZE_FIELDS",
+        Regexes(ignorecase=True),
+        ".* (every captured header value redacted)",
+        "Captured headers whose values are redacted. A bad value redacts them all rather than none.",
+        replacement=".*",
+    ),
+    _read_by(
+        "contrib",
+        "OTEL_PYTHON_INSTRUMENTATION_HTTP_CAPTURE_ALL_METHODS",
+        Bool(),
+        "false",
+        "Keep unknown HTTP methods as sent instead of _OTHER (contrib takes any value as true).",
+        to_environ=lambda on: "true" if on else None,
+    ),
+    _read_by(
+        "contrib",
+        "OTEL_SEMCONV_STABILITY_OPT_IN",
+        ChoiceList(_SEMCONV_OPT_INS, alone="", case="exact"),
+        "(the old conventions)",
+        "Which semantic conventions contrib's instrumentations follow.",
+    ),
+)
+SDK_OPTIONS_BY_ENV: dict[str, Option] = {o.env: o for o in SDK_OPTIONS}
+ALL_OPTIONS: tuple[Option, ...] = OPTIONS + SDK_OPTIONS
+
+# HMS_OTEL_* variables that are not settings: hms-otel-run and the agent set them for the
+# processes they start; never reported as unknown. HMS_OTEL_TEST_* belong to the test suite.
+ANNOUNCED_ENV = "HMS_OTEL_ANNOUNCED"  # problems and destination shown once per process tree
+RUN_ID_ENV = "HMS_OTEL_RUN_ID"  # one id per hms-otel-run run (resource hms.run.id)
+ROOT_PID_ENV = "HMS_OTEL_ROOT_PID"  # the process hms-otel-run exec'd (prints the report)
+INTERNAL_VARIABLES = frozenset((ANNOUNCED_ENV, RUN_ID_ENV, ROOT_PID_ENV))
+_RESERVED_PREFIXES = ("HMS_OTEL_TEST_",)
+
+
+def _shown_value(option: Option, raw: str) -> str:
+    if option.secret:
+        return "<hidden>"
+    shown = raw if len(raw) <= 80 else raw[:77] + "..."
+    return repr(shown)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A value that was not accepted."""
+
+    option: Option
+    value: str
+    source: str
+    reason: str = ""  # what is wrong with it, when the parser says (never the value itself)
+
+    def line(self, strict: bool) -> str:
+        reason = f": {self.reason}" if self.reason else ""
+        text = (
+            f"hms-otel: {self.option.env}={_shown_value(self.option, self.value)} is not accepted{reason} "
+            f"(expected {self.option.accepted})"
+        )
+        return text if strict else f"{text}; using the default {self.option.default_text}"
+
+
+@dataclass(frozen=True)
+class UnknownName:
+    """An HMS_OTEL_* variable that is no setting (a typo, most often); its value is not shown."""
+
+    name: str
+    suggestion: str | None
+
+    def line(self, strict: bool) -> str:
+        hint = f"; did you mean {self.suggestion}?" if self.suggestion else ""
+        ignored = "" if strict else " (ignored)"
+        return f"hms-otel: unknown setting {printable(self.name)}{ignored}{hint}"
+
+
+def _unknown_names(environ: Mapping[str, str]) -> list[UnknownName]:
+    import difflib
+
+    known = [o.env for o in ALL_OPTIONS if o.env.startswith(PREFIX)]
+    unknown = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(PREFIX) or name in known or name in INTERNAL_VARIABLES:
+            continue
+        if upper.startswith(_RESERVED_PREFIXES):
+            continue
+        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.8)
+        unknown.append(UnknownName(name, close[0] if close else None))
+    return unknown
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "(unset)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(value) if value else "(empty)"
+    return str(value) if value != "" else "(empty)"
+
+
 @dataclass
 class LoadedSettings:
     settings: Settings
     problems: list[Problem]
+    unknown: list[UnknownName] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        """Something was not accepted: exit 2 under strict mode and `hms-otel config --check`."""
+        return bool(self.problems or self.unknown)
+
+    def lines(self, strict: bool | None = None) -> list[str]:
+        """One line per bad value and unknown name; `strict` (default: the settings' own) words them."""
+        strict = self.settings.strict if strict is None else strict
+        return [p.line(strict) for p in self.problems] + [u.line(strict) for u in self.unknown]
 
     def print_problems(self, strict: bool | None = None) -> None:
-        """One line per bad value on stderr; `strict` (default: the settings' own) words them."""
-        strict = self.settings.strict if strict is None else strict
-        for problem in self.problems:
-            print(printable(problem.line(strict)), file=sys.stderr, flush=True)
+        for line in self.lines(strict):
+            print(printable(line), file=sys.stderr, flush=True)
+
+
+def _given(environ: Mapping[str, str], name: str) -> str | None:
+    """The value of a variable, None when unset or empty (the spec treats an empty value as unset)."""
+    raw = environ.get(name)
+    return raw if raw is not None and raw.strip() else None
 
 
 def load(
     environ: Mapping[str, str] | None = None,
     cli: Mapping[str, str] | None = None,
 ) -> LoadedSettings:
-    """Parse the environment and command-line values (CLI wins) into `Settings`.
+    """Parse the environment and command-line values (CLI wins) into `Settings`, validate the
+    variables the SDK and contrib read (`SDK_OPTIONS`) and find unknown HMS_OTEL_* names.
 
     Never raises for a bad value: the default is used and the problem is returned.
     """
@@ -943,26 +1387,75 @@ def load(
     for option in OPTIONS:
         if option.env in cli:
             raw, source = cli[option.env], "cli"
-        elif environ.get(option.env, "").strip():  # the spec treats an empty value as unset
-            raw, source = environ[option.env], "env"
+        elif (given := _given(environ, option.env)) is not None:
+            raw, source = given, "env"
         else:
             sources[option.field] = "default"
             continue
         try:
             values[option.field] = option.parse(raw)
             sources[option.field] = source
-        except ConfigError:
-            problems.append(Problem(option, raw, source))
-            sources[option.field] = f"default ({source} value {raw!r} not accepted)"
+        except ConfigError as exc:
+            problems.append(Problem(option, raw, source, str(exc)))
+            sources[option.field] = f"default ({source} value {_shown_value(option, raw)} not accepted)"
+    for option in SDK_OPTIONS:
+        if (given := _given(environ, option.env)) is not None:
+            try:
+                option.parse(given)
+            except ConfigError as exc:
+                problems.append(Problem(option, given, "env", str(exc)))
     settings = Settings(**values, sources=sources)
-    return LoadedSettings(settings, problems)
+    return LoadedSettings(settings, problems, _unknown_names(environ))
+
+
+def clean_environ(loaded: LoadedSettings, environ: MutableMapping[str, str] | None = None) -> None:
+    """Keep what the SDK and contrib must not read out of the environment, before they read it
+    (some do when imported): a bad value of an OTEL_* variable is removed, so their default
+    applies as the line said (or replaced, `Option.replacement`); an empty one too, which the
+    spec treats as unset and some of them do not (a limit of '' is no limit, an exemplar filter
+    of '' raises); and an accepted one is rewritten where they understand less
+    (`Option.to_environ`). Child processes inherit the result, so they never repeat the line."""
+    environ = os.environ if environ is None else environ
+    bad = {p.option.env for p in loaded.problems if p.source == "env"}
+    for option in ALL_OPTIONS:
+        raw = environ.get(option.env)
+        if raw is None or not option.env.startswith("OTEL_"):
+            continue
+        new: str | None
+        if option.env in bad:
+            new = option.replacement
+        elif not raw.strip():
+            new = None
+        elif option.to_environ is not None:
+            new = option.to_environ(option.parse(raw))
+        else:
+            continue
+        if new is None:
+            del environ[option.env]
+        elif new != raw:
+            environ[option.env] = new
 
 
 def describe(settings: Settings) -> Iterable[tuple[Option, str, str]]:
     """(option, shown value, source) for every option, for `hms-otel config`."""
     for option in OPTIONS:
         value = getattr(settings, option.field)
-        yield option, _show(value), settings.sources.get(option.field, "default")
+        shown = "<hidden>" if option.secret and value else printable(_show(value))
+        yield option, shown, settings.sources.get(option.field, "default")
+
+
+def describe_sdk(environ: Mapping[str, str]) -> Iterator[tuple[Option, str, str]]:
+    """(option, shown value, what applies) for the SDK_OPTIONS that are set."""
+    for option in SDK_OPTIONS:
+        if (given := _given(environ, option.env)) is None:
+            continue
+        shown = "<hidden>" if option.secret else printable(given)
+        try:
+            option.parse(given)
+        except ConfigError:
+            yield option, shown, f"not accepted: the default {option.default_text} applies"
+            continue
+        yield option, shown, "env"
 
 
 def replace(settings: Settings, **changes: Any) -> Settings:

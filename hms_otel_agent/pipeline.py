@@ -314,7 +314,11 @@ def _metric_readers(settings: Settings) -> list[MetricReader]:
         else:
             continue
         readers.append(
-            PeriodicExportingMetricReader(exporter, export_interval_millis=settings.metric_export_interval_ms)
+            PeriodicExportingMetricReader(
+                exporter,
+                export_interval_millis=settings.metric_export_interval_ms,
+                export_timeout_millis=settings.metric_export_timeout_ms,
+            )
         )
     return readers
 

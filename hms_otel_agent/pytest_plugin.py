@@ -283,6 +283,8 @@ class _State:
         if threshold is not None and threshold < 2:
             raise pytest.UsageError("--hms-otel-threshold: expected an integer >= 2")
         loaded = hms_config.load()
+        agent.report_problems(loaded)
+        hms_config.clean_environ(loaded)  # before the pipeline's SDK objects read it
         changes: dict[str, Any] = {"live_log": False}
         if threshold is not None:
             changes["n_plus_one_threshold"] = threshold

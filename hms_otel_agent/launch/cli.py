@@ -15,15 +15,22 @@ def _config(args: argparse.Namespace) -> int:
     loaded = config.load(os.environ, given_settings(args))
     if args.check:
         loaded.print_problems(strict=True)
-        if loaded.problems:
+        if loaded.failed:
             return 2
-        print(f"hms-otel: configuration OK ({len(config.OPTIONS)} settings checked)")
+        checked = len(config.ALL_OPTIONS)
+        print(f"hms-otel: configuration OK ({checked} settings and standard variables checked)")
         return 0
     loaded.print_problems()
     rows = list(config.describe(loaded.settings))
-    width = max(len(option.env) for option, _, _ in rows)
+    sdk_rows = list(config.describe_sdk(os.environ))
+    width = max(len(option.env) for option, _, _ in rows + sdk_rows)
     for option, value, source in rows:
         print(f"{option.env:<{width}}  {printable(value)}  [{printable(source)}]")
+    if sdk_rows:
+        print()
+        print("read by the OpenTelemetry SDK and contrib (validated by the agent):")
+        for option, value, source in sdk_rows:
+            print(f"{option.env:<{width}}  {printable(value)}  [{printable(source)}]")
     settings = loaded.settings
     print()
     for signal in ("traces", "metrics"):
@@ -36,7 +43,7 @@ def _config(args: argparse.Namespace) -> int:
             else:
                 destinations.append(exporter)
         print(f"{signal} go to: {printable(', '.join(destinations)) or 'nowhere'}")
-    return 2 if settings.strict and loaded.problems else 0
+    return 2 if settings.strict and loaded.failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,9 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
         "config",
         help="print the effective configuration and where each value came from",
         description="Print the effective configuration (environment and the flags given here) and where "
-        "each value came from. With --check, validate only: exit 2 on any bad value (for deploy pipelines).",
+        "each value came from, then the standard OTEL_* variables that the OpenTelemetry SDK and "
+        "contrib read themselves, if set (validated too; credentials shown as <hidden>). With --check, "
+        "validate only: exit 2 on any bad value or unknown HMS_OTEL_* name (for deploy pipelines; "
+        "certificate paths are checked on the machine it runs on).",
     )
-    config_parser.add_argument("--check", action="store_true", help="validate; exit 2 if any value is bad")
+    config_parser.add_argument(
+        "--check",
+        action="store_true",
+        help="validate; exit 2 if any value is bad or any HMS_OTEL_* name unknown",
+    )
     add_setting_flags(config_parser)
     config_parser.set_defaults(func=_config)
     from hms_otel_agent.demo import cli as demo_cli

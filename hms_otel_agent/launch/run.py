@@ -15,8 +15,8 @@ import shutil
 import sys
 
 from hms_otel_agent import __version__, config
+from hms_otel_agent.config import ROOT_PID_ENV, RUN_ID_ENV
 from hms_otel_agent.launch.options import add_setting_flags, given_settings
-from hms_otel_agent.report.at_exit import ROOT_PID_ENV, RUN_ID_ENV
 
 BOOTSTRAP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bootstrap")
 
@@ -31,7 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
             "detected, and telemetry exported over OTLP (or, with no endpoint configured, written to "
             "./.hms-otel/). Every option has an environment variable; the option wins."
         ),
-        epilog="Examples:\n  hms-otel-run python manage.py runserver\n"
+        epilog="A bad value gets one line naming the variable, the value, what is accepted and the\n"
+        "default used instead -- for these options and for the standard OTEL_* variables that the\n"
+        "OpenTelemetry SDK and contrib read themselves (propagators, limits, OTLP headers and\n"
+        "certificates, excluded URLs, captured headers...: README, Configuration), whose bad values\n"
+        "are kept from them. An unknown HMS_OTEL_* name gets one line too. With --strict, either\n"
+        "exits 2; `hms-otel config --check` checks without running anything.\n\n"
+        "Examples:\n  hms-otel-run python manage.py runserver\n"
         "  hms-otel-run --n-plus-one-threshold 3 -- gunicorn hms.wsgi -w 4\n"
         "  OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318 hms-otel-run uvicorn hms.asgi:application",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -58,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     environ = dict(os.environ)
     prepare_environment(environ, flags)
     loaded = config.load(environ)
-    if loaded.settings.strict and loaded.problems:
+    if loaded.settings.strict and loaded.failed:
         loaded.print_problems(strict=True)
         return 2
     executable = shutil.which(args.command, path=environ.get("PATH"))

@@ -15,11 +15,11 @@ import sys
 import time
 from typing import IO, Any
 
-from hms_otel_agent.config import Settings
+from hms_otel_agent.config import ROOT_PID_ENV, RUN_ID_ENV, Settings
 from hms_otel_agent.printable import printable
 
-ROOT_PID_ENV = "HMS_OTEL_ROOT_PID"  # set by hms-otel-run (launch/run.py)
-RUN_ID_ENV = "HMS_OTEL_RUN_ID"  # set by hms-otel-run (launch/run.py)
+# ROOT_PID_ENV and RUN_ID_ENV, set by hms-otel-run (launch/run.py), are named in config.py with
+# the other HMS_OTEL_* variables that are not settings.
 RUN_ID_ATTRIBUTE = "hms.run.id"
 
 

@@ -79,8 +79,7 @@ def run(args: argparse.Namespace, analyze: bool) -> int:
 
     name = "analyze" if analyze else "report"
     loaded = config.load(os.environ, given_settings(args))
-    for problem in loaded.problems:
-        print(printable(problem.line(loaded.settings.strict)), file=sys.stderr)
+    loaded.print_problems()
     settings = loaded.settings
     paths = list(args.files) or [settings.local_dir]
     try:

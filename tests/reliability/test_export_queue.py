@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 
 import pytest
+from harness.otlp_receiver import OtlpReceiver
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -251,3 +252,58 @@ def test_a_zero_schedule_delay_exports_at_once_without_spinning() -> None:
         assert sum(exported) == 3
     finally:
         batch.shutdown(1000)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+@pytest.mark.parametrize(
+    ("variables", "bounded"),
+    [
+        ({"OTEL_BSP_EXPORT_TIMEOUT": "500"}, True),
+        ({"OTEL_BSP_EXPORT_TIMEOUT": "500", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "400"}, True),
+        ({"OTEL_BSP_EXPORT_TIMEOUT": "0", "OTEL_EXPORTER_OTLP_TIMEOUT": "60000"}, False),
+    ],
+)
+def test_one_span_export_ends_within_the_bsp_export_timeout(
+    otlp_receiver: OtlpReceiver, protocol: str, variables: dict[str, str], bounded: bool
+) -> None:
+    """OTEL_BSP_EXPORT_TIMEOUT bounds one export against a backend that accepts and never answers
+    (the OTLP timeout, 60 s, would be longer); 0 leaves the OTLP timeout alone."""
+    otlp_receiver.set_mode("stall")
+    endpoint = otlp_receiver.grpc_endpoint if protocol == "grpc" else otlp_receiver.http_endpoint
+    environ = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "60000",
+        **variables,
+    }
+    settings = config.load(environ).settings
+    exporter = pipeline._otlp_span_exporter(settings)
+    provider = TracerProvider()
+    spans: list[ReadableSpan] = []
+
+    class Keep(SpanExporter):
+        def export(self, batch: Sequence[ReadableSpan]) -> SpanExportResult:
+            spans.extend(batch)
+            return SpanExportResult.SUCCESS
+
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    provider.add_span_processor(SimpleSpanProcessor(Keep()))
+    make_spans(provider, 1)
+    done = threading.Event()
+    result: list[SpanExportResult] = []
+
+    def export() -> None:
+        result.append(exporter.export(spans))
+        done.set()
+
+    threading.Thread(target=export, daemon=True).start()
+    try:
+        # Generous against a loaded machine; the unbounded case would wait 60 s.
+        assert done.wait(15) is bounded
+        if bounded:
+            assert result == [SpanExportResult.FAILURE]
+    finally:
+        otlp_receiver.set_mode("ok")  # releases the stalled request
+        done.wait(15)
+        exporter.shutdown()

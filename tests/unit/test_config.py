@@ -9,11 +9,18 @@ import pytest
 from hms_otel_agent import config
 
 
-def test_every_option_has_a_settings_field_with_the_same_default() -> None:
-    fields = {f.name: f for f in dataclasses.fields(config.Settings)}
-    for option in config.OPTIONS:
-        assert option.field in fields, option.env
-        assert fields[option.field].default == option.default, option.env
+def test_every_settings_field_is_a_row_of_the_table() -> None:
+    fields = [f.name for f in dataclasses.fields(config.Settings) if f.name != "sources"]
+    assert [o.field for o in config.OPTIONS] == fields
+    assert config.Settings() == config.load({}).settings
+
+
+@pytest.mark.parametrize("option", config.OPTIONS, ids=[o.env for o in config.OPTIONS])
+def test_every_default_is_a_value_its_own_parser_accepts(option: config.Option) -> None:
+    """A default outside the parser's bounds (or of another kind) would be a value no user could set."""
+    if option.default in (None, "", ()):
+        return  # unset: the variable is simply not given
+    assert option.parse(config._show(option.default)) == option.default
 
 
 def test_defaults_with_empty_environment() -> None:
@@ -127,3 +134,52 @@ def test_flags_are_derived_from_variable_names() -> None:
     assert option.flag == "--n-plus-one-threshold"
     assert config.OPTIONS_BY_ENV["OTEL_SERVICE_NAME"].flag == "--otel-service-name"
     assert len({o.flag for o in config.OPTIONS}) == len(config.OPTIONS)
+
+
+def test_clean_environ_keeps_bad_values_from_the_sdk_and_contrib() -> None:
+    environ = {
+        "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "abc",  # bad: removed, the SDK's default applies
+        "OTEL_SPAN_EVENT_COUNT_LIMIT": " ",  # empty is unset (the SDK would read "no limit")
+        "OTEL_SPAN_LINK_COUNT_LIMIT": "64",  # accepted: left as it is
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS": "[",  # bad: redact everything
+        "OTEL_PYTHON_DJANGO_INSTRUMENT": "false",  # contrib only knows "False"
+        "OTEL_PYTHON_INSTRUMENTATION_HTTP_CAPTURE_ALL_METHODS": "no",  # contrib takes any value as on
+        "OTEL_EXPORTER_OTLP_INSECURE": "1",  # the SDK only knows "true"
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "abc",  # a table row the gRPC exporter also reads
+        "OTEL_RESOURCE_ATTRIBUTES": "a=b, ,c=d,",  # the SDK's Resource.create warns about empty items
+        "HMS_OTEL_N_PLUS_ONE_THRESHOLD": "x",  # only the agent reads it: left for hms-otel config
+        "PATH": "/bin",
+    }
+    loaded = config.load(environ)
+    config.clean_environ(loaded, environ)
+    assert environ == {
+        "OTEL_SPAN_LINK_COUNT_LIMIT": "64",
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS": ".*",
+        "OTEL_PYTHON_DJANGO_INSTRUMENT": "False",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_RESOURCE_ATTRIBUTES": "a=b,c=d",
+        "HMS_OTEL_N_PLUS_ONE_THRESHOLD": "x",
+        "PATH": "/bin",
+    }
+
+
+def test_hms_otel_config_lists_the_standard_variables_that_are_set_and_hides_secrets(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hms_otel_agent.launch import cli
+
+    monkeypatch.setenv("OTEL_PROPAGATORS", "tracecontext")
+    monkeypatch.setenv("OTEL_SPAN_EVENT_COUNT_LIMIT", "x")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "api-key=s3cr3t-value")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/keys/s3cr3t-tenant.pem")
+    assert cli.main(["config"]) == 0
+    out, err = capsys.readouterr()
+    assert "s3cr3t" not in out + err
+    shown = {line.split()[0]: line for line in out.splitlines() if line.startswith("OTEL_")}
+    assert shown["OTEL_PROPAGATORS"].split()[1:] == ["tracecontext", "[env]"]
+    assert "not accepted: the default 128 applies" in shown["OTEL_SPAN_EVENT_COUNT_LIMIT"]
+    assert (
+        "<hidden>" in shown["OTEL_EXPORTER_OTLP_HEADERS"]
+        and "<hidden>" in shown["OTEL_EXPORTER_OTLP_CLIENT_KEY"]
+    )
+    assert err.startswith("hms-otel: OTEL_SPAN_EVENT_COUNT_LIMIT='x' is not accepted")

@@ -38,3 +38,24 @@ def test_every_agent_setting_is_in_the_readme_table_with_its_flag_and_default() 
 def test_the_test_command_block_exists() -> None:
     block = README.split("<!-- test-command -->", 1)[1].split("```", 2)[1]
     assert block.strip().splitlines()[-1] == "python -m pytest -n 2"
+
+
+READERS = {"sdk": "SDK", "otlp": "OTLP exporters", "contrib": "contrib"}
+
+
+def sdk_variable_rows() -> list[str]:
+    """The README rows of the standard variables the SDK and contrib read, from config.SDK_OPTIONS."""
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("`", "\\`")
+
+    return [
+        f"| `{o.env}` | {READERS[o.group]} | {cell(o.parse.summary)} | {cell(o.default_text)} |"
+        for o in config.SDK_OPTIONS
+    ]
+
+
+def test_the_readme_lists_every_standard_variable_the_agent_validates_for_the_sdk_and_contrib() -> None:
+    block = README.split("<!-- sdk-variables -->", 1)[1].split("<!-- /sdk-variables -->", 1)[0]
+    rows = [line for line in block.splitlines() if line.startswith("| `")]
+    assert rows == sdk_variable_rows()
