@@ -7,6 +7,7 @@ scripts/verify-stack.sh), against each other and against the names docs/attribut
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from dataclasses import dataclass, field
@@ -206,6 +207,41 @@ def prometheus_names(name: str, kind: str, unit: str) -> set[str]:
 
 def label(attribute: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", attribute)
+
+
+# --- the semantic conventions, as the opentelemetry-semantic-conventions package writes them -----
+
+
+def _constant_docs(folder: Path) -> dict[str, str]:
+    """attribute name -> the docstring under its constant, for every module in folder."""
+    docs = {}
+    for module in folder.glob("*_attributes.py"):
+        body = ast.parse(module.read_text()).body
+        for node, following in zip(body, [*body[1:], None], strict=True):
+            value = getattr(node, "value", None)
+            if isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(value, ast.Constant):
+                doc = ""
+                if isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
+                    doc = str(following.value.value).strip()
+                docs[str(value.value)] = doc
+    return docs
+
+
+@cache
+def semconv_stable() -> set[str]:
+    """Attribute names of the stable semantic conventions."""
+    import opentelemetry.semconv.attributes as stable
+
+    return set(_constant_docs(Path(next(iter(stable.__path__)))))
+
+
+@cache
+def semconv_deprecated() -> dict[str, str]:
+    """Deprecated attribute name -> its note ("Deprecated: Replaced by `db.query.text`.")."""
+    import opentelemetry.semconv._incubating.attributes as incubating
+
+    docs = _constant_docs(Path(next(iter(incubating.__path__))))
+    return {name: doc for name, doc in docs.items() if doc.startswith("Deprecated:")}
 
 
 # --- the span metrics the collector derives -------------------------------------------------------

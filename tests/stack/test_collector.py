@@ -8,7 +8,15 @@ from typing import Any
 
 import pytest
 
-from .stackfiles import attribute_doc, otelcol, spanmetrics_connector, spanmetrics_dimensions
+from .ottl import Span, Transform
+from .stackfiles import (
+    attribute_doc,
+    otelcol,
+    semconv_deprecated,
+    semconv_stable,
+    spanmetrics_connector,
+    spanmetrics_dimensions,
+)
 
 KINDS = ("receivers", "processors", "exporters", "connectors")
 # connector type -> (signal it consumes as an exporter, signal it produces as a receiver)
@@ -133,17 +141,22 @@ def test_tail_sampling_keeps_findings_errors_slow_traces_and_a_share_of_the_rest
 
 
 def test_attribute_names_in_the_collector_config_are_documented() -> None:
+    """hms.* (and any other name of the agent's) in docs/attributes.md; the rest are semantic-
+    convention names, stable or deprecated (the old generation transform/semconv reads)."""
     doc = attribute_doc()
     names = set(spanmetrics_dimensions())
     for policy in policies().values():
         key = (policy.get(policy["type"]) or {}).get("key")
         if key:
             names.add(key)
-    for statement in otelcol()["processors"]["transform/redact"]["trace_statements"]:
-        names |= set(re.findall(r'span\.attributes\["([^"]+)"\]', statement))
-        names |= set(re.findall(r'delete_key\(span\.attributes,\s*"([^"]+)"\)', statement))
+    for processor in ("transform/redact", "transform/semconv"):
+        for statement in otelcol()["processors"][processor]["trace_statements"]:
+            names |= set(re.findall(r'(?:span|spanevent)\.attributes\["([^"]+)"\]', statement))
+            names |= set(re.findall(r'delete_key\(span\.attributes,\s*"([^"]+)"\)', statement))
     assert names, "no attribute names found"
-    assert names <= doc.span_names, f"not in docs/attributes.md: {sorted(names - doc.span_names)}"
+    semconv = semconv_stable() | set(semconv_deprecated())
+    unknown = {n for n in names - doc.span_names if n.startswith("hms.") or n not in semconv}
+    assert not unknown, f"neither in docs/attributes.md nor semantic conventions: {sorted(unknown)}"
     types = {**{a: "" for a in doc.metric_attributes}, **doc.span_types}
     assert types["hms.n_plus_one"] == "bool" and types["hms.findings.count"] == "int"
 
@@ -161,41 +174,24 @@ def test_spanmetrics_dimensions_are_low_cardinality() -> None:
         "code.function.name",
         "hms.cache.key_pattern",
     }
+    bounded_numbers = {"http.response.status_code"}  # a few dozen codes at most
     for dim in spanmetrics_dimensions():
         assert dim not in high
-        assert doc.span_types.get(dim, "string") in ("string", "bool"), f"{dim}: numbers make a series each"
+        if dim not in bounded_numbers:
+            kind = doc.span_types.get(dim, "string")
+            assert kind in ("string", "bool"), f"{dim}: numbers make a series each"
+        if not dim.startswith("hms."):
+            assert dim in semconv_stable(), f"{dim}: the stable names transform/semconv fills in"
     assert "http.route" in spanmetrics_dimensions()
 
 
-# --- redaction, executed: the OTTL statements run through Python's re on sample statements --------
-
-
-def ottl_string(literal: str) -> str:
-    assert literal[0] == literal[-1] == '"'
-    return re.sub(r"\\(.)", r"\1", literal[1:-1])
-
-
-def redactions() -> list[tuple[str, re.Pattern[str], str]]:
-    rules = []
-    for statement in otelcol()["processors"]["transform/redact"]["trace_statements"]:
-        statement = statement.replace("$$", "$")  # the collector's escape for a literal $
-        m = re.fullmatch(
-            r'replace_pattern\(span\.attributes\["([^"]+)"\],\s*("(?:[^"\\]|\\.)*"),\s*("(?:[^"\\]|\\.)*")\)',
-            statement,
-        )
-        if m:
-            replacement = re.sub(
-                r"\$\{(\d+)\}|\$(\d+)", lambda g: f"\\g<{g.group(1) or g.group(2)}>", ottl_string(m.group(3))
-            )
-            rules.append((m.group(1), re.compile(ottl_string(m.group(2))), replacement))
-    return rules
+# --- redaction, executed: the OTTL statements run (tests/stack/ottl.py) on sample statements ------
 
 
 def redact(attribute: str, value: str) -> str:
-    for target, pattern, replacement in redactions():
-        if target == attribute:
-            value = pattern.sub(replacement, value)
-    return value
+    span = Span("SELECT", "SPAN_KIND_CLIENT", {attribute: value})
+    Transform.from_config(otelcol()["processors"]["transform/redact"]).apply(span)
+    return str(span.attributes[attribute])
 
 
 @pytest.mark.parametrize("attribute", ["db.statement", "db.query.text"])
@@ -224,12 +220,30 @@ def test_redaction_masks_literals_and_leaves_masked_statements_alone(
     assert redact(attribute, raw) == masked
 
 
-def test_redaction_covers_both_statement_attributes_and_drops_raw_cache_keys() -> None:
-    targets = {t for t, _, _ in redactions()}
-    assert targets == {"db.statement", "db.query.text"}
-    statements = otelcol()["processors"]["transform/redact"]["trace_statements"]
-    assert 'delete_key(span.attributes, "hms.cache.key")' in statements
+def test_redaction_drops_raw_cache_keys_and_query_parameters_of_both_generations() -> None:
+    attributes = {
+        "hms.cache.key": "patient:MRN-0042:summary",
+        "hms.cache.key_pattern": "patient:{id}:summary",
+        "db.statement.parameters": "('MRN-0042',)",
+        "db.query.parameter.0": "MRN-0042",
+        "db.query.parameter.mrn": "MRN-0042",
+        "db.query.text": "SELECT 1",
+        "db.query.parameters_note": "kept: not a parameter",
+    }
+    span = Span("GET", "SPAN_KIND_CLIENT", dict(attributes))
+    Transform.from_config(otelcol()["processors"]["transform/redact"]).apply(span)
+    assert span.attributes == {
+        "hms.cache.key_pattern": "patient:{id}:summary",
+        "db.query.text": "SELECT ?",
+        "db.query.parameters_note": "kept: not a parameter",
+    }
     assert otelcol()["processors"]["transform/redact"]["error_mode"] == "ignore"
+
+
+def test_redaction_runs_before_anything_copies_or_counts_a_statement() -> None:
+    processors = pipelines()["traces/in"]["processors"]
+    assert processors.index("transform/redact") == 1  # right after memory_limiter
+    assert processors.index("transform/redact") < processors.index("transform/semconv")
 
 
 def test_series_of_several_worker_processes_do_not_collide() -> None:
