@@ -65,6 +65,7 @@ class Span:
     resource: dict[str, Any] = field(default_factory=dict)
     status_code: str = "STATUS_CODE_UNSET"
     trace_id: str = ""
+    scope: str = ""
     start_ns: int = 0
     end_ns: int = 0
 

@@ -37,6 +37,7 @@ def span_from_received(received: Any) -> Span:
         resource=copy.deepcopy(dict(received.resource)),
         status_code=received.status_code,
         trace_id=received.trace_id,
+        scope=received.scope_name,
         start_ns=received.start_time_unix_nano,
         end_ns=received.end_time_unix_nano,
     )
