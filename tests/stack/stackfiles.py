@@ -451,3 +451,115 @@ TRACEQL_COMPARISON = re.compile(
     r"\b(span|event|resource)\.([A-Za-z_][\w.]*?)\s*(=~|!~|!=|>=|<=|=|>|<)\s*"
     r"(\"[^\"]*\"|true|false|-?\d+(?:\.\d+)?(?:ns|us|ms|s|m|h)?)"
 )
+
+
+# --- aggregation: what a query keeps of series from several collectors ---------------------------
+
+AGGREGATIONS = {
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "count",
+    "topk",
+    "bottomk",
+    "quantile",
+    "group",
+    "stddev",
+    "stdvar",
+}
+PER_COLLECTOR_LABELS = {"collector_instance_id", "instance"}
+
+
+def _matching_open(text: str, close: int) -> int:
+    depth = 0
+    for i in range(close, -1, -1):
+        depth += {")": 1, "(": -1}.get(text[i], 0)
+        if depth == 0:
+            return i
+    raise ValueError(f"unbalanced parentheses in {text!r}")
+
+
+def _matching_close(text: str, open_: int) -> int:
+    depth = 0
+    for i in range(open_, len(text)):
+        depth += {"(": 1, ")": -1}.get(text[i], 0)
+        if depth == 0:
+            return i
+    raise ValueError(f"unbalanced parentheses in {text!r}")
+
+
+def _grouping(text: str) -> tuple[str, set[str]] | None:
+    """('by'|'without', labels) when text is `by (a, b)` / `without (a)`."""
+    m = re.fullmatch(r"\s*(by|without)\s*\(([^()]*)\)\s*", text)
+    if not m:
+        return None
+    return m.group(1), {x.strip() for x in m.group(2).split(",") if x.strip()}
+
+
+def _enclosing_open(text: str, position: int) -> int:
+    """Index of the '(' whose group contains position, or -1."""
+    depth = 0
+    for i in range(position - 1, -1, -1):
+        if text[i] == ")":
+            depth += 1
+        elif text[i] == "(":
+            if depth == 0:
+                return i
+            depth -= 1
+    return -1
+
+
+def _aggregation_at(text: str, open_: int) -> tuple[str, set[str]] | None:
+    """For the group opened at open_: ('by'|'without', labels) when it is the argument list of an
+    aggregation (`sum by (a) (...)`, `sum(...) by (a)`, `sum(...)`), else None."""
+    before = text[:open_].rstrip()
+    grouping = None
+    if before.endswith(")"):  # sum by (a) ( ...
+        clause_open = _matching_open(before, len(before) - 1)
+        keyword = re.search(r"\b(by|without)\s*$", before[:clause_open])
+        if not keyword:
+            return None
+        grouping = _grouping(before[keyword.start() :])
+        before = before[: keyword.start()].rstrip()
+    function = re.search(r"([A-Za-z_]\w*)\s*$", before)
+    if not function or function.group(1) not in AGGREGATIONS:
+        return None
+    if grouping is None:  # sum( ... ) by (a), or no grouping at all
+        close = _matching_close(text, open_)
+        after = re.match(r"\s*(by|without)\s*\([^()]*\)", text[close + 1 :])
+        grouping = _grouping(after.group(0)) if after else ("by", set())
+    return grouping
+
+
+def unaggregated_selectors(expr: str) -> list[str]:
+    """Metric names in expr whose series reach the result with their collector_instance_id (or
+    instance) label: not inside an aggregation (sum, topk, ...) that groups it away. A series
+    per collector would show, or compare, a part of the traffic instead of all of it."""
+    bare = PROMQL_STRING.sub(lambda m: '"' + "_" * (len(m.group(0)) - 2) + '"', expr)
+    bare = re.sub(r"\{[^{}]*\}", lambda m: "{" + " " * (len(m.group(0)) - 2) + "}", bare)
+    bare = re.sub(r"\[[^\[\]]*\]", lambda m: "[" + " " * (len(m.group(0)) - 2) + "]", bare)
+    found = []
+    for m in re.finditer(r"(?<![\w$.])([A-Za-z_:][A-Za-z0-9_:]*)", bare):
+        name = m.group(1)
+        if name in PROMQL_WORDS or bare[m.end() :].lstrip().startswith("("):
+            continue  # a function or keyword
+        if re.search(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^()]*$", bare[: m.start()]):
+            continue  # a label of a grouping clause
+        position, kept = m.start(), True
+        while kept:
+            open_ = _enclosing_open(bare, position)
+            if open_ < 0:
+                break
+            grouping = _aggregation_at(bare, open_)
+            if grouping is not None:
+                mode, labels = grouping
+                kept = (
+                    bool(labels & PER_COLLECTOR_LABELS)
+                    if mode == "by"
+                    else not labels >= PER_COLLECTOR_LABELS
+                )
+            position = open_
+        if kept:
+            found.append(name)
+    return found
