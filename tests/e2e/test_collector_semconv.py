@@ -24,12 +24,14 @@ from harness.services import free_port
 from stack.ottl import Span
 from stack.pipeline import matching_policies, process, span_from_received, spanmetrics_labels, traces
 from stack.stackfiles import (
+    gateway,
     label,
     otelcol,
     promql_labels,
     promql_matchers,
     promql_metrics,
     promql_queries,
+    sampler,
     spanmetrics_connector,
     spanmetrics_names,
 )
@@ -306,3 +308,12 @@ def test_every_dashboard_and_alert_query_finds_its_labels(runs: dict[str, Run], 
                 continue  # a metric this short run does not produce (dropped spans, agent errors)
             assert matching, f"{generation}: {query.where}: no {metric} series with {sorted(wanted)} matches"
     assert checked["span metrics"] >= 5 and checked["hms metrics"] >= 5, checked
+
+
+def test_the_two_tiers_hand_the_backends_what_one_collector_does(runs: dict[str, Run]) -> None:
+    """Gateway (collector-config/two-tier/gateway.yaml) then sampling tier (sampler.yaml): the
+    spans that reach the span metrics and tail sampling are those of the single collector."""
+    for generation, run in runs.items():
+        spans = run.request_spans()
+        through_tiers = process(sampler(), "traces/in", process(gateway(), "traces", spans))
+        assert through_tiers == process(otelcol(), "traces/in", spans), generation

@@ -20,8 +20,12 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
+COMPOSE_TWO_TIER = ROOT / "docker-compose.two-tier.yml"
 CONFIG = ROOT / "collector-config"
 OTELCOL = CONFIG / "otelcol.yaml"
+GATEWAY = CONFIG / "two-tier" / "gateway.yaml"
+SAMPLER = CONFIG / "two-tier" / "sampler.yaml"
+PROMETHEUS_TWO_TIER = CONFIG / "two-tier" / "prometheus.yml"
 JAEGER = CONFIG / "jaeger.yaml"
 TEMPO = CONFIG / "tempo.yaml"
 PROMETHEUS = CONFIG / "prometheus" / "prometheus.yml"
@@ -46,10 +50,10 @@ def compose() -> dict[str, Any]:
     return load_yaml(COMPOSE)
 
 
-def published(service: str) -> dict[int, tuple[str, int]]:
+def published(service: str, model: dict[str, Any] | None = None) -> dict[int, tuple[str, int]]:
     """container port -> (host address, host port)."""
     result = {}
-    for entry in compose()["services"][service].get("ports") or []:
+    for entry in (model or compose())["services"][service].get("ports") or []:
         assert isinstance(entry, str), f"{service}: use the short port syntax"
         host_part, _, container = entry.rpartition(":")
         address, _, host_port = host_part.rpartition(":")
@@ -60,6 +64,62 @@ def published(service: str) -> dict[int, tuple[str, int]]:
 @cache
 def otelcol() -> dict[str, Any]:
     return load_yaml(OTELCOL)
+
+
+@cache
+def gateway() -> dict[str, Any]:
+    return load_yaml(GATEWAY)
+
+
+@cache
+def sampler() -> dict[str, Any]:
+    return load_yaml(SAMPLER)
+
+
+# Service attributes an override replaces instead of appending to (compose-spec, merge).
+_REPLACED = {("command",), ("entrypoint",), ("healthcheck", "test")}
+
+
+def _unique_key(attribute: str, entry: Any) -> Any:
+    """volumes are unique by their target, ports by (ip, target, published, protocol)."""
+    if attribute == "volumes":
+        return entry.split(":")[1] if isinstance(entry, str) else entry["target"]
+    if isinstance(entry, str):
+        host, _, container = entry.rpartition(":")
+        ip, _, published_port = host.rpartition(":")
+        target, _, protocol = container.partition("/")
+        return (ip, target, published_port, protocol or "tcp")
+    return (entry.get("host_ip", ""), str(entry["target"]), str(entry.get("published", "")), "tcp")
+
+
+def _merge(base: Any, override: Any, path: tuple[str, ...]) -> Any:
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            merged[key] = _merge(base[key], value, (*path, key)) if key in base else value
+        return merged
+    if isinstance(base, list) and isinstance(override, list):
+        if path[0] == "services" and path[2:] in _REPLACED:
+            return override
+        if len(path) == 3 and path[0] == "services" and path[2] in ("volumes", "ports"):
+            entries = {_unique_key(path[2], e): e for e in base}
+            entries.update({_unique_key(path[2], e): e for e in override})
+            return list(entries.values())
+        return [*base, *override]
+    return override
+
+
+def compose_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """The application model `docker compose -f base -f override` builds, by the merge rules of
+    the Compose Specification for what these files use: mappings merge key by key, sequences
+    append, except command, entrypoint and healthcheck.test (replaced) and volumes and ports
+    (an entry replaces the one with the same target, or ip/target/published/protocol)."""
+    return _merge(base, override, ())
+
+
+@cache
+def compose_two_tier() -> dict[str, Any]:
+    return compose_merge(compose(), load_yaml(COMPOSE_TWO_TIER))
 
 
 @cache

@@ -1,5 +1,6 @@
-"""collector-config/otelcol.yaml: every component defined and used, pipeline shape, sampling,
-redaction (run on sample statements), and only names docs/attributes.md lists."""
+"""collector-config/otelcol.yaml (and the two-tier configs, for what holds for every collector):
+every component defined and used, pipeline shape, sampling, redaction (run on sample statements),
+and only names docs/attributes.md or the semantic conventions list."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import pytest
 from .ottl import Span, Transform
 from .stackfiles import (
     attribute_doc,
+    gateway,
     otelcol,
+    sampler,
     semconv_deprecated,
     semconv_stable,
     spanmetrics_connector,
@@ -25,6 +28,12 @@ CONNECTOR_SIGNALS = {
     "span_metrics": ("traces", "metrics"),
     "forward": (None, None),
 }
+CONFIGS = {"otelcol.yaml": otelcol, "two-tier/gateway.yaml": gateway, "two-tier/sampler.yaml": sampler}
+
+
+@pytest.fixture(params=list(CONFIGS))
+def config(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return CONFIGS[request.param]()
 
 
 def ctype(component_id: str) -> str:
@@ -35,13 +44,12 @@ def signal(pipeline_id: str) -> str:
     return pipeline_id.split("/")[0]
 
 
-def pipelines() -> dict[str, dict[str, list[str]]]:
-    return otelcol()["service"]["pipelines"]
+def pipelines(config: dict[str, Any] | None = None) -> dict[str, dict[str, list[str]]]:
+    return (config or otelcol())["service"]["pipelines"]
 
 
-def test_every_pipeline_component_is_defined() -> None:
-    config = otelcol()
-    for pid, pipeline in pipelines().items():
+def test_every_pipeline_component_is_defined(config: dict[str, Any]) -> None:
+    for pid, pipeline in pipelines(config).items():
         for kind in ("receivers", "processors", "exporters"):
             for component in pipeline.get(kind) or []:
                 defined = set(config.get(kind) or {})
@@ -52,10 +60,9 @@ def test_every_pipeline_component_is_defined() -> None:
         assert extension in (config.get("extensions") or {})
 
 
-def test_every_defined_component_is_used() -> None:
-    config = otelcol()
-    used = {kind: set() for kind in KINDS}
-    for pipeline in pipelines().values():
+def test_every_defined_component_is_used(config: dict[str, Any]) -> None:
+    used: dict[str, set[str]] = {kind: set() for kind in KINDS}
+    for pipeline in pipelines(config).values():
         for kind in ("receivers", "processors", "exporters"):
             used[kind] |= set(pipeline.get(kind) or [])
     for kind in ("receivers", "processors", "exporters"):
@@ -64,10 +71,16 @@ def test_every_defined_component_is_used() -> None:
     assert set(config.get("extensions") or {}) == set(config["service"].get("extensions") or [])
 
 
-def test_every_connector_is_an_exporter_in_one_pipeline_and_a_receiver_in_another() -> None:
-    for connector in otelcol()["connectors"]:
-        as_exporter = [p for p, spec in pipelines().items() if connector in (spec.get("exporters") or [])]
-        as_receiver = [p for p, spec in pipelines().items() if connector in (spec.get("receivers") or [])]
+def test_every_connector_is_an_exporter_in_one_pipeline_and_a_receiver_in_another(
+    config: dict[str, Any],
+) -> None:
+    for connector in config.get("connectors") or {}:
+        as_exporter = [
+            p for p, spec in pipelines(config).items() if connector in (spec.get("exporters") or [])
+        ]
+        as_receiver = [
+            p for p, spec in pipelines(config).items() if connector in (spec.get("receivers") or [])
+        ]
         assert as_exporter and as_receiver, (
             f"{connector}: exporter in {as_exporter}, receiver in {as_receiver}"
         )
@@ -79,10 +92,11 @@ def test_every_connector_is_an_exporter_in_one_pipeline_and_a_receiver_in_anothe
             assert signal(p) == (produces or signal(as_exporter[0])), f"{connector} feeds {p}"
 
 
-def test_span_metrics_are_computed_before_tail_sampling() -> None:
-    p = pipelines()
-    (metrics_connector,) = [c for c in otelcol()["connectors"] if ctype(c) in ("spanmetrics", "span_metrics")]
-    (forward,) = [c for c in otelcol()["connectors"] if ctype(c) == "forward"]
+def check_span_metrics_before_tail_sampling(config: dict[str, Any]) -> None:
+    """OTLP in, span metrics from every span, tail sampling only on the way to Jaeger and Tempo."""
+    p = pipelines(config)
+    (metrics_connector,) = [c for c in config["connectors"] if ctype(c) in ("spanmetrics", "span_metrics")]
+    (forward,) = [c for c in config["connectors"] if ctype(c) == "forward"]
     ingress = [
         pid for pid, spec in p.items() if "otlp" in (spec.get("receivers") or []) and signal(pid) == "traces"
     ]
@@ -94,16 +108,21 @@ def test_span_metrics_are_computed_before_tail_sampling() -> None:
     assert len(sampled) == 1
     assert "tail_sampling" in p[sampled[0]]["processors"]
     assert metrics_connector not in p[sampled[0]]["exporters"]
-    exporters = {ctype(e) + ":" + otelcol()["exporters"][e]["endpoint"] for e in p[sampled[0]]["exporters"]}
+    exporters = {ctype(e) + ":" + config["exporters"][e]["endpoint"] for e in p[sampled[0]]["exporters"]}
     assert exporters == {"otlp_grpc:jaeger:4317", "otlp_grpc:tempo:4317"}
     metrics = [pid for pid, spec in p.items() if metrics_connector in (spec.get("receivers") or [])]
     assert len(metrics) == 1 and signal(metrics[0]) == "metrics"
-    assert "otlp" in p[metrics[0]]["receivers"], "the agent's own hms.* metrics reach Prometheus too"
     assert [ctype(e) for e in p[metrics[0]]["exporters"]] == ["prometheus"]
 
 
-def test_memory_limiter_first_and_batch_in_every_pipeline() -> None:
-    for pid, spec in pipelines().items():
+def test_span_metrics_are_computed_before_tail_sampling() -> None:
+    check_span_metrics_before_tail_sampling(otelcol())
+    metrics = pipelines()["metrics"]
+    assert "otlp" in metrics["receivers"], "the agent's own hms.* metrics reach Prometheus too"
+
+
+def test_memory_limiter_first_and_batch_in_every_pipeline(config: dict[str, Any]) -> None:
+    for pid, spec in pipelines(config).items():
         processors = spec.get("processors") or []
         assert "batch" in processors, pid
         if "otlp" in (spec.get("receivers") or []):
@@ -114,8 +133,8 @@ def test_memory_limiter_first_and_batch_in_every_pipeline() -> None:
         ), f"{pid}: batch after the processors that look at single spans or traces"
 
 
-def test_receivers_listen_on_every_interface() -> None:
-    for protocol, spec in otelcol()["receivers"]["otlp"]["protocols"].items():
+def test_receivers_listen_on_every_interface(config: dict[str, Any]) -> None:
+    for protocol, spec in config["receivers"]["otlp"]["protocols"].items():
         assert spec["endpoint"].startswith("0.0.0.0:"), protocol
 
 
