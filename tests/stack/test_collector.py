@@ -121,6 +121,25 @@ def test_span_metrics_are_computed_before_tail_sampling() -> None:
     assert "otlp" in metrics["receivers"], "the agent's own hms.* metrics reach Prometheus too"
 
 
+def test_every_transform_processor_runs_in_one_ottl_context(config: dict[str, Any]) -> None:
+    """The collector infers the context of a flat statement list from its paths; with span and
+    span-event statements mixed, span statements could run once per event (and not at all on a
+    span without events). One context per processor leaves nothing to infer wrongly."""
+    for name, processor in config["processors"].items():
+        if ctype(name) != "transform":
+            continue
+        for signal_key in ("trace_statements", "metric_statements", "log_statements"):
+            statements = processor.get(signal_key) or []
+            assert all(isinstance(s, str) for s in statements), f"{name}: flat statement lists only"
+            contexts = {
+                c
+                for s in statements
+                for c in re.findall(r"\b(resource|scope|span|spanevent|metric|datapoint|log)\.", s)
+            }
+            lower = contexts - {"resource", "scope"}  # readable from any lower context
+            assert len(lower) <= 1, f"{name}: statements in several contexts {sorted(lower)}"
+
+
 def test_memory_limiter_first_and_batch_in_every_pipeline(config: dict[str, Any]) -> None:
     for pid, spec in pipelines(config).items():
         processors = spec.get("processors") or []
@@ -168,7 +187,7 @@ def test_attribute_names_in_the_collector_config_are_documented() -> None:
         key = (policy.get(policy["type"]) or {}).get("key")
         if key:
             names.add(key)
-    for processor in ("transform/redact", "transform/semconv"):
+    for processor in ("transform/redact", "transform/semconv", "transform/semconv_events"):
         for statement in otelcol()["processors"][processor]["trace_statements"]:
             names |= set(re.findall(r'(?:span|spanevent)\.attributes\["([^"]+)"\]', statement))
             names |= set(re.findall(r'delete_key\(span\.attributes,\s*"([^"]+)"\)', statement))

@@ -1,4 +1,4 @@
-"""transform/semconv: the collector fills in the stable semantic-convention names from the old ones.
+"""transform/semconv(_events): the collector fills in the stable semantic-convention names from the old ones.
 
 Checked against independent sources: the renames against the deprecation notes of the
 opentelemetry-semantic-conventions package ("Deprecated: Replaced by `db.query.text`."), the set
@@ -42,14 +42,23 @@ NOT_IN_THE_NOTES = {
 }
 
 
+SEMCONV_PROCESSORS = ("transform/semconv", "transform/semconv_events")  # span, span-event context
+
+
+def semconv_statements() -> list[str]:
+    return [s for p in SEMCONV_PROCESSORS for s in otelcol()["processors"][p]["trace_statements"]]
+
+
 def semconv_transform() -> Transform:
-    return Transform.from_config(otelcol()["processors"]["transform/semconv"])
+    """Both processors, in pipeline order."""
+    transforms = [Transform.from_config(otelcol()["processors"][p]) for p in SEMCONV_PROCESSORS]
+    return Transform([s for t in transforms for s in t.statements])
 
 
 def renames() -> list[tuple[str, str]]:
     """(old, new) for every statement that copies an old attribute into a new one."""
     found = []
-    for statement in otelcol()["processors"]["transform/semconv"]["trace_statements"]:
+    for statement in semconv_statements():
         m = SET_FROM.match(statement)
         if m:
             found.append((m.group(3), m.group(2)))
@@ -73,7 +82,10 @@ def contrib_old_names() -> set[str]:
 
 def test_every_statement_is_one_the_interpreter_runs() -> None:
     transform = semconv_transform()
-    assert len(transform.statements) == len(otelcol()["processors"]["transform/semconv"]["trace_statements"])
+    assert len(transform.statements) == len(semconv_statements())
+    processors = otelcol()["service"]["pipelines"]["traces/in"]["processors"]
+    positions = [processors.index(p) for p in SEMCONV_PROCESSORS]
+    assert positions == sorted(positions), "the order semconv_transform runs them in"
     assert len(renames()) >= 25
 
 

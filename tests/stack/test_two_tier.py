@@ -93,9 +93,12 @@ def test_the_gateway_holds_no_trace_state_and_computes_no_span_metrics() -> None
     for processor in gateway()["processors"]:
         assert ctype(processor) not in STATEFUL_PROCESSORS
     traces = gateway()["service"]["pipelines"]["traces"]["processors"]
-    assert traces[:3] == ["memory_limiter", "transform/redact", "transform/semconv"], (
-        "masked and renamed before the spans leave the gateway"
-    )
+    assert traces[:4] == [
+        "memory_limiter",
+        "transform/redact",
+        "transform/semconv",
+        "transform/semconv_events",
+    ], "masked and renamed before the spans leave the gateway"
 
 
 def test_the_sampling_tier_computes_span_metrics_from_every_span_before_tail_sampling() -> None:
@@ -105,7 +108,14 @@ def test_the_sampling_tier_computes_span_metrics_from_every_span_before_tail_sam
 
 def test_the_tiers_run_the_single_collectors_settings() -> None:
     single = otelcol()
-    for name in ("transform/redact", "transform/semconv", "transform/instance", "memory_limiter", "batch"):
+    for name in (
+        "transform/redact",
+        "transform/semconv",
+        "transform/semconv_events",
+        "transform/instance",
+        "memory_limiter",
+        "batch",
+    ):
         assert gateway()["processors"][name] == single["processors"][name], name
     for name in ("tail_sampling", "memory_limiter", "batch"):
         assert sampler()["processors"][name] == single["processors"][name], name
