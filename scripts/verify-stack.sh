@@ -12,7 +12,11 @@
 #      Grafana:    the provisioned data sources and the "HMS performance hints" dashboard exist
 #   4. docker compose down -v                    (always, unless --keep)
 #
-# Usage: scripts/verify-stack.sh [--keep] [--no-build]
+# --two-tier runs the same checks on the two-tier collectors (docker-compose.two-tier.yml merged
+# into docker-compose.yml: a gateway and two sampling-tier replicas), after checking that
+# Prometheus scrapes both replicas.
+#
+# Usage: scripts/verify-stack.sh [--keep] [--no-build] [--two-tier]
 # Environment: HMS_VERIFY_TIMEOUT        seconds to wait for data in each backend (default 180)
 #              HMS_VERIFY_READY_TIMEOUT  seconds to wait for each endpoint after --wait (default 120)
 #              HMS_VERIFY_ROUNDS         rounds of demo traffic (default 5)
@@ -26,10 +30,12 @@ cd "$(dirname "$0")/.."
 
 KEEP=0
 BUILD=(--build)
+TWO_TIER=0
 for arg in "$@"; do
   case "$arg" in
     --keep) KEEP=1 ;;
     --no-build) BUILD=() ;;
+    --two-tier) TWO_TIER=1 ;;
     -h|--help) sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
     *) echo "verify-stack: unknown argument: $arg" >&2; exit 2 ;;
   esac
@@ -46,6 +52,12 @@ TEMPO="http://$HOST:3200"
 PROMETHEUS="http://$HOST:9090"
 GRAFANA="http://$HOST:3000"
 SERVICE=hms-sample
+LOGGED=(app otel-collector jaeger tempo)
+if [ "$TWO_TIER" = 1 ]; then
+  # every docker compose command below reads both files
+  export COMPOSE_FILE=docker-compose.yml:docker-compose.two-tier.yml
+  LOGGED+=(otel-sampler)
+fi
 
 log() { printf 'verify-stack: %s\n' "$*"; }
 fail() { local code=$1; shift; printf 'verify-stack: FAILED: %s\n' "$*" >&2; exit "$code"; }
@@ -63,7 +75,7 @@ cleanup() {
     echo "--- docker compose ps ---" >&2
     docker compose ps >&2 || true
     echo "--- last log lines ---" >&2
-    docker compose logs --no-color --tail 40 app otel-collector jaeger tempo >&2 || true
+    docker compose logs --no-color --tail 40 "${LOGGED[@]}" >&2 || true
   fi
   if [ "$STARTED" = 1 ] && [ "$KEEP" = 0 ]; then
     log "docker compose down -v"
@@ -178,6 +190,10 @@ for url in "$APP/health/" "$JAEGER/" "$TEMPO/ready" "$PROMETHEUS/-/ready" "$GRAF
 done
 wait_for "collector telemetry scraped (up{job=\"otel-collector-internal\"})" "$((READY_TIMEOUT + 30))" \
   prom_positive 'max(up{job="otel-collector-internal"})' || fail 3 "the collector is not up"
+if [ "$TWO_TIER" = 1 ]; then
+  wait_for "both sampling-tier replicas scraped (up{job=\"otel-sampler-internal\"})" "$((READY_TIMEOUT + 30))" \
+    prom_positive 'count(up{job="otel-sampler-internal"} == 1) >= 2' || fail 3 "the sampling tier is not up"
+fi
 
 # --- 2. demo traffic -----------------------------------------------------------------------------
 NAIVE=(/encounters/ /patients/ /patients/cached/ /stats/ /appointments/schedule/ /notes/

@@ -7,6 +7,7 @@ scripts/verify-stack.sh), against each other and against the names docs/attribut
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from dataclasses import dataclass, field
@@ -19,8 +20,12 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
+COMPOSE_TWO_TIER = ROOT / "docker-compose.two-tier.yml"
 CONFIG = ROOT / "collector-config"
 OTELCOL = CONFIG / "otelcol.yaml"
+GATEWAY = CONFIG / "two-tier" / "gateway.yaml"
+SAMPLER = CONFIG / "two-tier" / "sampler.yaml"
+PROMETHEUS_TWO_TIER = CONFIG / "two-tier" / "prometheus.yml"
 JAEGER = CONFIG / "jaeger.yaml"
 TEMPO = CONFIG / "tempo.yaml"
 PROMETHEUS = CONFIG / "prometheus" / "prometheus.yml"
@@ -45,10 +50,10 @@ def compose() -> dict[str, Any]:
     return load_yaml(COMPOSE)
 
 
-def published(service: str) -> dict[int, tuple[str, int]]:
+def published(service: str, model: dict[str, Any] | None = None) -> dict[int, tuple[str, int]]:
     """container port -> (host address, host port)."""
     result = {}
-    for entry in compose()["services"][service].get("ports") or []:
+    for entry in (model or compose())["services"][service].get("ports") or []:
         assert isinstance(entry, str), f"{service}: use the short port syntax"
         host_part, _, container = entry.rpartition(":")
         address, _, host_port = host_part.rpartition(":")
@@ -59,6 +64,62 @@ def published(service: str) -> dict[int, tuple[str, int]]:
 @cache
 def otelcol() -> dict[str, Any]:
     return load_yaml(OTELCOL)
+
+
+@cache
+def gateway() -> dict[str, Any]:
+    return load_yaml(GATEWAY)
+
+
+@cache
+def sampler() -> dict[str, Any]:
+    return load_yaml(SAMPLER)
+
+
+# Service attributes an override replaces instead of appending to (compose-spec, merge).
+_REPLACED = {("command",), ("entrypoint",), ("healthcheck", "test")}
+
+
+def _unique_key(attribute: str, entry: Any) -> Any:
+    """volumes are unique by their target, ports by (ip, target, published, protocol)."""
+    if attribute == "volumes":
+        return entry.split(":")[1] if isinstance(entry, str) else entry["target"]
+    if isinstance(entry, str):
+        host, _, container = entry.rpartition(":")
+        ip, _, published_port = host.rpartition(":")
+        target, _, protocol = container.partition("/")
+        return (ip, target, published_port, protocol or "tcp")
+    return (entry.get("host_ip", ""), str(entry["target"]), str(entry.get("published", "")), "tcp")
+
+
+def _merge(base: Any, override: Any, path: tuple[str, ...]) -> Any:
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            merged[key] = _merge(base[key], value, (*path, key)) if key in base else value
+        return merged
+    if isinstance(base, list) and isinstance(override, list):
+        if path[0] == "services" and path[2:] in _REPLACED:
+            return override
+        if len(path) == 3 and path[0] == "services" and path[2] in ("volumes", "ports"):
+            entries = {_unique_key(path[2], e): e for e in base}
+            entries.update({_unique_key(path[2], e): e for e in override})
+            return list(entries.values())
+        return [*base, *override]
+    return override
+
+
+def compose_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """The application model `docker compose -f base -f override` builds, by the merge rules of
+    the Compose Specification for what these files use: mappings merge key by key, sequences
+    append, except command, entrypoint and healthcheck.test (replaced) and volumes and ports
+    (an entry replaces the one with the same target, or ip/target/published/protocol)."""
+    return _merge(base, override, ())
+
+
+@cache
+def compose_two_tier() -> dict[str, Any]:
+    return compose_merge(compose(), load_yaml(COMPOSE_TWO_TIER))
 
 
 @cache
@@ -206,6 +267,41 @@ def prometheus_names(name: str, kind: str, unit: str) -> set[str]:
 
 def label(attribute: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", attribute)
+
+
+# --- the semantic conventions, as the opentelemetry-semantic-conventions package writes them -----
+
+
+def _constant_docs(folder: Path) -> dict[str, str]:
+    """attribute name -> the docstring under its constant, for every module in folder."""
+    docs = {}
+    for module in folder.glob("*_attributes.py"):
+        body = ast.parse(module.read_text()).body
+        for node, following in zip(body, [*body[1:], None], strict=True):
+            value = getattr(node, "value", None)
+            if isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(value, ast.Constant):
+                doc = ""
+                if isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
+                    doc = str(following.value.value).strip()
+                docs[str(value.value)] = doc
+    return docs
+
+
+@cache
+def semconv_stable() -> set[str]:
+    """Attribute names of the stable semantic conventions."""
+    import opentelemetry.semconv.attributes as stable
+
+    return set(_constant_docs(Path(next(iter(stable.__path__)))))
+
+
+@cache
+def semconv_deprecated() -> dict[str, str]:
+    """Deprecated attribute name -> its note ("Deprecated: Replaced by `db.query.text`.")."""
+    import opentelemetry.semconv._incubating.attributes as incubating
+
+    docs = _constant_docs(Path(next(iter(incubating.__path__))))
+    return {name: doc for name, doc in docs.items() if doc.startswith("Deprecated:")}
 
 
 # --- the span metrics the collector derives -------------------------------------------------------
@@ -415,3 +511,115 @@ TRACEQL_COMPARISON = re.compile(
     r"\b(span|event|resource)\.([A-Za-z_][\w.]*?)\s*(=~|!~|!=|>=|<=|=|>|<)\s*"
     r"(\"[^\"]*\"|true|false|-?\d+(?:\.\d+)?(?:ns|us|ms|s|m|h)?)"
 )
+
+
+# --- aggregation: what a query keeps of series from several collectors ---------------------------
+
+AGGREGATIONS = {
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "count",
+    "topk",
+    "bottomk",
+    "quantile",
+    "group",
+    "stddev",
+    "stdvar",
+}
+PER_COLLECTOR_LABELS = {"collector_instance_id", "instance"}
+
+
+def _matching_open(text: str, close: int) -> int:
+    depth = 0
+    for i in range(close, -1, -1):
+        depth += {")": 1, "(": -1}.get(text[i], 0)
+        if depth == 0:
+            return i
+    raise ValueError(f"unbalanced parentheses in {text!r}")
+
+
+def _matching_close(text: str, open_: int) -> int:
+    depth = 0
+    for i in range(open_, len(text)):
+        depth += {"(": 1, ")": -1}.get(text[i], 0)
+        if depth == 0:
+            return i
+    raise ValueError(f"unbalanced parentheses in {text!r}")
+
+
+def _grouping(text: str) -> tuple[str, set[str]] | None:
+    """('by'|'without', labels) when text is `by (a, b)` / `without (a)`."""
+    m = re.fullmatch(r"\s*(by|without)\s*\(([^()]*)\)\s*", text)
+    if not m:
+        return None
+    return m.group(1), {x.strip() for x in m.group(2).split(",") if x.strip()}
+
+
+def _enclosing_open(text: str, position: int) -> int:
+    """Index of the '(' whose group contains position, or -1."""
+    depth = 0
+    for i in range(position - 1, -1, -1):
+        if text[i] == ")":
+            depth += 1
+        elif text[i] == "(":
+            if depth == 0:
+                return i
+            depth -= 1
+    return -1
+
+
+def _aggregation_at(text: str, open_: int) -> tuple[str, set[str]] | None:
+    """For the group opened at open_: ('by'|'without', labels) when it is the argument list of an
+    aggregation (`sum by (a) (...)`, `sum(...) by (a)`, `sum(...)`), else None."""
+    before = text[:open_].rstrip()
+    grouping = None
+    if before.endswith(")"):  # sum by (a) ( ...
+        clause_open = _matching_open(before, len(before) - 1)
+        keyword = re.search(r"\b(by|without)\s*$", before[:clause_open])
+        if not keyword:
+            return None
+        grouping = _grouping(before[keyword.start() :])
+        before = before[: keyword.start()].rstrip()
+    function = re.search(r"([A-Za-z_]\w*)\s*$", before)
+    if not function or function.group(1) not in AGGREGATIONS:
+        return None
+    if grouping is None:  # sum( ... ) by (a), or no grouping at all
+        close = _matching_close(text, open_)
+        after = re.match(r"\s*(by|without)\s*\([^()]*\)", text[close + 1 :])
+        grouping = _grouping(after.group(0)) if after else ("by", set())
+    return grouping
+
+
+def unaggregated_selectors(expr: str) -> list[str]:
+    """Metric names in expr whose series reach the result with their collector_instance_id (or
+    instance) label: not inside an aggregation (sum, topk, ...) that groups it away. A series
+    per collector would show, or compare, a part of the traffic instead of all of it."""
+    bare = PROMQL_STRING.sub(lambda m: '"' + "_" * (len(m.group(0)) - 2) + '"', expr)
+    bare = re.sub(r"\{[^{}]*\}", lambda m: "{" + " " * (len(m.group(0)) - 2) + "}", bare)
+    bare = re.sub(r"\[[^\[\]]*\]", lambda m: "[" + " " * (len(m.group(0)) - 2) + "]", bare)
+    found = []
+    for m in re.finditer(r"(?<![\w$.])([A-Za-z_:][A-Za-z0-9_:]*)", bare):
+        name = m.group(1)
+        if name in PROMQL_WORDS or bare[m.end() :].lstrip().startswith("("):
+            continue  # a function or keyword
+        if re.search(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^()]*$", bare[: m.start()]):
+            continue  # a label of a grouping clause
+        position, kept = m.start(), True
+        while kept:
+            open_ = _enclosing_open(bare, position)
+            if open_ < 0:
+                break
+            grouping = _aggregation_at(bare, open_)
+            if grouping is not None:
+                mode, labels = grouping
+                kept = (
+                    bool(labels & PER_COLLECTOR_LABELS)
+                    if mode == "by"
+                    else not labels >= PER_COLLECTOR_LABELS
+                )
+            position = open_
+        if kept:
+            found.append(name)
+    return found

@@ -19,6 +19,7 @@ from .stackfiles import (
     CONFIG,
     DASHBOARD,
     PROMETHEUS,
+    PROMETHEUS_TWO_TIER,
     STACK_DOC,
     TRACEQL_COMPARISON,
     VERIFY,
@@ -88,7 +89,11 @@ def test_promql_label_values_are_documented_values() -> None:
         "span_kind": SPAN_KINDS,
         "hms_n_plus_one": {"true", "false"},
     }
-    jobs = {job["job_name"] for job in load_yaml(PROMETHEUS)["scrape_configs"]}
+    jobs = {
+        job["job_name"]
+        for path in (PROMETHEUS, PROMETHEUS_TWO_TIER)
+        for job in load_yaml(path)["scrape_configs"]
+    }
     checked = 0
     for query in QUERIES:
         for label, op, value in promql_matchers(query.text):

@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .stackfiles import ALERTS, PROMETHEUS, compose, load_yaml, promql_labels, promql_queries
+from .stackfiles import (
+    ALERTS,
+    PROMETHEUS,
+    compose,
+    load_yaml,
+    promql_labels,
+    promql_queries,
+    unaggregated_selectors,
+)
 
 PROMTOOL_TESTS = Path(__file__).parent / "promtool" / "alerts_test.yml"
 
@@ -98,3 +106,18 @@ def test_promtool_parses_every_promql_query_of_the_stack(tmp_path: Path) -> None
     path.write_text(yaml.safe_dump({"groups": [{"name": "stack-queries", "rules": recording}]}))
     result = subprocess.run([tool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_query_adds_up_the_series_of_several_collectors() -> None:
+    """Span metrics carry collector_instance_id (the connector's default since collector 0.152),
+    and with two tiers (docs/stack.md) every sampling-tier collector counts its share of the
+    spans: each query must sum over collectors (and over the workers' instance label)."""
+    checked = 0
+    for query in promql_queries():
+        if query.text.strip().startswith("label_values("):
+            continue  # lists label values: duplicates across collectors collapse
+        assert unaggregated_selectors(query.text) == [], f"{query.where}: {query.text}"
+        checked += 1
+    assert checked >= 20
+    assert unaggregated_selectors('rate(traces_span_metrics_calls_total{span_kind="SPAN_KIND_SERVER"}[5m])')
+    assert unaggregated_selectors("sum by (collector_instance_id) (rate(hms_findings_total[5m]))")

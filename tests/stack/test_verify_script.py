@@ -108,6 +108,7 @@ def test_demo_traffic_uses_routes_of_the_sample_app() -> None:
 # --- the whole script against fake docker and curl ---------------------------------------------
 
 FAKE_DOCKER = """#!/bin/sh
+[ -n "$COMPOSE_FILE" ] && echo "COMPOSE_FILE=$COMPOSE_FILE" >> "$FAKE_LOG"
 echo "$*" >> "$FAKE_LOG"
 case "$*" in
   "compose up"*) exit "${FAKE_UP_STATUS:-0}" ;;
@@ -238,3 +239,22 @@ def run_script_again(tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], 
     }
     result = subprocess.run([BASH, str(VERIFY)], capture_output=True, text=True, env=environ, timeout=60)
     return result, log.read_text()
+
+
+def test_two_tier_runs_compose_on_both_files_and_waits_for_both_sampling_replicas(tmp_path: Path) -> None:
+    result, calls = run_script(tmp_path, good_responses(), "--two-tier")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = calls.splitlines()
+    up = lines.index("compose up -d --build --wait --wait-timeout 900")
+    files = lines[up - 1].removeprefix("COMPOSE_FILE=").split(":")
+    assert files == ["docker-compose.yml", "docker-compose.two-tier.yml"]
+    assert all((ROOT / f).exists() for f in files)
+    assert lines[-2:] == [lines[up - 1], "compose down -v --remove-orphans"]
+    assert 'query=count(up{job="otel-sampler-internal"} == 1) >= 2' in calls
+    single, single_calls = (
+        run_script(tmp_path / "single", good_responses())
+        if (tmp_path / "single").mkdir() is None
+        else (None, "")
+    )
+    assert single is not None and single.returncode == 0
+    assert "COMPOSE_FILE" not in single_calls and "otel-sampler" not in single_calls
