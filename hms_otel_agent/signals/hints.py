@@ -47,11 +47,14 @@ class OrmFix:
     """The fix of a repeated ORM operation as shown: text, kind, the action sentence, and the
     structural fix behind it (None for the text-only fixes of offline analysis)."""
 
-    __slots__ = ("action", "fix", "kind", "structural", "text")
+    __slots__ = ("action", "fix", "kind", "pending", "structural", "text")
 
-    def __init__(self, text: str, kind: str, action: str, structural: fixes.Fix | None) -> None:
+    def __init__(
+        self, text: str, kind: str, action: str, structural: fixes.Fix | None, pending: bool = False
+    ) -> None:
         self.text, self.kind, self.action, self.structural = text, kind, action, structural
         self.fix = text
+        self.pending = pending
 
 
 _ON_QUERYSET = frozenset(
@@ -80,7 +83,7 @@ def checked_fix(fix: fixes.Fix) -> OrmFix:
     """A structural fix as shown once checked: pending or failed checks show no fix and say so."""
     verdict = fixes.verdict(fix)
     if verdict is None:
-        return OrmFix("", "", "fix being checked (shown once it compiles)", fix)
+        return OrmFix("", "", "fix being checked (shown once it compiles)", fix, pending=True)
     if not verdict.ok:
         return OrmFix(
             "", "", f"no fix shown: the fix derived from the models failed its check ({verdict.reason})", fix

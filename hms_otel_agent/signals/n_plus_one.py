@@ -118,7 +118,7 @@ def _n_plus_one(
     if orm is not None and (orm.lazy or orm.kind in (a.GET, a.REFRESH)):
         shown = _orm_fix(lazy, orm, generic_types)
         fix, action, fix_kind = shown.text, shown.action, shown.kind
-        if shown.text:
+        if shown.text or shown.pending:  # a pending fix may still join the page's combined fix
             structural = shown.structural
         subject = hints.lazy_subject(orm)
         relation = orm.relation
