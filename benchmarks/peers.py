@@ -299,6 +299,7 @@ class PhaseResult:
     cpu_s: float
     requests: int
     errors: int
+    cpu_request_thread_s: float | None = None  # wsgi driver: the request thread alone
 
 
 class WsgiWorker:
@@ -347,7 +348,9 @@ class WsgiWorker:
             raise RuntimeError(f"{self.mode.name} died:\n{self.tail()}")
         answer = json.loads(line)
         ok = sum(c for s, c in answer["statuses"].items() if s.startswith("2"))
-        return PhaseResult(answer["latencies_ns"], answer["cpu_s"], n, n - ok)
+        return PhaseResult(
+            answer["latencies_ns"], answer["cpu_s"], n, n - ok, answer.get("cpu_request_thread_s")
+        )
 
     def rss_kb(self) -> dict[str, int]:
         return {k: run.proc_status_kb(self.pid, k) for k in ("VmRSS", "VmHWM")}
@@ -466,6 +469,11 @@ def aggregate(phases: list[dict[str, Any]], modes: list[Mode], pages: list[str])
                 "latency_ms_p99": round(run.percentile(lat, 99), 4) if lat else None,
                 "cpu_ms_per_request": round(sum(p["cpu_s"] for p in mine) / requests * 1e3, 4)
                 if requests
+                else None,
+                "request_thread_cpu_ms_per_request": round(
+                    sum(p["cpu_request_thread_s"] for p in mine) / requests * 1e3, 4
+                )
+                if requests and all(p.get("cpu_request_thread_s") is not None for p in mine)
                 else None,
                 "requests": requests,
                 "errors": sum(p["errors"] for p in mine),
@@ -714,6 +722,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "mode": mode.name,
                                 "latencies_ns": result.latencies_ns,
                                 "cpu_s": result.cpu_s,
+                                "cpu_request_thread_s": result.cpu_request_thread_s,
                                 "requests": result.requests,
                                 "errors": result.errors,
                             }

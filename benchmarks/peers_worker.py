@@ -9,7 +9,10 @@ JSON command per line:
     (a prepared environ per request, the response iterated and closed as a WSGI server does); then
     the agent's own flush, so that its export work is done before the CPU clock is read. Returns
     the per-request latencies (ns), the process CPU time (every thread: the export threads run
-    in this process) over requests and flush, and the status codes.
+    in this process) over requests and flush, the request thread's share of it (without the flush), and
+    the status codes.
+``{"cmd": "profile", "path": P, "n": N, "out": FILE, "tool": "cprofile"|"pyinstrument"}``  the same
+    N requests under a profiler of the request thread, saved to FILE (``real_app.py`` uses it).
 ``{"cmd": "quit"}``
 
 No HTTP server, so the numbers are the agent's cost on the request path and its export threads,
@@ -88,6 +91,27 @@ def _environ(path: str) -> dict[str, Any]:
     }
 
 
+def profile(command: dict[str, Any], request: Any) -> None:
+    path, n, out = command["path"], command["n"], command["out"]
+    if command.get("tool") == "pyinstrument":
+        from pyinstrument import Profiler
+
+        profiler = Profiler(interval=0.0005)
+        profiler.start()
+        for _ in range(n):
+            request(path)
+        profiler.stop()
+        Path(out).write_text(profiler.output_text(unicode=False, color=False, show_all=False))
+        Path(out + ".html").write_text(profiler.output_html())
+        return
+    import cProfile
+
+    with cProfile.Profile() as prof:
+        for _ in range(n):
+            request(path)
+    prof.dump_stats(out)
+
+
 def main() -> int:
     from django.core.wsgi import get_wsgi_application
 
@@ -120,9 +144,17 @@ def main() -> int:
         command = json.loads(line)
         if command["cmd"] == "quit":
             break
+        if command["cmd"] == "profile":
+            profile(command, request)
+            writer.write(json.dumps({"saved": command["out"]}) + "\n")
+            writer.flush()
+            continue
         statuses.clear()
-        cpu0 = time.process_time()
+        cpu0, main0 = time.process_time(), time.thread_time()
         latencies = [request(command["path"]) for _ in range(command["n"])]
+        # The request thread's CPU without the flush (which exports in the calling thread):
+        # the rest of the process's CPU is export (background threads and the final flush).
+        main = time.thread_time() - main0
         flush_start = time.perf_counter_ns()
         flush()
         flush_ns = time.perf_counter_ns() - flush_start
@@ -130,6 +162,7 @@ def main() -> int:
         answer = {
             "latencies_ns": latencies,
             "cpu_s": cpu,
+            "cpu_request_thread_s": main,
             "flush_ns": flush_ns,
             "statuses": dict(Counter(statuses)),
         }
