@@ -607,7 +607,7 @@ def check_delivery(sink: PeerSink, modes: list[Mode], tmp: Path) -> list[str]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="The agent next to ddtrace, sentry-sdk, Elastic APM and plain OpenTelemetry.",
-        epilog="--quick: about 4 minutes with every mode; a full run about 15-25. See docs/benchmarks.md.",
+        epilog="--quick: a few minutes; the default 6-10 minutes on a quiet machine. See docs/benchmarks.md.",
     )
     parser.add_argument("--quick", action="store_true", help="2 rounds of 25 requests per page and mode")
     parser.add_argument("--driver", choices=("wsgi", "gunicorn"), default="wsgi")
