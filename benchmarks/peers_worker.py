@@ -9,8 +9,8 @@ JSON command per line:
     (a prepared environ per request, the response iterated and closed as a WSGI server does); then
     the agent's own flush, so that its export work is done before the CPU clock is read. Returns
     the per-request latencies (ns), the process CPU time (every thread: the export threads run
-    in this process) over requests and flush, the request thread's share of it (without the flush), and
-    the status codes.
+    in this process) over requests and flush, the request thread's share of it (without the flush), the
+    time in the garbage collector and its collections per generation, and the status codes.
 ``{"cmd": "profile", "path": P, "n": N, "out": FILE, "tool": "cprofile"|"pyinstrument"}``  the same
     N requests under a profiler of the request thread, saved to FILE (``real_app.py`` uses it).
 ``{"cmd": "quit"}``
@@ -21,6 +21,7 @@ with nothing of a server's (socket, parsing, worker model) around them.
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import os
@@ -112,11 +113,34 @@ def profile(command: dict[str, Any], request: Any) -> None:
     prof.dump_stats(out)
 
 
+class GcClock:
+    """Time spent in the garbage collector and collections per generation (``gc.callbacks``):
+    on a large heap a collection costs in proportion to the live objects, and telemetry that
+    allocates makes the collector run more often."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.collections = [0, 0, 0]
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+            self.collections[info["generation"]] += 1
+
+    def snapshot(self) -> tuple[float, list[int]]:
+        return self.seconds, list(self.collections)
+
+
 def main() -> int:
     from django.core.wsgi import get_wsgi_application
 
     application = get_wsgi_application()
     flush = _flusher()
+    gc_clock = GcClock()
     statuses: list[str] = []
 
     def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -150,6 +174,7 @@ def main() -> int:
             writer.flush()
             continue
         statuses.clear()
+        gc0, collections0 = gc_clock.snapshot()
         cpu0, main0 = time.process_time(), time.thread_time()
         latencies = [request(command["path"]) for _ in range(command["n"])]
         # The request thread's CPU without the flush (which exports in the calling thread):
@@ -159,10 +184,13 @@ def main() -> int:
         flush()
         flush_ns = time.perf_counter_ns() - flush_start
         cpu = time.process_time() - cpu0
+        gc1, collections1 = gc_clock.snapshot()
         answer = {
             "latencies_ns": latencies,
             "cpu_s": cpu,
             "cpu_request_thread_s": main,
+            "gc_s": gc1 - gc0,
+            "gc_collections": [b - a for a, b in zip(collections0, collections1, strict=True)],
             "flush_ns": flush_ns,
             "statuses": dict(Counter(statuses)),
         }

@@ -617,6 +617,8 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
                             "request_thread_cpu_ms": answer.get("cpu_request_thread_s", 0)
                             / args.requests
                             * 1e3,
+                            "gc_ms": answer.get("gc_s", 0) / args.requests * 1e3,
+                            "gc_collections": answer.get("gc_collections"),
                         }
                     )
             log(f"in-process round {round_ + 1}/{args.rounds}")
@@ -629,11 +631,13 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
                         statistics.median(r["request_thread_cpu_ms"] for r in rows), 3
                     ),
                     "cpu_ms_per_round": [round(r["cpu_ms_per_request"], 2) for r in rows],
+                    "gc_ms_per_request": round(statistics.median(r["gc_ms"] for r in rows), 3),
+                    "gc_collections_per_round": [r["gc_collections"] for r in rows],
                 }
                 for mode, rows in by_mode.items()
             }
         counts = args.counts or {}
-        for page, path in paths.items():
+        for page, path in paths.items() if args.cprofile else ():
             for mode in [m for m in ("none", "hms", "otel") if m in workers]:
                 out = out_dir / f"{page}-{mode}.prof"
                 workers[mode].call(
@@ -676,6 +680,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=30, help="serial requests per page, mode and round")
     parser.add_argument("--profile-requests", type=int, default=40)
     parser.add_argument("--pyinstrument", action="store_true")
+    parser.add_argument("--no-cprofile", dest="cprofile", action="store_false", help="profile: timing only")
     parser.add_argument("--counts", help="a bench results JSON whose statement counts the profile divides by")
     parser.add_argument("--out", help="profile: where the profiles go")
     parser.add_argument("--output", help="results JSON (default benchmarks/results/real_app_<date>.json)")
