@@ -103,8 +103,13 @@ def assert_cleaned_up(stderr: str) -> None:
 
 def assert_demo_report(report: dict) -> None:
     findings = report["findings"]
-    routes = {route for f in findings for route in f["routes"]}
-    assert not any("optimized" in route for route in routes), routes
+    # A slow query depends on the machine's load, not on the code: any route may have one.
+    on_optimized = [
+        (f["kind"], f["routes"])
+        for f in findings
+        if f["kind"] != "slow_query" and any("optimized" in route for route in f["routes"])
+    ]
+    assert not on_optimized, on_optimized
     fixes: dict[str, set[str]] = {}
     for f in findings:
         if f["kind"] == "n_plus_one":
