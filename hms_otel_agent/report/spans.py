@@ -44,6 +44,7 @@ from hms_otel_agent.signals.activity import (
     PlanSummary,
 )
 from hms_otel_agent.signals.fingerprint import fingerprint_sql
+from hms_otel_agent.signals.routes import readable_name, readable_route
 
 AGGREGATE_SCOPES = frozenset((EAGER_LOADS_SCOPE,))
 CACHE_SYSTEMS = frozenset(("redis", "memcached", "valkey", "keydb", "dragonfly"))
@@ -292,8 +293,8 @@ class Owner:
 
     @property
     def label(self) -> str:
-        """The route of a request, else the owner's name."""
-        return self.activity.route or self.activity.name
+        """The route of a request (readable: signals/routes.py), else the owner's name."""
+        return readable_route(self.activity.route) or self.activity.name
 
 
 def _resource_text(span: SpanData, name: str) -> str:
@@ -313,14 +314,17 @@ def build_owners(spans: Iterable[SpanData]) -> list[Owner]:
             route = _text(span.attributes, "http.route")
             owners[key] = Owner(
                 activity=OwnerActivity(
-                    name=span.name, route=route, plans=recorded_plans(span), connects=connect_calls(span)
+                    name=readable_name(span.name, route),
+                    route=route,
+                    plans=recorded_plans(span),
+                    connects=connect_calls(span),
                 ),
                 span=span,
                 trace_id=span.trace_id,
                 is_request=span.kind == KIND_SERVER,
                 service=_resource_text(span, "service.name"),
                 run_id=_resource_text(span, RUN_ID_ATTRIBUTE),
-                recorded=recorded_findings(span, route or span.name),
+                recorded=recorded_findings(span, readable_route(route) or span.name),
                 aggregate=span.scope in AGGREGATE_SCOPES,
             )
     resolved: dict[tuple[str, str], tuple[str, str]] = {}
