@@ -18,6 +18,7 @@ from hms_otel_agent.report.model import (
     FindingGroup,
     KeyPatternStats,
     Report,
+    Summary,
 )
 
 FORMATS = ("terminal", "json", "markdown")
@@ -67,12 +68,30 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}" + ("" if count == 1 else "s")
 
 
+def _owners(s: Summary) -> str:
+    """What the findings were looked for in: "202 requests", "9 tests and 3 requests"."""
+    others = s.owners - s.requests - s.tests
+    parts = [_plural(s.tests, "test")] if s.tests else []
+    if s.requests or (not parts and others <= 0):
+        parts.append(_plural(s.requests, "request"))
+    if others > 0:  # tasks, jobs, code outside any request
+        other = _plural(others, "other span") if parts else f"{_plural(others, 'span')} outside requests"
+        parts.append(other)
+    return ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+
+
+def count_header(report: Report, short: bool) -> str:
+    """The header of the column counting the owners a finding occurred in: requests, or in a
+    pytest run, tests and the requests they made."""
+    if report.summary.tests:
+        return "seen in"
+    return "req" if short else "requests"
+
+
 def headline(report: Report) -> str:
     s = report.summary
     what = "detected offline" if report.source == ANALYZED else "recorded by the agent"
-    where = _plural(s.requests, "request")
-    if s.owners != s.requests:
-        where += f" ({_plural(s.owners, 'owner span')})"
+    where = _owners(s)
     return (
         f"{_plural(len(report.findings), 'finding')} ({what}) in {where}; "
         f"{_plural(s.db_queries, 'SQL query').replace('querys', 'queries')}, "
@@ -106,8 +125,8 @@ def to_markdown(report: Report, top: int | None = None) -> str:
     findings = report.findings if top is None else report.findings[:top]
     if findings:
         lines += [
-            "| # | kind | route | relation / key pattern | requests | repetitions | total | per request "
-            "| location | fix |",
+            f"| # | kind | route | relation / key pattern | {count_header(report, False)} | repetitions "
+            "| total | per request | location | fix |",
             "|---:|---|---|---|---:|---:|---:|---:|---|---|",
         ]
         for index, g in enumerate(findings, 1):
@@ -356,7 +375,7 @@ def to_terminal(report: Report, file: IO[str] | None = None, top: int | None = N
     findings = report.findings if top is None else report.findings[:top]
     if findings:
         console.print()
-        _findings(console, findings, width)
+        _findings(console, findings, width, count_header(report, True))
         if top is not None and len(report.findings) > top:
             more = Text(f"{len(report.findings) - top} more findings not shown (--top).", "dim")
             _wrapped(console, more, width)
@@ -369,7 +388,7 @@ def to_terminal(report: Report, file: IO[str] | None = None, top: int | None = N
         _wrapped(console, Text(printable(note), style="dim"), width, first="note: ", indent=6)
 
 
-def _findings(console: Any, findings: list[FindingGroup], width: int) -> None:
+def _findings(console: Any, findings: list[FindingGroup], width: int, counted_in: str = "req") -> None:
     from rich.text import Text
 
     kinds = [printable(kind_label(g.kind)) for g in findings]
@@ -380,7 +399,7 @@ def _findings(console: Any, findings: list[FindingGroup], width: int) -> None:
         _Column("kind", kinds, drop=1, first_claim=True, minimum=9, style="bold"),
         _Column("route", routes, drop=4, minimum=10),
         _Column("relation / key pattern", subjects, minimum=12),
-        _Column("req", [str(g.requests) for g in findings], numeric=True, drop=2),
+        _Column(counted_in, [str(g.requests) for g in findings], numeric=True, drop=2),
         _Column("reps", [str(g.repetitions) for g in findings], numeric=True, drop=5),
         _Column("total", [_ms(g.total_ms) for g in findings], numeric=True, drop=3),
         _Column("per req", [_ms(g.per_request_ms) for g in findings], numeric=True, drop=6),
@@ -400,7 +419,7 @@ def _findings(console: Any, findings: list[FindingGroup], width: int) -> None:
         if (row, 3) in shortened:
             missing.append(subjects[row])
         numbers = [
-            (requests, _plural(g.requests, "request")),
+            (requests, _plural(g.requests, "request") if counted_in == "req" else f"seen in {g.requests}"),
             (reps, _plural(g.repetitions, "repetition")),
             (total, f"{_ms(g.total_ms)} total"),
             (per_request, f"{_ms(g.per_request_ms)} per request"),

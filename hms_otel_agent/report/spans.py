@@ -285,7 +285,8 @@ class Owner:
     activity: OwnerActivity
     span: SpanData | None  # None: stand-in for a parent that is not in the data
     trace_id: str
-    is_request: bool = False
+    is_request: bool = False  # a request the app served (see _is_request)
+    is_test: bool = False  # a test body (the pytest plugin's owner spans)
     service: str = ""
     run_id: str = ""
     recorded: list[Finding] = field(default_factory=list)
@@ -295,6 +296,19 @@ class Owner:
     def label(self) -> str:
         """The route of a request (readable: signals/routes.py), else the owner's name."""
         return readable_route(self.activity.route) or self.activity.name
+
+
+TEST_ATTRIBUTE = "hms.pytest.nodeid"  # pytest_plugin.py: on the owner span of each test
+DJANGO_SCOPE = "opentelemetry.instrumentation.django"
+
+
+def _is_request(span: SpanData) -> bool:
+    """A server span, or the span Django's middleware makes for a request handled inside another
+    span (a test client's request in a test: the contrib makes it INTERNAL, not SERVER)."""
+    if span.kind == KIND_SERVER:
+        return True
+    attributes = span.attributes
+    return span.scope == DJANGO_SCOPE and ("http.request.method" in attributes or "http.method" in attributes)
 
 
 def _resource_text(span: SpanData, name: str) -> str:
@@ -321,7 +335,8 @@ def build_owners(spans: Iterable[SpanData]) -> list[Owner]:
                 ),
                 span=span,
                 trace_id=span.trace_id,
-                is_request=span.kind == KIND_SERVER,
+                is_request=_is_request(span),
+                is_test=TEST_ATTRIBUTE in span.attributes,
                 service=_resource_text(span, "service.name"),
                 run_id=_resource_text(span, RUN_ID_ATTRIBUTE),
                 recorded=recorded_findings(span, readable_route(route) or span.name),

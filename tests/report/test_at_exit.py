@@ -44,7 +44,7 @@ def test_plain_script_prints_only_this_runs_findings(tmp_path: Path, sample_app_
     assert "hms-otel findings" in first.stderr and "nightly-job" in first.stderr
     second = run_job(tmp_path, env, 9)  # same local file, a new run
     err = second.stderr
-    assert "1 finding (recorded by the agent) in 0 requests (1 owner span)" in err, err
+    assert "1 finding (recorded by the agent) in 1 span outside requests;" in err, err
     row = next(line for line in err.splitlines() if "nightly-job" in line and "N+1" in line)
     assert "   9 " in row and "   6 " not in row and "  15 " not in row
     assert "job.py:7 in <module>" in err, err
