@@ -75,7 +75,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="hms_otel_report",
         default=None,
         metavar="PATH",
-        help="write the findings report of the whole run to PATH (.json: JSON, else Markdown)",
+        help="write the findings report of the whole run to PATH (.json: JSON, else Markdown; with "
+        "pytest-xdist, one report merged from every worker)",
     )
 
 
