@@ -578,8 +578,17 @@ def bench_encode(quick: bool) -> dict[str, Any]:
         agent_best = min(
             _timed(lambda spans=spans, encoder=encoder: encoder.encode(spans), number) for _ in range(3)
         )
+        # The local-file default (export/otlp_json.py): the SDK's encoder, then protobuf's
+        # MessageToDict, the hex ids and json.dumps, in the export thread.
+        from hms_otel_agent.export.otlp_json import message_to_otlp_json
+
+        json_best = min(
+            _timed(lambda spans=spans: message_to_otlp_json(encode_spans(spans)), max(1, number // 3))
+            for _ in range(3)
+        )
         out[name] = {
             "us_per_span": round(best / len(spans) / 1e3, 2),
+            "local_file_json_us_per_span": round(json_best / len(spans) / 1e3, 2),
             "agent_encoder_us_per_span": round(agent_best / len(spans) / 1e3, 2),
             "agent_encoder_same_bytes": same_bytes,
             "resource_hash_us_per_span": round(hash_ns / 1e3, 2),
@@ -672,6 +681,11 @@ def render(results: dict[str, Any]) -> str:
                 f"{row['resource_attributes']} resource attributes), "
                 f"{row['bytes_per_span']:.0f} B/span, {row['attributes_per_span']:.1f} attributes/span"
             )
+            if "local_file_json_us_per_span" in row:
+                lines.append(
+                    "    local-file default (export/otlp_json.py: SDK encoder + MessageToDict + json): "
+                    f"{row['local_file_json_us_per_span']:.2f} us/span"
+                )
             if "agent_encoder_us_per_span" in row:
                 lines.append(
                     f"    agent encoder (export/otlp_encode.py): "

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from hms_otel_agent import config, guard
 from hms_otel_agent.printable import PrintableFormatter
-from hms_otel_agent.report.at_exit import RUN_ID_ATTRIBUTE, RUN_ID_ENV
+from hms_otel_agent.report.at_exit import RUN_ID_ATTRIBUTE, RUN_ID_ENV, is_root_process
 
 if TYPE_CHECKING:
     from hms_otel_agent.pipeline import Pipeline
@@ -96,10 +96,12 @@ def _start(settings: config.Settings, detectors: Sequence[Detector]) -> Pipeline
 
     _configure_logging(settings.log_level)
     silence_exporter_logs(verbose=settings.log_level == "debug")
-    from hms_otel_agent.report.live import LiveLog
+    from hms_otel_agent.report.live import LiveLog, RunClaims
 
-    built = pipeline.build(settings, detectors, on_findings=LiveLog() if settings.live_log else None)
     run_id = os.environ.get(RUN_ID_ENV)  # set by hms-otel-run
+    # Under hms-otel-run, each finding is logged once per run, not once per worker process.
+    live_log = LiveLog(claims=RunClaims(run_id) if run_id else None) if settings.live_log else None
+    built = pipeline.build(settings, detectors, on_findings=live_log)
     if run_id:
         built.update_resource({RUN_ID_ATTRIBUTE: run_id})
     trace.set_tracer_provider(built.tracer_provider)
@@ -147,6 +149,14 @@ def _at_exit(built: Pipeline, timeout_ms: int, settings: config.Settings | None 
             at_exit(built.local_dir, settings)
         except Exception as exc:
             guard.report("report at exit", exc)
+    run_id = os.environ.get(RUN_ID_ENV)
+    if run_id and is_root_process():  # the run is over: its live-log claims can go
+        try:
+            from hms_otel_agent.report.live import RunClaims
+
+            RunClaims(run_id).remove()
+        except Exception as exc:
+            guard.report("live log claims at exit", exc)
 
 
 def current_pipeline() -> Pipeline | None:

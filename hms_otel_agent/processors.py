@@ -46,6 +46,7 @@ from hms_otel_agent.signals.activity import (
 from hms_otel_agent.signals.http_privacy import HttpPrivacy, named_headers
 from hms_otel_agent.signals.redact import scrub_stacktrace
 from hms_otel_agent.signals.registry import Detector, consolidate
+from hms_otel_agent.signals.routes import readable_name
 
 logger = logging.getLogger("hms_otel")
 
@@ -308,7 +309,9 @@ class SignalProcessor(SpanProcessor):
         attributes = span.attributes or {}
         route = attributes.get("http.route")
         activity.route = str(route) if route else ""
-        activity.name = span.name  # the Django middleware renames it to "GET <route>" mid-request
+        # The Django middleware renames it to "GET <route>" mid-request; hints show the route
+        # readable (a regex route as its template: signals/routes.py).
+        activity.name = readable_name(span.name, activity.route)
         is_server = span.kind is SpanKind.SERVER
         if activity.db_count or is_server:
             span.set_attribute("hms.db.query_count", activity.db_count)

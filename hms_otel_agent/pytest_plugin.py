@@ -14,7 +14,9 @@ process with an in-memory exporter, and
   kind, model or finding fingerprint, ``fnmatch`` wildcards; no pattern: everything);
 * ``--hms-otel-threshold N`` sets the N+1 threshold (2 is common in test suites);
 * ``--hms-otel-report=PATH`` writes the findings report of the whole run (``.json``: JSON,
-  anything else: Markdown).
+  anything else: Markdown). With pytest-xdist the tests run in worker processes: each sends what it
+  aggregated to the controller when it finishes (``workeroutput``), and the controller writes one
+  merged report at PATH and prints the summary line.
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="hms_otel_report",
         default=None,
         metavar="PATH",
-        help="write the findings report of the whole run to PATH (.json: JSON, else Markdown)",
+        help="write the findings report of the whole run to PATH (.json: JSON, else Markdown; with "
+        "pytest-xdist, one report merged from every worker)",
     )
 
 
@@ -93,7 +96,18 @@ def _fail_on(raw: str) -> frozenset[str]:
 
 
 _state_key = pytest.StashKey["_State"]()
+_controller_key = pytest.StashKey["_Controller"]()
 _active: _State | None = None  # the running state, for allow()
+OUTPUT_KEY = "hms_otel"  # in an xdist worker's workeroutput: what it aggregated
+
+
+def _is_xdist_controller(config: pytest.Config) -> bool:
+    """The pytest-xdist controller (it runs no tests; its workers do), as xdist itself decides."""
+    return (
+        not hasattr(config, "workerinput")
+        and getattr(config.option, "dist", "no") != "no"
+        and not config.getoption("collectonly", False)
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -105,14 +119,42 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     if not config.getoption("hms_otel", False):
         return
+    if _is_xdist_controller(config):
+        config.stash[_controller_key] = _Controller(config)
+        return
     global _active
     state = _State(config)
     config.stash[_state_key] = state
     _active = state
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """An xdist worker: hand what it aggregated to the controller (xdist sends workeroutput when
+    this hook returns)."""
+    config = session.config
+    state = config.stash.get(_state_key, None)
+    output = getattr(config, "workeroutput", None)
+    if state is not None and output is not None:
+        output[OUTPUT_KEY] = {
+            "aggregator": state.aggregator.state(),
+            "tests_with_findings": state.tests_with_findings,
+        }
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """The xdist controller: a worker finished; merge what it aggregated."""
+    controller = node.config.stash.get(_controller_key, None)
+    if controller is not None:
+        controller.merge(getattr(node, "workeroutput", None) or {}, str(getattr(node, "gateway", node).id))
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     global _active
+    controller = config.stash.get(_controller_key, None)
+    if controller is not None:
+        controller.write_report()
+        return
     state = config.stash.get(_state_key, None)
     if state is None:
         return
@@ -147,11 +189,19 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    state = config.stash.get(_state_key, None)
+    state: _State | _Controller | None = config.stash.get(_state_key, None) or config.stash.get(
+        _controller_key, None
+    )
     if state is None:
         return
-    report = state.aggregator.report()
-    line = f"hms-otel: {len(report.findings)} distinct findings in {state.tests_with_findings} tests"
+    summary = state.aggregator.summary
+    findings = len(state.aggregator.groups)
+    line = (
+        f"hms-otel: {findings} distinct finding{'' if findings == 1 else 's'} in "
+        f"{state.tests_with_findings} of {summary.tests} tests"
+    )
+    if summary.requests:
+        line += f" (and the {summary.requests} request{'' if summary.requests == 1 else 's'} they made)"
     if state.report_path:
         line += f"; report: {printable(state.report_path)}"
     terminalreporter.write_line(line)
@@ -270,26 +320,69 @@ def span_data(span: Any) -> SpanData:
     )
 
 
+def _settings(config: pytest.Config) -> Any:
+    import dataclasses
+
+    from hms_otel_agent import config as hms_config
+
+    threshold = config.getoption("hms_otel_threshold")
+    if threshold is not None and threshold < 2:
+        raise pytest.UsageError("--hms-otel-threshold: expected an integer >= 2")
+    from hms_otel_agent import agent
+
+    loaded = hms_config.load()
+    agent.report_problems(loaded)
+    hms_config.clean_environ(loaded)  # before the pipeline's SDK objects read it
+    changes: dict[str, Any] = {"live_log": False}
+    if threshold is not None:
+        changes["n_plus_one_threshold"] = threshold
+    return dataclasses.replace(loaded.settings, **changes)
+
+
+def _write(report: Any, path: str) -> None:
+    from hms_otel_agent.report.render import render
+
+    fmt = "json" if path.endswith(".json") else "markdown"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as out:
+        render(report, fmt, out)
+
+
+class _Controller:
+    """The xdist controller's side: merges its workers' aggregates, writes the one report."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        from hms_otel_agent.report.model import RECORDED, Aggregator
+
+        _fail_on(str(config.getoption("hms_otel_fail_on") or DEFAULT_FAIL_ON))  # usage errors here too
+        self.aggregator = Aggregator(RECORDED, [], _settings(config))
+        self.report_path: str | None = config.getoption("hms_otel_report") or None
+        self.tests_with_findings = 0
+
+    def merge(self, output: dict[str, Any], worker: str) -> None:
+        data = output.get(OUTPUT_KEY)
+        if not data:  # a worker that crashed, or ran without the plugin active
+            note = f"worker {worker} sent no results (it crashed or stopped early): its findings are missing"
+            self.aggregator.notes.append(note)
+            return
+        self.aggregator.merge_state(data["aggregator"])
+        self.tests_with_findings += int(data["tests_with_findings"])
+
+    def write_report(self) -> None:
+        if self.report_path:
+            _write(self.aggregator.report(), self.report_path)
+
+
 class _State:
     def __init__(self, config: pytest.Config) -> None:
-        import dataclasses
-
         from hms_otel_agent import agent, instrument, pipeline
-        from hms_otel_agent import config as hms_config
         from hms_otel_agent.report.model import RECORDED, Aggregator
 
         self.fail_on = _fail_on(str(config.getoption("hms_otel_fail_on") or DEFAULT_FAIL_ON))
-        threshold = config.getoption("hms_otel_threshold")
-        if threshold is not None and threshold < 2:
-            raise pytest.UsageError("--hms-otel-threshold: expected an integer >= 2")
-        loaded = hms_config.load()
-        agent.report_problems(loaded)
-        hms_config.clean_environ(loaded)  # before the pipeline's SDK objects read it
-        changes: dict[str, Any] = {"live_log": False}
-        if threshold is not None:
-            changes["n_plus_one_threshold"] = threshold
-        self.settings = dataclasses.replace(loaded.settings, **changes)
-        self.report_path = self._report_path(config)
+        self.settings = _settings(config)
+        # An xdist worker writes nothing: the controller writes the merged report.
+        worker = hasattr(config, "workerinput")
+        self.report_path: str | None = None if worker else (config.getoption("hms_otel_report") or None)
         self.collector = _collector()
         self.pipeline: Any = None
         existing = agent.current_pipeline()  # pytest itself run under hms-otel-run
@@ -314,17 +407,6 @@ class _State:
         self.tracer = provider.get_tracer("hms_otel_agent.pytest")
         self.aggregator: Aggregator = Aggregator(RECORDED, [], self.settings)
         self.tests_with_findings = 0
-
-    @staticmethod
-    def _report_path(config: pytest.Config) -> str | None:
-        path = config.getoption("hms_otel_report")
-        if not path:
-            return None
-        worker = getattr(config, "workerinput", {}).get("workerid")
-        if worker:  # pytest-xdist: one report per worker
-            root, ext = os.path.splitext(str(path))
-            return f"{root}-{worker}{ext}"
-        return str(path)
 
     @contextmanager
     def test_span(self, item: pytest.Item, patterns: list[str]) -> Iterator[list[Any]]:
@@ -369,15 +451,8 @@ class _State:
         return failing
 
     def write_report(self) -> None:
-        if not self.report_path:
-            return
-        from hms_otel_agent.report.render import render
-
-        fmt = "json" if self.report_path.endswith(".json") else "markdown"
-        directory = os.path.dirname(os.path.abspath(self.report_path))
-        os.makedirs(directory, exist_ok=True)
-        with open(self.report_path, "w", encoding="utf-8") as out:
-            render(self.aggregator.report(), fmt, out)
+        if self.report_path:
+            _write(self.aggregator.report(), self.report_path)
 
     def close(self) -> None:
         if self.pipeline is not None:

@@ -33,6 +33,7 @@ from hms_otel_agent.printable import printable
 from hms_otel_agent.report.at_exit import ROOT_PID_ENV, RUN_ID_ENV
 
 DEFAULT_REQUESTS = 200
+PROBE_PATH = "/health/"  # readiness; not part of the traffic mix (demo/traffic.py)
 SETTINGS_MODULE = "hms_otel_agent.sample.settings"
 EXIT_ERROR = 1
 
@@ -166,6 +167,9 @@ class Demo:
                 "OTEL_BSP_SCHEDULE_DELAY": "200",
             }
         )
+        # The readiness probe is not traffic: untraced, so the report counts the requests sent.
+        excluded = env.get("OTEL_PYTHON_DJANGO_EXCLUDED_URLS") or env.get("OTEL_PYTHON_EXCLUDED_URLS") or ""
+        env["OTEL_PYTHON_DJANGO_EXCLUDED_URLS"] = ",".join(filter(None, [excluded, PROBE_PATH]))
         if env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
             # The compose stack (or any collector) gets everything; the local file feeds the report.
             env["OTEL_TRACES_EXPORTER"] = "otlp,hms_file"
@@ -198,7 +202,7 @@ class Demo:
                     f"the app server exited (status {self.server.returncode}):\n{self.log_tail()}"
                 )
             try:
-                with urllib.request.urlopen(base_url + "/health/", timeout=2) as resp:
+                with urllib.request.urlopen(base_url + PROBE_PATH, timeout=2) as resp:
                     if resp.status == 200:
                         return base_url
             except (OSError, urllib.error.URLError):

@@ -45,7 +45,7 @@ _classified: dict[str, str] = {}
 _locations: dict[tuple[CodeType, int], CodeLocation] = {}
 
 
-def _classify(filename: str) -> str:
+def _classify(filename: str, module: object = None) -> str:
     path = os.path.abspath(filename)
     if filename.startswith("<"):
         user = False
@@ -55,22 +55,45 @@ def _classify(filename: str) -> str:
         user = False
     else:
         user = not path.startswith(_LIBRARY_DIRS) and f"{os.sep}django{os.sep}" not in path
-    shown = _display_path(path) if user else ""
+    shown = display_path(path, module if isinstance(module, str) else "") if user else ""
     if len(_classified) < 50_000:
         _classified[filename] = shown
     return shown
 
 
-def _display_path(path: str) -> str:
+def display_path(path: str, module: str = "") -> str:
+    """How a source file is shown (code.file.path, hints, reports), the same in every process
+    of a run whatever started it: relative to the current directory when under it (the project
+    root, where manage.py or gunicorn is started), else its import path from the module's name
+    (``hms_otel_agent/sample/hms/views.py``, also for an editable install or another current
+    directory), else relative to the sys.path entry it is under, else absolute."""
     cwd = os.getcwd() + os.sep
     if path.startswith(cwd):
         return path[len(cwd) :]
+    imported = _import_path(path, module)
+    if imported:
+        return imported
     best = ""
     for entry in sys.path:
         root = os.path.abspath(entry or ".") + os.sep
         if path.startswith(root) and len(root) > len(best):
             best = root
     return path[len(best) :] if best else path
+
+
+def _import_path(path: str, module: str) -> str:
+    """``a/b/c.py`` for module ``a.b.c`` at ``.../a/b/c.py`` (``a/b/__init__.py`` for package
+    ``a.b``); "" when the path does not end that way (``__main__``, a module run as a script)."""
+    if not module or module == "__main__":
+        return ""
+    parts = module.split(".")
+    stem, ext = os.path.splitext(path)
+    if os.path.basename(stem) == "__init__":
+        parts.append("__init__")
+    tail = os.sep + os.sep.join(parts)
+    if not stem.endswith(tail):
+        return ""
+    return tail[1:] + ext
 
 
 def user_location(frame: FrameType | None = None, max_depth: int = 64) -> CodeLocation | None:
@@ -83,7 +106,7 @@ def user_location(frame: FrameType | None = None, max_depth: int = 64) -> CodeLo
         code = frame.f_code
         shown = classified.get(code.co_filename)
         if shown is None:
-            shown = _classify(code.co_filename)
+            shown = _classify(code.co_filename, frame.f_globals.get("__name__"))
         if shown:
             key = (code, frame.f_lineno)
             location = _locations.get(key)

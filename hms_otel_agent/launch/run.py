@@ -37,9 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
         "certificates, excluded URLs, captured headers...: README, Configuration), whose bad values\n"
         "are kept from them. An unknown HMS_OTEL_* name gets one line too. With --strict, either\n"
         "exits 2; `hms-otel config --check` checks without running anything.\n\n"
-        "Examples:\n  hms-otel-run python manage.py runserver\n"
-        "  hms-otel-run --n-plus-one-threshold 3 -- gunicorn hms.wsgi -w 4\n"
-        "  OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318 hms-otel-run uvicorn hms.asgi:application",
+        "Examples (myproject: your Django project's package):\n"
+        "  hms-otel-run python manage.py runserver\n"
+        "  hms-otel-run --n-plus-one-threshold 3 -- gunicorn myproject.wsgi -w 4\n"
+        "  OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318 \\\n"
+        "    hms-otel-run uvicorn myproject.asgi:application\n"
+        "  hms-otel-run gunicorn hms_otel_agent.sample.wsgi:application -w 2   (the bundled sample app)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

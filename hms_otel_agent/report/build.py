@@ -65,10 +65,47 @@ def build_report(
     for owner in owners:
         findings = detect(owner, settings, chosen) if analyze else owner.recorded
         aggregator.add(owner, findings)
-    calls = [call for owner in owners for call in owner.activity.db_calls]
-    if analyze and calls and all(call.params_hash is None for call in calls):
-        aggregator.notes.append(
-            "duplicate queries need the statement parameters, which are exported only with "
-            "HMS_OTEL_CAPTURE_SQL_PARAMETERS=true: not checked"
-        )
+    if analyze:
+        note = offline_limits(owners)
+        if note:
+            aggregator.notes.append(note)
     return aggregator.report()
+
+
+def offline_limits(owners: Sequence[Owner]) -> str:
+    """One note naming the kinds of finding `analyze` cannot detect from these spans, and why
+    ("" when it can detect them all). The live agent decides with data that never leaves the
+    process unless opted in (statement parameters, raw cache keys) or over many requests."""
+    db = [call for owner in owners for call in owner.activity.db_calls]
+    cache = [call for owner in owners for call in owner.activity.cache_calls]
+    missing = []
+    if db and all(call.params_hash is None for call in db):
+        missing.append(
+            "duplicate queries (the same statement with the same parameters: parameters are "
+            "exported only with HMS_OTEL_CAPTURE_SQL_PARAMETERS=true)"
+        )
+    if any(call.misses for call in cache) and all(call.key_hash is None for call in cache if call.misses):
+        missing.append(
+            "cache repeated misses (one key missed twice: keys are exported only with "
+            "HMS_OTEL_CAPTURE_CACHE_KEYS=true; misses without fill are then judged by key pattern)"
+        )
+    if (
+        db
+        and any(call.orm is not None and call.orm.model for call in db)
+        and not any(o.aggregate for o in owners)
+    ):
+        missing.append(
+            "unused eager loads (decided by the live agent over many requests, from attribute reads "
+            "no span records; with HMS_OTEL_UNUSED_EAGER_LOADS=true it exports what it found)"
+        )
+    if db and all(call.rows < 0 for call in db):
+        missing.append("unbounded and wide results (no db.response.returned_rows on the DB spans)")
+    if (
+        db
+        and not any(owner.activity.connects for owner in owners)
+        and not any(call.orm is not None for call in db)
+    ):
+        missing.append("connection churn (needs the agent's hms.db.connect events)")
+    if not missing:
+        return ""
+    return "not detectable offline from this input: " + "; ".join(missing)

@@ -66,7 +66,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="run the detectors offline over OTLP-JSON traces from any service",
         description="Rebuild span trees from OTLP-JSON traces (the agent's file, the OpenTelemetry "
         "Collector's file exporter output, or one ExportTraceServiceRequest document), run the agent's "
-        "detectors over them (SQL-level when no ORM attributes are present) and print the findings report. "
+        "detectors over them (SQL-level when no ORM attributes are present) and print the findings report, "
+        "with a note naming the kinds of finding the input does not allow to detect and why (statement "
+        "parameters and raw cache keys are exported only when opted in). "
         "Thresholds come from the same settings as the agent (flags below, or HMS_OTEL_* variables).",
     )
     analyze.add_argument("files", nargs="+", metavar="FILE", help="OTLP-JSON files or directories")

@@ -95,6 +95,47 @@ class FindingGroup:
         if self.location is None:
             self.location = finding.location
 
+    def merge(self, other: FindingGroup) -> None:
+        """Add `other` (the same fingerprint, aggregated elsewhere: another xdist worker)."""
+        self.requests += other.requests
+        self.repetitions += other.repetitions
+        self.max_repetitions = max(self.max_repetitions, other.max_repetitions)
+        self.total_ms += other.total_ms
+        for route, ms in other.routes.items():
+            self.routes[route] = self.routes.get(route, 0.0) + ms
+        self.services |= other.services
+        if other._worst_ms > self._worst_ms:
+            self._worst_ms, self.hint = other._worst_ms, other.hint or self.hint
+        if other.planned and not self.planned:
+            self.fix, self.planned = other.fix, True
+        for name in ("statement", "model", "relation", "relation_kind", "key_pattern", "fix"):
+            if not getattr(self, name) and getattr(other, name):
+                setattr(self, name, getattr(other, name))
+        self.explicit_subject = self.explicit_subject or other.explicit_subject
+        if self.location is None:
+            self.location = other.location
+
+    def state(self) -> dict[str, Any]:
+        """Plain data (what execnet can send) that `from_state` turns back into this group."""
+        loc = self.location
+        return {
+            **{name: getattr(self, name) for name in _GROUP_FIELDS},
+            "location": None if loc is None else [loc.file, loc.line, loc.function],
+            "routes": dict(self.routes),
+            "services": sorted(self.services),
+            "worst_ms": self._worst_ms,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> FindingGroup:
+        loc = state.get("location")
+        group = cls(**{name: state[name] for name in _GROUP_FIELDS})
+        group.location = CodeLocation(str(loc[0]), int(loc[1]), str(loc[2])) if loc else None
+        group.routes = {str(k): float(v) for k, v in state.get("routes", {}).items()}
+        group.services = set(state.get("services", ()))
+        group._worst_ms = float(state.get("worst_ms", -1.0))
+        return group
+
     def to_dict(self) -> dict[str, Any]:
         routes = self.route_list
         return {
@@ -126,6 +167,12 @@ class FindingGroup:
             "hint": self.hint,
             "services": sorted(self.services),
         }
+
+
+_GROUP_FIELDS = (
+    "fingerprint", "kind", "statement", "model", "relation", "relation_kind", "key_pattern", "fix", "hint",
+    "requests", "repetitions", "max_repetitions", "total_ms", "explicit_subject", "planned",
+)  # fmt: skip
 
 
 def _table(statement: str) -> str:
@@ -179,6 +226,7 @@ class Summary:
     traces: int = 0
     owners: int = 0
     requests: int = 0
+    tests: int = 0  # pytest plugin: the owner spans of test bodies
     owners_with_findings: int = 0
     db_queries: int = 0
     db_time_ms: float = 0.0
@@ -194,6 +242,7 @@ class Summary:
             "traces": self.traces,
             "owners": self.owners,
             "requests": self.requests,
+            "tests": self.tests,
             "owners_with_findings": self.owners_with_findings,
             "db_queries": self.db_queries,
             "db_time_ms": round(self.db_time_ms, 3),
@@ -252,6 +301,12 @@ def thresholds_of(settings: Settings) -> dict[str, Any]:
     }
 
 
+_SUMMARY_COUNTS = (
+    "spans", "owners", "requests", "tests", "owners_with_findings", "db_queries", "db_time_ms", "cache_reads",
+    "cache_hits",
+)  # fmt: skip
+
+
 class Aggregator:
     def __init__(self, source: str, inputs: Iterable[str] = (), settings: Settings | None = None) -> None:
         self.source = source
@@ -275,6 +330,8 @@ class Aggregator:
         summary.owners += 1
         if owner.is_request:
             summary.requests += 1
+        elif owner.is_test:
+            summary.tests += 1
         if owner.trace_id:
             self._traces.add(owner.trace_id)
             summary.traces = len(self._traces)
@@ -314,6 +371,50 @@ class Aggregator:
             if group is None:
                 group = self.groups[key] = FindingGroup(fingerprint=key, kind=finding.kind)
             group.add(finding, AGGREGATE_ROUTE if owner.aggregate else owner.label, owner.service)
+
+    # -- across processes (pytest-xdist workers) ----------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """Everything added so far as plain data, for `merge_state` in another process."""
+        summary = self.summary
+        return {
+            "summary": {
+                **{name: getattr(summary, name) for name in _SUMMARY_COUNTS},
+                "services": sorted(summary.services),
+                "run_ids": sorted(summary.run_ids),
+            },
+            "traces": sorted(self._traces),
+            "groups": [g.state() for g in self.groups.values()],
+            "patterns": [[group, vars(stats)] for group, stats in self.patterns.items()],
+            "notes": list(self.notes),
+        }
+
+    def merge_state(self, state: dict[str, Any]) -> None:
+        """Add what another aggregator added (its `state()`)."""
+        summary, other = self.summary, state["summary"]
+        for name in _SUMMARY_COUNTS:
+            setattr(summary, name, getattr(summary, name) + other[name])
+        summary.services.update(other["services"])
+        summary.run_ids.update(other["run_ids"])
+        self._traces.update(state["traces"])
+        summary.traces = len(self._traces)
+        for data in state["groups"]:
+            group = FindingGroup.from_state(data)
+            mine = self.groups.get(group.fingerprint)
+            if mine is None:
+                self.groups[group.fingerprint] = group
+            else:
+                mine.merge(group)
+        for key, data in state["patterns"]:
+            theirs = KeyPatternStats(**data)
+            stats = self.patterns.get(key)
+            if stats is None:
+                self.patterns[key] = theirs
+                continue
+            stats.key_pattern = most_informative((stats.key_pattern, theirs.key_pattern))
+            for name in ("reads", "hits", "misses", "writes", "writes_without_ttl", "deletes"):
+                setattr(stats, name, getattr(stats, name) + getattr(theirs, name))
+        self.notes.extend(n for n in state["notes"] if n not in self.notes)
 
     def report(self) -> Report:
         findings = sorted(

@@ -45,6 +45,7 @@ from hms_otel_agent.signals.activity import (
 )
 from hms_otel_agent.signals.fingerprint import fingerprint_sql
 from hms_otel_agent.signals.http_privacy import HttpPrivacy
+from hms_otel_agent.signals.routes import readable_name, readable_route
 
 AGGREGATE_SCOPES = frozenset((EAGER_LOADS_SCOPE,))
 CACHE_SYSTEMS = frozenset(("redis", "memcached", "valkey", "keydb", "dragonfly"))
@@ -285,7 +286,8 @@ class Owner:
     activity: OwnerActivity
     span: SpanData | None  # None: stand-in for a parent that is not in the data
     trace_id: str
-    is_request: bool = False
+    is_request: bool = False  # a request the app served (see _is_request)
+    is_test: bool = False  # a test body (the pytest plugin's owner spans)
     service: str = ""
     run_id: str = ""
     recorded: list[Finding] = field(default_factory=list)
@@ -293,8 +295,21 @@ class Owner:
 
     @property
     def label(self) -> str:
-        """The route of a request, else the owner's name."""
-        return self.activity.route or self.activity.name
+        """The route of a request (readable: signals/routes.py), else the owner's name."""
+        return readable_route(self.activity.route) or self.activity.name
+
+
+TEST_ATTRIBUTE = "hms.pytest.nodeid"  # pytest_plugin.py: on the owner span of each test
+DJANGO_SCOPE = "opentelemetry.instrumentation.django"
+
+
+def _is_request(span: SpanData) -> bool:
+    """A server span, or the span Django's middleware makes for a request handled inside another
+    span (a test client's request in a test: the contrib makes it INTERNAL, not SERVER)."""
+    if span.kind == KIND_SERVER:
+        return True
+    attributes = span.attributes
+    return span.scope == DJANGO_SCOPE and ("http.request.method" in attributes or "http.method" in attributes)
 
 
 # Span names that carry a path are printed with the path templated, as the agent exports them.
@@ -318,17 +333,20 @@ def build_owners(spans: Iterable[SpanData]) -> list[Owner]:
             route = _text(span.attributes, "http.route")
             owners[key] = Owner(
                 activity=OwnerActivity(
-                    name=_URLS.span_name(span.name, None, None),  # "GET /patients/MRN-1/" from other agents
+                    name=readable_name(_URLS.span_name(span.name, None, None), route),
                     route=route,
                     plans=recorded_plans(span),
                     connects=connect_calls(span),
                 ),
                 span=span,
                 trace_id=span.trace_id,
-                is_request=span.kind == KIND_SERVER,
+                is_request=_is_request(span),
+                is_test=TEST_ATTRIBUTE in span.attributes,
                 service=_resource_text(span, "service.name"),
                 run_id=_resource_text(span, RUN_ID_ATTRIBUTE),
-                recorded=recorded_findings(span, route or _URLS.span_name(span.name, None, None)),
+                recorded=recorded_findings(
+                    span, readable_route(route) or _URLS.span_name(span.name, None, None)
+                ),
                 aggregate=span.scope in AGGREGATE_SCOPES,
             )
     resolved: dict[tuple[str, str], tuple[str, str]] = {}

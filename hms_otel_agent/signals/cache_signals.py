@@ -10,7 +10,8 @@ cache_n_plus_one            >= ``cache_n_plus_one_threshold`` single-key reads (
 cache_repeated_miss         one key (``key_hash``) missed by two or more calls: the value is
                             never stored
 cache_miss_without_fill     a miss, then SQL (outside any cache call), and no later write of
-                            that key: the cache-aside path does not populate the cache
+                            that key (of its pattern when the key is not known): the
+                            cache-aside path does not populate the cache
 cache_write_without_ttl     a write that leaves the key without an expiry (``ttl_s is None``)
                             and no later write of the same key that sets one
 cache_invalidation_storm    >= ``cache_invalidation_threshold`` delete calls (round trips, not
@@ -249,7 +250,9 @@ def _misses_without_fill(
         start = miss.start_ns
         if miss.key_hash is not None and by_key.get(miss.key_hash, -1) >= start:
             continue
-        filled_by_pattern = by_pattern if miss.reads > 1 else by_pattern_multi
+        # A key that is not known (a multi-key read, or offline without the raw keys) is filled
+        # by any later write of its pattern; a known key only by its own or a multi-key write.
+        filled_by_pattern = by_pattern if miss.reads > 1 or miss.key_hash is None else by_pattern_multi
         if filled_by_pattern.get(group_of(miss.key_pattern), -1) >= start:
             continue
         unfilled.append(miss)

@@ -103,8 +103,13 @@ def assert_cleaned_up(stderr: str) -> None:
 
 def assert_demo_report(report: dict) -> None:
     findings = report["findings"]
-    routes = {route for f in findings for route in f["routes"]}
-    assert not any("optimized" in route for route in routes), routes
+    # A slow query depends on the machine's load, not on the code: any route may have one.
+    on_optimized = [
+        (f["kind"], f["routes"])
+        for f in findings
+        if f["kind"] != "slow_query" and any("optimized" in route for route in f["routes"])
+    ]
+    assert not on_optimized, on_optimized
     fixes: dict[str, set[str]] = {}
     for f in findings:
         if f["kind"] == "n_plus_one":
@@ -134,7 +139,14 @@ def test_demo_on_given_servers_reports_naive_endpoints_only(
     report = json.loads(result.stdout)
     assert_demo_report(report)
     assert report["summary"]["services"] == ["hms-demo"]
-    servers = otlp_receiver.wait_for_spans(lambda s: s.kind == "SPAN_KIND_SERVER", count=61)
+    # The report counts the requests the demo says it sent: the readiness probe is not traced.
+    assert "hms-otel demo: 60 requests in " in result.stderr
+    assert report["summary"]["requests"] == 60, report["summary"]
+    servers = otlp_receiver.wait_for_spans(lambda s: s.kind == "SPAN_KIND_SERVER", count=60)
+    time.sleep(1)  # nothing more arrives
+    servers = otlp_receiver.wait_for_spans(lambda s: s.kind == "SPAN_KIND_SERVER", count=60)
+    paths = [str(s.attributes.get("url.path") or s.attributes.get("http.target") or "") for s in servers]
+    assert len(servers) == 60 and not any(p.startswith("/health/") for p in paths), paths
     assert {s.resource["service.name"] for s in servers} == {"hms-demo"}
     assert_cleaned_up(result.stderr)
 

@@ -178,3 +178,50 @@ def test_bad_fail_on_is_a_usage_error(project: pytest.Pytester) -> None:
     result = project.runpytest_subprocess("--hms-otel", "--hms-otel-fail-on=n_plus_two")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "unknown kind(s) n_plus_two" in result.stderr.str()
+
+
+def report_groups(report: dict) -> set[tuple]:
+    return {
+        (f["fingerprint"], f["kind"], f["requests"], f["repetitions"], tuple(sorted(f["routes"])))
+        for f in report["findings"]
+    }
+
+
+def summary_line(result: pytest.RunResult) -> str:
+    return next(line for line in result.outlines if line.startswith("hms-otel: "))
+
+
+def test_xdist_writes_one_merged_report_at_the_asked_path(project: pytest.Pytester) -> None:
+    """With pytest-xdist the tests run in two workers; the report at the path asked for holds
+    every finding and count of the run, the same as a run in one process, and so does the
+    summary line."""
+    pytest.importorskip("xdist")
+    common = [
+        "-p", "no:cacheprovider", "--hms-otel", "--hms-otel-threshold", "3", "--hms-otel-fail-on", "none",
+        "-k", "not nothing_imported",  # (it reads sys.argv, which is not pytest's in a worker)
+    ]  # fmt: skip
+    single = project.runpytest_subprocess(*common, "--hms-otel-report", "single.json")
+    assert single.ret == 0, single.stdout.str()
+    parallel = project.runpytest_subprocess(*common, "-n", "2", "-v", "--hms-otel-report", "out/report.json")
+    assert parallel.ret == 0, parallel.stdout.str()
+    workers = set(re.findall(r"\[(gw\d)\] .*PASSED", parallel.stdout.str()))
+    assert workers == {"gw0", "gw1"}, parallel.stdout.str()  # both workers ran tests
+    assert [p.name for p in (project.path / "out").iterdir()] == ["report.json"]  # no per-worker files
+    merged = json.loads((project.path / "out" / "report.json").read_text())
+    expected = json.loads((project.path / "single.json").read_text())
+    assert merged["findings"] and report_groups(merged) == report_groups(expected)
+    for name in ("owners", "requests", "tests", "owners_with_findings", "db_queries", "traces"):
+        assert merged["summary"][name] == expected["summary"][name], name
+    # Tests and the test-client requests they made are counted as what they are.
+    assert (merged["summary"]["tests"], merged["summary"]["requests"]) == (8, 3)
+    assert summary_line(single) == summary_line(parallel).replace("out/report.json", "single.json")
+    assert re.fullmatch(
+        rf"hms-otel: {len(merged['findings'])} distinct findings in \d of 8 tests \(and the 3 requests they "
+        r"made\); report: out/report.json",
+        summary_line(parallel),
+    ), summary_line(parallel)
+    # The Markdown report says the same.
+    project.runpytest_subprocess(*common, "-n", "2", "--hms-otel-report", "report.md")
+    markdown = (project.path / "report.md").read_text()
+    assert "in 8 tests, 3 requests and 1 other span;" in markdown, markdown
+    assert "| # | kind | route | relation / key pattern | seen in | repetitions |" in markdown

@@ -192,3 +192,59 @@ def test_analyze_collector_file_matches_live_detection(
         {path.split("?")[0].lstrip("/") for _, path in TRAFFIC if "optimized" in path}
     )
     assert analyzed["summary"]["requests"] == recorded["summary"]["requests"] == len(TRAFFIC) + 1
+    # With parameters and keys exported, nothing is missing: no note about it.
+    assert not [n for n in analyzed["notes"] if "duplicate" in n or "repeated miss" in n], analyzed["notes"]
+
+
+# The phrase the note uses for each kind `analyze` may be unable to see.
+NOTE_PHRASES = {
+    "duplicate_query": "duplicate queries",
+    "cache_repeated_miss": "cache repeated misses",
+    "unused_eager_load": "unused eager loads",
+    "unbounded_result": "unbounded and wide results",
+    "wide_result": "unbounded and wide results",
+    "connection_churn": "connection churn",
+}
+
+
+def test_analyze_says_what_it_cannot_see_with_default_settings(
+    tmp_path: Path,
+    app_process: Callable[..., AppProcess],
+    sample_app_db: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With default settings (no parameters, no raw keys exported), `analyze` finds nothing the
+    live agent did not, and one note names every kind it missed and why."""
+    port = free_port()
+    cmd = [
+        venv_executable("hms-otel-run"),
+        sys.executable, "-m", "hms_otel_agent.sample", "runserver", f"127.0.0.1:{port}", "--noreload",
+    ]  # fmt: skip
+    env = {**sample_app_db, "HMS_OTEL_LIVE_LOG": "false", "HMS_OTEL_REPORT": "false"}
+    app = app_process(
+        cmd, env=env, cwd=tmp_path, base_url=f"http://127.0.0.1:{port}", stop_signal=signal.SIGINT
+    )
+    app.wait_http("/health/", timeout=60)
+    for method, path in TRAFFIC:
+        assert app.request(method, path).status == 200, path
+    assert app.stop() == 0
+    telemetry = str(tmp_path / ".hms-otel")
+    assert main(["analyze", telemetry, "--format", "json"]) == 0
+    analyzed = json.loads(capsys.readouterr().out)
+    assert main(["report", telemetry, "--format", "json"]) == 0
+    recorded = json.loads(capsys.readouterr().out)
+
+    def found(report: dict[str, Any]) -> set[tuple[str, str, str]]:
+        return {(f["kind"], f["route"], f["subject"]) for f in report["findings"]}
+
+    assert found(analyzed) - found(recorded) == set()  # nothing offline that was not there live
+    missed = {kind for kind, _, _ in found(recorded) - found(analyzed)}
+    assert "cache_repeated_miss" in missed  # /patients/3/flaky-summary/: one key missed twice
+    notes = [n for n in analyzed["notes"] if n.startswith("not detectable offline from this input: ")]
+    assert len(notes) == 1, analyzed["notes"]
+    for kind in missed:
+        assert NOTE_PHRASES[kind] in notes[0], (kind, notes[0])
+    assert "HMS_OTEL_CAPTURE_CACHE_KEYS=true" in notes[0]
+    # The terminal report shows it too, wrapped to the width.
+    assert main(["analyze", telemetry]) == 0
+    assert "note: not detectable offline from this input: " in capsys.readouterr().out

@@ -17,7 +17,7 @@ FINDING_KEYS = {
     "location", "fix", "hint", "services",
 }  # fmt: skip
 SUMMARY_KEYS = {
-    "spans", "traces", "owners", "requests", "owners_with_findings", "db_queries", "db_time_ms",
+    "spans", "traces", "owners", "requests", "tests", "owners_with_findings", "db_queries", "db_time_ms",
     "cache_reads", "cache_hit_ratio", "services", "run_ids",
 }  # fmt: skip
 PATTERN_KEYS = {

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from hms_otel_agent.signals import fingerprint as fp_module
 from hms_otel_agent.signals.fingerprint import (
     CACHE_MAX_CHARS,
+    LONG_CACHE_MAX_CHARS,
     MAX_SQL_CHARS,
     TRUNCATION_MARK,
     SqlFingerprint,
@@ -763,9 +764,31 @@ def test_cache_is_bounded_and_hit() -> None:
 
 def test_statements_over_the_cache_limit_are_not_cached() -> None:
     sql = "SELECT * FROM t WHERE a IN (" + ", ".join(["1"] * CACHE_MAX_CHARS) + ")"
+    assert len(sql) > LONG_CACHE_MAX_CHARS
     before = fp_module._fingerprint_cached.cache_info().currsize
+    before_long = fp_module._fingerprint_long_cached.cache_info().currsize
     fingerprint_sql(sql)
     assert fp_module._fingerprint_cached.cache_info().currsize == before
+    assert fp_module._fingerprint_long_cached.cache_info().currsize == before_long
+
+
+def _wide_select(tables: int) -> str:
+    """What Django sends for a wide model with select_related: every column of every table."""
+    columns = ", ".join(f'"t{t}"."column_number_{c}"' for t in range(tables) for c in range(40))
+    joins = " ".join(f'INNER JOIN "t{t}" ON ("t0"."ref_{t}_id" = "t{t}"."id")' for t in range(1, tables))
+    return f'SELECT {columns} FROM "t0" {joins} WHERE "t0"."id" IN (%s, %s) ORDER BY "t0"."id" LIMIT 50'
+
+
+def test_long_statements_are_memoised_in_the_second_cache() -> None:
+    sql = _wide_select(8)
+    assert CACHE_MAX_CHARS < len(sql) <= LONG_CACHE_MAX_CHARS
+    again = "".join(list(sql))  # equal, but another object: as the ORM builds it per query
+    assert again is not sql
+    first = fingerprint_sql(sql)
+    assert first == fp_module._fingerprint_uncached(sql)
+    assert fingerprint_sql(again) is first
+    info = fp_module._fingerprint_long_cached.cache_info()
+    assert info.maxsize is not None and info.maxsize * LONG_CACHE_MAX_CHARS <= 4 * 1024 * 1024
 
 
 def test_signals_modules_import_only_the_standard_library() -> None:
