@@ -563,6 +563,8 @@ def finding_attributes(finding: Finding) -> dict[str, Any]:
     attributes.update(code_attributes(finding.location))
     if finding.fix:
         attributes["hms.hint.fix"] = finding.fix
+    if finding.fix_kind:
+        attributes["hms.hint.fix_kind"] = finding.fix_kind
     if finding.hint:
         attributes["hms.hint"] = finding.hint
     if finding.subject:

@@ -60,7 +60,9 @@ from typing import Any
 from opentelemetry.trace import get_current_span
 
 from hms_otel_agent import guard
+from hms_otel_agent.instrument import fix_check
 from hms_otel_agent.instrument.context import current_orm, user_location
+from hms_otel_agent.signals import fixes
 from hms_otel_agent.signals.activity import DEFERRED as DEFERRED_KIND
 from hms_otel_agent.signals.activity import (
     FORWARD,
@@ -68,19 +70,25 @@ from hms_otel_agent.signals.activity import (
     GENERIC_RELATION,
     GET,
     MANY_TO_MANY,
+    NO_FACTS,
     REFRESH,
+    RELATED_AGGREGATE,
     RELATED_COUNT,
     RELATED_EXISTS,
     REVERSE_FK,
     REVERSE_ONE_TO_ONE,
+    FixFacts,
     OrmContext,
+    Step,
 )
 
 COMPONENT = "Django ORM context"
 QUERY = "query"
 COUNT = "count"
 EXISTS = "exists"
+AGGREGATE = "aggregate"
 TAG = "_hms_rel"  # attribute of django.db.models.sql.Query
+ADMIN_TAG = "_hms_admin"  # attribute of the Query of an admin changelist's queryset
 ORIGIN = "_hms_origin"  # attribute of an instance's ModelState
 _PATCHED = "_hms_orm_patch"  # marks our wrappers (for uninstall and idempotence)
 _MANAGER_KINDS = frozenset((REVERSE_FK, MANY_TO_MANY, GENERIC_RELATION))
@@ -88,12 +96,18 @@ _MAX_SELECT_RELATED_DEPTH = 5  # Django's own default for select_related()
 
 # True while Django runs prefetch_one_level: related managers built there are never evaluated.
 _in_prefetch: ContextVar[bool] = ContextVar("hms_otel_orm_prefetch", default=False)
+# The ModelAdmin (class name) whose ChangeList.get_results is running: its COUNT(*) queries.
+_admin_results: ContextVar[str] = ContextVar("hms_otel_orm_admin", default="")
 
 # Per-class / per-descriptor metadata, filled on first use; bounded by the number of models
 # and relations in the process. Keys are model classes and descriptors, never instances.
 _labels: dict[Any, str] = {}
 _names: dict[Any, str] = {}
 _forward_joins: dict[Any, dict[str, Any]] = {}
+_accessor_maps: dict[Any, dict[str, tuple[str, str, str]]] = {}  # model -> accessor -> (kind, target, remote)
+_get_facts: dict[tuple[Any, tuple[str, ...]], FixFacts] = {}  # (model, get() keywords) -> facts
+_compiler_selects: dict[type, bool] = {}  # compiler class -> runs a plain SELECT
+_gfk_attnames: dict[Any, str] = {}  # GenericForeignKey -> attname of its content type column
 # Contexts by (operation, relation, path, code location): bounded by the code of the application.
 _interned: dict[tuple[Any, ...], OrmContext] = {}
 _MAX_INTERNED = 20_000
@@ -106,6 +120,7 @@ _MISSING = object()
 # Set by install(): Django classes the hot path compares against.
 _ModelIterable: Any = None
 _SQLCompiler: Any = None
+_NOT_SELECT: tuple[type, ...] = ()
 _ContentType: Any = None
 _deferred_get_code: Any = None
 # Set by instrument/eager_loads.py: marks instances of querysets with select_related /
@@ -131,6 +146,7 @@ def _context(
     path: str = "",
     root: str = "",
     filtered: bool = False,
+    facts: FixFacts = NO_FACTS,
 ) -> OrmContext:
     """The OrmContext of this operation at the user's code location, interned: the contexts are
     frozen and a loop produces the same one every time, and building a frozen dataclass costs
@@ -139,7 +155,7 @@ def _context(
     span = get_current_span()
     location = user_location() if span.is_recording() or not span.get_span_context().is_valid else None
     if location is None:
-        key: tuple[Any, ...] = (kind, model, relation, path, root, lazy, filtered)
+        key: tuple[Any, ...] = (kind, model, relation, path, root, lazy, filtered, facts)
     else:
         key = (
             kind,
@@ -149,16 +165,31 @@ def _context(
             root,
             lazy,
             filtered,
+            facts,
             location.file,
             location.line,
             location.function,
         )
     ctx = _interned.get(key)
     if ctx is None:
-        ctx = OrmContext(model, kind, relation, lazy, path, root, filtered, location)
+        ctx = OrmContext(model, kind, relation, lazy, path, root, filtered, location, facts)
         if len(_interned) < _MAX_INTERNED:
             _interned[key] = ctx
+        if facts is not NO_FACTS:
+            _schedule_check(ctx)
     return ctx
+
+
+def _schedule_check(ctx: OrmContext) -> None:
+    """A new context: have its fix checked in the background before a finding shows it."""
+    try:
+        checker = fixes.checker
+        if checker is not None and (ctx.lazy or ctx.kind == GET):
+            fix = fixes.derive(ctx)
+            if fix is not None:
+                checker.submit(fix)
+    except Exception as exc:
+        guard.report(COMPONENT, exc)
 
 
 def _pop(token: Token[OrmContext | None] | None) -> None:
@@ -186,44 +217,105 @@ def _name(descriptor: Any, compute: Callable[[Any], str]) -> str:
         return name
 
 
-def _origin(instance: Any) -> tuple[str, str] | None:
-    origin: tuple[str, str] | None = instance._state.__dict__.get(ORIGIN)
+# (root_model, path, route, admin): where an instance came from. `route` has a Step per relation
+# of `path`; `admin` is (ModelAdmin name, paths its changelist joined) or None.
+Origin = tuple[str, str, tuple[Step, ...], Any]
+
+
+def _origin(instance: Any) -> Origin | None:
+    origin: Origin | None = instance._state.__dict__.get(ORIGIN)
     return origin
 
 
-def _path(instance: Any, name: str) -> tuple[str, str, str]:
-    """(model, root_model, path) of loading relation `name` from `instance`."""
+def _accessors(model: Any) -> dict[str, tuple[str, str, str]]:
+    """accessor -> (relation kind, ``app_label.Model`` it reaches), from the model's ``_meta``:
+    forward FKs and one-to-ones, reverse accessors (``related_name`` or ``x_set``), many-to-many
+    fields (Django's and custom ones such as django-taggit's), GenericForeignKeys (no target)
+    and GenericRelations."""
+    found = _accessor_maps.get(model)
+    if found is not None:
+        return found
+    found = {}
+    for field in model._meta.get_fields(include_hidden=True):
+        if not field.is_relation:
+            continue
+        target = field.related_model
+        remote = ""
+        if field.auto_created and not field.concrete:  # a reverse relation (ForeignObjectRel)
+            name = field.get_accessor_name()
+            remote = str(field.field.name)
+            if field.one_to_one:
+                kind = REVERSE_ONE_TO_ONE
+            elif field.many_to_many:
+                kind = MANY_TO_MANY
+            else:
+                kind = REVERSE_FK
+        else:
+            name = field.name
+            if field.many_to_one and target is None:
+                kind = GENERIC_FK
+            elif field.one_to_many:
+                kind = GENERIC_RELATION
+            elif field.many_to_many:
+                kind = MANY_TO_MANY
+            else:
+                kind = FORWARD
+        if name and not name.endswith("+"):
+            found[name] = (kind, _label(target) if isinstance(target, type) else "", remote)
+    _accessor_maps[model] = found
+    return found
+
+
+def _step(model: Any, name: str, kind: str, target: str = "") -> Step:
+    _, known, remote = _accessors(model).get(name, (kind, "", ""))
+    return Step(name, kind, target or known, remote)
+
+
+def _path(instance: Any, name: str) -> tuple[str, str, str, tuple[Step, ...], Any]:
+    """(model, root_model, path, route so far, admin) of loading relation `name` of `instance`."""
     model = _label(type(instance))
     origin = _origin(instance)
     if origin is None:
-        return model, model, name
-    return model, origin[0], origin[1] + "__" + name
+        return model, model, name, (), None
+    return model, origin[0], origin[1] + "__" + name, origin[2], origin[3]
+
+
+def _facts(route: tuple[Step, ...], admin: Any) -> FixFacts:
+    if admin is None:
+        return FixFacts(route=route)
+    return FixFacts(route=route, admin=admin[0], admin_joins=admin[1])
 
 
 def _open_relation(
-    instance: Any, name: str, kind: str, lazy: bool = True
-) -> tuple[Token[OrmContext | None] | None, tuple[str, str] | None]:
+    instance: Any, name: str, kind: str, lazy: bool = True, target: str = ""
+) -> tuple[Token[OrmContext | None] | None, Origin | None]:
     """Set the context of loading relation `name` of `instance`; return (token, origin of what
     gets loaded). Never raises."""
     try:
-        model, root, path = _path(instance, name)
+        model, root, path, route, admin = _path(instance, name)
+        route = (*route, _step(type(instance), name, kind, target))
         outer = current_orm.get()
         token = None
         if outer is None or not outer.relation:
-            ctx = _context(model, kind, model + "." + name, lazy, path, root)
+            ctx = _context(model, kind, model + "." + name, lazy, path, root, facts=_facts(route, admin))
             token = current_orm.set(ctx)
-        return token, (root, path)
+        return token, (root, path, route, admin)
     except Exception as exc:
         guard.report(COMPONENT, exc)
         return None, None
 
 
-def _mark(obj: Any, origin: tuple[str, str] | None) -> None:
+def _mark(obj: Any, origin: Origin | None) -> None:
     if obj is None or origin is None:
         return
     try:
         state = getattr(obj, "_state", None)
         if state is not None:
+            route = origin[2]
+            if route and not route[-1].model:  # a GenericForeignKey: the type is known now
+                last = route[-1]
+                route = (*route[:-1], last._replace(model=_label(type(obj))))
+                origin = (origin[0], origin[1], route, origin[3])
             state.__dict__[ORIGIN] = origin
     except Exception as exc:
         guard.report(COMPONENT, exc)
@@ -248,12 +340,14 @@ def _tag_related(queryset: Any, instance: Any, kind: str, name: str) -> None:
         query = queryset.__dict__.get("_query")
         if query is None or TAG in query.__dict__:
             return  # a prefetched queryset is returned again on every access: tag it once
-        model, root, path = _path(instance, name)
+        model, root, path, route, admin = _path(instance, name)
+        route = (*route, _step(type(instance), name, kind, _label(queryset.model)))
         where = len(query.where.children)
         pending = queryset.__dict__.get("_deferred_filter")  # the manager's own filter, not applied yet
         if pending:
             where += len(pending[1]) + len(pending[2])
-        query.__dict__[TAG] = (kind, model, model + "." + name, path, root, where, query.order_by)
+        relation = model + "." + name
+        query.__dict__[TAG] = (kind, model, relation, path, root, where, query.order_by, route, admin)
     except Exception as exc:
         guard.report(COMPONENT, exc)
 
@@ -262,33 +356,137 @@ def _filtered(query: Any, tag: tuple[Any, ...]) -> bool:
     return len(query.where.children) != tag[5] or query.order_by is not tag[6] or query.is_sliced
 
 
-def _tagged_ctx(queryset: Any, tag: tuple[Any, ...], kind: str, filtering: bool = False) -> OrmContext:
-    filtered = tag[0] in _MANAGER_KINDS and (filtering or _filtered(queryset.query, tag))
-    return _context(tag[1], kind, tag[2], True, tag[3], tag[4], filtered)
+def _lookup_name(node: Any) -> str:
+    """``status`` / ``started_at__gte`` of a where-clause lookup on a column of the queried model
+    ("" for anything else: a nested condition, an expression, a column of a joined table)."""
+    lhs = getattr(node, "lhs", None)
+    target = getattr(lhs, "target", None)
+    name = getattr(node, "lookup_name", None)
+    if target is None or not name or getattr(lhs, "alias", None) is None:
+        return ""
+    field = str(target.name)
+    return field if name == "exact" else f"{field}__{name}"
 
 
-def _open_queryset(queryset: Any, kind: str, filtering: bool = False) -> Token[OrmContext | None] | None:
-    """Context of QuerySet.get/count/exists. Never raises."""
+def _filter_facts(query: Any, tag: tuple[Any, ...], facts: FixFacts) -> FixFacts:
+    """The lookups and ordering user code added to a related manager's queryset."""
+    children = query.where.children[tag[5] :]
+    if query.where.connector != "AND" or query.where.negated:
+        children = [query.where]
+    filters = tuple(_lookup_name(child) for child in children)
+    order_by = () if query.order_by is tag[6] else tuple(o for o in query.order_by if isinstance(o, str))
+    return facts._replace(filters=filters, order_by=order_by)
+
+
+def _tagged_ctx(
+    queryset: Any, tag: tuple[Any, ...], kind: str, filtering: bool = False, extra: FixFacts | None = None
+) -> OrmContext:
+    query = queryset.query
+    filtered = tag[0] in _MANAGER_KINDS and (filtering or _filtered(query, tag))
+    facts = _facts(tag[7], tag[8]) if extra is None else extra._replace(route=tag[7])
+    if filtered:
+        facts = _filter_facts(query, tag, facts)
+    return _context(tag[1], kind, tag[2], True, tag[3], tag[4], filtered, facts)
+
+
+def _aggregate_fact(alias: str, expression: Any) -> tuple[str, str, str] | None:
+    """``("last", "Max", "started_at")``: names only; None when it is not one aggregate of one
+    field."""
+    name = getattr(expression, "name", None)
+    sources = expression.get_source_expressions() if hasattr(expression, "get_source_expressions") else []
+    fields = [getattr(e, "name", None) for e in sources if e is not None]
+    if not isinstance(name, str) or len(fields) != 1 or not isinstance(fields[0], str):
+        return None
+    return (alias, name, fields[0]) if alias.isidentifier() else None
+
+
+def _aggregate_facts(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[str, str, str], ...]:
+    found = [_aggregate_fact(str(getattr(a, "default_alias", "")), a) for a in args]
+    found += [_aggregate_fact(alias, expression) for alias, expression in kwargs.items()]
+    return tuple(f for f in found if f is not None) if all(found) else ()
+
+
+def _unique_fields(model: Any) -> frozenset[str]:
+    """Fields that identify one row alone: unique fields and single-field unconditional
+    UniqueConstraints (what ``in_bulk(field_name=...)`` accepts)."""
+    meta = model._meta
+    names = {f.name for f in meta.concrete_fields if f.unique}
+    for constraint in getattr(meta, "total_unique_constraints", ()):
+        if len(constraint.fields) == 1:
+            names.add(constraint.fields[0])
+    return frozenset(names)
+
+
+def _attname(model: Any, lookup: str) -> str:
+    """``site`` -> ``site_id`` for a foreign key (its column, readable without a query)."""
+    try:
+        field = model._meta.get_field(lookup)
+    except Exception:
+        return lookup
+    return str(field.attname) if field.many_to_one and field.concrete else lookup
+
+
+def _lookup_facts(model: Any, keys: tuple[str, ...]) -> FixFacts:
+    """Facts of ``get(**kwargs)``: its lookups and the field they identify one row by."""
+    key = (model, keys)
+    facts = _get_facts.get(key)
+    if facts is None:
+        lookups = tuple(_attname(model, k[: -len("__exact")] if k.endswith("__exact") else k) for k in keys)
+        unique = ""
+        if len(lookups) == 1 and "__" not in lookups[0]:
+            name = lookups[0]
+            pk = model._meta.pk
+            if name == "pk" or name in (pk.name, pk.attname):
+                unique = "pk"
+            elif name in _unique_fields(model):
+                unique = name
+        facts = FixFacts(lookups=lookups, unique_field=unique)
+        if len(_get_facts) < _MAX_INTERNED:
+            _get_facts[key] = facts
+    return facts
+
+
+def _open_queryset(
+    queryset: Any,
+    kind: str,
+    filtering: bool = False,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+) -> Token[OrmContext | None] | None:
+    """Context of QuerySet.get/count/exists/aggregate. Never raises."""
     try:
         outer = current_orm.get()
         tag = _tag_of(queryset)
         if tag is not None and not queryset._for_write:
             if outer is not None and outer.relation:
                 return None
+            extra = None
             if kind == COUNT:
                 kind = RELATED_COUNT
             elif kind == EXISTS:
                 kind = RELATED_EXISTS
+            elif kind == AGGREGATE:
+                kind = RELATED_AGGREGATE
+                extra = FixFacts(aggregates=_aggregate_facts(args, kwargs or {}))
             else:
                 kind = tag[0]
-            return current_orm.set(_tagged_ctx(queryset, tag, kind, filtering))
+            return current_orm.set(_tagged_ctx(queryset, tag, kind, filtering, extra))
+        if kind == AGGREGATE:
+            return None  # the compiler's "query" context, as before
         if outer is not None:
             if outer.relation and queryset.model is _ContentType and _ContentType is not None:
                 # ContentType.objects.get_for_id() inside a generic relation load: a one-off
                 # lookup (Django caches it per process), not part of the relation's N loads.
                 return current_orm.set(_context(_label(queryset.model), kind))
             return None
-        return current_orm.set(_context(_label(queryset.model), kind))
+        facts = NO_FACTS
+        if kind == GET and kwargs:
+            facts = _lookup_facts(queryset.model, tuple(kwargs))
+        elif kind == COUNT:
+            admin = _admin_results.get()
+            if admin:
+                facts = FixFacts(admin=admin)
+        return current_orm.set(_context(_label(queryset.model), kind, facts=facts))
     except Exception as exc:
         guard.report(COMPONENT, exc)
         return None
@@ -327,22 +525,29 @@ def _after_fetch(queryset: Any) -> None:
             _track_eager(queryset, rows, _default_select_joins)
         tag = _tag_of(queryset)
         joins = queryset._query.select_related
+        admin = None
         if tag is not None and not queryset._for_write:
-            origin = (tag[4], tag[3])
+            origin: Origin = (tag[4], tag[3], tag[7], tag[8])
             for obj in rows:
                 obj._state._hms_origin = origin  # ORIGIN
-            root, prefix = origin[0], origin[1] + "__"
-        elif joins:
-            root, prefix = _label(queryset.model), ""
+            root, prefix, route = origin[0], origin[1] + "__", origin[2]
+            admin = origin[3]
         else:
-            return
+            admin = queryset._query.__dict__.get(ADMIN_TAG)
+            if admin is not None:  # an admin changelist's rows: lazy loads from them get admin fixes
+                origin = (_label(queryset.model), "", (), admin)
+                for obj in rows:
+                    obj._state._hms_origin = origin  # ORIGIN
+            elif not joins:
+                return
+            root, prefix, route = _label(queryset.model), "", ()
         if not joins:
             return
         if joins is True:
             joins = _default_joins(queryset.model, _MAX_SELECT_RELATED_DEPTH)
         known = queryset._known_related_objects
         skip = {field.name for field in known} if known else ()
-        plan = _join_plan(joins, root, prefix, skip)
+        plan = _join_plan(joins, queryset.model, root, prefix, route, admin, skip)
         for obj in rows:  # the first level inline: this runs once per row
             cache = obj._state.fields_cache
             for name, origin, nested in plan:
@@ -356,17 +561,45 @@ def _after_fetch(queryset: Any) -> None:
 
 
 # [(cache name, origin, nested plan)]
-_Plan = list[tuple[str, tuple[str, str], Any]]
+_Plan = list[tuple[str, Origin, Any]]
 
 
-def _join_plan(joins: dict[str, Any], root: str, prefix: str, skip: Any) -> _Plan:
+def _join_plan(
+    joins: dict[str, Any],
+    model: Any,
+    root: str,
+    prefix: str,
+    route: tuple[Step, ...],
+    admin: Any,
+    skip: Any,
+) -> _Plan:
     plan: _Plan = []
+    accessors = _accessors(model)
     for name, sub in joins.items():
         if name in skip:
             continue  # set from _known_related_objects (the manager's instance), not joined
         path = prefix + name
-        plan.append((name, (root, path), _join_plan(sub, root, path + "__", ()) if sub else None))
+        kind, target, remote = accessors.get(name, (FORWARD, "", ""))
+        here = (*route, Step(name, kind, target, remote))
+        nested = None
+        if sub:
+            target_model = _model_of(model, name)
+            if target_model is not None:
+                nested = _join_plan(sub, target_model, root, path + "__", here, admin, ())
+        plan.append((name, (root, path, here, admin), nested))
     return plan
+
+
+def _model_of(model: Any, name: str) -> Any:
+    """The model a select_related join `name` of `model` reaches (forward or reverse)."""
+    try:
+        field = model._meta.get_field(name)
+    except Exception:
+        for rel in model._meta.related_objects:
+            if rel.one_to_one and rel.get_accessor_name() == name:
+                return rel.related_model
+        return None
+    return field.related_model
 
 
 def _mark_joined(obj: Any, plan: _Plan) -> None:
@@ -415,7 +648,7 @@ def _wrap(owner: Any, name: str, make: Callable[[Any], Callable[..., Any]]) -> N
 def _wrap_queryset_op(kind: str, filtering: bool) -> Callable[[Any], Callable[..., Any]]:
     def make(original: Callable[..., Any]) -> Callable[..., Any]:
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-            token = _open_queryset(self, kind, filtering and bool(args or kwargs))
+            token = _open_queryset(self, kind, filtering and bool(args or kwargs), args, kwargs)
             try:
                 return original(self, *args, **kwargs)
             finally:
@@ -447,16 +680,29 @@ def _open_compiler(compiler: Any) -> Token[OrmContext | None] | None:
         model = query.model
         if model is None:
             return None
-        tag = query.__dict__.get(TAG) if type(compiler) is _SQLCompiler else None
+        tag = query.__dict__.get(TAG) if _runs_select(compiler) else None
         if tag is not None:  # iterator() over a related manager's queryset
             filtered = tag[0] in _MANAGER_KINDS and _filtered(query, tag)
-            ctx = _context(tag[1], tag[0], tag[2], True, tag[3], tag[4], filtered)
+            facts = _facts(tag[7], tag[8])
+            if filtered:
+                facts = _filter_facts(query, tag, facts)
+            ctx = _context(tag[1], tag[0], tag[2], True, tag[3], tag[4], filtered, facts)
         else:
             ctx = _context(_label(model), QUERY)
         return current_orm.set(ctx)
     except Exception as exc:
         guard.report(COMPONENT, exc)
         return None
+
+
+def _runs_select(compiler: Any) -> bool:
+    """A SELECT compiler: Django's SQLCompiler or a database backend's subclass of it (PostgreSQL's
+    is one), not an insert, update, delete or aggregate compiler."""
+    cls = type(compiler)
+    known = _compiler_selects.get(cls)
+    if known is None:
+        known = _compiler_selects[cls] = issubclass(cls, _SQLCompiler) and not issubclass(cls, _NOT_SELECT)
+    return known
 
 
 def _make_execute_sql(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -522,7 +768,8 @@ def _make_load_one(kind: str, name_of: Callable[[Any], str]) -> Callable[[Any], 
             except Exception as exc:
                 guard.report(COMPONENT, exc)
                 return original(self, instance, *args, **kwargs)
-            token, origin = _open_relation(instance, name, kind)
+            target = _gfk_target(self.field, instance) if kind == GENERIC_FK else ""
+            token, origin = _open_relation(instance, name, kind, target=target)
             try:
                 result = original(self, instance, *args, **kwargs)
             finally:
@@ -538,7 +785,23 @@ def _make_load_one(kind: str, name_of: Callable[[Any], str]) -> Callable[[Any], 
     return make
 
 
-def _mark_cached(descriptor: Any, instance: Any, origin: tuple[str, str] | None) -> None:
+def _gfk_target(gfk: Any, instance: Any) -> str:
+    """``app_label.Model`` a GenericForeignKey of `instance` points to, when its ContentType is
+    in Django's per-process cache (it is after the first load of that type); else "". Never
+    raises, never queries."""
+    try:
+        attname = _gfk_attnames.get(gfk)
+        if attname is None:
+            attname = _gfk_attnames[gfk] = instance._meta.get_field(gfk.ct_field).attname
+        cached = _ContentType.objects._cache.get(instance._state.db or "default", {})
+        content_type = cached.get(getattr(instance, attname))
+        model = content_type.model_class() if content_type is not None else None
+        return _label(model) if model is not None else ""
+    except Exception:
+        return ""
+
+
+def _mark_cached(descriptor: Any, instance: Any, origin: Origin | None) -> None:
     try:
         _mark(descriptor.field.get_cached_value(instance, default=None), origin)
     except Exception as exc:
@@ -586,7 +849,7 @@ def _make_gfk_get(original: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:
             guard.report(COMPONENT, exc)
             return original(self, instance, cls)
-        token, origin = _open_relation(instance, name, GENERIC_FK)
+        token, origin = _open_relation(instance, name, GENERIC_FK, target=_gfk_target(self, instance))
         try:
             result = original(self, instance, cls)
         finally:
@@ -645,11 +908,18 @@ def _mark_prefetched(instances: Any, lookup: Any, level: int, result: Any) -> No
         if not loaded or not instances:
             return
         through = lookup.prefetch_through.split("__")[level]
-        _, root, path = _path(instances[0], through)
-        origin = (root, path)
+        first = instances[0]
+        _, root, path, route, admin = _path(first, through)
+        kind, _, remote = _accessors(type(first)).get(through, (REVERSE_FK, "", ""))
+        origins: dict[type, Origin] = {}  # by type: a GenericForeignKey loads several
         for obj in loaded:
             state = getattr(obj, "_state", None)
             if state is not None:
+                cls = type(obj)
+                origin = origins.get(cls)
+                if origin is None:
+                    step = Step(through, kind, _label(cls), remote)
+                    origin = origins[cls] = (root, path, (*route, step), admin)
                 state._hms_origin = origin  # ORIGIN
     except Exception as exc:
         guard.report(COMPONENT, exc)
@@ -788,6 +1058,107 @@ def _patch_existing_manager_classes(generic_descriptor: Any) -> None:
                 _patch_manager_class_safely(cls, REVERSE_FK, descriptor.rel)
 
 
+def _patch_custom_manager_class(cls: type, kind: str) -> None:
+    """A related manager class that is not Django's: django-taggit's ``_TaggableManager`` (one
+    class for every TaggableManager field; each manager names its field in
+    ``prefetch_cache_name``). Its ``get_queryset`` is tagged like a many-to-many manager's."""
+    original = cls.__dict__.get("get_queryset")
+    if original is None or getattr(original, _PATCHED, False):
+        return
+
+    def get_queryset(self: Any, *args: Any, **kwargs: Any) -> Any:
+        queryset = original(self, *args, **kwargs)
+        try:
+            name = getattr(self, "prefetch_cache_name", None)
+            if isinstance(name, str):
+                _tag_manager_queryset(queryset, self, kind, name)
+        except Exception as exc:
+            guard.report(COMPONENT, exc)
+        return queryset
+
+    functools.update_wrapper(get_queryset, original)
+    setattr(get_queryset, _PATCHED, True)
+    setattr(cls, "get_queryset", get_queryset)  # noqa: B010
+    _manager_classes.add(cls)
+
+
+def _patch_custom_many_to_many() -> None:
+    """Many-to-many fields that are not ManyToManyField and bring their own manager class in
+    ``field.manager`` (django-taggit's TaggableManager): recognised from ``_meta``, not by name."""
+    from django.apps import apps
+    from django.db.models import ManyToManyField
+
+    for model in apps.get_models():
+        for field in model._meta.get_fields():
+            if not field.is_relation or not field.many_to_many or field.auto_created:
+                continue
+            if isinstance(field, ManyToManyField):
+                continue
+            manager = getattr(field, "manager", None)
+            if isinstance(manager, type):
+                _patch_custom_manager_class(manager, MANY_TO_MANY)
+
+
+# -- the admin ------------------------------------------------------------------------------------
+
+
+def _leaf_paths(joins: dict[str, Any], prefix: str = "") -> tuple[str, ...]:
+    """``{'patient': {'site': {}}, 'clinician': {}}`` -> ``('patient__site', 'clinician')``."""
+    paths: list[str] = []
+    for name, sub in joins.items():
+        if sub:
+            paths.extend(_leaf_paths(sub, prefix + name + "__"))
+        else:
+            paths.append(prefix + name)
+    return tuple(paths)
+
+
+def _tag_changelist(changelist: Any, queryset: Any) -> None:
+    """Mark the Query of an admin changelist's queryset with its ModelAdmin and the relations
+    the changelist joined itself (``list_select_related`` False with a foreign key in
+    ``list_display`` means ``select_related()``: every non-null foreign key). Never raises."""
+    try:
+        query = queryset.query
+        joins = query.select_related
+        if joins is True:
+            joins = _default_joins(queryset.model, _MAX_SELECT_RELATED_DEPTH)
+        paths = _leaf_paths(joins) if isinstance(joins, dict) else ()
+        query.__dict__[ADMIN_TAG] = (type(changelist.model_admin).__name__, paths)
+    except Exception as exc:
+        guard.report(COMPONENT, exc)
+
+
+def _make_changelist_queryset(original: Callable[..., Any]) -> Callable[..., Any]:
+    def get_queryset(self: Any, *args: Any, **kwargs: Any) -> Any:
+        queryset = original(self, *args, **kwargs)
+        _tag_changelist(self, queryset)
+        return queryset
+
+    return get_queryset
+
+
+def _enter_results(changelist: Any) -> Token[str] | None:
+    try:
+        return _admin_results.set(type(changelist.model_admin).__name__)
+    except Exception as exc:
+        guard.report(COMPONENT, exc)
+        return None
+
+
+def _make_changelist_results(original: Callable[..., Any]) -> Callable[..., Any]:
+    """ChangeList.get_results: its counts (the paginator's and the unfiltered total)."""
+
+    def get_results(self: Any, *args: Any, **kwargs: Any) -> Any:
+        token = _enter_results(self)
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            if token is not None:
+                _admin_results.reset(token)
+
+    return get_results
+
+
 # -- install / uninstall ----------------------------------------------------------------------
 
 
@@ -810,7 +1181,7 @@ def install() -> None:
 
 
 def _install() -> None:
-    global _ModelIterable, _SQLCompiler, _ContentType, _deferred_get_code
+    global _ModelIterable, _SQLCompiler, _NOT_SELECT, _ContentType, _deferred_get_code
     from django.apps import apps
     from django.db.models import Model, query
     from django.db.models.fields import related_descriptors as rd
@@ -819,11 +1190,18 @@ def _install() -> None:
 
     _ModelIterable = query.ModelIterable
     _SQLCompiler = compiler.SQLCompiler
+    _NOT_SELECT = (
+        compiler.SQLInsertCompiler,
+        compiler.SQLUpdateCompiler,
+        compiler.SQLDeleteCompiler,
+        compiler.SQLAggregateCompiler,
+    )
     fetch_modes = hasattr(DeferredAttribute, "fetch_one")  # Django 6.1+
 
     _wrap(query.QuerySet, "get", _wrap_queryset_op(GET, True))
     _wrap(query.QuerySet, "count", _wrap_queryset_op(COUNT, False))
     _wrap(query.QuerySet, "exists", _wrap_queryset_op(EXISTS, False))
+    _wrap(query.QuerySet, "aggregate", _wrap_queryset_op(AGGREGATE, False))
     _wrap(query.QuerySet, "_fetch_all", _make_fetch_all)
     _wrap(compiler.SQLCompiler, "execute_sql", _make_execute_sql)
     _wrap(compiler.SQLInsertCompiler, "execute_sql", _make_execute_sql)
@@ -858,6 +1236,13 @@ def _install() -> None:
         else:
             _wrap(ct_fields.GenericForeignKey, "__get__", _make_gfk_get)
     _patch_existing_manager_classes(generic_descriptor)
+    _patch_custom_many_to_many()
+    fix_check.install()
+    if apps.is_installed("django.contrib.admin"):
+        from django.contrib.admin.views.main import ChangeList
+
+        _wrap(ChangeList, "get_queryset", _make_changelist_queryset)
+        _wrap(ChangeList, "get_results", _make_changelist_results)
 
 
 def uninstall() -> None:
@@ -878,5 +1263,6 @@ def uninstall() -> None:
             if getattr(wrapper, _PATCHED, False):
                 setattr(cls, attr, getattr(wrapper, "__wrapped__"))  # noqa: B009
     _manager_classes.clear()
+    fix_check.uninstall()
     _deferred_get_code = _ContentType = None
     _installed = False

@@ -77,6 +77,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "hms_otel_agent.sample.hms",
+    "rest_framework",
+    "taggit",
+    "hms_otel_agent.sample.clinic",
 ]
 
 MIDDLEWARE = [

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from .hms import views
 
@@ -53,5 +53,6 @@ urlpatterns = [
     path(
         "appointments/upcoming/optimized/", views.upcoming_appointments_optimized, name="upcoming-optimized"
     ),
+    path("clinic/", include("hms_otel_agent.sample.clinic.urls")),
     path("admin/", admin.site.urls),
 ]

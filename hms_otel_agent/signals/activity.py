@@ -10,7 +10,7 @@ from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 # Names the live span processor and the offline report (`report/spans.py`) both go by.
 DB_SCOPES = frozenset(
@@ -40,6 +40,41 @@ class CodeLocation:
         return f"{self.file}:{self.line} in {self.function}"
 
 
+class Step(NamedTuple):
+    """One relation on the way from the queryset's model to a loaded object."""
+
+    name: str  # the accessor on the model before it (``patient``, ``encounters``, ``subject``)
+    kind: str  # FORWARD, REVERSE_ONE_TO_ONE, REVERSE_FK, MANY_TO_MANY, GENERIC_FK, GENERIC_RELATION
+    model: str  # ``app_label.Model`` reached ("" when not known, e.g. a GenericForeignKey not loaded yet)
+    remote: str = ""  # reverse FK: the foreign key's name on `model` (``clinician`` for ``visits``)
+
+
+class FixFacts(NamedTuple):
+    """What the models' metadata and the ORM call said about an operation, for its fix (plain
+    data: names of fields, lookups and aggregate functions, never a value).
+
+    `route`: the relations from the queryset's model to the loaded relation, that one included.
+    `lookups` / `unique_field`: the lookups of a ``get()`` (``("code",)``) and the field they
+    name when it identifies one row (``pk`` or a unique field; "" otherwise). `filters` /
+    `order_by`: what user code added to a related manager's queryset (``status``,
+    ``started_at__gte``; ``-started_at``). `aggregates`: ``(alias, Function, field)`` of an
+    ``aggregate()`` call. `admin`: the ``ModelAdmin`` of the changelist the object was listed by
+    (``VisitAdmin``), `admin_joins`: the relation paths that changelist's queryset joined.
+    """
+
+    route: tuple[Step, ...] = ()
+    lookups: tuple[str, ...] = ()
+    unique_field: str = ""
+    filters: tuple[str, ...] = ()
+    order_by: tuple[str, ...] = ()
+    aggregates: tuple[tuple[str, str, str], ...] = ()  # (alias, function, field)
+    admin: str = ""
+    admin_joins: tuple[str, ...] = ()
+
+
+NO_FACTS = FixFacts()
+
+
 @dataclass(frozen=True, slots=True)
 class OrmContext:
     """The ORM operation behind one SQL statement.
@@ -58,6 +93,7 @@ class OrmContext:
     root_model: str = ""
     filtered: bool = False
     location: CodeLocation | None = None
+    facts: FixFacts = NO_FACTS
 
 
 # Lazy-load kinds and the usual fix for each.
@@ -70,6 +106,7 @@ GENERIC_RELATION = "generic_relation"  # prefetch_related
 DEFERRED = "deferred"  # add to only() / drop from defer()
 RELATED_COUNT = "related_count"  # annotate(Count(...))
 RELATED_EXISTS = "related_exists"  # annotate(Exists(...)) / prefetch
+RELATED_AGGREGATE = "related_aggregate"  # annotate(Max(...)) and the like
 GET = "get"  # in_bulk() / filter(pk__in=...)
 REFRESH = "refresh"  # refresh_from_db() in a loop
 RELATION_KINDS = (
@@ -82,6 +119,7 @@ RELATION_KINDS = (
     DEFERRED,
     RELATED_COUNT,
     RELATED_EXISTS,
+    RELATED_AGGREGATE,
 )
 
 
@@ -188,6 +226,7 @@ class Finding:
     table: str = ""  # the table an index or a column list is for
     columns: tuple[str, ...] = ()  # index columns (slow queries), or columns returned (wide results)
     members: tuple[str, ...] = ()  # repeated query groups: the calls repeated together, in order
+    fix_kind: str = ""  # the kind of a structural ORM fix (signals/fixes.py FIX_KINDS)
     # Not exported: a repeated group's members as "statement:<normalized SQL>",
     # "relation:<app.Model.field>", "key_pattern:<pattern>"; registry.consolidate drops the
     # owner's cache N+1 findings of those key patterns.

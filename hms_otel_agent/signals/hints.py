@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 
 from hms_otel_agent.signals import activity as a
+from hms_otel_agent.signals import fixes
 from hms_otel_agent.signals.activity import CodeLocation, OrmContext
 
 # Statements that repeat for reasons that are not N+1 queries.
@@ -42,8 +43,79 @@ def field_name(relation: str) -> str:
     return relation.rpartition(".")[2] if relation else relation
 
 
+class OrmFix:
+    """The fix of a repeated ORM operation as shown: text, kind, the action sentence, and the
+    structural fix behind it (None for the text-only fixes of offline analysis)."""
+
+    __slots__ = ("action", "fix", "kind", "pending", "structural", "text")
+
+    def __init__(
+        self, text: str, kind: str, action: str, structural: fixes.Fix | None, pending: bool = False
+    ) -> None:
+        self.text, self.kind, self.action, self.structural = text, kind, action, structural
+        self.fix = text
+        self.pending = pending
+
+
+_ON_QUERYSET = frozenset(
+    (
+        fixes.SELECT_RELATED,
+        fixes.PREFETCH_RELATED,
+        fixes.PREFETCH_QUERYSET,
+        fixes.GENERIC_PREFETCH,
+        fixes.ANNOTATE,
+    )
+)
+
+
+def action_of(fix: fixes.Fix, text: str) -> str:
+    """``add .select_related('patient') to the Encounter queryset`` and the like."""
+    if fix.kind in _ON_QUERYSET:
+        return f"add {text} to the {short_model(fix.root)} queryset"
+    if fix.kind in (fixes.IN_BULK, fixes.DICT_QUERY):
+        return f"query once before the loop: {text}"
+    if fix.kind == fixes.ADMIN_GET_QUERYSET:
+        return f"override {text}"
+    return f"set {text}"
+
+
+def checked_fix(fix: fixes.Fix) -> OrmFix:
+    """A structural fix as shown once checked: pending or failed checks show no fix and say so."""
+    verdict = fixes.verdict(fix)
+    if verdict is None:
+        return OrmFix("", "", "fix being checked (shown once it compiles)", fix, pending=True)
+    if not verdict.ok:
+        return OrmFix(
+            "", "", f"no fix shown: the fix derived from the models failed its check ({verdict.reason})", fix
+        )
+    text = fix.text
+    return OrmFix(text, fix.kind, action_of(fix, text), fix)
+
+
+def lazy_fix(orm: OrmContext, targets: tuple[str, ...] = ()) -> OrmFix:
+    """The fix of a repeated lazy load or get(): from the models' structure when the ORM recorded
+    it (live), else the text of the relation's kind (offline analysis of other agents' spans)."""
+    fix = fixes.derive(orm, targets)
+    if fix is not None:
+        return checked_fix(fix)
+    if orm.kind in (a.DEFERRED, a.REFRESH):
+        text = orm_fix(orm)
+        return OrmFix(text, "", text, None)
+    if orm.kind == a.GET:
+        model = short_model(orm.model)
+        return OrmFix("", "", f"fetch the {model} rows in one query before the loop", None)
+    if orm.facts.route:
+        return OrmFix("", "", "no fix shown: no eager load can reach this relation from the queryset", None)
+    text = orm_fix(orm)
+    root = short_model(orm.root_model or orm.model)
+    return OrmFix(
+        text, "", f"add {text} to the {root} queryset" if root else f"add {text} to the queryset", None
+    )
+
+
 def orm_fix(orm: OrmContext) -> str:
-    """The change that removes a repeated lazy load, as code."""
+    """The change that removes a repeated lazy load, as code (from the relation's kind alone:
+    offline analysis of spans without the route)."""
     path = orm.path or field_name(orm.relation)
     kind = orm.kind
     if kind in (a.FORWARD, a.REVERSE_ONE_TO_ONE):

@@ -10,26 +10,15 @@ e.facility`` is two findings.
 
 from __future__ import annotations
 
+import dataclasses
+
 from hms_otel_agent.config import Settings
 from hms_otel_agent.signals import activity as a
-from hms_otel_agent.signals import hints
+from hms_otel_agent.signals import fixes, hints
 from hms_otel_agent.signals.activity import DbCall, Finding, OwnerActivity, most_common, total_ms
 
 N_PLUS_ONE = "n_plus_one"
 DUPLICATE_QUERY = "duplicate_query"
-
-_ADD_TO_QUERYSET = frozenset(
-    (
-        a.FORWARD,
-        a.REVERSE_ONE_TO_ONE,
-        a.REVERSE_FK,
-        a.MANY_TO_MANY,
-        a.GENERIC_FK,
-        a.GENERIC_RELATION,
-        a.RELATED_COUNT,
-        a.RELATED_EXISTS,
-    )
-)
 
 
 def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
@@ -46,6 +35,8 @@ def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
             group.append(call)
     findings: list[Finding] = []
     n_plus_one_fingerprints: set[str] = set()
+    structural: list[tuple[Finding, fixes.Fix]] = []
+    generic_types = _generic_types(activity)
     for calls in groups.values():
         if len(calls) < settings.n_plus_one_threshold:
             continue
@@ -54,16 +45,66 @@ def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
         duration_ms = total_ms(calls)
         if duration_ms < settings.n_plus_one_min_duration_ms:
             continue
-        finding = _n_plus_one(activity, calls, duration_ms)
+        finding, fix = _n_plus_one(activity, calls, duration_ms, generic_types)
         if finding is not None:
             findings.append(finding)
             n_plus_one_fingerprints.add(calls[0].fingerprint)
+            if fix is not None:
+                structural.append((finding, fix))
+    if len(structural) > 1:
+        findings = _combined(activity, findings, structural)
     findings.extend(_duplicates(activity, settings, n_plus_one_fingerprints))
     findings.sort(key=lambda f: -f.duration_ms)
     return findings
 
 
-def _n_plus_one(activity: OwnerActivity, calls: list[DbCall], duration_ms: float) -> Finding | None:
+def _generic_types(activity: OwnerActivity) -> dict[tuple[str, str], set[str]]:
+    """The types each GenericForeignKey on a route loaded under this owner, by (root model,
+    path to it): a GenericPrefetch needs a queryset for each."""
+    found: dict[tuple[str, str], set[str]] = {}
+    seen: set[int] = set()
+    for call in activity.db_calls:
+        orm = call.orm
+        if orm is None or not orm.facts.route or id(orm) in seen:
+            continue
+        seen.add(id(orm))
+        names = []
+        for step in orm.facts.route:
+            names.append(step.name)
+            if step.kind == a.GENERIC_FK and step.model:
+                found.setdefault((orm.root_model, "__".join(names)), set()).add(step.model)
+    return found
+
+
+def _targets(orm: a.OrmContext, generic_types: dict[tuple[str, str], set[str]]) -> tuple[str, ...]:
+    names = []
+    for step in orm.facts.route:
+        names.append(step.name)
+        if step.kind == a.GENERIC_FK:
+            return tuple(sorted(generic_types.get((orm.root_model, "__".join(names)), ())))
+    return ()
+
+
+def _orm_fix(
+    lazy: list[a.OrmContext], orm: a.OrmContext, generic_types: dict[tuple[str, str], set[str]]
+) -> hints.OrmFix:
+    """One relation's count(), exists() and aggregate() per row are one annotate()."""
+    kinds = {o.kind: o for o in lazy if o.kind in (a.RELATED_COUNT, a.RELATED_EXISTS, a.RELATED_AGGREGATE)}
+    if len(kinds) > 1:
+        parts = [fixes.derive(o) for o in kinds.values()]
+        if all(p is not None and p.kind == fixes.ANNOTATE for p in parts):
+            merged = fixes.merge_annotations([p for p in parts if p is not None])
+            if merged is not None:
+                return hints.checked_fix(merged)
+    return hints.lazy_fix(orm, _targets(orm, generic_types))
+
+
+def _n_plus_one(
+    activity: OwnerActivity,
+    calls: list[DbCall],
+    duration_ms: float,
+    generic_types: dict[tuple[str, str], set[str]],
+) -> tuple[Finding | None, fixes.Fix | None]:
     first = calls[0]
     orms = [c.orm for c in calls if c.orm is not None]
     lazy = [o for o in orms if o.lazy]
@@ -72,13 +113,13 @@ def _n_plus_one(activity: OwnerActivity, calls: list[DbCall], duration_ms: float
     owner = activity.name or activity.route
     operation = first.operation
     count = len(calls)
+    structural = None
+    fix_kind = ""
     if orm is not None and (orm.lazy or orm.kind in (a.GET, a.REFRESH)):
-        fix = hints.orm_fix(orm)
-        if orm.kind in _ADD_TO_QUERYSET:
-            root = hints.short_model(orm.root_model or orm.model)
-            action = f"add {fix} to the {root} queryset" if root else f"add {fix} to the queryset"
-        else:
-            action = fix
+        shown = _orm_fix(lazy, orm, generic_types)
+        fix, action, fix_kind = shown.text, shown.action, shown.kind
+        if shown.text or shown.pending:  # a pending fix may still join the page's combined fix
+            structural = shown.structural
         subject = hints.lazy_subject(orm)
         relation = orm.relation
         model = orm.model
@@ -99,7 +140,7 @@ def _n_plus_one(activity: OwnerActivity, calls: list[DbCall], duration_ms: float
     hint = hints.sentence(owner, subject, count, duration_ms, location, action)
     # A relation's SQL may vary (GenericForeignKey): the relation identifies the finding.
     fingerprint = hints.site_fingerprint(N_PLUS_ONE, relation or first.fingerprint, location)
-    return Finding(
+    finding = Finding(
         kind=N_PLUS_ONE,
         fingerprint=fingerprint,
         repetitions=count,
@@ -112,7 +153,37 @@ def _n_plus_one(activity: OwnerActivity, calls: list[DbCall], duration_ms: float
         fix=fix,
         hint=hint,
         route=activity.route,
+        fix_kind=fix_kind,
     )
+    return finding, structural
+
+
+def _combined(
+    activity: OwnerActivity, findings: list[Finding], structural: list[tuple[Finding, fixes.Fix]]
+) -> list[Finding]:
+    """Findings whose fixes go on one queryset (the same root model, the same ModelAdmin) under
+    this owner get one fix with all their relations — a property that reads two relations, a
+    nested serializer — once that combined fix has been checked."""
+    by_root: dict[tuple[str, str], list[tuple[Finding, fixes.Fix]]] = {}
+    for finding, fix in structural:
+        by_root.setdefault((fix.root, fix.admin), []).append((finding, fix))
+    replaced: dict[int, Finding] = {}
+    for members in by_root.values():
+        if len({fix for _, fix in members}) < 2:
+            continue
+        combined = fixes.combine(fix for _, fix in members)
+        if combined is None:
+            continue
+        shown = hints.checked_fix(combined)
+        if not shown.text:
+            continue
+        for finding, _ in members:
+            prefix = finding.hint.rpartition(" — ")[0] or finding.hint
+            hint = f"{prefix} — {shown.action}"
+            replaced[id(finding)] = dataclasses.replace(
+                finding, fix=shown.text, fix_kind=shown.kind, hint=hint
+            )
+    return [replaced.get(id(f), f) for f in findings]
 
 
 def _duplicates(activity: OwnerActivity, settings: Settings, covered: set[str]) -> list[Finding]:
@@ -134,6 +205,12 @@ def _duplicates(activity: OwnerActivity, settings: Settings, covered: set[str]) 
         relation = next((o.relation for o in orms if o.relation), "")
         duration_ms = total_ms(calls)
         fix = "run it once and reuse the result (a variable, cached_property, or select_related)"
+        fix_kind = ""
+        admin = next((o.facts.admin for o in orms if o.kind == "count" and o.facts.admin), "")
+        if admin:  # a changelist's paginator count and its unfiltered total
+            shown = hints.checked_fix(fixes.admin_count_fix(model, admin))
+            if shown.text:
+                fix, fix_kind = shown.text, shown.kind
         what = hints.query_noun(model, first.table)
         hint = hints.sentence(
             activity.name or activity.route,
@@ -156,6 +233,7 @@ def _duplicates(activity: OwnerActivity, settings: Settings, covered: set[str]) 
                 fix=fix,
                 hint=hint,
                 route=activity.route,
+                fix_kind=fix_kind,
             )
         )
     return findings

@@ -68,12 +68,16 @@ class Traced:
     def events(self, span: ReadableSpan, name: str | None = None) -> list[dict[str, Any]]:
         return [dict(e.attributes or {}) for e in span.events if name is None or e.name == name]
 
-    def request(self, path: str, method: str = "get", **kwargs: Any) -> tuple[Any, ReadableSpan]:
-        """Run one request through Django's test client; return (response, its server span)."""
+    def request(
+        self, path: str, method: str = "get", client: Any = None, **kwargs: Any
+    ) -> tuple[Any, ReadableSpan]:
+        """Run one request through Django's test client (or `client`, e.g. a logged-in one);
+        return (response, its server span)."""
         from django.test import Client
 
         self.clear()
-        response = getattr(Client(raise_request_exception=False), method)(path, **kwargs)
+        client = client if client is not None else Client(raise_request_exception=False)
+        response = getattr(client, method)(path, **kwargs)
         servers = self.server_spans()
         assert len(servers) == 1, [s.name for s in self.spans()]
         return response, servers[0]

@@ -24,7 +24,7 @@ KINDS = ("lazy", "cache-read")
 class Marker:
     kind: str  # "lazy" or "cache-read"
     target: str  # e.g. "hms.Encounter.patient", "get hms.Patient", "patient:{id}:summary"
-    view: str  # name of the enclosing top-level function, e.g. "encounter_list_naive"
+    view: str  # the enclosing top-level function ("encounter_list_naive") or method ("Visit.__str__")
     filename: str  # absolute path of views.py
     lineno: int
 
@@ -33,11 +33,16 @@ class Marker:
 def find_markers(path: str = str(VIEWS_PATH)) -> tuple[Marker, ...]:
     """Every marker in the file, in line order."""
     source = Path(path).read_text(encoding="utf-8")
-    spans = [
-        (node.lineno, node.end_lineno or node.lineno, node.name)
-        for node in ast.parse(source).body
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-    ]
+    spans = []
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            spans.append((node.lineno, node.end_lineno or node.lineno, node.name))
+        elif isinstance(node, ast.ClassDef):  # methods: "Class.method" (models, admin, serializers)
+            spans.extend(
+                (item.lineno, item.end_lineno or item.lineno, f"{node.name}.{item.name}")
+                for item in node.body
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef))
+            )
     markers = []
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.type != tokenize.COMMENT:

@@ -9,6 +9,7 @@ and per patient 1-2 emergency contacts, one medical record, 3 encounters, 2 appo
 note. Patients with an odd id have insurance (exactly half). Encounters and appointments are
 created round by round, so encounter k and appointment k belong to patient k for k <= patients.
 Notes alternate: patient k's note is on the patient when k is odd, else on its first encounter.
+The clinic app's tables are seeded too (``seed_clinic``, same seed and anchor date).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import random
 from typing import Any
 
 from django.core.cache import cache
+from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.management.color import no_style
 from django.db import connection, transaction
@@ -118,6 +120,8 @@ class Command(BaseCommand):
         with transaction.atomic():
             self._clear()
             counts = self._seed(random.Random(options["seed"]), anchor, patients, facilities, practitioners)
+            # The second example app's tables, from the same seed and anchor.
+            call_command("seed_clinic", seed=options["seed"], anchor_date=anchor_date, verbosity=0)
         if options["flush_cache"]:
             cache.clear()
         if options["verbosity"] >= 1:
