@@ -3,11 +3,12 @@ fix's own text, and compile it — on a background thread, never on a request, n
 database.
 
 Why a thread: compiling a queryset costs a few hundred microseconds, once per distinct fix; a
-request must not pay it. The detector asks for a verdict when it writes a finding (`verdict`):
-known -> the fix is shown (or, when it failed, the finding says so without it); not known yet ->
-the check is queued and the finding goes out without the fix this once. The contexts that lead
-to a fix are queued as soon as the ORM sees them (`submit`), so by the time the request ends the
-verdict is usually there.
+request must not pay it. The contexts that lead to a fix are queued as soon as the ORM sees them
+(`submit`), so by the time the request ends the verdict is usually there. The detector asks for
+the verdict when it writes a finding (`verdict`): known -> the fix is shown (or, when it failed,
+the finding says so without it); not known yet -> the request waits for it at most FIRST_WAIT_S,
+once per distinct fix in a process (a loaded machine can starve the thread; a finding's first
+occurrence is often its only one), then the finding goes out without the fix this once.
 
 How a fix is checked (`check`): the text the user would paste (``Visit.objects.select_related(
 'patient').prefetch_related(Prefetch('orders', queryset=...))``) is evaluated with only the
@@ -39,6 +40,7 @@ from hms_otel_agent.signals.fixes import Fix, Verdict
 COMPONENT = "fix check"
 MAX_VERDICTS = 4096
 MAX_QUEUED = 512
+FIRST_WAIT_S = 0.25
 _ELLIPSIS = re.compile(r"\b([a-z_][a-z0-9_]*)=\.\.\.")  # ``status=...`` in a fix's text
 _ALLOWED_CALLS = ("Count", "Max", "Min", "Sum", "Avg", "StdDev", "Variance")
 
@@ -226,6 +228,8 @@ class BackgroundChecker:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._checked = threading.Condition(self._lock)
+        self._waited: set[Fix] = set()  # fixes a request already waited for
         self._verdicts: dict[Fix, Verdict] = {}
         self._queued: deque[Fix] = deque()
         self._waiting: set[Fix] = set()
@@ -237,9 +241,15 @@ class BackgroundChecker:
 
     def verdict(self, fix: Fix) -> Verdict | None:
         found = self._verdicts.get(fix)
-        if found is None:
-            self.submit(fix)
-        return found
+        if found is not None:
+            return found
+        self.submit(fix)
+        with self._lock:
+            if fix in self._waited or fix not in self._waiting or len(self._waited) >= MAX_QUEUED:
+                return self._verdicts.get(fix)
+            self._waited.add(fix)
+            self._checked.wait_for(lambda: fix in self._verdicts, FIRST_WAIT_S)
+            return self._verdicts.get(fix)
 
     def submit(self, fix: Fix) -> None:
         with self._lock:
@@ -282,6 +292,8 @@ class BackgroundChecker:
                     self._verdicts.pop(next(iter(self._verdicts)))
                 self._verdicts[fix] = verdict
                 self._waiting.discard(fix)
+                self._waited.discard(fix)
+                self._checked.notify_all()
 
 
 def install() -> None:

@@ -50,6 +50,7 @@ class FindingGroup:
     explicit_subject: str = ""  # Finding.subject (connection alias, group members, ...)
     planned: bool = False  # a slow query's plan gave the fix
     _worst_ms: float = -1.0
+    _hint_fixed: bool = False  # the hint is of an occurrence that showed a fix
 
     @property
     def per_request_ms(self) -> float:
@@ -74,9 +75,14 @@ class FindingGroup:
         self.routes[route] = self.routes.get(route, 0.0) + finding.duration_ms
         if service:
             self.services.add(service)
-        if finding.duration_ms > self._worst_ms:
+        # The hint of the worst occurrence, but one that shows a fix over one whose fix was
+        # still being checked (the same cause: the fix is the same on every occurrence).
+        if (finding.duration_ms > self._worst_ms and (finding.fix or not self._hint_fixed)) or (
+            finding.fix and not self._hint_fixed
+        ):
             self._worst_ms = finding.duration_ms
             self.hint = finding.hint or self.hint
+            self._hint_fixed = bool(finding.fix)
         if finding.columns and not self.planned:
             # A plan arrived (slow queries): its index is the fix from now on.
             self.fix, self.planned = finding.fix, True
@@ -104,8 +110,11 @@ class FindingGroup:
         for route, ms in other.routes.items():
             self.routes[route] = self.routes.get(route, 0.0) + ms
         self.services |= other.services
-        if other._worst_ms > self._worst_ms:
+        if (other._worst_ms > self._worst_ms and (other._hint_fixed or not self._hint_fixed)) or (
+            other._hint_fixed and not self._hint_fixed
+        ):
             self._worst_ms, self.hint = other._worst_ms, other.hint or self.hint
+            self._hint_fixed = other._hint_fixed
         if other.planned and not self.planned:
             self.fix, self.planned = other.fix, True
         for name in ("statement", "model", "relation", "relation_kind", "key_pattern", "fix"):
@@ -124,6 +133,7 @@ class FindingGroup:
             "routes": dict(self.routes),
             "services": sorted(self.services),
             "worst_ms": self._worst_ms,
+            "hint_fixed": self._hint_fixed,
         }
 
     @classmethod
@@ -134,6 +144,7 @@ class FindingGroup:
         group.routes = {str(k): float(v) for k, v in state.get("routes", {}).items()}
         group.services = set(state.get("services", ()))
         group._worst_ms = float(state.get("worst_ms", -1.0))
+        group._hint_fixed = bool(state.get("hint_fixed", False))
         return group
 
     def to_dict(self) -> dict[str, Any]:

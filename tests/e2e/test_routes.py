@@ -23,7 +23,7 @@ pytest.importorskip("rest_framework")
 SETTINGS = """
 from hms_otel_agent.sample.settings import *  # noqa: F403
 
-INSTALLED_APPS = [*INSTALLED_APPS, "rest_framework"]  # noqa: F405
+INSTALLED_APPS = [*INSTALLED_APPS, *{"rest_framework"} - set(INSTALLED_APPS)]  # noqa: F405
 ROOT_URLCONF = "drf_site.urls"
 """
 

@@ -92,6 +92,13 @@ def key(kind: str, attrs: dict[str, Any]) -> tuple[Any, ...]:
     return (kind, attrs.get("fingerprint"), attrs.get("key_pattern") or "", attrs.get("repetitions"))
 
 
+def without_fixes(found: dict[str, set[tuple[Any, ...]]]) -> dict[str, set[tuple[Any, ...]]]:
+    """The findings without their ORM fix: the live agent derives a fix from the ORM's metadata and
+    shows it only once its check off the request path passed (the first occurrence of an N+1 may
+    end before that); offline analysis has neither and derives a plainer fix from the records."""
+    return {span_id: {k[:4] if k[0] in SQL_KINDS else k for k in keys} for span_id, keys in found.items()}
+
+
 def live_findings(receiver: OtlpReceiver) -> dict[str, set[tuple[Any, ...]]]:
     out: dict[str, set[tuple[Any, ...]]] = {}
     for span in receiver.spans():
@@ -170,9 +177,9 @@ def test_analyze_collector_file_matches_live_detection(
     assert "n_plus_one" in kinds
     if "cache_signals" in {getattr(d, "__module__", "").rpartition(".")[2] for d in registered_detectors()}:
         assert {"cache_n_plus_one", "cache_invalidation_storm"} <= kinds
-    assert offline == live
+    assert without_fixes(offline) == without_fixes(live)
     # The agent's own file gives the same.
-    assert offline_findings(tmp_path / ".hms-otel" / "traces.jsonl") == live
+    assert without_fixes(offline_findings(tmp_path / ".hms-otel" / "traces.jsonl")) == without_fixes(live)
 
     # Aggregated: `analyze` of the collector file and `report` of what the agent recorded agree.
     assert main(["analyze", str(collector_file), "--format", "json"]) == 0
