@@ -24,29 +24,33 @@ from opentelemetry.trace.status import Status
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
 from hms_otel_agent.instrument import django_server, eager_loads
-from hms_otel_agent.instrument.cache_hooks import CACHE_RECORD
-from hms_otel_agent.instrument.context import code_attributes
-from hms_otel_agent.instrument.db import SPAN_RECORD
-from hms_otel_agent.instrument.db_connections import CONNECT_RECORD
 from hms_otel_agent.instrument.explain import EXPLAINER
 from hms_otel_agent.signals import redact
 from hms_otel_agent.signals.activity import (
-    CACHE_SCOPES,
-    DB_SCOPES,
-    DJANGO_CACHE_SCOPE,
-    EXPLAIN_EVENT,
     MAX_CALLS_PER_OWNER,
     CacheCall,
     ConnectCall,
     DbCall,
     Finding,
     OwnerActivity,
-    PlanSummary,
 )
 from hms_otel_agent.signals.http_privacy import HttpPrivacy, named_headers
 from hms_otel_agent.signals.redact import scrub_stacktrace
 from hms_otel_agent.signals.registry import Detector, consolidate
 from hms_otel_agent.signals.routes import readable_name
+from hms_otel_agent.signals.vocabulary import (
+    CACHE_RECORD,
+    CACHE_SCOPES,
+    CONNECT_RECORD,
+    DB_RECORD,
+    DB_SCOPES,
+    DJANGO_CACHE_SCOPE,
+    EXPLAIN_EVENT,
+    STRUCTURED_TRACES_RECORD,
+    finding_attributes,
+    finding_event,
+    plan_attributes,
+)
 
 logger = logging.getLogger("hms_otel")
 
@@ -184,7 +188,7 @@ class SignalProcessor(SpanProcessor):
             _scrub_fail_closed(span)
         try:
             # Any span but an owner's or a cache span may be a DB span (tracked or not).
-            record = getattr(span, SPAN_RECORD, None) if state is None or state.kind == _DB else None
+            record = getattr(span, DB_RECORD, None) if state is None or state.kind == _DB else None
             if record is not None and record.execution is not None:
                 self._release_execution(span, record, end_ns)
             if state is None:
@@ -279,10 +283,10 @@ class SignalProcessor(SpanProcessor):
                 event.update(attributes)
             if stacktrace is not None and event.get("exception.stacktrace") is stacktrace:
                 # _scrub leaves this one alone (the text scrubber would drop its source lines).
-                structured = getattr(span, _STRUCTURED_TRACES, None)
+                structured = getattr(span, STRUCTURED_TRACES_RECORD, None)
                 if structured is None:
                     structured = []
-                    setattr(span, _STRUCTURED_TRACES, structured)
+                    setattr(span, STRUCTURED_TRACES_RECORD, structured)
                 if len(structured) < 64:
                     structured.append(stacktrace)
             span.add_event("exception", event, timestamp)
@@ -416,7 +420,6 @@ class SignalProcessor(SpanProcessor):
             span.set_attribute("hms.cache.hit_ratio", round(hits / (hits + misses), 4))
 
 
-_STRUCTURED_TRACES = "_hms_structured_traces"  # stack traces SignalProcessor.exception_event built
 _URL_ATTRIBUTES = ("http.url", "http.target", "url.full", "url.path", "url.query")
 _HEADER_PREFIXES = ("http.request.header.", "http.response.header.")
 _USER_AGENT_ATTRIBUTES = ("http.user_agent", "user_agent.original")
@@ -469,7 +472,7 @@ def _scrub(span: Span, settings: Settings, urls: bool = True) -> None:
     if settings.capture_exception_messages:
         return
     events = span._events
-    structured = getattr(span, _STRUCTURED_TRACES, ())
+    structured = getattr(span, STRUCTURED_TRACES_RECORD, ())
     for index in range(len(events) if events else 0):
         event = events[index]
         if event.name == "exception" and event.attributes:
@@ -508,18 +511,6 @@ def _scrub_fail_closed(span: Span) -> None:
         guard.report("span processor (redaction fallback)", exc)
 
 
-_EVENT_NAMES = {
-    "n_plus_one": "hms.n_plus_one",
-    "duplicate_query": "hms.duplicate_query",
-    "repeated_group": "hms.repeated_group",
-    "slow_query": "hms.slow_query",
-    "unbounded_result": "hms.result_set",
-    "wide_result": "hms.result_set",
-    "connection_churn": "hms.connection_churn",
-    "unused_eager_load": "hms.unused_eager_load",
-}
-
-
 def _attach_plans(activity: OwnerActivity, slow_query_ms: float) -> None:
     """Plans EXPLAIN found earlier for statements that are slow under this owner."""
     slow_ns = slow_query_ms * 1e6
@@ -530,56 +521,6 @@ def _attach_plans(activity: OwnerActivity, slow_query_ms: float) -> None:
                 activity.plans[call.fingerprint] = plan
 
 
-def plan_attributes(plan: PlanSummary) -> dict[str, Any]:
-    attributes: dict[str, Any] = {
-        "hms.db.fingerprint": plan.fingerprint,
-        "hms.explain.total_cost": plan.total_cost,
-        "hms.explain.plan_rows": plan.plan_rows,
-        "hms.explain.nodes": list(plan.nodes),
-    }
-    if plan.index_table:
-        attributes["hms.explain.index_table"] = plan.index_table
-        attributes["hms.explain.index_columns"] = list(plan.index_columns)
-    return attributes
-
-
-def finding_attributes(finding: Finding) -> dict[str, Any]:
-    attributes: dict[str, Any] = {
-        "hms.finding.kind": finding.kind,
-        "hms.finding.fingerprint": finding.fingerprint,
-        "hms.finding.repetitions": finding.repetitions,
-        "hms.finding.duration_ms": round(finding.duration_ms, 3),
-    }
-    if finding.statement:
-        attributes["hms.finding.statement"] = finding.statement
-    if finding.model:
-        attributes["hms.orm.model"] = finding.model
-    if finding.relation:
-        attributes["hms.orm.relation"] = finding.relation
-    if finding.relation_kind:
-        attributes["hms.orm.relation_kind"] = finding.relation_kind
-    if finding.key_pattern:
-        attributes["hms.cache.key_pattern"] = finding.key_pattern
-    attributes.update(code_attributes(finding.location))
-    if finding.fix:
-        attributes["hms.hint.fix"] = finding.fix
-    if finding.fix_kind:
-        attributes["hms.hint.fix_kind"] = finding.fix_kind
-    if finding.hint:
-        attributes["hms.hint"] = finding.hint
-    if finding.subject:
-        attributes["hms.finding.subject"] = finding.subject
-    if finding.rows:
-        attributes["hms.finding.rows"] = finding.rows
-    if finding.table:
-        attributes["hms.finding.table"] = finding.table
-    if finding.columns:
-        attributes["hms.finding.columns"] = list(finding.columns)
-    if finding.members:
-        attributes["hms.finding.members"] = list(finding.members)
-    return attributes
-
-
 def _write_findings(span: Span, activity: OwnerActivity, findings: list[Finding]) -> None:
     now = time.time_ns()
     n_plus_one = [f for f in findings if f.kind == "n_plus_one"]
@@ -588,9 +529,6 @@ def _write_findings(span: Span, activity: OwnerActivity, findings: list[Finding]
     span.set_attribute("hms.findings.count", len(findings))
     span.set_attribute("hms.hints", [f.hint for f in findings if f.hint])
     for finding in findings:
-        name = _EVENT_NAMES.get(
-            finding.kind, "hms.cache" if finding.kind.startswith("cache") else "hms.finding"
-        )
-        span.add_event(name, finding_attributes(finding), timestamp=now)
+        span.add_event(finding_event(finding.kind), finding_attributes(finding), timestamp=now)
     for plan in activity.plans.values():
         span.add_event(EXPLAIN_EVENT, plan_attributes(plan), timestamp=now)

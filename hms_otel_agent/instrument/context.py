@@ -120,17 +120,6 @@ def user_location(frame: FrameType | None = None, max_depth: int = 64) -> CodeLo
     return None
 
 
-def code_attributes(location: CodeLocation | None) -> dict[str, object]:
-    """The semantic-convention ``code.*`` attributes of a location (empty when unknown)."""
-    if location is None:
-        return {}
-    return {
-        "code.file.path": location.file,
-        "code.line.number": location.line,
-        "code.function.name": location.function,
-    }
-
-
 # --- the agent's own attribute writes -----------------------------------------------------------
 
 try:  # the SDK's span and attribute classes (opentelemetry-sdk 1.45, pinned)

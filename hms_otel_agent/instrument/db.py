@@ -35,13 +35,14 @@ from opentelemetry.trace.status import Status, StatusCode
 
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
-from hms_otel_agent.instrument.context import code_attributes, current_orm, set_attributes, user_location
+from hms_otel_agent.instrument.context import current_orm, set_attributes, user_location
 from hms_otel_agent.signals.activity import OrmContext
 from hms_otel_agent.signals.fingerprint import fingerprint_sql
 from hms_otel_agent.signals.sql_mask import mask_sql_literals
+from hms_otel_agent.signals.vocabulary import DB_RECORD, code_attributes
 
 # The record the span processor reads back from the span when it ends.
-SPAN_RECORD = "_hms_db"
+SPAN_RECORD = DB_RECORD
 # Masking and fingerprinting run on the application's thread, in time linear in the statement;
 # a statement of megabytes (an IN list of 100 000 ids) is fingerprinted on its first 16 KiB and
 # exported (masked) up to 4 KiB followed by "…": whole export batches would otherwise be
