@@ -37,6 +37,8 @@ from hms_otel_agent.export.compress import SpanCompressor
 from hms_otel_agent.export.otlp_encode import http_span_exporter_class
 from hms_otel_agent.export.otlp_json import OtlpJsonFileMetricExporter, OtlpJsonFileSpanExporter
 from hms_otel_agent.export.resilient import ResilientMetricExporter, ResilientSpanExporter, plain_http_session
+from hms_otel_agent.instrument import django_server, eager_loads
+from hms_otel_agent.instrument.explain import EXPLAINER
 from hms_otel_agent.processors import Detector, SignalMetrics, SignalProcessor
 from hms_otel_agent.signals.activity import Finding, OwnerActivity
 
@@ -429,6 +431,9 @@ def build(
         detectors,
         SignalMetrics(meter_provider.get_meter("hms_otel_agent", __version__)),
         on_findings=on_findings,
+        plans=EXPLAINER,
+        eager_loads=eager_loads,
+        route_literals=django_server.route_literals,
     )
     tracer_provider.add_span_processor(signal_processor)
     for processor in extra_span_processors:

@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
@@ -23,8 +23,6 @@ from opentelemetry.trace.status import Status
 
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
-from hms_otel_agent.instrument import django_server, eager_loads
-from hms_otel_agent.instrument.explain import EXPLAINER
 from hms_otel_agent.signals import redact
 from hms_otel_agent.signals.activity import (
     MAX_CALLS_PER_OWNER,
@@ -33,6 +31,7 @@ from hms_otel_agent.signals.activity import (
     DbCall,
     Finding,
     OwnerActivity,
+    PlanSummary,
 )
 from hms_otel_agent.signals.http_privacy import HttpPrivacy, named_headers
 from hms_otel_agent.signals.redact import scrub_stacktrace
@@ -45,6 +44,7 @@ from hms_otel_agent.signals.vocabulary import (
     DB_RECORD,
     DB_SCOPES,
     DJANGO_CACHE_SCOPE,
+    EAGER_LOADS_SPAN,
     EXPLAIN_EVENT,
     STRUCTURED_TRACES_RECORD,
     finding_attributes,
@@ -56,6 +56,26 @@ logger = logging.getLogger("hms_otel")
 
 
 _OWNER, _DB, _CACHE = 0, 1, 2
+
+
+class PlanSource(Protocol):
+    """Where slow statements go for EXPLAIN and their plans come from (instrument/explain.py)."""
+
+    def submit(self, fingerprint: Any, execution: tuple[Any, Any, Any], settings: Any) -> bool: ...
+
+    def plan_for(self, fingerprint: str) -> PlanSummary | None: ...
+
+
+class EagerLoadSource(Protocol):
+    """Unused eager loading aggregated over many requests (instrument/eager_loads.py)."""
+
+    def pending(self) -> bool: ...
+
+    def flush(self, settings: Any) -> list[Finding]: ...
+
+
+def _no_literals() -> frozenset[str] | None:
+    return None
 
 
 class _State:
@@ -118,11 +138,21 @@ class SignalProcessor(SpanProcessor):
         detectors: Sequence[Detector] = (),
         metrics: SignalMetrics | None = None,
         on_findings: Callable[[OwnerActivity, list[Finding]], None] | None = None,
+        *,
+        plans: PlanSource | None = None,
+        eager_loads: EagerLoadSource | None = None,
+        route_literals: Callable[[], frozenset[str] | None] = _no_literals,
     ) -> None:
+        """`plans`, `eager_loads` and `route_literals` (the application's literal path
+        segments, for URL redaction) come from the instrumentation; pipeline.py wires them, so
+        that this module does not import instrument/."""
         self.settings = settings
         self.detectors = tuple(detectors)
         self.metrics = metrics
         self.on_findings = on_findings
+        self.plans = plans
+        self.eager_loads = eager_loads
+        self.route_literals = route_literals
         self._open: dict[int, _State] = {}
         self._max_open = settings.max_tracked_spans
         self.evicted = 0
@@ -180,7 +210,12 @@ class SignalProcessor(SpanProcessor):
                 # DB and cache client spans never carry a URL: the statement, the command, ours.
                 scope = span._instrumentation_scope
                 scope_name = scope.name if scope is not None else ""
-                _scrub(span, self.settings, scope_name not in DB_SCOPES and scope_name not in CACHE_SCOPES)
+                _scrub(
+                    span,
+                    self.settings,
+                    scope_name not in DB_SCOPES and scope_name not in CACHE_SCOPES,
+                    self.route_literals,
+                )
             elif span._events or span._status.description:
                 _scrub(span, self.settings, urls=False)
         except Exception as exc:
@@ -252,8 +287,13 @@ class SignalProcessor(SpanProcessor):
         execution = record.execution
         record.execution = None
         settings = self.settings
-        if settings.explain and end_ns - (span.start_time or end_ns) >= settings.slow_query_ms * 1e6:
-            EXPLAINER.submit(record.fingerprint, execution, settings)
+        plans = self.plans
+        if (
+            plans is not None
+            and settings.explain
+            and end_ns - (span.start_time or end_ns) >= settings.slow_query_ms * 1e6
+        ):
+            plans.submit(record.fingerprint, execution, settings)
 
     def exception_event(
         self, span: Span, exception: BaseException, attributes: Any, timestamp: int | None, escaped: bool
@@ -327,12 +367,12 @@ class SignalProcessor(SpanProcessor):
             self._record_cache(span, activity, route)
         if activity.connects or activity.db_count:
             self._record_connections(span, activity, route)
-        if eager_loads.pending():
-            self._flush_eager_loads()
+        if self.eager_loads is not None and self.eager_loads.pending():
+            self._flush_eager_loads(self.eager_loads)
         if not (activity.db_calls or activity.cache_calls or activity.connects) or not self.detectors:
             return
-        if activity.db_calls:
-            _attach_plans(activity, self.settings.slow_query_ms)
+        if activity.db_calls and self.plans is not None:
+            _attach_plans(activity, self.settings.slow_query_ms, self.plans)
         findings: list[Finding] = []
         for detector in self.detectors:
             try:
@@ -364,7 +404,7 @@ class SignalProcessor(SpanProcessor):
         if activity.db_count and self.metrics is not None:
             self.metrics.connection_uses.add(1, {"http.route": route, "hms.db.connection.reused": not opened})
 
-    def _flush_eager_loads(self) -> None:
+    def _flush_eager_loads(self, eager_loads: EagerLoadSource) -> None:
         """Unused eager loading is decided over many requests: new findings get a span of
         their own (instrument/eager_loads.py), the findings metric and the live log."""
         findings = eager_loads.flush(self.settings)
@@ -381,7 +421,7 @@ class SignalProcessor(SpanProcessor):
                     },
                 )
         if self.on_findings is not None:
-            self.on_findings(OwnerActivity(name=eager_loads.SPAN_NAME), findings)
+            self.on_findings(OwnerActivity(name=EAGER_LOADS_SPAN), findings)
 
     def _record_cache(self, span: Span, activity: OwnerActivity, route: str) -> None:
         hits = misses = 0
@@ -452,7 +492,12 @@ def http_privacy(settings: Settings) -> HttpPrivacy:
     return built[1]
 
 
-def _scrub(span: Span, settings: Settings, urls: bool = True) -> None:
+def _scrub(
+    span: Span,
+    settings: Settings,
+    urls: bool = True,
+    route_literals: Callable[[], frozenset[str] | None] = _no_literals,
+) -> None:
     """Remove patient data from URLs, the user agent, captured headers and exception messages
     before the span is exported. `urls`: look at the HTTP attributes (not for DB and cache
     client spans)."""
@@ -460,7 +505,7 @@ def _scrub(span: Span, settings: Settings, urls: bool = True) -> None:
         bounded = span._attributes
         attributes = getattr(bounded, "_dict", bounded)  # the plain dict: no KeyError per lookup
         if attributes or "/" in span._name:
-            literals = django_server.route_literals() if span.kind is SpanKind.SERVER else None
+            literals = route_literals() if span.kind is SpanKind.SERVER else None
             changes, name = http_privacy(settings).changes(attributes or {}, span._name, literals)
             for key, value in changes.items():
                 if value is None:
@@ -511,12 +556,12 @@ def _scrub_fail_closed(span: Span) -> None:
         guard.report("span processor (redaction fallback)", exc)
 
 
-def _attach_plans(activity: OwnerActivity, slow_query_ms: float) -> None:
+def _attach_plans(activity: OwnerActivity, slow_query_ms: float, plans: PlanSource) -> None:
     """Plans EXPLAIN found earlier for statements that are slow under this owner."""
     slow_ns = slow_query_ms * 1e6
     for call in activity.db_calls:
         if call.duration_ns >= slow_ns and call.fingerprint not in activity.plans:
-            plan = EXPLAINER.plan_for(call.fingerprint)
+            plan = plans.plan_for(call.fingerprint)
             if plan is not None:
                 activity.plans[call.fingerprint] = plan
 

@@ -14,12 +14,15 @@ from contextvars import ContextVar
 from types import CodeType, FrameType
 from typing import Any
 
+from hms_otel_agent.layout import agent_parts
 from hms_otel_agent.signals.activity import CodeLocation, OrmContext
 
 current_orm: ContextVar[OrmContext | None] = ContextVar("hms_otel_orm", default=None)
 
-_AGENT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-_SAMPLE_DIR = os.path.join(_AGENT_DIR, "sample") + os.sep
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+# The agent's own modules (layout.py); anything else in the package, such as the bundled example
+# applications, is user code to the agent.
+_AGENT_PARTS = frozenset(agent_parts())
 
 
 def _library_dirs() -> tuple[str, ...]:
@@ -49,10 +52,9 @@ def _classify(filename: str, module: object = None) -> str:
     path = os.path.abspath(filename)
     if filename.startswith("<"):
         user = False
-    elif path.startswith(_SAMPLE_DIR):
-        user = True  # the bundled sample app is "user code" to the agent
-    elif path.startswith(_AGENT_DIR):
-        user = False
+    elif path.startswith(_PACKAGE_DIR):
+        head = path[len(_PACKAGE_DIR) :].split(os.sep, 1)[0]
+        user = os.path.splitext(head)[0] not in _AGENT_PARTS
     else:
         user = not path.startswith(_LIBRARY_DIRS) and f"{os.sep}django{os.sep}" not in path
     shown = display_path(path, module if isinstance(module, str) else "") if user else ""

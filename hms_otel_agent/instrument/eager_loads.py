@@ -53,10 +53,15 @@ from hms_otel_agent.signals.eager_loading import (
     EagerOutcome,
     UnusedEagerAggregator,
 )
-from hms_otel_agent.signals.vocabulary import EAGER_LOADS_SCOPE, finding_attributes, finding_event
+from hms_otel_agent.signals.vocabulary import (
+    EAGER_LOADS_SCOPE,
+    EAGER_LOADS_SPAN,
+    finding_attributes,
+    finding_event,
+)
 
 SCOPE = EAGER_LOADS_SCOPE
-SPAN_NAME = "unused eager loading"
+SPAN_NAME = EAGER_LOADS_SPAN
 EVENT_NAME = finding_event("unused_eager_load")
 COMPONENT = "unused eager loading"
 MAX_TRACKED_OBJECTS = 2000  # instances per queryset (all levels) whose caches are tracked

@@ -31,6 +31,7 @@ DB_SCOPES = frozenset(
 DJANGO_CACHE_SCOPE = "hms_otel_agent.django_cache"
 CACHE_SCOPES = frozenset(("opentelemetry.instrumentation.redis", DJANGO_CACHE_SCOPE))
 EAGER_LOADS_SCOPE = "hms_otel_agent.eager_loads"  # aggregate findings, not a request
+EAGER_LOADS_SPAN = "unused eager loading"  # the span name of those findings
 DJANGO_SCOPE = "opentelemetry.instrumentation.django"
 
 # --- resource and span attributes other layers look for -------------------------------------
