@@ -37,8 +37,8 @@ LAYERS: tuple[tuple[Layer, ...], ...] = (
         Layer(
             "instrument",
             ("instrument",),
-            "one module per library (psycopg, redis-py, Django server, ORM, cache); "
-            "sdk_internals.py: every private SDK or contrib member the agent uses",
+            "one module per library (psycopg, redis-py, Django server, ORM, cache, connections, "
+            "EXPLAIN, eager loads, fix checks)",
         ),
     ),
     (
@@ -51,6 +51,14 @@ LAYERS: tuple[tuple[Layer, ...], ...] = (
     (
         Layer("export", ("export",), "bounded batching, span compression, OTLP encoding, the local file"),
         Layer("report", ("report",), "the findings report and offline analysis over the same records"),
+    ),
+    (
+        Layer(
+            "sdk_internals",
+            ("instrument.sdk_internals",),
+            "every private SDK or contrib member the agent uses, with its reason; the version gate "
+            "and HMS_OTEL_FAST_PATHS (in instrument/, read by the layers above it)",
+        ),
     ),
     (
         Layer(
@@ -71,30 +79,38 @@ BASE = Layer(
 APPLICATIONS = ("sample",)
 
 
+def _find(module: str) -> tuple[int, Layer] | None:
+    """The layer of a dotted module: the longest listed name it is or is inside of."""
+    best: tuple[int, Layer] | None = None
+    best_len = -1
+    for rank, siblings in enumerate(LAYERS):
+        for layer in siblings:
+            for name in layer.modules:
+                if (module == name or module.startswith(name + ".")) and len(name) > best_len:
+                    best, best_len = (rank, layer), len(name)
+    return best
+
+
 def rank_of(module: str) -> int | None:
     """The rank of a dotted module under hms_otel_agent (0 = top); -1 for a base module; None
     for an application or an unknown name."""
-    head = module.split(".", 1)[0]
-    if head in BASE.modules:
+    if module.split(".", 1)[0] in BASE.modules:
         return -1
-    for rank, siblings in enumerate(LAYERS):
-        for layer in siblings:
-            if head in layer.modules:
-                return rank
-    return None
+    found = _find(module)
+    return found[0] if found is not None else None
 
 
 def layer_of(module: str) -> str:
     head = module.split(".", 1)[0]
     if head in BASE.modules:
         return BASE.name
-    for siblings in LAYERS:
-        for layer in siblings:
-            if head in layer.modules:
-                return layer.name
+    found = _find(module)
+    if found is not None:
+        return found[1].name
     return head if head in APPLICATIONS else ""
 
 
 def agent_parts() -> tuple[str, ...]:
     """Every top-level module and package name of the agent's own code."""
-    return tuple(m for siblings in LAYERS for layer in siblings for m in layer.modules) + BASE.modules
+    names = [m.split(".", 1)[0] for siblings in LAYERS for layer in siblings for m in layer.modules]
+    return tuple(dict.fromkeys(names)) + BASE.modules

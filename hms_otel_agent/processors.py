@@ -23,6 +23,7 @@ from opentelemetry.trace.status import Status
 
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
+from hms_otel_agent.instrument.sdk_internals import attribute_dict, events, replace_event, replace_status
 from hms_otel_agent.signals import redact
 from hms_otel_agent.signals.activity import (
     MAX_CALLS_PER_OWNER,
@@ -167,11 +168,11 @@ class SignalProcessor(SpanProcessor):
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         try:
-            scope = span._instrumentation_scope
+            scope = span.instrumentation_scope
             scope_name = scope.name if scope is not None else ""
             kind = _DB if scope_name in DB_SCOPES else _CACHE if scope_name in CACHE_SCOPES else _OWNER
             owner = None
-            parent = span._parent
+            parent = span.parent
             if parent is not None and not parent.is_remote:
                 parent_state = self._open.get(parent.span_id)
                 if parent_state is not None:
@@ -185,7 +186,7 @@ class SignalProcessor(SpanProcessor):
             else:
                 state = owner.child(kind)
             open_spans = self._open
-            open_spans[span._context.span_id] = state  # type: ignore[union-attr]
+            open_spans[span.context.span_id] = state
             if len(open_spans) > self._max_open:
                 self._evict()
         except Exception as exc:
@@ -205,10 +206,10 @@ class SignalProcessor(SpanProcessor):
         """Called by the `Span.end` hook while the span can still be written."""
         state: _State | None = None
         try:
-            state = self._open.pop(span._context.span_id, None)  # type: ignore[union-attr]
+            state = self._open.pop(span.context.span_id, None)
             if state is None or state.kind == _OWNER:
                 # DB and cache client spans never carry a URL: the statement, the command, ours.
-                scope = span._instrumentation_scope
+                scope = span.instrumentation_scope
                 scope_name = scope.name if scope is not None else ""
                 _scrub(
                     span,
@@ -216,7 +217,7 @@ class SignalProcessor(SpanProcessor):
                     scope_name not in DB_SCOPES and scope_name not in CACHE_SCOPES,
                     self.route_literals,
                 )
-            elif span._events or span._status.description:
+            elif events(span) or span.status.description:
                 _scrub(span, self.settings, urls=False)
         except Exception as exc:
             guard.report("span processor (redaction)", exc)
@@ -244,7 +245,7 @@ class SignalProcessor(SpanProcessor):
             if owner is None or owner.activity is None:
                 return
             activity = owner.activity
-            start_ns = span._start_time or end_ns
+            start_ns = span.start_time or end_ns
             duration = end_ns - start_ns
             if kind == _DB:
                 activity.db_count += 1
@@ -502,56 +503,56 @@ def _scrub(
     before the span is exported. `urls`: look at the HTTP attributes (not for DB and cache
     client spans)."""
     if urls:
-        bounded = span._attributes
-        attributes = getattr(bounded, "_dict", bounded)  # the plain dict: no KeyError per lookup
-        if attributes or "/" in span._name:
+        attributes = attribute_dict(span)
+        name = span.name
+        if attributes or "/" in name:
             literals = route_literals() if span.kind is SpanKind.SERVER else None
-            changes, name = http_privacy(settings).changes(attributes or {}, span._name, literals)
+            changes, new_name = http_privacy(settings).changes(attributes or {}, name, literals)
             for key, value in changes.items():
                 if value is None:
-                    attributes.pop(key, None)  # type: ignore[union-attr]
+                    attributes.pop(key, None)
                 else:
                     span.set_attribute(key, value)
-            if name != span._name:
-                span.update_name(name)
+            if new_name != name:
+                span.update_name(new_name)
     if settings.capture_exception_messages:
         return
-    events = span._events
+    recorded = events(span)
     structured = getattr(span, STRUCTURED_TRACES_RECORD, ())
-    for index in range(len(events) if events else 0):
-        event = events[index]
+    for index in range(len(recorded) if recorded else 0):
+        event = recorded[index]
         if event.name == "exception" and event.attributes:
             scrubbed = dict(event.attributes)
             scrubbed["exception.message"] = redact.exception_message(str(scrubbed.get("exception.type", "")))
             stacktrace = scrubbed.get("exception.stacktrace")
             if stacktrace is not None and not any(stacktrace is built for built in structured):
                 scrubbed["exception.stacktrace"] = scrub_stacktrace(str(stacktrace))
-            events._dq[index] = Event(event.name, scrubbed, event.timestamp)  # type: ignore[attr-defined]
+            replace_event(span, index, Event(event.name, scrubbed, event.timestamp))
     status = span.status
     if status.description:
-        span._status = Status(status.status_code, redact.scrub_status_description(status.description))
+        replace_status(span, Status(status.status_code, redact.scrub_status_description(status.description)))
 
 
 def _scrub_fail_closed(span: Span) -> None:
     """When redaction itself failed: drop what may identify a patient rather than export it."""
     try:
-        bounded = span._attributes
-        attributes = getattr(bounded, "_dict", bounded) or {}
+        attributes = attribute_dict(span) or {}
         for key in list(attributes):
             if key in _URL_ATTRIBUTES:
                 span.set_attribute(key, redact.REDACTED)
             elif key in _USER_AGENT_ATTRIBUTES or key.startswith(_HEADER_PREFIXES):
-                attributes.pop(key, None)  # type: ignore[union-attr]
-        if "/" in span._name:
-            span.update_name(span._name.split(" ", 1)[0] if " " in span._name else redact.REDACTED)
-        events = span._events
-        for index in range(len(events)):
-            event = events[index]
+                attributes.pop(key, None)
+        name = span.name
+        if "/" in name:
+            span.update_name(name.split(" ", 1)[0] if " " in name else redact.REDACTED)
+        recorded = events(span)
+        for index in range(len(recorded)):
+            event = recorded[index]
             if event.name == "exception":
                 kept = {k: v for k, v in (event.attributes or {}).items() if k == "exception.type"}
-                events._dq[index] = Event(event.name, kept, event.timestamp)  # type: ignore[attr-defined]
+                replace_event(span, index, Event(event.name, kept, event.timestamp))
         if span.status.description:
-            span._status = Status(span.status.status_code, redact.MESSAGE_REDACTED)
+            replace_status(span, Status(span.status.status_code, redact.MESSAGE_REDACTED))
     except Exception as exc:
         guard.report("span processor (redaction fallback)", exc)
 

@@ -41,7 +41,8 @@ from typing import Any
 
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
-from hms_otel_agent.instrument.context import set_attributes, user_location
+from hms_otel_agent.instrument.context import user_location
+from hms_otel_agent.instrument.sdk_internals import set_attributes
 from hms_otel_agent.signals.activity import CacheCall
 from hms_otel_agent.signals.cache_signals import common_pattern
 from hms_otel_agent.signals.key_pattern import KeyPatterns
