@@ -26,7 +26,6 @@ from hms_otel_agent.config import Settings
 from hms_otel_agent.instrument.sdk_internals import attribute_dict, events, replace_event, replace_status
 from hms_otel_agent.signals import redact
 from hms_otel_agent.signals.activity import (
-    MAX_CALLS_PER_OWNER,
     CacheCall,
     ConnectCall,
     DbCall,
@@ -35,16 +34,14 @@ from hms_otel_agent.signals.activity import (
     PlanSummary,
 )
 from hms_otel_agent.signals.http_privacy import HttpPrivacy, named_headers
+from hms_otel_agent.signals.owners import CACHE, DB, OWNER, counted, is_client, scope_role
 from hms_otel_agent.signals.redact import scrub_stacktrace
 from hms_otel_agent.signals.registry import Detector, consolidate
 from hms_otel_agent.signals.routes import readable_name
 from hms_otel_agent.signals.vocabulary import (
     CACHE_RECORD,
-    CACHE_SCOPES,
     CONNECT_RECORD,
     DB_RECORD,
-    DB_SCOPES,
-    DJANGO_CACHE_SCOPE,
     EAGER_LOADS_SPAN,
     EXPLAIN_EVENT,
     STRUCTURED_TRACES_RECORD,
@@ -56,7 +53,7 @@ from hms_otel_agent.signals.vocabulary import (
 logger = logging.getLogger("hms_otel")
 
 
-_OWNER, _DB, _CACHE = 0, 1, 2
+_OWNER, _DB, _CACHE = OWNER, DB, CACHE
 
 
 class PlanSource(Protocol):
@@ -170,23 +167,25 @@ class SignalProcessor(SpanProcessor):
         try:
             scope = span.instrumentation_scope
             scope_name = scope.name if scope is not None else ""
-            kind = _DB if scope_name in DB_SCOPES else _CACHE if scope_name in CACHE_SCOPES else _OWNER
+            kind = scope_role(scope_name)
             owner = None
             parent = span.parent
             if parent is not None and not parent.is_remote:
                 parent_state = self._open.get(parent.span_id)
                 if parent_state is not None:
-                    if kind == _CACHE and parent_state.kind == _CACHE and scope_name != DJANGO_CACHE_SCOPE:
+                    if not counted(kind, scope_name, parent_state.kind):
                         return  # a Redis command under a Django cache call: the call is what counts
                     owner = parent_state if parent_state.kind == _OWNER else parent_state.owner
+            context = span.context
             if kind == _OWNER:
-                state = _State(_OWNER, None, OwnerActivity(name=span.name))
+                activity = OwnerActivity(name=span.name, trace_id=context.trace_id, span_id=context.span_id)
+                state = _State(_OWNER, None, activity)
             elif owner is None:
                 return  # a DB or cache span with no owner in this process: nothing to group
             else:
                 state = owner.child(kind)
             open_spans = self._open
-            open_spans[span.context.span_id] = state
+            open_spans[context.span_id] = state
             if len(open_spans) > self._max_open:
                 self._evict()
         except Exception as exc:
@@ -211,12 +210,7 @@ class SignalProcessor(SpanProcessor):
                 # DB and cache client spans never carry a URL: the statement, the command, ours.
                 scope = span.instrumentation_scope
                 scope_name = scope.name if scope is not None else ""
-                _scrub(
-                    span,
-                    self.settings,
-                    scope_name not in DB_SCOPES and scope_name not in CACHE_SCOPES,
-                    self.route_literals,
-                )
+                _scrub(span, self.settings, not is_client(scope_name), self.route_literals)
             elif events(span) or span.status.description:
                 _scrub(span, self.settings, urls=False)
         except Exception as exc:
@@ -232,10 +226,8 @@ class SignalProcessor(SpanProcessor):
             kind = state.kind
             connects: list[ConnectCall] | None = getattr(span, CONNECT_RECORD, None)
             owner = state if kind == _OWNER else state.owner
-            if connects and owner is not None:
-                target = owner.activity
-                if target is not None and len(target.connects) < MAX_CALLS_PER_OWNER:
-                    target.connects.extend(connects)
+            if connects and owner is not None and owner.activity is not None:
+                owner.activity.add_connects(connects)
             if kind == _OWNER:
                 # The shared child states point back at their owner: leave no cycle behind, so
                 # that the owner's records go when the request does, not at the next collection.
@@ -248,12 +240,8 @@ class SignalProcessor(SpanProcessor):
             start_ns = span.start_time or end_ns
             duration = end_ns - start_ns
             if kind == _DB:
-                activity.db_count += 1
-                activity.db_duration_ns += duration
-                if record is None:
-                    return
-                if len(activity.db_calls) >= MAX_CALLS_PER_OWNER:
-                    activity.dropped += 1
+                activity.count_db(duration)
+                if record is None or not activity.has_room(activity.db_calls):
                     return
                 fp = record.fingerprint
                 activity.db_calls.append(
@@ -271,10 +259,7 @@ class SignalProcessor(SpanProcessor):
                 )
             else:
                 call: CacheCall | None = getattr(span, CACHE_RECORD, None)
-                if call is None:
-                    return
-                if len(activity.cache_calls) >= MAX_CALLS_PER_OWNER:
-                    activity.dropped += 1
+                if call is None or not activity.has_room(activity.cache_calls):
                     return
                 call.start_ns = start_ns
                 call.duration_ns = duration

@@ -7,6 +7,7 @@ process with an in-memory exporter, and
 * every test's call phase runs inside an owner span (``test <nodeid>``), so queries run directly
   in the test body are grouped like the queries of a request (test-client requests get their own
   request span underneath, as in production);
+* the live span processor hands each owner's findings to the plugin (``on_findings``);
 * a test whose owners got a finding of a kind in ``--hms-otel-fail-on`` (default ``n_plus_one``)
   fails with the finding's hint (what, where, the fix);
 * ``@pytest.mark.hms_otel_allow("hms.Encounter.patient")`` allows findings in one test, and
@@ -24,7 +25,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +38,7 @@ from hms_otel_agent.signals.vocabulary import TEST_ATTRIBUTE
 if TYPE_CHECKING:
     from hms_otel_agent.report.model import Aggregator
     from hms_otel_agent.report.otlp import SpanData
-    from hms_otel_agent.signals.activity import Finding
+    from hms_otel_agent.signals.activity import Finding, OwnerActivity
 
 ALLOW_MARKER = "hms_otel_allow"
 ALLOW_ATTRIBUTE = "hms.pytest.allow"  # on owner spans opened by allow(); never leaves the process
@@ -293,6 +294,21 @@ def _collector() -> Any:
     return Collector()
 
 
+def _chain(
+    first: Callable[[OwnerActivity, list[Finding]], None] | None,
+    then: Callable[[OwnerActivity, list[Finding]], None],
+) -> Callable[[OwnerActivity, list[Finding]], None]:
+    """Both listeners (the agent's live log, then the plugin's)."""
+    if first is None:
+        return then
+
+    def both(activity: OwnerActivity, findings: list[Finding]) -> None:
+        first(activity, findings)
+        then(activity, findings)
+
+    return both
+
+
 def span_data(span: Any) -> SpanData:
     """An SDK ReadableSpan as the plain record the report reads."""
     from opentelemetry.trace import SpanKind
@@ -386,9 +402,16 @@ class _State:
         self.report_path: str | None = None if worker else (config.getoption("hms_otel_report") or None)
         self.collector = _collector()
         self.pipeline: Any = None
+        # The findings of each owner span, as the live processor hands them over (on_findings):
+        # (trace id, span id) -> findings; findings over many requests (no owner span) apart.
+        self._lock = threading.Lock()
+        self._found: dict[tuple[int, int], list[Finding]] = {}
+        self._aggregate: list[Finding] = []
         existing = agent.current_pipeline()  # pytest itself run under hms-otel-run
         if existing is not None:
-            existing.signal_processor.settings = self.settings
+            processor = existing.signal_processor
+            processor.settings = self.settings
+            processor.on_findings = _chain(processor.on_findings, self.on_findings)
             existing.tracer_provider.add_span_processor(self.collector)
             provider = existing.tracer_provider
         else:
@@ -398,6 +421,7 @@ class _State:
                 extra_span_processors=[self.collector],
                 span_exporters=[],
                 metric_readers=[],
+                on_findings=self.on_findings,
             )
             provider = self.pipeline.tracer_provider
             instrument.install(self.settings, provider, self.pipeline.meter_provider)
@@ -408,6 +432,23 @@ class _State:
         self.tracer = provider.get_tracer("hms_otel_agent.pytest")
         self.aggregator: Aggregator = Aggregator(RECORDED, [], self.settings)
         self.tests_with_findings = 0
+
+    def on_findings(self, activity: OwnerActivity, findings: list[Finding]) -> None:
+        """The live processor's findings of one owner (called on the thread that ended it)."""
+        with self._lock:
+            if activity.span_id:
+                self._found.setdefault((activity.trace_id, activity.span_id), []).extend(findings)
+            else:
+                self._aggregate.extend(findings)
+
+    def _take(self, owner: Any) -> list[Finding]:
+        with self._lock:
+            if owner.aggregate:
+                taken, self._aggregate = self._aggregate, []
+                return taken
+            if owner.span is None:
+                return []
+            return self._found.pop((int(owner.trace_id, 16), int(owner.span.span_id, 16)), [])
 
     @contextmanager
     def test_span(self, item: pytest.Item, patterns: list[str]) -> Iterator[list[Any]]:
@@ -433,8 +474,8 @@ class _State:
         parent_of = {r.span_id: r.parent_span_id for r in records}
         failing: list[Finding] = []
         any_findings = False
-        for owner in build_owners(records):
-            findings = owner.recorded
+        for owner in build_owners(records, read_findings=False):
+            findings = self._take(owner)
             self.aggregator.add(owner, findings)
             if not findings:
                 continue
@@ -449,6 +490,9 @@ class _State:
             failing.extend(f for f in findings if f.kind in self.fail_on and not allowed(f, owner_patterns))
         if any_findings:
             self.tests_with_findings += 1
+        with self._lock:  # owners that ended outside this test's spans: not this test's
+            self._found.clear()
+            self._aggregate.clear()
         return failing
 
     def write_report(self) -> None:

@@ -25,7 +25,6 @@ from typing import Any
 
 from hms_otel_agent.report.otlp import KIND_SERVER, SpanData
 from hms_otel_agent.signals.activity import (
-    MAX_CALLS_PER_OWNER,
     UNKNOWN_MAX_AGE,
     CacheCall,
     ConnectCall,
@@ -37,11 +36,10 @@ from hms_otel_agent.signals.activity import (
 )
 from hms_otel_agent.signals.fingerprint import fingerprint_sql
 from hms_otel_agent.signals.http_privacy import HttpPrivacy
+from hms_otel_agent.signals.owners import CACHE, DB, OWNER, counted, scope_role
 from hms_otel_agent.signals.routes import readable_name, readable_route
 from hms_otel_agent.signals.vocabulary import (
-    CACHE_SCOPES,
     CONNECT_EVENT,
-    DB_SCOPES,
     DJANGO_CACHE_SCOPE,
     DJANGO_SCOPE,
     EAGER_LOADS_SCOPE,
@@ -58,7 +56,6 @@ from hms_otel_agent.signals.vocabulary import text as _text
 AGGREGATE_SCOPES = frozenset((EAGER_LOADS_SCOPE,))
 CACHE_SYSTEMS = frozenset(("redis", "memcached", "valkey", "keydb", "dragonfly"))
 
-OWNER, DB, CACHE = 0, 1, 2
 
 # What counts as a write or a delete, as the cache instrumentation counts them
 # (instrument/django_cache.py, instrument/cache_hooks.py): per key where the key count is known.
@@ -73,10 +70,14 @@ _CACHE_DELETES = frozenset(("delete", "delete_many", "DEL", "UNLINK", "GETDEL"))
 
 
 def role(span: SpanData) -> int:
+    """By the scope as live (signals/owners.py), then by attributes for other producers."""
+    by_scope = scope_role(span.scope)
+    if by_scope != OWNER:
+        return by_scope
     attributes = span.attributes
-    if span.scope in CACHE_SCOPES or "hms.cache.operation" in attributes:
+    if "hms.cache.operation" in attributes:
         return CACHE
-    if span.scope in DB_SCOPES or "hms.db.fingerprint" in attributes:
+    if "hms.db.fingerprint" in attributes:
         return DB
     system = attributes.get("db.system") or attributes.get("db.system.name")
     if system and span.kind != KIND_SERVER:
@@ -259,8 +260,10 @@ def _resource_text(span: SpanData, name: str) -> str:
     return str(value) if value is not None else ""
 
 
-def build_owners(spans: Iterable[SpanData]) -> list[Owner]:
-    """Group DB and cache spans under their owners; every non-DB, non-cache span is an owner."""
+def build_owners(spans: Iterable[SpanData], read_findings: bool = True) -> list[Owner]:
+    """Group DB and cache spans under their owners; every non-DB, non-cache span is an owner.
+    `read_findings`: read the findings the live agent recorded on owner spans (`Owner.recorded`;
+    the pytest plugin gets them from the live processor instead)."""
     by_id: dict[tuple[str, str], SpanData] = {}
     for span in spans:
         by_id.setdefault((span.trace_id, span.span_id), span)
@@ -284,7 +287,9 @@ def build_owners(spans: Iterable[SpanData]) -> list[Owner]:
                 run_id=_resource_text(span, RUN_ID_ATTRIBUTE),
                 recorded=recorded_findings(
                     span, readable_route(route) or _URLS.span_name(span.name, None, None)
-                ),
+                )
+                if read_findings
+                else [],
                 aggregate=span.scope in AGGREGATE_SCOPES,
             )
     resolved: dict[tuple[str, str], tuple[str, str]] = {}
@@ -324,10 +329,9 @@ def build_owners(spans: Iterable[SpanData]) -> list[Owner]:
         kind = roles[key]
         if kind == OWNER:
             continue
-        if kind == CACHE and span.scope != DJANGO_CACHE_SCOPE:
-            parent = by_id.get((span.trace_id, span.parent_span_id))
-            if parent is not None and roles[(parent.trace_id, parent.span_id)] == CACHE:
-                continue  # a Redis command under a Django cache call: the call is what counts
+        parent = by_id.get((span.trace_id, span.parent_span_id))
+        if parent is not None and not counted(kind, span.scope, roles[(parent.trace_id, parent.span_id)]):
+            continue  # a Redis command under a Django cache call: the call is what counts
         grouped.setdefault(owner_key(key), []).append((kind, span))
     for okey, members in grouped.items():
         owner = owners[okey]
@@ -336,20 +340,12 @@ def build_owners(spans: Iterable[SpanData]) -> list[Owner]:
         members.sort(key=lambda item: (item[1].end_ns, item[1].start_ns))
         for kind, span in members:
             if span.events:
-                activity.connects.extend(connect_calls(span))
+                activity.add_connects(connect_calls(span))
             if kind == DB:
-                activity.db_count += 1
-                activity.db_duration_ns += span.duration_ns
+                activity.count_db(span.duration_ns)
                 call = db_call(span)
-                if call is None:
-                    continue
-                if len(activity.db_calls) >= MAX_CALLS_PER_OWNER:
-                    activity.dropped += 1
-                    continue
-                activity.db_calls.append(call)
+                if call is not None:
+                    activity.add_db(call)
             elif "hms.cache.operation" in span.attributes:  # what the agent's cache hooks recorded
-                if len(activity.cache_calls) >= MAX_CALLS_PER_OWNER:
-                    activity.dropped += 1
-                    continue
-                activity.cache_calls.append(cache_call(span))
+                activity.add_cache(cache_call(span))
     return list(owners.values())

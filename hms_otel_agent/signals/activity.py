@@ -180,7 +180,10 @@ class PlanSummary:
 
 @dataclass(slots=True)
 class OwnerActivity:
-    """Everything recorded under one owner span (usually the request span)."""
+    """Everything recorded under one owner span (usually the request span). The live processor
+    and the offline report both fill it through `count_db` / `add_db` / `add_cache` /
+    `add_connects` (signals/owners.py: which span is whose), so the per-owner cap is applied
+    the same way on both sides."""
 
     name: str
     route: str = ""
@@ -191,6 +194,32 @@ class OwnerActivity:
     dropped: int = 0
     connects: list[ConnectCall] = field(default_factory=list)
     plans: dict[str, PlanSummary] = field(default_factory=dict)  # statement fingerprint -> plan
+    trace_id: int = 0  # the owner span's ids when known (live), for on_findings listeners
+    span_id: int = 0
+
+    def count_db(self, duration_ns: int) -> None:
+        """One statement ran under the owner (recorded or not)."""
+        self.db_count += 1
+        self.db_duration_ns += duration_ns
+
+    def has_room(self, calls: list[Any]) -> bool:
+        """Whether one more call fits under MAX_CALLS_PER_OWNER; else it is counted as dropped."""
+        if len(calls) < MAX_CALLS_PER_OWNER:
+            return True
+        self.dropped += 1
+        return False
+
+    def add_db(self, call: DbCall) -> None:
+        if self.has_room(self.db_calls):
+            self.db_calls.append(call)
+
+    def add_cache(self, call: CacheCall) -> None:
+        if self.has_room(self.cache_calls):
+            self.cache_calls.append(call)
+
+    def add_connects(self, connects: list[ConnectCall]) -> None:
+        if connects and len(self.connects) < MAX_CALLS_PER_OWNER:
+            self.connects.extend(connects)
 
 
 @dataclass(frozen=True, slots=True)

@@ -225,3 +225,26 @@ def test_xdist_writes_one_merged_report_at_the_asked_path(project: pytest.Pytest
     markdown = (project.path / "report.md").read_text()
     assert "in 8 tests, 3 requests and 1 other span;" in markdown, markdown
     assert "| # | kind | route | relation / key pattern | seen in | repetitions |" in markdown
+
+
+def test_findings_come_from_the_live_processor_not_from_span_attributes(project: pytest.Pytester) -> None:
+    """The plugin takes each owner's findings through on_findings: with the offline reader of
+    finding events broken, the N+1 still fails its test with the hint."""
+    project.makeconftest(
+        CONFTEST
+        + """
+from hms_otel_agent.report import spans as _spans
+
+def _no_recorded_findings(span, route):
+    raise AssertionError("the plugin parsed finding events")
+
+_spans.recorded_findings = _no_recorded_findings
+"""
+    )
+    result = project.runpytest_subprocess(
+        "-v", "-p", "no:cacheprovider", "--hms-otel", "-k", "three_lazy or six_lazy",
+    )  # fmt: skip
+    assert outcomes(result) == {"test_three_lazy_loads": "PASSED", "test_six_lazy_loads": "FAILED"}, (
+        result.stdout.str()
+    )
+    assert "Encounter.patient loaded lazily 6x" in result.stdout.str()
