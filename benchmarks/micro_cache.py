@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hms_otel_agent import config
 from hms_otel_agent.instrument import cache_hooks
 from hms_otel_agent.signals import cache_signals
-from hms_otel_agent.signals.activity import CacheCall, CodeLocation, DbCall, OwnerActivity
+from hms_otel_agent.signals.records import CacheCall, CodeLocation, DbCall, OwnerActivity
 
 SETTINGS = config.load({}).settings
 

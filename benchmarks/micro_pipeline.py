@@ -49,8 +49,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.trace import SpanKind
 
 from hms_otel_agent import config
-from hms_otel_agent.signals.activity import CacheCall, CodeLocation, DbCall, OrmContext, OwnerActivity
 from hms_otel_agent.signals.fingerprint import fingerprint_sql
+from hms_otel_agent.signals.records import CacheCall, CodeLocation, DbCall, OrmContext, OwnerActivity
 
 _ROOT_PREFIX = str(Path(__file__).resolve().parent.parent) + "/"
 LIST_SQL = (

@@ -535,17 +535,17 @@ LAYERS = (
     ("agent: SQL fingerprint and masking (signals/)", "hms_otel_agent/signals/sql_mask.py", None),
     ("agent: SQL fingerprint and masking (signals/)", "hms_otel_agent/signals/_sql_tokens.py", None),
     (
-        "agent: span processor, detectors, metrics (processors.py, pipeline.py, signals/)",
-        "hms_otel_agent/processors.py",
+        "agent: span processor, detectors, metrics (processors/, pipeline.py, signals/)",
+        "hms_otel_agent/processors/",
         None,
     ),
     (
-        "agent: span processor, detectors, metrics (processors.py, pipeline.py, signals/)",
+        "agent: span processor, detectors, metrics (processors/, pipeline.py, signals/)",
         "hms_otel_agent/pipeline.py",
         None,
     ),
     (
-        "agent: span processor, detectors, metrics (processors.py, pipeline.py, signals/)",
+        "agent: span processor, detectors, metrics (processors/, pipeline.py, signals/)",
         "hms_otel_agent/signals/",
         None,
     ),

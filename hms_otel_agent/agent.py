@@ -18,7 +18,7 @@ from hms_otel_agent.signals.vocabulary import RUN_ID_ATTRIBUTE
 
 if TYPE_CHECKING:
     from hms_otel_agent.pipeline import Pipeline
-    from hms_otel_agent.processors import Detector
+    from hms_otel_agent.signals.registry import Detector
 
 logger = logging.getLogger("hms_otel")
 

@@ -45,8 +45,9 @@ from hms_otel_agent.instrument.sdk_internals import (  # noqa: F401  (re-exporte
     uninstall_end_hook,
     uninstall_exception_hook,
 )
-from hms_otel_agent.processors import Detector, SignalMetrics, SignalProcessor
-from hms_otel_agent.signals.activity import Finding, OwnerActivity
+from hms_otel_agent.processors import SignalMetrics, SignalProcessor
+from hms_otel_agent.signals.records import Finding, OwnerActivity
+from hms_otel_agent.signals.registry import Detector
 
 logger = logging.getLogger("hms_otel")
 

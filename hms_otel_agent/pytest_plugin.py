@@ -38,7 +38,7 @@ from hms_otel_agent.signals.vocabulary import TEST_ATTRIBUTE
 if TYPE_CHECKING:
     from hms_otel_agent.report.model import Aggregator
     from hms_otel_agent.report.otlp import SpanData
-    from hms_otel_agent.signals.activity import Finding, OwnerActivity
+    from hms_otel_agent.signals.records import Finding, OwnerActivity
 
 ALLOW_MARKER = "hms_otel_allow"
 ALLOW_ATTRIBUTE = "hms.pytest.allow"  # on owner spans opened by allow(); never leaves the process

@@ -43,9 +43,9 @@ from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
 from hms_otel_agent.instrument.context import user_location
 from hms_otel_agent.instrument.sdk_internals import set_attributes
-from hms_otel_agent.signals.activity import CacheCall
 from hms_otel_agent.signals.cache_signals import common_pattern
 from hms_otel_agent.signals.key_pattern import KeyPatterns
+from hms_otel_agent.signals.records import CacheCall
 from hms_otel_agent.signals.vocabulary import CACHE_RECORD, COMMAND_RECORD, code_attributes
 
 MAX_CAPTURED_KEY_CHARS = 1024

@@ -14,7 +14,7 @@ from contextvars import ContextVar
 from types import CodeType, FrameType
 
 from hms_otel_agent.layout import agent_parts
-from hms_otel_agent.signals.activity import CodeLocation, OrmContext
+from hms_otel_agent.signals.records import CodeLocation, OrmContext
 
 current_orm: ContextVar[OrmContext | None] = ContextVar("hms_otel_orm", default=None)
 

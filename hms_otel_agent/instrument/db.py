@@ -38,8 +38,8 @@ from hms_otel_agent.config import Settings
 from hms_otel_agent.instrument import sdk_internals
 from hms_otel_agent.instrument.context import current_orm, user_location
 from hms_otel_agent.instrument.sdk_internals import set_attributes
-from hms_otel_agent.signals.activity import OrmContext
 from hms_otel_agent.signals.fingerprint import fingerprint_sql
+from hms_otel_agent.signals.records import OrmContext
 from hms_otel_agent.signals.sql_mask import mask_sql_literals
 from hms_otel_agent.signals.vocabulary import DB_RECORD, code_attributes
 

@@ -29,7 +29,7 @@ from typing import Any
 from opentelemetry import trace
 
 from hms_otel_agent import __version__, guard
-from hms_otel_agent.signals.activity import UNKNOWN_MAX_AGE, ConnectCall
+from hms_otel_agent.signals.records import UNKNOWN_MAX_AGE, ConnectCall
 from hms_otel_agent.signals.vocabulary import CONNECT_EVENT, CONNECT_RECORD
 
 SCOPE = "hms_otel_agent.db_connections"

@@ -43,7 +43,7 @@ from hms_otel_agent.instrument.cache_hooks import (
 )
 from hms_otel_agent.instrument.context import user_location
 from hms_otel_agent.instrument.sdk_internals import set_attributes
-from hms_otel_agent.signals.activity import CacheCall
+from hms_otel_agent.signals.records import CacheCall
 from hms_otel_agent.signals.vocabulary import CACHE_RECORD, DJANGO_CACHE_SCOPE, code_attributes
 
 SCOPE = DJANGO_CACHE_SCOPE

@@ -63,8 +63,8 @@ from hms_otel_agent import guard
 from hms_otel_agent.instrument import fix_check
 from hms_otel_agent.instrument.context import current_orm, user_location
 from hms_otel_agent.signals import fixes
-from hms_otel_agent.signals.activity import DEFERRED as DEFERRED_KIND
-from hms_otel_agent.signals.activity import (
+from hms_otel_agent.signals.records import DEFERRED as DEFERRED_KIND
+from hms_otel_agent.signals.records import (
     FORWARD,
     GENERIC_FK,
     GENERIC_RELATION,

@@ -46,13 +46,13 @@ from opentelemetry.trace import SpanKind
 
 from hms_otel_agent import __version__, guard
 from hms_otel_agent.instrument.context import user_location
-from hms_otel_agent.signals.activity import CodeLocation, Finding
 from hms_otel_agent.signals.eager_loading import (
     PREFETCH_RELATED,
     SELECT_RELATED,
     EagerOutcome,
     UnusedEagerAggregator,
 )
+from hms_otel_agent.signals.records import CodeLocation, Finding
 from hms_otel_agent.signals.vocabulary import (
     EAGER_LOADS_SCOPE,
     EAGER_LOADS_SPAN,

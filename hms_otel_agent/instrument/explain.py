@@ -42,7 +42,7 @@ from typing import Any
 
 from hms_otel_agent import guard
 from hms_otel_agent.signals import plans
-from hms_otel_agent.signals.activity import PlanSummary
+from hms_otel_agent.signals.records import PlanSummary
 
 logger = logging.getLogger("hms_otel")
 COMPONENT = "EXPLAIN worker"

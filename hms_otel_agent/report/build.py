@@ -8,7 +8,7 @@ from hms_otel_agent.config import Settings
 from hms_otel_agent.report.model import ANALYZED, RECORDED, Aggregator, Report
 from hms_otel_agent.report.otlp import SpanData
 from hms_otel_agent.report.spans import Owner, build_owners
-from hms_otel_agent.signals.activity import Finding
+from hms_otel_agent.signals.records import Finding
 from hms_otel_agent.signals.registry import Detector
 from hms_otel_agent.signals.vocabulary import RUN_ID_ATTRIBUTE
 

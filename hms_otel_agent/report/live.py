@@ -27,7 +27,7 @@ import threading
 import time
 
 from hms_otel_agent.printable import printable
-from hms_otel_agent.signals.activity import Finding, OwnerActivity
+from hms_otel_agent.signals.records import Finding, OwnerActivity
 
 logger = logging.getLogger("hms_otel")
 REPEAT_INTERVAL_S = 60.0

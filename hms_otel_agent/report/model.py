@@ -13,8 +13,8 @@ from typing import Any
 
 from hms_otel_agent.config import Settings
 from hms_otel_agent.report.spans import Owner
-from hms_otel_agent.signals.activity import CodeLocation, Finding
 from hms_otel_agent.signals.cache_signals import group_of, most_informative
+from hms_otel_agent.signals.records import CodeLocation, Finding
 
 SCHEMA = "hms-otel-report/1"
 RECORDED = "recorded"  # findings the live agent wrote into the telemetry (hms-otel report)

@@ -24,7 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hms_otel_agent.report.otlp import KIND_SERVER, SpanData
-from hms_otel_agent.signals.activity import (
+from hms_otel_agent.signals.fingerprint import fingerprint_sql
+from hms_otel_agent.signals.http_privacy import HttpPrivacy
+from hms_otel_agent.signals.owners import CACHE, DB, OWNER, counted, scope_role
+from hms_otel_agent.signals.records import (
     UNKNOWN_MAX_AGE,
     CacheCall,
     ConnectCall,
@@ -34,9 +37,6 @@ from hms_otel_agent.signals.activity import (
     OwnerActivity,
     PlanSummary,
 )
-from hms_otel_agent.signals.fingerprint import fingerprint_sql
-from hms_otel_agent.signals.http_privacy import HttpPrivacy
-from hms_otel_agent.signals.owners import CACHE, DB, OWNER, counted, scope_role
 from hms_otel_agent.signals.routes import readable_name, readable_route
 from hms_otel_agent.signals.vocabulary import (
     CONNECT_EVENT,

@@ -33,7 +33,8 @@ from collections.abc import Iterable, Sequence
 
 from hms_otel_agent.config import Settings
 from hms_otel_agent.signals import hints
-from hms_otel_agent.signals.activity import (
+from hms_otel_agent.signals.key_pattern import VALUE, key_pattern
+from hms_otel_agent.signals.records import (
     CacheCall,
     DbCall,
     Finding,
@@ -42,7 +43,6 @@ from hms_otel_agent.signals.activity import (
     outside_cache_calls,
     total_ms,
 )
-from hms_otel_agent.signals.key_pattern import VALUE, key_pattern
 
 CACHE_N_PLUS_ONE = "cache_n_plus_one"
 CACHE_REPEATED_MISS = "cache_repeated_miss"

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from hms_otel_agent.config import Settings
 from hms_otel_agent.signals import hints
-from hms_otel_agent.signals.activity import ConnectCall, Finding, OwnerActivity, total_ms
+from hms_otel_agent.signals.records import ConnectCall, Finding, OwnerActivity, total_ms
 
 CONNECTION_CHURN = "connection_churn"
 KINDS = (CONNECTION_CHURN,)

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hms_otel_agent.signals import hints
-from hms_otel_agent.signals.activity import CodeLocation, Finding
+from hms_otel_agent.signals.records import CodeLocation, Finding
 
 UNUSED_EAGER_LOAD = "unused_eager_load"
 KINDS = (UNUSED_EAGER_LOAD,)

@@ -29,8 +29,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import NamedTuple, Protocol
 
-from hms_otel_agent.signals import activity as a
-from hms_otel_agent.signals.activity import FixFacts, OrmContext, Step
+from hms_otel_agent.signals import records as a
+from hms_otel_agent.signals.records import FixFacts, OrmContext, Step
 
 # Fix kinds (hms.hint.fix_kind).
 SELECT_RELATED = "select_related"

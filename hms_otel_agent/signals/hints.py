@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import hashlib
 
-from hms_otel_agent.signals import activity as a
 from hms_otel_agent.signals import fixes
-from hms_otel_agent.signals.activity import CodeLocation, OrmContext
+from hms_otel_agent.signals import records as a
+from hms_otel_agent.signals.records import CodeLocation, OrmContext
 
 # Statements that repeat for reasons that are not N+1 queries.
 TRANSACTION_OPERATIONS = frozenset(("SAVEPOINT", "RELEASE", "ROLLBACK", "BEGIN", "COMMIT", "SET", "SHOW"))

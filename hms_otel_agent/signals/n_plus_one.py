@@ -13,9 +13,9 @@ from __future__ import annotations
 import dataclasses
 
 from hms_otel_agent.config import Settings
-from hms_otel_agent.signals import activity as a
 from hms_otel_agent.signals import fixes, hints
-from hms_otel_agent.signals.activity import DbCall, Finding, OwnerActivity, most_common, total_ms
+from hms_otel_agent.signals import records as a
+from hms_otel_agent.signals.records import DbCall, Finding, OwnerActivity, most_common, total_ms
 
 N_PLUS_ONE = "n_plus_one"
 DUPLICATE_QUERY = "duplicate_query"

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from hms_otel_agent.signals import hints
-from hms_otel_agent.signals.activity import PlanSummary
+from hms_otel_agent.signals.records import PlanSummary
 from hms_otel_agent.signals.sql_mask import mask_sql_literals
 
 MAX_NODES = 5

@@ -18,7 +18,7 @@ from hms_otel_agent.signals import (
     result_sets,
     slow_queries,
 )
-from hms_otel_agent.signals.activity import Finding, OwnerActivity
+from hms_otel_agent.signals.records import Finding, OwnerActivity
 
 Detector = Callable[[OwnerActivity, Settings], list[Finding]]
 

@@ -36,9 +36,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hms_otel_agent.config import Settings
-from hms_otel_agent.signals import activity as a
 from hms_otel_agent.signals import hints
-from hms_otel_agent.signals.activity import (
+from hms_otel_agent.signals import records as a
+from hms_otel_agent.signals.cache_signals import group_of
+from hms_otel_agent.signals.records import (
     CacheCall,
     CodeLocation,
     DbCall,
@@ -50,7 +51,6 @@ from hms_otel_agent.signals.activity import (
     outside_cache_calls,
     total_ms,
 )
-from hms_otel_agent.signals.cache_signals import group_of
 
 REPEATED_GROUP = "repeated_group"
 KINDS = (REPEATED_GROUP,)

@@ -35,7 +35,7 @@ import re
 
 from hms_otel_agent.config import Settings
 from hms_otel_agent.signals import hints
-from hms_otel_agent.signals.activity import (
+from hms_otel_agent.signals.records import (
     DbCall,
     Finding,
     OwnerActivity,

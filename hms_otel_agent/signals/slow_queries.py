@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from hms_otel_agent.config import Settings
 from hms_otel_agent.signals import hints, plans
-from hms_otel_agent.signals.activity import (
+from hms_otel_agent.signals.records import (
     DbCall,
     Finding,
     OwnerActivity,

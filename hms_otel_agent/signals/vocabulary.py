@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hms_otel_agent.signals.activity import CodeLocation, Finding, PlanSummary
+from hms_otel_agent.signals.records import CodeLocation, Finding, PlanSummary
 
 # --- record keys: Python attributes the agent's hooks leave on an SDK span (never exported) ---
 DB_RECORD = "_hms_db"  # instrument/db.DbSpanRecord: the statement's fingerprint, ORM context, rows

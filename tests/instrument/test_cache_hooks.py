@@ -16,10 +16,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from hms_otel_agent import config, guard, processors
+from hms_otel_agent import config, guard
 from hms_otel_agent.instrument import cache_hooks
 from hms_otel_agent.instrument.cache_hooks import parse_command
-from hms_otel_agent.signals.activity import CacheCall
+from hms_otel_agent.processors import grouping
+from hms_otel_agent.signals.records import CacheCall
 
 SETTINGS = config.load({}).settings
 
@@ -211,7 +212,7 @@ def test_pipeline_commands_are_summed_into_one_call(spans: tuple[Any, InMemorySp
 
 
 def test_the_record_is_where_the_processor_reads_it() -> None:
-    assert cache_hooks.CACHE_RECORD == processors.CACHE_RECORD
+    assert cache_hooks.CACHE_RECORD == grouping.CACHE_RECORD
 
 
 def test_hooks_never_raise_into_the_application(spans: tuple[Any, InMemorySpanExporter]) -> None:

@@ -25,7 +25,7 @@ from hms_otel_agent import guard
 from hms_otel_agent.instrument import django_orm
 from hms_otel_agent.instrument.context import current_orm
 from hms_otel_agent.sample.hms.markers import markers_of
-from hms_otel_agent.signals.activity import (
+from hms_otel_agent.signals.records import (
     DEFERRED,
     FORWARD,
     GENERIC_FK,

@@ -11,9 +11,10 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from opentelemetry.sdk.trace import ReadableSpan
 
-from hms_otel_agent import guard, processors
-from hms_otel_agent.processors import scrub_stacktrace
+from hms_otel_agent import guard
+from hms_otel_agent.processors import redaction
 from hms_otel_agent.signals import redact
+from hms_otel_agent.signals.redact import scrub_stacktrace
 
 # Built at run time so that the source lines a traceback shows do not contain them.
 NAME, MRN, PHONE = "Quill" + "feather", "MRN-" + "Q7Z9X1", "555-" + "0199"
@@ -106,8 +107,8 @@ def test_when_redaction_fails_the_span_loses_the_data_not_the_app(
     def broken(*args: object) -> str:
         raise RuntimeError("redaction bug")
 
-    monkeypatch.setattr(processors.HttpPrivacy, "changes", broken)
-    monkeypatch.setattr(processors.redact, "exception_message", broken)
+    monkeypatch.setattr(redaction.HttpPrivacy, "changes", broken)
+    monkeypatch.setattr(redaction.redact, "exception_message", broken)
     guard.reset_for_tests()
     response, server = traced.request(
         "/boom/?mrn=MRN-Q7Z9X1&limit=3", HTTP_USER_AGENT="Quillfeather's Firefox/120.0"

@@ -25,7 +25,7 @@ from hms_otel_agent import guard
 from hms_otel_agent.launch.cli import main
 from hms_otel_agent.printable import PrintableFormatter, json_printable, printable
 from hms_otel_agent.report.live import LiveLog
-from hms_otel_agent.signals.activity import CodeLocation, Finding, OwnerActivity
+from hms_otel_agent.signals.records import CodeLocation, Finding, OwnerActivity
 
 from .otlp_builder import CLIENT, DJANGO, SERVER, new_span_id, new_trace, request, span, write_lines
 

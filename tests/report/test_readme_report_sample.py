@@ -16,7 +16,7 @@ from pathlib import Path
 from hms_otel_agent.demo.run import DEFAULT_REQUESTS
 from hms_otel_agent.report.model import FindingGroup, Report, Summary
 from hms_otel_agent.report.render import KIND_LABELS, _ms, to_terminal
-from hms_otel_agent.signals.activity import CodeLocation
+from hms_otel_agent.signals.records import CodeLocation
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 ROW = re.compile(

@@ -34,7 +34,7 @@ from hms_otel_agent.report.render import (
     output_width,
     to_terminal,
 )
-from hms_otel_agent.signals.activity import CodeLocation
+from hms_otel_agent.signals.records import CodeLocation
 from hms_otel_agent.signals.registry import FINDING_KINDS
 
 from .otlp_builder import n_plus_one_request, write_lines

@@ -11,8 +11,8 @@ import pytest
 
 from hms_otel_agent import config
 from hms_otel_agent.signals import cache_signals, registry
-from hms_otel_agent.signals.activity import CacheCall, CodeLocation, DbCall, Finding, OwnerActivity
 from hms_otel_agent.signals.cache_signals import common_pattern, detect
+from hms_otel_agent.signals.records import CacheCall, CodeLocation, DbCall, Finding, OwnerActivity
 
 SETTINGS = config.load({}).settings
 VIEW = CodeLocation("hms/views.py", 120, "cached_patients")

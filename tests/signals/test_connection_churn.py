@@ -6,9 +6,9 @@ import dataclasses
 
 from hms_otel_agent import config
 from hms_otel_agent.signals import connections, registry
-from hms_otel_agent.signals.activity import ConnectCall, Finding, OwnerActivity
 from hms_otel_agent.signals.connections import detect
 from hms_otel_agent.signals.hints import finding_fingerprint
+from hms_otel_agent.signals.records import ConnectCall, Finding, OwnerActivity
 
 SETTINGS = config.load({}).settings
 MS = 1_000_000

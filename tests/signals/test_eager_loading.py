@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from hms_otel_agent.signals.activity import CodeLocation
 from hms_otel_agent.signals.eager_loading import (
     PREFETCH_RELATED,
     SELECT_RELATED,
     EagerOutcome,
     UnusedEagerAggregator,
 )
+from hms_otel_agent.signals.records import CodeLocation
 
 VIEW = CodeLocation("hms/views.py", 50, "upcoming")
 OTHER = CodeLocation("hms/views.py", 90, "schedule")

@@ -510,7 +510,7 @@ def test_cache_n_plus_one_while_a_pattern_is_learned_is_one_finding() -> None:
     fingerprint of the pattern's group, shown with the learned pattern."""
     from hms_otel_agent.config import load
     from hms_otel_agent.signals import cache_signals
-    from hms_otel_agent.signals.activity import CacheCall, CodeLocation, OwnerActivity
+    from hms_otel_agent.signals.records import CacheCall, CodeLocation, OwnerActivity
 
     location = CodeLocation("hms/views.py", 10, "summaries")
     calls = [

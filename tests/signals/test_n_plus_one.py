@@ -7,10 +7,10 @@ import dataclasses
 import pytest
 
 from hms_otel_agent import config
-from hms_otel_agent.signals import activity as a
-from hms_otel_agent.signals.activity import CodeLocation, DbCall, OrmContext, OwnerActivity
+from hms_otel_agent.signals import records as a
 from hms_otel_agent.signals.fingerprint import fingerprint_sql
 from hms_otel_agent.signals.n_plus_one import detect
+from hms_otel_agent.signals.records import CodeLocation, DbCall, OrmContext, OwnerActivity
 
 SETTINGS = config.load({}).settings
 VIEWS = CodeLocation("hms/views.py", 87, "encounter_list")

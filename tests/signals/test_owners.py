@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from hms_otel_agent.signals.activity import MAX_CALLS_PER_OWNER, CacheCall, ConnectCall, DbCall, OwnerActivity
 from hms_otel_agent.signals.owners import CACHE, DB, OWNER, counted, is_client, scope_role
+from hms_otel_agent.signals.records import MAX_CALLS_PER_OWNER, CacheCall, ConnectCall, DbCall, OwnerActivity
 from hms_otel_agent.signals.vocabulary import DJANGO_CACHE_SCOPE
 
 REDIS = "opentelemetry.instrumentation.redis"

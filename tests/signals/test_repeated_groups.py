@@ -8,9 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hms_otel_agent import config
-from hms_otel_agent.signals import activity as a
+from hms_otel_agent.signals import records as a
 from hms_otel_agent.signals import registry, repeated_groups
-from hms_otel_agent.signals.activity import (
+from hms_otel_agent.signals.fingerprint import fingerprint_sql
+from hms_otel_agent.signals.records import (
     CacheCall,
     CodeLocation,
     DbCall,
@@ -18,7 +19,6 @@ from hms_otel_agent.signals.activity import (
     OrmContext,
     OwnerActivity,
 )
-from hms_otel_agent.signals.fingerprint import fingerprint_sql
 from hms_otel_agent.signals.repeated_groups import consolidate, detect, find_groups
 
 SETTINGS = config.load({}).settings

@@ -8,9 +8,9 @@ import pytest
 
 from hms_otel_agent import config
 from hms_otel_agent.signals import registry, result_sets
-from hms_otel_agent.signals.activity import CodeLocation, DbCall, Finding, OrmContext, OwnerActivity
 from hms_otel_agent.signals.fingerprint import fingerprint_sql
 from hms_otel_agent.signals.hints import finding_fingerprint
+from hms_otel_agent.signals.records import CodeLocation, DbCall, Finding, OrmContext, OwnerActivity
 from hms_otel_agent.signals.result_sets import detect, is_bounded, select_width
 
 SETTINGS = dataclasses.replace(config.load({}).settings, large_result_rows=100, wide_result_columns=5)

@@ -10,8 +10,8 @@ import pytest
 from hms_otel_agent import config
 from hms_otel_agent.instrument.explain import explainable
 from hms_otel_agent.signals import plans, registry, slow_queries
-from hms_otel_agent.signals.activity import CodeLocation, DbCall, OrmContext, OwnerActivity, PlanSummary
 from hms_otel_agent.signals.fingerprint import fingerprint_sql
+from hms_otel_agent.signals.records import CodeLocation, DbCall, OrmContext, OwnerActivity, PlanSummary
 from hms_otel_agent.signals.slow_queries import detect
 
 SETTINGS = dataclasses.replace(config.load({}).settings, slow_query_ms=100.0)

@@ -7,7 +7,7 @@ import dataclasses
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hms_otel_agent.signals.activity import CodeLocation, Finding, PlanSummary
+from hms_otel_agent.signals.records import CodeLocation, Finding, PlanSummary
 from hms_otel_agent.signals.vocabulary import (
     finding_attributes,
     finding_event,

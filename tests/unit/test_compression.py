@@ -18,8 +18,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from hms_otel_agent import config, pipeline
 from hms_otel_agent.export.compress import COUNT, DURATION_MS, SpanCompressor
 from hms_otel_agent.instrument.db import SPAN_RECORD, DbSpanRecord, orm_attributes
-from hms_otel_agent.signals.activity import CodeLocation, OrmContext
 from hms_otel_agent.signals.fingerprint import fingerprint_sql
+from hms_otel_agent.signals.records import CodeLocation, OrmContext
 
 PATIENT_SQL = 'SELECT "hms_patient"."id" FROM "hms_patient" WHERE "hms_patient"."id" = %s LIMIT 21'
 FACILITY_SQL = 'SELECT "hms_facility"."id" FROM "hms_facility" WHERE "hms_facility"."id" = %s LIMIT 21'

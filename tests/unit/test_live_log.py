@@ -13,7 +13,7 @@ import pytest
 from hms_otel_agent.instrument.context import display_path
 from hms_otel_agent.report import live
 from hms_otel_agent.report.live import LiveLog, RunClaims
-from hms_otel_agent.signals.activity import Finding, OwnerActivity
+from hms_otel_agent.signals.records import Finding, OwnerActivity
 
 
 def _claim_all(root: str, names: list[str], start: multiprocessing.synchronize.Event, out: object) -> None:

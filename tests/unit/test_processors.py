@@ -10,7 +10,7 @@ from harness.traced import Traced
 
 from hms_otel_agent import guard
 from hms_otel_agent.instrument import db as db_instrumentation
-from hms_otel_agent.signals.activity import Finding, OwnerActivity
+from hms_otel_agent.signals.records import Finding, OwnerActivity
 
 
 def test_request_span_gets_query_count_and_children_their_fingerprint(traced: Traced) -> None:

@@ -13,8 +13,8 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from hms_otel_agent import agent
-from hms_otel_agent.processors import _OWNER, _State
-from hms_otel_agent.signals.activity import OwnerActivity
+from hms_otel_agent.processors.grouping import _OWNER, _State
+from hms_otel_agent.signals.records import OwnerActivity
 
 
 def rss_kib() -> int:

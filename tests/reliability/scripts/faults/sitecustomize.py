@@ -62,8 +62,8 @@ def _install() -> None:
     boot.boot(os.path.join(os.path.dirname(boot.__file__), "bootstrap", "sitecustomize.py"))
 
     if "components" in faults:
-        _patch(applied, "span processor (on_start)", "hms_otel_agent.processors", "OwnerActivity", 3)
-        _patch(applied, "span processor (span end)", "hms_otel_agent.processors", "DbCall", 4)
+        _patch(applied, "span processor (on_start)", "hms_otel_agent.processors.grouping", "OwnerActivity", 3)
+        _patch(applied, "span processor (span end)", "hms_otel_agent.processors.grouping", "DbCall", 4)
         _patch(applied, "span processor (redaction)", "hms_otel_agent.signals.urls", "sanitize_target", 2)
         _patch(applied, "SQL span hook", "hms_otel_agent.instrument.db", "fingerprint_sql", 2)
         _patch(applied, "cache hooks", "hms_otel_agent.instrument.cache_hooks", "key_pattern", 2)

@@ -4,38 +4,38 @@
 ancestor that is neither — and, just before the owner ends, runs the detectors over the
 owner's plain `OwnerActivity` and writes the findings onto the owner span. Everything
 here runs on the application's threads, so every callback is guarded and all state is
-bounded: spans that never end are evicted oldest first.
+bounded: spans that never end are evicted oldest first. The owner rule is signals/owners.py
+(offline analysis uses it too); redaction, metrics and EXPLAIN dispatch are this package's
+other modules.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind
-from opentelemetry.trace.status import Status
 
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
-from hms_otel_agent.instrument.sdk_internals import attribute_dict, events, replace_event, replace_status
+from hms_otel_agent.instrument.sdk_internals import events
+from hms_otel_agent.processors.explain import PlanSource, attach_plans, release_execution
+from hms_otel_agent.processors.metrics import SignalMetrics, record_cache, record_connections
+from hms_otel_agent.processors.redaction import no_literals, scrub, scrub_fail_closed
 from hms_otel_agent.signals import redact
-from hms_otel_agent.signals.activity import (
+from hms_otel_agent.signals.owners import CACHE, DB, OWNER, counted, is_client, scope_role
+from hms_otel_agent.signals.records import (
     CacheCall,
     ConnectCall,
     DbCall,
     Finding,
     OwnerActivity,
-    PlanSummary,
 )
-from hms_otel_agent.signals.http_privacy import HttpPrivacy, named_headers
-from hms_otel_agent.signals.owners import CACHE, DB, OWNER, counted, is_client, scope_role
-from hms_otel_agent.signals.redact import scrub_stacktrace
 from hms_otel_agent.signals.registry import Detector, consolidate
 from hms_otel_agent.signals.routes import readable_name
 from hms_otel_agent.signals.vocabulary import (
@@ -56,24 +56,12 @@ logger = logging.getLogger("hms_otel")
 _OWNER, _DB, _CACHE = OWNER, DB, CACHE
 
 
-class PlanSource(Protocol):
-    """Where slow statements go for EXPLAIN and their plans come from (instrument/explain.py)."""
-
-    def submit(self, fingerprint: Any, execution: tuple[Any, Any, Any], settings: Any) -> bool: ...
-
-    def plan_for(self, fingerprint: str) -> PlanSummary | None: ...
-
-
 class EagerLoadSource(Protocol):
     """Unused eager loading aggregated over many requests (instrument/eager_loads.py)."""
 
     def pending(self) -> bool: ...
 
     def flush(self, settings: Any) -> list[Finding]: ...
-
-
-def _no_literals() -> frozenset[str] | None:
-    return None
 
 
 class _State:
@@ -99,36 +87,6 @@ class _State:
         return self.cache_child
 
 
-class SignalMetrics:
-    """The agent's own instruments (names documented in docs/attributes.md)."""
-
-    def __init__(self, meter: Any) -> None:
-        self.findings = meter.create_counter(
-            "hms.findings", unit="{finding}", description="Performance findings, by route, kind and relation."
-        )
-        self.cache_reads = meter.create_counter(
-            "hms.cache.reads", unit="{read}", description="Cache keys read, by route, key pattern and result."
-        )
-        self.cache_write_ttl = meter.create_histogram(
-            "hms.cache.write_ttl",
-            unit="s",
-            description="Expiry of cache writes, by key pattern.",
-            explicit_bucket_boundaries_advisory=[1, 10, 60, 300, 900, 1800, 3600, 21600, 86400, 604800],
-        )
-        self.queries_per_request = meter.create_histogram(
-            "hms.db.queries_per_request",
-            unit="{query}",
-            description="SQL statements run per request, by route.",
-            explicit_bucket_boundaries_advisory=[0, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377],
-        )
-        self.connection_uses = meter.create_counter(
-            "hms.db.connection.uses",
-            unit="{use}",
-            description="Owner spans that ran SQL, by route and whether they reused a connection "
-            "(opened none).",
-        )
-
-
 class SignalProcessor(SpanProcessor):
     def __init__(
         self,
@@ -139,7 +97,7 @@ class SignalProcessor(SpanProcessor):
         *,
         plans: PlanSource | None = None,
         eager_loads: EagerLoadSource | None = None,
-        route_literals: Callable[[], frozenset[str] | None] = _no_literals,
+        route_literals: Callable[[], frozenset[str] | None] = no_literals,
     ) -> None:
         """`plans`, `eager_loads` and `route_literals` (the application's literal path
         segments, for URL redaction) come from the instrumentation; pipeline.py wires them, so
@@ -210,17 +168,17 @@ class SignalProcessor(SpanProcessor):
                 # DB and cache client spans never carry a URL: the statement, the command, ours.
                 scope = span.instrumentation_scope
                 scope_name = scope.name if scope is not None else ""
-                _scrub(span, self.settings, not is_client(scope_name), self.route_literals)
+                scrub(span, self.settings, not is_client(scope_name), self.route_literals)
             elif events(span) or span.status.description:
-                _scrub(span, self.settings, urls=False)
+                scrub(span, self.settings, urls=False)
         except Exception as exc:
             guard.report("span processor (redaction)", exc)
-            _scrub_fail_closed(span)
+            scrub_fail_closed(span)
         try:
             # Any span but an owner's or a cache span may be a DB span (tracked or not).
             record = getattr(span, DB_RECORD, None) if state is None or state.kind == _DB else None
             if record is not None and record.execution is not None:
-                self._release_execution(span, record, end_ns)
+                release_execution(self.plans, span, record, end_ns, self.settings)
             if state is None:
                 return
             kind = state.kind
@@ -267,24 +225,10 @@ class SignalProcessor(SpanProcessor):
         except Exception as exc:
             guard.report("span processor (span end)", exc)
 
-    def _release_execution(self, span: Span, record: Any, end_ns: int) -> None:
-        """The statement and parameters leave the span record here, whatever happens next:
-        queued for EXPLAIN when opted in and slow, else dropped."""
-        execution = record.execution
-        record.execution = None
-        settings = self.settings
-        plans = self.plans
-        if (
-            plans is not None
-            and settings.explain
-            and end_ns - (span.start_time or end_ns) >= settings.slow_query_ms * 1e6
-        ):
-            plans.submit(record.fingerprint, execution, settings)
-
     def exception_event(
         self, span: Span, exception: BaseException, attributes: Any, timestamp: int | None, escaped: bool
     ) -> bool:
-        """Called by the ``Span.record_exception`` hook (pipeline.py): the exception event as the
+        """Called by the ``Span.record_exception`` hook (sdk_internals): the exception event as the
         SDK records it, but without the message, its stack trace built from the exception's
         structure (`redact.format_exception_redacted`). False: record it as the SDK does
         (HMS_OTEL_CAPTURE_EXCEPTION_MESSAGES=true)."""
@@ -308,7 +252,7 @@ class SignalProcessor(SpanProcessor):
             if attributes:
                 event.update(attributes)
             if stacktrace is not None and event.get("exception.stacktrace") is stacktrace:
-                # _scrub leaves this one alone (the text scrubber would drop its source lines).
+                # redaction.scrub leaves this one alone (the text scrubber would drop its source lines).
                 structured = getattr(span, STRUCTURED_TRACES_RECORD, None)
                 if structured is None:
                     structured = []
@@ -350,15 +294,15 @@ class SignalProcessor(SpanProcessor):
         if is_server and self.metrics is not None:
             self.metrics.queries_per_request.record(activity.db_count, {"http.route": route})
         if activity.cache_calls:
-            self._record_cache(span, activity, route)
+            record_cache(self.metrics, span, activity, route)
         if activity.connects or activity.db_count:
-            self._record_connections(span, activity, route)
+            record_connections(self.metrics, span, activity, route)
         if self.eager_loads is not None and self.eager_loads.pending():
             self._flush_eager_loads(self.eager_loads)
         if not (activity.db_calls or activity.cache_calls or activity.connects) or not self.detectors:
             return
         if activity.db_calls and self.plans is not None:
-            _attach_plans(activity, self.settings.slow_query_ms, self.plans)
+            attach_plans(activity, self.settings.slow_query_ms, self.plans)
         findings: list[Finding] = []
         for detector in self.detectors:
             try:
@@ -369,26 +313,9 @@ class SignalProcessor(SpanProcessor):
         if findings:
             _write_findings(span, activity, findings)
             if self.metrics is not None:
-                for finding in findings:
-                    self.metrics.findings.add(
-                        1,
-                        {
-                            "http.route": route,
-                            "hms.finding.kind": finding.kind,
-                            "hms.orm.relation": finding.relation,
-                            "hms.cache.key_pattern": finding.key_pattern,
-                        },
-                    )
+                self.metrics.count_findings(findings, route)
         if self.on_findings is not None and findings:
             self.on_findings(activity, findings)
-
-    def _record_connections(self, span: Span, activity: OwnerActivity, route: str) -> None:
-        opened = [c for c in activity.connects if not c.pooled]
-        if activity.connects:
-            span.set_attribute("hms.db.connections_opened", len(opened))
-            span.set_attribute("hms.db.connect_ms", round(sum(c.duration_ns for c in opened) / 1e6, 3))
-        if activity.db_count and self.metrics is not None:
-            self.metrics.connection_uses.add(1, {"http.route": route, "hms.db.connection.reused": not opened})
 
     def _flush_eager_loads(self, eager_loads: EagerLoadSource) -> None:
         """Unused eager loading is decided over many requests: new findings get a span of
@@ -396,160 +323,10 @@ class SignalProcessor(SpanProcessor):
         findings = eager_loads.flush(self.settings)
         if not findings:
             return
-        for finding in findings:
-            if self.metrics is not None:
-                self.metrics.findings.add(
-                    1,
-                    {
-                        "hms.finding.kind": finding.kind,
-                        "hms.orm.relation": finding.relation,
-                        "hms.cache.key_pattern": "",
-                    },
-                )
+        if self.metrics is not None:
+            self.metrics.count_findings(findings, None)
         if self.on_findings is not None:
             self.on_findings(OwnerActivity(name=EAGER_LOADS_SPAN), findings)
-
-    def _record_cache(self, span: Span, activity: OwnerActivity, route: str) -> None:
-        hits = misses = 0
-        metrics = self.metrics
-        # Summed per key pattern first: one counter add per pattern and result, not per call.
-        reads: dict[str, list[int]] = {}
-        for call in activity.cache_calls:
-            hits += call.hits
-            misses += call.misses
-            if metrics is None:
-                continue
-            if call.hits or call.misses:
-                counts = reads.get(call.key_pattern)
-                if counts is None:
-                    reads[call.key_pattern] = [call.hits, call.misses]
-                else:
-                    counts[0] += call.hits
-                    counts[1] += call.misses
-            if call.writes and call.ttl_s is not None:
-                metrics.cache_write_ttl.record(call.ttl_s, {"hms.cache.key_pattern": call.key_pattern})
-        if metrics is not None:
-            for pattern, (pattern_hits, pattern_misses) in reads.items():
-                if pattern_hits:
-                    metrics.cache_reads.add(
-                        pattern_hits,
-                        {"http.route": route, "hms.cache.key_pattern": pattern, "hms.cache.result": "hit"},
-                    )
-                if pattern_misses:
-                    metrics.cache_reads.add(
-                        pattern_misses,
-                        {"http.route": route, "hms.cache.key_pattern": pattern, "hms.cache.result": "miss"},
-                    )
-        if hits or misses:
-            span.set_attribute("hms.cache.hit_count", hits)
-            span.set_attribute("hms.cache.miss_count", misses)
-            span.set_attribute("hms.cache.hit_ratio", round(hits / (hits + misses), 4))
-
-
-_URL_ATTRIBUTES = ("http.url", "http.target", "url.full", "url.path", "url.query")
-_HEADER_PREFIXES = ("http.request.header.", "http.response.header.")
-_USER_AGENT_ATTRIBUTES = ("http.user_agent", "user_agent.original")
-
-_CAPTURE_VARIABLES = (
-    "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST",
-    "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE",
-)
-_privacy: tuple[Settings, HttpPrivacy] | None = None
-_named: tuple[tuple[str | None, ...], frozenset[str]] = ((None, None), frozenset())
-
-
-def _named_headers() -> frozenset[str]:
-    """The header names the contrib's capture variables spell out. The contrib reads them on
-    every request, so they are read again here — only for spans that have captured headers."""
-    global _named
-    capture = tuple(map(os.environ.get, _CAPTURE_VARIABLES))
-    known = _named
-    if known[0] != capture:
-        known = _named = (capture, named_headers(capture[0]) | named_headers(capture[1]))
-    return known[1]
-
-
-def http_privacy(settings: Settings) -> HttpPrivacy:
-    """The URL, user-agent and header rules of `settings` (built again when they change)."""
-    global _privacy
-    built = _privacy
-    if built is None or built[0] is not settings:
-        built = _privacy = (settings, HttpPrivacy.from_settings(settings, _named_headers))
-    return built[1]
-
-
-def _scrub(
-    span: Span,
-    settings: Settings,
-    urls: bool = True,
-    route_literals: Callable[[], frozenset[str] | None] = _no_literals,
-) -> None:
-    """Remove patient data from URLs, the user agent, captured headers and exception messages
-    before the span is exported. `urls`: look at the HTTP attributes (not for DB and cache
-    client spans)."""
-    if urls:
-        attributes = attribute_dict(span)
-        name = span.name
-        if attributes or "/" in name:
-            literals = route_literals() if span.kind is SpanKind.SERVER else None
-            changes, new_name = http_privacy(settings).changes(attributes or {}, name, literals)
-            for key, value in changes.items():
-                if value is None:
-                    attributes.pop(key, None)
-                else:
-                    span.set_attribute(key, value)
-            if new_name != name:
-                span.update_name(new_name)
-    if settings.capture_exception_messages:
-        return
-    recorded = events(span)
-    structured = getattr(span, STRUCTURED_TRACES_RECORD, ())
-    for index in range(len(recorded) if recorded else 0):
-        event = recorded[index]
-        if event.name == "exception" and event.attributes:
-            scrubbed = dict(event.attributes)
-            scrubbed["exception.message"] = redact.exception_message(str(scrubbed.get("exception.type", "")))
-            stacktrace = scrubbed.get("exception.stacktrace")
-            if stacktrace is not None and not any(stacktrace is built for built in structured):
-                scrubbed["exception.stacktrace"] = scrub_stacktrace(str(stacktrace))
-            replace_event(span, index, Event(event.name, scrubbed, event.timestamp))
-    status = span.status
-    if status.description:
-        replace_status(span, Status(status.status_code, redact.scrub_status_description(status.description)))
-
-
-def _scrub_fail_closed(span: Span) -> None:
-    """When redaction itself failed: drop what may identify a patient rather than export it."""
-    try:
-        attributes = attribute_dict(span) or {}
-        for key in list(attributes):
-            if key in _URL_ATTRIBUTES:
-                span.set_attribute(key, redact.REDACTED)
-            elif key in _USER_AGENT_ATTRIBUTES or key.startswith(_HEADER_PREFIXES):
-                attributes.pop(key, None)
-        name = span.name
-        if "/" in name:
-            span.update_name(name.split(" ", 1)[0] if " " in name else redact.REDACTED)
-        recorded = events(span)
-        for index in range(len(recorded)):
-            event = recorded[index]
-            if event.name == "exception":
-                kept = {k: v for k, v in (event.attributes or {}).items() if k == "exception.type"}
-                replace_event(span, index, Event(event.name, kept, event.timestamp))
-        if span.status.description:
-            replace_status(span, Status(span.status.status_code, redact.MESSAGE_REDACTED))
-    except Exception as exc:
-        guard.report("span processor (redaction fallback)", exc)
-
-
-def _attach_plans(activity: OwnerActivity, slow_query_ms: float, plans: PlanSource) -> None:
-    """Plans EXPLAIN found earlier for statements that are slow under this owner."""
-    slow_ns = slow_query_ms * 1e6
-    for call in activity.db_calls:
-        if call.duration_ns >= slow_ns and call.fingerprint not in activity.plans:
-            plan = plans.plan_for(call.fingerprint)
-            if plan is not None:
-                activity.plans[call.fingerprint] = plan
 
 
 def _write_findings(span: Span, activity: OwnerActivity, findings: list[Finding]) -> None:
