@@ -40,12 +40,11 @@ from .conftest import otlp_env, runserver
 
 pytestmark = pytest.mark.e2e
 
-# The generation each value of OTEL_SEMCONV_STABILITY_OPT_IN selects (the contrib
-# instrumentations' values). "old" leaves the variable unset: the contrib default, and the
-# agent's until it defaults to the stable names (issue 17); from then on "old" must be the value
-# that selects the old-only mode. test_each_run_has_the_generation_it_asked_for says which.
+# The generation each value of OTEL_SEMCONV_STABILITY_OPT_IN selects. Unset, the agent sends the
+# stable names (config.SEMCONV_DEFAULT); "old" (config.SEMCONV_OLD, naming neither signal) the
+# old ones only. test_each_run_has_the_generation_it_asked_for says which.
 GENERATIONS: dict[str, dict[str, str]] = {
-    "old": {},
+    "old": {"OTEL_SEMCONV_STABILITY_OPT_IN": "old"},
     "stable": {"OTEL_SEMCONV_STABILITY_OPT_IN": "database,http"},
     "dup": {"OTEL_SEMCONV_STABILITY_OPT_IN": "database/dup,http/dup"},
 }
