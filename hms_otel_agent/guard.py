@@ -12,17 +12,13 @@ failed (``invalid literal for int(): 'MRN-1234'``).
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
 from collections import Counter
-from collections.abc import Callable
-from typing import Any, TypeVar
 
 logger = logging.getLogger("hms_otel")
 
-F = TypeVar("F", bound=Callable[..., Any])
 
 _lock = threading.Lock()
 _errors: Counter[str] = Counter()
@@ -51,7 +47,7 @@ def report(component: str, exc: BaseException) -> None:
 
 
 def _where(exc: BaseException) -> str:
-    """`` at hms_otel_agent/processors.py:123 in _finish_owner`` (the innermost frame)."""
+    """`` at hms_otel_agent/processors/grouping.py:123 in _finish_owner`` (the innermost frame)."""
     tb = exc.__traceback__
     if tb is None:
         return ""
@@ -62,23 +58,6 @@ def _where(exc: BaseException) -> str:
     marker = path.rfind("/hms_otel_agent/")
     shown = path[marker + 1 :] if marker >= 0 else os.path.basename(path)
     return f" at {shown}:{tb.tb_lineno} in {code.co_name}"
-
-
-def guarded(component: str, default: Any = None) -> Callable[[F], F]:
-    """Decorate agent code that must never raise into the application."""
-
-    def decorate(func: F) -> F:
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return func(*args, **kwargs)
-            except Exception as exc:
-                report(component, exc)
-                return default
-
-        return wrapper  # type: ignore[return-value]
-
-    return decorate
 
 
 def error_counts() -> dict[str, int]:

@@ -5,12 +5,13 @@ cycle), docs/architecture.md (its module table is generated from it) and
 instrument/context.py (which source files are the agent's own code, never "user code").
 
 A layer may import the layers below it, never one above it, never a sibling; the base modules
-may be imported from anywhere and import nothing of the agent but each other. Plain data: no
-imports.
+may be imported from anywhere and import nothing of the agent but each other. Plain data and
+the standard library; `python -m hms_otel_agent.layout` prints the table of docs/architecture.md.
 """
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 
@@ -114,3 +115,42 @@ def agent_parts() -> tuple[str, ...]:
     """Every top-level module and package name of the agent's own code."""
     names = [m.split(".", 1)[0] for siblings in LAYERS for layer in siblings for m in layer.modules]
     return tuple(dict.fromkeys(names)) + BASE.modules
+
+
+def _files(name: str, root: str, skip: set[str]) -> str:
+    """A layer's modules as they are on disk: ``signals/``: ``owners``, ``records``, ..."""
+    path = os.path.join(root, *name.split("."))
+    if os.path.isdir(path):
+        stems = sorted(
+            os.path.splitext(entry)[0] + ("/" if os.path.isdir(os.path.join(path, entry)) else "")
+            for entry in os.listdir(path)
+            if (entry.endswith(".py") and entry != "__init__.py")
+            or (os.path.isdir(os.path.join(path, entry)) and not entry.startswith("__"))
+        )
+        stems = [s for s in stems if f"{name}.{s.rstrip('/')}" not in skip]
+        return f"`{name.replace('.', '/')}/`: " + ", ".join(f"`{s}`" for s in stems)
+    return f"`{name.replace('.', '/')}.py`"
+
+
+def markdown_table(root: str | None = None) -> str:
+    """The layer table of docs/architecture.md, from LAYERS and the files under `root`."""
+    root = root or os.path.dirname(os.path.abspath(__file__))
+    listed = {m for siblings in LAYERS for layer in siblings for m in layer.modules}
+    lines = [
+        "| layer | modules | job | may import |",
+        "|---|---|---|---|",
+    ]
+    for rank, siblings in enumerate(LAYERS):
+        below = [layer.name for lower in LAYERS[rank + 1 :] for layer in lower]
+        for layer in siblings:
+            modules = "; ".join(_files(m, root, listed - {m}) for m in layer.modules)
+            lines.append(
+                f"| {layer.name} | {modules} | {layer.job} | {', '.join([*below, 'base']) or 'base'} |"
+            )
+    base = "; ".join(_files(m, root, set()) for m in BASE.modules if m != "__init__")
+    lines.append(f"| {BASE.name} | {base} | {BASE.job} | base only |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m hms_otel_agent.layout: the table for docs/architecture.md
+    print(markdown_table(), end="")

@@ -223,3 +223,12 @@ def test_the_real_graph_is_read() -> None:
     assert "signals.vocabulary" in graph["processors.grouping"]
     assert "report.build" in graph["report.at_exit"]  # an import inside a function
     assert "launch.report_commands" in graph["launch.cli"]
+
+
+def test_architecture_doc_holds_the_generated_table() -> None:
+    doc = (ROOT.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    begin = doc.index("-->", doc.index("<!-- layers:begin")) + len("-->\n")
+    end = doc.index("<!-- layers:end -->")
+    assert doc[begin:end] == layout.markdown_table(), (
+        "docs/architecture.md: regenerate the table with `python -m hms_otel_agent.layout`"
+    )

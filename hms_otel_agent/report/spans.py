@@ -1,7 +1,7 @@
 """Span trees -> the plain records the detectors read (`OwnerActivity`), offline.
 
-The same rule as the live span processor (`processors.py`): the owner of a DB or cache
-client span is its nearest ancestor that is neither a DB nor a cache client span; a cache
+The same rule as the live span processor (signals/owners.py, used by both): the owner of a DB
+or cache client span is its nearest ancestor that is neither a DB nor a cache client span; a cache
 span under another cache span (a Redis command under a Django cache call) is not counted
 again. Unlike the live processor, a DB or cache span whose parent is not in the data is
 still analyzed: it is grouped under a stand-in owner for the missing parent.
