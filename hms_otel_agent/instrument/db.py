@@ -175,6 +175,32 @@ def _contrib_attributes(integration: Any, statement: str, args: tuple[Any, ...])
     return attributes
 
 
+def _record_and_shown(
+    statement: str, args: tuple[Any, ...], cursor: Any, mask: bool
+) -> tuple[DbSpanRecord, str]:
+    """The span record of one statement (fingerprint, ORM context or code location, parameter
+    hash, the execution for EXPLAIN) and the statement as exported: masked unless opted in, cut
+    after MAX_EXPORTED_STATEMENT_CHARS. Shared by the fast and the stock path."""
+    long = len(statement) > MAX_EXPORTED_STATEMENT_CHARS
+    fp = fingerprint_sql(statement[:MAX_FINGERPRINT_CHARS] if long else statement)
+    orm = current_orm.get()
+    if orm is None:
+        location = user_location()
+        if location is not None:
+            orm = _raw_context(location)
+    params = args[1] if len(args) > 1 else None
+    record = DbSpanRecord(fp, _params_hash(params), orm)
+    record.execution = (statement, params, cursor)
+    shown = statement
+    if statement and (mask or long):
+        shown = statement[:MAX_EXPORTED_STATEMENT_CHARS] if long else statement
+        if mask:  # a literal cut in two is masked whole: what follows an open quote is masked
+            shown = mask_sql_literals(shown)
+        if long:
+            shown += TRUNCATED
+    return record, shown
+
+
 def _populate(
     tracer: Any, span: Any, cursor: Any, args: tuple[Any, ...], statement: Any, mask: bool, method: str
 ) -> DbSpanRecord | None:
@@ -184,23 +210,8 @@ def _populate(
     try:
         if isinstance(statement, bytes):
             statement = statement.decode("utf-8", "replace")
-        long = len(statement) > MAX_EXPORTED_STATEMENT_CHARS
-        fp = fingerprint_sql(statement[:MAX_FINGERPRINT_CHARS] if long else statement)
-        orm = current_orm.get()
-        if orm is None:
-            location = user_location()
-            if location is not None:
-                orm = _raw_context(location)
-        params = args[1] if len(args) > 1 else None
-        record = DbSpanRecord(fp, _params_hash(params), orm)
-        record.execution = (statement, params, cursor)
-        shown = statement
-        if statement and (mask or long):
-            shown = statement[:MAX_EXPORTED_STATEMENT_CHARS] if long else statement
-            if mask:  # a literal cut in two is masked whole: what follows an open quote is masked
-                shown = mask_sql_literals(shown)
-            if long:
-                shown += TRUNCATED
+        record, shown = _record_and_shown(statement, args, cursor, mask)
+        fp, orm = record.fingerprint, record.orm
         attributes = _contrib_attributes(integration, shown, args)
         if db_semconv.mode_of(integration._sem_conv_opt_in_mode_db).stable:
             size = db_semconv.batch_size(method, args)
@@ -404,21 +415,9 @@ def _install_stock(mask: bool) -> None:
             return
         try:
             statement = self.get_statement(cursor, args)
-            long = isinstance(statement, str) and len(statement) > MAX_EXPORTED_STATEMENT_CHARS
-            fp = fingerprint_sql(statement[:MAX_FINGERPRINT_CHARS] if long else statement)
-            orm = current_orm.get()
-            if orm is None:
-                location = user_location()
-                if location is not None:
-                    orm = _raw_context(location)
-            params = args[1] if len(args) > 1 else None
-            record = DbSpanRecord(fp, _params_hash(params), orm)
-            record.execution = (statement, params, cursor)
-            if statement and (mask or long):
-                shown = statement[:MAX_EXPORTED_STATEMENT_CHARS] if long else statement
-                if mask:  # a literal cut in two is masked whole: what follows an open quote is masked
-                    shown = mask_sql_literals(shown)
-                args = (shown + TRUNCATED if long else shown, *args[1:])
+            record, shown = _record_and_shown(statement, args, cursor, mask)
+            if shown is not statement:
+                args = (shown, *args[1:])
         except Exception as exc:
             guard.report("SQL span hook", exc)
             # Never fall back to exporting the raw statement: it may hold literals.
@@ -426,9 +425,9 @@ def _install_stock(mask: bool) -> None:
             return
         original(self, span, cursor, *args)
         try:
-            attributes = {"hms.db.fingerprint": fp.digest}
-            if orm is not None:
-                attributes.update(orm_attributes(orm))
+            attributes = {"hms.db.fingerprint": record.fingerprint.digest}
+            if record.orm is not None:
+                attributes.update(orm_attributes(record.orm))
             span.set_attributes(attributes)
             setattr(span, SPAN_RECORD, record)
         except Exception as exc:

@@ -142,6 +142,26 @@ def plan_of(attributes: dict[str, Any]) -> PlanSummary | None:
 # --- findings ------------------------------------------------------------------------------------
 
 FINDING_KIND = "hms.finding.kind"
+# The optional Finding fields in the order their attributes are written (an event's attributes
+# are exported in insertion order): field, attribute, how the value is read back. None for the
+# location: the ``code.*`` attributes. A field at its default is not written.
+_TEXT, _INT, _LIST = 0, 1, 2
+_OPTIONAL: tuple[tuple[str, str | None, int], ...] = (
+    ("statement", "hms.finding.statement", _TEXT),
+    ("model", "hms.orm.model", _TEXT),
+    ("relation", "hms.orm.relation", _TEXT),
+    ("relation_kind", "hms.orm.relation_kind", _TEXT),
+    ("key_pattern", "hms.cache.key_pattern", _TEXT),
+    ("location", None, _TEXT),
+    ("fix", "hms.hint.fix", _TEXT),
+    ("fix_kind", "hms.hint.fix_kind", _TEXT),
+    ("hint", "hms.hint", _TEXT),
+    ("subject", "hms.finding.subject", _TEXT),
+    ("rows", "hms.finding.rows", _INT),
+    ("table", "hms.finding.table", _TEXT),
+    ("columns", "hms.finding.columns", _LIST),
+    ("members", "hms.finding.members", _LIST),
+)
 
 
 def finding_attributes(finding: Finding) -> dict[str, Any]:
@@ -153,33 +173,12 @@ def finding_attributes(finding: Finding) -> dict[str, Any]:
         "hms.finding.repetitions": finding.repetitions,
         "hms.finding.duration_ms": round(finding.duration_ms, 3),
     }
-    if finding.statement:
-        attributes["hms.finding.statement"] = finding.statement
-    if finding.model:
-        attributes["hms.orm.model"] = finding.model
-    if finding.relation:
-        attributes["hms.orm.relation"] = finding.relation
-    if finding.relation_kind:
-        attributes["hms.orm.relation_kind"] = finding.relation_kind
-    if finding.key_pattern:
-        attributes["hms.cache.key_pattern"] = finding.key_pattern
-    attributes.update(code_attributes(finding.location))
-    if finding.fix:
-        attributes["hms.hint.fix"] = finding.fix
-    if finding.fix_kind:
-        attributes["hms.hint.fix_kind"] = finding.fix_kind
-    if finding.hint:
-        attributes["hms.hint"] = finding.hint
-    if finding.subject:
-        attributes["hms.finding.subject"] = finding.subject
-    if finding.rows:
-        attributes["hms.finding.rows"] = finding.rows
-    if finding.table:
-        attributes["hms.finding.table"] = finding.table
-    if finding.columns:
-        attributes["hms.finding.columns"] = list(finding.columns)
-    if finding.members:
-        attributes["hms.finding.members"] = list(finding.members)
+    for name, attribute, how in _OPTIONAL:
+        value = getattr(finding, name)
+        if attribute is None:
+            attributes.update(code_attributes(value))
+        elif value:
+            attributes[attribute] = list(value) if how == _LIST else value
     return attributes
 
 
@@ -189,24 +188,21 @@ def finding_of(attributes: dict[str, Any], route: str = "") -> Finding | None:
     if not isinstance(kind, str) or not kind:
         return None
     duration = attributes.get("hms.finding.duration_ms")
+    optional: dict[str, Any] = {}
+    for name, attribute, how in _OPTIONAL:
+        if attribute is None:
+            optional[name] = location_of(attributes)
+        elif how == _TEXT:
+            optional[name] = text(attributes, attribute)
+        elif how == _INT:
+            optional[name] = integer(attributes.get(attribute))
+        else:
+            optional[name] = strings(attributes.get(attribute))
     return Finding(
         kind=kind,
         fingerprint=text(attributes, "hms.finding.fingerprint"),
         repetitions=integer(attributes.get("hms.finding.repetitions")),
         duration_ms=float(duration) if isinstance(duration, (int, float)) else 0.0,
-        statement=text(attributes, "hms.finding.statement"),
-        model=text(attributes, "hms.orm.model"),
-        relation=text(attributes, "hms.orm.relation"),
-        relation_kind=text(attributes, "hms.orm.relation_kind"),
-        key_pattern=text(attributes, "hms.cache.key_pattern"),
-        location=location_of(attributes),
-        fix=text(attributes, "hms.hint.fix"),
-        fix_kind=text(attributes, "hms.hint.fix_kind"),
-        hint=text(attributes, "hms.hint"),
         route=route,
-        subject=text(attributes, "hms.finding.subject"),
-        rows=integer(attributes.get("hms.finding.rows")),
-        table=text(attributes, "hms.finding.table"),
-        columns=strings(attributes.get("hms.finding.columns")),
-        members=strings(attributes.get("hms.finding.members")),
+        **optional,
     )
