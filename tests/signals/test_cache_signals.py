@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from harness.records import owner as build_owner
 
 from hms_otel_agent import config
 from hms_otel_agent.signals import cache_signals, registry
@@ -62,9 +63,7 @@ def sql(start: int, duration: int = MS) -> DbCall:
 
 
 def activity(cache: list[CacheCall], db: list[DbCall] | None = None) -> OwnerActivity:
-    return OwnerActivity(
-        name="GET patients/cached/", route="patients/cached/", cache_calls=cache, db_calls=db or []
-    )
+    return build_owner("patients/cached/", db or [], cache)
 
 
 def fingerprint(kind: str, pattern: str, location: CodeLocation | None) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from harness.records import owner as build_owner
+
 from hms_otel_agent import config
 from hms_otel_agent.signals import connections, registry
 from hms_otel_agent.signals.connections import detect
@@ -21,7 +23,7 @@ def connect(
 
 
 def owner(*calls: ConnectCall) -> OwnerActivity:
-    return OwnerActivity(name="GET stats/", route="stats/", connects=list(calls))
+    return build_owner("stats/", connects=calls)
 
 
 def test_conn_max_age_0_is_churn_with_one_connection() -> None:

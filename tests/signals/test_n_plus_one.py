@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from harness.records import db_call
+from harness.records import owner as build_owner
 
 from hms_otel_agent import config
 from hms_otel_agent.signals import records as a
-from hms_otel_agent.signals.fingerprint import fingerprint_sql
 from hms_otel_agent.signals.n_plus_one import detect
 from hms_otel_agent.signals.records import CodeLocation, DbCall, OrmContext, OwnerActivity
 
@@ -25,17 +26,7 @@ LIST_SQL = 'SELECT "hms_encounter"."id" FROM "hms_encounter" LIMIT 50'
 def call(
     sql: str, orm: OrmContext | None = None, ms: float = 1.0, params: int | None = None, at: int = 0
 ) -> DbCall:
-    fp = fingerprint_sql(sql)
-    return DbCall(
-        fingerprint=fp.digest,
-        statement=fp.normalized,
-        start_ns=at,
-        duration_ns=int(ms * 1e6),
-        table=fp.table,
-        filter_columns=fp.filter_columns,
-        params_hash=params,
-        orm=orm,
-    )
+    return db_call(sql, ms, start_ns=at, orm=orm, params_hash=params)
 
 
 def lazy(
@@ -55,9 +46,7 @@ def lazy(
 
 
 def owner(*calls: DbCall) -> OwnerActivity:
-    return OwnerActivity(
-        name="GET encounters/", route="encounters/", db_calls=list(calls), db_count=len(calls)
-    )
+    return build_owner("encounters/", calls, db_count=True)
 
 
 def test_forward_fk_loaded_in_a_loop() -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 
+from harness.records import db_call
 from hypothesis import given
 from hypothesis import strategies as st
 
 from hms_otel_agent import config
 from hms_otel_agent.signals import records as a
 from hms_otel_agent.signals import registry, repeated_groups
-from hms_otel_agent.signals.fingerprint import fingerprint_sql
 from hms_otel_agent.signals.records import (
     CacheCall,
     CodeLocation,
@@ -29,16 +29,8 @@ NOTES = 'SELECT "hms_note"."id" FROM "hms_note" WHERE "hms_note"."object_id" = %
 
 
 def sql(at: int, statement: str = PATIENT, orm: OrmContext | None = None) -> DbCall:
-    fp = fingerprint_sql(statement)
-    return DbCall(
-        fingerprint=fp.digest,
-        statement=fp.normalized,
-        start_ns=at * MS,
-        duration_ns=MS // 2,
-        table=fp.table,
-        filter_columns=fp.filter_columns,
-        orm=orm if orm is not None else OrmContext(model="hms.Patient", kind=a.GET, location=VIEW),
-    )
+    orm = orm if orm is not None else OrmContext(model="hms.Patient", kind=a.GET, location=VIEW)
+    return db_call(statement, 0.5, start_ns=at * MS, orm=orm)
 
 
 def cache(at: int, operation: str = "get", key_hash: int | None = None, **counts: int) -> CacheCall:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from harness.records import db_call
+from harness.records import owner as build_owner
 
 from hms_otel_agent import config
 from hms_otel_agent.signals import registry, result_sets
@@ -23,22 +25,12 @@ WIDE = (
 
 
 def call(sql: str, rows: int, ms: float = 5.0, model: str = "hms.Patient") -> DbCall:
-    fp = fingerprint_sql(sql)
     orm = OrmContext(model=model, kind="query", location=VIEW) if model else None
-    return DbCall(
-        fingerprint=fp.digest,
-        statement=fp.normalized,
-        start_ns=0,
-        duration_ns=int(ms * 1e6),
-        table=fp.table,
-        filter_columns=fp.filter_columns,
-        orm=orm,
-        rows=rows,
-    )
+    return db_call(sql, ms, orm=orm, rows=rows)
 
 
 def owner(*calls: DbCall) -> OwnerActivity:
-    return OwnerActivity(name="GET patients/export/", route="patients/export/", db_calls=list(calls))
+    return build_owner("patients/export/", calls)
 
 
 def test_a_select_without_limit_returning_many_rows_is_unbounded() -> None:

@@ -6,6 +6,8 @@ import dataclasses
 from typing import Any
 
 import pytest
+from harness.records import db_call
+from harness.records import owner as build_owner
 
 from hms_otel_agent import config
 from hms_otel_agent.instrument.explain import explainable
@@ -20,20 +22,11 @@ SEARCH = 'SELECT "hms_encounter"."id" FROM "hms_encounter" WHERE "hms_encounter"
 
 
 def call(sql: str = SEARCH, ms: float = 150.0) -> DbCall:
-    fp = fingerprint_sql(sql)
-    return DbCall(
-        fingerprint=fp.digest,
-        statement=fp.normalized,
-        start_ns=0,
-        duration_ns=int(ms * 1e6),
-        table=fp.table,
-        filter_columns=fp.filter_columns,
-        orm=OrmContext(model="hms.Encounter", kind="query", location=VIEW),
-    )
+    return db_call(sql, ms, orm=OrmContext(model="hms.Encounter", kind="query", location=VIEW))
 
 
 def owner(*calls: DbCall, plan: PlanSummary | None = None) -> OwnerActivity:
-    activity = OwnerActivity(name="GET encounters/search/", route="encounters/search/", db_calls=list(calls))
+    activity = build_owner("encounters/search/", calls)
     if plan is not None:
         activity.plans[plan.fingerprint] = plan
     return activity
