@@ -25,11 +25,13 @@ from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
 from hms_otel_agent.instrument import django_server, eager_loads
 from hms_otel_agent.instrument.cache_hooks import CACHE_RECORD
-from hms_otel_agent.instrument.context import code_attributes
+from hms_otel_agent.instrument.context import code_attributes, set_attributes
 from hms_otel_agent.instrument.db import SPAN_RECORD
 from hms_otel_agent.instrument.db_connections import CONNECT_RECORD
+from hms_otel_agent.instrument.django_templates import TEMPLATE_SCOPE
 from hms_otel_agent.instrument.explain import EXPLAINER
-from hms_otel_agent.signals import redact
+from hms_otel_agent.instrument.http_client import HTTP_CLIENT_SCOPES, HTTP_RECORD
+from hms_otel_agent.signals import redact, time_split
 from hms_otel_agent.signals.activity import (
     CACHE_SCOPES,
     DB_SCOPES,
@@ -43,6 +45,7 @@ from hms_otel_agent.signals.activity import (
     OwnerActivity,
     PlanSummary,
 )
+from hms_otel_agent.signals.http_calls import HttpCall
 from hms_otel_agent.signals.http_privacy import HttpPrivacy, named_headers
 from hms_otel_agent.signals.redact import scrub_stacktrace
 from hms_otel_agent.signals.registry import Detector, consolidate
@@ -51,30 +54,37 @@ from hms_otel_agent.signals.routes import readable_name
 logger = logging.getLogger("hms_otel")
 
 
-_OWNER, _DB, _CACHE = 0, 1, 2
+_OWNER, _DB, _CACHE, _HTTP, _TEMPLATE = 0, 1, 2, 3, 4
+# The part of the owner's time split (signals/time_split.py) each kind of child span is.
+_TIME_KIND = {
+    _DB: time_split.DB,
+    _CACHE: time_split.CACHE,
+    _HTTP: time_split.HTTP,
+    _TEMPLATE: time_split.TEMPLATE,
+}
 
 
 class _State:
-    """An open span the processor groups: an owner (with its activity), or a DB or cache span
-    under one. The children of an owner share one state per kind (no allocation per span)."""
+    """An open span the processor groups: an owner (with its activity), or a DB, cache, outbound
+    HTTP or template span under one. The children of an owner share one state per kind (no
+    allocation per span)."""
 
-    __slots__ = ("activity", "cache_child", "db_child", "kind", "owner")
+    __slots__ = ("activity", "children", "kind", "owner")
 
     def __init__(self, kind: int, owner: _State | None, activity: OwnerActivity | None) -> None:
         self.kind = kind
         self.owner = owner
         self.activity = activity
-        self.db_child: _State | None = None
-        self.cache_child: _State | None = None
+        self.children: list[_State | None] | None = None
 
     def child(self, kind: int) -> _State:
-        if kind == _DB:
-            if self.db_child is None:
-                self.db_child = _State(_DB, self, None)
-            return self.db_child
-        if self.cache_child is None:
-            self.cache_child = _State(_CACHE, self, None)
-        return self.cache_child
+        children = self.children
+        if children is None:
+            children = self.children = [None, None, None, None, None]
+        state = children[kind]
+        if state is None:
+            state = children[kind] = _State(kind, self, None)
+        return state
 
 
 class SignalMetrics:
@@ -136,6 +146,11 @@ class SignalProcessor(SpanProcessor):
             scope = span._instrumentation_scope
             scope_name = scope.name if scope is not None else ""
             kind = _DB if scope_name in DB_SCOPES else _CACHE if scope_name in CACHE_SCOPES else _OWNER
+            if kind == _OWNER:
+                if scope_name in HTTP_CLIENT_SCOPES:
+                    kind = _HTTP
+                elif scope_name == TEMPLATE_SCOPE:
+                    kind = _TEMPLATE
             owner = None
             parent = span._parent
             if parent is not None and not parent.is_remote:
@@ -147,7 +162,7 @@ class SignalProcessor(SpanProcessor):
             if kind == _OWNER:
                 state = _State(_OWNER, None, OwnerActivity(name=span.name))
             elif owner is None:
-                return  # a DB or cache span with no owner in this process: nothing to group
+                return  # a DB, cache, HTTP or template span with no owner in this process
             else:
                 state = owner.child(kind)
             open_spans = self._open
@@ -172,7 +187,7 @@ class SignalProcessor(SpanProcessor):
         state: _State | None = None
         try:
             state = self._open.pop(span._context.span_id, None)  # type: ignore[union-attr]
-            if state is None or state.kind == _OWNER:
+            if state is None or state.kind in _URL_KINDS:
                 # DB and cache client spans never carry a URL: the statement, the command, ours.
                 scope = span._instrumentation_scope
                 scope_name = scope.name if scope is not None else ""
@@ -199,15 +214,23 @@ class SignalProcessor(SpanProcessor):
             if kind == _OWNER:
                 # The shared child states point back at their owner: leave no cycle behind, so
                 # that the owner's records go when the request does, not at the next collection.
-                state.db_child = state.cache_child = None
-                self._finish_owner(span, state.activity)  # type: ignore[arg-type]
+                state.children = None
+                self._finish_owner(span, state.activity, end_ns)  # type: ignore[arg-type]
                 return
             if owner is None or owner.activity is None:
                 return
             activity = owner.activity
             start_ns = span._start_time or end_ns
             duration = end_ns - start_ns
-            if kind == _DB:
+            intervals = activity.intervals
+            if intervals is None:
+                intervals = activity.intervals = time_split.Intervals()
+            intervals.add(start_ns, end_ns, _TIME_KIND[kind])
+            if kind == _HTTP:
+                _record_http(span, activity, start_ns, duration)
+            elif kind == _TEMPLATE:
+                return
+            elif kind == _DB:
                 activity.db_count += 1
                 activity.db_duration_ns += duration
                 if record is None:
@@ -305,7 +328,7 @@ class SignalProcessor(SpanProcessor):
 
     # --- owners --------------------------------------------------------------------
 
-    def _finish_owner(self, span: Span, activity: OwnerActivity) -> None:
+    def _finish_owner(self, span: Span, activity: OwnerActivity, end_ns: int) -> None:
         attributes = span.attributes or {}
         route = attributes.get("http.route")
         activity.route = str(route) if route else ""
@@ -316,6 +339,9 @@ class SignalProcessor(SpanProcessor):
         if activity.db_count or is_server:
             span.set_attribute("hms.db.query_count", activity.db_count)
             span.set_attribute("hms.db.duration_ms", round(activity.db_duration_ns / 1e6, 3))
+        if activity.intervals is not None or is_server:
+            split = time_split.split(span._start_time or end_ns, end_ns, activity.intervals)
+            set_attributes(span, {TIME_PREFIX + key: value for key, value in split.items()})
         route = activity.route or "unknown"
         if is_server and self.metrics is not None:
             self.metrics.queries_per_request.record(activity.db_count, {"http.route": route})
@@ -325,7 +351,10 @@ class SignalProcessor(SpanProcessor):
             self._record_connections(span, activity, route)
         if eager_loads.pending():
             self._flush_eager_loads()
-        if not (activity.db_calls or activity.cache_calls or activity.connects) or not self.detectors:
+        if (
+            not (activity.db_calls or activity.cache_calls or activity.connects or activity.http_calls)
+            or not self.detectors
+        ):
             return
         if activity.db_calls:
             _attach_plans(activity, self.settings.slow_query_ms)
@@ -416,6 +445,25 @@ class SignalProcessor(SpanProcessor):
             span.set_attribute("hms.cache.hit_ratio", round(hits / (hits + misses), 4))
 
 
+def _record_http(span: Span, activity: OwnerActivity, start_ns: int, duration: int) -> None:
+    """The outbound call's record (`instrument.http_client`), timed and with its status."""
+    call: HttpCall | None = getattr(span, HTTP_RECORD, None)
+    if call is None:
+        return
+    if len(activity.http_calls) >= MAX_CALLS_PER_OWNER:
+        activity.dropped += 1
+        return
+    call.start_ns = start_ns
+    call.duration_ns = duration
+    attributes = span._attributes or {}
+    status = attributes.get("http.response.status_code", attributes.get("http.status_code"))
+    if isinstance(status, int):
+        call.status_code = status
+    activity.http_calls.append(call)
+
+
+_URL_KINDS = (_OWNER, _HTTP, _TEMPLATE)
+TIME_PREFIX = "hms.time."
 _STRUCTURED_TRACES = "_hms_structured_traces"  # stack traces SignalProcessor.exception_event built
 _URL_ATTRIBUTES = ("http.url", "http.target", "url.full", "url.path", "url.query")
 _HEADER_PREFIXES = ("http.request.header.", "http.response.header.")

@@ -102,8 +102,13 @@ def user_location(frame: FrameType | None = None, max_depth: int = 64) -> CodeLo
         frame = sys._getframe(1)
     classified = _classified
     depth = 0
+    template_code = _template_node_code
     while frame is not None and depth < max_depth:
         code = frame.f_code
+        if code is template_code:  # a template node renders it: the template and its line
+            at = template_location(frame.f_locals.get("self"))
+            if at is not None:
+                return at
         shown = classified.get(code.co_filename)
         if shown is None:
             shown = _classify(code.co_filename, frame.f_globals.get("__name__"))
@@ -118,6 +123,32 @@ def user_location(frame: FrameType | None = None, max_depth: int = 64) -> CodeLo
         frame = frame.f_back
         depth += 1
     return None
+
+
+# Django's ``Node.render_annotated`` (set by `instrument.django_templates`): the frame of the
+# template node being rendered when the ORM, the cache or an HTTP client is called from a template.
+_template_node_code: CodeType | None = None
+_template_locations: dict[tuple[str, int], CodeLocation] = {}
+TEMPLATE_FUNCTION = "template"
+
+
+def template_location(node: Any) -> CodeLocation | None:
+    """``hms/visit_list.html:12 in template`` for a template node (its origin and token line)."""
+    try:
+        line = node.token.lineno
+        origin = node.origin
+        name = origin.template_name or origin.name
+    except AttributeError:
+        return None
+    if not isinstance(name, str) or not isinstance(line, int):
+        return None
+    key = (name, line)
+    location = _template_locations.get(key)
+    if location is None:
+        location = CodeLocation(name, line, TEMPLATE_FUNCTION)
+        if len(_template_locations) < 10_000:
+            _template_locations[key] = location
+    return location
 
 
 def code_attributes(location: CodeLocation | None) -> dict[str, object]:

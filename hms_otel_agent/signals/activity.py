@@ -10,7 +10,11 @@ from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from hms_otel_agent.signals.http_calls import HttpCall
+    from hms_otel_agent.signals.time_split import Intervals
 
 # Names the live span processor and the offline report (`report/spans.py`) both go by.
 DB_SCOPES = frozenset(
@@ -204,6 +208,8 @@ class OwnerActivity:
     dropped: int = 0
     connects: list[ConnectCall] = field(default_factory=list)
     plans: dict[str, PlanSummary] = field(default_factory=dict)  # statement fingerprint -> plan
+    http_calls: list[HttpCall] = field(default_factory=list)  # outbound HTTP (signals/http_calls.py)
+    intervals: Intervals | None = None  # child spans' times, for the time split (signals/time_split.py)
 
 
 @dataclass(frozen=True, slots=True)
