@@ -28,9 +28,8 @@ from hms_otel_agent.instrument.cache_hooks import CACHE_RECORD
 from hms_otel_agent.instrument.context import code_attributes, set_attributes
 from hms_otel_agent.instrument.db import SPAN_RECORD
 from hms_otel_agent.instrument.db_connections import CONNECT_RECORD
-from hms_otel_agent.instrument.django_templates import TEMPLATE_SCOPE
 from hms_otel_agent.instrument.explain import EXPLAINER
-from hms_otel_agent.instrument.http_client import HTTP_CLIENT_SCOPES, HTTP_RECORD
+from hms_otel_agent.instrument.http_client import HTTP_RECORD
 from hms_otel_agent.signals import redact, time_split
 from hms_otel_agent.signals.activity import (
     CACHE_SCOPES,
@@ -38,6 +37,7 @@ from hms_otel_agent.signals.activity import (
     DJANGO_CACHE_SCOPE,
     EXPLAIN_EVENT,
     MAX_CALLS_PER_OWNER,
+    TEMPLATE_SCOPE,
     CacheCall,
     ConnectCall,
     DbCall,
@@ -45,7 +45,7 @@ from hms_otel_agent.signals.activity import (
     OwnerActivity,
     PlanSummary,
 )
-from hms_otel_agent.signals.http_calls import HttpCall
+from hms_otel_agent.signals.http_calls import HTTP_CLIENT_SCOPES, HttpCall
 from hms_otel_agent.signals.http_privacy import HttpPrivacy, named_headers
 from hms_otel_agent.signals.redact import scrub_stacktrace
 from hms_otel_agent.signals.registry import Detector, consolidate

@@ -21,8 +21,8 @@ from opentelemetry import trace
 
 from hms_otel_agent import guard
 from hms_otel_agent.instrument import context
+from hms_otel_agent.signals.activity import TEMPLATE_SCOPE
 
-TEMPLATE_SCOPE = "hms_otel_agent.django_templates"
 TEMPLATE_NAME = "hms.template.name"
 STRING_TEMPLATE = "<string>"
 

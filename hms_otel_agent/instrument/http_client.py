@@ -21,35 +21,17 @@ import wrapt
 
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
-from hms_otel_agent.instrument.context import user_location
+from hms_otel_agent.instrument.context import code_attributes, set_attributes, user_location
 from hms_otel_agent.signals import urls
 from hms_otel_agent.signals.http_calls import HttpCall
 from hms_otel_agent.signals.http_privacy import HttpPrivacy
 
 HTTP_RECORD = "_hms_http"  # the HttpCall, read back by the span processor when the span ends
-HTTP_CLIENT_SCOPES = frozenset(
-    (
-        "opentelemetry.instrumentation.requests",
-        "opentelemetry.instrumentation.httpx",
-        "opentelemetry.instrumentation.urllib3",
-    )
-)
+TIMEOUT_ATTRIBUTE = "hms.http.timeout"  # whether the call has a timeout, when the client shows it
 LIBRARIES = ("requests", "httpx", "urllib3")
 
 _privacy: HttpPrivacy | None = None
 _adapter_wrapped = False
-
-
-def _query_names(url: str) -> tuple[str, ...]:
-    query = url.partition("#")[0].partition("?")[2]
-    if not query:
-        return ()
-    names = []
-    for part in query.split("&", 16)[:16]:
-        name = part.partition("=")[0]
-        if urls._QUERY_NAME.fullmatch(name) and name not in names:
-            names.append(name)
-    return tuple(names)
 
 
 def record(span: Any, library: str, method: Any, url: Any, timeout: bool | None = None) -> HttpCall | None:
@@ -59,16 +41,22 @@ def record(span: Any, library: str, method: Any, url: Any, timeout: bool | None 
         return None
     raw = str(url)
     method_text = str(method.decode("ascii", "replace") if isinstance(method, bytes) else method).upper()
+    location = user_location(sys._getframe(2))
     call = HttpCall(
         method=method_text if method_text.isalpha() and len(method_text) <= 10 else "_OTHER",
         url=urls.sanitize_target(raw, None, None, privacy.safe_query, privacy.redacted_query),
         timeout=timeout,
         url_hash=hash(raw),
-        location=user_location(sys._getframe(2)),
+        location=location,
         library=library,
-        query_names=_query_names(raw),
     )
     setattr(span, HTTP_RECORD, call)
+    # The call site and the timeout on the span too: `hms-otel analyze` finds the same.
+    attributes = code_attributes(location)
+    if timeout is not None:
+        attributes[TIMEOUT_ATTRIBUTE] = timeout
+    if attributes:
+        set_attributes(span, attributes)
     return call
 
 
@@ -126,6 +114,7 @@ def _adapter_send(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs:
         if call is not None and call.library == "requests":
             timeout = kwargs["timeout"] if "timeout" in kwargs else args[2] if len(args) > 2 else None
             call.timeout = _requests_timeout(timeout)
+            trace.get_current_span().set_attribute(TIMEOUT_ATTRIBUTE, call.timeout)
     except Exception as exc:
         guard.report("requests timeout", exc)
     return wrapped(*args, **kwargs)

@@ -27,6 +27,7 @@ DB_SCOPES = frozenset(
 DJANGO_CACHE_SCOPE = "hms_otel_agent.django_cache"
 CACHE_SCOPES = frozenset(("opentelemetry.instrumentation.redis", DJANGO_CACHE_SCOPE))
 EAGER_LOADS_SCOPE = "hms_otel_agent.eager_loads"  # aggregate findings, not a request
+TEMPLATE_SCOPE = "hms_otel_agent.django_templates"  # template renders: part of their owner
 CONNECT_EVENT = "hms.db.connect"
 EXPLAIN_EVENT = "hms.explain"
 MAX_CALLS_PER_OWNER = 5000  # DB / cache calls recorded per owner span

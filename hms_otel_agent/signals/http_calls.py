@@ -13,7 +13,16 @@ from dataclasses import dataclass
 
 from hms_otel_agent.signals.activity import CodeLocation
 
-__all__ = ["HttpCall", "by_template"]
+__all__ = ["HTTP_CLIENT_SCOPES", "HttpCall", "by_template"]
+
+# The contrib instrumentations whose client spans are outbound calls (`instrument.http_client`).
+HTTP_CLIENT_SCOPES = frozenset(
+    (
+        "opentelemetry.instrumentation.requests",
+        "opentelemetry.instrumentation.httpx",
+        "opentelemetry.instrumentation.urllib3",
+    )
+)
 
 
 @dataclass(slots=True)
@@ -24,10 +33,9 @@ class HttpCall:
     duration_ns: int = 0
     status_code: int = 0  # 0: no response (an error, or not known)
     timeout: bool | None = None  # False: the client was told no timeout; None: not known
-    url_hash: int | None = None  # of the raw URL; never exported
+    url_hash: int | None = None  # of the raw URL; never exported (None offline: not known)
     location: CodeLocation | None = None
-    library: str = ""  # requests, httpx, urllib3
-    query_names: tuple[str, ...] = ()  # the query's parameter names that passed `signals.urls`
+    library: str = ""  # requests, httpx, urllib3 ("" offline)
 
     @property
     def template(self) -> str:
@@ -41,6 +49,12 @@ class HttpCall:
         if "://" in self.url:
             rest = "/" + rest.partition("/")[2] if "/" in rest else "/"
         return rest.partition("?")[0]
+
+    @property
+    def query_names(self) -> tuple[str, ...]:
+        """The names of the query's parameters that `signals.urls` kept (``patient``, ``_count``)."""
+        query = self.url.partition("?")[2]
+        return tuple(dict.fromkeys(p.partition("=")[0] for p in query.split("&") if "=" in p))
 
     @property
     def end_ns(self) -> int:

@@ -34,6 +34,12 @@ def fix_for(call: HttpCall) -> str:
     return fhir.batch_fix(call.method, call.path, call.query_names) or GENERIC_FIX
 
 
+def varies(calls: list[HttpCall]) -> bool:
+    """Different URLs behind one template (offline, without the raw URLs' hashes: assumed)."""
+    hashes = {c.url_hash for c in calls}
+    return None in hashes or len(hashes) > 1
+
+
 def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
     groups: dict[tuple[str, str, str], list[HttpCall]] = {}
     for call in activity.http_calls:
@@ -45,7 +51,7 @@ def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
     for calls in groups.values():
         if len(calls) < settings.http_n_plus_one_threshold:
             continue
-        if len({c.url_hash for c in calls}) < 2:
+        if not varies(calls):
             continue  # one URL asked again: nothing to batch
         first = calls[0]
         location: CodeLocation | None = most_common(c.location for c in calls)

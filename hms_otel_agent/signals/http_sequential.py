@@ -19,7 +19,7 @@ hint says "if". Calls of an HTTP N+1 (`http_n_plus_one`) are left out: that find
 from __future__ import annotations
 
 from hms_otel_agent.config import Settings
-from hms_otel_agent.signals import hints
+from hms_otel_agent.signals import hints, http_n_plus_one
 from hms_otel_agent.signals.activity import Finding, OwnerActivity
 from hms_otel_agent.signals.http_calls import HttpCall, by_template
 
@@ -50,7 +50,7 @@ def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
     batched = {
         template
         for template, calls in by_template(activity.http_calls).items()
-        if len(calls) >= settings.http_n_plus_one_threshold and len({c.url_hash for c in calls}) > 1
+        if len(calls) >= settings.http_n_plus_one_threshold and http_n_plus_one.varies(calls)
     }
     candidates = [c for c in activity.http_calls if c.template not in batched]
     findings = []

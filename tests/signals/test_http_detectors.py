@@ -34,10 +34,9 @@ def _call(raw: dict[str, Any]) -> HttpCall:
         start_ns=int(raw["start_ms"] * 1e6),
         duration_ns=int(raw["duration_ms"] * 1e6),
         timeout=raw.get("timeout"),
-        url_hash=raw["url_id"],
+        url_hash=raw["url_id"],  # null: offline, not known
         location=CodeLocation(*location) if location else None,
         library=raw.get("library", "requests"),
-        query_names=tuple(raw.get("query_names", ())),
     )
 
 
