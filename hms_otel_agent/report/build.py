@@ -26,7 +26,7 @@ def detect(owner: Owner, settings: Settings, detectors: Sequence[Detector]) -> l
     if owner.aggregate:
         return owner.recorded  # decided live over many requests: nothing to re-detect
     activity = owner.activity
-    if not (activity.db_calls or activity.cache_calls or activity.connects):
+    if not (activity.db_calls or activity.cache_calls or activity.connects or activity.http_calls):
         return []
     findings: list[Finding] = []
     for detector in detectors:
