@@ -462,7 +462,7 @@ def _record_http(span: Span, activity: OwnerActivity, start_ns: int, duration: i
     activity.http_calls.append(call)
 
 
-_URL_KINDS = (_OWNER, _HTTP, _TEMPLATE)
+_URL_KINDS = (_OWNER, _HTTP)  # template spans carry a template's name, never a URL
 TIME_PREFIX = "hms.time."
 _STRUCTURED_TRACES = "_hms_structured_traces"  # stack traces SignalProcessor.exception_event built
 _URL_ATTRIBUTES = ("http.url", "http.target", "url.full", "url.path", "url.query")
