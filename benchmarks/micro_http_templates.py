@@ -82,7 +82,12 @@ def _best_us(func: Callable[[], Any], number: int, per: int) -> float:
 
 
 def _alternate(
-    run: Callable[[], Any], on: Callable[[], None], off: Callable[[], None], number: int, repeat: int, per: int
+    run: Callable[[], Any],
+    on: Callable[[], None],
+    off: Callable[[], None],
+    number: int,
+    repeat: int,
+    per: int,
 ) -> dict[str, float]:
     plain, plain_again, instrumented = [], [], []
     for _ in range(repeat):
@@ -113,12 +118,13 @@ def templates(tracer: Any, tracer_provider: Any, number: int, repeat: int) -> di
         with tracer.start_as_current_span("request"):
             page.render({"rows": rows})
 
-    return _alternate(
-        render, django_templates.install(tracer_provider), django_templates.uninstall, number, repeat, INCLUDES + 1
-    )
+    apply = django_templates.install(tracer_provider)
+    return _alternate(render, apply, django_templates.uninstall, number, repeat, INCLUDES + 1)
 
 
-def http(settings: Any, tracer: Any, tracer_provider: Any, number: int, repeat: int) -> dict[str, dict[str, float]]:
+def http(
+    settings: Any, tracer: Any, tracer_provider: Any, number: int, repeat: int
+) -> dict[str, dict[str, float]]:
     import httpx
     import requests
 
