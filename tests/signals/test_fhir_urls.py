@@ -3,6 +3,8 @@ search values never (signals/urls.py with signals/fhir.py)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -81,3 +83,30 @@ def test_routes_of_the_application_still_decide_for_server_paths() -> None:
 def test_batch_fix(path: str, names: tuple[str, ...], fix: str | None) -> None:
     found = fhir.batch_fix("GET", path, names)
     assert (found if fix is None else (found or "")[: len(fix)]) == fix
+
+
+mrns = st.from_regex(r"MRN-[0-9]{4,8}", fullmatch=True)
+names = st.from_regex(r"[A-Z][a-z]{3,12}(-[A-Z][a-z]{2,8})?", fullmatch=True)
+search_params = st.sampled_from(
+    (
+        *("patient", "subject", "identifier", "family", "given", "name", "birthdate"),
+        *("_id", "code", "patient.family"),
+    )
+)
+
+
+@given(st.sampled_from(sorted(fhir.RESOURCE_TYPES)), mrns, names, search_params, st.booleans())
+def test_no_mrn_or_name_survives_an_outbound_fhir_url(
+    resource: str, mrn: str, name: str, param: str, system: bool
+) -> None:
+    value = f"urn:oid:2.16.840|{name}" if system else name
+    for url in (
+        f"https://fhir.example.org/r4/{resource}/{mrn}?{param}={value}&_count=10",
+        f"http://127.0.0.1:8080/fhir/{resource}?{param}={mrn},{value}",
+        f"/fhir/Patient/{mrn}/{resource}?{param}={value}",
+    ):
+        out = PRIVACY.target(url)
+        assert mrn not in out
+        if name not in fhir.RESOURCE_TYPES:  # a surname that is also a type name may stay as a type
+            # as a whole word: "Pati" is in "Patient"
+            assert re.search(rf"(?<![A-Za-z]){re.escape(name)}(?![A-Za-z])", out) is None, (url, out)
