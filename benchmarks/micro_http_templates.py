@@ -13,7 +13,7 @@ plain series gives the A/A noise floor.
 1. templates: a page rendering ``{% include %}`` 50 times (51 renders) from Django's locmem
    loader, µs of CPU (``time.thread_time``) per render;
 2. HTTP: ``requests.Session.get`` and ``httpx.Client.get`` against the loopback fake FHIR server
-   (``hms_otel_agent/sample/fhir_server.py``, no delay), 20 calls under one owner, µs of CPU of
+   (``hms_otel_agent/demo/fhir_server.py``, no delay), 20 calls under one owner, µs of CPU of
    the calling thread per call (the server's thread is not counted).
 
 Prints results only (no assertions). Options: ``--number``, ``--repeat``, ``--json PATH``.
@@ -128,8 +128,8 @@ def http(
     import httpx
     import requests
 
+    from hms_otel_agent.demo.fhir_server import FakeFhirServer
     from hms_otel_agent.instrument import http_client
-    from hms_otel_agent.sample.fhir_server import FakeFhirServer
 
     results = {}
     with FakeFhirServer(delay_ms=0) as base:

@@ -21,9 +21,8 @@ from opentelemetry import trace
 
 from hms_otel_agent import guard
 from hms_otel_agent.instrument import context
-from hms_otel_agent.signals.activity import TEMPLATE_SCOPE
+from hms_otel_agent.signals.vocabulary import TEMPLATE_NAME, TEMPLATE_SCOPE
 
-TEMPLATE_NAME = "hms.template.name"
 STRING_TEMPLATE = "<string>"
 
 _original: Callable[..., Any] | None = None

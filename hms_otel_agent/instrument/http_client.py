@@ -21,13 +21,14 @@ import wrapt
 
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
-from hms_otel_agent.instrument.context import code_attributes, set_attributes, user_location
+from hms_otel_agent.instrument.context import user_location
+from hms_otel_agent.instrument.sdk_internals import set_attributes
 from hms_otel_agent.signals import urls
 from hms_otel_agent.signals.http_calls import HttpCall
 from hms_otel_agent.signals.http_privacy import HttpPrivacy
+from hms_otel_agent.signals.vocabulary import HTTP_RECORD, code_attributes
+from hms_otel_agent.signals.vocabulary import HTTP_TIMEOUT as TIMEOUT_ATTRIBUTE
 
-HTTP_RECORD = "_hms_http"  # the HttpCall, read back by the span processor when the span ends
-TIMEOUT_ATTRIBUTE = "hms.http.timeout"  # whether the call has a timeout, when the client shows it
 LIBRARIES = ("requests", "httpx", "urllib3")
 
 _privacy: HttpPrivacy | None = None

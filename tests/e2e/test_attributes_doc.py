@@ -119,7 +119,7 @@ def test_the_document_matches_what_a_real_run_exports(
     }
     import redis
 
-    from hms_otel_agent.sample.fhir_server import FakeFhirServer
+    from hms_otel_agent.demo.fhir_server import FakeFhirServer
 
     redis.Redis.from_url(sample_app_db["REDIS_URL"]).flushdb()  # cold cache: misses, fills, groups
     with FakeFhirServer() as fhir_url:

@@ -14,7 +14,7 @@ from harness.otlp_receiver import OtlpReceiver, ReceivedSpan
 from harness.processes import AppProcess
 
 from hms_otel_agent import sample
-from hms_otel_agent.sample.fhir_server import FakeFhirServer
+from hms_otel_agent.demo.fhir_server import FakeFhirServer
 
 from .conftest import otlp_env, runserver, server_span_for
 

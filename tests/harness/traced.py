@@ -21,7 +21,7 @@ from opentelemetry.trace import SpanKind
 
 from hms_otel_agent import config, instrument, pipeline
 from hms_otel_agent.agent import default_detectors
-from hms_otel_agent.signals.activity import TEMPLATE_SCOPE
+from hms_otel_agent.signals.vocabulary import TEMPLATE_SCOPE
 
 
 class Traced:

@@ -16,7 +16,7 @@ from harness.traced import Traced
 from opentelemetry.sdk.trace import ReadableSpan
 
 from hms_otel_agent import sample
-from hms_otel_agent.sample import fhir_server
+from hms_otel_agent.demo import fhir_server
 
 OUTBOUND = "hms_otel_agent/sample/hms/outbound.py"
 SCOPES = {

@@ -1,6 +1,6 @@
 """Outbound-API views of the sample hospital: each patient's FHIR record and latest heart rates
 from a FHIR server (``settings.HMS_SAMPLE_FHIR_URL``; the demo and the tests start the fake one
-in `hms_otel_agent.sample.fhir_server`).
+in `hms_otel_agent.demo.fhir_server`).
 
 ``fhir_summaries_naive`` asks per patient, twice, and without a timeout (requests' default):
 an HTTP N+1 for ``Patient/{id}`` and one for ``Observation?patient=...``, both calls without a
