@@ -142,6 +142,11 @@ class SignalMetrics:
             description="SQL statements run per request, by route.",
             explicit_bucket_boundaries_advisory=[0, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377],
         )
+        self.time = meter.create_counter(
+            "hms.time",
+            unit="s",
+            description="Request time by route and part: db, cache, http, template, app (the rest).",
+        )
         self.connection_uses = meter.create_counter(
             "hms.db.connection.uses",
             unit="{use}",
@@ -392,10 +397,14 @@ class SignalProcessor(SpanProcessor):
         if activity.db_count or is_server:
             span.set_attribute("hms.db.query_count", activity.db_count)
             span.set_attribute("hms.db.duration_ms", round(activity.db_duration_ns / 1e6, 3))
+        route = activity.route or "unknown"
         if activity.intervals is not None or is_server:
             split = time_split.split(span.start_time or end_ns, end_ns, activity.intervals)
             set_attributes(span, {TIME_PREFIX + key: value for key, value in split.items()})
-        route = activity.route or "unknown"
+            if is_server and self.metrics is not None:
+                for key, value in split.items():
+                    if value:
+                        self.metrics.time.add(value / 1e3, {"http.route": route, "hms.time.part": key[:-3]})
         if is_server and self.metrics is not None:
             self.metrics.queries_per_request.record(activity.db_count, {"http.route": route})
         if activity.cache_calls:
