@@ -106,6 +106,11 @@ def offline_limits(owners: Sequence[Owner]) -> str:
         and not any(call.orm is not None for call in db)
     ):
         missing.append("connection churn (needs the agent's hms.db.connect events)")
+    http = [call for owner in owners for call in owner.activity.http_calls]
+    if http and all(call.timeout is None for call in http):
+        missing.append(
+            "HTTP calls without a timeout (only the agent's client spans say it: hms.http.timeout)"
+        )
     if not missing:
         return ""
     return "not detectable offline from this input: " + "; ".join(missing)

@@ -104,6 +104,8 @@ def test_analyze_finds_the_http_n_plus_one_and_splits_the_time(
     assert (time["http_ms"], time["template_ms"]) == (96.0, 60.0 if agent else 0.0)
     assert time["app_ms"] == pytest.approx(200.0 - 96.0 - time["template_ms"])
     assert not any(mrn in out for mrn in MRNS)
+    timeout_note = "HTTP calls without a timeout (only the agent's client spans say it"
+    assert any(timeout_note in note for note in data["notes"]) is (not agent)
     for fmt in ("terminal", "markdown"):
         assert main(["analyze", "--format", fmt, str(path)]) == 0
         text = capsys.readouterr().out
