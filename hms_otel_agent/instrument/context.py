@@ -118,7 +118,11 @@ def user_location(frame: FrameType | None = None, max_depth: int = 64) -> CodeLo
             key = (code, frame.f_lineno)
             location = _locations.get(key)
             if location is None:
-                location = CodeLocation(shown, frame.f_lineno, code.co_name)
+                # A Jinja2 template's compiled code: the template and its line, not the module's.
+                jinja = frame.f_globals.get("__jinja_template__")
+                location = jinja_location(jinja, frame.f_lineno) if jinja is not None else None
+                if location is None:
+                    location = CodeLocation(shown, frame.f_lineno, code.co_name)
                 if len(_locations) < 100_000:
                     _locations[key] = location
             return location
@@ -132,6 +136,19 @@ def user_location(frame: FrameType | None = None, max_depth: int = 64) -> CodeLo
 _template_node_code: CodeType | None = None
 _template_locations: dict[tuple[str, int], CodeLocation] = {}
 TEMPLATE_FUNCTION = "template"
+
+
+def jinja_location(template: Any, code_line: int) -> CodeLocation | None:
+    """``clinic/ward_board.jinja:3 in template`` for a line of a Jinja2 template's compiled code
+    (its debug info maps code lines to template lines)."""
+    try:
+        name = template.name or template.filename
+        line = template.get_corresponding_lineno(code_line)
+    except Exception:  # a template object of another shape: the plain frame location
+        return None
+    if not isinstance(name, str) or not isinstance(line, int):
+        return None
+    return CodeLocation(name, line, TEMPLATE_FUNCTION)
 
 
 def template_location(node: Any) -> CodeLocation | None:

@@ -70,3 +70,36 @@ def test_a_string_template_is_named_without_its_content(traced: Traced) -> None:
     [span] = [s for s in traced.spans() if s.instrumentation_scope.name == SCOPE]
     assert span.name == "render <string>"
     assert "Quillfeather" not in span.to_json() and "Dear" not in span.to_json()
+
+
+def test_jinja2_backend_render_span_and_n_plus_one_at_the_template_line(
+    traced: Traced, tmp_path: Path
+) -> None:
+    """Django's Jinja2 backend: one span per render, a lazy load in the template located at the
+    template's own line (the compiled code's line mapped back)."""
+    from django.template.backends.jinja2 import Jinja2
+
+    from hms_otel_agent.sample.hms.models import Patient
+
+    (tmp_path / "patients.jinja").write_text(
+        "<ul>\n{% for p in patients %}\n"
+        "<li>{{ p.insurance.name if p.insurance else '' }}</li>\n"  # line 3
+        "{% endfor %}\n</ul>\n"
+    )
+    engine = Jinja2({"NAME": "jinja2", "DIRS": [str(tmp_path)], "APP_DIRS": False, "OPTIONS": {}})
+    insured = Patient.objects.filter(insurance__isnull=False).order_by("id")[:8]
+    with traced.tracer.start_as_current_span("nightly-letters"):
+        engine.get_template("patients.jinja").render({"patients": insured})
+    [owner] = [s for s in traced.spans() if s.name == "nightly-letters"]
+    [render] = [s for s in traced.spans() if s.instrumentation_scope.name == SCOPE]
+    assert (
+        render.name == "render patients.jinja"
+        and (render.attributes or {})["hms.template.name"] == "patients.jinja"
+    )
+    [event] = traced.events(owner, "hms.n_plus_one")
+    assert (event["hms.orm.relation"], event["code.file.path"], event["code.line.number"]) == (
+        "hms.Patient.insurance",
+        "patients.jinja",
+        3,
+    )
+    assert event["code.function.name"] == "template"
