@@ -427,6 +427,13 @@ def _install_stock(mask: bool) -> None:
         original(self, span, cursor, *args)
         try:
             attributes = {"hms.db.fingerprint": fp.digest}
+            if db_semconv.mode_of(self._db_api_integration._sem_conv_opt_in_mode_db).stable:
+                # The statement's stable names (no batch: the stock path does not say which
+                # method ran); the span is named after the summary, as on the fast path.
+                record.stable = db_semconv.statement_attributes(fp.operation, fp.table, False)
+                attributes.update(record.stable)
+                if record.stable.get("db.query.summary"):
+                    span.update_name(record.stable["db.query.summary"])
             if orm is not None:
                 attributes.update(orm_attributes(orm))
             span.set_attributes(attributes)
@@ -437,6 +444,14 @@ def _install_stock(mask: bool) -> None:
     record_metrics = dbapi.CursorTracer._record_metrics
 
     def _record_metrics(self: Any, cursor: Any, *args: Any) -> Any:
+        if args and isinstance(args[-1], Exception):
+            try:
+                span = get_current_span()
+                record = getattr(span, SPAN_RECORD, None)
+                if record is not None and record.stable is not None and span.is_recording():
+                    span.set_attributes(db_semconv.error_attributes(args[-1]))
+            except Exception as exc:
+                guard.report("SQL span hook", exc)
         if args and args[-1] is None:  # no error
             try:
                 span = get_current_span()
