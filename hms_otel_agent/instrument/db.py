@@ -21,6 +21,7 @@ processor drops them then. They are never exported.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Awaitable, Callable
 from time import perf_counter
@@ -154,6 +155,19 @@ def _statement_and_name(tracer: Any, cursor: Any, args: tuple[Any, ...]) -> tupl
     return tracer.get_statement(cursor, args), tracer.get_operation_name(cursor, args)
 
 
+def _peer_attributes(integration: Any, mode: Any) -> dict[str, Any]:
+    """`db_semconv.peer_attributes` of the connection, once per connection (contrib fills its
+    ``span_attributes`` when it connects; the copy is kept with the size it had)."""
+    contrib = integration.span_attributes
+    cached = getattr(integration, "_hms_peer", None)
+    if cached is not None and cached[0] is contrib and cached[1] == len(contrib):
+        return cached[2]
+    peer = db_semconv.peer_attributes(contrib, mode)
+    with contextlib.suppress(Exception):  # an integration without room for it: computed each time
+        integration._hms_peer = (contrib, len(contrib), peer)
+    return peer
+
+
 def _contrib_attributes(integration: Any, statement: str, args: tuple[Any, ...]) -> dict[str, Any]:
     """The attributes the contrib's ``_populate_span`` sets, with `statement` as the statement;
     the peer and the parameters named as the database mode says (`db_semconv`)."""
@@ -164,7 +178,7 @@ def _contrib_attributes(integration: Any, statement: str, args: tuple[Any, ...])
     _set_db_name(attributes, integration.database, mode)
     _set_db_statement(attributes, statement, mode)
     if ours.stable:
-        attributes.update(db_semconv.peer_attributes(integration.span_attributes, ours))
+        attributes.update(_peer_attributes(integration, ours))
     else:
         attributes.update(integration.span_attributes)
     if integration.capture_parameters and len(args) > 1:
