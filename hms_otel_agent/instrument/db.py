@@ -21,6 +21,7 @@ processor drops them then. They are never exported.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Awaitable, Callable
 from time import perf_counter
@@ -154,6 +155,19 @@ def _statement_and_name(tracer: Any, cursor: Any, args: tuple[Any, ...]) -> tupl
     return tracer.get_statement(cursor, args), tracer.get_operation_name(cursor, args)
 
 
+def _peer_attributes(integration: Any, mode: Any) -> dict[str, Any]:
+    """`db_semconv.peer_attributes` of the connection, once per connection (contrib fills its
+    ``span_attributes`` when it connects; the copy is kept with the size it had)."""
+    contrib = integration.span_attributes
+    cached = getattr(integration, "_hms_peer", None)
+    if cached is not None and cached[0] is contrib and cached[1] == len(contrib):
+        return cached[2]
+    peer = db_semconv.peer_attributes(contrib, mode)
+    with contextlib.suppress(Exception):  # an integration without room for it: computed each time
+        integration._hms_peer = (contrib, len(contrib), peer)
+    return peer
+
+
 def _contrib_attributes(integration: Any, statement: str, args: tuple[Any, ...]) -> dict[str, Any]:
     """The attributes the contrib's ``_populate_span`` sets, with `statement` as the statement;
     the peer and the parameters named as the database mode says (`db_semconv`)."""
@@ -164,7 +178,7 @@ def _contrib_attributes(integration: Any, statement: str, args: tuple[Any, ...])
     _set_db_name(attributes, integration.database, mode)
     _set_db_statement(attributes, statement, mode)
     if ours.stable:
-        attributes.update(db_semconv.peer_attributes(integration.span_attributes, ours))
+        attributes.update(_peer_attributes(integration, ours))
     else:
         attributes.update(integration.span_attributes)
     if integration.capture_parameters and len(args) > 1:
@@ -425,9 +439,17 @@ def _install_stock(mask: bool) -> None:
             return
         original(self, span, cursor, *args)
         try:
-            attributes = {"hms.db.fingerprint": record.fingerprint.digest}
-            if record.orm is not None:
-                attributes.update(orm_attributes(record.orm))
+            fp, orm = record.fingerprint, record.orm
+            attributes = {"hms.db.fingerprint": fp.digest}
+            if db_semconv.mode_of(self._db_api_integration._sem_conv_opt_in_mode_db).stable:
+                # The statement's stable names (no batch: the stock path does not say which
+                # method ran); the span is named after the summary, as on the fast path.
+                record.stable = db_semconv.statement_attributes(fp.operation, fp.table, False)
+                attributes.update(record.stable)
+                if record.stable.get("db.query.summary"):
+                    span.update_name(record.stable["db.query.summary"])
+            if orm is not None:
+                attributes.update(orm_attributes(orm))
             span.set_attributes(attributes)
             setattr(span, SPAN_RECORD, record)
         except Exception as exc:
@@ -436,6 +458,14 @@ def _install_stock(mask: bool) -> None:
     record_metrics = dbapi.CursorTracer._record_metrics
 
     def _record_metrics(self: Any, cursor: Any, *args: Any) -> Any:
+        if args and isinstance(args[-1], Exception):
+            try:
+                span = get_current_span()
+                record = getattr(span, SPAN_RECORD, None)
+                if record is not None and record.stable is not None and span.is_recording():
+                    span.set_attributes(db_semconv.error_attributes(args[-1]))
+            except Exception as exc:
+                guard.report("SQL span hook", exc)
         if args and args[-1] is None:  # no error
             try:
                 span = get_current_span()

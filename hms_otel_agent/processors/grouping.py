@@ -23,17 +23,29 @@ from opentelemetry.trace import SpanKind
 
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
-from hms_otel_agent.instrument.sdk_internals import events
+from hms_otel_agent.instrument.sdk_internals import attribute_dict, events, set_attributes
 from hms_otel_agent.processors.explain import PlanSource, attach_plans, release_execution
 from hms_otel_agent.processors.metrics import SignalMetrics, record_cache, record_connections
 from hms_otel_agent.processors.redaction import no_literals, scrub, scrub_fail_closed
-from hms_otel_agent.signals import redact
-from hms_otel_agent.signals.owners import CACHE, DB, OWNER, counted, is_client, scope_role
+from hms_otel_agent.signals import redact, time_split
+from hms_otel_agent.signals.owners import (
+    CACHE,
+    DB,
+    HTTP,
+    OWNER,
+    TEMPLATE,
+    TIME_PART,
+    URL_ROLES,
+    counted,
+    is_client,
+    scope_role,
+)
 from hms_otel_agent.signals.records import (
     CacheCall,
     ConnectCall,
     DbCall,
     Finding,
+    HttpCall,
     OwnerActivity,
 )
 from hms_otel_agent.signals.registry import Detector, consolidate
@@ -44,7 +56,9 @@ from hms_otel_agent.signals.vocabulary import (
     DB_RECORD,
     EAGER_LOADS_SPAN,
     EXPLAIN_EVENT,
+    HTTP_RECORD,
     STRUCTURED_TRACES_RECORD,
+    TIME_PREFIX,
     finding_attributes,
     finding_event,
     plan_attributes,
@@ -53,7 +67,7 @@ from hms_otel_agent.signals.vocabulary import (
 logger = logging.getLogger("hms_otel")
 
 
-_OWNER, _DB, _CACHE = OWNER, DB, CACHE
+_OWNER, _DB, _CACHE, _HTTP, _TEMPLATE = OWNER, DB, CACHE, HTTP, TEMPLATE
 
 
 class EagerLoadSource(Protocol):
@@ -65,26 +79,26 @@ class EagerLoadSource(Protocol):
 
 
 class _State:
-    """An open span the processor groups: an owner (with its activity), or a DB or cache span
-    under one. The children of an owner share one state per kind (no allocation per span)."""
+    """An open span the processor groups: an owner (with its activity), or a DB, cache, outbound
+    HTTP or template span under one. The children of an owner share one state per kind (no
+    allocation per span)."""
 
-    __slots__ = ("activity", "cache_child", "db_child", "kind", "owner")
+    __slots__ = ("activity", "children", "kind", "owner")
 
     def __init__(self, kind: int, owner: _State | None, activity: OwnerActivity | None) -> None:
         self.kind = kind
         self.owner = owner
         self.activity = activity
-        self.db_child: _State | None = None
-        self.cache_child: _State | None = None
+        self.children: list[_State | None] | None = None
 
     def child(self, kind: int) -> _State:
-        if kind == _DB:
-            if self.db_child is None:
-                self.db_child = _State(_DB, self, None)
-            return self.db_child
-        if self.cache_child is None:
-            self.cache_child = _State(_CACHE, self, None)
-        return self.cache_child
+        children = self.children
+        if children is None:
+            children = self.children = [None, None, None, None, None]
+        state = children[kind]
+        if state is None:
+            state = children[kind] = _State(kind, self, None)
+        return state
 
 
 class SignalProcessor(SpanProcessor):
@@ -139,7 +153,7 @@ class SignalProcessor(SpanProcessor):
                 activity = OwnerActivity(name=span.name, trace_id=context.trace_id, span_id=context.span_id)
                 state = _State(_OWNER, None, activity)
             elif owner is None:
-                return  # a DB or cache span with no owner in this process: nothing to group
+                return  # a DB, cache, HTTP or template span with no owner in this process
             else:
                 state = owner.child(kind)
             open_spans = self._open
@@ -164,7 +178,7 @@ class SignalProcessor(SpanProcessor):
         state: _State | None = None
         try:
             state = self._open.pop(span.context.span_id, None)
-            if state is None or state.kind == _OWNER:
+            if state is None or state.kind in URL_ROLES:
                 # DB and cache client spans never carry a URL: the statement, the command, ours.
                 scope = span.instrumentation_scope
                 scope_name = scope.name if scope is not None else ""
@@ -189,15 +203,23 @@ class SignalProcessor(SpanProcessor):
             if kind == _OWNER:
                 # The shared child states point back at their owner: leave no cycle behind, so
                 # that the owner's records go when the request does, not at the next collection.
-                state.db_child = state.cache_child = None
-                self._finish_owner(span, state.activity)  # type: ignore[arg-type]
+                state.children = None
+                self._finish_owner(span, state.activity, end_ns)  # type: ignore[arg-type]
                 return
             if owner is None or owner.activity is None:
                 return
             activity = owner.activity
             start_ns = span.start_time or end_ns
             duration = end_ns - start_ns
-            if kind == _DB:
+            intervals = activity.intervals
+            if intervals is None:
+                intervals = activity.intervals = time_split.Intervals()
+            intervals.add(start_ns, end_ns, TIME_PART[kind])
+            if kind == _HTTP:
+                _record_http(span, activity, start_ns, duration)
+            elif kind == _TEMPLATE:
+                return
+            elif kind == _DB:
                 activity.count_db(duration)
                 if record is None or not activity.has_room(activity.db_calls):
                     return
@@ -279,7 +301,7 @@ class SignalProcessor(SpanProcessor):
 
     # --- owners --------------------------------------------------------------------
 
-    def _finish_owner(self, span: Span, activity: OwnerActivity) -> None:
+    def _finish_owner(self, span: Span, activity: OwnerActivity, end_ns: int) -> None:
         attributes = span.attributes or {}
         route = attributes.get("http.route")
         activity.route = str(route) if route else ""
@@ -291,6 +313,13 @@ class SignalProcessor(SpanProcessor):
             span.set_attribute("hms.db.query_count", activity.db_count)
             span.set_attribute("hms.db.duration_ms", round(activity.db_duration_ns / 1e6, 3))
         route = activity.route or "unknown"
+        if activity.intervals is not None or is_server:
+            split = time_split.split(span.start_time or end_ns, end_ns, activity.intervals)
+            set_attributes(span, {TIME_PREFIX + key: value for key, value in split.items()})
+            if is_server and self.metrics is not None:
+                for key, value in split.items():
+                    if value:
+                        self.metrics.time.add(value / 1e3, {"http.route": route, "hms.time.part": key[:-3]})
         if is_server and self.metrics is not None:
             self.metrics.queries_per_request.record(activity.db_count, {"http.route": route})
         if activity.cache_calls:
@@ -299,7 +328,10 @@ class SignalProcessor(SpanProcessor):
             record_connections(self.metrics, span, activity, route)
         if self.eager_loads is not None and self.eager_loads.pending():
             self._flush_eager_loads(self.eager_loads)
-        if not (activity.db_calls or activity.cache_calls or activity.connects) or not self.detectors:
+        if (
+            not (activity.db_calls or activity.cache_calls or activity.connects or activity.http_calls)
+            or not self.detectors
+        ):
             return
         if activity.db_calls and self.plans is not None:
             attach_plans(activity, self.settings.slow_query_ms, self.plans)
@@ -327,6 +359,20 @@ class SignalProcessor(SpanProcessor):
             self.metrics.count_findings(findings, None)
         if self.on_findings is not None:
             self.on_findings(OwnerActivity(name=EAGER_LOADS_SPAN), findings)
+
+
+def _record_http(span: Span, activity: OwnerActivity, start_ns: int, duration: int) -> None:
+    """The outbound call's record (`instrument.http_client`), timed and with its status."""
+    call: HttpCall | None = getattr(span, HTTP_RECORD, None)
+    if call is None or not activity.has_room(activity.http_calls):
+        return
+    call.start_ns = start_ns
+    call.duration_ns = duration
+    attributes = attribute_dict(span) or {}
+    status = attributes.get("http.response.status_code", attributes.get("http.status_code"))
+    if isinstance(status, int):
+        call.status_code = status
+    activity.http_calls.append(call)
 
 
 def _write_findings(span: Span, activity: OwnerActivity, findings: list[Finding]) -> None:

@@ -33,6 +33,11 @@ class SignalMetrics:
             description="SQL statements run per request, by route.",
             explicit_bucket_boundaries_advisory=[0, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377],
         )
+        self.time = meter.create_counter(
+            "hms.time",
+            unit="s",
+            description="Request time by route and part: db, cache, http, template, app (the rest).",
+        )
         self.connection_uses = meter.create_counter(
             "hms.db.connection.uses",
             unit="{use}",
