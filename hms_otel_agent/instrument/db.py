@@ -30,11 +30,12 @@ from opentelemetry.context import attach, detach
 from opentelemetry.instrumentation import dbapi
 from opentelemetry.instrumentation._semconv import _set_db_name, _set_db_statement, _set_db_system
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
-from opentelemetry.trace import SpanKind, set_span_in_context
+from opentelemetry.trace import set_span_in_context
 from opentelemetry.trace.status import Status, StatusCode
 
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
+from hms_otel_agent.instrument import implicit_units
 from hms_otel_agent.instrument.context import code_attributes, current_orm, set_attributes, user_location
 from hms_otel_agent.signals.activity import OrmContext
 from hms_otel_agent.signals.fingerprint import fingerprint_sql
@@ -211,8 +212,8 @@ def _start(
     name, kind, attributes, current span, SQL commenter), with one attribute write."""
     integration = tracer._db_api_integration
     statement, operation = _statement_and_name(tracer, cursor, args)
-    span = integration._tracer.start_span(
-        operation or integration.database or integration.name, kind=SpanKind.CLIENT
+    span = implicit_units.start_client_span(
+        integration._tracer, operation or integration.database or integration.name
     )
     token = attach(set_span_in_context(span))
     record = None
