@@ -50,7 +50,7 @@ def _attributes(job: Any, operation: str, function: str) -> dict[str, Any]:
     origin = getattr(job, "origin", None)
     if origin:
         attributes["messaging.destination.name"] = str(origin)
-    job_id = getattr(job, "_id", None)
+    job_id = getattr(job, "id", None)  # assigned here if not yet: RQ does the same when it saves
     if job_id:
         attributes["messaging.message.id"] = str(job_id)
     return attributes
