@@ -11,6 +11,14 @@ open for the life of the process, holding every query of it): ``runserver``, ``s
 ``test``, the workers of RQ, Celery, Channels and django-q, ... (`LONG_RUNNING`) and those named
 in ``HMS_OTEL_COMMANDS_WITHOUT_SPAN``. What such a command runs outside requests and jobs is
 grouped by the implicit units of its threads (instrument/implicit_units.py).
+
+Django's own commands (``migrate``, ``collectstatic``, ``loaddata``, ``createsuperuser``, ...) are
+not owners either, and their queries join no implicit unit: their loops are Django's, which the
+application cannot change (``migrate`` records each migration and creates each permission with a
+query of its own: five "N+1" findings located at ``manage.py``). Their queries are still traced.
+(Django's ``runserver``, ``test``, ``shell`` and ``testserver`` run the application's code: they
+are only without a span, as above.)
+A command of an installed package is an owner: it often runs the application's code.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from opentelemetry import context as context_api
 from opentelemetry import trace
 
 from hms_otel_agent import guard
-from hms_otel_agent.instrument import units
+from hms_otel_agent.instrument import implicit_units, units
 
 LONG_RUNNING = frozenset(
     (
@@ -44,14 +52,21 @@ def command_name(command: Any) -> str:
 
 def _execute(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
     span = token = None
+    djangos = False
     try:
         name = command_name(instance)
-        if name not in _without_span:
+        if name in _without_span:
+            pass  # serves or waits: its requests, jobs and threads have owners of their own
+        elif type(instance).__module__.startswith("django."):
+            djangos = True
+        else:
             span = units.start(f"command {name}", units.COMMAND, {units.NAME: name})
             token = context_api.attach(trace.set_span_in_context(span))
     except Exception as exc:
         guard.report("management command span", exc)
         span = token = None
+    if djangos:
+        return _run_djangos(wrapped, args, kwargs)
     if span is None:
         return wrapped(*args, **kwargs)
     error: BaseException | None = None
@@ -62,6 +77,14 @@ def _execute(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any)
         raise
     finally:
         units.end(span, token, error)
+
+
+def _run_djangos(wrapped: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    reset = implicit_units.suppressed.set(True)
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        implicit_units.suppressed.reset(reset)
 
 
 def install(without_span: tuple[str, ...] = ()) -> Callable[[], None]:

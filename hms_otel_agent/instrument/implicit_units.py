@@ -35,6 +35,7 @@ import re
 import sys
 import threading
 import time
+from contextvars import ContextVar
 from typing import Any
 
 from opentelemetry import context as context_api
@@ -57,6 +58,8 @@ _reaper: threading.Thread | None = None
 _wake = threading.Event()
 _at_exit_registered = False
 _get_current_span = trace.get_current_span
+# Set while code runs whose loops are not the application's (Django's own management commands).
+suppressed: ContextVar[bool] = ContextVar("hms_otel_no_implicit_unit", default=False)
 
 
 class _Unit:
@@ -109,7 +112,8 @@ def start_client_span(tracer: Any, name: str, kind: SpanKind = SpanKind.CLIENT) 
         return tracer.start_span(name, kind=kind)
     unit = None
     try:
-        unit = _unit_for_call()
+        if not suppressed.get():
+            unit = _unit_for_call()
     except Exception as exc:
         guard.report("implicit unit of work", exc)
     if unit is None:
