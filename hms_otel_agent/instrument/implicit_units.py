@@ -203,7 +203,7 @@ def _after_fork() -> None:
 
 
 _COUNTER = re.compile(r"^Thread-\d+ \((.+)\)$")
-_DIGITS = re.compile(r"[-_ ]?\d+")
+_DIGITS = re.compile(r"[-_ ]\d+(?=[-_ ]|$)")  # counters, not digits inside words (hl7)
 
 
 def _name(thread: threading.Thread) -> str:
