@@ -232,6 +232,9 @@ def test_celery_task_through_redis_broker(
     check_celery_task(otlp_receiver)
     worker.stop()
     assert "Appointment.patient loaded lazily 6x" in worker.stderr
+    # The broker's own Redis traffic (kombu) finds nothing: the task is the one owner with findings.
+    with_findings = [s.name for s in otlp_receiver.spans() if s.attributes.get("hms.findings.count")]
+    assert with_findings == ["run/hms.send_reminders"]
 
 
 def _rabbitmq_reachable() -> bool:
