@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 from harness.traced import Traced
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import hms_otel_agent
 from hms_otel_agent.instrument import implicit_units, units
@@ -243,3 +245,28 @@ def test_suppressed_and_disabled(traced: Traced, reminders: Any) -> None:
 def test_thread_names_stay_few(thread_name: str, unit_name: str) -> None:
     thread = threading.Thread(target=lambda: None, name=thread_name)
     assert implicit_units._name(thread) == unit_name
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=st.one_of(st.text(max_size=400), st.integers(), st.binary(max_size=50), st.none()))
+def test_any_name_makes_a_bounded_span_name(name: Any) -> None:
+    """Whatever a caller passes as a name, the block runs and its span's name is bounded text."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    previous = units._provider
+    units.install(provider)
+    try:
+        ran = []
+        with hms_otel_agent.unit_of_work(name):
+            ran.append(True)
+        assert ran == [True]
+    finally:
+        units.install(previous)
+    (span,) = exporter.get_finished_spans()
+    assert isinstance(span.name, str) and 0 < len(span.name) <= units.MAX_NAME_CHARS
+    assert span.attributes["hms.work.name"] == span.name
