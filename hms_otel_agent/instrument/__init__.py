@@ -91,16 +91,9 @@ def install(settings: Settings, tracer_provider: Any, meter_provider: Any) -> No
 
 
 def _instrument_celery(tracer_provider: Any, meter_provider: Any) -> None:
-    """The contrib's Celery instrumentation: a CONSUMER span ``run/<task>`` per task run (the
-    owner of its queries) and a PRODUCER span ``apply_async/<task>`` per publish, the trace
-    context carried in the message headers."""
-    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+    from hms_otel_agent.instrument import celery
 
-    instrumentor = CeleryInstrumentor()
-    if not instrumentor.is_instrumented_by_opentelemetry:
-        instrumentor.instrument(
-            tracer_provider=tracer_provider, meter_provider=meter_provider, skip_dep_check=True
-        )
+    celery.install(tracer_provider, meter_provider)
 
 
 def _instrument_rq(settings: Settings, tracer_provider: Any) -> None:
@@ -128,9 +121,9 @@ def uninstall() -> None:
 
                 redis.uninstall()
             elif name == "celery":
-                from opentelemetry.instrumentation.celery import CeleryInstrumentor
+                from hms_otel_agent.instrument import celery
 
-                CeleryInstrumentor().uninstrument()
+                celery.uninstall()
             elif name == "rq":
                 from hms_otel_agent.instrument import rq
 

@@ -95,7 +95,8 @@ class unit_of_work:
 
     ``with unit_of_work("nightly-import"): ...``, ``async with unit_of_work("sync-labs"): ...``,
     or as a decorator: ``@unit_of_work("send-reminders")`` / ``@unit_of_work()`` (named after the
-    function) / ``@unit_of_work``, on plain and ``async`` functions; each call is one unit.
+    function) / ``@unit_of_work``, on plain and ``async`` functions; each call is one unit (of a
+    generator function: making the generator, not iterating it).
     A unit inside another owner (a request, a task) is an owner of its own: its queries are
     counted there, not in the enclosing one. Without the agent started, a no-op.
     """
@@ -110,7 +111,10 @@ class unit_of_work:
     def __init__(self, name: str | None = None, *, attributes: dict[str, Any] | None = None) -> None:
         self.name = None if name is None else str(name)
         self.attributes = dict(attributes) if attributes else None
-        self._active: ContextVar[tuple[tuple[Any, Any], ...]] | None = None
+        # Per context, not per instance: one instance may be entered by several threads or tasks.
+        self._active: ContextVar[tuple[tuple[Any, Any], ...]] = ContextVar(
+            "hms_otel_unit_of_work", default=()
+        )
 
     # -- as a context manager ------------------------------------------------------------------
 
@@ -121,17 +125,14 @@ class unit_of_work:
             token = context_api.attach(trace.set_span_in_context(span))
         except Exception as exc:
             guard.report("unit of work (start)", exc)
-        # Per context, not per instance: one instance may be entered by several threads or tasks.
-        if self._active is None:
-            self._active = ContextVar("hms_otel_unit_of_work", default=())
         self._active.set((*self._active.get(), (span, token)))
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        active = self._active.get() if self._active is not None else ()
+        active = self._active.get()
         if not active:
             return
-        self._active.set(active[:-1])  # type: ignore[union-attr]
+        self._active.set(active[:-1])
         span, token = active[-1]
         if span is not None and token is not None:
             end(span, token, exc)

@@ -181,9 +181,11 @@ def test_report_at_exit_and_analyze_see_the_units(tmp_path: Path, sample_app_db:
 def celery_worker(
     app_process: Callable[..., AppProcess], env: dict[str, str], queue: str, pool: str
 ) -> AppProcess:
+    extra = ["--max-tasks-per-child", "1"] if pool == "prefork-recycled" else []
     cmd = [
-        *("celery", "-A", "hms_otel_agent.sample.tasks", "worker", "-P", pool, "-c", "1", "-Q", queue),
-        *("--without-heartbeat", "--without-gossip", "--without-mingle", "-l", "warning"),
+        *("celery", "-A", "hms_otel_agent.sample.tasks", "worker", "-P", pool.split("-")[0], "-c", "1"),
+        *("-Q", queue, "--without-heartbeat", "--without-gossip", "--without-mingle", "-l", "warning"),
+        *extra,
     ]
     return app_process(hms_run(*cmd), env=env, name=f"celery-{pool}")
 
@@ -211,7 +213,9 @@ def check_celery_task(receiver: OtlpReceiver) -> None:
     assert publish.parent_span_id == unit.span_id
 
 
-@pytest.mark.parametrize("pool", ["prefork", "solo"])
+# prefork-recycled: the pool process that ran the task exits right after it (its spans are
+# flushed on worker_process_shutdown).
+@pytest.mark.parametrize("pool", ["prefork", "prefork-recycled", "solo"])
 def test_celery_task_through_redis_broker(
     pool: str,
     tmp_path: Path,
