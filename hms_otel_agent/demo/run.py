@@ -28,10 +28,10 @@ from types import FrameType
 from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
+from hms_otel_agent.config import ROOT_PID_ENV, RUN_ID_ENV
 from hms_otel_agent.demo.servers import EmbeddedPostgres, EmbeddedRedis, ServerError, free_port, tail
 from hms_otel_agent.demo.traffic import drive
 from hms_otel_agent.printable import printable
-from hms_otel_agent.report.at_exit import ROOT_PID_ENV, RUN_ID_ENV
 
 DEFAULT_REQUESTS = 200
 PROBE_PATH = "/health/"  # readiness; not part of the traffic mix (demo/traffic.py)
@@ -264,7 +264,7 @@ class Demo:
         from hms_otel_agent import config
         from hms_otel_agent.report.build import build_report
         from hms_otel_agent.report.otlp import TRACES_FILE, read_paths
-        from hms_otel_agent.report.render import render
+        from hms_otel_agent.report.render import format_for, render
 
         path = self.telemetry_dir / TRACES_FILE
         if not path.exists():
@@ -273,8 +273,6 @@ class Demo:
         report = build_report(result.spans, config.load().settings, analyze=False, inputs=[])
         fmt = self.args.format
         if self.args.output:
-            from hms_otel_agent.report.commands import format_for
-
             with open(self.args.output, "w", encoding="utf-8") as out:
                 render(report, format_for(self.args.output, None), out)
         render(report, fmt, sys.stdout)
@@ -287,6 +285,12 @@ class Demo:
         self.say(f"temporary data in {self.workdir} (removed at exit)")
         db_url, redis_url = self.services()
         env = self.app_env(db_url, redis_url)
+        from hms_otel_agent.demo.fhir_server import FakeFhirServer
+
+        fhir = FakeFhirServer()
+        env["HMS_SAMPLE_FHIR_URL"] = fhir.start()  # a thread of this process, loopback only
+        self.cleanup.callback(fhir.stop)
+        self.say(f"fake FHIR server on {fhir.url} (for the outbound-API views)")
         self.prepare(env)
         port = args.port or free_port()
         base_url = self.start_server(env, port)

@@ -70,6 +70,14 @@ def install(settings: Settings, tracer_provider: Any, meter_provider: Any) -> No
     when_imported("redis", "redis", lambda: redis.install(settings, tracer_provider))
     when_imported("celery", "celery", lambda: _instrument_celery(tracer_provider, meter_provider))
     when_imported("rq", "rq", lambda: _instrument_rq(settings, tracer_provider))
+    from hms_otel_agent.instrument import http_client
+
+    for library, apply in (
+        ("requests", http_client.instrument_requests),
+        ("httpx", http_client.instrument_httpx),
+        ("urllib3", http_client.instrument_urllib3),
+    ):
+        when_imported(library, library, lambda apply=apply: apply(settings, tracer_provider, meter_provider))
     if "django" not in disabled and "django" not in _installed:
         _installed.add("django")
         django_server.when_django_ready(
@@ -87,6 +95,10 @@ def install(settings: Settings, tracer_provider: Any, meter_provider: Any) -> No
         from hms_otel_agent.instrument import django_commands
 
         django_server.when_django_ready(django_commands.install(settings.commands_without_span))
+        if "django_templates" not in disabled:
+            from hms_otel_agent.instrument import django_templates
+
+            django_server.when_django_ready(django_templates.install(tracer_provider))
         django_server.hook_django_setup()
 
 
@@ -116,6 +128,10 @@ def uninstall() -> None:
                 from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
 
                 PsycopgInstrumentor().uninstrument()
+            elif name in ("requests", "httpx", "urllib3"):
+                from hms_otel_agent.instrument import http_client
+
+                http_client.uninstall(name)
             elif name == "redis":
                 from hms_otel_agent.instrument import redis
 
@@ -143,6 +159,9 @@ def uninstall() -> None:
                 from hms_otel_agent.instrument import django_commands
 
                 django_commands.uninstall()
+                from hms_otel_agent.instrument import django_templates
+
+                django_templates.uninstall()
         except Exception as exc:
             guard.report(f"{name} uninstrumentation", exc)
     db.uninstall()
