@@ -551,6 +551,14 @@ class Settings:
         "Executions of the same statement with the same parameters that make a duplicate-query finding.",
         "signals",
     )
+    trivial_duplicates: bool = setting(
+        "HMS_OTEL_TRIVIAL_DUPLICATES",
+        Bool(),
+        False,
+        "Report each duplicate query of two executions under 1 ms in all as a finding of its own; "
+        "by default they are folded into one summary finding per request.",
+        "signals",
+    )
     cache_n_plus_one_threshold: int = setting(
         "HMS_OTEL_CACHE_N_PLUS_ONE_THRESHOLD",
         Int(2),

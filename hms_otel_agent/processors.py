@@ -225,6 +225,7 @@ class SignalProcessor(SpanProcessor):
                         table=fp.table,
                         filter_columns=fp.filter_columns,
                         params_hash=record.params_hash,
+                        text_hash=record.text_hash,
                         orm=record.orm,
                         rows=record.rows,
                     )
@@ -561,6 +562,7 @@ def finding_attributes(finding: Finding) -> dict[str, Any]:
     if finding.key_pattern:
         attributes["hms.cache.key_pattern"] = finding.key_pattern
     attributes.update(code_attributes(finding.location))
+    attributes.update(code_attributes(finding.origin, "hms.orm.origin."))
     if finding.fix:
         attributes["hms.hint.fix"] = finding.fix
     if finding.fix_kind:

@@ -52,11 +52,14 @@ TRUNCATED = "…"
 
 
 class DbSpanRecord:
-    __slots__ = ("execution", "fingerprint", "orm", "params_hash", "rows")
+    __slots__ = ("execution", "fingerprint", "orm", "params_hash", "rows", "text_hash")
 
-    def __init__(self, fingerprint: Any, params_hash: int | None, orm: OrmContext | None) -> None:
+    def __init__(
+        self, fingerprint: Any, params_hash: int | None, orm: OrmContext | None, text_hash: int | None = None
+    ) -> None:
         self.fingerprint = fingerprint
         self.params_hash = params_hash
+        self.text_hash = text_hash  # the statement as sent: slices differ only in LIMIT/OFFSET text
         self.orm = orm
         self.rows = -1
         # (statement, parameters, cursor) until the span ends; never exported
@@ -89,6 +92,7 @@ def _build_orm_attributes(orm: OrmContext) -> dict[str, Any]:
         if orm.filtered:
             attributes["hms.orm.filtered"] = True
     attributes.update(code_attributes(orm.location))
+    attributes.update(code_attributes(orm.origin, "hms.orm.origin."))
     return attributes
 
 
@@ -179,7 +183,7 @@ def _populate(
             if location is not None:
                 orm = _raw_context(location)
         params = args[1] if len(args) > 1 else None
-        record = DbSpanRecord(fp, _params_hash(params), orm)
+        record = DbSpanRecord(fp, _params_hash(params), orm, hash(statement))
         record.execution = (statement, params, cursor)
         shown = statement
         if statement and (mask or long):

@@ -78,17 +78,21 @@ def role(span: SpanData) -> int:
     return OWNER
 
 
-def location(attributes: dict[str, Any]) -> CodeLocation | None:
-    file = attributes.get("code.file.path") or attributes.get("code.filepath")
+def location(attributes: dict[str, Any], prefix: str = "") -> CodeLocation | None:
+    """``code.*`` (or, with `prefix` ``hms.orm.origin.``, where the queryset came from)."""
+    file = attributes.get(prefix + "code.file.path") or attributes.get(prefix + "code.filepath")
     if not file:
         return None
-    line = attributes.get("code.line.number", attributes.get("code.lineno"))
+    line = attributes.get(prefix + "code.line.number", attributes.get(prefix + "code.lineno"))
     try:
         number = int(line) if line is not None else 0
     except (TypeError, ValueError):
         number = 0
-    function = attributes.get("code.function.name") or attributes.get("code.function") or ""
+    function = attributes.get(prefix + "code.function.name") or attributes.get(prefix + "code.function") or ""
     return CodeLocation(str(file), number, str(function))
+
+
+ORIGIN_PREFIX = "hms.orm.origin."
 
 
 def _text(attributes: dict[str, Any], name: str) -> str:
@@ -117,6 +121,7 @@ def db_call(span: SpanData) -> DbCall | None:
             root_model=_text(attributes, "hms.orm.root_model"),
             filtered=attributes.get("hms.orm.filtered") is True,
             location=loc,
+            origin=location(attributes, ORIGIN_PREFIX),
         )
     elif loc is not None:
         orm = OrmContext(model="", kind="raw", location=loc)  # as the live DB hook does
@@ -266,6 +271,7 @@ def recorded_findings(span: SpanData, route: str) -> list[Finding]:
                 relation_kind=_text(attributes, "hms.orm.relation_kind"),
                 key_pattern=_text(attributes, "hms.cache.key_pattern"),
                 location=location(attributes),
+                origin=location(attributes, ORIGIN_PREFIX),
                 fix=_text(attributes, "hms.hint.fix"),
                 hint=_text(attributes, "hms.hint"),
                 route=route,

@@ -6,6 +6,14 @@ same ``SELECT ... FROM hms_patient WHERE id = %s`` serves ``Encounter.patient`` 
 hit several tables and need one. Repeats count wherever they happen
 under the owner, not only as consecutive siblings: ``for e in encounters: e.patient;
 e.facility`` is two findings.
+
+A statement repeated with the same parameters every time is a duplicate (run it once), not an
+N+1; one list read in LIMIT/OFFSET slices (the same parameters, only the inline LIMIT/OFFSET
+differs) is neither. A finding's fingerprint is its cause: the relation (or statement) and where
+the queryset came from (`Finding.origin`, where its fix goes), so one relation reached from
+several call sites of one queryset is one finding, and two querysets are two. Duplicates of two
+executions under a millisecond in all are folded into one summary finding per owner unless
+``HMS_OTEL_TRIVIAL_DUPLICATES`` asks for each.
 """
 
 from __future__ import annotations
@@ -19,6 +27,28 @@ from hms_otel_agent.signals.activity import DbCall, Finding, OwnerActivity, most
 
 N_PLUS_ONE = "n_plus_one"
 DUPLICATE_QUERY = "duplicate_query"
+TRIVIAL_MS = 1.0  # a duplicate of two executions under this, in all, is trivial
+MAX_TRIVIAL_MEMBERS = 10
+MAX_MEMBER_CHARS = 160
+
+# How the executions of one statement differ.
+VARYING, SAME, PAGES = "varying", "same", "pages"
+
+
+def repeat_shape(calls: list[DbCall]) -> str:
+    """SAME: one statement with the same parameters every time; PAGES: the same parameters and
+    only the statement's inline LIMIT/OFFSET differs (slices of one list); VARYING otherwise or
+    when the parameters are not known (offline analysis)."""
+    params = {c.params_hash for c in calls}
+    if len(params) != 1 or None in params:
+        return VARYING
+    texts = {c.text_hash for c in calls}
+    if len(texts) == 1:
+        return SAME
+    statement = calls[0].statement
+    if None not in texts and (" LIMIT ?" in statement or " OFFSET ?" in statement):
+        return PAGES
+    return VARYING
 
 
 def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
@@ -37,11 +67,18 @@ def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
     n_plus_one_fingerprints: set[str] = set()
     structural: list[tuple[Finding, fixes.Fix]] = []
     generic_types = _generic_types(activity)
-    for calls in groups.values():
+    for key, calls in groups.items():
         if len(calls) < settings.n_plus_one_threshold:
             continue
         if calls[0].operation in hints.TRANSACTION_OPERATIONS:
             continue
+        if key[0]:  # by statement, not a relation: the same parameters are a duplicate
+            shape = repeat_shape(calls)
+            if shape == PAGES:
+                n_plus_one_fingerprints.add(calls[0].fingerprint)  # nor a duplicate
+                continue
+            if shape == SAME:
+                continue
         duration_ms = total_ms(calls)
         if duration_ms < settings.n_plus_one_min_duration_ms:
             continue
@@ -110,6 +147,7 @@ def _n_plus_one(
     lazy = [o for o in orms if o.lazy]
     orm = most_common(lazy or orms)
     location = most_common(o.location for o in orms)
+    origin = most_common(o.origin for o in (lazy or orms))
     owner = activity.name or activity.route
     operation = first.operation
     count = len(calls)
@@ -117,7 +155,7 @@ def _n_plus_one(
     fix_kind = ""
     if orm is not None and (orm.lazy or orm.kind in (a.GET, a.REFRESH)):
         shown = _orm_fix(lazy, orm, generic_types)
-        fix, action, fix_kind = shown.text, shown.action, shown.kind
+        fix, action, fix_kind = shown.text, hints.placed(shown, origin, location), shown.kind
         if shown.text or shown.pending:  # a pending fix may still join the page's combined fix
             structural = shown.structural
         subject = hints.lazy_subject(orm)
@@ -138,8 +176,9 @@ def _n_plus_one(
         subject = f"the same {what} run"
         relation = relation_kind = ""
     hint = hints.sentence(owner, subject, count, duration_ms, location, action)
-    # A relation's SQL may vary (GenericForeignKey): the relation identifies the finding.
-    fingerprint = hints.site_fingerprint(N_PLUS_ONE, relation or first.fingerprint, location)
+    # A relation's SQL may vary (GenericForeignKey): the relation identifies the finding, with
+    # where its queryset came from (its cause), else where it ran.
+    fingerprint = hints.site_fingerprint(N_PLUS_ONE, relation or first.fingerprint, origin or location)
     finding = Finding(
         kind=N_PLUS_ONE,
         fingerprint=fingerprint,
@@ -154,6 +193,7 @@ def _n_plus_one(
         hint=hint,
         route=activity.route,
         fix_kind=fix_kind,
+        origin=origin,
     )
     return finding, structural
 
@@ -179,7 +219,7 @@ def _combined(
             continue
         for finding, _ in members:
             prefix = finding.hint.rpartition(" — ")[0] or finding.hint
-            hint = f"{prefix} — {shown.action}"
+            hint = f"{prefix} — {hints.placed(shown, finding.origin, finding.location)}"
             replaced[id(finding)] = dataclasses.replace(
                 finding, fix=shown.text, fix_kind=shown.kind, hint=hint
             )
@@ -188,10 +228,10 @@ def _combined(
 
 def _duplicates(activity: OwnerActivity, settings: Settings, covered: set[str]) -> list[Finding]:
     """The same statement with the same parameters, run again: the result could be reused."""
-    groups: dict[tuple[str, int], list[DbCall]] = {}
+    groups: dict[tuple[str, int, int | None], list[DbCall]] = {}
     for call in activity.db_calls:
         if call.params_hash is not None and call.fingerprint not in covered:
-            groups.setdefault((call.fingerprint, call.params_hash), []).append(call)
+            groups.setdefault((call.fingerprint, call.params_hash, call.text_hash), []).append(call)
     findings: list[Finding] = []
     for calls in groups.values():
         if len(calls) < settings.duplicate_query_threshold:
@@ -236,4 +276,33 @@ def _duplicates(activity: OwnerActivity, settings: Settings, covered: set[str]) 
                 fix_kind=fix_kind,
             )
         )
-    return findings
+    if settings.trivial_duplicates:
+        return findings
+    return _fold_trivial(activity, findings)
+
+
+def _fold_trivial(activity: OwnerActivity, findings: list[Finding]) -> list[Finding]:
+    """Duplicates of two executions under a millisecond in all (Django's and the app's own
+    lookups done twice) as one summary finding per owner; a specific fix is never folded."""
+    trivial = [f for f in findings if f.repetitions <= 2 and f.duration_ms < TRIVIAL_MS and not f.fix_kind]
+    if not trivial:
+        return findings
+    kept = [f for f in findings if not any(f is t for t in trivial)]
+    duration_ms = sum(f.duration_ms for f in trivial)
+    members = tuple(sorted({f.statement[:MAX_MEMBER_CHARS] for f in trivial}))
+    subject = f"{len(trivial)} statement(s) run twice with the same parameters, each under {TRIVIAL_MS:g} ms"
+    fix = "reuse the first result where it is easy (set HMS_OTEL_TRIVIAL_DUPLICATES=true to list them)"
+    kept.append(
+        Finding(
+            kind=DUPLICATE_QUERY,
+            fingerprint=hints.finding_fingerprint(DUPLICATE_QUERY, "trivial"),
+            repetitions=sum(f.repetitions for f in trivial),
+            duration_ms=duration_ms,
+            fix=fix,
+            hint=f"{activity.name or activity.route}: {subject} ({duration_ms:.1f} ms) — {fix}",
+            route=activity.route,
+            subject=subject,
+            members=members[:MAX_TRIVIAL_MEMBERS],
+        )
+    )
+    return kept
