@@ -566,6 +566,24 @@ class Settings:
         "Single-key cache reads of one key pattern under one owner that make a cache N+1 finding.",
         "signals",
     )
+    cache_miss_min_requests: int = setting(
+        "HMS_OTEL_CACHE_MISS_MIN_REQUESTS",
+        Int(1),
+        3,
+        "Requests (or other owners) whose cache misses at one code site were followed by SQL and "
+        "never written before a miss-without-fill finding; a write of the key pattern anywhere in "
+        "the process (a background job, a command, another path) means it is filled by design.",
+        "signals",
+    )
+    cache_ignore_key_prefixes: tuple[str, ...] = setting(
+        "HMS_OTEL_CACHE_IGNORE_KEY_PREFIXES",
+        NameList("a comma-separated list of key prefixes", nonempty=True),
+        (),
+        "Cache key prefixes that are not application cache reads (left out of cache findings), "
+        "added to the built-in rq:, celery-task-meta-, celery-taskset-meta-, chord-unlock-, "
+        "_kombu., unacked, django.contrib.sessions.",
+        "signals",
+    )
     cache_invalidation_threshold: int = setting(
         "HMS_OTEL_CACHE_INVALIDATION_THRESHOLD",
         Int(2),

@@ -38,6 +38,7 @@ from hms_otel_agent.export.otlp_encode import http_span_exporter_class
 from hms_otel_agent.export.otlp_json import OtlpJsonFileMetricExporter, OtlpJsonFileSpanExporter
 from hms_otel_agent.export.resilient import ResilientMetricExporter, ResilientSpanExporter, plain_http_session
 from hms_otel_agent.processors import Detector, SignalMetrics, SignalProcessor
+from hms_otel_agent.signals import cache_signals
 from hms_otel_agent.signals.activity import Finding, OwnerActivity
 
 logger = logging.getLogger("hms_otel")
@@ -420,6 +421,7 @@ def build(
     on_findings: Callable[[OwnerActivity, list[Finding]], None] | None = None,
 ) -> Pipeline:
     """Assemble providers. Tests pass their own exporters/readers; the agent passes None."""
+    cache_signals.reset_evidence()  # what the detectors decide across owners starts afresh
     resource = build_resource(settings)
     readers = list(_metric_readers(settings) if metric_readers is None else metric_readers)
     meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
