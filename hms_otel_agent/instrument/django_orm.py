@@ -485,9 +485,10 @@ def _open_queryset(
         if kind == AGGREGATE:
             return None  # the compiler's "query" context, as before
         if outer is not None:
-            if outer.relation and queryset.model is _ContentType and _ContentType is not None:
-                # ContentType.objects.get_for_id() inside a generic relation load: a one-off
-                # lookup (Django caches it per process), not part of the relation's N loads.
+            if queryset.model is _ContentType and _ContentType is not None:
+                # ContentType.objects.get_for_id() / get_by_natural_key() inside a generic
+                # relation load or another query (taggit's): a one-off lookup (Django caches it
+                # per process), not part of the outer operation's repeats.
                 return current_orm.set(_context(_label(queryset.model), kind))
             return None
         facts = NO_FACTS

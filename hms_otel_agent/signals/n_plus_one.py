@@ -23,7 +23,14 @@ import dataclasses
 from hms_otel_agent.config import Settings
 from hms_otel_agent.signals import activity as a
 from hms_otel_agent.signals import fixes, hints
-from hms_otel_agent.signals.activity import DbCall, Finding, OwnerActivity, most_common, total_ms
+from hms_otel_agent.signals.activity import (
+    DbCall,
+    Finding,
+    OwnerActivity,
+    most_common,
+    outside_cache_calls,
+    total_ms,
+)
 
 N_PLUS_ONE = "n_plus_one"
 DUPLICATE_QUERY = "duplicate_query"
@@ -51,9 +58,15 @@ def repeat_shape(calls: list[DbCall]) -> str:
     return VARYING
 
 
+# Django caches ContentType lookups per process: their repeats are a cold cache, once.
+_PROCESS_CACHED = frozenset(("contenttypes.ContentType",))
+
+
 def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
     groups: dict[tuple[str, str, str], list[DbCall]] = {}
-    for call in activity.db_calls:
+    # SQL a cache call runs itself (DatabaseCache) is the cache's, not the application's.
+    db_calls = outside_cache_calls(activity.db_calls, activity.cache_calls) if activity.cache_calls else None
+    for call in activity.db_calls if db_calls is None else db_calls:
         # By statement; a lazy load by relation: one relation is one fix, whatever the SQL (a
         # GenericForeignKey loads from several tables).
         orm = call.orm
@@ -82,6 +95,9 @@ def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
         duration_ms = total_ms(calls)
         if duration_ms < settings.n_plus_one_min_duration_ms:
             continue
+        if key[0] and calls[0].orm is not None and calls[0].orm.model in _PROCESS_CACHED:
+            n_plus_one_fingerprints.add(calls[0].fingerprint)
+            continue
         finding, fix = _n_plus_one(activity, calls, duration_ms, generic_types)
         if finding is not None:
             findings.append(finding)
@@ -90,7 +106,7 @@ def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
                 structural.append((finding, fix))
     if len(structural) > 1:
         findings = _combined(activity, findings, structural)
-    findings.extend(_duplicates(activity, settings, n_plus_one_fingerprints))
+    findings.extend(_duplicates(activity, settings, n_plus_one_fingerprints, db_calls))
     findings.sort(key=lambda f: -f.duration_ms)
     return findings
 
@@ -178,7 +194,9 @@ def _n_plus_one(
     hint = hints.sentence(owner, subject, count, duration_ms, location, action)
     # A relation's SQL may vary (GenericForeignKey): the relation identifies the finding, with
     # where its queryset came from (its cause), else where it ran.
-    fingerprint = hints.site_fingerprint(N_PLUS_ONE, relation or first.fingerprint, origin or location)
+    # Two paths to one relation (termination_a__circuit, termination_z__circuit) are two.
+    key = f"{relation}\x1f{orm.path}" if relation and orm is not None and orm.path else relation
+    fingerprint = hints.site_fingerprint(N_PLUS_ONE, key or first.fingerprint, origin or location)
     finding = Finding(
         kind=N_PLUS_ONE,
         fingerprint=fingerprint,
@@ -226,10 +244,12 @@ def _combined(
     return [replaced.get(id(f), f) for f in findings]
 
 
-def _duplicates(activity: OwnerActivity, settings: Settings, covered: set[str]) -> list[Finding]:
+def _duplicates(
+    activity: OwnerActivity, settings: Settings, covered: set[str], db_calls: list[DbCall] | None
+) -> list[Finding]:
     """The same statement with the same parameters, run again: the result could be reused."""
     groups: dict[tuple[str, int, int | None], list[DbCall]] = {}
-    for call in activity.db_calls:
+    for call in activity.db_calls if db_calls is None else db_calls:
         if call.params_hash is not None and call.fingerprint not in covered:
             groups.setdefault((call.fingerprint, call.params_hash, call.text_hash), []).append(call)
     findings: list[Finding] = []
@@ -251,7 +271,9 @@ def _duplicates(activity: OwnerActivity, settings: Settings, covered: set[str]) 
             shown = hints.checked_fix(fixes.admin_count_fix(model, admin))
             if shown.text:
                 fix, fix_kind = shown.text, shown.kind
-        what = hints.query_noun(model, first.table)
+        # A related manager's query is named by its relation (``User.notifications``), not by
+        # the model of the instance it hangs off.
+        what = f"{relation.partition('.')[2]} query" if relation else hints.query_noun(model, first.table)
         hint = hints.sentence(
             activity.name or activity.route,
             f"the same {what} with the same parameters run",
