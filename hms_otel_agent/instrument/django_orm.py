@@ -1366,7 +1366,7 @@ def _install() -> None:
     _patch_existing_manager_classes(generic_descriptor)
     _register_framework_frames()
     _patch_custom_many_to_many()
-    fix_check.install()
+    fix_check.install(_accessors)
     if apps.is_installed("django.contrib.admin"):
         from django.contrib.admin.views.main import ChangeList
 
