@@ -250,7 +250,7 @@ def _accessors(model: Any) -> dict[str, tuple[str, str, str]]:
         remote = ""
         if field.auto_created and not field.concrete:  # a reverse relation (ForeignObjectRel)
             name = field.get_accessor_name()
-            if not name or name not in model.__dict__ and not hasattr(model, name):
+            if not name or not hasattr(model, name):
                 continue  # no accessor on the model (django-taggit's Tag -> tagged models)
             remote = str(field.field.name)
             if field.one_to_one:
