@@ -449,6 +449,11 @@ def _findings(console: Any, findings: list[FindingGroup], width: int, counted_in
             fix = Text("fix: ", style="dim")
             fix.append(printable(g.fix), style="green")
             _wrapped(console, fix, width, indent=_INDENT)
+            origin = g.origin
+            if origin is not None and origin != g.location:
+                place = Text("on the queryset at: ", style="dim")
+                place.append(printable(str(origin)), style="cyan")
+                _wrapped(console, place, width, indent=_INDENT)
 
 
 def _cache_table(console: Any, patterns: list[KeyPatternStats], width: int) -> None:
