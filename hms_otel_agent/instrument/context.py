@@ -161,8 +161,13 @@ def user_location(frame: FrameType | None = None, max_depth: int = MAX_DEPTH) ->
         frame = sys._getframe(1)
     classified = _classified
     depth = 0
+    template_code = _template_node_code
     while frame is not None and depth < max_depth:
         code = frame.f_code
+        if code is template_code:  # a template node renders it: the template and its line
+            at = _template_location(frame.f_locals.get("self"))
+            if at is not None:
+                return at
         shown = classified.get(code.co_filename)
         if shown is None:
             shown = _classify(code.co_filename, frame.f_globals.get("__name__"))
@@ -170,7 +175,11 @@ def user_location(frame: FrameType | None = None, max_depth: int = MAX_DEPTH) ->
             key = (code, frame.f_lineno)
             location = _locations.get(key)
             if location is None:
-                location = CodeLocation(shown, frame.f_lineno, function_name(frame))
+                # A Jinja2 template's compiled code: the template and its line, not the module's.
+                jinja = frame.f_globals.get("__jinja_template__")
+                location = jinja_location(jinja, frame.f_lineno) if jinja is not None else None
+                if location is None:
+                    location = CodeLocation(shown, frame.f_lineno, function_name(frame))
                 if len(_locations) < 100_000:
                     _locations[key] = location
             return location
@@ -200,24 +209,13 @@ def _framework_location(kind: int, frame: FrameType) -> CodeLocation | None:
 
 
 def _template_location(node: Any) -> CodeLocation | None:
-    """``clinic/templates/clinic/visit_list.html:12`` of the node being rendered."""
+    """The template line of the node being rendered (`template_location`), when the template
+    is not a library's (the admin's: keep walking to the user's code)."""
     origin = getattr(node, "origin", None)
-    token = getattr(node, "token", None)
-    name = getattr(origin, "name", None)
-    line = getattr(token, "lineno", None)
-    if not isinstance(name, str) or not isinstance(line, int) or name.startswith("<"):
+    path = getattr(origin, "name", None)
+    if isinstance(path, str) and os.path.abspath(path).startswith(_LIBRARY_DIRS):
         return None
-    key = (name, line)
-    location = _framework_locations.get(key)
-    if location is None:
-        path = os.path.abspath(name)
-        if path.startswith(_LIBRARY_DIRS):
-            return None  # a library's template (the admin's): keep walking to the user's code
-        shown = display_path(path)
-        location = CodeLocation(shown, line, "")  # a template has no function
-        if len(_framework_locations) < 50_000:
-            _framework_locations[key] = location
-    return location
+    return template_location(node)
 
 
 def _member_location(cls: type, name: Any) -> CodeLocation | None:
@@ -269,3 +267,42 @@ def class_location(cls: type) -> CodeLocation | None:
     if not shown:
         return None
     return CodeLocation(shown, _class_line(cls), cls.__qualname__)
+
+
+# Django's ``Node.render_annotated`` (set by `instrument.django_templates`): the frame of the
+# template node being rendered when the ORM, the cache or an HTTP client is called from a template.
+_template_node_code: CodeType | None = None
+_template_locations: dict[tuple[str, int], CodeLocation] = {}
+TEMPLATE_FUNCTION = "template"
+
+
+def jinja_location(template: Any, code_line: int) -> CodeLocation | None:
+    """``clinic/ward_board.jinja:3 in template`` for a line of a Jinja2 template's compiled code
+    (its debug info maps code lines to template lines)."""
+    try:
+        name = template.name or template.filename
+        line = template.get_corresponding_lineno(code_line)
+    except Exception:  # a template object of another shape: the plain frame location
+        return None
+    if not isinstance(name, str) or not isinstance(line, int):
+        return None
+    return CodeLocation(name, line, TEMPLATE_FUNCTION)
+
+
+def template_location(node: Any) -> CodeLocation | None:
+    """``hms/visit_list.html:12 in template`` for a template node (its origin and token line)."""
+    try:
+        line = node.token.lineno
+        origin = node.origin
+        name = origin.template_name or origin.name
+    except AttributeError:
+        return None
+    if not isinstance(name, str) or not isinstance(line, int):
+        return None
+    key = (name, line)
+    location = _template_locations.get(key)
+    if location is None:
+        location = CodeLocation(name, line, TEMPLATE_FUNCTION)
+        if len(_template_locations) < 10_000:
+            _template_locations[key] = location
+    return location

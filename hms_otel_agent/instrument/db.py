@@ -21,6 +21,7 @@ processor drops them then. They are never exported.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Awaitable, Callable
 from time import perf_counter
@@ -35,7 +36,7 @@ from opentelemetry.trace.status import Status, StatusCode
 
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
-from hms_otel_agent.instrument import sdk_internals
+from hms_otel_agent.instrument import db_semconv, sdk_internals
 from hms_otel_agent.instrument.context import current_orm, user_location
 from hms_otel_agent.instrument.sdk_internals import set_attributes
 from hms_otel_agent.signals.activity import OrmContext
@@ -55,7 +56,7 @@ TRUNCATED = "…"
 
 
 class DbSpanRecord:
-    __slots__ = ("execution", "fingerprint", "orm", "params_hash", "rows", "text_hash")
+    __slots__ = ("execution", "fingerprint", "orm", "params_hash", "rows", "stable", "text_hash")
 
     def __init__(
         self, fingerprint: Any, params_hash: int | None, orm: OrmContext | None, text_hash: int | None = None
@@ -67,6 +68,8 @@ class DbSpanRecord:
         self.rows = -1
         # (statement, parameters, cursor) until the span ends; never exported
         self.execution: tuple[Any, Any, Any] | None = None
+        # the stable statement attributes (db_semconv), for the metric; None: old names only
+        self.stable: dict[str, Any] | None = None
 
 
 def orm_attributes(orm: OrmContext) -> dict[str, Any]:
@@ -156,21 +159,42 @@ def _statement_and_name(tracer: Any, cursor: Any, args: tuple[Any, ...]) -> tupl
     return tracer.get_statement(cursor, args), tracer.get_operation_name(cursor, args)
 
 
+def _peer_attributes(integration: Any, mode: Any) -> dict[str, Any]:
+    """`db_semconv.peer_attributes` of the connection, once per connection (contrib fills its
+    ``span_attributes`` when it connects; the copy is kept with the size it had)."""
+    contrib = integration.span_attributes
+    cached = getattr(integration, "_hms_peer", None)
+    if cached is not None and cached[0] is contrib and cached[1] == len(contrib):
+        return cached[2]
+    peer = db_semconv.peer_attributes(contrib, mode)
+    with contextlib.suppress(Exception):  # an integration without room for it: computed each time
+        integration._hms_peer = (contrib, len(contrib), peer)
+    return peer
+
+
 def _contrib_attributes(integration: Any, statement: str, args: tuple[Any, ...]) -> dict[str, Any]:
-    """The attributes the contrib's ``_populate_span`` sets, with `statement` as the statement."""
+    """The attributes the contrib's ``_populate_span`` sets, with `statement` as the statement;
+    the peer and the parameters named as the database mode says (`db_semconv`)."""
     mode = integration._sem_conv_opt_in_mode_db
+    ours = db_semconv.mode_of(mode)
     attributes: dict[str, Any] = {}
     _set_db_system(attributes, integration.database_system, mode)
     _set_db_name(attributes, integration.database, mode)
     _set_db_statement(attributes, statement, mode)
-    attributes.update(integration.span_attributes)
+    if ours.stable:
+        attributes.update(_peer_attributes(integration, ours))
+    else:
+        attributes.update(integration.span_attributes)
     if integration.capture_parameters and len(args) > 1:
-        attributes["db.statement.parameters"] = str(args[1])
+        if ours.old:
+            attributes["db.statement.parameters"] = str(args[1])
+        if ours.stable:
+            attributes.update(db_semconv.parameter_attributes(args[1]))
     return attributes
 
 
 def _populate(
-    tracer: Any, span: Any, cursor: Any, args: tuple[Any, ...], statement: Any, mask: bool
+    tracer: Any, span: Any, cursor: Any, args: tuple[Any, ...], statement: Any, mask: bool, method: str
 ) -> DbSpanRecord | None:
     """Every attribute of the DB span in one write: the contrib's, with the statement masked,
     and the agent's (fingerprint, ORM context); the record the span processor reads."""
@@ -196,6 +220,15 @@ def _populate(
             if long:
                 shown += TRUNCATED
         attributes = _contrib_attributes(integration, shown, args)
+        if db_semconv.mode_of(integration._sem_conv_opt_in_mode_db).stable:
+            size = db_semconv.batch_size(method, args)
+            record.stable = db_semconv.statement_attributes(fp.operation, fp.table, size is not None)
+            attributes.update(record.stable)
+            if size is not None:
+                attributes["db.operation.batch.size"] = size
+            name = record.stable.get("db.query.summary")
+            if name:
+                span.update_name(name)
         attributes["hms.db.fingerprint"] = fp.digest
         if orm is not None:
             attributes.update(orm_attributes(orm))
@@ -212,7 +245,7 @@ def _populate(
 
 
 def _start(
-    tracer: Any, cursor: Any, args: tuple[Any, ...], mask: bool
+    tracer: Any, cursor: Any, args: tuple[Any, ...], mask: bool, method: str = ""
 ) -> tuple[Any, Any, str, tuple[Any, ...], Any]:
     """Start the CLIENT span of one execute as the contrib's ``traced_execution`` does (same
     name, kind, attributes, current span, SQL commenter), with one attribute write."""
@@ -229,12 +262,12 @@ def _start(
                 if tracer._enable_attribute_commenter:  # the comment is exported with the statement
                     args = tracer._update_args_with_added_sql_comment(args, cursor)
                     statement = _statement_and_name(tracer, cursor, args)[0]
-                    record = _populate(tracer, span, cursor, args, statement, mask)
+                    record = _populate(tracer, span, cursor, args, statement, mask, method)
                 else:
-                    record = _populate(tracer, span, cursor, args, statement, mask)
+                    record = _populate(tracer, span, cursor, args, statement, mask, method)
                     args = tracer._update_args_with_added_sql_comment(args, cursor)
             else:
-                record = _populate(tracer, span, cursor, args, statement, mask)
+                record = _populate(tracer, span, cursor, args, statement, mask, method)
     except Exception:
         detach(token)
         span.end()
@@ -258,8 +291,13 @@ def _finish(
             if rows.__class__ is int and rows >= 0:  # -1: a server-side cursor, unknown
                 record.rows = rows
                 set_attributes(span, {"db.response.returned_rows": rows})
-        tracer._record_metrics(cursor, operation, started, error)  # the contrib's metrics (opt-in)
+        if record is not None and record.stable is not None:
+            _record_metrics(tracer, cursor, operation, started, error, record.stable)
+        else:
+            tracer._record_metrics(cursor, operation, started, error)  # the contrib's metrics (opt-in)
         if error is not None and span.is_recording():
+            if record is not None and record.stable is not None:
+                set_attributes(span, db_semconv.error_attributes(error))
             # What the SDK's start_as_current_span does with an exception leaving the block.
             span.record_exception(error)
             span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
@@ -273,6 +311,26 @@ def _finish(
             span.end()
         except Exception as exc:
             guard.report("SQL span hook", exc)
+
+
+def _record_metrics(
+    tracer: Any, cursor: Any, operation: str, started: float, error: Exception | None, stable: dict[str, Any]
+) -> None:
+    """The contrib's ``db.client.operation.duration`` and ``db.client.response.returned_rows``,
+    with the statement's stable attributes (operation, collection, summary) and the error's."""
+    integration = tracer._db_api_integration
+    if integration._duration_histogram is None:
+        return
+    elapsed = perf_counter() - started
+    attributes = tracer._get_metric_attributes(operation, error)
+    attributes.update(stable)
+    if error is not None:
+        attributes.update(db_semconv.error_attributes(error))
+    integration._duration_histogram.record(elapsed, attributes=attributes)
+    if error is None:
+        rows = getattr(cursor, "rowcount", None)
+        if isinstance(rows, int) and rows >= 0:
+            integration._returned_rows_histogram.record(rows, attributes=attributes)
 
 
 def install(settings: Settings) -> None:
@@ -294,7 +352,9 @@ def install(settings: Settings) -> None:
         if not is_instrumentation_enabled():
             return query_method(*args, **kwargs)
         try:
-            span, token, operation, args, record = _start(tracer, cursor, args, mask)
+            span, token, operation, args, record = _start(
+                tracer, cursor, args, mask, getattr(query_method, "__name__", "")
+            )
         except Exception as exc:
             guard.report("SQL span", exc)
             return query_method(*args, **kwargs)
@@ -314,7 +374,9 @@ def install(settings: Settings) -> None:
         if not is_instrumentation_enabled():
             return await query_method(*args, **kwargs)
         try:
-            span, token, operation, args, record = _start(tracer, cursor, args, mask)
+            span, token, operation, args, record = _start(
+                tracer, cursor, args, mask, getattr(query_method, "__name__", "")
+            )
         except Exception as exc:
             guard.report("SQL span", exc)
             return await query_method(*args, **kwargs)
@@ -368,7 +430,8 @@ def _install_stock(mask: bool) -> None:
                 if location is not None:
                     orm = _raw_context(location)
             params = args[1] if len(args) > 1 else None
-            record = DbSpanRecord(fp, _params_hash(params), orm)
+            text_hash = hash(statement) if isinstance(statement, str) else None
+            record = DbSpanRecord(fp, _params_hash(params), orm, text_hash)
             record.execution = (statement, params, cursor)
             if statement and (mask or long):
                 shown = statement[:MAX_EXPORTED_STATEMENT_CHARS] if long else statement
@@ -383,6 +446,13 @@ def _install_stock(mask: bool) -> None:
         original(self, span, cursor, *args)
         try:
             attributes = {"hms.db.fingerprint": fp.digest}
+            if db_semconv.mode_of(self._db_api_integration._sem_conv_opt_in_mode_db).stable:
+                # The statement's stable names (no batch: the stock path does not say which
+                # method ran); the span is named after the summary, as on the fast path.
+                record.stable = db_semconv.statement_attributes(fp.operation, fp.table, False)
+                attributes.update(record.stable)
+                if record.stable.get("db.query.summary"):
+                    span.update_name(record.stable["db.query.summary"])
             if orm is not None:
                 attributes.update(orm_attributes(orm))
             span.set_attributes(attributes)
@@ -393,6 +463,14 @@ def _install_stock(mask: bool) -> None:
     record_metrics = dbapi.CursorTracer._record_metrics
 
     def _record_metrics(self: Any, cursor: Any, *args: Any) -> Any:
+        if args and isinstance(args[-1], Exception):
+            try:
+                span = get_current_span()
+                record = getattr(span, SPAN_RECORD, None)
+                if record is not None and record.stable is not None and span.is_recording():
+                    span.set_attributes(db_semconv.error_attributes(args[-1]))
+            except Exception as exc:
+                guard.report("SQL span hook", exc)
         if args and args[-1] is None:  # no error
             try:
                 span = get_current_span()

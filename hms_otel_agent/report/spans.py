@@ -8,7 +8,9 @@ still analyzed: it is grouped under a stand-in owner for the missing parent.
 
 DB spans from any language or service work: without the agent's ``hms.db.fingerprint`` the
 statement (``db.statement`` or ``db.query.text``) is fingerprinted here, and without
-``hms.orm.*`` attributes detection is SQL-level.
+``hms.orm.*`` attributes detection is SQL-level. Either generation of semantic-convention names
+is read (`signals.semconv`: the stable name, else the old one it replaced), so spans recorded
+with any OTEL_SEMCONV_STABILITY_OPT_IN give the same findings.
 
 The agent's ``hms.db.connect`` events (new database connections) become the `ConnectCall`s of
 the owner of the span they are on, the ``hms.explain`` events on an owner its plans, and
@@ -23,7 +25,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hms_otel_agent.report.otlp import KIND_SERVER, SpanData
+from hms_otel_agent.report.otlp import KIND_CLIENT, KIND_SERVER, SpanData
+from hms_otel_agent.signals import time_split
 from hms_otel_agent.signals.activity import (
     MAX_CALLS_PER_OWNER,
     UNKNOWN_MAX_AGE,
@@ -36,8 +39,10 @@ from hms_otel_agent.signals.activity import (
     PlanSummary,
 )
 from hms_otel_agent.signals.fingerprint import fingerprint_sql
+from hms_otel_agent.signals.http_calls import HttpCall
 from hms_otel_agent.signals.http_privacy import HttpPrivacy
 from hms_otel_agent.signals.routes import readable_name, readable_route
+from hms_otel_agent.signals.semconv import stable_value
 from hms_otel_agent.signals.vocabulary import (
     CACHE_SCOPES,
     CONNECT_EVENT,
@@ -46,9 +51,14 @@ from hms_otel_agent.signals.vocabulary import (
     DJANGO_SCOPE,
     EAGER_LOADS_SCOPE,
     EXPLAIN_EVENT,
+    HTTP_CLIENT_SCOPES,
+    HTTP_TIMEOUT,
     ORIGIN_PREFIX,
     RUN_ID_ATTRIBUTE,
+    TEMPLATE_NAME,
+    TEMPLATE_SCOPE,
     TEST_ATTRIBUTE,
+    TIME_PREFIX,
     finding_of,
     location_of,
     plan_of,
@@ -59,7 +69,13 @@ from hms_otel_agent.signals.vocabulary import text as _text
 AGGREGATE_SCOPES = frozenset((EAGER_LOADS_SCOPE,))
 CACHE_SYSTEMS = frozenset(("redis", "memcached", "valkey", "keydb", "dragonfly"))
 
-OWNER, DB, CACHE = 0, 1, 2
+OWNER, DB, CACHE, HTTP, TEMPLATE = 0, 1, 2, 3, 4
+_TIME_KIND = {
+    DB: time_split.DB,
+    CACHE: time_split.CACHE,
+    HTTP: time_split.HTTP,
+    TEMPLATE: time_split.TEMPLATE,
+}
 
 # What counts as a write or a delete, as the cache instrumentation counts them
 # (instrument/django_cache.py, instrument/cache_hooks.py): per key where the key count is known.
@@ -79,18 +95,73 @@ def role(span: SpanData) -> int:
         return CACHE
     if span.scope in DB_SCOPES or "hms.db.fingerprint" in attributes:
         return DB
-    system = attributes.get("db.system") or attributes.get("db.system.name")
+    system = stable_value(attributes, "db.system.name")
     if system and span.kind != KIND_SERVER:
         return CACHE if str(system).lower() in CACHE_SYSTEMS else DB
     if "db.statement" in attributes or "db.query.text" in attributes:
         return DB
+    if span.scope in HTTP_CLIENT_SCOPES or (
+        span.kind == KIND_CLIENT and ("url.full" in attributes or "http.url" in attributes)
+    ):
+        return HTTP
+    if span.scope == TEMPLATE_SCOPE or TEMPLATE_NAME in attributes:
+        return TEMPLATE
     return OWNER
+
+
+def http_call(span: SpanData) -> HttpCall:
+    """An outbound call as the live hook records it; its URL made safe again (spans of other
+    agents may carry it raw), its raw form unknown (`HttpCall.url_hash` None)."""
+    attributes = span.attributes
+    method = _text(attributes, "http.request.method") or _text(attributes, "http.method")
+    method = (method or span.name.split(" ", 1)[0]).upper()
+    url = _text(attributes, "url.full") or _text(attributes, "http.url")
+    status = attributes.get("http.response.status_code", attributes.get("http.status_code"))
+    timeout = attributes.get(HTTP_TIMEOUT)
+    return HttpCall(
+        method=method if method.isalpha() and len(method) <= 10 else "_OTHER",
+        url=_URLS.target(url) if url else "",
+        start_ns=span.start_ns,
+        duration_ns=span.duration_ns,
+        status_code=_int(status) if status is not None else 0,
+        timeout=timeout if isinstance(timeout, bool) else None,
+        location=location_of(attributes),
+    )
+
+
+def time_of(owner_span: SpanData, intervals: time_split.Intervals | None) -> dict[str, float]:
+    """The owner's time split: as the live agent recorded it (``hms.time.*``), else computed
+    from the child spans in the data."""
+    attributes = owner_span.attributes
+    recorded = {key: attributes.get(TIME_PREFIX + key) for key in time_split.KEYS}
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in recorded.values()):
+        return {key: float(value) for key, value in recorded.items()}  # type: ignore[arg-type]
+    return time_split.split(owner_span.start_ns, owner_span.end_ns, intervals)
+
+
+def _stable_text(attributes: dict[str, Any], name: str) -> str:
+    """`_text` of the stable name `name`, else of the old name it replaced."""
+    value = stable_value(attributes, name)
+    return value if isinstance(value, str) else ""
+
+
+_PARAMETER_PREFIX = "db.query.parameter."
+
+
+def _parameters(attributes: dict[str, Any]) -> Any:
+    """The statement's parameters when they were exported (opt-in): the old single attribute,
+    else the stable ``db.query.parameter.<key>`` ones in key order; None when not exported."""
+    old = attributes.get("db.statement.parameters", attributes.get("db.query.parameters"))
+    if old is not None:
+        return old
+    found = sorted((k, str(v)) for k, v in attributes.items() if k.startswith(_PARAMETER_PREFIX))
+    return found or None
 
 
 def db_call(span: SpanData) -> DbCall | None:
     """The DbCall for a DB span, or None when it carries no statement and no fingerprint."""
     attributes = span.attributes
-    statement = _text(attributes, "db.statement") or _text(attributes, "db.query.text")
+    statement = _stable_text(attributes, "db.query.text")
     digest = _text(attributes, "hms.db.fingerprint")
     if not statement and not digest:
         return None
@@ -112,7 +183,7 @@ def db_call(span: SpanData) -> DbCall | None:
         )
     elif loc is not None:
         orm = OrmContext(model="", kind="raw", location=loc)  # as the live DB hook does
-    parameters = attributes.get("db.statement.parameters", attributes.get("db.query.parameters"))
+    parameters = _parameters(attributes)
     return DbCall(
         fingerprint=digest or (fp.digest if fp else ""),
         statement=fp.normalized if fp else "",
@@ -160,7 +231,7 @@ def _connect_call(attributes: dict[str, Any], time_ns: int) -> ConnectCall:
         duration_ns=int(duration_ms * 1e6),
         conn_max_age=None if max_age == -1 else max_age,
         pooled=attributes.get("hms.db.pooled") is True,
-        vendor=_text(attributes, "db.system"),
+        vendor=_stable_text(attributes, "db.system.name"),
     )
 
 
@@ -179,11 +250,11 @@ def cache_call(span: SpanData) -> CacheCall:
     attributes = span.attributes
     operation = _text(attributes, "hms.cache.operation")
     if not operation:
-        statement = _text(attributes, "db.statement") or _text(attributes, "db.query.text")
+        statement = _stable_text(attributes, "db.query.text")
         operation = (statement.split(" ", 1)[0] if statement else span.name.split(" ", 1)[0]).upper()
     backend = _text(attributes, "hms.cache.backend")
     if not backend and span.scope != DJANGO_CACHE_SCOPE:
-        backend = str(attributes.get("db.system") or attributes.get("db.system.name") or "")
+        backend = str(stable_value(attributes, "db.system.name") or "")
     call = CacheCall(
         operation=operation,
         key_pattern=_text(attributes, "hms.cache.key_pattern"),
@@ -236,6 +307,7 @@ class Owner:
     run_id: str = ""
     recorded: list[Finding] = field(default_factory=list)
     aggregate: bool = False  # the agent's span for findings over many requests, not a request
+    time: dict[str, float] = field(default_factory=dict)  # the time split (signals/time_split.py)
 
     @property
     def label(self) -> str:
@@ -262,7 +334,8 @@ def _resource_text(span: SpanData, name: str) -> str:
 
 
 def build_owners(spans: Iterable[SpanData]) -> list[Owner]:
-    """Group DB and cache spans under their owners; every non-DB, non-cache span is an owner."""
+    """Group DB, cache, outbound HTTP and template spans under their owners; every other span
+    is an owner."""
     by_id: dict[tuple[str, str], SpanData] = {}
     for span in spans:
         by_id.setdefault((span.trace_id, span.span_id), span)
@@ -339,6 +412,17 @@ def build_owners(spans: Iterable[SpanData]) -> list[Owner]:
         for kind, span in members:
             if span.events:
                 activity.connects.extend(connect_calls(span))
+            if activity.intervals is None:
+                activity.intervals = time_split.Intervals()
+            activity.intervals.add(span.start_ns, span.end_ns, _TIME_KIND[kind])
+            if kind == TEMPLATE:
+                continue
+            if kind == HTTP:
+                if len(activity.http_calls) >= MAX_CALLS_PER_OWNER:
+                    activity.dropped += 1
+                else:
+                    activity.http_calls.append(http_call(span))
+                continue
             if kind == DB:
                 activity.db_count += 1
                 activity.db_duration_ns += span.duration_ns
@@ -354,4 +438,7 @@ def build_owners(spans: Iterable[SpanData]) -> list[Owner]:
                     activity.dropped += 1
                     continue
                 activity.cache_calls.append(cache_call(span))
+    for owner in owners.values():
+        if owner.span is not None and not owner.aggregate:
+            owner.time = time_of(owner.span, owner.activity.intervals)
     return list(owners.values())

@@ -90,9 +90,9 @@ def test_clinic_findings_name_the_trigger_the_origin_and_the_fix(
     # on the view's queryset.
     visit = by_relation(spans["visit-list"])
     assert where(visit["clinic.Visit.patient"]) == (
-        SHOWN + "templates/clinic/visit_list.html",
+        "clinic/visit_list.html",  # the template's name, as on template spans
         line_of("templates/clinic/visit_list.html", "visit.patient"),
-        None,
+        "template",
     )
     built = (
         views,
@@ -131,7 +131,7 @@ def test_clinic_findings_name_the_trigger_the_origin_and_the_fix(
     # A fragment included twice: one finding per relation, at the fragment's line.
     board = by_relation(spans["ward-board"])
     assert set(board) == {"clinic.Ward.site", "clinic.Ward.clinicians"}
-    assert where(board["clinic.Ward.site"])[:2] == (SHOWN + "templates/clinic/_ward_summary.html", 1)
+    assert where(board["clinic.Ward.site"]) == ("clinic/_ward_summary.html", 1, "template")
     assert board["clinic.Ward.site"]["hms.finding.repetitions"] == 6
 
     # A ModelForm's option labels: Clinician.__str__, and the form field holds the queryset.

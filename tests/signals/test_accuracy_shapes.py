@@ -33,7 +33,7 @@ from hms_otel_agent.signals.activity import (
 SETTINGS = config.load({}).settings
 MS = 1_000_000
 VIEWS = "app/views.py"
-TEMPLATE = "app/templates/app/list.html"
+TEMPLATE = "app/list.html"
 
 
 @pytest.fixture(autouse=True)
@@ -312,18 +312,25 @@ def test_9_a_load_triggered_by_a_template_names_the_line_and_the_queryset() -> N
         a.MANY_TO_MANY,
         route,
         "core.Feeding",
-        location=loc(TEMPLATE, 36),
+        location=loc(TEMPLATE, 36, "template"),
         origin=loc(VIEWS, 12, "FeedingList.get_queryset"),
     )
     [finding] = only(detect(owner(calls(orm, 10))))
     assert finding.hint.endswith(
-        "at app/templates/app/list.html:36 — add .prefetch_related('tags') to the Feeding queryset"
+        "at app/list.html:36 in template — add .prefetch_related('tags') to the Feeding queryset"
         " at app/views.py:12 in FeedingList.get_queryset"
     )
 
 
 def test_9_negative_without_an_origin_the_action_names_no_place() -> None:
-    orm = lazy("core.Feeding", "tags", a.MANY_TO_MANY, (TAGS,), "core.Feeding", location=loc(TEMPLATE, 36))
+    orm = lazy(
+        "core.Feeding",
+        "tags",
+        a.MANY_TO_MANY,
+        (TAGS,),
+        "core.Feeding",
+        location=loc(TEMPLATE, 36, "template"),
+    )
     [finding] = only(detect(owner(calls(orm, 10))))
     assert finding.hint.endswith("— add .prefetch_related('tags') to the Feeding queryset")
 
