@@ -597,11 +597,37 @@ class Settings:
         "Executions of the same statement with the same parameters that make a duplicate-query finding.",
         "signals",
     )
+    trivial_duplicates: bool = setting(
+        "HMS_OTEL_TRIVIAL_DUPLICATES",
+        Bool(),
+        False,
+        "Report each duplicate query of two executions under 1 ms in all as a finding of its own; "
+        "by default they are folded into one summary finding per request.",
+        "signals",
+    )
     cache_n_plus_one_threshold: int = setting(
         "HMS_OTEL_CACHE_N_PLUS_ONE_THRESHOLD",
         Int(2),
         5,
         "Single-key cache reads of one key pattern under one owner that make a cache N+1 finding.",
+        "signals",
+    )
+    cache_miss_min_requests: int = setting(
+        "HMS_OTEL_CACHE_MISS_MIN_REQUESTS",
+        Int(1),
+        3,
+        "Requests (or other owners) whose cache misses at one code site were followed by SQL and "
+        "never written before a miss-without-fill finding; a write of the key pattern anywhere in "
+        "the process (a background job, a command, another path) means it is filled by design.",
+        "signals",
+    )
+    cache_ignore_key_prefixes: tuple[str, ...] = setting(
+        "HMS_OTEL_CACHE_IGNORE_KEY_PREFIXES",
+        NameList("a comma-separated list of key prefixes", nonempty=True),
+        (),
+        "Cache key prefixes that are not application cache reads (left out of cache findings), "
+        "added to the built-in rq:, celery-task-meta-, celery-taskset-meta-, chord-unlock-, "
+        "_kombu., unacked, django.contrib.sessions.",
         "signals",
     )
     cache_invalidation_threshold: int = setting(

@@ -56,11 +56,14 @@ TRUNCATED = "…"
 
 
 class DbSpanRecord:
-    __slots__ = ("execution", "fingerprint", "orm", "params_hash", "rows", "stable")
+    __slots__ = ("execution", "fingerprint", "orm", "params_hash", "rows", "stable", "text_hash")
 
-    def __init__(self, fingerprint: Any, params_hash: int | None, orm: OrmContext | None) -> None:
+    def __init__(
+        self, fingerprint: Any, params_hash: int | None, orm: OrmContext | None, text_hash: int | None = None
+    ) -> None:
         self.fingerprint = fingerprint
         self.params_hash = params_hash
+        self.text_hash = text_hash  # the statement as sent: slices differ only in LIMIT/OFFSET text
         self.orm = orm
         self.rows = -1
         # (statement, parameters, cursor) until the span ends; never exported
@@ -95,6 +98,7 @@ def _build_orm_attributes(orm: OrmContext) -> dict[str, Any]:
         if orm.filtered:
             attributes["hms.orm.filtered"] = True
     attributes.update(code_attributes(orm.location))
+    attributes.update(code_attributes(orm.origin, "hms.orm.origin."))
     return attributes
 
 
@@ -206,7 +210,7 @@ def _populate(
             if location is not None:
                 orm = _raw_context(location)
         params = args[1] if len(args) > 1 else None
-        record = DbSpanRecord(fp, _params_hash(params), orm)
+        record = DbSpanRecord(fp, _params_hash(params), orm, hash(statement))
         record.execution = (statement, params, cursor)
         shown = statement
         if statement and (mask or long):
@@ -426,7 +430,8 @@ def _install_stock(mask: bool) -> None:
                 if location is not None:
                     orm = _raw_context(location)
             params = args[1] if len(args) > 1 else None
-            record = DbSpanRecord(fp, _params_hash(params), orm)
+            text_hash = hash(statement) if isinstance(statement, str) else None
+            record = DbSpanRecord(fp, _params_hash(params), orm, text_hash)
             record.execution = (statement, params, cursor)
             if statement and (mask or long):
                 shown = statement[:MAX_EXPORTED_STATEMENT_CHARS] if long else statement
