@@ -50,6 +50,7 @@ from hms_otel_agent.signals.vocabulary import (
     EAGER_LOADS_SCOPE,
     EXPLAIN_EVENT,
     HTTP_TIMEOUT,
+    ORIGIN_PREFIX,
     RUN_ID_ATTRIBUTE,
     TEMPLATE_NAME,
     TEST_ATTRIBUTE,
@@ -169,6 +170,7 @@ def db_call(span: SpanData) -> DbCall | None:
             root_model=_text(attributes, "hms.orm.root_model"),
             filtered=attributes.get("hms.orm.filtered") is True,
             location=loc,
+            origin=location_of(attributes, ORIGIN_PREFIX),
         )
     elif loc is not None:
         orm = OrmContext(model="", kind="raw", location=loc)  # as the live DB hook does

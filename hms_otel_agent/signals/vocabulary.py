@@ -74,28 +74,35 @@ def finding_event(kind: str) -> str:
 # --- code locations ----------------------------------------------------------------------------
 
 
-def code_attributes(location: CodeLocation | None) -> dict[str, object]:
-    """The semantic-convention ``code.*`` attributes of a location (empty when unknown)."""
+ORIGIN_PREFIX = "hms.orm.origin."  # where a queryset came from: hms.orm.origin.code.*
+
+
+def code_attributes(location: CodeLocation | None, prefix: str = "") -> dict[str, object]:
+    """The semantic-convention ``code.*`` attributes of a location (empty when unknown; no
+    function for a template line); `prefix` `ORIGIN_PREFIX` for where a queryset came from."""
     if location is None:
         return {}
-    return {
-        "code.file.path": location.file,
-        "code.line.number": location.line,
-        "code.function.name": location.function,
+    attributes: dict[str, object] = {
+        prefix + "code.file.path": location.file,
+        prefix + "code.line.number": location.line,
     }
+    if location.function:
+        attributes[prefix + "code.function.name"] = location.function
+    return attributes
 
 
-def location_of(attributes: dict[str, Any]) -> CodeLocation | None:
-    """The location in ``code.*`` attributes, stable or older names (any producer)."""
-    file = attributes.get("code.file.path") or attributes.get("code.filepath")
+def location_of(attributes: dict[str, Any], prefix: str = "") -> CodeLocation | None:
+    """The location in ``code.*`` attributes, stable or older names (any producer); with
+    `prefix` `ORIGIN_PREFIX`, where the queryset came from."""
+    file = attributes.get(prefix + "code.file.path") or attributes.get(prefix + "code.filepath")
     if not file:
         return None
-    line = attributes.get("code.line.number", attributes.get("code.lineno"))
+    line = attributes.get(prefix + "code.line.number", attributes.get(prefix + "code.lineno"))
     try:
         number = int(line) if line is not None else 0
     except (TypeError, ValueError):
         number = 0
-    function = attributes.get("code.function.name") or attributes.get("code.function") or ""
+    function = attributes.get(prefix + "code.function.name") or attributes.get(prefix + "code.function") or ""
     return CodeLocation(str(file), number, str(function))
 
 
@@ -156,16 +163,17 @@ def plan_of(attributes: dict[str, Any]) -> PlanSummary | None:
 
 FINDING_KIND = "hms.finding.kind"
 # The optional Finding fields in the order their attributes are written (an event's attributes
-# are exported in insertion order): field, attribute, how the value is read back. None for the
-# location: the ``code.*`` attributes. A field at its default is not written.
-_TEXT, _INT, _LIST = 0, 1, 2
-_OPTIONAL: tuple[tuple[str, str | None, int], ...] = (
+# are exported in insertion order): field, attribute (for a code location: the prefix of its
+# ``code.*`` attributes), how the value is read back. A field at its default is not written.
+_TEXT, _INT, _LIST, _LOCATION = 0, 1, 2, 3
+_OPTIONAL: tuple[tuple[str, str, int], ...] = (
     ("statement", "hms.finding.statement", _TEXT),
     ("model", "hms.orm.model", _TEXT),
     ("relation", "hms.orm.relation", _TEXT),
     ("relation_kind", "hms.orm.relation_kind", _TEXT),
     ("key_pattern", "hms.cache.key_pattern", _TEXT),
-    ("location", None, _TEXT),
+    ("location", "", _LOCATION),  # code.*
+    ("origin", ORIGIN_PREFIX, _LOCATION),  # hms.orm.origin.code.*
     ("fix", "hms.hint.fix", _TEXT),
     ("fix_kind", "hms.hint.fix_kind", _TEXT),
     ("hint", "hms.hint", _TEXT),
@@ -188,8 +196,8 @@ def finding_attributes(finding: Finding) -> dict[str, Any]:
     }
     for name, attribute, how in _OPTIONAL:
         value = getattr(finding, name)
-        if attribute is None:
-            attributes.update(code_attributes(value))
+        if how == _LOCATION:
+            attributes.update(code_attributes(value, attribute))
         elif value:
             attributes[attribute] = list(value) if how == _LIST else value
     return attributes
@@ -203,8 +211,8 @@ def finding_of(attributes: dict[str, Any], route: str = "") -> Finding | None:
     duration = attributes.get("hms.finding.duration_ms")
     optional: dict[str, Any] = {}
     for name, attribute, how in _OPTIONAL:
-        if attribute is None:
-            optional[name] = location_of(attributes)
+        if how == _LOCATION:
+            optional[name] = location_of(attributes, attribute)
         elif how == _TEXT:
             optional[name] = text(attributes, attribute)
         elif how == _INT:
