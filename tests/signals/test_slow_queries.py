@@ -138,7 +138,7 @@ PHI = "Jane O'Hara 1984-03-02 MRN-004211"
             "(created_at >= '2024-01-01 00:00:00+00'::timestamp with time zone))",
             ("date_of_birth", "created_at"),
         ),
-        ('("Weird Col" = $1)', ("Weird Col",)),
+        ('("Weird Col" = $1)', ()),  # a quoted name that is not a lower-case word is masked
         ("(patient_id = 4211)", ("patient_id",)),
         ("(national_id IS NOT NULL)", ("national_id",)),
     ],
