@@ -3,11 +3,14 @@
 The contrib instrumentations wrap connections and cursors and make one CLIENT span per
 execute / executemany / callproc in `dbapi.CursorTracer.traced_execution` (and its async
 twin), shared by psycopg and psycopg2. The agent replaces those two methods with the same span
-— name, kind, attributes, current span, exception status, SQL commenter and the contrib's
-metrics — built with one attribute write and without the SDK's two generator context
+— kind, attributes, current span, exception status, SQL commenter and the contrib's metrics —
+built with one attribute write and without the SDK's two generator context
 managers (the stock path sets attributes one call and one validation at a time: on an N+1
 page that was the largest part of the telemetry cost per query), and adds
 
+* a span name built from the statement's tokens, ``SELECT hms_patient`` (`signals.sql_summary`:
+  operation and tables, the form of ``db.query.summary``), where the contrib takes the first word
+  of the raw text (``SELECT'Zebediah'`` would be a name),
 * the statement with inline literals masked (unless opted in),
 * `hms.db.fingerprint` and, when the ORM is behind the query, the model, relation and
   the user's code location,
@@ -21,7 +24,6 @@ processor drops them then. They are never exported.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import Any
@@ -39,6 +41,7 @@ from hms_otel_agent.instrument.context import code_attributes, current_orm, set_
 from hms_otel_agent.signals.activity import OrmContext
 from hms_otel_agent.signals.fingerprint import fingerprint_sql
 from hms_otel_agent.signals.sql_mask import mask_sql_literals
+from hms_otel_agent.signals.sql_summary import summary as sql_summary
 
 # The record the span processor reads back from the span when it ends.
 SPAN_RECORD = "_hms_db"
@@ -121,7 +124,6 @@ def _params_hash(params: Any) -> int | None:
 # --- the traced execution -------------------------------------------------------------------
 
 _original_traced: tuple[Any, Any] | None = None
-_LEADING_COMMENT = re.compile(r"^/\*.*?\*/")
 # CursorTracer class -> whether its statement and operation name are the stock ones for str
 # statements (dbapi's and the psycopg / psycopg2 subclasses', which only add sql.Composable).
 _stock_reading: dict[type, bool] = {}
@@ -138,15 +140,22 @@ def _reads_like_stock(tracer_class: type) -> bool:
     return stock
 
 
-def _statement_and_name(tracer: Any, cursor: Any, args: tuple[Any, ...]) -> tuple[Any, str]:
-    """What ``tracer.get_statement`` and ``tracer.get_operation_name`` return, without their
-    method layers for the common case (a str statement); the stock name of a comment-only
-    statement raises IndexError, this gives ""."""
+def _statement_and_name(tracer: Any, cursor: Any, args: tuple[Any, ...]) -> tuple[Any, str, str]:
+    """The statement as ``tracer.get_statement`` returns it (without its method layers for the
+    common case, a str statement), the span name and the operation. The name is the statement's
+    summary (``SELECT hms_patient``: operation and tables, read by the SQL lexer), never its raw
+    text: the contrib's first word of ``SELECT'Zebediah'`` or ``SELECT$$Zebediah$$`` is a value."""
     statement = args[0] if args else ""
-    if statement.__class__ is str and _reads_like_stock(tracer.__class__):
-        words = _LEADING_COMMENT.sub("", statement).split(None, 1) if statement else ()
-        return statement, words[0] if words else ""
-    return tracer.get_statement(cursor, args), tracer.get_operation_name(cursor, args)
+    if statement.__class__ is not str or not _reads_like_stock(tracer.__class__):
+        statement = tracer.get_statement(cursor, args)
+    if statement.__class__ is str:
+        text = statement
+    elif isinstance(statement, bytes):
+        text = statement.decode("utf-8", "replace")
+    else:
+        text = str(statement)
+    name = sql_summary(text[:MAX_FINGERPRINT_CHARS]) if text else ""
+    return statement, name, name.partition(" ")[0]
 
 
 def _contrib_attributes(integration: Any, statement: str, args: tuple[Any, ...]) -> dict[str, Any]:
@@ -210,9 +219,9 @@ def _start(
     """Start the CLIENT span of one execute as the contrib's ``traced_execution`` does (same
     name, kind, attributes, current span, SQL commenter), with one attribute write."""
     integration = tracer._db_api_integration
-    statement, operation = _statement_and_name(tracer, cursor, args)
+    statement, name, operation = _statement_and_name(tracer, cursor, args)
     span = integration._tracer.start_span(
-        operation or integration.database or integration.name, kind=SpanKind.CLIENT
+        name or integration.database or integration.name, kind=SpanKind.CLIENT
     )
     token = attach(set_span_in_context(span))
     record = None
