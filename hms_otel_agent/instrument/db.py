@@ -32,19 +32,23 @@ from opentelemetry.context import attach, detach
 from opentelemetry.instrumentation import dbapi
 from opentelemetry.instrumentation._semconv import _set_db_name, _set_db_statement, _set_db_system
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
-from opentelemetry.trace import SpanKind, set_span_in_context
+from opentelemetry.trace import SpanKind, get_current_span, set_span_in_context
 from opentelemetry.trace.status import Status, StatusCode
 
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
-from hms_otel_agent.instrument.context import code_attributes, current_orm, set_attributes, user_location
+from hms_otel_agent.instrument import db_semconv, sdk_internals
+from hms_otel_agent.instrument.context import current_orm, user_location
+from hms_otel_agent.instrument.sdk_internals import set_attributes
 from hms_otel_agent.signals.activity import OrmContext
 from hms_otel_agent.signals.fingerprint import fingerprint_sql
 from hms_otel_agent.signals.sql_mask import mask_sql_literals
+from hms_otel_agent.signals.sql_summary import known_operation
 from hms_otel_agent.signals.sql_summary import summary as sql_summary
+from hms_otel_agent.signals.vocabulary import DB_RECORD, code_attributes
 
 # The record the span processor reads back from the span when it ends.
-SPAN_RECORD = "_hms_db"
+SPAN_RECORD = DB_RECORD
 # Masking and fingerprinting run on the application's thread, in time linear in the statement;
 # a statement of megabytes (an IN list of 100 000 ids) is fingerprinted on its first 16 KiB and
 # exported (masked) up to 4 KiB followed by "…": whole export batches would otherwise be
@@ -55,7 +59,7 @@ TRUNCATED = "…"
 
 
 class DbSpanRecord:
-    __slots__ = ("execution", "fingerprint", "orm", "params_hash", "rows")
+    __slots__ = ("execution", "fingerprint", "orm", "params_hash", "rows", "stable")
 
     def __init__(self, fingerprint: Any, params_hash: int | None, orm: OrmContext | None) -> None:
         self.fingerprint = fingerprint
@@ -64,6 +68,8 @@ class DbSpanRecord:
         self.rows = -1
         # (statement, parameters, cursor) until the span ends; never exported
         self.execution: tuple[Any, Any, Any] | None = None
+        # the stable statement attributes (db_semconv), for the metric; None: old names only
+        self.stable: dict[str, Any] | None = None
 
 
 def orm_attributes(orm: OrmContext) -> dict[str, Any]:
@@ -148,31 +154,42 @@ def _statement_and_name(tracer: Any, cursor: Any, args: tuple[Any, ...]) -> tupl
     statement = args[0] if args else ""
     if statement.__class__ is not str or not _reads_like_stock(tracer.__class__):
         statement = tracer.get_statement(cursor, args)
-    if statement.__class__ is str:
-        text = statement
-    elif isinstance(statement, bytes):
-        text = statement.decode("utf-8", "replace")
-    else:
-        text = str(statement)
+    text = _text(statement)
     name = sql_summary(text[:MAX_FINGERPRINT_CHARS]) if text else ""
     return statement, name, name.partition(" ")[0]
 
 
+def _text(statement: Any) -> str:
+    if statement.__class__ is str:
+        return statement
+    if isinstance(statement, bytes):
+        return statement.decode("utf-8", "replace")
+    return str(statement)
+
+
 def _contrib_attributes(integration: Any, statement: str, args: tuple[Any, ...]) -> dict[str, Any]:
-    """The attributes the contrib's ``_populate_span`` sets, with `statement` as the statement."""
+    """The attributes the contrib's ``_populate_span`` sets, with `statement` as the statement;
+    the peer and the parameters named as the database mode says (`db_semconv`)."""
     mode = integration._sem_conv_opt_in_mode_db
+    ours = db_semconv.mode_of(mode)
     attributes: dict[str, Any] = {}
     _set_db_system(attributes, integration.database_system, mode)
     _set_db_name(attributes, integration.database, mode)
     _set_db_statement(attributes, statement, mode)
-    attributes.update(integration.span_attributes)
+    if ours.stable:
+        attributes.update(db_semconv.peer_attributes(integration.span_attributes, ours))
+    else:
+        attributes.update(integration.span_attributes)
     if integration.capture_parameters and len(args) > 1:
-        attributes["db.statement.parameters"] = str(args[1])
+        if ours.old:
+            attributes["db.statement.parameters"] = str(args[1])
+        if ours.stable:
+            attributes.update(db_semconv.parameter_attributes(args[1]))
     return attributes
 
 
 def _populate(
-    tracer: Any, span: Any, cursor: Any, args: tuple[Any, ...], statement: Any, mask: bool
+    tracer: Any, span: Any, cursor: Any, args: tuple[Any, ...], statement: Any, mask: bool, method: str
 ) -> DbSpanRecord | None:
     """Every attribute of the DB span in one write: the contrib's, with the statement masked,
     and the agent's (fingerprint, ORM context); the record the span processor reads."""
@@ -198,6 +215,15 @@ def _populate(
             if long:
                 shown += TRUNCATED
         attributes = _contrib_attributes(integration, shown, args)
+        if db_semconv.mode_of(integration._sem_conv_opt_in_mode_db).stable:
+            size = db_semconv.batch_size(method, args)
+            record.stable = db_semconv.statement_attributes(fp.operation, fp.table, size is not None)
+            attributes.update(record.stable)
+            if size is not None:
+                attributes["db.operation.batch.size"] = size
+            name = record.stable.get("db.query.summary")
+            if name:
+                span.update_name(name)
         attributes["hms.db.fingerprint"] = fp.digest
         if orm is not None:
             attributes.update(orm_attributes(orm))
@@ -214,7 +240,7 @@ def _populate(
 
 
 def _start(
-    tracer: Any, cursor: Any, args: tuple[Any, ...], mask: bool
+    tracer: Any, cursor: Any, args: tuple[Any, ...], mask: bool, method: str = ""
 ) -> tuple[Any, Any, str, tuple[Any, ...], Any]:
     """Start the CLIENT span of one execute as the contrib's ``traced_execution`` does (same
     name, kind, attributes, current span, SQL commenter), with one attribute write."""
@@ -231,12 +257,12 @@ def _start(
                 if tracer._enable_attribute_commenter:  # the comment is exported with the statement
                     args = tracer._update_args_with_added_sql_comment(args, cursor)
                     statement = _statement_and_name(tracer, cursor, args)[0]
-                    record = _populate(tracer, span, cursor, args, statement, mask)
+                    record = _populate(tracer, span, cursor, args, statement, mask, method)
                 else:
-                    record = _populate(tracer, span, cursor, args, statement, mask)
+                    record = _populate(tracer, span, cursor, args, statement, mask, method)
                     args = tracer._update_args_with_added_sql_comment(args, cursor)
             else:
-                record = _populate(tracer, span, cursor, args, statement, mask)
+                record = _populate(tracer, span, cursor, args, statement, mask, method)
     except Exception:
         detach(token)
         span.end()
@@ -260,8 +286,13 @@ def _finish(
             if rows.__class__ is int and rows >= 0:  # -1: a server-side cursor, unknown
                 record.rows = rows
                 set_attributes(span, {"db.response.returned_rows": rows})
-        tracer._record_metrics(cursor, operation, started, error)  # the contrib's metrics (opt-in)
+        if record is not None and record.stable is not None:
+            _record_metrics(tracer, cursor, operation, started, error, record.stable)
+        else:
+            tracer._record_metrics(cursor, operation, started, error)  # the contrib's metrics (opt-in)
         if error is not None and span.is_recording():
+            if record is not None and record.stable is not None:
+                set_attributes(span, db_semconv.error_attributes(error))
             # What the SDK's start_as_current_span does with an exception leaving the block.
             span.record_exception(error)
             span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
@@ -277,14 +308,38 @@ def _finish(
             guard.report("SQL span hook", exc)
 
 
+def _record_metrics(
+    tracer: Any, cursor: Any, operation: str, started: float, error: Exception | None, stable: dict[str, Any]
+) -> None:
+    """The contrib's ``db.client.operation.duration`` and ``db.client.response.returned_rows``,
+    with the statement's stable attributes (operation, collection, summary) and the error's."""
+    integration = tracer._db_api_integration
+    if integration._duration_histogram is None:
+        return
+    elapsed = perf_counter() - started
+    attributes = tracer._get_metric_attributes(operation, error)
+    attributes.update(stable)
+    if error is not None:
+        attributes.update(db_semconv.error_attributes(error))
+    integration._duration_histogram.record(elapsed, attributes=attributes)
+    if error is None:
+        rows = getattr(cursor, "rowcount", None)
+        if isinstance(rows, int) and rows >= 0:
+            integration._returned_rows_histogram.record(rows, attributes=attributes)
+
+
 def install(settings: Settings) -> None:
     """Replace the contrib's ``CursorTracer.traced_execution`` (and its async twin) with the
     same span built in one attribute write, without two generator context managers, plus the
-    agent's attributes and record."""
+    agent's attributes and record (a fast path: instrument/sdk_internals.py). With the fast paths
+    off, the contrib's own traced execution runs and `_install_stock` adds the agent's part."""
     global _original_traced
-    if _original_traced is not None:
+    if _original_traced is not None or _original_stock:
         return
     mask = not settings.capture_sql_literals
+    if not sdk_internals.fast_paths():
+        _install_stock(mask)
+        return
 
     def traced_execution(
         tracer: Any, cursor: Any, query_method: Callable[..., Any], *args: Any, **kwargs: Any
@@ -292,7 +347,9 @@ def install(settings: Settings) -> None:
         if not is_instrumentation_enabled():
             return query_method(*args, **kwargs)
         try:
-            span, token, operation, args, record = _start(tracer, cursor, args, mask)
+            span, token, operation, args, record = _start(
+                tracer, cursor, args, mask, getattr(query_method, "__name__", "")
+            )
         except Exception as exc:
             guard.report("SQL span", exc)
             return query_method(*args, **kwargs)
@@ -312,7 +369,9 @@ def install(settings: Settings) -> None:
         if not is_instrumentation_enabled():
             return await query_method(*args, **kwargs)
         try:
-            span, token, operation, args, record = _start(tracer, cursor, args, mask)
+            span, token, operation, args, record = _start(
+                tracer, cursor, args, mask, getattr(query_method, "__name__", "")
+            )
         except Exception as exc:
             guard.report("SQL span", exc)
             return await query_method(*args, **kwargs)
@@ -336,3 +395,81 @@ def uninstall() -> None:
     if _original_traced is not None:
         dbapi.CursorTracer.traced_execution, dbapi.CursorTracer.traced_execution_async = _original_traced  # type: ignore[method-assign]
         _original_traced = None
+    while _original_stock:
+        name, original = _original_stock.popitem()
+        setattr(dbapi.CursorTracer, name, original)
+
+
+# --- the stock path ---------------------------------------------------------------------------
+# The contrib's traced_execution makes the span; the agent's part rides on the two methods it
+# calls while the span is open (contrib 0.66b1: `_populate_span` with the statement before the
+# query runs, `_record_metrics` in its `finally`). Both still private: the dbapi instrumentation
+# has no request or response hook.
+
+_original_stock: dict[str, Any] = {}
+
+
+def _install_stock(mask: bool) -> None:
+    original = dbapi.CursorTracer._populate_span
+
+    def _populate_span(self: Any, span: Any, cursor: Any, *args: Any) -> None:
+        if not span.is_recording():
+            return
+        try:
+            statement = self.get_statement(cursor, args)
+            long = isinstance(statement, str) and len(statement) > MAX_EXPORTED_STATEMENT_CHARS
+            fp = fingerprint_sql(statement[:MAX_FINGERPRINT_CHARS] if long else statement)
+            orm = current_orm.get()
+            if orm is None:
+                location = user_location()
+                if location is not None:
+                    orm = _raw_context(location)
+            params = args[1] if len(args) > 1 else None
+            record = DbSpanRecord(fp, _params_hash(params), orm)
+            record.execution = (statement, params, cursor)
+            if statement and (mask or long):
+                shown = statement[:MAX_EXPORTED_STATEMENT_CHARS] if long else statement
+                if mask:  # a literal cut in two is masked whole: what follows an open quote is masked
+                    shown = mask_sql_literals(shown)
+                args = (shown + TRUNCATED if long else shown, *args[1:])
+        except Exception as exc:
+            guard.report("SQL span hook", exc)
+            # Never fall back to exporting the raw statement: it may hold literals.
+            original(self, span, cursor, *(("", *args[1:]) if mask and args else args))
+            return
+        original(self, span, cursor, *args)
+        try:
+            # The contrib named the span after the raw text's first word (SELECT'x' is a value).
+            span.update_name(
+                sql_summary(_text(statement)[:MAX_FINGERPRINT_CHARS]) or self._db_api_integration.name
+            )
+            attributes = {"hms.db.fingerprint": fp.digest}
+            if orm is not None:
+                attributes.update(orm_attributes(orm))
+            span.set_attributes(attributes)
+            setattr(span, SPAN_RECORD, record)
+        except Exception as exc:
+            guard.report("SQL span hook", exc)
+
+    record_metrics = dbapi.CursorTracer._record_metrics
+
+    def _record_metrics(self: Any, cursor: Any, *args: Any) -> Any:
+        if args:  # the operation: the contrib's is the raw text's first word
+            args = (known_operation(args[0]), *args[1:])
+        if args and args[-1] is None:  # no error
+            try:
+                span = get_current_span()
+                record = getattr(span, SPAN_RECORD, None)
+                if record is not None and record.fingerprint.operation == "SELECT":
+                    rows = cursor.rowcount
+                    if rows.__class__ is int and rows >= 0:  # -1: a server-side cursor, unknown
+                        record.rows = rows
+                        span.set_attribute("db.response.returned_rows", rows)
+            except Exception as exc:
+                guard.report("SQL span hook", exc)
+        return record_metrics(self, cursor, *args)
+
+    _original_stock["_populate_span"] = original
+    _original_stock["_record_metrics"] = record_metrics
+    dbapi.CursorTracer._populate_span = _populate_span  # type: ignore[method-assign]
+    dbapi.CursorTracer._record_metrics = _record_metrics  # type: ignore[method-assign,assignment]

@@ -19,7 +19,7 @@ from typing import Final
 from hms_otel_agent.signals import sql_lexer as lx
 from hms_otel_agent.signals.sql_mask import safe_quoted_identifier
 
-__all__ = ["CACHE_MAX_CHARS", "MAX_SUMMARY_CHARS", "read_only_select", "summary"]
+__all__ = ["CACHE_MAX_CHARS", "MAX_SUMMARY_CHARS", "known_operation", "read_only_select", "summary"]
 
 MAX_SUMMARY_CHARS: Final = 255
 """The conventions' recommended maximum length."""
@@ -57,6 +57,14 @@ _NOT_A_NAME: Final = _words(
     """
 )
 _QUERY_START: Final = frozenset({"SELECT", "WITH", "VALUES", "TABLE"})
+
+
+def known_operation(word: object) -> str:
+    """``word`` upper-cased if it is a statement verb the summary knows, else "" (for the
+    contrib's operation name, the raw text's first word)."""
+    if isinstance(word, str) and word.isalpha() and word.upper() in _VERBS:
+        return word.upper()
+    return ""
 
 
 def _significant(sql: str, placeholders: bool = True) -> tuple[list[tuple[int, str]], bool]:
