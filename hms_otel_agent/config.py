@@ -237,6 +237,26 @@ class Url(Parser[str]):
 
 
 @dataclass(frozen=True)
+class DatabaseUrl(Parser[str]):
+    """A libpq connection URI. Its content is never echoed: it may hold a password."""
+
+    @property
+    def accepted(self) -> str:
+        return "a postgresql:// or postgres:// URL"
+
+    def __call__(self, raw: str) -> str:
+        value = raw.strip()
+        try:
+            parts = urlsplit(value)
+            port = parts.port  # raises ValueError on a bad port
+        except ValueError:
+            raise ConfigError from None
+        if parts.scheme not in ("postgresql", "postgres") or (port is not None and port <= 0):
+            raise ConfigError
+        return value
+
+
+@dataclass(frozen=True)
 class ResourceAttributes(Parser[str]):
     @property
     def accepted(self) -> str:
@@ -618,8 +638,18 @@ class Settings:
         "HMS_OTEL_EXPLAIN_TIMEOUT_MS",
         Int(10, 600_000),
         2000,
-        "statement_timeout (and connect timeout) of the EXPLAIN connection.",
+        "statement_timeout, lock_timeout, idle_in_transaction_session_timeout (and connect "
+        "timeout) of the EXPLAIN connection.",
         "signals",
+    )
+    explain_database_url: str | None = setting(
+        "HMS_OTEL_EXPLAIN_DATABASE_URL",
+        DatabaseUrl(),
+        None,
+        "Where EXPLAIN connects, for a role without write privileges (recommended; see "
+        "docs/reliability.md); unset: the application's own connection parameters.",
+        "signals",
+        secret=True,
     )
     explain_seq_scan_rows: int = setting(
         "HMS_OTEL_EXPLAIN_SEQ_SCAN_ROWS",
