@@ -148,15 +148,23 @@ def _reads_like_stock(tracer_class: type) -> bool:
 
 def _statement_and_name(tracer: Any, cursor: Any, args: tuple[Any, ...]) -> tuple[Any, str, str]:
     """The statement as ``tracer.get_statement`` returns it (without its method layers for the
-    common case, a str statement), the span name and the operation. The name is the statement's
-    summary (``SELECT hms_patient``: operation and tables, read by the SQL lexer), never its raw
-    text: the contrib's first word of ``SELECT'Zebediah'`` or ``SELECT$$Zebediah$$`` is a value."""
+    common case, a str statement), the span name and the operation. The name is built from the
+    SQL lexer's tokens, never from raw text (the contrib's first word of ``SELECT'Zebediah'`` or
+    ``SELECT$$Zebediah$$`` is a value): the summary (``SELECT hms_patient``) with the stable
+    database conventions, the operation alone (``SELECT``) with the old ones."""
     statement = args[0] if args else ""
     if statement.__class__ is not str or not _reads_like_stock(tracer.__class__):
         statement = tracer.get_statement(cursor, args)
+    name = _span_name(tracer._db_api_integration, statement)
+    return statement, name, name.partition(" ")[0]
+
+
+def _span_name(integration: Any, statement: Any) -> str:
     text = _text(statement)
     name = sql_summary(text[:MAX_FINGERPRINT_CHARS]) if text else ""
-    return statement, name, name.partition(" ")[0]
+    if db_semconv.mode_of(integration._sem_conv_opt_in_mode_db).stable:
+        return name
+    return name.partition(" ")[0]
 
 
 def _text(statement: Any) -> str:
@@ -217,7 +225,9 @@ def _populate(
         attributes = _contrib_attributes(integration, shown, args)
         if db_semconv.mode_of(integration._sem_conv_opt_in_mode_db).stable:
             size = db_semconv.batch_size(method, args)
-            record.stable = db_semconv.statement_attributes(fp.operation, fp.table, size is not None)
+            record.stable = db_semconv.statement_attributes(
+                fp.operation, fp.table, size is not None, sql_summary(statement[:MAX_FINGERPRINT_CHARS])
+            )
             attributes.update(record.stable)
             if size is not None:
                 attributes["db.operation.batch.size"] = size
@@ -440,9 +450,7 @@ def _install_stock(mask: bool) -> None:
         original(self, span, cursor, *args)
         try:
             # The contrib named the span after the raw text's first word (SELECT'x' is a value).
-            span.update_name(
-                sql_summary(_text(statement)[:MAX_FINGERPRINT_CHARS]) or self._db_api_integration.name
-            )
+            span.update_name(_span_name(self._db_api_integration, statement) or self._db_api_integration.name)
             attributes = {"hms.db.fingerprint": fp.digest}
             if orm is not None:
                 attributes.update(orm_attributes(orm))
