@@ -272,13 +272,13 @@ class Explainer:
         try:
             cursor = connection.cursor()
             try:
+                cursor.execute("DISCARD ALL")
+                cursor.execute(_RESET_SESSION.format(ms=int(job.timeout_ms)))
                 # The exact text the server will see: parameters interpolated client-side.
                 text = _mogrify(cursor, job.statement, job.params)
                 if not read_only_select(text):
                     self.refused += 1
                     return
-                cursor.execute("DISCARD ALL")
-                cursor.execute(_RESET_SESSION.format(ms=int(job.timeout_ms)))
                 cursor.execute("BEGIN READ ONLY")
                 try:
                     cursor.execute("SELECT current_setting('transaction_read_only')")
