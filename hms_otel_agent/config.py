@@ -619,6 +619,45 @@ class Settings:
         "Duration of one SQL statement that makes a slow-query finding.",
         "signals",
     )
+    http_n_plus_one_threshold: int = setting(
+        "HMS_OTEL_HTTP_N_PLUS_ONE_THRESHOLD",
+        Int(2),
+        5,
+        "Outbound HTTP calls to one endpoint template with different URLs (ids) under one owner "
+        "span that make an HTTP N+1 finding.",
+        "signals",
+    )
+    http_slow_ms: float = setting(
+        "HMS_OTEL_HTTP_SLOW_MS",
+        Float(0.0),
+        1000.0,
+        "Duration of one outbound HTTP call that makes a slow-HTTP-call finding.",
+        "signals",
+    )
+    http_sequential_min_calls: int = setting(
+        "HMS_OTEL_HTTP_SEQUENTIAL_MIN_CALLS",
+        Int(2),
+        3,
+        "Outbound HTTP calls one after the other (none overlapping, at least two endpoints) "
+        "that make a could-run-concurrently finding.",
+        "signals",
+    )
+    http_sequential_min_saved_ms: float = setting(
+        "HMS_OTEL_HTTP_SEQUENTIAL_MIN_SAVED_MS",
+        Float(0.0),
+        100.0,
+        "Time running such a run of calls concurrently would save (their sum minus the longest) "
+        "below which it is not reported.",
+        "signals",
+    )
+    http_sequential_max_gap_ms: float = setting(
+        "HMS_OTEL_HTTP_SEQUENTIAL_MAX_GAP_MS",
+        Float(0.0),
+        100.0,
+        "Longest pause between two calls of such a run (a longer one is work that may need the "
+        "previous answer).",
+        "signals",
+    )
     explain: bool = setting(
         "HMS_OTEL_EXPLAIN",
         Bool(),
@@ -993,7 +1032,10 @@ class Settings:
     )
     disabled_instrumentations: tuple[str, ...] = setting(
         "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS",
-        NameList("a comma-separated list of instrumentation names (django, psycopg2, psycopg, redis)"),
+        NameList(
+            "a comma-separated list of instrumentation names (django, django_templates, psycopg2, "
+            "psycopg, redis, requests, httpx, urllib3)"
+        ),
         (),
         "Instrumentations not to apply.",
         "otel",

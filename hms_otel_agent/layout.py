@@ -38,7 +38,7 @@ LAYERS: tuple[tuple[Layer, ...], ...] = (
             "instrument",
             ("instrument",),
             "one module per library (psycopg, redis-py, Django server, ORM, cache, connections, "
-            "EXPLAIN, eager loads, fix checks)",
+            "EXPLAIN, eager loads, fix checks, outbound HTTP clients, templates)",
         ),
     ),
     (

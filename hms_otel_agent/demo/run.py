@@ -268,6 +268,12 @@ class Demo:
         self.say(f"temporary data in {self.workdir} (removed at exit)")
         db_url, redis_url = self.services()
         env = self.app_env(db_url, redis_url)
+        from hms_otel_agent.demo.fhir_server import FakeFhirServer
+
+        fhir = FakeFhirServer()
+        env["HMS_SAMPLE_FHIR_URL"] = fhir.start()  # a thread of this process, loopback only
+        self.cleanup.callback(fhir.stop)
+        self.say(f"fake FHIR server on {fhir.url} (for the outbound-API views)")
         self.prepare(env)
         port = args.port or free_port()
         base_url = self.start_server(env, port)

@@ -63,6 +63,14 @@ def install(settings: Settings, tracer_provider: Any, meter_provider: Any) -> No
     when_imported("psycopg2", "psycopg2", instrument_psycopg2)
     when_imported("psycopg", "psycopg", instrument_psycopg)
     when_imported("redis", "redis", lambda: redis.install(settings, tracer_provider))
+    from hms_otel_agent.instrument import http_client
+
+    for library, apply in (
+        ("requests", http_client.instrument_requests),
+        ("httpx", http_client.instrument_httpx),
+        ("urllib3", http_client.instrument_urllib3),
+    ):
+        when_imported(library, library, lambda apply=apply: apply(settings, tracer_provider, meter_provider))
     if "django" not in disabled and "django" not in _installed:
         _installed.add("django")
         django_server.when_django_ready(
@@ -77,6 +85,10 @@ def install(settings: Settings, tracer_provider: Any, meter_provider: Any) -> No
         from hms_otel_agent.instrument import django_cache
 
         django_server.when_django_ready(django_cache.when_ready(settings, tracer_provider))
+        if "django_templates" not in disabled:
+            from hms_otel_agent.instrument import django_templates
+
+            django_server.when_django_ready(django_templates.install(tracer_provider))
         django_server.hook_django_setup()
 
 
@@ -94,6 +106,10 @@ def uninstall() -> None:
                 from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
 
                 PsycopgInstrumentor().uninstrument()
+            elif name in ("requests", "httpx", "urllib3"):
+                from hms_otel_agent.instrument import http_client
+
+                http_client.uninstall(name)
             elif name == "redis":
                 from hms_otel_agent.instrument import redis
 
@@ -110,6 +126,9 @@ def uninstall() -> None:
                 from hms_otel_agent.instrument import django_cache
 
                 django_cache.uninstall()
+                from hms_otel_agent.instrument import django_templates
+
+                django_templates.uninstall()
         except Exception as exc:
             guard.report(f"{name} uninstrumentation", exc)
     db.uninstall()

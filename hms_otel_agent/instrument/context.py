@@ -12,6 +12,7 @@ import sys
 import sysconfig
 from contextvars import ContextVar
 from types import CodeType, FrameType
+from typing import Any
 
 from hms_otel_agent.layout import agent_parts
 from hms_otel_agent.signals.activity import CodeLocation, OrmContext
@@ -103,8 +104,13 @@ def user_location(frame: FrameType | None = None, max_depth: int = 64) -> CodeLo
         frame = sys._getframe(1)
     classified = _classified
     depth = 0
+    template_code = _template_node_code
     while frame is not None and depth < max_depth:
         code = frame.f_code
+        if code is template_code:  # a template node renders it: the template and its line
+            at = template_location(frame.f_locals.get("self"))
+            if at is not None:
+                return at
         shown = classified.get(code.co_filename)
         if shown is None:
             shown = _classify(code.co_filename, frame.f_globals.get("__name__"))
@@ -112,10 +118,53 @@ def user_location(frame: FrameType | None = None, max_depth: int = 64) -> CodeLo
             key = (code, frame.f_lineno)
             location = _locations.get(key)
             if location is None:
-                location = CodeLocation(shown, frame.f_lineno, code.co_name)
+                # A Jinja2 template's compiled code: the template and its line, not the module's.
+                jinja = frame.f_globals.get("__jinja_template__")
+                location = jinja_location(jinja, frame.f_lineno) if jinja is not None else None
+                if location is None:
+                    location = CodeLocation(shown, frame.f_lineno, code.co_name)
                 if len(_locations) < 100_000:
                     _locations[key] = location
             return location
         frame = frame.f_back
         depth += 1
     return None
+
+
+# Django's ``Node.render_annotated`` (set by `instrument.django_templates`): the frame of the
+# template node being rendered when the ORM, the cache or an HTTP client is called from a template.
+_template_node_code: CodeType | None = None
+_template_locations: dict[tuple[str, int], CodeLocation] = {}
+TEMPLATE_FUNCTION = "template"
+
+
+def jinja_location(template: Any, code_line: int) -> CodeLocation | None:
+    """``clinic/ward_board.jinja:3 in template`` for a line of a Jinja2 template's compiled code
+    (its debug info maps code lines to template lines)."""
+    try:
+        name = template.name or template.filename
+        line = template.get_corresponding_lineno(code_line)
+    except Exception:  # a template object of another shape: the plain frame location
+        return None
+    if not isinstance(name, str) or not isinstance(line, int):
+        return None
+    return CodeLocation(name, line, TEMPLATE_FUNCTION)
+
+
+def template_location(node: Any) -> CodeLocation | None:
+    """``hms/visit_list.html:12 in template`` for a template node (its origin and token line)."""
+    try:
+        line = node.token.lineno
+        origin = node.origin
+        name = origin.template_name or origin.name
+    except AttributeError:
+        return None
+    if not isinstance(name, str) or not isinstance(line, int):
+        return None
+    key = (name, line)
+    location = _template_locations.get(key)
+    if location is None:
+        location = CodeLocation(name, line, TEMPLATE_FUNCTION)
+        if len(_template_locations) < 10_000:
+            _template_locations[key] = location
+    return location

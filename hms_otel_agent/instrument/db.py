@@ -24,6 +24,7 @@ processor drops them then. They are never exported.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import Any
@@ -175,6 +176,19 @@ def _text(statement: Any) -> str:
     return str(statement)
 
 
+def _peer_attributes(integration: Any, mode: Any) -> dict[str, Any]:
+    """`db_semconv.peer_attributes` of the connection, once per connection (contrib fills its
+    ``span_attributes`` when it connects; the copy is kept with the size it had)."""
+    contrib = integration.span_attributes
+    cached = getattr(integration, "_hms_peer", None)
+    if cached is not None and cached[0] is contrib and cached[1] == len(contrib):
+        return cached[2]
+    peer = db_semconv.peer_attributes(contrib, mode)
+    with contextlib.suppress(Exception):  # an integration without room for it: computed each time
+        integration._hms_peer = (contrib, len(contrib), peer)
+    return peer
+
+
 def _contrib_attributes(integration: Any, statement: str, args: tuple[Any, ...]) -> dict[str, Any]:
     """The attributes the contrib's ``_populate_span`` sets, with `statement` as the statement;
     the peer and the parameters named as the database mode says (`db_semconv`)."""
@@ -185,7 +199,7 @@ def _contrib_attributes(integration: Any, statement: str, args: tuple[Any, ...])
     _set_db_name(attributes, integration.database, mode)
     _set_db_statement(attributes, statement, mode)
     if ours.stable:
-        attributes.update(db_semconv.peer_attributes(integration.span_attributes, ours))
+        attributes.update(_peer_attributes(integration, ours))
     else:
         attributes.update(integration.span_attributes)
     if integration.capture_parameters and len(args) > 1:
@@ -452,6 +466,15 @@ def _install_stock(mask: bool) -> None:
             # The contrib named the span after the raw text's first word (SELECT'x' is a value).
             span.update_name(_span_name(self._db_api_integration, statement) or self._db_api_integration.name)
             attributes = {"hms.db.fingerprint": fp.digest}
+            if db_semconv.mode_of(self._db_api_integration._sem_conv_opt_in_mode_db).stable:
+                # The statement's stable names (no batch: the stock path does not say which
+                # method ran); the span is named after the summary, as on the fast path.
+                record.stable = db_semconv.statement_attributes(
+                    fp.operation, fp.table, False, sql_summary(_text(statement)[:MAX_FINGERPRINT_CHARS])
+                )
+                attributes.update(record.stable)
+                if record.stable.get("db.query.summary"):
+                    span.update_name(record.stable["db.query.summary"])
             if orm is not None:
                 attributes.update(orm_attributes(orm))
             span.set_attributes(attributes)
@@ -464,6 +487,14 @@ def _install_stock(mask: bool) -> None:
     def _record_metrics(self: Any, cursor: Any, *args: Any) -> Any:
         if args:  # the operation: the contrib's is the raw text's first word
             args = (known_operation(args[0]), *args[1:])
+        if args and isinstance(args[-1], Exception):
+            try:
+                span = get_current_span()
+                record = getattr(span, SPAN_RECORD, None)
+                if record is not None and record.stable is not None and span.is_recording():
+                    span.set_attributes(db_semconv.error_attributes(args[-1]))
+            except Exception as exc:
+                guard.report("SQL span hook", exc)
         if args and args[-1] is None:  # no error
             try:
                 span = get_current_span()

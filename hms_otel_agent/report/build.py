@@ -26,7 +26,7 @@ def detect(owner: Owner, settings: Settings, detectors: Sequence[Detector]) -> l
     if owner.aggregate:
         return owner.recorded  # decided live over many requests: nothing to re-detect
     activity = owner.activity
-    if not (activity.db_calls or activity.cache_calls or activity.connects):
+    if not (activity.db_calls or activity.cache_calls or activity.connects or activity.http_calls):
         return []
     findings: list[Finding] = []
     for detector in detectors:
@@ -106,6 +106,11 @@ def offline_limits(owners: Sequence[Owner]) -> str:
         and not any(call.orm is not None for call in db)
     ):
         missing.append("connection churn (needs the agent's hms.db.connect events)")
+    http = [call for owner in owners for call in owner.activity.http_calls]
+    if http and all(call.timeout is None for call in http):
+        missing.append(
+            "HTTP calls without a timeout (only the agent's client spans say it: hms.http.timeout)"
+        )
     if not missing:
         return ""
     return "not detectable offline from this input: " + "; ".join(missing)

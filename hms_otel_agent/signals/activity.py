@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, TypeVar
 
+from hms_otel_agent.signals.time_split import Intervals
+
 MAX_CALLS_PER_OWNER = 5000  # DB / cache calls recorded per owner span
 
 
@@ -179,6 +181,44 @@ class PlanSummary:
 
 
 @dataclass(slots=True)
+class HttpCall:
+    """One outbound HTTP call (signals/http_calls.py); only the safe form of its URL."""
+
+    method: str  # GET, POST, ...
+    url: str  # scheme://host:port/path?query, path templated and query values REDACTED
+    start_ns: int = 0
+    duration_ns: int = 0
+    status_code: int = 0  # 0: no response (an error, or not known)
+    timeout: bool | None = None  # False: the client was told no timeout; None: not known
+    url_hash: int | None = None  # of the raw URL; never exported (None offline: not known)
+    location: CodeLocation | None = None
+    library: str = ""  # requests, httpx, urllib3 ("" offline)
+
+    @property
+    def template(self) -> str:
+        """What one endpoint is called: ``GET http://fhir:8080/fhir/Patient/{id}``."""
+        return f"{self.method} {self.url}"
+
+    @property
+    def path(self) -> str:
+        """The templated path, without origin and query."""
+        rest = self.url.partition("://")[2] if "://" in self.url else self.url
+        if "://" in self.url:
+            rest = "/" + rest.partition("/")[2] if "/" in rest else "/"
+        return rest.partition("?")[0]
+
+    @property
+    def query_names(self) -> tuple[str, ...]:
+        """The names of the query's parameters that `signals.urls` kept (``patient``, ``_count``)."""
+        query = self.url.partition("?")[2]
+        return tuple(dict.fromkeys(p.partition("=")[0] for p in query.split("&") if "=" in p))
+
+    @property
+    def end_ns(self) -> int:
+        return self.start_ns + self.duration_ns
+
+
+@dataclass(slots=True)
 class OwnerActivity:
     """Everything recorded under one owner span (usually the request span)."""
 
@@ -191,6 +231,8 @@ class OwnerActivity:
     dropped: int = 0
     connects: list[ConnectCall] = field(default_factory=list)
     plans: dict[str, PlanSummary] = field(default_factory=dict)  # statement fingerprint -> plan
+    http_calls: list[HttpCall] = field(default_factory=list)  # outbound HTTP (signals/http_calls.py)
+    intervals: Intervals | None = None  # child spans' times, for the time split (signals/time_split.py)
 
 
 @dataclass(frozen=True, slots=True)

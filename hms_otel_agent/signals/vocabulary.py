@@ -19,6 +19,7 @@ CACHE_RECORD = "_hms_cache"  # the CacheCall, read back by the span processor wh
 COMMAND_RECORD = "_hms_redis"  # the parsed Redis command, from the request hook to the response hook
 CONNECT_RECORD = "_hms_connects"  # list of ConnectCall opened while the span was current
 STRUCTURED_TRACES_RECORD = "_hms_structured_traces"  # stack traces the processor built itself
+HTTP_RECORD = "_hms_http"  # signals/http_calls.HttpCall of an outbound call (instrument/http_client.py)
 
 # --- instrumentation scopes ------------------------------------------------------------------
 DB_SCOPES = frozenset(
@@ -33,10 +34,22 @@ CACHE_SCOPES = frozenset(("opentelemetry.instrumentation.redis", DJANGO_CACHE_SC
 EAGER_LOADS_SCOPE = "hms_otel_agent.eager_loads"  # aggregate findings, not a request
 EAGER_LOADS_SPAN = "unused eager loading"  # the span name of those findings
 DJANGO_SCOPE = "opentelemetry.instrumentation.django"
+TEMPLATE_SCOPE = "hms_otel_agent.django_templates"  # template renders: part of their owner
+# The contrib instrumentations whose client spans are outbound calls (instrument/http_client.py).
+HTTP_CLIENT_SCOPES = frozenset(
+    (
+        "opentelemetry.instrumentation.requests",
+        "opentelemetry.instrumentation.httpx",
+        "opentelemetry.instrumentation.urllib3",
+    )
+)
 
 # --- resource and span attributes other layers look for -------------------------------------
 RUN_ID_ATTRIBUTE = "hms.run.id"  # resource: every process of one hms-otel-run run
 TEST_ATTRIBUTE = "hms.pytest.nodeid"  # pytest_plugin.py: on the owner span of each test
+TEMPLATE_NAME = "hms.template.name"  # template spans: the name the template was loaded by
+HTTP_TIMEOUT = "hms.http.timeout"  # outbound spans: whether the call has a timeout (when shown)
+TIME_PREFIX = "hms.time."  # owner spans: hms.time.db_ms ... (signals/time_split.py KEYS)
 
 # --- events ----------------------------------------------------------------------------------
 CONNECT_EVENT = "hms.db.connect"

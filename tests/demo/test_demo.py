@@ -128,6 +128,28 @@ def assert_demo_report(report: dict) -> None:
         assert cache_kinds == EXPECTED_CACHE
     patterns = {p["key_pattern"]: p for p in report["cache"]["key_patterns"]}
     assert patterns["patient:{id}:summary"]["hits"] > 0
+    # outbound calls to the demo's fake FHIR server: a read and a search per patient, no timeout
+    http = sorted(
+        (f["kind"], f["route"], f["subject"].split("/fhir/")[-1])
+        for f in findings
+        if f["kind"].startswith("http_")
+    )
+    assert http == [
+        (
+            "http_n_plus_one",
+            "patients/fhir/",
+            "Observation?patient=REDACTED&patient.family=REDACTED&_count=3",
+        ),
+        ("http_n_plus_one", "patients/fhir/", "Patient/{id}"),
+        (
+            "http_no_timeout",
+            "patients/fhir/",
+            "Observation?patient=REDACTED&patient.family=REDACTED&_count=3",
+        ),
+        ("http_no_timeout", "patients/fhir/", "Patient/{id}"),
+    ], http
+    times = {t["route"]: t for t in report["time"]}
+    assert times["patients/fhir/"]["http_ms"] > times["patients/fhir/optimized/"]["http_ms"] > 0
 
 
 def test_demo_on_given_servers_reports_naive_endpoints_only(

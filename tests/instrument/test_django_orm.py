@@ -62,7 +62,8 @@ def _orm(span: Any) -> dict[str, Any]:
 
 
 def _db_spans(traced: Any, owner: Any) -> list[Any]:
-    return [s for s in traced.children_of(owner) if (s.attributes or {}).get("db.system") == "postgresql"]
+    spans = traced.descendants_of(owner)  # a template's queries are its children
+    return [s for s in spans if (s.attributes or {}).get("db.system") == "postgresql"]
 
 
 def _lazy(spans: list[Any]) -> list[Any]:
