@@ -102,7 +102,9 @@ _OP_PY: Final = r"(?:[~!@#^&|`?+*<>=]|%%|%(?![s(])|-(?!-)|/(?!\*))+"
 _ALTERNATIVES: Final = (
     # a word that is not the prefix of E'..', B'..', X'..', N'..', U&'..' or U&".."
     ("word", rf"(?![eEbBxXnN]'|[uU]&['\"])[{_START}][{_CONT}]*"),
-    ("qid", r'(?:[uU]&)?"[^"]*(?:""[^"]*)*("?)'),
+    # (?!"): after giving back a doubled quote, "a"" must not end at its first quote
+    ("qid", r'(?:[uU]&)?"[^"]*(?:""[^"]*)*"(?!")'),
+    ("qid_open", r'(?:[uU]&)?"'),
     ("punct", r"::|:=|\.\.|[,()\[\];:]|\.(?![0-9])"),
     ("num", rf"(?:{_NUMBER})({_JUNK})"),
     ("param", rf"\$[0-9]+({_JUNK})"),
@@ -137,16 +139,14 @@ _TOKEN_PG: Final = _token_re(False)
 _COMMENT_DELIM: Final = re.compile(r"/\*|\*/")
 # An operator may end in + or - only if it holds one of these (scan.l's rule for "1*-2").
 _OP_KEEPS_SIGN: Final = frozenset("~!@#^&|`?%")
+# Kinds whose token needs no closer look (the others: 0, handled by group name).
 _KIND_OF: Final = {
     "word": WORD,
     "qid": QIDENT,
     "punct": PUNCT,
-    "num": NUMBER,
-    "param": PARAM,
     "pyformat": PARAM,
     "line": COMMENT,
     "block": COMMENT,
-    "op": OP,
     "other": OTHER,
 }
 
@@ -183,19 +183,7 @@ def lex(sql: str, *, placeholders: bool = True) -> Lexed:
             group: int = m.lastindex or 1  # group 1 (the whitespace) always takes part
             space, text = m.group(1, group)
             kind = kinds[group]
-            if kind:
-                if kind in (NUMBER, PARAM):
-                    if m.group(group + 1):
-                        kind = JUNK
-                elif kind == QIDENT:
-                    if not m.group(group + 1):
-                        return _uncertain(tokens, space, sql, m.start(group))
-                elif kind == OP and text[-1] in "+-":
-                    trimmed = _trim_operator(text)
-                    if trimmed != text:
-                        append((space, OP, trimmed))
-                        restart = m.start(group) + len(trimmed)
-                        break
+            if kind:  # the common tokens: words, quoted identifiers, punctuation
                 append((space, kind, text))
                 continue
             if group == 1:  # only the whitespace at the end of the text
@@ -203,7 +191,17 @@ def lex(sql: str, *, placeholders: bool = True) -> Lexed:
                 return Lexed(tokens, True)
             start = m.start(group)
             name = m.lastgroup
-            if name == "str":
+            if name == "num" or name == "param":
+                append((space, JUNK if m.group(group + 1) else (NUMBER if name == "num" else PARAM), text))
+            elif name == "op":
+                if text[-1] in "+-":
+                    trimmed = _trim_operator(text)
+                    if trimmed != text:
+                        append((space, OP, trimmed))
+                        restart = start + len(trimmed)
+                        break
+                append((space, OP, text))
+            elif name == "str":
                 if not m.group(group + 2):
                     return _uncertain(tokens, space, sql, start)
                 # A backslash ends a standard string early when standard_conforming_strings is off.
@@ -228,7 +226,7 @@ def lex(sql: str, *, placeholders: bool = True) -> Lexed:
                 restart = close + len(text)
                 append((space, STRING, sql[start:restart]))
                 break
-            else:  # "nul": the server never receives it (a C string ends there)
+            else:  # "qid_open": unterminated; "nul": the server never receives it (a C string ends there)
                 return _uncertain(tokens, space, sql, start)
         pos = restart
 

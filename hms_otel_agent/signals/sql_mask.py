@@ -54,6 +54,7 @@ _MASKED: Final = frozenset({STRING, NUMBER, JUNK, UNCERTAIN})
 _SAFE_QUOTED: Final = re.compile(r'"(?:[^\W\dA-Z][^\WA-Z]*|[A-Z][0-9]{0,4})"')
 
 
+@lru_cache(maxsize=4096)  # the same few names in every statement of an application
 def safe_quoted_identifier(text: str) -> bool:
     """Whether a quoted identifier token can be shown: it names what the same word unquoted would
     (or is a Django alias), so it is structure, not a value someone typed."""
