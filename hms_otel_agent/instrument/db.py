@@ -56,6 +56,9 @@ SPAN_RECORD = DB_RECORD
 # rejected by backends for one oversized attribute.
 MAX_FINGERPRINT_CHARS = 16_384
 MAX_EXPORTED_STATEMENT_CHARS = 4_096
+# The span name (summary) reads the first 4 KiB: the tables are named there, and the summary is
+# memoised up to this size (a new 16 KiB IN list each execution would cost its lexing every time).
+MAX_SUMMARY_INPUT_CHARS = 4_096
 TRUNCATED = "…"
 
 
@@ -162,7 +165,7 @@ def _statement_and_name(tracer: Any, cursor: Any, args: tuple[Any, ...]) -> tupl
 
 def _span_name(integration: Any, statement: Any) -> str:
     text = _text(statement)
-    name = sql_summary(text[:MAX_FINGERPRINT_CHARS]) if text else ""
+    name = sql_summary(text[:MAX_SUMMARY_INPUT_CHARS]) if text else ""
     if db_semconv.mode_of(integration._sem_conv_opt_in_mode_db).stable:
         return name
     return name.partition(" ")[0]
@@ -240,7 +243,7 @@ def _populate(
         if db_semconv.mode_of(integration._sem_conv_opt_in_mode_db).stable:
             size = db_semconv.batch_size(method, args)
             record.stable = db_semconv.statement_attributes(
-                fp.operation, fp.table, size is not None, sql_summary(statement[:MAX_FINGERPRINT_CHARS])
+                fp.operation, fp.table, size is not None, sql_summary(statement[:MAX_SUMMARY_INPUT_CHARS])
             )
             attributes.update(record.stable)
             if size is not None:
@@ -470,7 +473,7 @@ def _install_stock(mask: bool) -> None:
                 # The statement's stable names (no batch: the stock path does not say which
                 # method ran); the span is named after the summary, as on the fast path.
                 record.stable = db_semconv.statement_attributes(
-                    fp.operation, fp.table, False, sql_summary(_text(statement)[:MAX_FINGERPRINT_CHARS])
+                    fp.operation, fp.table, False, sql_summary(_text(statement)[:MAX_SUMMARY_INPUT_CHARS])
                 )
                 attributes.update(record.stable)
                 if record.stable.get("db.query.summary"):
