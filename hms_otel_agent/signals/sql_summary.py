@@ -175,8 +175,8 @@ def _summary(statement: str) -> str:
                 if word == "UPDATE":
                     i = _add_table(tokens, i + 1, parts, seen, ctes)
                     continue
-            elif i + 1 < n and tokens[i + 1][0] == lx.WORD and tokens[i + 1][1].upper() == "AS":
-                ctes.add(text.lower())  # WITH name AS (...)
+            elif _is_cte_name(tokens, i):
+                ctes.add(text.lower())  # WITH name [(columns)] AS (...)
         elif depth == 0 and word == "SELECT" and main_verb == "INSERT" and "SELECT" not in parts:
             parts.append("SELECT")  # INSERT t SELECT u
         if word in _TABLE_BEFORE:
@@ -188,6 +188,15 @@ def _summary(statement: str) -> str:
     if not main_verb:
         parts.insert(0, operation)
     return _bounded(parts)
+
+
+def _is_cte_name(tokens: list[tuple[int, str]], i: int) -> bool:
+    j = i + 1
+    if j < len(tokens) and tokens[j] == (lx.PUNCT, "("):  # a column list
+        while j < len(tokens) and tokens[j] != (lx.PUNCT, ")"):
+            j += 1
+        j += 1
+    return j < len(tokens) and tokens[j][0] == lx.WORD and tokens[j][1].upper() == "AS"
 
 
 def _add_table(

@@ -18,6 +18,7 @@ SUMMARIES = [
     ('UPDATE "hms_patient" SET "name" = %s WHERE id = %s', "UPDATE hms_patient"),
     ('DELETE FROM "hms_patient" WHERE id = %s', "DELETE hms_patient"),
     ("WITH x AS (SELECT * FROM a) SELECT * FROM x JOIN b ON true", "SELECT a b"),
+    ("WITH RECURSIVE r(n) AS (SELECT 1 UNION SELECT n + 1 FROM r) SELECT * FROM r", "SELECT"),
     ('SELECT EXTRACT(YEAR FROM "t"."d") FROM t', "SELECT t"),  # FROM inside a function call
     ('SELECT COUNT(*) FROM (SELECT 1 FROM "hms_visit" U0) subquery', "SELECT hms_visit"),
     ("SELECT g FROM generate_series(1, 3) g", "SELECT"),  # a function is no table
