@@ -552,6 +552,40 @@ class Settings:
         "the key pattern, hit or miss and backend (fewer spans on cache-heavy pages; the cache "
         "signals are unchanged).",
     )
+    implicit_units: bool = setting(
+        "HMS_OTEL_IMPLICIT_UNITS",
+        Bool(),
+        True,
+        "Group the queries and cache calls a thread makes outside any span (a script, a thread of "
+        "the app) under an implicit unit of work per thread, a span 'implicit <program or thread>' "
+        "that ends when the thread is idle, so their N+1s are found; false: such calls are spans "
+        "of their own and nothing is detected over them.",
+    )
+    implicit_unit_idle_ms: int = setting(
+        "HMS_OTEL_IMPLICIT_UNIT_IDLE_MS",
+        Int(10, 3_600_000),
+        1000,
+        "An implicit unit of work ends when its thread made no query or cache call for this long "
+        "(or after HMS_OTEL_IMPLICIT_UNIT_MAX_CALLS calls, after 60 s, when the thread ends, at exit).",
+    )
+    implicit_unit_max_calls: int = setting(
+        "HMS_OTEL_IMPLICIT_UNIT_MAX_CALLS",
+        Int(10, 5000),
+        1000,
+        "Queries and cache calls after which an implicit unit of work ends and the next one starts.",
+    )
+    commands_without_span: tuple[str, ...] = setting(
+        "HMS_OTEL_COMMANDS_WITHOUT_SPAN",
+        NameList(
+            "a comma-separated list of management command names",
+            nonempty=True,
+            pattern=re.compile(r"[A-Za-z0-9_][\w-]{0,99}"),
+        ),
+        (),
+        "Management commands that get no owner span, added to those that serve or wait (runserver, "
+        "shell, test, rqworker, celery, runworker, qcluster, ...): a long-running command of your "
+        "own, whose work the implicit units of its threads or unit_of_work blocks then group.",
+    )
     fast_paths: bool = setting(
         "HMS_OTEL_FAST_PATHS",
         Bool(),
@@ -583,11 +617,37 @@ class Settings:
         "Executions of the same statement with the same parameters that make a duplicate-query finding.",
         "signals",
     )
+    trivial_duplicates: bool = setting(
+        "HMS_OTEL_TRIVIAL_DUPLICATES",
+        Bool(),
+        False,
+        "Report each duplicate query of two executions under 1 ms in all as a finding of its own; "
+        "by default they are folded into one summary finding per request.",
+        "signals",
+    )
     cache_n_plus_one_threshold: int = setting(
         "HMS_OTEL_CACHE_N_PLUS_ONE_THRESHOLD",
         Int(2),
         5,
         "Single-key cache reads of one key pattern under one owner that make a cache N+1 finding.",
+        "signals",
+    )
+    cache_miss_min_requests: int = setting(
+        "HMS_OTEL_CACHE_MISS_MIN_REQUESTS",
+        Int(1),
+        3,
+        "Requests (or other owners) whose cache misses at one code site were followed by SQL and "
+        "never written before a miss-without-fill finding; a write of the key pattern anywhere in "
+        "the process (a background job, a command, another path) means it is filled by design.",
+        "signals",
+    )
+    cache_ignore_key_prefixes: tuple[str, ...] = setting(
+        "HMS_OTEL_CACHE_IGNORE_KEY_PREFIXES",
+        NameList("a comma-separated list of key prefixes", nonempty=True),
+        (),
+        "Cache key prefixes that are not application cache reads (left out of cache findings), "
+        "added to the built-in rq:, celery-task-meta-, celery-taskset-meta-, chord-unlock-, "
+        "_kombu., unacked, django.contrib.sessions.",
         "signals",
     )
     cache_invalidation_threshold: int = setting(

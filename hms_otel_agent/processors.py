@@ -301,6 +301,7 @@ class SignalProcessor(SpanProcessor):
                         table=fp.table,
                         filter_columns=fp.filter_columns,
                         params_hash=record.params_hash,
+                        text_hash=record.text_hash,
                         orm=record.orm,
                         rows=record.rows,
                     )
