@@ -31,12 +31,12 @@ from opentelemetry.context import attach, detach
 from opentelemetry.instrumentation import dbapi
 from opentelemetry.instrumentation._semconv import _set_db_name, _set_db_statement, _set_db_system
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
-from opentelemetry.trace import SpanKind, get_current_span, set_span_in_context
+from opentelemetry.trace import get_current_span, set_span_in_context
 from opentelemetry.trace.status import Status, StatusCode
 
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
-from hms_otel_agent.instrument import db_semconv, sdk_internals
+from hms_otel_agent.instrument import db_semconv, implicit_units, sdk_internals
 from hms_otel_agent.instrument.context import current_orm, user_location
 from hms_otel_agent.instrument.sdk_internals import set_attributes
 from hms_otel_agent.signals.activity import OrmContext
@@ -56,11 +56,14 @@ TRUNCATED = "…"
 
 
 class DbSpanRecord:
-    __slots__ = ("execution", "fingerprint", "orm", "params_hash", "rows", "stable")
+    __slots__ = ("execution", "fingerprint", "orm", "params_hash", "rows", "stable", "text_hash")
 
-    def __init__(self, fingerprint: Any, params_hash: int | None, orm: OrmContext | None) -> None:
+    def __init__(
+        self, fingerprint: Any, params_hash: int | None, orm: OrmContext | None, text_hash: int | None = None
+    ) -> None:
         self.fingerprint = fingerprint
         self.params_hash = params_hash
+        self.text_hash = text_hash  # the statement as sent: slices differ only in LIMIT/OFFSET text
         self.orm = orm
         self.rows = -1
         # (statement, parameters, cursor) until the span ends; never exported
@@ -95,6 +98,7 @@ def _build_orm_attributes(orm: OrmContext) -> dict[str, Any]:
         if orm.filtered:
             attributes["hms.orm.filtered"] = True
     attributes.update(code_attributes(orm.location))
+    attributes.update(code_attributes(orm.origin, "hms.orm.origin."))
     return attributes
 
 
@@ -206,7 +210,7 @@ def _populate(
             if location is not None:
                 orm = _raw_context(location)
         params = args[1] if len(args) > 1 else None
-        record = DbSpanRecord(fp, _params_hash(params), orm)
+        record = DbSpanRecord(fp, _params_hash(params), orm, hash(statement))
         record.execution = (statement, params, cursor)
         shown = statement
         if statement and (mask or long):
@@ -247,8 +251,8 @@ def _start(
     name, kind, attributes, current span, SQL commenter), with one attribute write."""
     integration = tracer._db_api_integration
     statement, operation = _statement_and_name(tracer, cursor, args)
-    span = integration._tracer.start_span(
-        operation or integration.database or integration.name, kind=SpanKind.CLIENT
+    span = implicit_units.start_client_span(
+        integration._tracer, operation or integration.database or integration.name
     )
     token = attach(set_span_in_context(span))
     record = None
@@ -426,7 +430,8 @@ def _install_stock(mask: bool) -> None:
                 if location is not None:
                     orm = _raw_context(location)
             params = args[1] if len(args) > 1 else None
-            record = DbSpanRecord(fp, _params_hash(params), orm)
+            text_hash = hash(statement) if isinstance(statement, str) else None
+            record = DbSpanRecord(fp, _params_hash(params), orm, text_hash)
             record.execution = (statement, params, cursor)
             if statement and (mask or long):
                 shown = statement[:MAX_EXPORTED_STATEMENT_CHARS] if long else statement
