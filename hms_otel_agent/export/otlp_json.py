@@ -24,6 +24,8 @@ from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult,
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from hms_otel_agent.export.otlp_json_encode import SpanJsonEncoder
+
 TRACES_FILE = "traces.jsonl"
 METRICS_FILE = "metrics.jsonl"
 _ID_FIELDS = frozenset(("traceId", "spanId", "parentSpanId"))
@@ -70,11 +72,16 @@ class _LineWriter:
 class OtlpJsonFileSpanExporter(SpanExporter):
     def __init__(self, directory: str) -> None:
         self._writer = _LineWriter(os.path.join(directory, TRACES_FILE))
+        self._encoder = SpanJsonEncoder()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if not spans:
             return SpanExportResult.SUCCESS
-        self._writer.write(message_to_otlp_json(encode_spans(spans)))
+        try:
+            line = self._encoder.encode(spans)  # the same line, without protobuf (otlp_json_encode.py)
+        except Exception:
+            line = message_to_otlp_json(encode_spans(spans))  # the SDK's handling of odd values
+        self._writer.write(line)
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:
