@@ -34,7 +34,7 @@ from hms_otel_agent import __version__, guard
 from hms_otel_agent.config import Settings
 from hms_otel_agent.export.batch import DROP_REASONS, BoundedBatchSpanProcessor
 from hms_otel_agent.export.compress import SpanCompressor
-from hms_otel_agent.export.otlp_encode import http_span_exporter_class
+from hms_otel_agent.export.otlp_encode import grpc_span_exporter_class, http_span_exporter_class
 from hms_otel_agent.export.otlp_json import OtlpJsonFileMetricExporter, OtlpJsonFileSpanExporter
 from hms_otel_agent.export.resilient import ResilientMetricExporter, ResilientSpanExporter, plain_http_session
 from hms_otel_agent.processors import Detector, SignalMetrics, SignalProcessor
@@ -230,8 +230,9 @@ def _otlp_span_exporter(settings: Settings) -> SpanExporter:
     gzip = settings.compression("traces") == "gzip"
     if settings.protocol("traces") == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import Compression as GrpcCompression
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as Grpc
 
+        # The SDK's OTLP/gRPC exporter sending the agent's encoded bytes (export/otlp_encode.py).
+        Grpc = grpc_span_exporter_class()
         insecure = endpoint.startswith("http://")
         compression = GrpcCompression.Gzip if gzip else GrpcCompression.NoCompression
 
