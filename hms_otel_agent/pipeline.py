@@ -29,6 +29,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Span, SpanProcessor, TracerProvider, sampling
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
+from opentelemetry.trace import get_current_span
 
 from hms_otel_agent import __version__, guard
 from hms_otel_agent.config import Settings
@@ -212,13 +213,57 @@ def _sampler(settings: Settings) -> sampling.Sampler:
         return sampling.ALWAYS_ON
     if name == "always_off":
         return sampling.ALWAYS_OFF
-    if name == "traceidratio":
-        return sampling.TraceIdRatioBased(ratio)
     if name == "parentbased_always_off":
         return sampling.ParentBased(sampling.ALWAYS_OFF)
-    if name == "parentbased_traceidratio":
-        return sampling.ParentBased(sampling.TraceIdRatioBased(ratio))
-    return sampling.ParentBased(sampling.ALWAYS_ON)
+    inner: sampling.Sampler
+    if name == "traceidratio":
+        inner = sampling.TraceIdRatioBased(ratio)
+    elif name == "parentbased_traceidratio":
+        inner = sampling.ParentBased(sampling.TraceIdRatioBased(ratio))
+    else:
+        inner = sampling.ParentBased(sampling.ALWAYS_ON)  # drops under an unsampled remote parent
+    return DetectingSampler(inner) if settings.detect_sampled_out else inner
+
+
+class DetectingSampler(sampling.Sampler):
+    """Head sampling that still lets detection see every request (HMS_OTEL_DETECT_SAMPLED_OUT).
+
+    Where `inner` samples, its decision stands. Where it drops, the span is recorded but not
+    sampled (``RECORD_ONLY``): the processors see it, no exporter does — the span processor
+    groups its DB and cache calls, detection, metrics, the live log and the report run as they
+    do on a sampled request, and an owner span with findings is exported alone
+    (``SignalProcessor``, ``hms.sampled_out``). The instrumentations skip the attributes of
+    spans that are not sampled (instrument/db.py, django_cache.py): only the records the
+    detectors read are built. A child of a local span nobody records stays dropped. `inner`'s
+    trace state is kept; ``traceparent`` propagates the unsampled flag, as the specification
+    says for the dropped decision."""
+
+    def __init__(self, inner: sampling.Sampler) -> None:
+        self._inner = inner
+
+    def should_sample(
+        self,
+        parent_context: Any,
+        trace_id: int,
+        name: str,
+        kind: Any = None,
+        attributes: Any = None,
+        links: Any = None,
+        trace_state: Any = None,
+    ) -> sampling.SamplingResult:
+        result = self._inner.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+        if result.decision is not sampling.Decision.DROP:
+            return result
+        parent = get_current_span(parent_context)
+        parent_context_ = parent.get_span_context()
+        if parent_context_.is_valid and not parent_context_.is_remote and not parent.is_recording():
+            return result
+        return sampling.SamplingResult(sampling.Decision.RECORD_ONLY, attributes, result.trace_state)
+
+    def get_description(self) -> str:
+        return f"HmsDetectingSampler{{{self._inner.get_description()}}}"
 
 
 # --- exporters ----------------------------------------------------------------------------

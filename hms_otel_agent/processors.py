@@ -18,7 +18,7 @@ from typing import Any
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.status import Status
 
 from hms_otel_agent import guard
@@ -338,6 +338,8 @@ class SignalProcessor(SpanProcessor):
         findings = consolidate(findings)
         if findings:
             _write_findings(span, activity, findings)
+            if not span._context.trace_flags.sampled:  # type: ignore[union-attr]
+                _export_alone(span)
             if self.metrics is not None:
                 for finding in findings:
                     self.metrics.findings.add(
@@ -578,6 +580,24 @@ def finding_attributes(finding: Finding) -> dict[str, Any]:
     if finding.members:
         attributes["hms.finding.members"] = list(finding.members)
     return attributes
+
+
+def _export_alone(span: Span) -> None:
+    """A request head sampling did not trace (pipeline.DetectingSampler) but with findings: its
+    owner span is exported alone, marked, so that every finding links to a span (its children,
+    recorded without attributes, are not). Called before the span ends: the exporters' processors
+    read the sampled flag in on_end."""
+    context = span._context
+    if context is None:
+        return
+    span.set_attribute("hms.sampled_out", True)
+    span._context = SpanContext(
+        context.trace_id,
+        context.span_id,
+        is_remote=False,
+        trace_flags=TraceFlags(context.trace_flags | TraceFlags.SAMPLED),
+        trace_state=context.trace_state,
+    )
 
 
 def _write_findings(span: Span, activity: OwnerActivity, findings: list[Finding]) -> None:

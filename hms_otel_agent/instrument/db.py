@@ -181,6 +181,10 @@ def _populate(
         params = args[1] if len(args) > 1 else None
         record = DbSpanRecord(fp, _params_hash(params), orm)
         record.execution = (statement, params, cursor)
+        if not span._context.trace_flags.sampled:
+            # Recorded for detection only, never exported (pipeline.DetectingSampler): the record.
+            setattr(span, SPAN_RECORD, record)
+            return record
         shown = statement
         if statement and (mask or long):
             shown = statement[:MAX_EXPORTED_STATEMENT_CHARS] if long else statement

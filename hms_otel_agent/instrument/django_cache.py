@@ -367,7 +367,8 @@ def _finish(operation: str, prepared: _Call, result: Any) -> None:
         attributes.update(read_attributes(reads, hits, reads - hits, single=operation != "get_many"))
     if operation == "get_or_set" and call.writes and call.ttl_s is not None:
         attributes["hms.cache.ttl_s"] = call.ttl_s  # it wrote: the miss is known only now
-    set_attributes(prepared.span, attributes)
+    if prepared.span.get_span_context().trace_flags.sampled:  # else recorded for detection only
+        set_attributes(prepared.span, attributes)
 
 
 def _nested(operation: str, outer: _Call, wrapped: Any, args: Any, kwargs: Any) -> Any:
