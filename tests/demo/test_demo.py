@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import django
 import pytest
 from harness.otlp_receiver import OtlpReceiver
 from harness.processes import hermetic_env, run, venv_executable
@@ -40,6 +41,8 @@ EXPECTED_N_PLUS_ONE = {
     "patients/records/": {".select_related('medical_record').prefetch_related('notes')"},
     "notes/": {
         ".prefetch_related(GenericPrefetch('subject', [Encounter.objects.all(), Patient.objects.all()]))"
+        if django.VERSION >= (5, 0)
+        else ".prefetch_related('subject')"  # GenericPrefetch is new in Django 5.0
     },
     "patients/birthdays/": {"add 'date_of_birth' to .only(...) or drop it from .defer(...)"},
     "patients/lookup/": {"Patient.objects.in_bulk(ids)"},
