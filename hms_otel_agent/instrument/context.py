@@ -16,7 +16,24 @@ from typing import Any
 
 from hms_otel_agent.signals.activity import CodeLocation, OrmContext
 
-current_orm: ContextVar[OrmContext | None] = ContextVar("hms_otel_orm", default=None)
+
+class PendingOrm:
+    """An ORM operation's context whose code location is looked up only when a statement runs
+    under it and its DB span is recorded (`resolve`, once per operation): on real code the ORM
+    runs many more operations than statements (empty prefetches, evaluated querysets), and the
+    walk up the stack was the largest part of the capture. instrument/django_orm.py makes them."""
+
+    __slots__ = ("kind", "relation")
+
+    kind: str
+    relation: str
+
+    def resolve(self) -> OrmContext | None:
+        """The context with its location; None if the agent failed to build it (reported)."""
+        raise NotImplementedError
+
+
+current_orm: ContextVar[OrmContext | PendingOrm | None] = ContextVar("hms_otel_orm", default=None)
 
 _AGENT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _SAMPLE_DIR = os.path.join(_AGENT_DIR, "sample") + os.sep

@@ -35,7 +35,13 @@ from opentelemetry.trace.status import Status, StatusCode
 
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
-from hms_otel_agent.instrument.context import code_attributes, current_orm, set_attributes, user_location
+from hms_otel_agent.instrument.context import (
+    PendingOrm,
+    code_attributes,
+    current_orm,
+    set_attributes,
+    user_location,
+)
 from hms_otel_agent.signals.activity import OrmContext
 from hms_otel_agent.signals.fingerprint import fingerprint_sql
 from hms_otel_agent.signals.sql_mask import mask_sql_literals
@@ -173,7 +179,8 @@ def _populate(
             statement = statement.decode("utf-8", "replace")
         long = len(statement) > MAX_EXPORTED_STATEMENT_CHARS
         fp = fingerprint_sql(statement[:MAX_FINGERPRINT_CHARS] if long else statement)
-        orm = current_orm.get()
+        pending = current_orm.get()
+        orm = pending.resolve() if isinstance(pending, PendingOrm) else pending
         if orm is None:
             location = user_location()
             if location is not None:

@@ -1,10 +1,11 @@
 """ORM context: which Django ORM operation is behind each SQL statement.
 
 `install()` (run once Django's app registry is ready, never at import) patches Django so that
-`current_orm` holds an `OrmContext` while the ORM executes SQL; the SQL span hook
-(`instrument/db.py`) reads it. Every patch sets the context before calling Django, calls
-Django outside any ``try``/``except`` (the application's exceptions pass through untouched),
-and resets the context in ``finally``. Errors in the agent's own code are reported through
+`current_orm` holds the operation's context while the ORM executes SQL; the SQL span hook
+(`instrument/db.py`) reads it, and looks up its code location only then (`_Pending`). Every
+patch sets the context before calling Django, calls Django outside any ``try``/``except`` (the
+application's exceptions pass through untouched), and resets the context in ``finally``. Errors
+in the agent's own code are reported through
 `guard.report` and the operation runs without context.
 
 What is patched (4.2 / 5.2 / 6.1 unless noted):
@@ -57,11 +58,9 @@ from collections.abc import Callable
 from contextvars import ContextVar, Token
 from typing import Any
 
-from opentelemetry.trace import get_current_span
-
 from hms_otel_agent import guard
 from hms_otel_agent.instrument import fix_check
-from hms_otel_agent.instrument.context import current_orm, user_location
+from hms_otel_agent.instrument.context import PendingOrm, current_orm, user_location
 from hms_otel_agent.signals import fixes
 from hms_otel_agent.signals.activity import DEFERRED as DEFERRED_KIND
 from hms_otel_agent.signals.activity import (
@@ -131,7 +130,7 @@ _track_eager: Callable[[Any, list[Any], Any], None] | None = None
 # -- contexts ---------------------------------------------------------------------------------
 
 
-def _rank(ctx: OrmContext) -> int:
+def _rank(ctx: OrmContext | PendingOrm) -> int:
     """Which context wins when ORM operations nest: relation loads > refresh > plain queries."""
     if ctx.relation:
         return 3
@@ -147,37 +146,67 @@ def _context(
     root: str = "",
     filtered: bool = False,
     facts: FixFacts = NO_FACTS,
-) -> OrmContext:
-    """The OrmContext of this operation at the user's code location, interned: the contexts are
-    frozen and a loop produces the same one every time, and building a frozen dataclass costs
-    more than looking it up. No code location (no walk up the stack) when the current span is a
-    valid span that is not recording: a sampled-out request, whose DB spans are not recorded."""
-    span = get_current_span()
-    location = user_location() if span.is_recording() or not span.get_span_context().is_valid else None
-    if location is None:
-        key: tuple[Any, ...] = (kind, model, relation, path, root, lazy, filtered, facts)
-    else:
-        key = (
-            kind,
-            model,
-            relation,
-            path,
-            root,
-            lazy,
-            filtered,
-            facts,
-            location.file,
-            location.line,
-            location.function,
-        )
-    ctx = _interned.get(key)
-    if ctx is None:
-        ctx = OrmContext(model, kind, relation, lazy, path, root, filtered, location, facts)
-        if len(_interned) < _MAX_INTERNED:
-            _interned[key] = ctx
-        if facts is not NO_FACTS:
-            _schedule_check(ctx)
-    return ctx
+) -> _Pending:
+    """The context of this operation, its code location to be looked up when a statement runs
+    under it (`_Pending.resolve`). The walk will start from the first frame above the agent's
+    ORM patches: it is live for as long as the operation runs (the caller of the patched method),
+    and the frames skipped are the agent's, which the walk skips too — the same location as a
+    walk from here."""
+    frame = sys._getframe(1)
+    hops = 1
+    while frame.f_code.co_filename == _THIS_FILE and frame.f_back is not None:
+        frame = frame.f_back
+        hops += 1
+    return _Pending(kind, relation, (kind, model, relation, path, root, lazy, filtered, facts), frame, hops)
+
+
+_THIS_FILE = _context.__code__.co_filename
+_MAX_DEPTH = 64  # user_location's
+
+
+class _Pending(PendingOrm):
+    """An ORM context before its code location is known (instrument/context.py `PendingOrm`)."""
+
+    __slots__ = ("_frame", "_hops", "_key", "_resolved")
+
+    def __init__(self, kind: str, relation: str, key: tuple[Any, ...], frame: Any, hops: int) -> None:
+        self.kind = kind
+        self.relation = relation
+        self._key = key
+        self._frame = frame
+        self._hops = hops
+        self._resolved: OrmContext | None = None
+
+    def resolve(self) -> OrmContext | None:
+        """The interned OrmContext at the user's code location: contexts are frozen and a loop
+        produces the same one every time, and building a frozen dataclass costs more than
+        looking it up. None when the agent failed (reported: the statement counts as raw SQL)."""
+        ctx = self._resolved
+        if ctx is not None or self._frame is None:
+            return ctx
+        try:
+            ctx = self._resolved = self._intern()
+        except Exception as exc:
+            guard.report(COMPONENT, exc)
+        finally:
+            self._frame = None  # the operation's frames are not kept beyond this
+        return ctx
+
+    def _intern(self) -> OrmContext:
+        hops = self._hops
+        location = user_location(self._frame, _MAX_DEPTH - hops) if hops < _MAX_DEPTH else None
+        key = self._key
+        if location is not None:
+            key = (*key, location.file, location.line, location.function)
+        ctx = _interned.get(key)
+        if ctx is None:
+            kind, model, relation, path, root, lazy, filtered, facts = self._key
+            ctx = OrmContext(model, kind, relation, lazy, path, root, filtered, location, facts)
+            if len(_interned) < _MAX_INTERNED:
+                _interned[key] = ctx
+            if facts is not NO_FACTS:
+                _schedule_check(ctx)
+        return ctx
 
 
 def _schedule_check(ctx: OrmContext) -> None:
@@ -192,7 +221,7 @@ def _schedule_check(ctx: OrmContext) -> None:
         guard.report(COMPONENT, exc)
 
 
-def _pop(token: Token[OrmContext | None] | None) -> None:
+def _pop(token: Token[OrmContext | PendingOrm | None] | None) -> None:
     if token is None:
         return
     try:
@@ -288,7 +317,7 @@ def _facts(route: tuple[Step, ...], admin: Any) -> FixFacts:
 
 def _open_relation(
     instance: Any, name: str, kind: str, lazy: bool = True, target: str = ""
-) -> tuple[Token[OrmContext | None] | None, Origin | None]:
+) -> tuple[Token[OrmContext | PendingOrm | None] | None, Origin | None]:
     """Set the context of loading relation `name` of `instance`; return (token, origin of what
     gets loaded). Never raises."""
     try:
@@ -380,7 +409,7 @@ def _filter_facts(query: Any, tag: tuple[Any, ...], facts: FixFacts) -> FixFacts
 
 def _tagged_ctx(
     queryset: Any, tag: tuple[Any, ...], kind: str, filtering: bool = False, extra: FixFacts | None = None
-) -> OrmContext:
+) -> _Pending:
     query = queryset.query
     filtered = tag[0] in _MANAGER_KINDS and (filtering or _filtered(query, tag))
     facts = _facts(tag[7], tag[8]) if extra is None else extra._replace(route=tag[7])
@@ -452,7 +481,7 @@ def _open_queryset(
     filtering: bool = False,
     args: tuple[Any, ...] = (),
     kwargs: dict[str, Any] | None = None,
-) -> Token[OrmContext | None] | None:
+) -> Token[OrmContext | PendingOrm | None] | None:
     """Context of QuerySet.get/count/exists/aggregate. Never raises."""
     try:
         outer = current_orm.get()
@@ -492,7 +521,7 @@ def _open_queryset(
         return None
 
 
-def _open_fetch(queryset: Any) -> Token[OrmContext | None] | None:
+def _open_fetch(queryset: Any) -> Token[OrmContext | PendingOrm | None] | None:
     """Context of QuerySet._fetch_all for tagged querysets; plain ones get theirs from the
     compiler. Never raises."""
     try:
@@ -674,7 +703,7 @@ def _make_fetch_all(original: Callable[..., Any]) -> Callable[..., Any]:
     return _fetch_all
 
 
-def _open_compiler(compiler: Any) -> Token[OrmContext | None] | None:
+def _open_compiler(compiler: Any) -> Token[OrmContext | PendingOrm | None] | None:
     try:
         query = compiler.query
         model = query.model
@@ -879,7 +908,7 @@ def _make_reverse_one_to_one_queryset(original: Callable[..., Any]) -> Callable[
     return get_queryset
 
 
-def _enter_prefetch() -> tuple[Token[bool], Token[OrmContext | None] | None] | None:
+def _enter_prefetch() -> tuple[Token[bool], Token[OrmContext | PendingOrm | None] | None] | None:
     try:
         flag = _in_prefetch.set(True)
         outer = current_orm.get()
@@ -891,7 +920,7 @@ def _enter_prefetch() -> tuple[Token[bool], Token[OrmContext | None] | None] | N
         return None
 
 
-def _exit_prefetch(tokens: tuple[Token[bool], Token[OrmContext | None] | None] | None) -> None:
+def _exit_prefetch(tokens: tuple[Token[bool], Token[OrmContext | PendingOrm | None] | None] | None) -> None:
     if tokens is None:
         return
     _pop(tokens[1])
@@ -950,7 +979,7 @@ def _tag_manager_queryset(queryset: Any, manager: Any, kind: str, name: str) -> 
         guard.report(COMPONENT, exc)
 
 
-def _open_manager_op(manager: Any, kind: str, name: str) -> Token[OrmContext | None] | None:
+def _open_manager_op(manager: Any, kind: str, name: str) -> Token[OrmContext | PendingOrm | None] | None:
     try:
         instance = manager.__dict__.get("instance")
         return None if instance is None else _open_relation(instance, name, kind)[0]
