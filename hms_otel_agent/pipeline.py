@@ -38,6 +38,7 @@ from hms_otel_agent.export.compress import SpanCompressor
 from hms_otel_agent.export.otlp_encode import grpc_span_exporter_class, http_span_exporter_class
 from hms_otel_agent.export.otlp_json import OtlpJsonFileMetricExporter, OtlpJsonFileSpanExporter
 from hms_otel_agent.export.resilient import ResilientMetricExporter, ResilientSpanExporter, plain_http_session
+from hms_otel_agent.instrument import db as db_instrument
 from hms_otel_agent.processors import Detector, SignalMetrics, SignalProcessor
 from hms_otel_agent.signals.activity import Finding, OwnerActivity
 
@@ -232,11 +233,12 @@ class DetectingSampler(sampling.Sampler):
     sampled (``RECORD_ONLY``): the processors see it, no exporter does — the span processor
     groups its DB and cache calls, detection, metrics, the live log and the report run as they
     do on a sampled request, and an owner span with findings is exported alone
-    (``SignalProcessor``, ``hms.sampled_out``). The instrumentations skip the attributes of
-    spans that are not sampled (instrument/db.py, django_cache.py): only the records the
-    detectors read are built. A child of a local span nobody records stays dropped. `inner`'s
-    trace state is kept; ``traceparent`` propagates the unsampled flag, as the specification
-    says for the dropped decision."""
+    (``SignalProcessor``, ``hms.sampled_out``). The instrumentations build only the records
+    the detectors read: a statement under such a span gets no span of its own (its record goes
+    to the processor: instrument/db.py), a cache call no attributes (django_cache.py). A child
+    of a local span nobody records stays dropped. `inner`'s trace state is kept;
+    ``traceparent`` propagates the unsampled flag, as the specification says for the dropped
+    decision."""
 
     def __init__(self, inner: sampling.Sampler) -> None:
         self._inner = inner
@@ -504,6 +506,10 @@ def build(
         if label == "file":
             pipeline.local_dir = os.path.abspath(settings.local_dir)
     register_agent_metrics(pipeline)
+    # Statements of requests recorded for detection only go to the processor without a span.
+    db_instrument.set_detached_sink(
+        signal_processor.record_detached_db if settings.detect_sampled_out else None
+    )
     install_end_hook()
     install_exception_hook()
     if hasattr(os, "register_at_fork"):

@@ -208,27 +208,7 @@ class SignalProcessor(SpanProcessor):
             start_ns = span._start_time or end_ns
             duration = end_ns - start_ns
             if kind == _DB:
-                activity.db_count += 1
-                activity.db_duration_ns += duration
-                if record is None:
-                    return
-                if len(activity.db_calls) >= MAX_CALLS_PER_OWNER:
-                    activity.dropped += 1
-                    return
-                fp = record.fingerprint
-                activity.db_calls.append(
-                    DbCall(
-                        fingerprint=fp.digest,
-                        statement=fp.normalized,
-                        start_ns=start_ns,
-                        duration_ns=duration,
-                        table=fp.table,
-                        filter_columns=fp.filter_columns,
-                        params_hash=record.params_hash,
-                        orm=record.orm,
-                        rows=record.rows,
-                    )
-                )
+                _add_db_call(activity, record, start_ns, duration)
             else:
                 call: CacheCall | None = getattr(span, CACHE_RECORD, None)
                 if call is None:
@@ -239,6 +219,25 @@ class SignalProcessor(SpanProcessor):
                 call.start_ns = start_ns
                 call.duration_ns = duration
                 activity.cache_calls.append(call)
+        except Exception as exc:
+            guard.report("span processor (span end)", exc)
+
+    def record_detached_db(self, parent: Any, record: Any, start_ns: int, end_ns: int) -> None:
+        """A statement run without a span of its own under `parent`, a span recorded for
+        detection only (instrument/db.py, pipeline.DetectingSampler): what `before_end` does
+        with a DB span's record."""
+        try:
+            execution = record.execution
+            record.execution = None
+            settings = self.settings
+            if settings.explain and end_ns - start_ns >= settings.slow_query_ms * 1e6:
+                EXPLAINER.submit(record.fingerprint, execution, settings)
+            state = self._open.get(parent._context.span_id)
+            if state is None:
+                return
+            owner = state if state.kind == _OWNER else state.owner
+            if owner is not None and owner.activity is not None:
+                _add_db_call(owner.activity, record, start_ns, end_ns - start_ns)
         except Exception as exc:
             guard.report("span processor (span end)", exc)
 
@@ -416,6 +415,30 @@ class SignalProcessor(SpanProcessor):
             span.set_attribute("hms.cache.hit_count", hits)
             span.set_attribute("hms.cache.miss_count", misses)
             span.set_attribute("hms.cache.hit_ratio", round(hits / (hits + misses), 4))
+
+
+def _add_db_call(activity: OwnerActivity, record: Any, start_ns: int, duration: int) -> None:
+    activity.db_count += 1
+    activity.db_duration_ns += duration
+    if record is None:
+        return
+    if len(activity.db_calls) >= MAX_CALLS_PER_OWNER:
+        activity.dropped += 1
+        return
+    fp = record.fingerprint
+    activity.db_calls.append(
+        DbCall(
+            fingerprint=fp.digest,
+            statement=fp.normalized,
+            start_ns=start_ns,
+            duration_ns=duration,
+            table=fp.table,
+            filter_columns=fp.filter_columns,
+            params_hash=record.params_hash,
+            orm=record.orm,
+            rows=record.rows,
+        )
+    )
 
 
 _STRUCTURED_TRACES = "_hms_structured_traces"  # stack traces SignalProcessor.exception_event built

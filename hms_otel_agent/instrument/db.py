@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from time import perf_counter
+from time import perf_counter, time_ns
 from typing import Any
 
 from opentelemetry.context import attach, detach
 from opentelemetry.instrumentation import dbapi
 from opentelemetry.instrumentation._semconv import _set_db_name, _set_db_statement, _set_db_system
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
-from opentelemetry.trace import SpanKind, set_span_in_context
+from opentelemetry.trace import SpanKind, get_current_span, set_span_in_context
 from opentelemetry.trace.status import Status, StatusCode
 
 from hms_otel_agent import guard
@@ -168,6 +168,25 @@ def _contrib_attributes(integration: Any, statement: str, args: tuple[Any, ...])
     return attributes
 
 
+def _record(statement: Any, args: tuple[Any, ...], cursor: Any) -> DbSpanRecord:
+    """What the span processor reads of a statement: fingerprint, ORM context (or the code
+    location of raw SQL), a hash of the parameters; the statement as sent until the span ends."""
+    if isinstance(statement, bytes):
+        statement = statement.decode("utf-8", "replace")
+    long = len(statement) > MAX_EXPORTED_STATEMENT_CHARS
+    fp = fingerprint_sql(statement[:MAX_FINGERPRINT_CHARS] if long else statement)
+    pending = current_orm.get()
+    orm = pending.resolve() if isinstance(pending, PendingOrm) else pending
+    if orm is None:
+        location = user_location()
+        if location is not None:
+            orm = _raw_context(location)
+    params = args[1] if len(args) > 1 else None
+    record = DbSpanRecord(fp, _params_hash(params), orm)
+    record.execution = (statement, params, cursor)
+    return record
+
+
 def _populate(
     tracer: Any, span: Any, cursor: Any, args: tuple[Any, ...], statement: Any, mask: bool
 ) -> DbSpanRecord | None:
@@ -175,23 +194,13 @@ def _populate(
     and the agent's (fingerprint, ORM context); the record the span processor reads."""
     integration = tracer._db_api_integration
     try:
-        if isinstance(statement, bytes):
-            statement = statement.decode("utf-8", "replace")
-        long = len(statement) > MAX_EXPORTED_STATEMENT_CHARS
-        fp = fingerprint_sql(statement[:MAX_FINGERPRINT_CHARS] if long else statement)
-        pending = current_orm.get()
-        orm = pending.resolve() if isinstance(pending, PendingOrm) else pending
-        if orm is None:
-            location = user_location()
-            if location is not None:
-                orm = _raw_context(location)
-        params = args[1] if len(args) > 1 else None
-        record = DbSpanRecord(fp, _params_hash(params), orm)
-        record.execution = (statement, params, cursor)
+        record = _record(statement, args, cursor)
+        setattr(span, SPAN_RECORD, record)
         if not span._context.trace_flags.sampled:
-            # Recorded for detection only, never exported (pipeline.DetectingSampler): the record.
-            setattr(span, SPAN_RECORD, record)
-            return record
+            return record  # recorded for detection only, never exported (pipeline.DetectingSampler)
+        statement, fp = record.execution[0], record.fingerprint  # type: ignore[index]
+        long = len(statement) > MAX_EXPORTED_STATEMENT_CHARS
+        orm = record.orm
         shown = statement
         if statement and (mask or long):
             shown = statement[:MAX_EXPORTED_STATEMENT_CHARS] if long else statement
@@ -204,7 +213,6 @@ def _populate(
         if orm is not None:
             attributes.update(orm_attributes(orm))
         set_attributes(span, attributes)
-        setattr(span, SPAN_RECORD, record)
         return record
     except Exception as exc:
         guard.report("SQL span hook", exc)
@@ -279,6 +287,77 @@ def _finish(
             guard.report("SQL span hook", exc)
 
 
+# --- statements under a request recorded for detection only --------------------------------------
+
+# Set by pipeline.build (HMS_OTEL_DETECT_SAMPLED_OUT): sink(parent span, record, start_ns, end_ns)
+# adds a statement to its owner's activity (SignalProcessor.record_detached_db).
+_detached_sink: Callable[[Any, DbSpanRecord, int, int], None] | None = None
+
+
+def set_detached_sink(sink: Callable[[Any, DbSpanRecord, int, int], None] | None) -> None:
+    global _detached_sink
+    _detached_sink = sink
+
+
+def _detection_only_parent() -> Any:
+    """The current span when it is recorded for detection only (head sampling dropped the
+    request: pipeline.DetectingSampler): a statement under it needs its record, not a span."""
+    if _detached_sink is None:
+        return None
+    parent = get_current_span()
+    if parent.is_recording() and not parent.get_span_context().trace_flags.sampled:
+        return parent
+    return None
+
+
+def _start_detached(
+    tracer: Any, cursor: Any, args: tuple[Any, ...]
+) -> tuple[DbSpanRecord | None, str, tuple[Any, ...]]:
+    """The record `_start` would put on the span, the operation name, the arguments to run
+    (with the SQL comment when enabled). Never raises."""
+    record = None
+    operation = ""
+    try:
+        statement, operation = _statement_and_name(tracer, cursor, args)
+        if args and tracer._commenter_enabled:
+            if tracer._enable_attribute_commenter:
+                args = tracer._update_args_with_added_sql_comment(args, cursor)
+                record = _record(_statement_and_name(tracer, cursor, args)[0], args, cursor)
+            else:
+                record = _record(statement, args, cursor)
+                args = tracer._update_args_with_added_sql_comment(args, cursor)
+        else:
+            record = _record(statement, args, cursor)
+    except Exception as exc:
+        guard.report("SQL span hook", exc)
+    return record, operation, args
+
+
+def _finish_detached(
+    tracer: Any,
+    parent: Any,
+    cursor: Any,
+    operation: str,
+    started: float,
+    start_ns: int,
+    record: DbSpanRecord | None,
+    error: Exception | None,
+) -> None:
+    try:
+        end_ns = time_ns()
+        if record is not None:
+            if error is None and record.fingerprint.operation == "SELECT":
+                rows = cursor.rowcount
+                if rows.__class__ is int and rows >= 0:
+                    record.rows = rows
+            sink = _detached_sink
+            if sink is not None:
+                sink(parent, record, start_ns, end_ns)
+        tracer._record_metrics(cursor, operation, started, error)
+    except Exception as exc:
+        guard.report("SQL span hook", exc)
+
+
 def install(settings: Settings) -> None:
     """Replace the contrib's ``CursorTracer.traced_execution`` (and its async twin) with the
     same span built in one attribute write, without two generator context managers, plus the
@@ -293,13 +372,25 @@ def install(settings: Settings) -> None:
     ) -> Any:
         if not is_instrumentation_enabled():
             return query_method(*args, **kwargs)
+        parent = _detection_only_parent()
+        if parent is not None:
+            record, operation, args = _start_detached(tracer, cursor, args)
+            start_ns, started = time_ns(), perf_counter()
+            error: Exception | None = None
+            try:
+                return query_method(*args, **kwargs)
+            except Exception as exc:
+                error = exc
+                raise
+            finally:
+                _finish_detached(tracer, parent, cursor, operation, started, start_ns, record, error)
         try:
             span, token, operation, args, record = _start(tracer, cursor, args, mask)
         except Exception as exc:
             guard.report("SQL span", exc)
             return query_method(*args, **kwargs)
         started = perf_counter()
-        error: Exception | None = None
+        error = None
         try:
             return query_method(*args, **kwargs)
         except Exception as exc:
@@ -313,13 +404,25 @@ def install(settings: Settings) -> None:
     ) -> Any:
         if not is_instrumentation_enabled():
             return await query_method(*args, **kwargs)
+        parent = _detection_only_parent()
+        if parent is not None:
+            record, operation, args = _start_detached(tracer, cursor, args)
+            start_ns, started = time_ns(), perf_counter()
+            error: Exception | None = None
+            try:
+                return await query_method(*args, **kwargs)
+            except Exception as exc:
+                error = exc
+                raise
+            finally:
+                _finish_detached(tracer, parent, cursor, operation, started, start_ns, record, error)
         try:
             span, token, operation, args, record = _start(tracer, cursor, args, mask)
         except Exception as exc:
             guard.report("SQL span", exc)
             return await query_method(*args, **kwargs)
         started = perf_counter()
-        error: Exception | None = None
+        error = None
         try:
             return await query_method(*args, **kwargs)
         except Exception as exc:

@@ -66,3 +66,47 @@ def test_sampled_requests_always_off_and_the_switch_keep_their_meaning() -> None
     result = sampler.should_sample(local, 1, "SELECT")
     assert result.decision is sampling.Decision.DROP
     assert "ParentBased" in sampler.get_description()
+
+
+def findings_without_route(traced) -> int:  # type: ignore[no-untyped-def]
+    points = traced.metric_points("hms.findings")
+    return sum(p.value for p in points if p.attributes["http.route"] == "unknown")
+
+
+def test_a_sampled_out_owner_with_an_n_plus_one_exports_alone_and_counts(traced) -> None:  # type: ignore[no-untyped-def]
+    from hms_otel_agent.sample.hms.models import Encounter
+
+    tracer = traced.tracer_provider.get_tracer("tests.sampled_out")
+    tracer.sampler = pipeline._sampler(settings(**NEVER))  # this tracer's spans: never sampled
+    before = sum(
+        p.value for p in traced.metric_points("hms.findings") if p.attributes.get("http.route") == ""
+    )
+    traced.clear()
+    with tracer.start_as_current_span("nightly job") as owner:
+        assert owner.is_recording() and not owner.get_span_context().trace_flags.sampled
+        mrns = []
+        for encounter in Encounter.objects.order_by("id")[:6]:
+            mrns.append(encounter.patient.mrn)
+    assert len(mrns) == 6
+    [exported] = traced.spans()  # the owner alone: its 7 statements had no span of their own
+    assert exported.name == "nightly job" and exported.attributes["hms.sampled_out"] is True
+    assert exported.attributes["hms.db.query_count"] == 7
+    [event] = [e for e in exported.events if e.name == "hms.n_plus_one"]
+    assert event.attributes["hms.orm.relation"] == "hms.Encounter.patient"
+    assert (
+        event.attributes["code.function.name"]
+        == test_a_sampled_out_owner_with_an_n_plus_one_exports_alone_and_counts.__name__
+    )
+    after = findings_without_route(traced)
+    assert after == before + 1
+
+
+def test_a_sampled_out_owner_without_findings_exports_nothing(traced) -> None:  # type: ignore[no-untyped-def]
+    from hms_otel_agent.sample.hms.models import Encounter
+
+    tracer = traced.tracer_provider.get_tracer("tests.sampled_out")
+    tracer.sampler = pipeline._sampler(settings(**NEVER))
+    traced.clear()
+    with tracer.start_as_current_span("nightly job"):
+        assert len(list(Encounter.objects.select_related("patient").order_by("id")[:6])) == 6
+    assert traced.spans() == []
