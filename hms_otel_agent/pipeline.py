@@ -38,7 +38,7 @@ from hms_otel_agent.export.compress import SpanCompressor
 from hms_otel_agent.export.otlp_encode import grpc_span_exporter_class, http_span_exporter_class
 from hms_otel_agent.export.otlp_json import OtlpJsonFileMetricExporter, OtlpJsonFileSpanExporter
 from hms_otel_agent.export.resilient import ResilientMetricExporter, ResilientSpanExporter, plain_http_session
-from hms_otel_agent.instrument import db as db_instrument
+from hms_otel_agent.instrument.context import set_detached_sink
 from hms_otel_agent.processors import Detector, SignalMetrics, SignalProcessor
 from hms_otel_agent.signals.activity import Finding, OwnerActivity
 
@@ -506,10 +506,9 @@ def build(
         if label == "file":
             pipeline.local_dir = os.path.abspath(settings.local_dir)
     register_agent_metrics(pipeline)
-    # Statements of requests recorded for detection only go to the processor without a span.
-    db_instrument.set_detached_sink(
-        signal_processor.record_detached_db if settings.detect_sampled_out else None
-    )
+    # Statements and cache calls of requests recorded for detection only go to the processor
+    # without spans of their own.
+    set_detached_sink(signal_processor.record_detached if settings.detect_sampled_out else None)
     install_end_hook()
     install_exception_hook()
     if hasattr(os, "register_at_fork"):

@@ -211,32 +211,32 @@ class SignalProcessor(SpanProcessor):
                 _add_db_call(activity, record, start_ns, duration)
             else:
                 call: CacheCall | None = getattr(span, CACHE_RECORD, None)
-                if call is None:
-                    return
-                if len(activity.cache_calls) >= MAX_CALLS_PER_OWNER:
-                    activity.dropped += 1
-                    return
-                call.start_ns = start_ns
-                call.duration_ns = duration
-                activity.cache_calls.append(call)
+                if call is not None:
+                    _add_cache_call(activity, call, start_ns, duration)
         except Exception as exc:
             guard.report("span processor (span end)", exc)
 
-    def record_detached_db(self, parent: Any, record: Any, start_ns: int, end_ns: int) -> None:
-        """A statement run without a span of its own under `parent`, a span recorded for
-        detection only (instrument/db.py, pipeline.DetectingSampler): what `before_end` does
-        with a DB span's record."""
+    def record_detached(self, parent: Any, record: Any, start_ns: int, end_ns: int) -> None:
+        """A statement (its DB span record) or a Django cache call (its CacheCall) run without
+        a span of its own under `parent`, a span recorded for detection only (instrument/db.py,
+        django_cache.py, pipeline.DetectingSampler): what `before_end` does with such a span."""
         try:
-            execution = record.execution
-            record.execution = None
-            settings = self.settings
-            if settings.explain and end_ns - start_ns >= settings.slow_query_ms * 1e6:
-                EXPLAINER.submit(record.fingerprint, execution, settings)
+            is_cache = isinstance(record, CacheCall)
+            if not is_cache:
+                execution = record.execution
+                record.execution = None
+                settings = self.settings
+                if settings.explain and end_ns - start_ns >= settings.slow_query_ms * 1e6:
+                    EXPLAINER.submit(record.fingerprint, execution, settings)
             state = self._open.get(parent._context.span_id)
             if state is None:
                 return
             owner = state if state.kind == _OWNER else state.owner
-            if owner is not None and owner.activity is not None:
+            if owner is None or owner.activity is None:
+                return
+            if is_cache:
+                _add_cache_call(owner.activity, record, start_ns, end_ns - start_ns)
+            else:
                 _add_db_call(owner.activity, record, start_ns, end_ns - start_ns)
         except Exception as exc:
             guard.report("span processor (span end)", exc)
@@ -415,6 +415,15 @@ class SignalProcessor(SpanProcessor):
             span.set_attribute("hms.cache.hit_count", hits)
             span.set_attribute("hms.cache.miss_count", misses)
             span.set_attribute("hms.cache.hit_ratio", round(hits / (hits + misses), 4))
+
+
+def _add_cache_call(activity: OwnerActivity, call: CacheCall, start_ns: int, duration: int) -> None:
+    if len(activity.cache_calls) >= MAX_CALLS_PER_OWNER:
+        activity.dropped += 1
+        return
+    call.start_ns = start_ns
+    call.duration_ns = duration
+    activity.cache_calls.append(call)
 
 
 def _add_db_call(activity: OwnerActivity, record: Any, start_ns: int, duration: int) -> None:

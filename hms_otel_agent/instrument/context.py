@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 import sys
 import sysconfig
+from collections.abc import Callable
 from contextvars import ContextVar
 from types import CodeType, FrameType
 from typing import Any
+
+from opentelemetry.trace import get_current_span
 
 from hms_otel_agent.signals.activity import CodeLocation, OrmContext
 
@@ -34,6 +37,36 @@ class PendingOrm:
 
 
 current_orm: ContextVar[OrmContext | PendingOrm | None] = ContextVar("hms_otel_orm", default=None)
+
+# Set by pipeline.build (HMS_OTEL_DETECT_SAMPLED_OUT): sink(parent span, record, start_ns, end_ns)
+# adds the record of a statement (instrument/db.py DbSpanRecord) or of a Django cache call
+# (CacheCall) run without a span of its own to its owner's activity
+# (SignalProcessor.record_detached).
+_detached_sink: Callable[[Any, Any, int, int], None] | None = None
+
+
+def set_detached_sink(sink: Callable[[Any, Any, int, int], None] | None) -> None:
+    global _detached_sink
+    _detached_sink = sink
+
+
+def detection_only_parent() -> Any:
+    """The current span when it is recorded for detection only (head sampling dropped the
+    request: pipeline.DetectingSampler), else None: what runs under it needs its record for
+    the detectors, not a span."""
+    if _detached_sink is None:
+        return None
+    parent = get_current_span()
+    if parent.is_recording() and not parent.get_span_context().trace_flags.sampled:
+        return parent
+    return None
+
+
+def add_detached(parent: Any, record: Any, start_ns: int, end_ns: int) -> None:
+    sink = _detached_sink
+    if sink is not None:
+        sink(parent, record, start_ns, end_ns)
+
 
 _AGENT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _SAMPLE_DIR = os.path.join(_AGENT_DIR, "sample") + os.sep

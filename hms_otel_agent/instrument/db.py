@@ -30,15 +30,17 @@ from opentelemetry.context import attach, detach
 from opentelemetry.instrumentation import dbapi
 from opentelemetry.instrumentation._semconv import _set_db_name, _set_db_statement, _set_db_system
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
-from opentelemetry.trace import SpanKind, get_current_span, set_span_in_context
+from opentelemetry.trace import SpanKind, set_span_in_context
 from opentelemetry.trace.status import Status, StatusCode
 
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
 from hms_otel_agent.instrument.context import (
     PendingOrm,
+    add_detached,
     code_attributes,
     current_orm,
+    detection_only_parent,
     set_attributes,
     user_location,
 )
@@ -289,26 +291,6 @@ def _finish(
 
 # --- statements under a request recorded for detection only --------------------------------------
 
-# Set by pipeline.build (HMS_OTEL_DETECT_SAMPLED_OUT): sink(parent span, record, start_ns, end_ns)
-# adds a statement to its owner's activity (SignalProcessor.record_detached_db).
-_detached_sink: Callable[[Any, DbSpanRecord, int, int], None] | None = None
-
-
-def set_detached_sink(sink: Callable[[Any, DbSpanRecord, int, int], None] | None) -> None:
-    global _detached_sink
-    _detached_sink = sink
-
-
-def _detection_only_parent() -> Any:
-    """The current span when it is recorded for detection only (head sampling dropped the
-    request: pipeline.DetectingSampler): a statement under it needs its record, not a span."""
-    if _detached_sink is None:
-        return None
-    parent = get_current_span()
-    if parent.is_recording() and not parent.get_span_context().trace_flags.sampled:
-        return parent
-    return None
-
 
 def _start_detached(
     tracer: Any, cursor: Any, args: tuple[Any, ...]
@@ -350,9 +332,7 @@ def _finish_detached(
                 rows = cursor.rowcount
                 if rows.__class__ is int and rows >= 0:
                     record.rows = rows
-            sink = _detached_sink
-            if sink is not None:
-                sink(parent, record, start_ns, end_ns)
+            add_detached(parent, record, start_ns, end_ns)
         tracer._record_metrics(cursor, operation, started, error)
     except Exception as exc:
         guard.report("SQL span hook", exc)
@@ -372,7 +352,7 @@ def install(settings: Settings) -> None:
     ) -> Any:
         if not is_instrumentation_enabled():
             return query_method(*args, **kwargs)
-        parent = _detection_only_parent()
+        parent = detection_only_parent()
         if parent is not None:
             record, operation, args = _start_detached(tracer, cursor, args)
             start_ns, started = time_ns(), perf_counter()
@@ -404,7 +384,7 @@ def install(settings: Settings) -> None:
     ) -> Any:
         if not is_instrumentation_enabled():
             return await query_method(*args, **kwargs)
-        parent = _detection_only_parent()
+        parent = detection_only_parent()
         if parent is not None:
             record, operation, args = _start_detached(tracer, cursor, args)
             start_ns, started = time_ns(), perf_counter()

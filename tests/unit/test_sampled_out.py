@@ -110,3 +110,27 @@ def test_a_sampled_out_owner_without_findings_exports_nothing(traced) -> None:  
     with tracer.start_as_current_span("nightly job"):
         assert len(list(Encounter.objects.select_related("patient").order_by("id")[:6])) == 6
     assert traced.spans() == []
+
+
+def test_a_sampled_out_owners_cache_calls_count_without_spans(traced, redis_client) -> None:  # type: ignore[no-untyped-def]
+    from django.core.cache import cache
+
+    def reads(result: str) -> int:
+        points = traced.metric_points("hms.cache.reads")
+        return sum(
+            p.value
+            for p in points
+            if p.attributes["http.route"] == "unknown" and p.attributes["hms.cache.result"] == result
+        )
+
+    tracer = traced.tracer_provider.get_tracer("tests.sampled_out")
+    tracer.sampler = pipeline._sampler(settings(**NEVER))
+    cache.set("sampled-out:1", "x")
+    hits, misses = reads("hit"), reads("miss")
+    traced.clear()
+    with tracer.start_as_current_span("nightly job"):
+        assert cache.get("sampled-out:1") == "x"
+        assert cache.get("sampled-out:2") is None
+        assert cache.get_many(["sampled-out:1", "sampled-out:3"]) == {"sampled-out:1": "x"}
+    assert (reads("hit") - hits, reads("miss") - misses) == (2, 2)
+    assert traced.spans() == []  # no findings: nothing exported
