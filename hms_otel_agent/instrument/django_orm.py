@@ -357,8 +357,54 @@ def _tag_of(queryset: Any) -> tuple[Any, ...] | None:
     query = queryset.__dict__.get("_query")
     if query is None:
         return None
-    tag: tuple[Any, ...] | None = query.__dict__.get(TAG)
-    return tag
+    return _query_tag(query)
+
+
+def _query_tag(query: Any) -> tuple[Any, ...] | None:
+    """The tag of a Query: (kind, model, relation, path, root, where, order_by, route, admin),
+    built on first use from what `_tag_related` kept (a clone shares the pending tag)."""
+    tag = query.__dict__.get(TAG)
+    if tag is None or tag.__class__ is tuple:
+        return tag
+    built: tuple[Any, ...] = tag.build()
+    query.__dict__[TAG] = built
+    return built
+
+
+class _PendingTag:
+    """What tagging a related manager's queryset needs, kept when the manager hands it out and
+    made into the tag only when the queryset is evaluated against the database: serializers and
+    templates read prefetched relations row after row, and most of those querysets never run
+    SQL. Holds no instance (the instance's origin is read now: it is set when it is loaded)."""
+
+    __slots__ = ("built", "kind", "name", "order_by", "origin", "owner", "target", "where")
+
+    def __init__(
+        self, kind: str, owner: Any, origin: Origin | None, name: str, target: Any, where: int, order_by: Any
+    ) -> None:
+        self.kind = kind
+        self.owner = owner  # the instance's model class
+        self.origin = origin
+        self.name = name
+        self.target = target  # the queryset's model
+        self.where = where
+        self.order_by = order_by
+        self.built: tuple[Any, ...] | None = None
+
+    def build(self) -> tuple[Any, ...]:
+        built = self.built
+        if built is None:
+            kind, name, origin = self.kind, self.name, self.origin
+            model = _label(self.owner)
+            route: tuple[Step, ...]
+            if origin is None:
+                root, path, route, admin = model, name, (), None
+            else:
+                root, path, route, admin = origin[0], origin[1] + "__" + name, origin[2], origin[3]
+            route = (*route, _step(self.owner, name, kind, _label(self.target)))
+            relation = model + "." + name
+            built = self.built = (kind, model, relation, path, root, self.where, self.order_by, route, admin)
+        return built
 
 
 def _tag_related(queryset: Any, instance: Any, kind: str, name: str) -> None:
@@ -369,14 +415,13 @@ def _tag_related(queryset: Any, instance: Any, kind: str, name: str) -> None:
         query = queryset.__dict__.get("_query")
         if query is None or TAG in query.__dict__:
             return  # a prefetched queryset is returned again on every access: tag it once
-        model, root, path, route, admin = _path(instance, name)
-        route = (*route, _step(type(instance), name, kind, _label(queryset.model)))
         where = len(query.where.children)
         pending = queryset.__dict__.get("_deferred_filter")  # the manager's own filter, not applied yet
         if pending:
             where += len(pending[1]) + len(pending[2])
-        relation = model + "." + name
-        query.__dict__[TAG] = (kind, model, relation, path, root, where, query.order_by, route, admin)
+        query.__dict__[TAG] = _PendingTag(
+            kind, type(instance), _origin(instance), name, queryset.model, where, query.order_by
+        )
     except Exception as exc:
         guard.report(COMPONENT, exc)
 
@@ -709,7 +754,7 @@ def _open_compiler(compiler: Any) -> Token[OrmContext | PendingOrm | None] | Non
         model = query.model
         if model is None:
             return None
-        tag = query.__dict__.get(TAG) if _runs_select(compiler) else None
+        tag = _query_tag(query) if _runs_select(compiler) else None
         if tag is not None:  # iterator() over a related manager's queryset
             filtered = tag[0] in _MANAGER_KINDS and _filtered(query, tag)
             facts = _facts(tag[7], tag[8])
