@@ -133,13 +133,21 @@ class _FakeCursor:
 
 
 def bench_processor(quick: bool) -> dict[str, Any]:
+    from hms_otel_agent.instrument import django_server, eager_loads
     from hms_otel_agent.instrument.db import SPAN_RECORD, DbSpanRecord
-    from hms_otel_agent.processors import CACHE_RECORD, SignalMetrics, SignalProcessor
+    from hms_otel_agent.instrument.explain import EXPLAINER
+    from hms_otel_agent.processors import SignalMetrics, SignalProcessor
     from hms_otel_agent.signals import registry
+    from hms_otel_agent.signals.vocabulary import CACHE_RECORD
 
     settings = _settings()
     processor = SignalProcessor(
-        settings, registry.DETECTORS, SignalMetrics(MeterProvider().get_meter("hms_otel_agent"))
+        settings,
+        registry.DETECTORS,
+        SignalMetrics(MeterProvider().get_meter("hms_otel_agent")),
+        plans=EXPLAINER,
+        eager_loads=eager_loads,
+        route_literals=django_server.route_literals,
     )
     provider = TracerProvider()  # no processors: the benchmark calls ours directly
     django = provider.get_tracer(DJANGO_SCOPE)

@@ -529,6 +529,15 @@ class Settings:
         "the key pattern, hit or miss and backend (fewer spans on cache-heavy pages; the cache "
         "signals are unchanged).",
     )
+    fast_paths: bool = setting(
+        "HMS_OTEL_FAST_PATHS",
+        Bool(),
+        True,
+        "Use the agent's faster replacements of OpenTelemetry SDK and contrib internals (DB and Redis "
+        "span wrappers, one-write span attributes, the OTLP/HTTP span encoder; "
+        "instrument/sdk_internals.py); false, or installed SDK / contrib versions the agent was not "
+        "tested with: the stock code paths (same spans, more CPU per span).",
+    )
     # Signals
     n_plus_one_threshold: int = setting(
         "HMS_OTEL_N_PLUS_ONE_THRESHOLD",

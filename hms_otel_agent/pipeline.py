@@ -27,7 +27,7 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Span, SpanProcessor, TracerProvider, sampling
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider, sampling
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
 from opentelemetry.trace import get_current_span
 
@@ -38,7 +38,15 @@ from hms_otel_agent.export.compress import SpanCompressor
 from hms_otel_agent.export.otlp_encode import grpc_span_exporter_class, http_span_exporter_class
 from hms_otel_agent.export.otlp_json import OtlpJsonFileMetricExporter, OtlpJsonFileSpanExporter
 from hms_otel_agent.export.resilient import ResilientMetricExporter, ResilientSpanExporter, plain_http_session
+from hms_otel_agent.instrument import django_server, eager_loads, sdk_internals
 from hms_otel_agent.instrument.context import set_detached_sink
+from hms_otel_agent.instrument.explain import EXPLAINER
+from hms_otel_agent.instrument.sdk_internals import (  # noqa: F401  (re-exported for benchmarks)
+    install_end_hook,
+    install_exception_hook,
+    uninstall_end_hook,
+    uninstall_exception_hook,
+)
 from hms_otel_agent.processors import Detector, SignalMetrics, SignalProcessor
 from hms_otel_agent.signals.activity import Finding, OwnerActivity
 
@@ -277,9 +285,10 @@ def _otlp_span_exporter(settings: Settings) -> SpanExporter:
     gzip = settings.compression("traces") == "gzip"
     if settings.protocol("traces") == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import Compression as GrpcCompression
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as StockGrpc
 
         # The SDK's OTLP/gRPC exporter sending the agent's encoded bytes (export/otlp_encode.py).
-        Grpc = grpc_span_exporter_class()
+        Grpc = grpc_span_exporter_class() if sdk_internals.fast_paths() else StockGrpc
         insecure = endpoint.startswith("http://")
         compression = GrpcCompression.Gzip if gzip else GrpcCompression.NoCompression
 
@@ -288,10 +297,11 @@ def _otlp_span_exporter(settings: Settings) -> SpanExporter:
 
         return ResilientSpanExporter(grpc_factory, endpoint)
     from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as StockHttp
 
     # The SDK's OTLP/HTTP exporter with the agent's encoder (export/otlp_encode.py: the same
     # bytes, ~7x less CPU per span).
-    Http = http_span_exporter_class()
+    Http = http_span_exporter_class() if sdk_internals.fast_paths() else StockHttp
     http_compression = HttpCompression.Gzip if gzip else HttpCompression.NoCompression
 
     def http_factory() -> SpanExporter:
@@ -345,7 +355,14 @@ def _span_exporters(settings: Settings) -> list[tuple[str, SpanExporter]]:
         elif name == "console":
             exporters.append(("console", ConsoleSpanExporter()))
         elif name == "hms_file":
-            exporters.append(("file", OtlpJsonFileSpanExporter(os.path.abspath(settings.local_dir))))
+            exporters.append(
+                (
+                    "file",
+                    OtlpJsonFileSpanExporter(
+                        os.path.abspath(settings.local_dir), direct=sdk_internals.fast_paths()
+                    ),
+                )
+            )
     return exporters
 
 
@@ -371,91 +388,6 @@ def _metric_readers(settings: Settings) -> list[MetricReader]:
     return readers
 
 
-# --- the Span.end hook ------------------------------------------------------------------
-
-_original_end: Any = None
-
-
-def install_end_hook() -> None:
-    """Let processors write to a span just before it ends (see docs/architecture.md)."""
-    global _original_end
-    if _original_end is not None:
-        return
-    original = Span.end
-    time_ns = time.time_ns
-    # The provider's processors tuple -> their before_end callables. The SDK replaces the tuple
-    # when a processor is added, so a new tuple is looked at once; bounded by the providers.
-    hooks: dict[int, tuple[Any, tuple[Callable[[Span, int], None], ...]]] = {}
-
-    def before_end_hooks(processors: Any) -> tuple[Callable[[Span, int], None], ...]:
-        callables = tuple(
-            hook for hook in (getattr(p, "before_end", None) for p in processors) if hook is not None
-        )
-        if len(hooks) > 1000:
-            hooks.clear()
-        hooks[id(processors)] = (processors, callables)  # keeps the tuple alive: its id stays its own
-        return callables
-
-    def end(self: Span, end_time: int | None = None) -> None:
-        if self._end_time is None:
-            if end_time is None:
-                end_time = time_ns()
-            processors = getattr(self._span_processor, "_span_processors", ())
-            entry = hooks.get(id(processors))
-            callables = (
-                entry[1] if entry is not None and entry[0] is processors else before_end_hooks(processors)
-            )
-            for before_end in callables:
-                before_end(self, end_time)
-        original(self, end_time)
-
-    Span.end = end  # type: ignore[method-assign]
-    _original_end = original
-
-
-def uninstall_end_hook() -> None:
-    global _original_end
-    if _original_end is not None:
-        Span.end = _original_end  # type: ignore[method-assign]
-        _original_end = None
-
-
-_original_record_exception: Any = None
-
-
-def install_exception_hook() -> None:
-    """Let a processor record an exception event itself (`SignalProcessor.exception_event`):
-    the exception object is there, so its stack trace can be built from its structure instead
-    of scrubbed as text, and its message is never read."""
-    global _original_record_exception
-    if _original_record_exception is not None:
-        return
-    original = Span.record_exception
-
-    def record_exception(
-        self: Span,
-        exception: BaseException,
-        attributes: Any = None,
-        timestamp: int | None = None,
-        escaped: bool = False,
-    ) -> None:
-        for processor in getattr(self._span_processor, "_span_processors", ()):
-            handler = getattr(processor, "exception_event", None)
-            if handler is not None and handler(self, exception, attributes, timestamp, escaped):
-                return
-        original(self, exception, attributes, timestamp, escaped)
-
-    Span.record_exception = record_exception  # type: ignore[method-assign]
-    _original_record_exception = original
-
-
-def uninstall_exception_hook() -> None:
-    global _original_record_exception
-    if _original_record_exception is not None:
-        Span.record_exception = _original_record_exception  # type: ignore[method-assign]
-        _original_record_exception = None
-
-
 # --- assembly -------------------------------------------------------------------------------
 
 
@@ -468,6 +400,7 @@ def build(
     on_findings: Callable[[OwnerActivity, list[Finding]], None] | None = None,
 ) -> Pipeline:
     """Assemble providers. Tests pass their own exporters/readers; the agent passes None."""
+    sdk_internals.configure(settings.fast_paths)
     resource = build_resource(settings)
     readers = list(_metric_readers(settings) if metric_readers is None else metric_readers)
     meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
@@ -477,6 +410,9 @@ def build(
         detectors,
         SignalMetrics(meter_provider.get_meter("hms_otel_agent", __version__)),
         on_findings=on_findings,
+        plans=EXPLAINER,
+        eager_loads=eager_loads,
+        route_literals=django_server.route_literals,
     )
     tracer_provider.add_span_processor(signal_processor)
     for processor in extra_span_processors:

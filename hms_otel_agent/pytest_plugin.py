@@ -32,6 +32,7 @@ import pytest
 
 from hms_otel_agent.printable import printable
 from hms_otel_agent.signals.registry import FINDING_KINDS
+from hms_otel_agent.signals.vocabulary import TEST_ATTRIBUTE
 
 if TYPE_CHECKING:
     from hms_otel_agent.report.model import Aggregator
@@ -414,7 +415,7 @@ class _State:
 
         collected: list[Any] = []
         self.collector.start()
-        attributes: dict[str, Any] = {"hms.pytest.nodeid": item.nodeid}
+        attributes: dict[str, Any] = {TEST_ATTRIBUTE: item.nodeid}
         if patterns:
             attributes[ALLOW_ATTRIBUTE] = patterns
         span = self.tracer.start_span(f"test {item.nodeid}", attributes=attributes)

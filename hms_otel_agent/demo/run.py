@@ -27,10 +27,10 @@ from types import FrameType
 from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
+from hms_otel_agent.config import ROOT_PID_ENV, RUN_ID_ENV
 from hms_otel_agent.demo.servers import EmbeddedPostgres, EmbeddedRedis, ServerError, free_port, tail
 from hms_otel_agent.demo.traffic import drive
 from hms_otel_agent.printable import printable
-from hms_otel_agent.report.at_exit import ROOT_PID_ENV, RUN_ID_ENV
 
 DEFAULT_REQUESTS = 200
 PROBE_PATH = "/health/"  # readiness; not part of the traffic mix (demo/traffic.py)
@@ -247,7 +247,7 @@ class Demo:
         from hms_otel_agent import config
         from hms_otel_agent.report.build import build_report
         from hms_otel_agent.report.otlp import TRACES_FILE, read_paths
-        from hms_otel_agent.report.render import render
+        from hms_otel_agent.report.render import format_for, render
 
         path = self.telemetry_dir / TRACES_FILE
         if not path.exists():
@@ -256,8 +256,6 @@ class Demo:
         report = build_report(result.spans, config.load().settings, analyze=False, inputs=[])
         fmt = self.args.format
         if self.args.output:
-            from hms_otel_agent.report.commands import format_for
-
             with open(self.args.output, "w", encoding="utf-8") as out:
                 render(report, format_for(self.args.output, None), out)
         render(report, fmt, sys.stdout)

@@ -17,6 +17,7 @@ from typing import Any
 
 from opentelemetry.trace import get_current_span
 
+from hms_otel_agent.layout import agent_parts
 from hms_otel_agent.signals.activity import CodeLocation, OrmContext
 
 
@@ -68,8 +69,10 @@ def add_detached(parent: Any, record: Any, start_ns: int, end_ns: int) -> None:
         sink(parent, record, start_ns, end_ns)
 
 
-_AGENT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-_SAMPLE_DIR = os.path.join(_AGENT_DIR, "sample") + os.sep
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+# The agent's own modules (layout.py); anything else in the package, such as the bundled example
+# applications, is user code to the agent.
+_AGENT_PARTS = frozenset(agent_parts())
 
 
 def _library_dirs() -> tuple[str, ...]:
@@ -99,10 +102,9 @@ def _classify(filename: str, module: object = None) -> str:
     path = os.path.abspath(filename)
     if filename.startswith("<"):
         user = False
-    elif path.startswith(_SAMPLE_DIR):
-        user = True  # the bundled sample app is "user code" to the agent
-    elif path.startswith(_AGENT_DIR):
-        user = False
+    elif path.startswith(_PACKAGE_DIR):
+        head = path[len(_PACKAGE_DIR) :].split(os.sep, 1)[0]
+        user = os.path.splitext(head)[0] not in _AGENT_PARTS
     else:
         user = not path.startswith(_LIBRARY_DIRS) and f"{os.sep}django{os.sep}" not in path
     shown = display_path(path, module if isinstance(module, str) else "") if user else ""
@@ -168,65 +170,3 @@ def user_location(frame: FrameType | None = None, max_depth: int = 64) -> CodeLo
         frame = frame.f_back
         depth += 1
     return None
-
-
-def code_attributes(location: CodeLocation | None) -> dict[str, object]:
-    """The semantic-convention ``code.*`` attributes of a location (empty when unknown)."""
-    if location is None:
-        return {}
-    return {
-        "code.file.path": location.file,
-        "code.line.number": location.line,
-        "code.function.name": location.function,
-    }
-
-
-# --- the agent's own attribute writes -----------------------------------------------------------
-
-try:  # the SDK's span and attribute classes (opentelemetry-sdk 1.45, pinned)
-    from opentelemetry.attributes import BoundedAttributes as _BoundedAttributes
-    from opentelemetry.sdk.trace import _Span as _SdkSpan
-except ImportError:  # pragma: no cover - another SDK: always the SDK's own set_attributes
-    _BoundedAttributes = _SdkSpan = None  # type: ignore[assignment,misc]
-
-_PLAIN = frozenset((str, int, bool, float))
-_STR = frozenset((str,))
-
-
-def set_attributes(span: Any, attributes: dict[str, Any]) -> None:
-    """``span.set_attributes(attributes)`` for the agent's own attributes, without the SDK's
-    per-value validation when it cannot change anything: an SDK span that has not ended, whose
-    attributes have room for these and no value length limit, and values of the plain types the
-    validation returns unchanged (str, int, bool, float). The result is what set_attributes
-    gives: the same values in the same order (a key set again moves to the end). Anything else
-    goes through ``span.set_attributes``. (On the agent's DB and cache spans the validation —
-    isinstance checks against the abstract Sequence and Mapping per value — cost more than the
-    rest of the hooks; the type checks here run in C: ``set(map(type, ...))``.)"""
-    bounded = getattr(span, "_attributes", None)
-    if (
-        span.__class__ is not _SdkSpan
-        or bounded.__class__ is not _BoundedAttributes
-        or bounded.max_value_len is not None
-        or bounded._immutable
-        or not set(map(type, attributes.values())) <= _PLAIN
-        or not set(map(type, attributes)) <= _STR
-        or "" in attributes
-    ):
-        span.set_attributes(attributes)
-        return
-    with span._lock:
-        done = span._end_time is None
-        if done:
-            with bounded._lock:
-                stored = bounded._dict
-                maxlen = bounded.maxlen
-                if maxlen is not None and len(stored) + len(attributes) > maxlen:
-                    done = False
-                else:
-                    if stored and not stored.keys().isdisjoint(attributes):
-                        for key in attributes:
-                            stored.pop(key, None)
-                    stored.update(attributes)
-    if not done:
-        # Ended (the SDK's warning) or full (it drops the oldest, counts and warns).
-        span.set_attributes(attributes)

@@ -30,26 +30,27 @@ from opentelemetry.context import attach, detach
 from opentelemetry.instrumentation import dbapi
 from opentelemetry.instrumentation._semconv import _set_db_name, _set_db_statement, _set_db_system
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
-from opentelemetry.trace import SpanKind, set_span_in_context
+from opentelemetry.trace import SpanKind, get_current_span, set_span_in_context
 from opentelemetry.trace.status import Status, StatusCode
 
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
+from hms_otel_agent.instrument import sdk_internals
 from hms_otel_agent.instrument.context import (
     PendingOrm,
     add_detached,
-    code_attributes,
     current_orm,
     detection_only_parent,
-    set_attributes,
     user_location,
 )
+from hms_otel_agent.instrument.sdk_internals import set_attributes
 from hms_otel_agent.signals.activity import OrmContext
 from hms_otel_agent.signals.fingerprint import fingerprint_sql
 from hms_otel_agent.signals.sql_mask import mask_sql_literals
+from hms_otel_agent.signals.vocabulary import DB_RECORD, code_attributes
 
 # The record the span processor reads back from the span when it ends.
-SPAN_RECORD = "_hms_db"
+SPAN_RECORD = DB_RECORD
 # Masking and fingerprinting run on the application's thread, in time linear in the statement;
 # a statement of megabytes (an IN list of 100 000 ids) is fingerprinted on its first 16 KiB and
 # exported (masked) up to 4 KiB followed by "…": whole export batches would otherwise be
@@ -341,11 +342,15 @@ def _finish_detached(
 def install(settings: Settings) -> None:
     """Replace the contrib's ``CursorTracer.traced_execution`` (and its async twin) with the
     same span built in one attribute write, without two generator context managers, plus the
-    agent's attributes and record."""
+    agent's attributes and record (a fast path: instrument/sdk_internals.py). With the fast paths
+    off, the contrib's own traced execution runs and `_install_stock` adds the agent's part."""
     global _original_traced
-    if _original_traced is not None:
+    if _original_traced is not None or _original_stock:
         return
     mask = not settings.capture_sql_literals
+    if not sdk_internals.fast_paths():
+        _install_stock(mask)
+        return
 
     def traced_execution(
         tracer: Any, cursor: Any, query_method: Callable[..., Any], *args: Any, **kwargs: Any
@@ -421,3 +426,76 @@ def uninstall() -> None:
     if _original_traced is not None:
         dbapi.CursorTracer.traced_execution, dbapi.CursorTracer.traced_execution_async = _original_traced  # type: ignore[method-assign]
         _original_traced = None
+    while _original_stock:
+        name, original = _original_stock.popitem()
+        setattr(dbapi.CursorTracer, name, original)
+
+
+# --- the stock path ---------------------------------------------------------------------------
+# The contrib's traced_execution makes the span; the agent's part rides on the two methods it
+# calls while the span is open (contrib 0.66b1: `_populate_span` with the statement before the
+# query runs, `_record_metrics` in its `finally`). Both still private: the dbapi instrumentation
+# has no request or response hook.
+
+_original_stock: dict[str, Any] = {}
+
+
+def _install_stock(mask: bool) -> None:
+    original = dbapi.CursorTracer._populate_span
+
+    def _populate_span(self: Any, span: Any, cursor: Any, *args: Any) -> None:
+        if not span.is_recording():
+            return
+        try:
+            statement = self.get_statement(cursor, args)
+            long = isinstance(statement, str) and len(statement) > MAX_EXPORTED_STATEMENT_CHARS
+            fp = fingerprint_sql(statement[:MAX_FINGERPRINT_CHARS] if long else statement)
+            pending = current_orm.get()
+            orm = pending.resolve() if isinstance(pending, PendingOrm) else pending
+            if orm is None:
+                location = user_location()
+                if location is not None:
+                    orm = _raw_context(location)
+            params = args[1] if len(args) > 1 else None
+            record = DbSpanRecord(fp, _params_hash(params), orm)
+            record.execution = (statement, params, cursor)
+            if statement and (mask or long):
+                shown = statement[:MAX_EXPORTED_STATEMENT_CHARS] if long else statement
+                if mask:  # a literal cut in two is masked whole: what follows an open quote is masked
+                    shown = mask_sql_literals(shown)
+                args = (shown + TRUNCATED if long else shown, *args[1:])
+        except Exception as exc:
+            guard.report("SQL span hook", exc)
+            # Never fall back to exporting the raw statement: it may hold literals.
+            original(self, span, cursor, *(("", *args[1:]) if mask and args else args))
+            return
+        original(self, span, cursor, *args)
+        try:
+            attributes = {"hms.db.fingerprint": fp.digest}
+            if orm is not None:
+                attributes.update(orm_attributes(orm))
+            span.set_attributes(attributes)
+            setattr(span, SPAN_RECORD, record)
+        except Exception as exc:
+            guard.report("SQL span hook", exc)
+
+    record_metrics = dbapi.CursorTracer._record_metrics
+
+    def _record_metrics(self: Any, cursor: Any, *args: Any) -> Any:
+        if args and args[-1] is None:  # no error
+            try:
+                span = get_current_span()
+                record = getattr(span, SPAN_RECORD, None)
+                if record is not None and record.fingerprint.operation == "SELECT":
+                    rows = cursor.rowcount
+                    if rows.__class__ is int and rows >= 0:  # -1: a server-side cursor, unknown
+                        record.rows = rows
+                        span.set_attribute("db.response.returned_rows", rows)
+            except Exception as exc:
+                guard.report("SQL span hook", exc)
+        return record_metrics(self, cursor, *args)
+
+    _original_stock["_populate_span"] = original
+    _original_stock["_record_metrics"] = record_metrics
+    dbapi.CursorTracer._populate_span = _populate_span  # type: ignore[method-assign]
+    dbapi.CursorTracer._record_metrics = _record_metrics  # type: ignore[method-assign,assignment]

@@ -29,11 +29,11 @@ from typing import Any
 from opentelemetry import trace
 
 from hms_otel_agent import __version__, guard
-from hms_otel_agent.signals.activity import CONNECT_EVENT, UNKNOWN_MAX_AGE, ConnectCall
+from hms_otel_agent.signals.activity import UNKNOWN_MAX_AGE, ConnectCall
+from hms_otel_agent.signals.vocabulary import CONNECT_EVENT, CONNECT_RECORD
 
 SCOPE = "hms_otel_agent.db_connections"
 EVENT_NAME = CONNECT_EVENT
-CONNECT_RECORD = "_hms_connects"  # list of ConnectCall left on the current span
 COMPONENT = "DB connection hook"
 
 _undo: list[tuple[Any, str, Any]] = []

@@ -35,7 +35,6 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from hms_otel_agent import __version__, guard
 from hms_otel_agent.config import Settings
 from hms_otel_agent.instrument.cache_hooks import (
-    CACHE_RECORD,
     captured_keys,
     current_django_call,
     key_hash,
@@ -43,14 +42,10 @@ from hms_otel_agent.instrument.cache_hooks import (
     keys_pattern,
     read_attributes,
 )
-from hms_otel_agent.instrument.context import (
-    add_detached,
-    code_attributes,
-    detection_only_parent,
-    set_attributes,
-    user_location,
-)
-from hms_otel_agent.signals.activity import DJANGO_CACHE_SCOPE, CacheCall
+from hms_otel_agent.instrument.context import add_detached, detection_only_parent, user_location
+from hms_otel_agent.instrument.sdk_internals import set_attributes
+from hms_otel_agent.signals.activity import CacheCall
+from hms_otel_agent.signals.vocabulary import CACHE_RECORD, DJANGO_CACHE_SCOPE, code_attributes
 
 SCOPE = DJANGO_CACHE_SCOPE
 OPERATIONS = (

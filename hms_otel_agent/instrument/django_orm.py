@@ -1311,7 +1311,7 @@ def _install() -> None:
             _wrap(ct_fields.GenericForeignKey, "__get__", _make_gfk_get)
     _patch_existing_manager_classes(generic_descriptor)
     _patch_custom_many_to_many()
-    fix_check.install()
+    fix_check.install(_accessors)
     if apps.is_installed("django.contrib.admin"):
         from django.contrib.admin.views.main import ChangeList
 

@@ -41,8 +41,9 @@ from opentelemetry.trace.status import Status, StatusCode
 
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
+from hms_otel_agent.instrument import sdk_internals
 from hms_otel_agent.instrument.cache_hooks import command_head, current_django_call, pipeline_commands
-from hms_otel_agent.instrument.context import set_attributes
+from hms_otel_agent.instrument.sdk_internals import call_hook, set_attributes
 from hms_otel_agent.signals.key_pattern import key_pattern
 
 REDIS_SCOPE = "opentelemetry.instrumentation.redis"
@@ -69,8 +70,9 @@ def install(settings: Settings, tracer_provider: Any) -> None:
     )
     try:
         _replace_contrib_helpers()
-        tracer = RedisInstrumentor._get_tracer(tracer_provider=tracer_provider)
-        _replace_command_wrapper(tracer, request_hook, response_hook)
+        if sdk_internals.fast_paths():
+            tracer = RedisInstrumentor._get_tracer(tracer_provider=tracer_provider)
+            _replace_command_wrapper(tracer, request_hook, response_hook)
     except Exception as exc:  # another contrib version: its own wrapper stays
         guard.report("redis instrumentation", exc)
     _wrap_pipelines()
@@ -140,20 +142,19 @@ def _replace_command_wrapper(tracer: Any, request_hook: Any, response_hook: Any)
                 set_attributes(span, attributes)
                 if name == "redis.create_index":
                     _create_attributes(span, args)
-            if request_hook is not None:
-                request_hook(span, instance, args, kwargs)  # the agent's hooks catch their own errors
         except Exception as exc:
             guard.report("redis instrumentation", exc)
+        call_hook(request_hook, span, instance, args, kwargs)  # as the contrib calls it
         return span, token, name
 
     def end(span: Any, token: Any, name: str, instance: Any, args: Any, response: Any) -> None:
         try:
             if name == "redis.search" and span.is_recording():
                 search_attributes(span, args)
-            if response_hook is not None:
-                response_hook(span, instance, response)
         except Exception as exc:
             guard.report("redis instrumentation", exc)
+        try:
+            call_hook(response_hook, span, instance, response)  # as the contrib calls it
         finally:
             _close(span, token)
 

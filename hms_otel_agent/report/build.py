@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from hms_otel_agent.config import Settings
-from hms_otel_agent.report.at_exit import RUN_ID_ATTRIBUTE
 from hms_otel_agent.report.model import ANALYZED, RECORDED, Aggregator, Report
 from hms_otel_agent.report.otlp import SpanData
 from hms_otel_agent.report.spans import Owner, build_owners
 from hms_otel_agent.signals.activity import Finding
 from hms_otel_agent.signals.registry import Detector
+from hms_otel_agent.signals.vocabulary import RUN_ID_ATTRIBUTE
 
 
 def registered_detectors() -> list[Detector]:

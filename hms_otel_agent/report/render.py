@@ -22,6 +22,19 @@ from hms_otel_agent.report.model import (
 )
 
 FORMATS = ("terminal", "json", "markdown")
+
+
+def format_for(path: str | None, given: str | None) -> str:
+    """The format asked for, else the one the output file's name says, else terminal."""
+    if given:
+        return given
+    if path and path.endswith(".json"):
+        return "json"
+    if path and path.endswith((".md", ".markdown")):
+        return "markdown"
+    return "terminal"
+
+
 KIND_LABELS = {
     "n_plus_one": "N+1",
     "duplicate_query": "duplicate query",

@@ -23,19 +23,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hms_otel_agent.report.at_exit import RUN_ID_ATTRIBUTE
 from hms_otel_agent.report.otlp import KIND_SERVER, SpanData
 from hms_otel_agent.signals.activity import (
-    CACHE_SCOPES,
-    CONNECT_EVENT,
-    DB_SCOPES,
-    DJANGO_CACHE_SCOPE,
-    EAGER_LOADS_SCOPE,
-    EXPLAIN_EVENT,
     MAX_CALLS_PER_OWNER,
     UNKNOWN_MAX_AGE,
     CacheCall,
-    CodeLocation,
     ConnectCall,
     DbCall,
     Finding,
@@ -46,6 +38,22 @@ from hms_otel_agent.signals.activity import (
 from hms_otel_agent.signals.fingerprint import fingerprint_sql
 from hms_otel_agent.signals.http_privacy import HttpPrivacy
 from hms_otel_agent.signals.routes import readable_name, readable_route
+from hms_otel_agent.signals.vocabulary import (
+    CACHE_SCOPES,
+    CONNECT_EVENT,
+    DB_SCOPES,
+    DJANGO_CACHE_SCOPE,
+    DJANGO_SCOPE,
+    EAGER_LOADS_SCOPE,
+    EXPLAIN_EVENT,
+    RUN_ID_ATTRIBUTE,
+    TEST_ATTRIBUTE,
+    finding_of,
+    location_of,
+    plan_of,
+)
+from hms_otel_agent.signals.vocabulary import integer as _int
+from hms_otel_agent.signals.vocabulary import text as _text
 
 AGGREGATE_SCOPES = frozenset((EAGER_LOADS_SCOPE,))
 CACHE_SYSTEMS = frozenset(("redis", "memcached", "valkey", "keydb", "dragonfly"))
@@ -78,24 +86,6 @@ def role(span: SpanData) -> int:
     return OWNER
 
 
-def location(attributes: dict[str, Any]) -> CodeLocation | None:
-    file = attributes.get("code.file.path") or attributes.get("code.filepath")
-    if not file:
-        return None
-    line = attributes.get("code.line.number", attributes.get("code.lineno"))
-    try:
-        number = int(line) if line is not None else 0
-    except (TypeError, ValueError):
-        number = 0
-    function = attributes.get("code.function.name") or attributes.get("code.function") or ""
-    return CodeLocation(str(file), number, str(function))
-
-
-def _text(attributes: dict[str, Any], name: str) -> str:
-    value = attributes.get(name)
-    return value if isinstance(value, str) else ""
-
-
 def db_call(span: SpanData) -> DbCall | None:
     """The DbCall for a DB span, or None when it carries no statement and no fingerprint."""
     attributes = span.attributes
@@ -104,7 +94,7 @@ def db_call(span: SpanData) -> DbCall | None:
     if not statement and not digest:
         return None
     fp = fingerprint_sql(statement) if statement else None
-    loc = location(attributes)
+    loc = location_of(attributes)
     model = _text(attributes, "hms.orm.model")
     orm: OrmContext | None = None
     if model:
@@ -172,39 +162,15 @@ def _connect_call(attributes: dict[str, Any], time_ns: int) -> ConnectCall:
     )
 
 
-def _strings(value: Any) -> tuple[str, ...]:
-    if isinstance(value, (list, tuple)):
-        return tuple(str(v) for v in value)
-    return ()
-
-
 def recorded_plans(span: SpanData) -> dict[str, PlanSummary]:
     """The plans the live agent attached to an owner span (``hms.explain`` events)."""
     found: dict[str, PlanSummary] = {}
     for event in span.events:
-        if event.name != EXPLAIN_EVENT:
-            continue
-        attributes = event.attributes
-        fingerprint = _text(attributes, "hms.db.fingerprint")
-        if not fingerprint:
-            continue
-        cost = attributes.get("hms.explain.total_cost")
-        found[fingerprint] = PlanSummary(
-            fingerprint=fingerprint,
-            total_cost=float(cost) if isinstance(cost, (int, float)) else 0.0,
-            plan_rows=_int(attributes.get("hms.explain.plan_rows")),
-            nodes=_strings(attributes.get("hms.explain.nodes")),
-            index_table=_text(attributes, "hms.explain.index_table"),
-            index_columns=_strings(attributes.get("hms.explain.index_columns")),
-        )
+        if event.name == EXPLAIN_EVENT:
+            plan = plan_of(event.attributes)
+            if plan is not None:
+                found[plan.fingerprint] = plan
     return found
-
-
-def _int(value: Any) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return 0
 
 
 def cache_call(span: SpanData) -> CacheCall:
@@ -223,7 +189,7 @@ def cache_call(span: SpanData) -> CacheCall:
         duration_ns=span.duration_ns,
         backend=backend,
         django_api=span.scope == DJANGO_CACHE_SCOPE,
-        location=location(attributes),
+        location=location_of(attributes),
     )
     hit = attributes.get("hms.cache.hit")
     if isinstance(hit, bool):
@@ -249,33 +215,9 @@ def recorded_findings(span: SpanData, route: str) -> list[Finding]:
     """The findings the live agent wrote as events on an owner span."""
     findings = []
     for event in span.events:
-        attributes = event.attributes
-        kind = attributes.get("hms.finding.kind")
-        if not isinstance(kind, str) or not kind:
-            continue
-        duration = attributes.get("hms.finding.duration_ms")
-        findings.append(
-            Finding(
-                kind=kind,
-                fingerprint=_text(attributes, "hms.finding.fingerprint"),
-                repetitions=_int(attributes.get("hms.finding.repetitions")),
-                duration_ms=float(duration) if isinstance(duration, (int, float)) else 0.0,
-                statement=_text(attributes, "hms.finding.statement"),
-                model=_text(attributes, "hms.orm.model"),
-                relation=_text(attributes, "hms.orm.relation"),
-                relation_kind=_text(attributes, "hms.orm.relation_kind"),
-                key_pattern=_text(attributes, "hms.cache.key_pattern"),
-                location=location(attributes),
-                fix=_text(attributes, "hms.hint.fix"),
-                hint=_text(attributes, "hms.hint"),
-                route=route,
-                subject=_text(attributes, "hms.finding.subject"),
-                rows=_int(attributes.get("hms.finding.rows")),
-                table=_text(attributes, "hms.finding.table"),
-                columns=_strings(attributes.get("hms.finding.columns")),
-                members=_strings(attributes.get("hms.finding.members")),
-            )
-        )
+        finding = finding_of(event.attributes, route)
+        if finding is not None:
+            findings.append(finding)
     return findings
 
 
@@ -297,10 +239,6 @@ class Owner:
     def label(self) -> str:
         """The route of a request (readable: signals/routes.py), else the owner's name."""
         return readable_route(self.activity.route) or self.activity.name
-
-
-TEST_ATTRIBUTE = "hms.pytest.nodeid"  # pytest_plugin.py: on the owner span of each test
-DJANGO_SCOPE = "opentelemetry.instrumentation.django"
 
 
 def _is_request(span: SpanData) -> bool:

@@ -12,19 +12,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, TypeVar
 
-# Names the live span processor and the offline report (`report/spans.py`) both go by.
-DB_SCOPES = frozenset(
-    (
-        "opentelemetry.instrumentation.psycopg2",
-        "opentelemetry.instrumentation.psycopg",
-        "opentelemetry.instrumentation.dbapi",
-    )
-)
-DJANGO_CACHE_SCOPE = "hms_otel_agent.django_cache"
-CACHE_SCOPES = frozenset(("opentelemetry.instrumentation.redis", DJANGO_CACHE_SCOPE))
-EAGER_LOADS_SCOPE = "hms_otel_agent.eager_loads"  # aggregate findings, not a request
-CONNECT_EVENT = "hms.db.connect"
-EXPLAIN_EVENT = "hms.explain"
 MAX_CALLS_PER_OWNER = 5000  # DB / cache calls recorded per owner span
 
 

@@ -1,8 +1,10 @@
 """The agent's `traced_execution` (instrument/db.py) makes the DB spans the contrib's would.
 
-Each scenario runs on real PostgreSQL twice — through the agent's replacement and through the
-contrib's own `CursorTracer` methods — and the spans must match in name, kind, parent, status,
-events and every attribute the contrib sets; the agent's own attributes come on top.
+Each scenario runs on real PostgreSQL three times — through the agent's replacement (the fast
+path), through the contrib's own `CursorTracer` methods with the agent's stock-path hooks
+(HMS_OTEL_FAST_PATHS=false, or untested versions) and through the contrib alone — and the spans
+must match in name, kind, parent, status, events and every attribute the contrib sets; the
+agent's own attributes come on top, the same in both of the agent's modes.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import pytest
 from opentelemetry.instrumentation import dbapi
 
-from hms_otel_agent.instrument import db
+from hms_otel_agent.instrument import db, sdk_internals
 
 # Ours on top of the contrib's: the hook's attributes and the row count.
 _AGENT_KEYS = re.compile(r"^(hms\.|code\.|db\.response\.returned_rows$)")
@@ -31,11 +33,11 @@ def _comparable(value: Any) -> Any:
     return value
 
 
-def _describe(span: Any, job_id: int) -> tuple[Any, ...]:
+def _describe(span: Any, job_id: int, agent: bool = False) -> tuple[Any, ...]:
     attributes = {
         key: _comparable(value)
         for key, value in (span.attributes or {}).items()
-        if not _AGENT_KEYS.match(key)
+        if agent or not _AGENT_KEYS.match(key)
     }
     events = [(e.name, (e.attributes or {}).get("exception.type")) for e in span.events]
     parent = span.parent.span_id == job_id if span.parent is not None else None
@@ -50,6 +52,12 @@ def _describe(span: Any, job_id: int) -> tuple[Any, ...]:
     )
 
 
+def _describe_contrib(described: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A description with the agent's attributes left out (what the contrib alone makes)."""
+    attributes = {k: v for k, v in described[-1].items() if not _AGENT_KEYS.match(k)}
+    return (*described[:-1], attributes)
+
+
 @pytest.fixture
 def both_ways(traced: Any) -> Iterator[Callable[[Callable[[], None]], tuple[list[Any], list[Any]]]]:
     """Run a scenario with the agent's DB spans (literals captured, so that the statements can
@@ -58,10 +66,14 @@ def both_ways(traced: Any) -> Iterator[Callable[[Callable[[], None]], tuple[list
 
     def run(scenario: Callable[[], None]) -> tuple[list[Any], list[Any]]:
         results = []
-        for ours in (True, False):
+        for mode in ("fast", "stock", "contrib"):
+            ours = mode != "contrib"
             db.uninstall()
             if ours:
+                sdk_internals.configure(mode == "fast", installed={})
                 db.install(settings)
+                sdk_internals.configure(True, installed={})
+                assert (db._original_traced is not None) == (mode == "fast")
             traced.clear()
             with traced.tracer.start_as_current_span("job") as job:
                 scenario()
@@ -74,8 +86,10 @@ def both_ways(traced: Any) -> Iterator[Callable[[Callable[[], None]], tuple[list
                 )
             else:
                 assert not any("hms.db.fingerprint" in s.attributes for s in spans)
-            results.append([_describe(s, job_id) for s in spans])
-        return results[0], results[1]
+            results.append([_describe(s, job_id, agent=ours) for s in spans])
+        # Both of the agent's modes: the same spans, the agent's attributes included.
+        assert results[0] == results[1]
+        return [_describe_contrib(d) for d in results[0]], results[2]
 
     try:
         yield run

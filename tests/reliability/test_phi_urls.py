@@ -294,6 +294,12 @@ def test_each_opt_in_exports_what_it_promises_and_nothing_else(
     }
     assert app.request("GET", "/rooms/B-12/?bed=12&ward=4B&mrn=M-1", headers=headers).status == 404
     assert app.request("GET", "/patients/1/summary/?bed=12", headers=headers).status == 200
+    # The metric reader exports every 300 ms: wait for both requests' points rather than relying
+    # on the flush at exit, which a loaded machine can cut off at the shutdown deadline.
+    otlp_receiver.wait_for_metrics(
+        lambda p: p.name == "http.server.duration" and "/rooms/" in str(p.attributes.get("http.target")),
+        timeout=60,
+    )
     app.stop()
     spans = [s for s in otlp_receiver.spans() if s.kind == "SPAN_KIND_SERVER"]
     by_target = {str(s.attributes.get("http.target")): s for s in spans}
