@@ -410,6 +410,9 @@ class Option:
     # For OTEL_* variables: the text the SDK or contrib should see for an accepted value (None:
     # removed), where they understand less than the parser (contrib's "False", "any value is true").
     to_environ: Callable[[Any], str | None] | None = None
+    # For OTEL_* variables whose default the agent changes: the text their readers get when the
+    # variable is unset or empty (None: their own default applies).
+    unset_environ: str | None = None
 
     @property
     def flag(self) -> str:
@@ -745,6 +748,14 @@ class Settings:
         "patient, dob, email, phone, ssn, token, ...); a safe parameter named here is not safe.",
         "privacy",
     )
+    capture_client_address: bool = setting(
+        "HMS_OTEL_CAPTURE_CLIENT_ADDRESS",
+        Bool(),
+        False,
+        "Export the client's IP address on server spans (client.address / net.peer.ip); by "
+        "default it is dropped: an IP address identifies a patient.",
+        "privacy",
+    )
     capture_user_agent: bool = setting(
         "HMS_OTEL_CAPTURE_USER_AGENT",
         Bool(),
@@ -1049,7 +1060,12 @@ _GRPC_STATUS_CODES = (
     "DATA_LOSS",
     "UNAUTHENTICATED",
 )
-_SEMCONV_OPT_INS = ("http", "http/dup", "database", "database/dup", "gen_ai_latest_experimental")
+# OTEL_SEMCONV_STABILITY_OPT_IN: contrib's values, and "old", the agent's name for naming neither
+# "database" nor "http" (contrib then keeps the old names of both; contrib ignores the word).
+# Unset, the agent's default applies: the stable database and HTTP names.
+SEMCONV_OLD = "old"
+SEMCONV_DEFAULT = "database,http"
+_SEMCONV_OPT_INS = ("http", "http/dup", "database", "database/dup", "gen_ai_latest_experimental", SEMCONV_OLD)
 _HTTP_CAPTURE_HEADERS = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_"
 
 
@@ -1281,8 +1297,13 @@ SDK_OPTIONS: tuple[Option, ...] = (
         "contrib",
         "OTEL_SEMCONV_STABILITY_OPT_IN",
         ChoiceList(_SEMCONV_OPT_INS, alone="", case="exact"),
-        "(the old conventions)",
-        "Which semantic conventions contrib's instrumentations follow.",
+        SEMCONV_DEFAULT,
+        "Which generation of semantic-convention names the spans and metrics carry, as the "
+        "specification defines the variable: database / http the stable names, database/dup / "
+        "http/dup the old and the stable ones, a signal left out the old ones (old: both left "
+        "out). The agent's default is the stable names (contrib's is the old ones).",
+        replacement=SEMCONV_DEFAULT,
+        unset_environ=SEMCONV_DEFAULT,
     ),
 )
 SDK_OPTIONS_BY_ENV: dict[str, Option] = {o.env: o for o in SDK_OPTIONS}
@@ -1431,19 +1452,24 @@ def clean_environ(loaded: LoadedSettings, environ: MutableMapping[str, str] | No
     (some do when imported): a bad value of an OTEL_* variable is removed, so their default
     applies as the line said (or replaced, `Option.replacement`); an empty one too, which the
     spec treats as unset and some of them do not (a limit of '' is no limit, an exemplar filter
-    of '' raises); and an accepted one is rewritten where they understand less
-    (`Option.to_environ`). Child processes inherit the result, so they never repeat the line."""
+    of '' raises); an accepted one is rewritten where they understand less
+    (`Option.to_environ`); an unset one whose default the agent changes is set to the agent's
+    (`Option.unset_environ`). Child processes inherit the result, so they never repeat the line."""
     environ = os.environ if environ is None else environ
     bad = {p.option.env for p in loaded.problems if p.source == "env"}
     for option in ALL_OPTIONS:
         raw = environ.get(option.env)
-        if raw is None or not option.env.startswith("OTEL_"):
+        if not option.env.startswith("OTEL_"):
+            continue
+        if raw is None:
+            if option.unset_environ is not None:
+                environ[option.env] = option.unset_environ
             continue
         new: str | None
         if option.env in bad:
             new = option.replacement
         elif not raw.strip():
-            new = None
+            new = option.unset_environ
         elif option.to_environ is not None:
             new = option.to_environ(option.parse(raw))
         else:

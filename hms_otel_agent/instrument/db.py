@@ -35,7 +35,7 @@ from opentelemetry.trace.status import Status, StatusCode
 
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
-from hms_otel_agent.instrument import sdk_internals
+from hms_otel_agent.instrument import db_semconv, sdk_internals
 from hms_otel_agent.instrument.context import (
     PendingOrm,
     add_detached,
@@ -61,7 +61,7 @@ TRUNCATED = "…"
 
 
 class DbSpanRecord:
-    __slots__ = ("execution", "fingerprint", "orm", "params_hash", "rows")
+    __slots__ = ("execution", "fingerprint", "orm", "params_hash", "rows", "stable")
 
     def __init__(self, fingerprint: Any, params_hash: int | None, orm: OrmContext | None) -> None:
         self.fingerprint = fingerprint
@@ -70,6 +70,8 @@ class DbSpanRecord:
         self.rows = -1
         # (statement, parameters, cursor) until the span ends; never exported
         self.execution: tuple[Any, Any, Any] | None = None
+        # the stable statement attributes (db_semconv), for the metric; None: old names only
+        self.stable: dict[str, Any] | None = None
 
 
 def orm_attributes(orm: OrmContext) -> dict[str, Any]:
@@ -159,15 +161,23 @@ def _statement_and_name(tracer: Any, cursor: Any, args: tuple[Any, ...]) -> tupl
 
 
 def _contrib_attributes(integration: Any, statement: str, args: tuple[Any, ...]) -> dict[str, Any]:
-    """The attributes the contrib's ``_populate_span`` sets, with `statement` as the statement."""
+    """The attributes the contrib's ``_populate_span`` sets, with `statement` as the statement;
+    the peer and the parameters named as the database mode says (`db_semconv`)."""
     mode = integration._sem_conv_opt_in_mode_db
+    ours = db_semconv.mode_of(mode)
     attributes: dict[str, Any] = {}
     _set_db_system(attributes, integration.database_system, mode)
     _set_db_name(attributes, integration.database, mode)
     _set_db_statement(attributes, statement, mode)
-    attributes.update(integration.span_attributes)
+    if ours.stable:
+        attributes.update(db_semconv.peer_attributes(integration.span_attributes, ours))
+    else:
+        attributes.update(integration.span_attributes)
     if integration.capture_parameters and len(args) > 1:
-        attributes["db.statement.parameters"] = str(args[1])
+        if ours.old:
+            attributes["db.statement.parameters"] = str(args[1])
+        if ours.stable:
+            attributes.update(db_semconv.parameter_attributes(args[1]))
     return attributes
 
 
@@ -190,8 +200,20 @@ def _record(statement: Any, args: tuple[Any, ...], cursor: Any) -> DbSpanRecord:
     return record
 
 
+def _metric_attributes(integration: Any, record: DbSpanRecord, method: str, args: tuple[Any, ...]) -> None:
+    """`record.stable` of a statement that gets no attributes, when the contrib's duration metric
+    is on (the metric is not sampled: its series must not depend on the span's sampling)."""
+    if (
+        integration._duration_histogram is not None
+        and db_semconv.mode_of(integration._sem_conv_opt_in_mode_db).stable
+    ):
+        fp = record.fingerprint
+        size = db_semconv.batch_size(method, args)
+        record.stable = db_semconv.statement_attributes(fp.operation, fp.table, size is not None)
+
+
 def _populate(
-    tracer: Any, span: Any, cursor: Any, args: tuple[Any, ...], statement: Any, mask: bool
+    tracer: Any, span: Any, cursor: Any, args: tuple[Any, ...], statement: Any, mask: bool, method: str
 ) -> DbSpanRecord | None:
     """Every attribute of the DB span in one write: the contrib's, with the statement masked,
     and the agent's (fingerprint, ORM context); the record the span processor reads."""
@@ -200,7 +222,10 @@ def _populate(
         record = _record(statement, args, cursor)
         setattr(span, SPAN_RECORD, record)
         if not span._context.trace_flags.sampled:
-            return record  # recorded for detection only, never exported (pipeline.DetectingSampler)
+            # Recorded for detection only, never exported (pipeline.DetectingSampler): no
+            # attributes; the metric's (not sampled) as for any statement.
+            _metric_attributes(integration, record, method, args)
+            return record
         statement, fp = record.execution[0], record.fingerprint  # type: ignore[index]
         long = len(statement) > MAX_EXPORTED_STATEMENT_CHARS
         orm = record.orm
@@ -212,6 +237,15 @@ def _populate(
             if long:
                 shown += TRUNCATED
         attributes = _contrib_attributes(integration, shown, args)
+        if db_semconv.mode_of(integration._sem_conv_opt_in_mode_db).stable:
+            size = db_semconv.batch_size(method, args)
+            record.stable = db_semconv.statement_attributes(fp.operation, fp.table, size is not None)
+            attributes.update(record.stable)
+            if size is not None:
+                attributes["db.operation.batch.size"] = size
+            name = record.stable.get("db.query.summary")
+            if name:
+                span.update_name(name)
         attributes["hms.db.fingerprint"] = fp.digest
         if orm is not None:
             attributes.update(orm_attributes(orm))
@@ -227,7 +261,7 @@ def _populate(
 
 
 def _start(
-    tracer: Any, cursor: Any, args: tuple[Any, ...], mask: bool
+    tracer: Any, cursor: Any, args: tuple[Any, ...], mask: bool, method: str = ""
 ) -> tuple[Any, Any, str, tuple[Any, ...], Any]:
     """Start the CLIENT span of one execute as the contrib's ``traced_execution`` does (same
     name, kind, attributes, current span, SQL commenter), with one attribute write."""
@@ -244,12 +278,12 @@ def _start(
                 if tracer._enable_attribute_commenter:  # the comment is exported with the statement
                     args = tracer._update_args_with_added_sql_comment(args, cursor)
                     statement = _statement_and_name(tracer, cursor, args)[0]
-                    record = _populate(tracer, span, cursor, args, statement, mask)
+                    record = _populate(tracer, span, cursor, args, statement, mask, method)
                 else:
-                    record = _populate(tracer, span, cursor, args, statement, mask)
+                    record = _populate(tracer, span, cursor, args, statement, mask, method)
                     args = tracer._update_args_with_added_sql_comment(args, cursor)
             else:
-                record = _populate(tracer, span, cursor, args, statement, mask)
+                record = _populate(tracer, span, cursor, args, statement, mask, method)
     except Exception:
         detach(token)
         span.end()
@@ -273,8 +307,13 @@ def _finish(
             if rows.__class__ is int and rows >= 0:  # -1: a server-side cursor, unknown
                 record.rows = rows
                 set_attributes(span, {"db.response.returned_rows": rows})
-        tracer._record_metrics(cursor, operation, started, error)  # the contrib's metrics (opt-in)
+        if record is not None and record.stable is not None:
+            _record_metrics(tracer, cursor, operation, started, error, record.stable)
+        else:
+            tracer._record_metrics(cursor, operation, started, error)  # the contrib's metrics (opt-in)
         if error is not None and span.is_recording():
+            if record is not None and record.stable is not None:
+                set_attributes(span, db_semconv.error_attributes(error))
             # What the SDK's start_as_current_span does with an exception leaving the block.
             span.record_exception(error)
             span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
@@ -294,7 +333,7 @@ def _finish(
 
 
 def _start_detached(
-    tracer: Any, cursor: Any, args: tuple[Any, ...]
+    tracer: Any, cursor: Any, args: tuple[Any, ...], method: str
 ) -> tuple[DbSpanRecord | None, str, tuple[Any, ...]]:
     """The record `_start` would put on the span, the operation name, the arguments to run
     (with the SQL comment when enabled). Never raises."""
@@ -311,6 +350,7 @@ def _start_detached(
                 args = tracer._update_args_with_added_sql_comment(args, cursor)
         else:
             record = _record(statement, args, cursor)
+        _metric_attributes(tracer._db_api_integration, record, method, args)
     except Exception as exc:
         guard.report("SQL span hook", exc)
     return record, operation, args
@@ -334,9 +374,32 @@ def _finish_detached(
                 if rows.__class__ is int and rows >= 0:
                     record.rows = rows
             add_detached(parent, record, start_ns, end_ns)
-        tracer._record_metrics(cursor, operation, started, error)
+        if record is not None and record.stable is not None:
+            _record_metrics(tracer, cursor, operation, started, error, record.stable)
+        else:
+            tracer._record_metrics(cursor, operation, started, error)  # the contrib's metrics (opt-in)
     except Exception as exc:
         guard.report("SQL span hook", exc)
+
+
+def _record_metrics(
+    tracer: Any, cursor: Any, operation: str, started: float, error: Exception | None, stable: dict[str, Any]
+) -> None:
+    """The contrib's ``db.client.operation.duration`` and ``db.client.response.returned_rows``,
+    with the statement's stable attributes (operation, collection, summary) and the error's."""
+    integration = tracer._db_api_integration
+    if integration._duration_histogram is None:
+        return
+    elapsed = perf_counter() - started
+    attributes = tracer._get_metric_attributes(operation, error)
+    attributes.update(stable)
+    if error is not None:
+        attributes.update(db_semconv.error_attributes(error))
+    integration._duration_histogram.record(elapsed, attributes=attributes)
+    if error is None:
+        rows = getattr(cursor, "rowcount", None)
+        if isinstance(rows, int) and rows >= 0:
+            integration._returned_rows_histogram.record(rows, attributes=attributes)
 
 
 def install(settings: Settings) -> None:
@@ -359,7 +422,9 @@ def install(settings: Settings) -> None:
             return query_method(*args, **kwargs)
         parent = detection_only_parent()
         if parent is not None:
-            record, operation, args = _start_detached(tracer, cursor, args)
+            record, operation, args = _start_detached(
+                tracer, cursor, args, getattr(query_method, "__name__", "")
+            )
             start_ns, started = time_ns(), perf_counter()
             error: Exception | None = None
             try:
@@ -370,7 +435,9 @@ def install(settings: Settings) -> None:
             finally:
                 _finish_detached(tracer, parent, cursor, operation, started, start_ns, record, error)
         try:
-            span, token, operation, args, record = _start(tracer, cursor, args, mask)
+            span, token, operation, args, record = _start(
+                tracer, cursor, args, mask, getattr(query_method, "__name__", "")
+            )
         except Exception as exc:
             guard.report("SQL span", exc)
             return query_method(*args, **kwargs)
@@ -391,7 +458,9 @@ def install(settings: Settings) -> None:
             return await query_method(*args, **kwargs)
         parent = detection_only_parent()
         if parent is not None:
-            record, operation, args = _start_detached(tracer, cursor, args)
+            record, operation, args = _start_detached(
+                tracer, cursor, args, getattr(query_method, "__name__", "")
+            )
             start_ns, started = time_ns(), perf_counter()
             error: Exception | None = None
             try:
@@ -402,7 +471,9 @@ def install(settings: Settings) -> None:
             finally:
                 _finish_detached(tracer, parent, cursor, operation, started, start_ns, record, error)
         try:
-            span, token, operation, args, record = _start(tracer, cursor, args, mask)
+            span, token, operation, args, record = _start(
+                tracer, cursor, args, mask, getattr(query_method, "__name__", "")
+            )
         except Exception as exc:
             guard.report("SQL span", exc)
             return await query_method(*args, **kwargs)

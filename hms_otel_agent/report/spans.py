@@ -8,7 +8,9 @@ still analyzed: it is grouped under a stand-in owner for the missing parent.
 
 DB spans from any language or service work: without the agent's ``hms.db.fingerprint`` the
 statement (``db.statement`` or ``db.query.text``) is fingerprinted here, and without
-``hms.orm.*`` attributes detection is SQL-level.
+``hms.orm.*`` attributes detection is SQL-level. Either generation of semantic-convention names
+is read (`signals.semconv`: the stable name, else the old one it replaced), so spans recorded
+with any OTEL_SEMCONV_STABILITY_OPT_IN give the same findings.
 
 The agent's ``hms.db.connect`` events (new database connections) become the `ConnectCall`s of
 the owner of the span they are on, the ``hms.explain`` events on an owner its plans, and
@@ -38,6 +40,7 @@ from hms_otel_agent.signals.activity import (
 from hms_otel_agent.signals.fingerprint import fingerprint_sql
 from hms_otel_agent.signals.http_privacy import HttpPrivacy
 from hms_otel_agent.signals.routes import readable_name, readable_route
+from hms_otel_agent.signals.semconv import stable_value
 from hms_otel_agent.signals.vocabulary import (
     CACHE_SCOPES,
     CONNECT_EVENT,
@@ -78,7 +81,7 @@ def role(span: SpanData) -> int:
         return CACHE
     if span.scope in DB_SCOPES or "hms.db.fingerprint" in attributes:
         return DB
-    system = attributes.get("db.system") or attributes.get("db.system.name")
+    system = stable_value(attributes, "db.system.name")
     if system and span.kind != KIND_SERVER:
         return CACHE if str(system).lower() in CACHE_SYSTEMS else DB
     if "db.statement" in attributes or "db.query.text" in attributes:
@@ -86,10 +89,29 @@ def role(span: SpanData) -> int:
     return OWNER
 
 
+def _stable_text(attributes: dict[str, Any], name: str) -> str:
+    """`_text` of the stable name `name`, else of the old name it replaced."""
+    value = stable_value(attributes, name)
+    return value if isinstance(value, str) else ""
+
+
+_PARAMETER_PREFIX = "db.query.parameter."
+
+
+def _parameters(attributes: dict[str, Any]) -> Any:
+    """The statement's parameters when they were exported (opt-in): the old single attribute,
+    else the stable ``db.query.parameter.<key>`` ones in key order; None when not exported."""
+    old = attributes.get("db.statement.parameters", attributes.get("db.query.parameters"))
+    if old is not None:
+        return old
+    found = sorted((k, str(v)) for k, v in attributes.items() if k.startswith(_PARAMETER_PREFIX))
+    return found or None
+
+
 def db_call(span: SpanData) -> DbCall | None:
     """The DbCall for a DB span, or None when it carries no statement and no fingerprint."""
     attributes = span.attributes
-    statement = _text(attributes, "db.statement") or _text(attributes, "db.query.text")
+    statement = _stable_text(attributes, "db.query.text")
     digest = _text(attributes, "hms.db.fingerprint")
     if not statement and not digest:
         return None
@@ -110,7 +132,7 @@ def db_call(span: SpanData) -> DbCall | None:
         )
     elif loc is not None:
         orm = OrmContext(model="", kind="raw", location=loc)  # as the live DB hook does
-    parameters = attributes.get("db.statement.parameters", attributes.get("db.query.parameters"))
+    parameters = _parameters(attributes)
     return DbCall(
         fingerprint=digest or (fp.digest if fp else ""),
         statement=fp.normalized if fp else "",
@@ -158,7 +180,7 @@ def _connect_call(attributes: dict[str, Any], time_ns: int) -> ConnectCall:
         duration_ns=int(duration_ms * 1e6),
         conn_max_age=None if max_age == -1 else max_age,
         pooled=attributes.get("hms.db.pooled") is True,
-        vendor=_text(attributes, "db.system"),
+        vendor=_stable_text(attributes, "db.system.name"),
     )
 
 
@@ -177,11 +199,11 @@ def cache_call(span: SpanData) -> CacheCall:
     attributes = span.attributes
     operation = _text(attributes, "hms.cache.operation")
     if not operation:
-        statement = _text(attributes, "db.statement") or _text(attributes, "db.query.text")
+        statement = _stable_text(attributes, "db.query.text")
         operation = (statement.split(" ", 1)[0] if statement else span.name.split(" ", 1)[0]).upper()
     backend = _text(attributes, "hms.cache.backend")
     if not backend and span.scope != DJANGO_CACHE_SCOPE:
-        backend = str(attributes.get("db.system") or attributes.get("db.system.name") or "")
+        backend = str(stable_value(attributes, "db.system.name") or "")
     call = CacheCall(
         operation=operation,
         key_pattern=_text(attributes, "hms.cache.key_pattern"),
