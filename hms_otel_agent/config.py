@@ -532,6 +532,40 @@ class Settings:
         "the key pattern, hit or miss and backend (fewer spans on cache-heavy pages; the cache "
         "signals are unchanged).",
     )
+    implicit_units: bool = setting(
+        "HMS_OTEL_IMPLICIT_UNITS",
+        Bool(),
+        True,
+        "Group the queries and cache calls a thread makes outside any span (a script, a thread of "
+        "the app) under an implicit unit of work per thread, a span 'implicit <program or thread>' "
+        "that ends when the thread is idle, so their N+1s are found; false: such calls are spans "
+        "of their own and nothing is detected over them.",
+    )
+    implicit_unit_idle_ms: int = setting(
+        "HMS_OTEL_IMPLICIT_UNIT_IDLE_MS",
+        Int(10, 3_600_000),
+        1000,
+        "An implicit unit of work ends when its thread made no query or cache call for this long "
+        "(or after HMS_OTEL_IMPLICIT_UNIT_MAX_CALLS calls, after 60 s, when the thread ends, at exit).",
+    )
+    implicit_unit_max_calls: int = setting(
+        "HMS_OTEL_IMPLICIT_UNIT_MAX_CALLS",
+        Int(10, 5000),
+        1000,
+        "Queries and cache calls after which an implicit unit of work ends and the next one starts.",
+    )
+    commands_without_span: tuple[str, ...] = setting(
+        "HMS_OTEL_COMMANDS_WITHOUT_SPAN",
+        NameList(
+            "a comma-separated list of management command names",
+            nonempty=True,
+            pattern=re.compile(r"[A-Za-z0-9_][\w-]{0,99}"),
+        ),
+        (),
+        "Management commands that get no owner span, added to those that serve or wait (runserver, "
+        "shell, test, rqworker, celery, runworker, qcluster, ...): a long-running command of your "
+        "own, whose work the implicit units of its threads or unit_of_work blocks then group.",
+    )
     fast_paths: bool = setting(
         "HMS_OTEL_FAST_PATHS",
         Bool(),
@@ -563,11 +597,37 @@ class Settings:
         "Executions of the same statement with the same parameters that make a duplicate-query finding.",
         "signals",
     )
+    trivial_duplicates: bool = setting(
+        "HMS_OTEL_TRIVIAL_DUPLICATES",
+        Bool(),
+        False,
+        "Report each duplicate query of two executions under 1 ms in all as a finding of its own; "
+        "by default they are folded into one summary finding per request.",
+        "signals",
+    )
     cache_n_plus_one_threshold: int = setting(
         "HMS_OTEL_CACHE_N_PLUS_ONE_THRESHOLD",
         Int(2),
         5,
         "Single-key cache reads of one key pattern under one owner that make a cache N+1 finding.",
+        "signals",
+    )
+    cache_miss_min_requests: int = setting(
+        "HMS_OTEL_CACHE_MISS_MIN_REQUESTS",
+        Int(1),
+        3,
+        "Requests (or other owners) whose cache misses at one code site were followed by SQL and "
+        "never written before a miss-without-fill finding; a write of the key pattern anywhere in "
+        "the process (a background job, a command, another path) means it is filled by design.",
+        "signals",
+    )
+    cache_ignore_key_prefixes: tuple[str, ...] = setting(
+        "HMS_OTEL_CACHE_IGNORE_KEY_PREFIXES",
+        NameList("a comma-separated list of key prefixes", nonempty=True),
+        (),
+        "Cache key prefixes that are not application cache reads (left out of cache findings), "
+        "added to the built-in rq:, celery-task-meta-, celery-taskset-meta-, chord-unlock-, "
+        "_kombu., unacked, django.contrib.sessions.",
         "signals",
     )
     cache_invalidation_threshold: int = setting(
@@ -597,6 +657,45 @@ class Settings:
         Float(0.0),
         500.0,
         "Duration of one SQL statement that makes a slow-query finding.",
+        "signals",
+    )
+    http_n_plus_one_threshold: int = setting(
+        "HMS_OTEL_HTTP_N_PLUS_ONE_THRESHOLD",
+        Int(2),
+        5,
+        "Outbound HTTP calls to one endpoint template with different URLs (ids) under one owner "
+        "span that make an HTTP N+1 finding.",
+        "signals",
+    )
+    http_slow_ms: float = setting(
+        "HMS_OTEL_HTTP_SLOW_MS",
+        Float(0.0),
+        1000.0,
+        "Duration of one outbound HTTP call that makes a slow-HTTP-call finding.",
+        "signals",
+    )
+    http_sequential_min_calls: int = setting(
+        "HMS_OTEL_HTTP_SEQUENTIAL_MIN_CALLS",
+        Int(2),
+        3,
+        "Outbound HTTP calls one after the other (none overlapping, at least two endpoints) "
+        "that make a could-run-concurrently finding.",
+        "signals",
+    )
+    http_sequential_min_saved_ms: float = setting(
+        "HMS_OTEL_HTTP_SEQUENTIAL_MIN_SAVED_MS",
+        Float(0.0),
+        100.0,
+        "Time running such a run of calls concurrently would save (their sum minus the longest) "
+        "below which it is not reported.",
+        "signals",
+    )
+    http_sequential_max_gap_ms: float = setting(
+        "HMS_OTEL_HTTP_SEQUENTIAL_MAX_GAP_MS",
+        Float(0.0),
+        100.0,
+        "Longest pause between two calls of such a run (a longer one is work that may need the "
+        "previous answer).",
         "signals",
     )
     explain: bool = setting(
@@ -972,7 +1071,10 @@ class Settings:
     )
     disabled_instrumentations: tuple[str, ...] = setting(
         "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS",
-        NameList("a comma-separated list of instrumentation names (django, psycopg2, psycopg, redis)"),
+        NameList(
+            "a comma-separated list of instrumentation names (django, django_templates, psycopg2, "
+            "psycopg, redis, requests, httpx, urllib3)"
+        ),
         (),
         "Instrumentations not to apply.",
         "otel",

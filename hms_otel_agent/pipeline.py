@@ -48,6 +48,7 @@ from hms_otel_agent.instrument.sdk_internals import (  # noqa: F401  (re-exporte
     uninstall_exception_hook,
 )
 from hms_otel_agent.processors import Detector, SignalMetrics, SignalProcessor
+from hms_otel_agent.signals import cache_signals
 from hms_otel_agent.signals.activity import Finding, OwnerActivity
 
 logger = logging.getLogger("hms_otel")
@@ -400,6 +401,7 @@ def build(
     on_findings: Callable[[OwnerActivity, list[Finding]], None] | None = None,
 ) -> Pipeline:
     """Assemble providers. Tests pass their own exporters/readers; the agent passes None."""
+    cache_signals.reset_evidence()  # what the detectors decide across owners starts afresh
     sdk_internals.configure(settings.fast_paths)
     resource = build_resource(settings)
     readers = list(_metric_readers(settings) if metric_readers is None else metric_readers)

@@ -29,8 +29,9 @@ from hms_otel_agent.instrument.sdk_internals import (
     mark_sampled,
     replace_event,
     replace_status,
+    set_attributes,
 )
-from hms_otel_agent.signals import redact
+from hms_otel_agent.signals import redact, time_split
 from hms_otel_agent.signals.activity import (
     MAX_CALLS_PER_OWNER,
     CacheCall,
@@ -40,6 +41,7 @@ from hms_otel_agent.signals.activity import (
     OwnerActivity,
     PlanSummary,
 )
+from hms_otel_agent.signals.http_calls import HttpCall
 from hms_otel_agent.signals.http_privacy import HttpPrivacy, named_headers
 from hms_otel_agent.signals.redact import scrub_stacktrace
 from hms_otel_agent.signals.registry import Detector, consolidate
@@ -53,7 +55,11 @@ from hms_otel_agent.signals.vocabulary import (
     DJANGO_CACHE_SCOPE,
     EAGER_LOADS_SPAN,
     EXPLAIN_EVENT,
+    HTTP_CLIENT_SCOPES,
+    HTTP_RECORD,
     STRUCTURED_TRACES_RECORD,
+    TEMPLATE_SCOPE,
+    TIME_PREFIX,
     finding_attributes,
     finding_event,
     plan_attributes,
@@ -62,7 +68,14 @@ from hms_otel_agent.signals.vocabulary import (
 logger = logging.getLogger("hms_otel")
 
 
-_OWNER, _DB, _CACHE = 0, 1, 2
+_OWNER, _DB, _CACHE, _HTTP, _TEMPLATE = 0, 1, 2, 3, 4
+# The part of the owner's time split (signals/time_split.py) each kind of child span is.
+_TIME_KIND = {
+    _DB: time_split.DB,
+    _CACHE: time_split.CACHE,
+    _HTTP: time_split.HTTP,
+    _TEMPLATE: time_split.TEMPLATE,
+}
 
 
 class PlanSource(Protocol):
@@ -86,26 +99,26 @@ def _no_literals() -> frozenset[str] | None:
 
 
 class _State:
-    """An open span the processor groups: an owner (with its activity), or a DB or cache span
-    under one. The children of an owner share one state per kind (no allocation per span)."""
+    """An open span the processor groups: an owner (with its activity), or a DB, cache, outbound
+    HTTP or template span under one. The children of an owner share one state per kind (no
+    allocation per span)."""
 
-    __slots__ = ("activity", "cache_child", "db_child", "kind", "owner")
+    __slots__ = ("activity", "children", "kind", "owner")
 
     def __init__(self, kind: int, owner: _State | None, activity: OwnerActivity | None) -> None:
         self.kind = kind
         self.owner = owner
         self.activity = activity
-        self.db_child: _State | None = None
-        self.cache_child: _State | None = None
+        self.children: list[_State | None] | None = None
 
     def child(self, kind: int) -> _State:
-        if kind == _DB:
-            if self.db_child is None:
-                self.db_child = _State(_DB, self, None)
-            return self.db_child
-        if self.cache_child is None:
-            self.cache_child = _State(_CACHE, self, None)
-        return self.cache_child
+        children = self.children
+        if children is None:
+            children = self.children = [None, None, None, None, None]
+        state = children[kind]
+        if state is None:
+            state = children[kind] = _State(kind, self, None)
+        return state
 
 
 class SignalMetrics:
@@ -129,6 +142,11 @@ class SignalMetrics:
             unit="{query}",
             description="SQL statements run per request, by route.",
             explicit_bucket_boundaries_advisory=[0, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377],
+        )
+        self.time = meter.create_counter(
+            "hms.time",
+            unit="s",
+            description="Request time by route and part: db, cache, http, template, app (the rest).",
         )
         self.connection_uses = meter.create_counter(
             "hms.db.connection.uses",
@@ -177,6 +195,11 @@ class SignalProcessor(SpanProcessor):
             scope = span.instrumentation_scope
             scope_name = scope.name if scope is not None else ""
             kind = _DB if scope_name in DB_SCOPES else _CACHE if scope_name in CACHE_SCOPES else _OWNER
+            if kind == _OWNER:
+                if scope_name in HTTP_CLIENT_SCOPES:
+                    kind = _HTTP
+                elif scope_name == TEMPLATE_SCOPE:
+                    kind = _TEMPLATE
             owner = None
             parent = span.parent
             if parent is not None and not parent.is_remote:
@@ -188,7 +211,7 @@ class SignalProcessor(SpanProcessor):
             if kind == _OWNER:
                 state = _State(_OWNER, None, OwnerActivity(name=span.name))
             elif owner is None:
-                return  # a DB or cache span with no owner in this process: nothing to group
+                return  # a DB, cache, HTTP or template span with no owner in this process
             else:
                 state = owner.child(kind)
             open_spans = self._open
@@ -213,7 +236,7 @@ class SignalProcessor(SpanProcessor):
         state: _State | None = None
         try:
             state = self._open.pop(span.context.span_id, None)
-            if state is None or state.kind == _OWNER:
+            if state is None or state.kind in _URL_KINDS:
                 # DB and cache client spans never carry a URL: the statement, the command, ours.
                 scope = span.instrumentation_scope
                 scope_name = scope.name if scope is not None else ""
@@ -245,15 +268,23 @@ class SignalProcessor(SpanProcessor):
             if kind == _OWNER:
                 # The shared child states point back at their owner: leave no cycle behind, so
                 # that the owner's records go when the request does, not at the next collection.
-                state.db_child = state.cache_child = None
-                self._finish_owner(span, state.activity)  # type: ignore[arg-type]
+                state.children = None
+                self._finish_owner(span, state.activity, end_ns)  # type: ignore[arg-type]
                 return
             if owner is None or owner.activity is None:
                 return
             activity = owner.activity
             start_ns = span.start_time or end_ns
             duration = end_ns - start_ns
-            if kind == _DB:
+            intervals = activity.intervals
+            if intervals is None:
+                intervals = activity.intervals = time_split.Intervals()
+            intervals.add(start_ns, end_ns, _TIME_KIND[kind])
+            if kind == _HTTP:
+                _record_http(span, activity, start_ns, duration)
+            elif kind == _TEMPLATE:
+                return
+            elif kind == _DB:
                 _add_db_call(activity, record, start_ns, duration)
             else:
                 call: CacheCall | None = getattr(span, CACHE_RECORD, None)
@@ -272,11 +303,8 @@ class SignalProcessor(SpanProcessor):
                 execution = record.execution
                 record.execution = None
                 settings, plans = self.settings, self.plans
-                if (
-                    plans is not None
-                    and settings.explain
-                    and end_ns - start_ns >= settings.slow_query_ms * 1e6
-                ):
+                slow = end_ns - start_ns >= settings.slow_query_ms * 1e6
+                if plans is not None and settings.explain and slow:
                     plans.submit(record.fingerprint, execution, settings)
             state = self._open.get(parent.get_span_context().span_id)
             if state is None:
@@ -284,10 +312,15 @@ class SignalProcessor(SpanProcessor):
             owner = state if state.kind == _OWNER else state.owner
             if owner is None or owner.activity is None:
                 return
+            activity = owner.activity
+            intervals = activity.intervals
+            if intervals is None:
+                intervals = activity.intervals = time_split.Intervals()
+            intervals.add(start_ns, end_ns, _TIME_KIND[_CACHE if is_cache else _DB])
             if is_cache:
-                _add_cache_call(owner.activity, record, start_ns, end_ns - start_ns)
+                _add_cache_call(activity, record, start_ns, end_ns - start_ns)
             else:
-                _add_db_call(owner.activity, record, start_ns, end_ns - start_ns)
+                _add_db_call(activity, record, start_ns, end_ns - start_ns)
         except Exception as exc:
             guard.report("span processor (span end)", exc)
 
@@ -359,7 +392,7 @@ class SignalProcessor(SpanProcessor):
 
     # --- owners --------------------------------------------------------------------
 
-    def _finish_owner(self, span: Span, activity: OwnerActivity) -> None:
+    def _finish_owner(self, span: Span, activity: OwnerActivity, end_ns: int) -> None:
         attributes = span.attributes or {}
         route = attributes.get("http.route")
         activity.route = str(route) if route else ""
@@ -371,6 +404,13 @@ class SignalProcessor(SpanProcessor):
             span.set_attribute("hms.db.query_count", activity.db_count)
             span.set_attribute("hms.db.duration_ms", round(activity.db_duration_ns / 1e6, 3))
         route = activity.route or "unknown"
+        if activity.intervals is not None or is_server:
+            split = time_split.split(span.start_time or end_ns, end_ns, activity.intervals)
+            set_attributes(span, {TIME_PREFIX + key: value for key, value in split.items()})
+            if is_server and self.metrics is not None:
+                for key, value in split.items():
+                    if value:
+                        self.metrics.time.add(value / 1e3, {"http.route": route, "hms.time.part": key[:-3]})
         if is_server and self.metrics is not None:
             self.metrics.queries_per_request.record(activity.db_count, {"http.route": route})
         if activity.cache_calls:
@@ -379,7 +419,10 @@ class SignalProcessor(SpanProcessor):
             self._record_connections(span, activity, route)
         if self.eager_loads is not None and self.eager_loads.pending():
             self._flush_eager_loads(self.eager_loads)
-        if not (activity.db_calls or activity.cache_calls or activity.connects) or not self.detectors:
+        if (
+            not (activity.db_calls or activity.cache_calls or activity.connects or activity.http_calls)
+            or not self.detectors
+        ):
             return
         if activity.db_calls and self.plans is not None:
             _attach_plans(activity, self.settings.slow_query_ms, self.plans)
@@ -499,12 +542,40 @@ def _add_db_call(activity: OwnerActivity, record: Any, start_ns: int, duration: 
             table=fp.table,
             filter_columns=fp.filter_columns,
             params_hash=record.params_hash,
+            text_hash=record.text_hash,
             orm=record.orm,
             rows=record.rows,
         )
     )
 
 
+def _export_alone(span: Span) -> None:
+    """A request head sampling did not trace (pipeline.DetectingSampler) but with findings: its
+    owner span is exported alone, marked, so that every finding links to a span (its statements
+    and cache calls had no spans, or unsampled ones, and are not exported). Before the span
+    ends: the exporters' processors read the sampled flag in on_end."""
+    span.set_attribute("hms.sampled_out", True)
+    mark_sampled(span)
+
+
+def _record_http(span: Span, activity: OwnerActivity, start_ns: int, duration: int) -> None:
+    """The outbound call's record (`instrument.http_client`), timed and with its status."""
+    call: HttpCall | None = getattr(span, HTTP_RECORD, None)
+    if call is None:
+        return
+    if len(activity.http_calls) >= MAX_CALLS_PER_OWNER:
+        activity.dropped += 1
+        return
+    call.start_ns = start_ns
+    call.duration_ns = duration
+    attributes = attribute_dict(span) or {}
+    status = attributes.get("http.response.status_code", attributes.get("http.status_code"))
+    if isinstance(status, int):
+        call.status_code = status
+    activity.http_calls.append(call)
+
+
+_URL_KINDS = (_OWNER, _HTTP)  # template spans carry a template's name, never a URL
 _URL_ATTRIBUTES = ("http.url", "http.target", "url.full", "url.path", "url.query")
 _HEADER_PREFIXES = ("http.request.header.", "http.response.header.")
 _USER_AGENT_ATTRIBUTES = ("http.user_agent", "user_agent.original")
@@ -609,15 +680,6 @@ def _attach_plans(activity: OwnerActivity, slow_query_ms: float, plans: PlanSour
             plan = plans.plan_for(call.fingerprint)
             if plan is not None:
                 activity.plans[call.fingerprint] = plan
-
-
-def _export_alone(span: Span) -> None:
-    """A request head sampling did not trace (pipeline.DetectingSampler) but with findings: its
-    owner span is exported alone, marked, so that every finding links to a span (its statements
-    and cache calls had no spans, or unsampled ones, and are not exported). Before the span
-    ends: the exporters' processors read the sampled flag in on_end."""
-    span.set_attribute("hms.sampled_out", True)
-    mark_sampled(span)
 
 
 def _write_findings(span: Span, activity: OwnerActivity, findings: list[Finding]) -> None:

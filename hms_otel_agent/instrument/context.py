@@ -69,6 +69,10 @@ def add_detached(parent: Any, record: Any, start_ns: int, end_ns: int) -> None:
         sink(parent, record, start_ns, end_ns)
 
 
+# The awaiting code of an async ORM call (``await Model.objects.aget()``): the query runs in
+# asgiref's worker (or the thread blocked in async_to_sync), whose stack has none of it.
+async_site: ContextVar[CodeLocation | None] = ContextVar("hms_otel_async_site", default=None)
+
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 # The agent's own modules (layout.py); anything else in the package, such as the bundled example
 # applications, is user code to the agent.
@@ -148,14 +152,73 @@ def _import_path(path: str, module: str) -> str:
     return tail[1:] + ext
 
 
-def user_location(frame: FrameType | None = None, max_depth: int = 64) -> CodeLocation | None:
-    """Walk up from `frame` (default: the caller) to the first frame of user code."""
+# Frames of libraries that say where a load was triggered when no user frame is below them:
+# a template node being rendered (the template and its line), a DRF serializer reading one field
+# (the serializer class and field), a form field being rendered (the form class and field), and
+# Django's request handler (nothing of the user's below).
+TEMPLATE_NODE, SERIALIZER_FIELD, FORM_FIELD, REQUEST_HANDLER = 1, 2, 3, 4
+_special_codes: dict[int, int] = {}  # id(code object) -> kind; the code objects are kept alive
+_special_files: set[str] = set()
+_kept: list[CodeType] = []
+# (template file, line) / (serializer class, field name) -> location
+_framework_locations: dict[tuple[Any, Any], CodeLocation] = {}
+_class_lines: dict[type, int] = {}
+MAX_DEPTH = 200  # template rendering is deep: a lazy load in an included fragment is ~100 frames down
+_COMPREHENSIONS = frozenset(("<listcomp>", "<dictcomp>", "<setcomp>", "<genexpr>"))
+
+
+def register_frames(kind: int, *functions: Any) -> None:
+    """Mark library functions (their code objects) as framework frames of `kind`."""
+    for function in functions:
+        code = getattr(function, "__code__", None)
+        if isinstance(code, CodeType):
+            _special_codes[id(code)] = kind
+            _special_files.add(code.co_filename)
+            _kept.append(code)
+
+
+def unregister_frames() -> None:
+    _special_codes.clear()
+    _special_files.clear()
+    _kept.clear()
+
+
+def function_name(frame: FrameType) -> str:
+    """The qualified name of the frame's function (``VisitViewSet.get_queryset``); a
+    comprehension or generator expression is named after the function it sits in, and
+    ``<locals>`` is dropped (``outer.inner``). Python 3.10 has no ``co_qualname``: the plain
+    name there."""
+    code = frame.f_code
+    name: str = getattr(code, "co_qualname", code.co_name)
+    parts = [p for p in name.split(".") if p != "<locals>"]
+    while parts and parts[-1] in _COMPREHENSIONS:
+        parts.pop()
+    if parts:
+        return ".".join(parts)
+    outer = frame.f_back  # 3.10: the comprehension's frame is called by its function's
+    return function_name(outer) if outer is not None and outer.f_code is not code else code.co_name
+
+
+def user_location(frame: FrameType | None = None, max_depth: int = MAX_DEPTH) -> CodeLocation | None:
+    """Where the user's code triggered what runs now: the awaiting code of an async ORM call;
+    else, walking up from `frame` (default: the caller), the first frame of user code, or the
+    template line / DRF serializer field being rendered when one comes first. None when
+    Django's request handler comes first (middleware, servers and test clients are never the
+    place)."""
+    site = async_site.get()
+    if site is not None:
+        return site
     if frame is None:
         frame = sys._getframe(1)
     classified = _classified
     depth = 0
+    template_code = _template_node_code
     while frame is not None and depth < max_depth:
         code = frame.f_code
+        if code is template_code:  # a template node renders it: the template and its line
+            at = _template_location(frame.f_locals.get("self"))
+            if at is not None:
+                return at
         shown = classified.get(code.co_filename)
         if shown is None:
             shown = _classify(code.co_filename, frame.f_globals.get("__name__"))
@@ -163,10 +226,134 @@ def user_location(frame: FrameType | None = None, max_depth: int = 64) -> CodeLo
             key = (code, frame.f_lineno)
             location = _locations.get(key)
             if location is None:
-                location = CodeLocation(shown, frame.f_lineno, code.co_name)
+                # A Jinja2 template's compiled code: the template and its line, not the module's.
+                jinja = frame.f_globals.get("__jinja_template__")
+                location = jinja_location(jinja, frame.f_lineno) if jinja is not None else None
+                if location is None:
+                    location = CodeLocation(shown, frame.f_lineno, function_name(frame))
                 if len(_locations) < 100_000:
                     _locations[key] = location
             return location
+        if code.co_filename in _special_files:
+            kind = _special_codes.get(id(code))
+            if kind == REQUEST_HANDLER:
+                return None
+            if kind is not None:
+                found = _framework_location(kind, frame)
+                if found is not None:
+                    return found
         frame = frame.f_back
         depth += 1
     return None
+
+
+def _framework_location(kind: int, frame: FrameType) -> CodeLocation | None:
+    try:
+        owner: Any = frame.f_locals.get("self")
+        if kind == TEMPLATE_NODE:
+            return _template_location(owner)
+        if kind == FORM_FIELD:  # BoundField.as_widget
+            return _member_location(type(owner.form), owner.name)
+        return _member_location(type(owner), getattr(frame.f_locals.get("field"), "field_name", None))
+    except Exception:  # a framework object of another shape: keep walking
+        return None
+
+
+def _template_location(node: Any) -> CodeLocation | None:
+    """The template line of the node being rendered (`template_location`), when the template
+    is not a library's (the admin's: keep walking to the user's code)."""
+    origin = getattr(node, "origin", None)
+    path = getattr(origin, "name", None)
+    if isinstance(path, str) and os.path.abspath(path).startswith(_LIBRARY_DIRS):
+        return None
+    return template_location(node)
+
+
+def _member_location(cls: type, name: Any) -> CodeLocation | None:
+    """``serializers.py:41 in VisitSerializer.clinician``: a serializer (or form) class, its
+    ``class`` line, and the field it was reading (rendering), when the class is the user's."""
+    if not isinstance(name, str):
+        return None
+    key = (cls, name)
+    location = _framework_locations.get(key)
+    if location is None:
+        module = sys.modules.get(cls.__module__)
+        filename = getattr(module, "__file__", None)
+        if not isinstance(filename, str):
+            return None
+        shown = _classified.get(filename)
+        if shown is None:
+            shown = _classify(filename, cls.__module__)
+        if not shown:
+            return None  # a library's serializer: keep walking
+        location = CodeLocation(shown, _class_line(cls), f"{cls.__qualname__}.{name}")
+        if len(_framework_locations) < 50_000:
+            _framework_locations[key] = location
+    return location
+
+
+def _class_line(cls: type) -> int:
+    """The line of ``class X`` (read from the source once per class; 0 when unknown)."""
+    line = _class_lines.get(cls)
+    if line is None:
+        try:
+            import inspect
+
+            line = inspect.getsourcelines(cls)[1]
+        except Exception:
+            line = 0
+        _class_lines[cls] = line
+    return line
+
+
+def class_location(cls: type) -> CodeLocation | None:
+    """``admin.py:18 in VisitAdmin``: where a user class is defined (None for a library's)."""
+    module = sys.modules.get(cls.__module__)
+    filename = getattr(module, "__file__", None)
+    if not isinstance(filename, str):
+        return None
+    shown = _classified.get(filename)
+    if shown is None:
+        shown = _classify(filename, cls.__module__)
+    if not shown:
+        return None
+    return CodeLocation(shown, _class_line(cls), cls.__qualname__)
+
+
+# Django's ``Node.render_annotated`` (set by `instrument.django_templates`): the frame of the
+# template node being rendered when the ORM, the cache or an HTTP client is called from a template.
+_template_node_code: CodeType | None = None
+_template_locations: dict[tuple[str, int], CodeLocation] = {}
+TEMPLATE_FUNCTION = "template"
+
+
+def jinja_location(template: Any, code_line: int) -> CodeLocation | None:
+    """``clinic/ward_board.jinja:3 in template`` for a line of a Jinja2 template's compiled code
+    (its debug info maps code lines to template lines)."""
+    try:
+        name = template.name or template.filename
+        line = template.get_corresponding_lineno(code_line)
+    except Exception:  # a template object of another shape: the plain frame location
+        return None
+    if not isinstance(name, str) or not isinstance(line, int):
+        return None
+    return CodeLocation(name, line, TEMPLATE_FUNCTION)
+
+
+def template_location(node: Any) -> CodeLocation | None:
+    """``hms/visit_list.html:12 in template`` for a template node (its origin and token line)."""
+    try:
+        line = node.token.lineno
+        origin = node.origin
+        name = origin.template_name or origin.name
+    except AttributeError:
+        return None
+    if not isinstance(name, str) or not isinstance(line, int):
+        return None
+    key = (name, line)
+    location = _template_locations.get(key)
+    if location is None:
+        location = CodeLocation(name, line, TEMPLATE_FUNCTION)
+        if len(_template_locations) < 10_000:
+            _template_locations[key] = location
+    return location

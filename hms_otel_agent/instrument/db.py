@@ -21,6 +21,7 @@ processor drops them then. They are never exported.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Awaitable, Callable
 from time import perf_counter, time_ns
@@ -30,12 +31,12 @@ from opentelemetry.context import attach, detach
 from opentelemetry.instrumentation import dbapi
 from opentelemetry.instrumentation._semconv import _set_db_name, _set_db_statement, _set_db_system
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
-from opentelemetry.trace import SpanKind, get_current_span, set_span_in_context
+from opentelemetry.trace import get_current_span, set_span_in_context
 from opentelemetry.trace.status import Status, StatusCode
 
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
-from hms_otel_agent.instrument import db_semconv, sdk_internals
+from hms_otel_agent.instrument import db_semconv, implicit_units, sdk_internals
 from hms_otel_agent.instrument.context import (
     PendingOrm,
     add_detached,
@@ -61,11 +62,14 @@ TRUNCATED = "…"
 
 
 class DbSpanRecord:
-    __slots__ = ("execution", "fingerprint", "orm", "params_hash", "rows", "stable")
+    __slots__ = ("execution", "fingerprint", "orm", "params_hash", "rows", "stable", "text_hash")
 
-    def __init__(self, fingerprint: Any, params_hash: int | None, orm: OrmContext | None) -> None:
+    def __init__(
+        self, fingerprint: Any, params_hash: int | None, orm: OrmContext | None, text_hash: int | None = None
+    ) -> None:
         self.fingerprint = fingerprint
         self.params_hash = params_hash
+        self.text_hash = text_hash  # the statement as sent: slices differ only in LIMIT/OFFSET text
         self.orm = orm
         self.rows = -1
         # (statement, parameters, cursor) until the span ends; never exported
@@ -100,6 +104,7 @@ def _build_orm_attributes(orm: OrmContext) -> dict[str, Any]:
         if orm.filtered:
             attributes["hms.orm.filtered"] = True
     attributes.update(code_attributes(orm.location))
+    attributes.update(code_attributes(orm.origin, "hms.orm.origin."))
     return attributes
 
 
@@ -160,6 +165,19 @@ def _statement_and_name(tracer: Any, cursor: Any, args: tuple[Any, ...]) -> tupl
     return tracer.get_statement(cursor, args), tracer.get_operation_name(cursor, args)
 
 
+def _peer_attributes(integration: Any, mode: Any) -> dict[str, Any]:
+    """`db_semconv.peer_attributes` of the connection, once per connection (contrib fills its
+    ``span_attributes`` when it connects; the copy is kept with the size it had)."""
+    contrib = integration.span_attributes
+    cached = getattr(integration, "_hms_peer", None)
+    if cached is not None and cached[0] is contrib and cached[1] == len(contrib):
+        return cached[2]
+    peer = db_semconv.peer_attributes(contrib, mode)
+    with contextlib.suppress(Exception):  # an integration without room for it: computed each time
+        integration._hms_peer = (contrib, len(contrib), peer)
+    return peer
+
+
 def _contrib_attributes(integration: Any, statement: str, args: tuple[Any, ...]) -> dict[str, Any]:
     """The attributes the contrib's ``_populate_span`` sets, with `statement` as the statement;
     the peer and the parameters named as the database mode says (`db_semconv`)."""
@@ -170,7 +188,7 @@ def _contrib_attributes(integration: Any, statement: str, args: tuple[Any, ...])
     _set_db_name(attributes, integration.database, mode)
     _set_db_statement(attributes, statement, mode)
     if ours.stable:
-        attributes.update(db_semconv.peer_attributes(integration.span_attributes, ours))
+        attributes.update(_peer_attributes(integration, ours))
     else:
         attributes.update(integration.span_attributes)
     if integration.capture_parameters and len(args) > 1:
@@ -195,7 +213,7 @@ def _record(statement: Any, args: tuple[Any, ...], cursor: Any) -> DbSpanRecord:
         if location is not None:
             orm = _raw_context(location)
     params = args[1] if len(args) > 1 else None
-    record = DbSpanRecord(fp, _params_hash(params), orm)
+    record = DbSpanRecord(fp, _params_hash(params), orm, hash(statement))
     record.execution = (statement, params, cursor)
     return record
 
@@ -267,8 +285,8 @@ def _start(
     name, kind, attributes, current span, SQL commenter), with one attribute write."""
     integration = tracer._db_api_integration
     statement, operation = _statement_and_name(tracer, cursor, args)
-    span = integration._tracer.start_span(
-        operation or integration.database or integration.name, kind=SpanKind.CLIENT
+    span = implicit_units.start_client_span(
+        integration._tracer, operation or integration.database or integration.name
     )
     token = attach(set_span_in_context(span))
     record = None
@@ -528,7 +546,8 @@ def _install_stock(mask: bool) -> None:
                 if location is not None:
                     orm = _raw_context(location)
             params = args[1] if len(args) > 1 else None
-            record = DbSpanRecord(fp, _params_hash(params), orm)
+            text_hash = hash(statement) if isinstance(statement, str) else None
+            record = DbSpanRecord(fp, _params_hash(params), orm, text_hash)
             record.execution = (statement, params, cursor)
             if statement and (mask or long):
                 shown = statement[:MAX_EXPORTED_STATEMENT_CHARS] if long else statement
@@ -543,6 +562,13 @@ def _install_stock(mask: bool) -> None:
         original(self, span, cursor, *args)
         try:
             attributes = {"hms.db.fingerprint": fp.digest}
+            if db_semconv.mode_of(self._db_api_integration._sem_conv_opt_in_mode_db).stable:
+                # The statement's stable names (no batch: the stock path does not say which
+                # method ran); the span is named after the summary, as on the fast path.
+                record.stable = db_semconv.statement_attributes(fp.operation, fp.table, False)
+                attributes.update(record.stable)
+                if record.stable.get("db.query.summary"):
+                    span.update_name(record.stable["db.query.summary"])
             if orm is not None:
                 attributes.update(orm_attributes(orm))
             span.set_attributes(attributes)
@@ -553,6 +579,14 @@ def _install_stock(mask: bool) -> None:
     record_metrics = dbapi.CursorTracer._record_metrics
 
     def _record_metrics(self: Any, cursor: Any, *args: Any) -> Any:
+        if args and isinstance(args[-1], Exception):
+            try:
+                span = get_current_span()
+                record = getattr(span, SPAN_RECORD, None)
+                if record is not None and record.stable is not None and span.is_recording():
+                    span.set_attributes(db_semconv.error_attributes(args[-1]))
+            except Exception as exc:
+                guard.report("SQL span hook", exc)
         if args and args[-1] is None:  # no error
             try:
                 span = get_current_span()

@@ -30,10 +30,11 @@ from opentelemetry import context as context_api
 from opentelemetry import trace
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Status, StatusCode
 
 from hms_otel_agent import __version__, guard
 from hms_otel_agent.config import Settings
+from hms_otel_agent.instrument import implicit_units
 from hms_otel_agent.instrument.cache_hooks import (
     captured_keys,
     current_django_call,
@@ -305,7 +306,7 @@ def _start(operation: str, instance: Any, prepared: _Call, detached: bool = Fals
     # the SDK's per-value checks (context.set_attributes): the samplers the agent configures
     # never read them, and a span that is not recorded needs none of them. `detached`: under a
     # span recorded for detection only, the call gets its record and no span.
-    span = None if detached else _state["tracer"].start_span(f"cache.{operation}", kind=SpanKind.CLIENT)
+    span = None if detached else implicit_units.start_client_span(_state["tracer"], f"cache.{operation}")
     prepared.span = span
     if span is not None and not span.is_recording():
         return

@@ -43,12 +43,12 @@ from typing import Any
 import wrapt
 from opentelemetry.context import attach, detach
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
-from opentelemetry.trace import SpanKind, get_current_span, set_span_in_context
+from opentelemetry.trace import get_current_span, set_span_in_context
 from opentelemetry.trace.status import Status, StatusCode
 
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
-from hms_otel_agent.instrument import sdk_internals
+from hms_otel_agent.instrument import implicit_units, sdk_internals
 from hms_otel_agent.instrument.cache_hooks import command_head, current_django_call, pipeline_commands
 from hms_otel_agent.instrument.db_semconv import database_mode, mode_of, peer_attributes
 from hms_otel_agent.instrument.sdk_internals import call_hook, set_attributes
@@ -140,7 +140,7 @@ def _replace_command_wrapper(tracer: Any, request_hook: Any, response_hook: Any)
         agent code failed (the command then runs untraced)."""
         try:
             name = span_name(instance, args)
-            span = tracer.start_span(name, kind=SpanKind.CLIENT)
+            span = implicit_units.start_client_span(tracer, name)
             token = attach(set_span_in_context(span))
         except Exception as exc:
             guard.report("redis instrumentation", exc)

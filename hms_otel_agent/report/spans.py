@@ -25,7 +25,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hms_otel_agent.report.otlp import KIND_SERVER, SpanData
+from hms_otel_agent.report.otlp import KIND_CLIENT, KIND_SERVER, SpanData
+from hms_otel_agent.signals import time_split
 from hms_otel_agent.signals.activity import (
     MAX_CALLS_PER_OWNER,
     UNKNOWN_MAX_AGE,
@@ -38,6 +39,7 @@ from hms_otel_agent.signals.activity import (
     PlanSummary,
 )
 from hms_otel_agent.signals.fingerprint import fingerprint_sql
+from hms_otel_agent.signals.http_calls import HttpCall
 from hms_otel_agent.signals.http_privacy import HttpPrivacy
 from hms_otel_agent.signals.routes import readable_name, readable_route
 from hms_otel_agent.signals.semconv import stable_value
@@ -49,8 +51,14 @@ from hms_otel_agent.signals.vocabulary import (
     DJANGO_SCOPE,
     EAGER_LOADS_SCOPE,
     EXPLAIN_EVENT,
+    HTTP_CLIENT_SCOPES,
+    HTTP_TIMEOUT,
+    ORIGIN_PREFIX,
     RUN_ID_ATTRIBUTE,
+    TEMPLATE_NAME,
+    TEMPLATE_SCOPE,
     TEST_ATTRIBUTE,
+    TIME_PREFIX,
     finding_of,
     location_of,
     plan_of,
@@ -61,7 +69,13 @@ from hms_otel_agent.signals.vocabulary import text as _text
 AGGREGATE_SCOPES = frozenset((EAGER_LOADS_SCOPE,))
 CACHE_SYSTEMS = frozenset(("redis", "memcached", "valkey", "keydb", "dragonfly"))
 
-OWNER, DB, CACHE = 0, 1, 2
+OWNER, DB, CACHE, HTTP, TEMPLATE = 0, 1, 2, 3, 4
+_TIME_KIND = {
+    DB: time_split.DB,
+    CACHE: time_split.CACHE,
+    HTTP: time_split.HTTP,
+    TEMPLATE: time_split.TEMPLATE,
+}
 
 # What counts as a write or a delete, as the cache instrumentation counts them
 # (instrument/django_cache.py, instrument/cache_hooks.py): per key where the key count is known.
@@ -86,7 +100,43 @@ def role(span: SpanData) -> int:
         return CACHE if str(system).lower() in CACHE_SYSTEMS else DB
     if "db.statement" in attributes or "db.query.text" in attributes:
         return DB
+    if span.scope in HTTP_CLIENT_SCOPES or (
+        span.kind == KIND_CLIENT and ("url.full" in attributes or "http.url" in attributes)
+    ):
+        return HTTP
+    if span.scope == TEMPLATE_SCOPE or TEMPLATE_NAME in attributes:
+        return TEMPLATE
     return OWNER
+
+
+def http_call(span: SpanData) -> HttpCall:
+    """An outbound call as the live hook records it; its URL made safe again (spans of other
+    agents may carry it raw), its raw form unknown (`HttpCall.url_hash` None)."""
+    attributes = span.attributes
+    method = _text(attributes, "http.request.method") or _text(attributes, "http.method")
+    method = (method or span.name.split(" ", 1)[0]).upper()
+    url = _text(attributes, "url.full") or _text(attributes, "http.url")
+    status = attributes.get("http.response.status_code", attributes.get("http.status_code"))
+    timeout = attributes.get(HTTP_TIMEOUT)
+    return HttpCall(
+        method=method if method.isalpha() and len(method) <= 10 else "_OTHER",
+        url=_URLS.target(url) if url else "",
+        start_ns=span.start_ns,
+        duration_ns=span.duration_ns,
+        status_code=_int(status) if status is not None else 0,
+        timeout=timeout if isinstance(timeout, bool) else None,
+        location=location_of(attributes),
+    )
+
+
+def time_of(owner_span: SpanData, intervals: time_split.Intervals | None) -> dict[str, float]:
+    """The owner's time split: as the live agent recorded it (``hms.time.*``), else computed
+    from the child spans in the data."""
+    attributes = owner_span.attributes
+    recorded = {key: attributes.get(TIME_PREFIX + key) for key in time_split.KEYS}
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in recorded.values()):
+        return {key: float(value) for key, value in recorded.items()}  # type: ignore[arg-type]
+    return time_split.split(owner_span.start_ns, owner_span.end_ns, intervals)
 
 
 def _stable_text(attributes: dict[str, Any], name: str) -> str:
@@ -129,6 +179,7 @@ def db_call(span: SpanData) -> DbCall | None:
             root_model=_text(attributes, "hms.orm.root_model"),
             filtered=attributes.get("hms.orm.filtered") is True,
             location=loc,
+            origin=location_of(attributes, ORIGIN_PREFIX),
         )
     elif loc is not None:
         orm = OrmContext(model="", kind="raw", location=loc)  # as the live DB hook does
@@ -256,6 +307,7 @@ class Owner:
     run_id: str = ""
     recorded: list[Finding] = field(default_factory=list)
     aggregate: bool = False  # the agent's span for findings over many requests, not a request
+    time: dict[str, float] = field(default_factory=dict)  # the time split (signals/time_split.py)
 
     @property
     def label(self) -> str:
@@ -282,7 +334,8 @@ def _resource_text(span: SpanData, name: str) -> str:
 
 
 def build_owners(spans: Iterable[SpanData]) -> list[Owner]:
-    """Group DB and cache spans under their owners; every non-DB, non-cache span is an owner."""
+    """Group DB, cache, outbound HTTP and template spans under their owners; every other span
+    is an owner."""
     by_id: dict[tuple[str, str], SpanData] = {}
     for span in spans:
         by_id.setdefault((span.trace_id, span.span_id), span)
@@ -359,6 +412,17 @@ def build_owners(spans: Iterable[SpanData]) -> list[Owner]:
         for kind, span in members:
             if span.events:
                 activity.connects.extend(connect_calls(span))
+            if activity.intervals is None:
+                activity.intervals = time_split.Intervals()
+            activity.intervals.add(span.start_ns, span.end_ns, _TIME_KIND[kind])
+            if kind == TEMPLATE:
+                continue
+            if kind == HTTP:
+                if len(activity.http_calls) >= MAX_CALLS_PER_OWNER:
+                    activity.dropped += 1
+                else:
+                    activity.http_calls.append(http_call(span))
+                continue
             if kind == DB:
                 activity.db_count += 1
                 activity.db_duration_ns += span.duration_ns
@@ -374,4 +438,7 @@ def build_owners(spans: Iterable[SpanData]) -> list[Owner]:
                     activity.dropped += 1
                     continue
                 activity.cache_calls.append(cache_call(span))
+    for owner in owners.values():
+        if owner.span is not None and not owner.aggregate:
+            owner.time = time_of(owner.span, owner.activity.intervals)
     return list(owners.values())

@@ -19,6 +19,7 @@ CACHE_RECORD = "_hms_cache"  # the CacheCall, read back by the span processor wh
 COMMAND_RECORD = "_hms_redis"  # the parsed Redis command, from the request hook to the response hook
 CONNECT_RECORD = "_hms_connects"  # list of ConnectCall opened while the span was current
 STRUCTURED_TRACES_RECORD = "_hms_structured_traces"  # stack traces the processor built itself
+HTTP_RECORD = "_hms_http"  # signals/http_calls.HttpCall of an outbound call (instrument/http_client.py)
 
 # --- instrumentation scopes ------------------------------------------------------------------
 DB_SCOPES = frozenset(
@@ -33,10 +34,22 @@ CACHE_SCOPES = frozenset(("opentelemetry.instrumentation.redis", DJANGO_CACHE_SC
 EAGER_LOADS_SCOPE = "hms_otel_agent.eager_loads"  # aggregate findings, not a request
 EAGER_LOADS_SPAN = "unused eager loading"  # the span name of those findings
 DJANGO_SCOPE = "opentelemetry.instrumentation.django"
+TEMPLATE_SCOPE = "hms_otel_agent.django_templates"  # template renders: part of their owner
+# The contrib instrumentations whose client spans are outbound calls (instrument/http_client.py).
+HTTP_CLIENT_SCOPES = frozenset(
+    (
+        "opentelemetry.instrumentation.requests",
+        "opentelemetry.instrumentation.httpx",
+        "opentelemetry.instrumentation.urllib3",
+    )
+)
 
 # --- resource and span attributes other layers look for -------------------------------------
 RUN_ID_ATTRIBUTE = "hms.run.id"  # resource: every process of one hms-otel-run run
 TEST_ATTRIBUTE = "hms.pytest.nodeid"  # pytest_plugin.py: on the owner span of each test
+TEMPLATE_NAME = "hms.template.name"  # template spans: the name the template was loaded by
+HTTP_TIMEOUT = "hms.http.timeout"  # outbound spans: whether the call has a timeout (when shown)
+TIME_PREFIX = "hms.time."  # owner spans: hms.time.db_ms ... (signals/time_split.py KEYS)
 
 # --- events ----------------------------------------------------------------------------------
 CONNECT_EVENT = "hms.db.connect"
@@ -61,28 +74,35 @@ def finding_event(kind: str) -> str:
 # --- code locations ----------------------------------------------------------------------------
 
 
-def code_attributes(location: CodeLocation | None) -> dict[str, object]:
-    """The semantic-convention ``code.*`` attributes of a location (empty when unknown)."""
+ORIGIN_PREFIX = "hms.orm.origin."  # where a queryset came from: hms.orm.origin.code.*
+
+
+def code_attributes(location: CodeLocation | None, prefix: str = "") -> dict[str, object]:
+    """The semantic-convention ``code.*`` attributes of a location (empty when unknown; no
+    function for a template line); `prefix` `ORIGIN_PREFIX` for where a queryset came from."""
     if location is None:
         return {}
-    return {
-        "code.file.path": location.file,
-        "code.line.number": location.line,
-        "code.function.name": location.function,
+    attributes: dict[str, object] = {
+        prefix + "code.file.path": location.file,
+        prefix + "code.line.number": location.line,
     }
+    if location.function:
+        attributes[prefix + "code.function.name"] = location.function
+    return attributes
 
 
-def location_of(attributes: dict[str, Any]) -> CodeLocation | None:
-    """The location in ``code.*`` attributes, stable or older names (any producer)."""
-    file = attributes.get("code.file.path") or attributes.get("code.filepath")
+def location_of(attributes: dict[str, Any], prefix: str = "") -> CodeLocation | None:
+    """The location in ``code.*`` attributes, stable or older names (any producer); with
+    `prefix` `ORIGIN_PREFIX`, where the queryset came from."""
+    file = attributes.get(prefix + "code.file.path") or attributes.get(prefix + "code.filepath")
     if not file:
         return None
-    line = attributes.get("code.line.number", attributes.get("code.lineno"))
+    line = attributes.get(prefix + "code.line.number", attributes.get(prefix + "code.lineno"))
     try:
         number = int(line) if line is not None else 0
     except (TypeError, ValueError):
         number = 0
-    function = attributes.get("code.function.name") or attributes.get("code.function") or ""
+    function = attributes.get(prefix + "code.function.name") or attributes.get(prefix + "code.function") or ""
     return CodeLocation(str(file), number, str(function))
 
 
@@ -164,6 +184,7 @@ def finding_attributes(finding: Finding) -> dict[str, Any]:
     if finding.key_pattern:
         attributes["hms.cache.key_pattern"] = finding.key_pattern
     attributes.update(code_attributes(finding.location))
+    attributes.update(code_attributes(finding.origin, ORIGIN_PREFIX))
     if finding.fix:
         attributes["hms.hint.fix"] = finding.fix
     if finding.fix_kind:
@@ -200,6 +221,7 @@ def finding_of(attributes: dict[str, Any], route: str = "") -> Finding | None:
         relation_kind=text(attributes, "hms.orm.relation_kind"),
         key_pattern=text(attributes, "hms.cache.key_pattern"),
         location=location_of(attributes),
+        origin=location_of(attributes, ORIGIN_PREFIX),
         fix=text(attributes, "hms.hint.fix"),
         fix_kind=text(attributes, "hms.hint.fix_kind"),
         hint=text(attributes, "hms.hint"),
