@@ -789,6 +789,15 @@ class Settings:
         "an unused-eager-loading finding.",
         "signals",
     )
+    detect_sampled_out: bool = setting(
+        "HMS_OTEL_DETECT_SAMPLED_OUT",
+        Bool(),
+        True,
+        "With head sampling (OTEL_TRACES_SAMPLER), run detection on the requests it does not "
+        "trace too: their spans are recorded but not exported, and one with findings exports its "
+        "owner span alone (hms.sampled_out); false: detection sees sampled requests only.",
+        "signals",
+    )
     live_log: bool = setting(
         "HMS_OTEL_LIVE_LOG",
         Bool(),

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable
-from time import perf_counter
+from time import perf_counter, time_ns
 from typing import Any
 
 from opentelemetry.context import attach, detach
@@ -39,7 +39,13 @@ from opentelemetry.trace.status import Status, StatusCode
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
 from hms_otel_agent.instrument import db_semconv, implicit_units, sdk_internals
-from hms_otel_agent.instrument.context import current_orm, user_location
+from hms_otel_agent.instrument.context import (
+    PendingOrm,
+    add_detached,
+    current_orm,
+    detection_only_parent,
+    user_location,
+)
 from hms_otel_agent.instrument.sdk_internals import set_attributes
 from hms_otel_agent.signals.activity import OrmContext
 from hms_otel_agent.signals.fingerprint import fingerprint_sql
@@ -217,6 +223,40 @@ def _contrib_attributes(integration: Any, statement: str, args: tuple[Any, ...])
     return attributes
 
 
+def _record(statement: Any, args: tuple[Any, ...], cursor: Any) -> DbSpanRecord:
+    """What the span processor reads of a statement: fingerprint, ORM context (or the code
+    location of raw SQL), a hash of the parameters; the statement as sent until the span ends."""
+    if isinstance(statement, bytes):
+        statement = statement.decode("utf-8", "replace")
+    long = len(statement) > MAX_EXPORTED_STATEMENT_CHARS
+    fp = fingerprint_sql(statement[:MAX_FINGERPRINT_CHARS] if long else statement)
+    pending = current_orm.get()
+    orm = pending.resolve() if isinstance(pending, PendingOrm) else pending
+    if orm is None:
+        location = user_location()
+        if location is not None:
+            orm = _raw_context(location)
+    params = args[1] if len(args) > 1 else None
+    record = DbSpanRecord(fp, _params_hash(params), orm, hash(statement))
+    record.execution = (statement, params, cursor)
+    return record
+
+
+def _metric_attributes(integration: Any, record: DbSpanRecord, method: str, args: tuple[Any, ...]) -> None:
+    """`record.stable` of a statement that gets no attributes, when the contrib's duration metric
+    is on (the metric is not sampled: its series must not depend on the span's sampling)."""
+    if (
+        integration._duration_histogram is not None
+        and db_semconv.mode_of(integration._sem_conv_opt_in_mode_db).stable
+    ):
+        fp = record.fingerprint
+        size = db_semconv.batch_size(method, args)
+        statement = record.execution[0] if record.execution else ""
+        record.stable = db_semconv.statement_attributes(
+            fp.operation, fp.table, size is not None, sql_summary(_text(statement)[:MAX_SUMMARY_INPUT_CHARS])
+        )
+
+
 def _populate(
     tracer: Any, span: Any, cursor: Any, args: tuple[Any, ...], statement: Any, mask: bool, method: str
 ) -> DbSpanRecord | None:
@@ -224,18 +264,16 @@ def _populate(
     and the agent's (fingerprint, ORM context); the record the span processor reads."""
     integration = tracer._db_api_integration
     try:
-        if isinstance(statement, bytes):
-            statement = statement.decode("utf-8", "replace")
+        record = _record(statement, args, cursor)
+        setattr(span, SPAN_RECORD, record)
+        if not span._context.trace_flags.sampled:
+            # Recorded for detection only, never exported (pipeline.DetectingSampler): no
+            # attributes; the metric's (not sampled) as for any statement.
+            _metric_attributes(integration, record, method, args)
+            return record
+        statement, fp = record.execution[0], record.fingerprint  # type: ignore[index]
         long = len(statement) > MAX_EXPORTED_STATEMENT_CHARS
-        fp = fingerprint_sql(statement[:MAX_FINGERPRINT_CHARS] if long else statement)
-        orm = current_orm.get()
-        if orm is None:
-            location = user_location()
-            if location is not None:
-                orm = _raw_context(location)
-        params = args[1] if len(args) > 1 else None
-        record = DbSpanRecord(fp, _params_hash(params), orm, hash(statement))
-        record.execution = (statement, params, cursor)
+        orm = record.orm
         shown = statement
         if statement and (mask or long):
             shown = statement[:MAX_EXPORTED_STATEMENT_CHARS] if long else statement
@@ -259,7 +297,6 @@ def _populate(
         if orm is not None:
             attributes.update(orm_attributes(orm))
         set_attributes(span, attributes)
-        setattr(span, SPAN_RECORD, record)
         return record
     except Exception as exc:
         guard.report("SQL span hook", exc)
@@ -339,6 +376,59 @@ def _finish(
             guard.report("SQL span hook", exc)
 
 
+# --- statements under a request recorded for detection only --------------------------------------
+
+
+def _start_detached(
+    tracer: Any, cursor: Any, args: tuple[Any, ...], method: str
+) -> tuple[DbSpanRecord | None, str, tuple[Any, ...]]:
+    """The record `_start` would put on the span, the operation name, the arguments to run
+    (with the SQL comment when enabled). Never raises."""
+    record = None
+    operation = ""
+    try:
+        statement, _, operation = _statement_and_name(tracer, cursor, args)
+        if args and tracer._commenter_enabled:
+            if tracer._enable_attribute_commenter:
+                args = tracer._update_args_with_added_sql_comment(args, cursor)
+                record = _record(_statement_and_name(tracer, cursor, args)[0], args, cursor)
+            else:
+                record = _record(statement, args, cursor)
+                args = tracer._update_args_with_added_sql_comment(args, cursor)
+        else:
+            record = _record(statement, args, cursor)
+        _metric_attributes(tracer._db_api_integration, record, method, args)
+    except Exception as exc:
+        guard.report("SQL span hook", exc)
+    return record, operation, args
+
+
+def _finish_detached(
+    tracer: Any,
+    parent: Any,
+    cursor: Any,
+    operation: str,
+    started: float,
+    start_ns: int,
+    record: DbSpanRecord | None,
+    error: Exception | None,
+) -> None:
+    try:
+        end_ns = time_ns()
+        if record is not None:
+            if error is None and record.fingerprint.operation == "SELECT":
+                rows = cursor.rowcount
+                if rows.__class__ is int and rows >= 0:
+                    record.rows = rows
+            add_detached(parent, record, start_ns, end_ns)
+        if record is not None and record.stable is not None:
+            _record_metrics(tracer, cursor, operation, started, error, record.stable)
+        else:
+            tracer._record_metrics(cursor, operation, started, error)  # the contrib's metrics (opt-in)
+    except Exception as exc:
+        guard.report("SQL span hook", exc)
+
+
 def _record_metrics(
     tracer: Any, cursor: Any, operation: str, started: float, error: Exception | None, stable: dict[str, Any]
 ) -> None:
@@ -377,6 +467,20 @@ def install(settings: Settings) -> None:
     ) -> Any:
         if not is_instrumentation_enabled():
             return query_method(*args, **kwargs)
+        parent = detection_only_parent()
+        if parent is not None:
+            record, operation, args = _start_detached(
+                tracer, cursor, args, getattr(query_method, "__name__", "")
+            )
+            start_ns, started = time_ns(), perf_counter()
+            error: Exception | None = None
+            try:
+                return query_method(*args, **kwargs)
+            except Exception as exc:
+                error = exc
+                raise
+            finally:
+                _finish_detached(tracer, parent, cursor, operation, started, start_ns, record, error)
         try:
             span, token, operation, args, record = _start(
                 tracer, cursor, args, mask, getattr(query_method, "__name__", "")
@@ -385,7 +489,7 @@ def install(settings: Settings) -> None:
             guard.report("SQL span", exc)
             return query_method(*args, **kwargs)
         started = perf_counter()
-        error: Exception | None = None
+        error = None
         try:
             return query_method(*args, **kwargs)
         except Exception as exc:
@@ -399,6 +503,20 @@ def install(settings: Settings) -> None:
     ) -> Any:
         if not is_instrumentation_enabled():
             return await query_method(*args, **kwargs)
+        parent = detection_only_parent()
+        if parent is not None:
+            record, operation, args = _start_detached(
+                tracer, cursor, args, getattr(query_method, "__name__", "")
+            )
+            start_ns, started = time_ns(), perf_counter()
+            error: Exception | None = None
+            try:
+                return await query_method(*args, **kwargs)
+            except Exception as exc:
+                error = exc
+                raise
+            finally:
+                _finish_detached(tracer, parent, cursor, operation, started, start_ns, record, error)
         try:
             span, token, operation, args, record = _start(
                 tracer, cursor, args, mask, getattr(query_method, "__name__", "")
@@ -407,7 +525,7 @@ def install(settings: Settings) -> None:
             guard.report("SQL span", exc)
             return await query_method(*args, **kwargs)
         started = perf_counter()
-        error: Exception | None = None
+        error = None
         try:
             return await query_method(*args, **kwargs)
         except Exception as exc:
@@ -450,7 +568,8 @@ def _install_stock(mask: bool) -> None:
             statement = self.get_statement(cursor, args)
             long = isinstance(statement, str) and len(statement) > MAX_EXPORTED_STATEMENT_CHARS
             fp = fingerprint_sql(statement[:MAX_FINGERPRINT_CHARS] if long else statement)
-            orm = current_orm.get()
+            pending = current_orm.get()
+            orm = pending.resolve() if isinstance(pending, PendingOrm) else pending
             if orm is None:
                 location = user_location()
                 if location is not None:
