@@ -8,6 +8,7 @@ from hms_otel_agent.config import Settings
 from hms_otel_agent.report.model import ANALYZED, RECORDED, Aggregator, Report
 from hms_otel_agent.report.otlp import SpanData
 from hms_otel_agent.report.spans import Owner, build_owners
+from hms_otel_agent.signals import cache_signals
 from hms_otel_agent.signals.activity import Finding
 from hms_otel_agent.signals.registry import Detector
 from hms_otel_agent.signals.vocabulary import RUN_ID_ATTRIBUTE
@@ -62,6 +63,10 @@ def build_report(
     aggregator.add_spans(len(spans))
     chosen = (registered_detectors() if detectors is None else list(detectors)) if analyze else []
     owners = build_owners(spans)
+    if analyze:  # cache fills are evidence across the whole input, as across a live process
+        cache_signals.reset_evidence()
+        for owner in owners:
+            cache_signals.evidence.observe(owner.activity.cache_calls)
     for owner in owners:
         findings = detect(owner, settings, chosen) if analyze else owner.recorded
         aggregator.add(owner, findings)

@@ -39,6 +39,7 @@ class FindingGroup:
     relation_kind: str = ""
     key_pattern: str = ""
     location: CodeLocation | None = None
+    origin: CodeLocation | None = None  # where the queryset came from: where the fix goes
     fix: str = ""
     hint: str = ""  # the hint of the worst occurrence
     requests: int = 0
@@ -100,6 +101,8 @@ class FindingGroup:
             self.explicit_subject = finding.subject
         if self.location is None:
             self.location = finding.location
+        if self.origin is None:
+            self.origin = finding.origin
 
     def merge(self, other: FindingGroup) -> None:
         """Add `other` (the same fingerprint, aggregated elsewhere: another xdist worker)."""
@@ -123,6 +126,8 @@ class FindingGroup:
         self.explicit_subject = self.explicit_subject or other.explicit_subject
         if self.location is None:
             self.location = other.location
+        if self.origin is None:
+            self.origin = other.origin
 
     def state(self) -> dict[str, Any]:
         """Plain data (what execnet can send) that `from_state` turns back into this group."""
@@ -130,6 +135,9 @@ class FindingGroup:
         return {
             **{name: getattr(self, name) for name in _GROUP_FIELDS},
             "location": None if loc is None else [loc.file, loc.line, loc.function],
+            "origin": None
+            if self.origin is None
+            else [self.origin.file, self.origin.line, self.origin.function],
             "routes": dict(self.routes),
             "services": sorted(self.services),
             "worst_ms": self._worst_ms,
@@ -141,6 +149,8 @@ class FindingGroup:
         loc = state.get("location")
         group = cls(**{name: state[name] for name in _GROUP_FIELDS})
         group.location = CodeLocation(str(loc[0]), int(loc[1]), str(loc[2])) if loc else None
+        origin = state.get("origin")
+        group.origin = CodeLocation(str(origin[0]), int(origin[1]), str(origin[2])) if origin else None
         group.routes = {str(k): float(v) for k, v in state.get("routes", {}).items()}
         group.services = set(state.get("services", ()))
         group._worst_ms = float(state.get("worst_ms", -1.0))
@@ -173,6 +183,11 @@ class FindingGroup:
                     "line": self.location.line,
                     "function": self.location.function,
                 }
+            ),
+            "origin": (
+                None
+                if self.origin is None
+                else {"file": self.origin.file, "line": self.origin.line, "function": self.origin.function}
             ),
             "fix": self.fix,
             "hint": self.hint,

@@ -469,6 +469,11 @@ def _findings(console: Any, findings: list[FindingGroup], width: int, counted_in
             fix = Text("fix: ", style="dim")
             fix.append(printable(g.fix), style="green")
             _wrapped(console, fix, width, indent=_INDENT)
+            origin = g.origin
+            if origin is not None and origin != g.location:
+                place = Text("on the queryset at: ", style="dim")
+                place.append(printable(str(origin)), style="cyan")
+                _wrapped(console, place, width, indent=_INDENT)
 
 
 TIME_ROUTES = 10  # routes in the "where the time goes" table, busiest first

@@ -53,6 +53,7 @@ from hms_otel_agent.signals.vocabulary import (
     EXPLAIN_EVENT,
     HTTP_CLIENT_SCOPES,
     HTTP_TIMEOUT,
+    ORIGIN_PREFIX,
     RUN_ID_ATTRIBUTE,
     TEMPLATE_NAME,
     TEMPLATE_SCOPE,
@@ -178,6 +179,7 @@ def db_call(span: SpanData) -> DbCall | None:
             root_model=_text(attributes, "hms.orm.root_model"),
             filtered=attributes.get("hms.orm.filtered") is True,
             location=loc,
+            origin=location_of(attributes, ORIGIN_PREFIX),
         )
     elif loc is not None:
         orm = OrmContext(model="", kind="raw", location=loc)  # as the live DB hook does

@@ -19,14 +19,17 @@ MAX_CALLS_PER_OWNER = 5000  # DB / cache calls recorded per owner span
 
 @dataclass(frozen=True, slots=True)
 class CodeLocation:
-    """The first frame of the user's own code (outside Django, the agent and site-packages)."""
+    """A place in the user's code: the first frame of the user's own code (outside Django, the
+    agent and site-packages), a template line (function ``template``), a DRF serializer's field
+    (``VisitSerializer.clinician`` at the class's line), or where a queryset was built.
+    `function` is qualified (``VisitViewSet.get_queryset``)."""
 
     file: str
     line: int
     function: str
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line} in {self.function}"
+        return f"{self.file}:{self.line} in {self.function}" if self.function else f"{self.file}:{self.line}"
 
 
 class Step(NamedTuple):
@@ -71,7 +74,10 @@ class OrmContext:
     `kind` is one of the RELATION_KINDS for lazy loads, or "query", "get", "count",
     "exists", "refresh" for other operations. `relation` is ``app_label.Model.field``;
     `path` is the relation path from the queryset the objects came from, joined with
-    ``__`` (``patient__insurance``), and `root_model` that queryset's model.
+    ``__`` (``patient__insurance``), and `root_model` that queryset's model. `location` is
+    where the statement was triggered; `origin` where the root queryset came from: the line
+    that built it (``queryset = Visit.objects.order_by("id")`` in ``VisitViewSet``), else the
+    one that evaluated it, or the ModelAdmin class of a changelist — the place its fix goes.
     """
 
     model: str
@@ -83,6 +89,7 @@ class OrmContext:
     filtered: bool = False
     location: CodeLocation | None = None
     facts: FixFacts = NO_FACTS
+    origin: CodeLocation | None = None  # where the root queryset was built (or evaluated)
 
 
 # Lazy-load kinds and the usual fix for each.
@@ -121,6 +128,7 @@ class DbCall:
     table: str = ""
     filter_columns: tuple[str, ...] = ()
     params_hash: int | None = None  # never exported; compares executions in-process only
+    text_hash: int | None = None  # of the statement as sent (inline LIMIT/OFFSET); never exported
     orm: OrmContext | None = None
     rows: int = -1  # rows returned (db.response.returned_rows); -1: unknown or no result set
 
@@ -256,6 +264,7 @@ class Finding:
     columns: tuple[str, ...] = ()  # index columns (slow queries), or columns returned (wide results)
     members: tuple[str, ...] = ()  # repeated query groups: the calls repeated together, in order
     fix_kind: str = ""  # the kind of a structural ORM fix (signals/fixes.py FIX_KINDS)
+    origin: CodeLocation | None = None  # where the root queryset came from: where the fix goes
     # Not exported: a repeated group's members as "statement:<normalized SQL>",
     # "relation:<app.Model.field>", "key_pattern:<pattern>"; registry.consolidate drops the
     # owner's cache N+1 findings of those key patterns.

@@ -74,28 +74,35 @@ def finding_event(kind: str) -> str:
 # --- code locations ----------------------------------------------------------------------------
 
 
-def code_attributes(location: CodeLocation | None) -> dict[str, object]:
-    """The semantic-convention ``code.*`` attributes of a location (empty when unknown)."""
+ORIGIN_PREFIX = "hms.orm.origin."  # where a queryset came from: hms.orm.origin.code.*
+
+
+def code_attributes(location: CodeLocation | None, prefix: str = "") -> dict[str, object]:
+    """The semantic-convention ``code.*`` attributes of a location (empty when unknown; no
+    function for a template line); `prefix` `ORIGIN_PREFIX` for where a queryset came from."""
     if location is None:
         return {}
-    return {
-        "code.file.path": location.file,
-        "code.line.number": location.line,
-        "code.function.name": location.function,
+    attributes: dict[str, object] = {
+        prefix + "code.file.path": location.file,
+        prefix + "code.line.number": location.line,
     }
+    if location.function:
+        attributes[prefix + "code.function.name"] = location.function
+    return attributes
 
 
-def location_of(attributes: dict[str, Any]) -> CodeLocation | None:
-    """The location in ``code.*`` attributes, stable or older names (any producer)."""
-    file = attributes.get("code.file.path") or attributes.get("code.filepath")
+def location_of(attributes: dict[str, Any], prefix: str = "") -> CodeLocation | None:
+    """The location in ``code.*`` attributes, stable or older names (any producer); with
+    `prefix` `ORIGIN_PREFIX`, where the queryset came from."""
+    file = attributes.get(prefix + "code.file.path") or attributes.get(prefix + "code.filepath")
     if not file:
         return None
-    line = attributes.get("code.line.number", attributes.get("code.lineno"))
+    line = attributes.get(prefix + "code.line.number", attributes.get(prefix + "code.lineno"))
     try:
         number = int(line) if line is not None else 0
     except (TypeError, ValueError):
         number = 0
-    function = attributes.get("code.function.name") or attributes.get("code.function") or ""
+    function = attributes.get(prefix + "code.function.name") or attributes.get(prefix + "code.function") or ""
     return CodeLocation(str(file), number, str(function))
 
 
@@ -177,6 +184,7 @@ def finding_attributes(finding: Finding) -> dict[str, Any]:
     if finding.key_pattern:
         attributes["hms.cache.key_pattern"] = finding.key_pattern
     attributes.update(code_attributes(finding.location))
+    attributes.update(code_attributes(finding.origin, ORIGIN_PREFIX))
     if finding.fix:
         attributes["hms.hint.fix"] = finding.fix
     if finding.fix_kind:
@@ -213,6 +221,7 @@ def finding_of(attributes: dict[str, Any], route: str = "") -> Finding | None:
         relation_kind=text(attributes, "hms.orm.relation_kind"),
         key_pattern=text(attributes, "hms.cache.key_pattern"),
         location=location_of(attributes),
+        origin=location_of(attributes, ORIGIN_PREFIX),
         fix=text(attributes, "hms.hint.fix"),
         fix_kind=text(attributes, "hms.hint.fix_kind"),
         hint=text(attributes, "hms.hint"),

@@ -39,6 +39,8 @@ GENERATIONS: dict[str, dict[str, str]] = {
     "default": {},
     "dup": {"OTEL_SEMCONV_STABILITY_OPT_IN": "database/dup,http/dup"},
     "old": {"OTEL_SEMCONV_STABILITY_OPT_IN": config.SEMCONV_OLD},
+    # The default on the stock paths (instrument/sdk_internals.py): contrib's own span code.
+    "stock": {"HMS_OTEL_FAST_PATHS": "false"},
 }
 
 PATHS = [
@@ -252,6 +254,22 @@ def test_sql_spans_are_named_by_their_summary_with_operation_and_collection(
     old = generations["old"]
     assert {s.name for s in old.sql()} >= {"SELECT", "INSERT"}
     assert not any(" " in s.name for s in old.sql()), "old names: the contrib's first keyword"
+
+
+def test_the_stock_paths_give_the_same_statement_names(generations: dict[str, Generation]) -> None:
+    """With HMS_OTEL_FAST_PATHS=false the contrib makes the SQL span and the agent's hooks add the
+    statement's names; the batch is the one thing they cannot tell (the method is not passed)."""
+    stock, fast = generations["stock"], generations["default"]
+    assert {s.name for s in stock.sql()} == {s.name for s in fast.sql()} - {"BATCH INSERT semconv_probe"} | {
+        "INSERT semconv_probe"
+    }
+    for span in stock.sql():
+        twin = [s for s in fast.sql() if s.name == span.name]
+        if twin and span.name != "INSERT semconv_probe":
+            keys = ("db.operation.name", "db.collection.name", "db.query.summary", "db.response.status_code")
+            assert {k: span.attributes.get(k) for k in keys} == {k: twin[0].attributes.get(k) for k in keys}
+    [failed] = [s for s in stock.sql() if s.status_code == "STATUS_CODE_ERROR"]
+    assert failed.attributes["error.type"] == failed.attributes["db.response.status_code"] == "23505"
 
 
 def test_executemany_of_two_or_more_sets_is_a_batch(generations: dict[str, Generation]) -> None:

@@ -14,7 +14,7 @@ from .otlp_builder import DJANGO, n_plus_one_request, new_span_id, new_trace, re
 FINDING_KEYS = {
     "fingerprint", "kind", "route", "routes", "subject", "relation", "relation_kind", "model",
     "key_pattern", "statement", "requests", "repetitions", "max_repetitions", "total_ms", "per_request_ms",
-    "location", "fix", "hint", "services",
+    "location", "origin", "fix", "hint", "services",
 }  # fmt: skip
 SUMMARY_KEYS = {
     "spans", "traces", "owners", "requests", "tests", "owners_with_findings", "db_queries", "db_time_ms",

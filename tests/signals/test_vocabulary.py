@@ -47,6 +47,7 @@ def _full_finding() -> Finding:
         columns=("a", "b"),
         members=("statement:SELECT 1", "relation:hms.Encounter.patient"),
         fix_kind="select_related",
+        origin=CodeLocation("hms/views.py", 40, "encounter_list"),
         covers=("statement:SELECT 1",),
     )
 
