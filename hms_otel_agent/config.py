@@ -486,6 +486,13 @@ class Settings:
         ".hms-otel",
         "Where the embedded default writes OTLP-JSON lines when no OTLP endpoint is configured.",
     )
+    local_max_mb: int = setting(
+        "HMS_OTEL_LOCAL_MAX_MB",
+        Int(1, 1_000_000),
+        100,
+        "Size cap of the local files in MB: each file rotates (traces.1.jsonl, ...) and the oldest of "
+        "4 is dropped, so the directory stays under the cap (traces 4/5, metrics 1/5).",
+    )
     service_version: str = setting(
         "HMS_OTEL_SERVICE_VERSION",
         Text(),

@@ -34,6 +34,7 @@ from hms_otel_agent import __version__, guard
 from hms_otel_agent.config import Settings
 from hms_otel_agent.export.batch import DROP_REASONS, BoundedBatchSpanProcessor
 from hms_otel_agent.export.compress import SpanCompressor
+from hms_otel_agent.export.local_files import FileMark
 from hms_otel_agent.export.otlp_encode import http_span_exporter_class
 from hms_otel_agent.export.otlp_json import OtlpJsonFileMetricExporter, OtlpJsonFileSpanExporter
 from hms_otel_agent.export.resilient import ResilientMetricExporter, ResilientSpanExporter, plain_http_session
@@ -51,6 +52,8 @@ class Pipeline:
     batch_processors: list[BoundedBatchSpanProcessor] = field(default_factory=list)
     destinations: list[str] = field(default_factory=list)
     local_dir: str | None = None
+    # Where this run's lines begin in the local traces file (the report at exit reads from there).
+    local_start: FileMark | None = None
     _shut_down: bool = False
 
     def shutdown(self, timeout_ms: int) -> None:
@@ -297,7 +300,14 @@ def _span_exporters(settings: Settings) -> list[tuple[str, SpanExporter]]:
         elif name == "console":
             exporters.append(("console", ConsoleSpanExporter()))
         elif name == "hms_file":
-            exporters.append(("file", OtlpJsonFileSpanExporter(os.path.abspath(settings.local_dir))))
+            exporters.append(
+                (
+                    "file",
+                    OtlpJsonFileSpanExporter(
+                        os.path.abspath(settings.local_dir), settings.local_max_mb * 1_000_000
+                    ),
+                )
+            )
     return exporters
 
 
@@ -310,7 +320,9 @@ def _metric_readers(settings: Settings) -> list[MetricReader]:
         elif name == "console":
             exporter = ConsoleMetricExporter()
         elif name == "hms_file":
-            exporter = OtlpJsonFileMetricExporter(os.path.abspath(settings.local_dir))
+            exporter = OtlpJsonFileMetricExporter(
+                os.path.abspath(settings.local_dir), settings.local_max_mb * 1_000_000
+            )
         else:
             continue
         readers.append(
@@ -457,6 +469,7 @@ def build(
         pipeline.destinations.append(label)
         if label == "file":
             pipeline.local_dir = os.path.abspath(settings.local_dir)
+            pipeline.local_start = getattr(exporter, "start_mark", None)
     register_agent_metrics(pipeline)
     install_end_hook()
     install_exception_hook()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,9 +23,14 @@ from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult,
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from hms_otel_agent import guard
+from hms_otel_agent.export.local_files import FileMark, LineWriter
+
 TRACES_FILE = "traces.jsonl"
 METRICS_FILE = "metrics.jsonl"
 _ID_FIELDS = frozenset(("traceId", "spanId", "parentSpanId"))
+# Shares of HMS_OTEL_LOCAL_MAX_MB: traces are most of what is written.
+TRACES_SHARE = 0.8
 
 
 def message_to_otlp_json(message: Message) -> str:
@@ -49,49 +53,45 @@ def _hex_ids(node: Any) -> None:
             _hex_ids(item)
 
 
-class _LineWriter:
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-
-    def write(self, line: str) -> None:
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        data = (line + "\n").encode("utf-8")
-        # O_APPEND and a single write per line keep lines whole when several processes
-        # (gunicorn workers) append to the same file.
-        with self._lock:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
-
-
 class OtlpJsonFileSpanExporter(SpanExporter):
-    def __init__(self, directory: str) -> None:
-        self._writer = _LineWriter(os.path.join(directory, TRACES_FILE))
+    def __init__(self, directory: str, max_bytes: int = 100_000_000) -> None:
+        path = os.path.join(directory, TRACES_FILE)
+        self._writer = LineWriter(path, int(max_bytes * TRACES_SHARE))
+        # Where this run's lines begin (the report at exit reads from there).
+        self.start_mark = FileMark.of(path)
+
+    @property
+    def writer(self) -> LineWriter:
+        return self._writer
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if not spans:
             return SpanExportResult.SUCCESS
-        self._writer.write(message_to_otlp_json(encode_spans(spans)))
-        return SpanExportResult.SUCCESS
+        if self._writer.refused:
+            return SpanExportResult.FAILURE
+        ok = self._writer.write(message_to_otlp_json(encode_spans(spans)))
+        return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
 
     def shutdown(self) -> None:
         pass
 
 
 class OtlpJsonFileMetricExporter(MetricExporter):
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, max_bytes: int = 100_000_000) -> None:
         super().__init__()
-        self._writer = _LineWriter(os.path.join(directory, METRICS_FILE))
+        self._writer = LineWriter(os.path.join(directory, METRICS_FILE), int(max_bytes * (1 - TRACES_SHARE)))
 
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
     ) -> MetricExportResult:
-        request = encode_metrics(metrics_data)
-        if request.resource_metrics:
-            self._writer.write(message_to_otlp_json(request))
+        # Never raises: the SDK's reader would log a traceback on every export.
+        try:
+            request = encode_metrics(metrics_data)
+            if request.resource_metrics and not self._writer.write(message_to_otlp_json(request)):
+                return MetricExportResult.FAILURE
+        except Exception as exc:
+            guard.report("metrics file exporter", exc)
+            return MetricExportResult.FAILURE
         return MetricExportResult.SUCCESS
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
