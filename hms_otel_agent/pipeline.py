@@ -64,8 +64,18 @@ class Pipeline:
         deadline = time.monotonic() + timeout_ms / 1000.0
         for processor in self.batch_processors:
             processor.shutdown(timeout_millis=int(max(0.0, deadline - time.monotonic()) * 1000))
+        left_ms = (deadline - time.monotonic()) * 1000
+        if left_ms <= 0:
+            return  # the traces took the whole deadline (a stalled backend): the metrics go unsent
         try:
-            self.meter_provider.shutdown(timeout_millis=max(0.0, deadline - time.monotonic()) * 1000)
+            # Collect and export now, with what is left of the deadline: the SDK's reader gives its
+            # last collection at shutdown the export *interval* as timeout, and on a loaded machine
+            # with a short interval that collection timed out -- the last requests' metrics were
+            # lost (tests/reliability/test_phi_urls.py saw no http.server.duration point at all).
+            self.meter_provider.force_flush(timeout_millis=left_ms)
+            left_ms = (deadline - time.monotonic()) * 1000
+            if left_ms > 0:
+                self.meter_provider.shutdown(timeout_millis=left_ms)
         except Exception as exc:
             guard.report("metrics shutdown", exc)
 
@@ -229,7 +239,7 @@ def _sampler(settings: Settings) -> sampling.Sampler:
 
 def _otlp_span_exporter(settings: Settings) -> SpanExporter:
     endpoint = settings.endpoint("traces")
-    timeout = settings.timeout_s("traces")
+    timeout = settings.answer_wait_s("traces")
     gzip = settings.compression("traces") == "gzip"
     if settings.protocol("traces") == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import Compression as GrpcCompression
@@ -262,7 +272,7 @@ def _otlp_span_exporter(settings: Settings) -> SpanExporter:
 
 def _otlp_metric_exporter(settings: Settings) -> MetricExporter:
     endpoint = settings.endpoint("metrics")
-    timeout = settings.timeout_s("metrics")
+    timeout = settings.answer_wait_s("metrics")
     gzip = settings.compression("metrics") == "gzip"
     from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as Http
