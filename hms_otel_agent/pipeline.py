@@ -11,6 +11,7 @@ import os
 import platform
 import socket
 import sys
+import threading
 import time
 import uuid
 import weakref
@@ -72,12 +73,24 @@ class Pipeline:
             # last collection at shutdown the export *interval* as timeout, and on a loaded machine
             # with a short interval that collection timed out -- the last requests' metrics were
             # lost (tests/reliability/test_phi_urls.py saw no http.server.duration point at all).
-            self.meter_provider.force_flush(timeout_millis=left_ms)
+            # On a helper thread: the OTLP metric exporters do not honour the flush's timeout, and a
+            # stalled backend must not hold the process beyond the deadline.
+            flusher = threading.Thread(
+                target=self._flush_metrics, args=(left_ms,), name="hms-otel-metrics-flush", daemon=True
+            )
+            flusher.start()
+            flusher.join(left_ms / 1000)
             left_ms = (deadline - time.monotonic()) * 1000
             if left_ms > 0:
                 self.meter_provider.shutdown(timeout_millis=left_ms)
         except Exception as exc:
             guard.report("metrics shutdown", exc)
+
+    def _flush_metrics(self, timeout_ms: float) -> None:
+        try:
+            self.meter_provider.force_flush(timeout_millis=timeout_ms)
+        except Exception as exc:
+            guard.report("metrics flush", exc)
 
     def force_flush(self, timeout_ms: int = 5000) -> None:
         for processor in self.batch_processors:

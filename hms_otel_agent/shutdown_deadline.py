@@ -5,9 +5,10 @@ turn: a gunicorn master stops its workers and exits after them, and with a dead 
 them waited the whole timeout, one after the other (3 s became 6.4 s). The first process of a run
 that begins shutting down publishes its deadline in the run's directory (the live log's, see
 `report.live.RunClaims`); a process shutting down while that deadline is current uses it instead of
-its own. A deadline is current until one timeout after it passed -- so a worker that gunicorn
-restarted an hour ago does not shorten the master's shutdown. Deadlines are on the monotonic
-clock, which on Linux and macOS is the same in every process of the machine.
+its own. A deadline is current until `CURRENT_S` after it passed (the workers' interpreters take
+a while to exit after their deadline, and gunicorn reaps them before the master's own exit) -- so
+a worker that gunicorn restarted an hour ago does not shorten the master's shutdown. Deadlines are
+on the monotonic clock, which on Linux and macOS is the same in every process of the machine.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from hms_otel_agent.config import RUN_ID_ENV
 from hms_otel_agent.report.live import RunClaims
 
 DEADLINE_FILE = "shutdown-deadline"
+CURRENT_S = 30.0
 
 
 def shutdown_deadline(timeout_s: float, environ: os._Environ[str] | dict[str, str] | None = None) -> float:
@@ -37,7 +39,7 @@ def shutdown_deadline(timeout_s: float, environ: os._Environ[str] | dict[str, st
         with contextlib.suppress(OSError, ValueError):
             with open(path, encoding="ascii") as handle:
                 shared = float(handle.read(64))
-            if shared >= now - timeout_s:
+            if shared >= now - max(timeout_s, CURRENT_S):
                 return min(own, shared)
         temporary = f"{path}.{os.getpid()}"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)

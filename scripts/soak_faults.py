@@ -93,8 +93,13 @@ class FaultBackend:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._http.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: object, client_address: object) -> None:
+                pass  # TLS handshakes sent to this plain-HTTP server, clients giving up
+
+        self._http = Server(("127.0.0.1", 0), Handler)
         threading.Thread(target=self._http.serve_forever, daemon=True).start()
         self._grpc = self._start_grpc()
         with socket.socket() as sock:  # a port nothing listens on
