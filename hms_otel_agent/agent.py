@@ -12,9 +12,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from hms_otel_agent import config, guard
+from hms_otel_agent.config import RUN_ID_ENV
 from hms_otel_agent.printable import PrintableFormatter
-from hms_otel_agent.report.at_exit import RUN_ID_ATTRIBUTE, RUN_ID_ENV, is_root_process
+from hms_otel_agent.report.at_exit import is_root_process
 from hms_otel_agent.shutdown_deadline import shutdown_deadline
+from hms_otel_agent.signals.vocabulary import RUN_ID_ATTRIBUTE
 
 if TYPE_CHECKING:
     from hms_otel_agent.pipeline import Pipeline

@@ -237,6 +237,26 @@ class Url(Parser[str]):
 
 
 @dataclass(frozen=True)
+class DatabaseUrl(Parser[str]):
+    """A libpq connection URI. Its content is never echoed: it may hold a password."""
+
+    @property
+    def accepted(self) -> str:
+        return "a postgresql:// or postgres:// URL"
+
+    def __call__(self, raw: str) -> str:
+        value = raw.strip()
+        try:
+            parts = urlsplit(value)
+            port = parts.port  # raises ValueError on a bad port
+        except ValueError:
+            raise ConfigError from None
+        if parts.scheme not in ("postgresql", "postgres") or (port is not None and port <= 0):
+            raise ConfigError
+        return value
+
+
+@dataclass(frozen=True)
 class ResourceAttributes(Parser[str]):
     @property
     def accepted(self) -> str:
@@ -410,6 +430,9 @@ class Option:
     # For OTEL_* variables: the text the SDK or contrib should see for an accepted value (None:
     # removed), where they understand less than the parser (contrib's "False", "any value is true").
     to_environ: Callable[[Any], str | None] | None = None
+    # For OTEL_* variables whose default the agent changes: the text their readers get when the
+    # variable is unset or empty (None: their own default applies).
+    unset_environ: str | None = None
 
     @property
     def flag(self) -> str:
@@ -536,6 +559,49 @@ class Settings:
         "the key pattern, hit or miss and backend (fewer spans on cache-heavy pages; the cache "
         "signals are unchanged).",
     )
+    implicit_units: bool = setting(
+        "HMS_OTEL_IMPLICIT_UNITS",
+        Bool(),
+        True,
+        "Group the queries and cache calls a thread makes outside any span (a script, a thread of "
+        "the app) under an implicit unit of work per thread, a span 'implicit <program or thread>' "
+        "that ends when the thread is idle, so their N+1s are found; false: such calls are spans "
+        "of their own and nothing is detected over them.",
+    )
+    implicit_unit_idle_ms: int = setting(
+        "HMS_OTEL_IMPLICIT_UNIT_IDLE_MS",
+        Int(10, 3_600_000),
+        1000,
+        "An implicit unit of work ends when its thread made no query or cache call for this long "
+        "(or after HMS_OTEL_IMPLICIT_UNIT_MAX_CALLS calls, after 60 s, when the thread ends, at exit).",
+    )
+    implicit_unit_max_calls: int = setting(
+        "HMS_OTEL_IMPLICIT_UNIT_MAX_CALLS",
+        Int(10, 5000),
+        1000,
+        "Queries and cache calls after which an implicit unit of work ends and the next one starts.",
+    )
+    commands_without_span: tuple[str, ...] = setting(
+        "HMS_OTEL_COMMANDS_WITHOUT_SPAN",
+        NameList(
+            "a comma-separated list of management command names",
+            nonempty=True,
+            pattern=re.compile(r"[A-Za-z0-9_][\w-]{0,99}"),
+        ),
+        (),
+        "Management commands that get no owner span, added to those that serve or wait (runserver, "
+        "shell, test, rqworker, celery, runworker, qcluster, ...): a long-running command of your "
+        "own, whose work the implicit units of its threads or unit_of_work blocks then group.",
+    )
+    fast_paths: bool = setting(
+        "HMS_OTEL_FAST_PATHS",
+        Bool(),
+        True,
+        "Use the agent's faster replacements of OpenTelemetry SDK and contrib internals (DB and Redis "
+        "span wrappers, one-write span attributes, the OTLP/HTTP span encoder; "
+        "instrument/sdk_internals.py); false, or installed SDK / contrib versions the agent was not "
+        "tested with: the stock code paths (same spans, more CPU per span).",
+    )
     # Signals
     n_plus_one_threshold: int = setting(
         "HMS_OTEL_N_PLUS_ONE_THRESHOLD",
@@ -558,11 +624,37 @@ class Settings:
         "Executions of the same statement with the same parameters that make a duplicate-query finding.",
         "signals",
     )
+    trivial_duplicates: bool = setting(
+        "HMS_OTEL_TRIVIAL_DUPLICATES",
+        Bool(),
+        False,
+        "Report each duplicate query of two executions under 1 ms in all as a finding of its own; "
+        "by default they are folded into one summary finding per request.",
+        "signals",
+    )
     cache_n_plus_one_threshold: int = setting(
         "HMS_OTEL_CACHE_N_PLUS_ONE_THRESHOLD",
         Int(2),
         5,
         "Single-key cache reads of one key pattern under one owner that make a cache N+1 finding.",
+        "signals",
+    )
+    cache_miss_min_requests: int = setting(
+        "HMS_OTEL_CACHE_MISS_MIN_REQUESTS",
+        Int(1),
+        3,
+        "Requests (or other owners) whose cache misses at one code site were followed by SQL and "
+        "never written before a miss-without-fill finding; a write of the key pattern anywhere in "
+        "the process (a background job, a command, another path) means it is filled by design.",
+        "signals",
+    )
+    cache_ignore_key_prefixes: tuple[str, ...] = setting(
+        "HMS_OTEL_CACHE_IGNORE_KEY_PREFIXES",
+        NameList("a comma-separated list of key prefixes", nonempty=True),
+        (),
+        "Cache key prefixes that are not application cache reads (left out of cache findings), "
+        "added to the built-in rq:, celery-task-meta-, celery-taskset-meta-, chord-unlock-, "
+        "_kombu., unacked, django.contrib.sessions.",
         "signals",
     )
     cache_invalidation_threshold: int = setting(
@@ -594,6 +686,45 @@ class Settings:
         "Duration of one SQL statement that makes a slow-query finding.",
         "signals",
     )
+    http_n_plus_one_threshold: int = setting(
+        "HMS_OTEL_HTTP_N_PLUS_ONE_THRESHOLD",
+        Int(2),
+        5,
+        "Outbound HTTP calls to one endpoint template with different URLs (ids) under one owner "
+        "span that make an HTTP N+1 finding.",
+        "signals",
+    )
+    http_slow_ms: float = setting(
+        "HMS_OTEL_HTTP_SLOW_MS",
+        Float(0.0),
+        1000.0,
+        "Duration of one outbound HTTP call that makes a slow-HTTP-call finding.",
+        "signals",
+    )
+    http_sequential_min_calls: int = setting(
+        "HMS_OTEL_HTTP_SEQUENTIAL_MIN_CALLS",
+        Int(2),
+        3,
+        "Outbound HTTP calls one after the other (none overlapping, at least two endpoints) "
+        "that make a could-run-concurrently finding.",
+        "signals",
+    )
+    http_sequential_min_saved_ms: float = setting(
+        "HMS_OTEL_HTTP_SEQUENTIAL_MIN_SAVED_MS",
+        Float(0.0),
+        100.0,
+        "Time running such a run of calls concurrently would save (their sum minus the longest) "
+        "below which it is not reported.",
+        "signals",
+    )
+    http_sequential_max_gap_ms: float = setting(
+        "HMS_OTEL_HTTP_SEQUENTIAL_MAX_GAP_MS",
+        Float(0.0),
+        100.0,
+        "Longest pause between two calls of such a run (a longer one is work that may need the "
+        "previous answer).",
+        "signals",
+    )
     explain: bool = setting(
         "HMS_OTEL_EXPLAIN",
         Bool(),
@@ -613,8 +744,18 @@ class Settings:
         "HMS_OTEL_EXPLAIN_TIMEOUT_MS",
         Int(10, 600_000),
         2000,
-        "statement_timeout (and connect timeout) of the EXPLAIN connection.",
+        "statement_timeout, lock_timeout, idle_in_transaction_session_timeout (and connect "
+        "timeout) of the EXPLAIN connection.",
         "signals",
+    )
+    explain_database_url: str | None = setting(
+        "HMS_OTEL_EXPLAIN_DATABASE_URL",
+        DatabaseUrl(),
+        None,
+        "Where EXPLAIN connects, for a role without write privileges (recommended; see "
+        "docs/reliability.md); unset: the application's own connection parameters.",
+        "signals",
+        secret=True,
     )
     explain_seq_scan_rows: int = setting(
         "HMS_OTEL_EXPLAIN_SEQ_SCAN_ROWS",
@@ -653,6 +794,15 @@ class Settings:
         20,
         "Querysets evaluated at one code location with an eager relation never accessed before "
         "an unused-eager-loading finding.",
+        "signals",
+    )
+    detect_sampled_out: bool = setting(
+        "HMS_OTEL_DETECT_SAMPLED_OUT",
+        Bool(),
+        True,
+        "With head sampling (OTEL_TRACES_SAMPLER), run detection on the requests it does not "
+        "trace too: their spans are recorded but not exported, and one with findings exports its "
+        "owner span alone (hms.sampled_out); false: detection sees sampled requests only.",
         "signals",
     )
     live_log: bool = setting(
@@ -732,6 +882,14 @@ class Settings:
         "Query-string parameters whose values are always replaced by REDACTED, even with "
         "HMS_OTEL_CAPTURE_QUERY_VALUES, added to the built-in list (q, query, search, name, mrn, "
         "patient, dob, email, phone, ssn, token, ...); a safe parameter named here is not safe.",
+        "privacy",
+    )
+    capture_client_address: bool = setting(
+        "HMS_OTEL_CAPTURE_CLIENT_ADDRESS",
+        Bool(),
+        False,
+        "Export the client's IP address on server spans (client.address / net.peer.ip); by "
+        "default it is dropped: an IP address identifies a patient.",
         "privacy",
     )
     capture_user_agent: bool = setting(
@@ -950,7 +1108,10 @@ class Settings:
     )
     disabled_instrumentations: tuple[str, ...] = setting(
         "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS",
-        NameList("a comma-separated list of instrumentation names (django, psycopg2, psycopg, redis)"),
+        NameList(
+            "a comma-separated list of instrumentation names (django, django_templates, psycopg2, "
+            "psycopg, redis, requests, httpx, urllib3)"
+        ),
         (),
         "Instrumentations not to apply.",
         "otel",
@@ -1047,7 +1208,12 @@ _GRPC_STATUS_CODES = (
     "DATA_LOSS",
     "UNAUTHENTICATED",
 )
-_SEMCONV_OPT_INS = ("http", "http/dup", "database", "database/dup", "gen_ai_latest_experimental")
+# OTEL_SEMCONV_STABILITY_OPT_IN: contrib's values, and "old", the agent's name for naming neither
+# "database" nor "http" (contrib then keeps the old names of both; contrib ignores the word).
+# Unset, the agent's default applies: the stable database and HTTP names.
+SEMCONV_OLD = "old"
+SEMCONV_DEFAULT = "database,http"
+_SEMCONV_OPT_INS = ("http", "http/dup", "database", "database/dup", "gen_ai_latest_experimental", SEMCONV_OLD)
 _HTTP_CAPTURE_HEADERS = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_"
 
 
@@ -1279,8 +1445,13 @@ SDK_OPTIONS: tuple[Option, ...] = (
         "contrib",
         "OTEL_SEMCONV_STABILITY_OPT_IN",
         ChoiceList(_SEMCONV_OPT_INS, alone="", case="exact"),
-        "(the old conventions)",
-        "Which semantic conventions contrib's instrumentations follow.",
+        SEMCONV_DEFAULT,
+        "Which generation of semantic-convention names the spans and metrics carry, as the "
+        "specification defines the variable: database / http the stable names, database/dup / "
+        "http/dup the old and the stable ones, a signal left out the old ones (old: both left "
+        "out). The agent's default is the stable names (contrib's is the old ones).",
+        replacement=SEMCONV_DEFAULT,
+        unset_environ=SEMCONV_DEFAULT,
     ),
 )
 SDK_OPTIONS_BY_ENV: dict[str, Option] = {o.env: o for o in SDK_OPTIONS}
@@ -1429,19 +1600,24 @@ def clean_environ(loaded: LoadedSettings, environ: MutableMapping[str, str] | No
     (some do when imported): a bad value of an OTEL_* variable is removed, so their default
     applies as the line said (or replaced, `Option.replacement`); an empty one too, which the
     spec treats as unset and some of them do not (a limit of '' is no limit, an exemplar filter
-    of '' raises); and an accepted one is rewritten where they understand less
-    (`Option.to_environ`). Child processes inherit the result, so they never repeat the line."""
+    of '' raises); an accepted one is rewritten where they understand less
+    (`Option.to_environ`); an unset one whose default the agent changes is set to the agent's
+    (`Option.unset_environ`). Child processes inherit the result, so they never repeat the line."""
     environ = os.environ if environ is None else environ
     bad = {p.option.env for p in loaded.problems if p.source == "env"}
     for option in ALL_OPTIONS:
         raw = environ.get(option.env)
-        if raw is None or not option.env.startswith("OTEL_"):
+        if not option.env.startswith("OTEL_"):
+            continue
+        if raw is None:
+            if option.unset_environ is not None:
+                environ[option.env] = option.unset_environ
             continue
         new: str | None
         if option.env in bad:
             new = option.replacement
         elif not raw.strip():
-            new = None
+            new = option.unset_environ
         elif option.to_environ is not None:
             new = option.to_environ(option.parse(raw))
         else:

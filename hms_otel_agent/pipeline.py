@@ -28,18 +28,29 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Span, SpanProcessor, TracerProvider, sampling
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider, sampling
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
+from opentelemetry.trace import get_current_span
 
 from hms_otel_agent import __version__, guard
 from hms_otel_agent.config import Settings
 from hms_otel_agent.export.batch import DROP_REASONS, BoundedBatchSpanProcessor
 from hms_otel_agent.export.compress import SpanCompressor
 from hms_otel_agent.export.local_files import FileMark
-from hms_otel_agent.export.otlp_encode import http_span_exporter_class
+from hms_otel_agent.export.otlp_encode import grpc_span_exporter_class, http_span_exporter_class
 from hms_otel_agent.export.otlp_json import OtlpJsonFileMetricExporter, OtlpJsonFileSpanExporter
 from hms_otel_agent.export.resilient import ResilientMetricExporter, ResilientSpanExporter, plain_http_session
+from hms_otel_agent.instrument import django_server, eager_loads, sdk_internals
+from hms_otel_agent.instrument.context import set_detached_sink
+from hms_otel_agent.instrument.explain import EXPLAINER
+from hms_otel_agent.instrument.sdk_internals import (  # noqa: F401  (re-exported for benchmarks)
+    install_end_hook,
+    install_exception_hook,
+    uninstall_end_hook,
+    uninstall_exception_hook,
+)
 from hms_otel_agent.processors import Detector, SignalMetrics, SignalProcessor
+from hms_otel_agent.signals import cache_signals
 from hms_otel_agent.signals.activity import Finding, OwnerActivity
 
 logger = logging.getLogger("hms_otel")
@@ -238,13 +249,58 @@ def _sampler(settings: Settings) -> sampling.Sampler:
         return sampling.ALWAYS_ON
     if name == "always_off":
         return sampling.ALWAYS_OFF
-    if name == "traceidratio":
-        return sampling.TraceIdRatioBased(ratio)
     if name == "parentbased_always_off":
         return sampling.ParentBased(sampling.ALWAYS_OFF)
-    if name == "parentbased_traceidratio":
-        return sampling.ParentBased(sampling.TraceIdRatioBased(ratio))
-    return sampling.ParentBased(sampling.ALWAYS_ON)
+    inner: sampling.Sampler
+    if name == "traceidratio":
+        inner = sampling.TraceIdRatioBased(ratio)
+    elif name == "parentbased_traceidratio":
+        inner = sampling.ParentBased(sampling.TraceIdRatioBased(ratio))
+    else:
+        inner = sampling.ParentBased(sampling.ALWAYS_ON)  # drops under an unsampled remote parent
+    return DetectingSampler(inner) if settings.detect_sampled_out else inner
+
+
+class DetectingSampler(sampling.Sampler):
+    """Head sampling that still lets detection see every request (HMS_OTEL_DETECT_SAMPLED_OUT).
+
+    Where `inner` samples, its decision stands. Where it drops, the span is recorded but not
+    sampled (``RECORD_ONLY``): the processors see it, no exporter does — the span processor
+    groups its DB and cache calls, detection, metrics, the live log and the report run as they
+    do on a sampled request, and an owner span with findings is exported alone
+    (``SignalProcessor``, ``hms.sampled_out``). The instrumentations build only the records
+    the detectors read: a statement under such a span gets no span of its own (its record goes
+    to the processor: instrument/db.py), a cache call no attributes (django_cache.py). A child
+    of a local span nobody records stays dropped. `inner`'s trace state is kept;
+    ``traceparent`` propagates the unsampled flag, as the specification says for the dropped
+    decision."""
+
+    def __init__(self, inner: sampling.Sampler) -> None:
+        self._inner = inner
+
+    def should_sample(
+        self,
+        parent_context: Any,
+        trace_id: int,
+        name: str,
+        kind: Any = None,
+        attributes: Any = None,
+        links: Any = None,
+        trace_state: Any = None,
+    ) -> sampling.SamplingResult:
+        result = self._inner.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+        if result.decision is not sampling.Decision.DROP:
+            return result
+        parent = get_current_span(parent_context)
+        parent_context_ = parent.get_span_context()
+        if parent_context_.is_valid and not parent_context_.is_remote and not parent.is_recording():
+            return result
+        return sampling.SamplingResult(sampling.Decision.RECORD_ONLY, attributes, result.trace_state)
+
+    def get_description(self) -> str:
+        return f"HmsDetectingSampler{{{self._inner.get_description()}}}"
 
 
 # --- exporters ----------------------------------------------------------------------------
@@ -256,8 +312,10 @@ def _otlp_span_exporter(settings: Settings) -> SpanExporter:
     gzip = settings.compression("traces") == "gzip"
     if settings.protocol("traces") == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import Compression as GrpcCompression
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as Grpc
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as StockGrpc
 
+        # The SDK's OTLP/gRPC exporter sending the agent's encoded bytes (export/otlp_encode.py).
+        Grpc = grpc_span_exporter_class() if sdk_internals.fast_paths() else StockGrpc
         insecure = endpoint.startswith("http://")
         compression = GrpcCompression.Gzip if gzip else GrpcCompression.NoCompression
 
@@ -266,10 +324,11 @@ def _otlp_span_exporter(settings: Settings) -> SpanExporter:
 
         return ResilientSpanExporter(grpc_factory, endpoint)
     from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as StockHttp
 
     # The SDK's OTLP/HTTP exporter with the agent's encoder (export/otlp_encode.py: the same
     # bytes, ~7x less CPU per span).
-    Http = http_span_exporter_class()
+    Http = http_span_exporter_class() if sdk_internals.fast_paths() else StockHttp
     http_compression = HttpCompression.Gzip if gzip else HttpCompression.NoCompression
 
     def http_factory() -> SpanExporter:
@@ -327,7 +386,9 @@ def _span_exporters(settings: Settings) -> list[tuple[str, SpanExporter]]:
                 (
                     "file",
                     OtlpJsonFileSpanExporter(
-                        os.path.abspath(settings.local_dir), settings.local_max_mb * 1_000_000
+                        os.path.abspath(settings.local_dir),
+                        direct=sdk_internals.fast_paths(),
+                        max_bytes=settings.local_max_mb * 1_000_000,
                     ),
                 )
             )
@@ -358,91 +419,6 @@ def _metric_readers(settings: Settings) -> list[MetricReader]:
     return readers
 
 
-# --- the Span.end hook ------------------------------------------------------------------
-
-_original_end: Any = None
-
-
-def install_end_hook() -> None:
-    """Let processors write to a span just before it ends (see docs/architecture.md)."""
-    global _original_end
-    if _original_end is not None:
-        return
-    original = Span.end
-    time_ns = time.time_ns
-    # The provider's processors tuple -> their before_end callables. The SDK replaces the tuple
-    # when a processor is added, so a new tuple is looked at once; bounded by the providers.
-    hooks: dict[int, tuple[Any, tuple[Callable[[Span, int], None], ...]]] = {}
-
-    def before_end_hooks(processors: Any) -> tuple[Callable[[Span, int], None], ...]:
-        callables = tuple(
-            hook for hook in (getattr(p, "before_end", None) for p in processors) if hook is not None
-        )
-        if len(hooks) > 1000:
-            hooks.clear()
-        hooks[id(processors)] = (processors, callables)  # keeps the tuple alive: its id stays its own
-        return callables
-
-    def end(self: Span, end_time: int | None = None) -> None:
-        if self._end_time is None:
-            if end_time is None:
-                end_time = time_ns()
-            processors = getattr(self._span_processor, "_span_processors", ())
-            entry = hooks.get(id(processors))
-            callables = (
-                entry[1] if entry is not None and entry[0] is processors else before_end_hooks(processors)
-            )
-            for before_end in callables:
-                before_end(self, end_time)
-        original(self, end_time)
-
-    Span.end = end  # type: ignore[method-assign]
-    _original_end = original
-
-
-def uninstall_end_hook() -> None:
-    global _original_end
-    if _original_end is not None:
-        Span.end = _original_end  # type: ignore[method-assign]
-        _original_end = None
-
-
-_original_record_exception: Any = None
-
-
-def install_exception_hook() -> None:
-    """Let a processor record an exception event itself (`SignalProcessor.exception_event`):
-    the exception object is there, so its stack trace can be built from its structure instead
-    of scrubbed as text, and its message is never read."""
-    global _original_record_exception
-    if _original_record_exception is not None:
-        return
-    original = Span.record_exception
-
-    def record_exception(
-        self: Span,
-        exception: BaseException,
-        attributes: Any = None,
-        timestamp: int | None = None,
-        escaped: bool = False,
-    ) -> None:
-        for processor in getattr(self._span_processor, "_span_processors", ()):
-            handler = getattr(processor, "exception_event", None)
-            if handler is not None and handler(self, exception, attributes, timestamp, escaped):
-                return
-        original(self, exception, attributes, timestamp, escaped)
-
-    Span.record_exception = record_exception  # type: ignore[method-assign]
-    _original_record_exception = original
-
-
-def uninstall_exception_hook() -> None:
-    global _original_record_exception
-    if _original_record_exception is not None:
-        Span.record_exception = _original_record_exception  # type: ignore[method-assign]
-        _original_record_exception = None
-
-
 # --- assembly -------------------------------------------------------------------------------
 
 
@@ -455,6 +431,8 @@ def build(
     on_findings: Callable[[OwnerActivity, list[Finding]], None] | None = None,
 ) -> Pipeline:
     """Assemble providers. Tests pass their own exporters/readers; the agent passes None."""
+    cache_signals.reset_evidence()  # what the detectors decide across owners starts afresh
+    sdk_internals.configure(settings.fast_paths)
     resource = build_resource(settings)
     readers = list(_metric_readers(settings) if metric_readers is None else metric_readers)
     meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
@@ -464,6 +442,9 @@ def build(
         detectors,
         SignalMetrics(meter_provider.get_meter("hms_otel_agent", __version__)),
         on_findings=on_findings,
+        plans=EXPLAINER,
+        eager_loads=eager_loads,
+        route_literals=django_server.route_literals,
     )
     tracer_provider.add_span_processor(signal_processor)
     for processor in extra_span_processors:
@@ -494,6 +475,9 @@ def build(
             pipeline.local_dir = os.path.abspath(settings.local_dir)
             pipeline.local_start = getattr(exporter, "start_mark", None)
     register_agent_metrics(pipeline)
+    # Statements and cache calls of requests recorded for detection only go to the processor
+    # without spans of their own.
+    set_detached_sink(signal_processor.record_detached if settings.detect_sampled_out else None)
     install_end_hook()
     install_exception_hook()
     if hasattr(os, "register_at_fork"):

@@ -50,6 +50,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     ("POST", lambda r, n: f"/patients/{_pk(r, n)}/touch/", 1),
     ("POST", lambda r, n: f"/patients/{_pk(r, n)}/touch/optimized/", 1),
     ("GET", lambda r, n: "/stats/", 1),
+    # outbound calls to the demo's fake FHIR server (hms_otel_agent/demo/fhir_server.py)
+    ("GET", lambda r, n: "/patients/fhir/?limit=10", 1),
+    ("GET", lambda r, n: "/patients/fhir/optimized/?limit=10", 1),
 )  # (not /health/: the demo's readiness probe, left out of the telemetry so the report counts these)
 
 

@@ -41,7 +41,7 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 
-from hms_otel_agent.instrument.db import SPAN_RECORD
+from hms_otel_agent.signals.vocabulary import DB_RECORD
 
 COUNT = "hms.compressed.count"
 DURATION_MS = "hms.compressed.duration_ms"
@@ -83,7 +83,7 @@ class SpanCompressor:
     def mark(self, span: Any, end_ns: int) -> None:
         """From the `Span.end` hook, while the span is still the live SDK span (its DB record is
         on it; the processors' on_end get a copy without it): note an eligible span by id."""
-        record = getattr(span, SPAN_RECORD, None)
+        record = getattr(span, DB_RECORD, None)
         if record is None:
             return
         parent = span._parent

@@ -10,6 +10,7 @@ reads the collector's output.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 from collections.abc import Sequence
@@ -25,12 +26,13 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from hms_otel_agent import guard
 from hms_otel_agent.export.local_files import FileMark, LineWriter
+from hms_otel_agent.export.otlp_json_encode import SpanJsonEncoder
 
 TRACES_FILE = "traces.jsonl"
 METRICS_FILE = "metrics.jsonl"
-_ID_FIELDS = frozenset(("traceId", "spanId", "parentSpanId"))
 # Shares of HMS_OTEL_LOCAL_MAX_MB: traces are most of what is written.
 TRACES_SHARE = 0.8
+_ID_FIELDS = frozenset(("traceId", "spanId", "parentSpanId"))
 
 
 def message_to_otlp_json(message: Message) -> str:
@@ -54,23 +56,28 @@ def _hex_ids(node: Any) -> None:
 
 
 class OtlpJsonFileSpanExporter(SpanExporter):
-    def __init__(self, directory: str, max_bytes: int = 100_000_000) -> None:
+    def __init__(self, directory: str, direct: bool = True, max_bytes: int = 100_000_000) -> None:
         path = os.path.join(directory, TRACES_FILE)
         self._writer = LineWriter(path, int(max_bytes * TRACES_SHARE))
         # Where this run's lines begin (the report at exit reads from there).
         self.start_mark = FileMark.of(path)
-
-    @property
-    def writer(self) -> LineWriter:
-        return self._writer
+        # `direct`: OTLP/JSON written from the spans' members (otlp_json_encode.py, a fast path:
+        # HMS_OTEL_FAST_PATHS); else through the SDK's encoder and protobuf's MessageToDict.
+        self._encoder = SpanJsonEncoder() if direct else None
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if not spans:
             return SpanExportResult.SUCCESS
         if self._writer.refused:
             return SpanExportResult.FAILURE
-        ok = self._writer.write(message_to_otlp_json(encode_spans(spans)))
-        return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
+        line = None
+        if self._encoder is not None:
+            # On an odd value, the SDK's encoder below: its handling of it.
+            with contextlib.suppress(Exception):
+                line = self._encoder.encode(spans)  # the same line, without protobuf
+        if line is None:
+            line = message_to_otlp_json(encode_spans(spans))
+        return SpanExportResult.SUCCESS if self._writer.write(line) else SpanExportResult.FAILURE
 
     def shutdown(self) -> None:
         pass

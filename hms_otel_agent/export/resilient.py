@@ -218,13 +218,15 @@ class _PerProcess:
         self._lock = threading.Lock()
 
     def get(self) -> Any:
-        pid = os.getpid()
-        if self._pid != pid:
+        # Read once: another thread's discard() may clear the attribute between check and use.
+        pid, exporter = os.getpid(), self._exporter
+        if self._pid != pid or exporter is None:
             with self._lock:
-                if self._pid != pid:
+                if self._pid != pid or self._exporter is None:
                     self._exporter = self._factory()
                     self._pid = pid
-        return self._exporter
+                exporter = self._exporter
+        return exporter
 
     def discard(self) -> None:
         """After the exporter raised: its state is unknown (a gRPC channel half re-initialised,

@@ -41,13 +41,13 @@ from typing import Any
 
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
-from hms_otel_agent.instrument.context import code_attributes, set_attributes, user_location
+from hms_otel_agent.instrument.context import user_location
+from hms_otel_agent.instrument.sdk_internals import set_attributes
 from hms_otel_agent.signals.activity import CacheCall
 from hms_otel_agent.signals.cache_signals import common_pattern
 from hms_otel_agent.signals.key_pattern import KeyPatterns
+from hms_otel_agent.signals.vocabulary import CACHE_RECORD, COMMAND_RECORD, code_attributes
 
-CACHE_RECORD = "_hms_cache"  # the CacheCall, read back by the span processor when the span ends
-COMMAND_RECORD = "_hms_redis"  # the parsed command, from the request hook to the response hook
 MAX_CAPTURED_KEY_CHARS = 1024
 MAX_PATTERN_KEYS = 32  # keys of a multi-key command whose patterns are merged
 # The process's key patterns: the built-in structural words and those learned from its keys.

@@ -9,7 +9,8 @@ connection
   connection is opened before the first statement's span starts) with the time spent
   connecting and the alias's lifecycle settings: ``hms.db.alias``, ``hms.db.connect_ms``,
   ``hms.db.conn_max_age`` (seconds; -1 unlimited), ``hms.db.pooled`` (Django 5.1+
-  ``OPTIONS={"pool": ...}``: a pool checkout), ``hms.db.health_checks``, ``db.system``;
+  ``OPTIONS={"pool": ...}``: a pool checkout), ``hms.db.health_checks``, ``db.system.name``
+  (``db.system`` with the old names);
 * leaves a `ConnectCall` on that span for the span processor, which hands it to the span's owner
   (the connection-churn detector and the per-request reuse metric read those);
 * counts in ``hms.db.connections.opened`` and ``db.client.connection.create_time`` (every
@@ -29,11 +30,11 @@ from typing import Any
 from opentelemetry import trace
 
 from hms_otel_agent import __version__, guard
-from hms_otel_agent.signals.activity import CONNECT_EVENT, UNKNOWN_MAX_AGE, ConnectCall
+from hms_otel_agent.signals.activity import UNKNOWN_MAX_AGE, ConnectCall
+from hms_otel_agent.signals.vocabulary import CONNECT_EVENT, CONNECT_RECORD
 
 SCOPE = "hms_otel_agent.db_connections"
 EVENT_NAME = CONNECT_EVENT
-CONNECT_RECORD = "_hms_connects"  # list of ConnectCall left on the current span
 COMPONENT = "DB connection hook"
 
 _undo: list[tuple[Any, str, Any]] = []
@@ -66,10 +67,11 @@ def _record(wrapper: Any, start_ns: int, duration_ns: int, metrics: tuple[Any, A
     span = trace.get_current_span()
     if not span.is_recording():
         return
+    event: dict[str, Any] = dict.fromkeys(_system_keys, vendor)
     span.add_event(
         EVENT_NAME,
         {
-            "db.system": vendor,
+            **event,
             "hms.db.alias": alias,
             "hms.db.connect_ms": round(duration_ns / 1e6, 3),
             "hms.db.conn_max_age": -1 if max_age is None else max_age,
@@ -86,12 +88,25 @@ def _record(wrapper: Any, start_ns: int, duration_ns: int, metrics: tuple[Any, A
         calls.append(call)
 
 
+# The event's name for the database system, as the database semantic-convention mode says.
+_system_keys: tuple[str, ...] = ("db.system",)
+
+
+def _database_system_keys() -> tuple[str, ...]:
+    from hms_otel_agent.instrument.db_semconv import database_mode
+
+    mode = database_mode()
+    return (("db.system",) if mode.old else ()) + (("db.system.name",) if mode.stable else ())
+
+
 def install(tracer_provider: Any, meter_provider: Any) -> Callable[[], None]:
     """The Django-ready callback that wraps ``BaseDatabaseWrapper.connect``."""
 
     def install_connection_hook() -> None:
+        global _system_keys
         if _undo:
             return
+        _system_keys = _database_system_keys()
         from django.db.backends.base.base import BaseDatabaseWrapper
 
         meter = meter_provider.get_meter(SCOPE, __version__)

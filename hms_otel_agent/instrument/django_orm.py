@@ -1,11 +1,11 @@
 """ORM context: which Django ORM operation is behind each SQL statement.
 
 `install()` (run once Django's app registry is ready, never at import) patches Django so that
-`current_orm` holds an `OrmContext` while the ORM executes SQL; the SQL span hook
-(`instrument/db.py`) reads it. Every patch sets the context before calling Django, calls
-Django outside any ``try``/``except`` (the application's exceptions pass through untouched),
-and resets the context in ``finally``. Errors in the agent's own code are reported through
-`guard.report` and the operation runs without context.
+`current_orm` holds the operation's context while the ORM executes SQL; the SQL span hook
+(`instrument/db.py`) reads it, and looks up its code location only then (`_Pending`). Every
+patch sets the context before calling Django, calls Django outside any ``try``/``except`` (the
+application's exceptions pass through untouched), and resets the context in ``finally``. Errors
+in the agent's own code are reported through `guard.report` and the operation runs without context.
 
 What is patched (4.2 / 5.2 / 6.1 unless noted):
 
@@ -51,17 +51,23 @@ tuple; never a callable, and no model instance is ever used as a key or compared
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 import weakref
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from typing import Any
 
-from opentelemetry.trace import get_current_span
-
 from hms_otel_agent import guard
+from hms_otel_agent.instrument import context as code_context
 from hms_otel_agent.instrument import fix_check
-from hms_otel_agent.instrument.context import current_orm, user_location
+from hms_otel_agent.instrument.context import (
+    PendingOrm,
+    async_site,
+    class_location,
+    current_orm,
+    user_location,
+)
 from hms_otel_agent.signals import fixes
 from hms_otel_agent.signals.activity import DEFERRED as DEFERRED_KIND
 from hms_otel_agent.signals.activity import (
@@ -77,6 +83,7 @@ from hms_otel_agent.signals.activity import (
     RELATED_EXISTS,
     REVERSE_FK,
     REVERSE_ONE_TO_ONE,
+    CodeLocation,
     FixFacts,
     OrmContext,
     Step,
@@ -90,6 +97,7 @@ AGGREGATE = "aggregate"
 TAG = "_hms_rel"  # attribute of django.db.models.sql.Query
 ADMIN_TAG = "_hms_admin"  # attribute of the Query of an admin changelist's queryset
 ORIGIN = "_hms_origin"  # attribute of an instance's ModelState
+BUILT = "_hms_built"  # attribute of a Query: the user's line that started the queryset
 _PATCHED = "_hms_orm_patch"  # marks our wrappers (for uninstall and idempotence)
 _MANAGER_KINDS = frozenset((REVERSE_FK, MANY_TO_MANY, GENERIC_RELATION))
 _MAX_SELECT_RELATED_DEPTH = 5  # Django's own default for select_related()
@@ -131,7 +139,7 @@ _track_eager: Callable[[Any, list[Any], Any], None] | None = None
 # -- contexts ---------------------------------------------------------------------------------
 
 
-def _rank(ctx: OrmContext) -> int:
+def _rank(ctx: OrmContext | PendingOrm) -> int:
     """Which context wins when ORM operations nest: relation loads > refresh > plain queries."""
     if ctx.relation:
         return 3
@@ -147,37 +155,69 @@ def _context(
     root: str = "",
     filtered: bool = False,
     facts: FixFacts = NO_FACTS,
-) -> OrmContext:
-    """The OrmContext of this operation at the user's code location, interned: the contexts are
-    frozen and a loop produces the same one every time, and building a frozen dataclass costs
-    more than looking it up. No code location (no walk up the stack) when the current span is a
-    valid span that is not recording: a sampled-out request, whose DB spans are not recorded."""
-    span = get_current_span()
-    location = user_location() if span.is_recording() or not span.get_span_context().is_valid else None
-    if location is None:
-        key: tuple[Any, ...] = (kind, model, relation, path, root, lazy, filtered, facts)
-    else:
-        key = (
-            kind,
-            model,
-            relation,
-            path,
-            root,
-            lazy,
-            filtered,
-            facts,
-            location.file,
-            location.line,
-            location.function,
-        )
-    ctx = _interned.get(key)
-    if ctx is None:
-        ctx = OrmContext(model, kind, relation, lazy, path, root, filtered, location, facts)
-        if len(_interned) < _MAX_INTERNED:
-            _interned[key] = ctx
-        if facts is not NO_FACTS:
-            _schedule_check(ctx)
-    return ctx
+    origin: CodeLocation | None = None,
+) -> _Pending:
+    """The context of this operation, its code location to be looked up when a statement runs
+    under it (`_Pending.resolve`). The walk will start from the first frame above the agent's
+    ORM patches: it is live for as long as the operation runs (the caller of the patched method),
+    and the frames skipped are the agent's, which the walk skips too — the same location as a
+    walk from here."""
+    frame = sys._getframe(1)
+    hops = 1
+    while frame.f_code.co_filename == _THIS_FILE and frame.f_back is not None:
+        frame = frame.f_back
+        hops += 1
+    key = (kind, model, relation, path, root, lazy, filtered, facts, origin)
+    return _Pending(kind, relation, key, frame, hops)
+
+
+_THIS_FILE = _context.__code__.co_filename
+_MAX_DEPTH = 64  # user_location's
+
+
+class _Pending(PendingOrm):
+    """An ORM context before its code location is known (instrument/context.py `PendingOrm`)."""
+
+    __slots__ = ("_frame", "_hops", "_key", "_resolved")
+
+    def __init__(self, kind: str, relation: str, key: tuple[Any, ...], frame: Any, hops: int) -> None:
+        self.kind = kind
+        self.relation = relation
+        self._key = key
+        self._frame = frame
+        self._hops = hops
+        self._resolved: OrmContext | None = None
+
+    def resolve(self) -> OrmContext | None:
+        """The interned OrmContext at the user's code location: contexts are frozen and a loop
+        produces the same one every time, and building a frozen dataclass costs more than
+        looking it up. None when the agent failed (reported: the statement counts as raw SQL)."""
+        ctx = self._resolved
+        if ctx is not None or self._frame is None:
+            return ctx
+        try:
+            ctx = self._resolved = self._intern()
+        except Exception as exc:
+            guard.report(COMPONENT, exc)
+        finally:
+            self._frame = None  # the operation's frames are not kept beyond this
+        return ctx
+
+    def _intern(self) -> OrmContext:
+        hops = self._hops
+        location = user_location(self._frame, _MAX_DEPTH - hops) if hops < _MAX_DEPTH else None
+        key = self._key
+        if location is not None:
+            key = (*key, location.file, location.line, location.function)
+        ctx = _interned.get(key)
+        if ctx is None:
+            kind, model, relation, path, root, lazy, filtered, facts, origin = self._key
+            ctx = OrmContext(model, kind, relation, lazy, path, root, filtered, location, facts, origin)
+            if len(_interned) < _MAX_INTERNED:
+                _interned[key] = ctx
+            if facts is not NO_FACTS:
+                _schedule_check(ctx)
+        return ctx
 
 
 def _schedule_check(ctx: OrmContext) -> None:
@@ -192,7 +232,7 @@ def _schedule_check(ctx: OrmContext) -> None:
         guard.report(COMPONENT, exc)
 
 
-def _pop(token: Token[OrmContext | None] | None) -> None:
+def _pop(token: Token[OrmContext | PendingOrm | None] | None) -> None:
     if token is None:
         return
     try:
@@ -217,9 +257,10 @@ def _name(descriptor: Any, compute: Callable[[Any], str]) -> str:
         return name
 
 
-# (root_model, path, route, admin): where an instance came from. `route` has a Step per relation
-# of `path`; `admin` is (ModelAdmin name, paths its changelist joined) or None.
-Origin = tuple[str, str, tuple[Step, ...], Any]
+# (root_model, path, route, admin, where): where an instance came from. `route` has a Step per
+# relation of `path`; `admin` is (ModelAdmin name, paths its changelist joined) or None; `where`
+# the code location the root queryset came from (CodeLocation or None).
+Origin = tuple[str, str, tuple[Step, ...], Any, Any]
 
 
 def _origin(instance: Any) -> Origin | None:
@@ -243,6 +284,8 @@ def _accessors(model: Any) -> dict[str, tuple[str, str, str]]:
         remote = ""
         if field.auto_created and not field.concrete:  # a reverse relation (ForeignObjectRel)
             name = field.get_accessor_name()
+            if not name or not hasattr(model, name):
+                continue  # no accessor on the model (django-taggit's Tag -> tagged models)
             remote = str(field.field.name)
             if field.one_to_one:
                 kind = REVERSE_ONE_TO_ONE
@@ -271,13 +314,19 @@ def _step(model: Any, name: str, kind: str, target: str = "") -> Step:
     return Step(name, kind, target or known, remote)
 
 
-def _path(instance: Any, name: str) -> tuple[str, str, str, tuple[Step, ...], Any]:
-    """(model, root_model, path, route so far, admin) of loading relation `name` of `instance`."""
-    model = _label(type(instance))
-    origin = _origin(instance)
+def _path(instance: Any, name: str) -> tuple[str, str, str, tuple[Step, ...], Any, Any]:
+    """(model, root_model, path, route so far, admin, where the root queryset came from) of
+    loading relation `name` of `instance`."""
+    return _path_from(type(instance), _origin(instance), name)
+
+
+def _path_from(cls: Any, origin: Any, name: str) -> tuple[str, str, str, tuple[Step, ...], Any, Any]:
+    model = _label(cls)
     if origin is None:
-        return model, model, name, (), None
-    return model, origin[0], origin[1] + "__" + name, origin[2], origin[3]
+        return model, model, name, (), None, None
+    if not origin[1]:  # an instance of the root queryset
+        return model, origin[0], name, (), origin[3], origin[4]
+    return model, origin[0], origin[1] + "__" + name, origin[2], origin[3], origin[4]
 
 
 def _facts(route: tuple[Step, ...], admin: Any) -> FixFacts:
@@ -288,18 +337,19 @@ def _facts(route: tuple[Step, ...], admin: Any) -> FixFacts:
 
 def _open_relation(
     instance: Any, name: str, kind: str, lazy: bool = True, target: str = ""
-) -> tuple[Token[OrmContext | None] | None, Origin | None]:
+) -> tuple[Token[OrmContext | PendingOrm | None] | None, Origin | None]:
     """Set the context of loading relation `name` of `instance`; return (token, origin of what
     gets loaded). Never raises."""
     try:
-        model, root, path, route, admin = _path(instance, name)
+        model, root, path, route, admin, where = _path(instance, name)
         route = (*route, _step(type(instance), name, kind, target))
         outer = current_orm.get()
         token = None
         if outer is None or not outer.relation:
-            ctx = _context(model, kind, model + "." + name, lazy, path, root, facts=_facts(route, admin))
+            facts = _facts(route, admin)
+            ctx = _context(model, kind, model + "." + name, lazy, path, root, facts=facts, origin=where)
             token = current_orm.set(ctx)
-        return token, (root, path, route, admin)
+        return token, (root, path, route, admin, where)
     except Exception as exc:
         guard.report(COMPONENT, exc)
         return None, None
@@ -315,7 +365,7 @@ def _mark(obj: Any, origin: Origin | None) -> None:
             if route and not route[-1].model:  # a GenericForeignKey: the type is known now
                 last = route[-1]
                 route = (*route[:-1], last._replace(model=_label(type(obj))))
-                origin = (origin[0], origin[1], route, origin[3])
+                origin = (origin[0], origin[1], route, origin[3], origin[4])
             state.__dict__[ORIGIN] = origin
     except Exception as exc:
         guard.report(COMPONENT, exc)
@@ -328,8 +378,52 @@ def _tag_of(queryset: Any) -> tuple[Any, ...] | None:
     query = queryset.__dict__.get("_query")
     if query is None:
         return None
-    tag: tuple[Any, ...] | None = query.__dict__.get(TAG)
-    return tag
+    return _query_tag(query)
+
+
+def _query_tag(query: Any) -> tuple[Any, ...] | None:
+    """The tag of a Query: (kind, model, relation, path, root, where count, order_by, route,
+    admin, where the root queryset came from), built on first use from what `_tag_related`
+    kept (a clone shares the pending tag)."""
+    tag = query.__dict__.get(TAG)
+    if tag is None or tag.__class__ is tuple:
+        return tag
+    built: tuple[Any, ...] = tag.build()
+    query.__dict__[TAG] = built
+    return built
+
+
+class _PendingTag:
+    """What tagging a related manager's queryset needs, kept when the manager hands it out and
+    made into the tag only when the queryset is evaluated against the database: serializers and
+    templates read prefetched relations row after row, and most of those querysets never run
+    SQL. Holds no instance (its model and origin are read now: the origin is set when it is
+    loaded)."""
+
+    __slots__ = ("built", "count", "kind", "name", "order_by", "origin", "owner", "target")
+
+    def __init__(
+        self, kind: str, owner: Any, origin: Any, name: str, target: Any, count: int, order_by: Any
+    ) -> None:
+        self.kind = kind
+        self.owner = owner  # the instance's model class
+        self.origin = origin
+        self.name = name
+        self.target = target  # the queryset's model
+        self.count = count
+        self.order_by = order_by
+        self.built: tuple[Any, ...] | None = None
+
+    def build(self) -> tuple[Any, ...]:
+        built = self.built
+        if built is None:
+            kind, name = self.kind, self.name
+            model, root, path, route, admin, where = _path_from(self.owner, self.origin, name)
+            route = (*route, _step(self.owner, name, kind, _label(self.target)))
+            relation = model + "." + name
+            built = (kind, model, relation, path, root, self.count, self.order_by, route, admin, where)
+            self.built = built
+        return built
 
 
 def _tag_related(queryset: Any, instance: Any, kind: str, name: str) -> None:
@@ -340,14 +434,13 @@ def _tag_related(queryset: Any, instance: Any, kind: str, name: str) -> None:
         query = queryset.__dict__.get("_query")
         if query is None or TAG in query.__dict__:
             return  # a prefetched queryset is returned again on every access: tag it once
-        model, root, path, route, admin = _path(instance, name)
-        route = (*route, _step(type(instance), name, kind, _label(queryset.model)))
-        where = len(query.where.children)
+        count = len(query.where.children)
         pending = queryset.__dict__.get("_deferred_filter")  # the manager's own filter, not applied yet
         if pending:
-            where += len(pending[1]) + len(pending[2])
-        relation = model + "." + name
-        query.__dict__[TAG] = (kind, model, relation, path, root, where, query.order_by, route, admin)
+            count += len(pending[1]) + len(pending[2])
+        query.__dict__[TAG] = _PendingTag(
+            kind, type(instance), _origin(instance), name, queryset.model, count, query.order_by
+        )
     except Exception as exc:
         guard.report(COMPONENT, exc)
 
@@ -380,13 +473,13 @@ def _filter_facts(query: Any, tag: tuple[Any, ...], facts: FixFacts) -> FixFacts
 
 def _tagged_ctx(
     queryset: Any, tag: tuple[Any, ...], kind: str, filtering: bool = False, extra: FixFacts | None = None
-) -> OrmContext:
+) -> _Pending:
     query = queryset.query
     filtered = tag[0] in _MANAGER_KINDS and (filtering or _filtered(query, tag))
     facts = _facts(tag[7], tag[8]) if extra is None else extra._replace(route=tag[7])
     if filtered:
         facts = _filter_facts(query, tag, facts)
-    return _context(tag[1], kind, tag[2], True, tag[3], tag[4], filtered, facts)
+    return _context(tag[1], kind, tag[2], True, tag[3], tag[4], filtered, facts, tag[9])
 
 
 def _aggregate_fact(alias: str, expression: Any) -> tuple[str, str, str] | None:
@@ -452,7 +545,7 @@ def _open_queryset(
     filtering: bool = False,
     args: tuple[Any, ...] = (),
     kwargs: dict[str, Any] | None = None,
-) -> Token[OrmContext | None] | None:
+) -> Token[OrmContext | PendingOrm | None] | None:
     """Context of QuerySet.get/count/exists/aggregate. Never raises."""
     try:
         outer = current_orm.get()
@@ -474,9 +567,10 @@ def _open_queryset(
         if kind == AGGREGATE:
             return None  # the compiler's "query" context, as before
         if outer is not None:
-            if outer.relation and queryset.model is _ContentType and _ContentType is not None:
-                # ContentType.objects.get_for_id() inside a generic relation load: a one-off
-                # lookup (Django caches it per process), not part of the relation's N loads.
+            if queryset.model is _ContentType and _ContentType is not None:
+                # ContentType.objects.get_for_id() / get_by_natural_key() inside a generic
+                # relation load or another query (taggit's): a one-off lookup (Django caches it
+                # per process), not part of the outer operation's repeats.
                 return current_orm.set(_context(_label(queryset.model), kind))
             return None
         facts = NO_FACTS
@@ -486,13 +580,14 @@ def _open_queryset(
             admin = _admin_results.get()
             if admin:
                 facts = FixFacts(admin=admin)
-        return current_orm.set(_context(_label(queryset.model), kind, facts=facts))
+        where = _built(queryset)
+        return current_orm.set(_context(_label(queryset.model), kind, facts=facts, origin=where))
     except Exception as exc:
         guard.report(COMPONENT, exc)
         return None
 
 
-def _open_fetch(queryset: Any) -> Token[OrmContext | None] | None:
+def _open_fetch(queryset: Any) -> Token[OrmContext | PendingOrm | None] | None:
     """Context of QuerySet._fetch_all for tagged querysets; plain ones get theirs from the
     compiler. Never raises."""
     try:
@@ -524,30 +619,32 @@ def _after_fetch(queryset: Any) -> None:
         ):
             _track_eager(queryset, rows, _default_select_joins)
         tag = _tag_of(queryset)
-        joins = queryset._query.select_related
+        query = queryset._query
+        joins = query.select_related
         admin = None
         if tag is not None and not queryset._for_write:
-            origin: Origin = (tag[4], tag[3], tag[7], tag[8])
+            origin: Origin = (tag[4], tag[3], tag[7], tag[8], tag[9])
             for obj in rows:
                 obj._state._hms_origin = origin  # ORIGIN
-            root, prefix, route = origin[0], origin[1] + "__", origin[2]
+            root, prefix, route, where = origin[0], origin[1] + "__", origin[2], origin[4]
             admin = origin[3]
         else:
-            admin = queryset._query.__dict__.get(ADMIN_TAG)
-            if admin is not None:  # an admin changelist's rows: lazy loads from them get admin fixes
-                origin = (_label(queryset.model), "", (), admin)
-                for obj in rows:
-                    obj._state._hms_origin = origin  # ORIGIN
-            elif not joins:
-                return
+            # The queryset the user started from: its rows remember where it came from (the
+            # line that built it, else the one that evaluated it) and, for an admin
+            # changelist's rows, the ModelAdmin (lazy loads from them get admin fixes).
+            admin = query.__dict__.get(ADMIN_TAG)
+            where = query.__dict__.get(BUILT) or user_location()
             root, prefix, route = _label(queryset.model), "", ()
+            origin = (root, "", (), admin, where)
+            for obj in rows:
+                obj._state._hms_origin = origin  # ORIGIN
         if not joins:
             return
         if joins is True:
             joins = _default_joins(queryset.model, _MAX_SELECT_RELATED_DEPTH)
         known = queryset._known_related_objects
         skip = {field.name for field in known} if known else ()
-        plan = _join_plan(joins, queryset.model, root, prefix, route, admin, skip)
+        plan = _join_plan(joins, queryset.model, root, prefix, route, admin, skip, where)
         for obj in rows:  # the first level inline: this runs once per row
             cache = obj._state.fields_cache
             for name, origin, nested in plan:
@@ -558,6 +655,105 @@ def _after_fetch(queryset: Any) -> None:
                         _mark_joined(target, nested)
     except Exception as exc:
         guard.report(COMPONENT, exc)
+
+
+def _iterator_origin(queryset: Any) -> Origin | None:
+    """The origin of the rows of ``iterator()`` over a queryset the user started from (a
+    ModelChoiceField's options): None for other querysets. Never raises."""
+    try:
+        if queryset._iterable_class is not _ModelIterable or _tag_of(queryset) is not None:
+            return None
+        query = queryset._query
+        where = query.__dict__.get(BUILT) or user_location()
+        return (_label(queryset.model), "", (), query.__dict__.get(ADMIN_TAG), where)
+    except Exception as exc:
+        guard.report(COMPONENT, exc)
+        return None
+
+
+def _make_iterator(original: Callable[..., Any]) -> Callable[..., Any]:
+    """QuerySet._iterator (``iterator()``, 4.2+): its rows remember where they came from, as
+    _fetch_all's do (the origin is computed when iteration starts, in the iterating code)."""
+
+    def _iterator(self: Any, *args: Any, **kwargs: Any) -> Any:
+        origin = _iterator_origin(self)
+        if origin is None:
+            yield from original(self, *args, **kwargs)
+            return
+        for obj in original(self, *args, **kwargs):
+            obj._state._hms_origin = origin  # ORIGIN
+            yield obj
+
+    return _iterator
+
+
+def _built(queryset: Any) -> CodeLocation | None:
+    query = queryset.__dict__.get("_query")
+    return None if query is None else query.__dict__.get(BUILT)
+
+
+# Code objects of the manager methods between user code and BaseManager.get_queryset (the
+# generated proxies share one code object); any method named get_queryset (custom managers and
+# related managers calling super()) is skipped too.
+_manager_codes: set[Any] = set()
+
+
+def _note_built(queryset: Any) -> None:
+    """Remember on the new queryset's Query the user's line that started it
+    (``Visit.objects.order_by("id")``, a viewset's ``queryset = ...``, ``await
+    Site.objects.aget(...)``); its clones keep it. Only when the manager was called from user
+    code directly: Django's own uses (related descriptors, ModelChoiceField, generic views)
+    leave it unset at the cost of a few frame checks. Never raises."""
+    try:
+        frame: Any = sys._getframe(2)
+        for _ in range(4):
+            code = frame.f_code
+            if code not in _manager_codes and code.co_name != "get_queryset":
+                break
+            frame = frame.f_back
+            if frame is None:
+                return
+        location = code_context.user_location(frame, max_depth=1) if async_site.get() is None else None
+        if location is not None:
+            query = queryset.__dict__.get("_query")
+            if query is not None:
+                query.__dict__[BUILT] = location
+    except Exception as exc:
+        guard.report(COMPONENT, exc)
+
+
+def _make_manager_get_queryset(original: Callable[..., Any]) -> Callable[..., Any]:
+    def get_queryset(self: Any) -> Any:
+        queryset = original(self)
+        _note_built(queryset)
+        return queryset
+
+    return get_queryset
+
+
+def _open_async_site() -> Token[CodeLocation | None] | None:
+    """The awaiting code of an async ORM call, for the statements its sync part runs in
+    another thread (contextvars follow sync_to_async). Never raises."""
+    try:
+        if async_site.get() is not None:
+            return None
+        location = user_location(sys._getframe(2))
+        return None if location is None else async_site.set(location)
+    except Exception as exc:
+        guard.report(COMPONENT, exc)
+        return None
+
+
+def _make_async_method(original: Callable[..., Any]) -> Callable[..., Any]:
+    async def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        token = _open_async_site()
+        try:
+            return await original(self, *args, **kwargs)
+        finally:
+            if token is not None:
+                async_site.reset(token)
+
+    return method
 
 
 # [(cache name, origin, nested plan)]
@@ -572,6 +768,7 @@ def _join_plan(
     route: tuple[Step, ...],
     admin: Any,
     skip: Any,
+    where: Any,
 ) -> _Plan:
     plan: _Plan = []
     accessors = _accessors(model)
@@ -585,8 +782,8 @@ def _join_plan(
         if sub:
             target_model = _model_of(model, name)
             if target_model is not None:
-                nested = _join_plan(sub, target_model, root, path + "__", here, admin, ())
-        plan.append((name, (root, path, here, admin), nested))
+                nested = _join_plan(sub, target_model, root, path + "__", here, admin, (), where)
+        plan.append((name, (root, path, here, admin, where), nested))
     return plan
 
 
@@ -674,19 +871,19 @@ def _make_fetch_all(original: Callable[..., Any]) -> Callable[..., Any]:
     return _fetch_all
 
 
-def _open_compiler(compiler: Any) -> Token[OrmContext | None] | None:
+def _open_compiler(compiler: Any) -> Token[OrmContext | PendingOrm | None] | None:
     try:
         query = compiler.query
         model = query.model
         if model is None:
             return None
-        tag = query.__dict__.get(TAG) if _runs_select(compiler) else None
+        tag = _query_tag(query) if _runs_select(compiler) else None
         if tag is not None:  # iterator() over a related manager's queryset
             filtered = tag[0] in _MANAGER_KINDS and _filtered(query, tag)
             facts = _facts(tag[7], tag[8])
             if filtered:
                 facts = _filter_facts(query, tag, facts)
-            ctx = _context(tag[1], tag[0], tag[2], True, tag[3], tag[4], filtered, facts)
+            ctx = _context(tag[1], tag[0], tag[2], True, tag[3], tag[4], filtered, facts, tag[9])
         else:
             ctx = _context(_label(model), QUERY)
         return current_orm.set(ctx)
@@ -879,7 +1076,7 @@ def _make_reverse_one_to_one_queryset(original: Callable[..., Any]) -> Callable[
     return get_queryset
 
 
-def _enter_prefetch() -> tuple[Token[bool], Token[OrmContext | None] | None] | None:
+def _enter_prefetch() -> tuple[Token[bool], Token[OrmContext | PendingOrm | None] | None] | None:
     try:
         flag = _in_prefetch.set(True)
         outer = current_orm.get()
@@ -891,7 +1088,7 @@ def _enter_prefetch() -> tuple[Token[bool], Token[OrmContext | None] | None] | N
         return None
 
 
-def _exit_prefetch(tokens: tuple[Token[bool], Token[OrmContext | None] | None] | None) -> None:
+def _exit_prefetch(tokens: tuple[Token[bool], Token[OrmContext | PendingOrm | None] | None] | None) -> None:
     if tokens is None:
         return
     _pop(tokens[1])
@@ -909,7 +1106,7 @@ def _mark_prefetched(instances: Any, lookup: Any, level: int, result: Any) -> No
             return
         through = lookup.prefetch_through.split("__")[level]
         first = instances[0]
-        _, root, path, route, admin = _path(first, through)
+        _, root, path, route, admin, where = _path(first, through)
         kind, _, remote = _accessors(type(first)).get(through, (REVERSE_FK, "", ""))
         origins: dict[type, Origin] = {}  # by type: a GenericForeignKey loads several
         for obj in loaded:
@@ -919,7 +1116,7 @@ def _mark_prefetched(instances: Any, lookup: Any, level: int, result: Any) -> No
                 origin = origins.get(cls)
                 if origin is None:
                     step = Step(through, kind, _label(cls), remote)
-                    origin = origins[cls] = (root, path, (*route, step), admin)
+                    origin = origins[cls] = (root, path, (*route, step), admin, where)
                 state._hms_origin = origin  # ORIGIN
     except Exception as exc:
         guard.report(COMPONENT, exc)
@@ -950,7 +1147,7 @@ def _tag_manager_queryset(queryset: Any, manager: Any, kind: str, name: str) -> 
         guard.report(COMPONENT, exc)
 
 
-def _open_manager_op(manager: Any, kind: str, name: str) -> Token[OrmContext | None] | None:
+def _open_manager_op(manager: Any, kind: str, name: str) -> Token[OrmContext | PendingOrm | None] | None:
     try:
         instance = manager.__dict__.get("instance")
         return None if instance is None else _open_relation(instance, name, kind)[0]
@@ -1123,7 +1320,11 @@ def _tag_changelist(changelist: Any, queryset: Any) -> None:
         if joins is True:
             joins = _default_joins(queryset.model, _MAX_SELECT_RELATED_DEPTH)
         paths = _leaf_paths(joins) if isinstance(joins, dict) else ()
-        query.__dict__[ADMIN_TAG] = (type(changelist.model_admin).__name__, paths)
+        admin_class = type(changelist.model_admin)
+        query.__dict__[ADMIN_TAG] = (admin_class.__name__, paths)
+        where = class_location(admin_class)  # the admin's fixes go on the ModelAdmin
+        if where is not None:
+            query.__dict__[BUILT] = where
     except Exception as exc:
         guard.report(COMPONENT, exc)
 
@@ -1183,7 +1384,7 @@ def install() -> None:
 def _install() -> None:
     global _ModelIterable, _SQLCompiler, _NOT_SELECT, _ContentType, _deferred_get_code
     from django.apps import apps
-    from django.db.models import Model, query
+    from django.db.models import Model, manager, query
     from django.db.models.fields import related_descriptors as rd
     from django.db.models.query_utils import DeferredAttribute
     from django.db.models.sql import compiler
@@ -1203,6 +1404,15 @@ def _install() -> None:
     _wrap(query.QuerySet, "exists", _wrap_queryset_op(EXISTS, False))
     _wrap(query.QuerySet, "aggregate", _wrap_queryset_op(AGGREGATE, False))
     _wrap(query.QuerySet, "_fetch_all", _make_fetch_all)
+    if hasattr(query.QuerySet, "_iterator"):
+        _wrap(query.QuerySet, "_iterator", _make_iterator)
+    _wrap(manager.BaseManager, "get_queryset", _make_manager_get_queryset)
+    _manager_codes.update(
+        (manager.BaseManager.all.__code__, manager.Manager.filter.__code__)  # filter: a generated proxy
+    )
+    for name, value in list(vars(query.QuerySet).items()):
+        if name.startswith("a") and inspect.iscoroutinefunction(value):  # aget, acount, aexists, ...
+            _wrap(query.QuerySet, name, _make_async_method)
     _wrap(compiler.SQLCompiler, "execute_sql", _make_execute_sql)
     _wrap(compiler.SQLInsertCompiler, "execute_sql", _make_execute_sql)
     _wrap(query, "prefetch_one_level", _make_prefetch_one_level)
@@ -1236,13 +1446,32 @@ def _install() -> None:
         else:
             _wrap(ct_fields.GenericForeignKey, "__get__", _make_gfk_get)
     _patch_existing_manager_classes(generic_descriptor)
+    _register_framework_frames()
     _patch_custom_many_to_many()
-    fix_check.install()
+    fix_check.install(_accessors)
     if apps.is_installed("django.contrib.admin"):
         from django.contrib.admin.views.main import ChangeList
 
         _wrap(ChangeList, "get_queryset", _make_changelist_queryset)
         _wrap(ChangeList, "get_results", _make_changelist_results)
+
+
+def _register_framework_frames() -> None:
+    """Frames that say where a load was triggered when no user frame is below them."""
+    from django.core.handlers.base import BaseHandler
+    from django.forms.boundfield import BoundField
+    from django.template.base import Node
+
+    code_context.register_frames(code_context.TEMPLATE_NODE, Node.render_annotated)
+    code_context.register_frames(code_context.FORM_FIELD, BoundField.as_widget)
+    code_context.register_frames(
+        code_context.REQUEST_HANDLER, BaseHandler._get_response, BaseHandler._get_response_async
+    )
+    try:
+        from rest_framework.serializers import Serializer
+    except Exception:  # not installed, or it cannot be imported here: no serializer locations
+        return
+    code_context.register_frames(code_context.SERIALIZER_FIELD, Serializer.to_representation)
 
 
 def uninstall() -> None:
@@ -1264,5 +1493,7 @@ def uninstall() -> None:
                 setattr(cls, attr, getattr(wrapper, "__wrapped__"))  # noqa: B009
     _manager_classes.clear()
     fix_check.uninstall()
+    _manager_codes.clear()
+    code_context.unregister_frames()
     _deferred_get_code = _ContentType = None
     _installed = False

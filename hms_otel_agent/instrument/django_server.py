@@ -21,6 +21,7 @@ from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
 from hms_otel_agent.signals import urls as url_rules
 from hms_otel_agent.signals.http_privacy import HttpPrivacy
+from hms_otel_agent.signals.semconv import split_host_port
 
 logger = logging.getLogger("hms_otel")
 
@@ -120,6 +121,11 @@ def _request_hook(span: Any, request: Any) -> None:
     attributes a user had the contrib record (OTEL_PYTHON_DJANGO_TRACED_REQUEST_ATTRS, by the
     attribute's own name) are scrubbed here, where their names are known."""
     try:
+        if span.is_recording():
+            _complete_stable_names(span, request)
+    except Exception as exc:
+        guard.report("Django request hook", exc)
+    try:
         privacy = _privacy
         if privacy is None:
             return
@@ -140,6 +146,33 @@ def _request_hook(span: Any, request: Any) -> None:
         with contextlib.suppress(Exception):
             for name in _traced_attributes:
                 span.set_attribute(name, url_rules.REDACTED)
+
+
+def _complete_stable_names(span: Any, request: Any) -> None:
+    """What contrib 0.66 leaves out of a server span with the stable HTTP names: ``url.path`` and
+    ``url.query`` when the server gives no raw URI (runserver, uvicorn: contrib reads them only
+    with one), and ``server.address`` without the Host header's port (in ``server.port``). The
+    path and query are as sent here, like contrib's: the span processor templates and redacts
+    them when the span ends, as every URL attribute."""
+    attributes = span.attributes
+    if "http.request.method" not in attributes:  # old names only
+        return
+    changes: dict[str, Any] = {}
+    if "url.path" not in attributes:
+        changes["url.path"] = request.path
+    if "url.query" not in attributes:
+        query = request.META.get("QUERY_STRING")
+        if query:
+            changes["url.query"] = query
+    address = attributes.get("server.address")
+    if isinstance(address, str):
+        host, port = split_host_port(address)
+        if port is not None:
+            changes["server.address"] = host
+            if "server.port" not in attributes:
+                changes["server.port"] = port
+    if changes:
+        span.set_attributes(changes)
 
 
 def _load_literals() -> frozenset[str]:

@@ -46,17 +46,23 @@ from opentelemetry.trace import SpanKind
 
 from hms_otel_agent import __version__, guard
 from hms_otel_agent.instrument.context import user_location
-from hms_otel_agent.signals.activity import EAGER_LOADS_SCOPE, CodeLocation, Finding
+from hms_otel_agent.signals.activity import CodeLocation, Finding
 from hms_otel_agent.signals.eager_loading import (
     PREFETCH_RELATED,
     SELECT_RELATED,
     EagerOutcome,
     UnusedEagerAggregator,
 )
+from hms_otel_agent.signals.vocabulary import (
+    EAGER_LOADS_SCOPE,
+    EAGER_LOADS_SPAN,
+    finding_attributes,
+    finding_event,
+)
 
 SCOPE = EAGER_LOADS_SCOPE
-SPAN_NAME = "unused eager loading"
-EVENT_NAME = "hms.unused_eager_load"
+SPAN_NAME = EAGER_LOADS_SPAN
+EVENT_NAME = finding_event("unused_eager_load")
 COMPONENT = "unused eager loading"
 MAX_TRACKED_OBJECTS = 2000  # instances per queryset (all levels) whose caches are tracked
 MAX_PENDING = 50_000  # finished querysets waiting for the next flush
@@ -264,8 +270,6 @@ def flush(settings: Any) -> list[Finding]:
 def _emit(findings: list[Finding]) -> None:
     if _tracer is None:
         return
-    from hms_otel_agent.processors import finding_attributes
-
     span = _tracer.start_span(SPAN_NAME, context=otel_context.Context(), kind=SpanKind.INTERNAL)
     try:
         span.set_attribute("hms.findings.count", len(findings))

@@ -31,6 +31,7 @@ import os
 import re
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from hms_otel_agent import guard
@@ -114,8 +115,6 @@ def _walk_prefetch(model: Any, lookup: Any) -> None:
     """Raise unless Django can prefetch every level of `lookup` (a Prefetch) from `model`."""
     from django.core.exceptions import FieldDoesNotExist
 
-    from hms_otel_agent.instrument.django_orm import _accessors
-
     levels = lookup.prefetch_through.split("__")
     current = model
     for level, name in enumerate(levels):
@@ -130,7 +129,7 @@ def _walk_prefetch(model: Any, lookup: Any) -> None:
         querysets = _querysets(lookup, level)
         for queryset in querysets:
             str(queryset.query)
-        kind, target, _ = _accessors(current).get(name, ("", "", ""))
+        kind, target, _ = accessors(current).get(name, ("", "", ""))
         if last and lookup.to_attr:
             try:
                 current._meta.get_field(lookup.to_attr)
@@ -214,10 +213,8 @@ def _check(fix: Fix) -> None:
 def _exists_models(fix: Fix) -> list[str]:
     """Models named in annotations (``Exists(Visit.objects...)``), by label, from the root's
     relations (a name in a fix is always a model the route reached)."""
-    from hms_otel_agent.instrument.django_orm import _accessors
-
     root = _model(fix.root)
-    labels = [target for _, target, _ in _accessors(root).values() if target]
+    labels = [target for _, target, _ in accessors(root).values() if target]
     wanted = {m.group(1) for _, text in fix.annotate for m in re.finditer(r"\b([A-Z]\w*)\.objects", text)}
     return [label for label in labels if fixes.short(label) in wanted]
 
@@ -296,9 +293,22 @@ class BackgroundChecker:
                 self._checked.notify_all()
 
 
-def install() -> None:
-    """Check fixes from now on (the ORM instrumentation calls this once Django is ready)."""
+def _no_accessors(model: Any) -> dict[str, tuple[str, str, str]]:
+    return {}
+
+
+# accessor -> (relation kind, model label, remote field) of a model: django_orm's reading of
+# _meta, handed over by install() (django_orm imports this module, not the other way round).
+accessors: Callable[[Any], dict[str, tuple[str, str, str]]] = _no_accessors
+
+
+def install(model_accessors: Callable[[Any], dict[str, tuple[str, str, str]]]) -> None:
+    """Check fixes from now on (the ORM instrumentation calls this once Django is ready, with
+    its reader of the models' relations)."""
+    global accessors
     import django
+
+    accessors = model_accessors
 
     found = set()
     if django.VERSION >= (5, 0):
@@ -311,5 +321,7 @@ def install() -> None:
 
 
 def uninstall() -> None:
+    global accessors
+    accessors = _no_accessors
     fixes.checker = None
     fixes.features = frozenset()

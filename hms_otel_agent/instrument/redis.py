@@ -21,6 +21,12 @@ every field of every document found, and raised KeyError on RESP3 replies (a dic
 span name and ``db.statement`` keep only the command words: redis-py splits a first argument on
 whitespace, so ``execute_command(f"GET {key}")`` put the key in both.
 
+Stable names (OTEL_SEMCONV_STABILITY_OPT_IN ``database`` / ``database/dup``, the agent's default):
+contrib 0.66 sets ``db.system.name``, ``db.query.text`` and the peer; the agent adds
+``db.operation.name`` (the command; ``BATCH GET`` / ``BATCH`` with ``db.operation.batch.size``
+for a pipeline of two or more commands) and ``db.namespace`` (the database index), and names
+the peer after the database mode (contrib names it after the HTTP mode).
+
 For pipelines the contrib instrumentation calls only the response hook, after redis-py has
 reset the pipeline's command stack. An outer wrapper on each pipeline class's ``execute``
 (applied after the contrib one, so it runs first) copies the stack into
@@ -31,18 +37,21 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 import wrapt
 from opentelemetry.context import attach, detach
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
-from opentelemetry.trace import SpanKind, set_span_in_context
+from opentelemetry.trace import get_current_span, set_span_in_context
 from opentelemetry.trace.status import Status, StatusCode
 
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
+from hms_otel_agent.instrument import implicit_units, sdk_internals
 from hms_otel_agent.instrument.cache_hooks import command_head, current_django_call, pipeline_commands
-from hms_otel_agent.instrument.context import set_attributes
+from hms_otel_agent.instrument.db_semconv import database_mode, mode_of, peer_attributes
+from hms_otel_agent.instrument.sdk_internals import call_hook, set_attributes
 from hms_otel_agent.signals.key_pattern import key_pattern
 
 REDIS_SCOPE = "opentelemetry.instrumentation.redis"
@@ -55,6 +64,7 @@ _PIPELINES = (
     ("redis.asyncio.cluster", "ClusterPipeline", True),
 )
 _wrapped: list[tuple[type, Any]] = []  # (class, original attribute)
+_stable_names = False  # the database mode (contrib's, read at install) emits the stable names
 
 
 def install(settings: Settings, tracer_provider: Any) -> None:
@@ -63,14 +73,17 @@ def install(settings: Settings, tracer_provider: Any) -> None:
     from hms_otel_agent.instrument import cache_hooks
 
     request_hook = cache_hooks.redis_request_hook(settings)
-    response_hook = cache_hooks.redis_response_hook(settings)
+    response_hook = _with_pipeline_operation(cache_hooks.redis_response_hook(settings))
     RedisInstrumentor().instrument(
         tracer_provider=tracer_provider, request_hook=request_hook, response_hook=response_hook
     )
     try:
+        global _stable_names
+        _stable_names = database_mode().stable
         _replace_contrib_helpers()
-        tracer = RedisInstrumentor._get_tracer(tracer_provider=tracer_provider)
-        _replace_command_wrapper(tracer, request_hook, response_hook)
+        if sdk_internals.fast_paths():
+            tracer = RedisInstrumentor._get_tracer(tracer_provider=tracer_provider)
+            _replace_command_wrapper(tracer, request_hook, response_hook)
     except Exception as exc:  # another contrib version: its own wrapper stays
         guard.report("redis instrumentation", exc)
     _wrap_pipelines()
@@ -106,6 +119,7 @@ def _replace_command_wrapper(tracer: Any, request_hook: Any, response_hook: Any)
     )
     db_mode = modes[_OpenTelemetryStabilitySignalType.DATABASE]
     http_mode = modes[_OpenTelemetryStabilitySignalType.HTTP]
+    stable = mode_of(db_mode).stable
     # id(a pool's connection_kwargs) -> (that dict, its span attributes): bounded by the pools.
     by_pool: dict[int, tuple[Any, dict[str, Any]]] = {}
 
@@ -126,39 +140,40 @@ def _replace_command_wrapper(tracer: Any, request_hook: Any, response_hook: Any)
         agent code failed (the command then runs untraced)."""
         try:
             name = span_name(instance, args)
-            span = tracer.start_span(name, kind=SpanKind.CLIENT)
+            span = implicit_units.start_client_span(tracer, name)
             token = attach(set_span_in_context(span))
         except Exception as exc:
             guard.report("redis instrumentation", exc)
             return None
         try:
-            if span.is_recording():
+            if span.is_recording() and span.get_span_context().trace_flags.sampled:
                 attributes: dict[str, Any] = {}
                 _set_db_statement(attributes, statement(args), db_mode)
                 attributes["db.redis.args_length"] = len(args)
                 attributes.update(connection_attributes(instance))
+                if stable and args:
+                    attributes["db.operation.name"] = operation_name(args)
                 set_attributes(span, attributes)
                 if name == "redis.create_index":
                     _create_attributes(span, args)
-            if request_hook is not None:
-                request_hook(span, instance, args, kwargs)  # the agent's hooks catch their own errors
         except Exception as exc:
             guard.report("redis instrumentation", exc)
+        call_hook(request_hook, span, instance, args, kwargs)  # as the contrib calls it
         return span, token, name
 
     def end(span: Any, token: Any, name: str, instance: Any, args: Any, response: Any) -> None:
         try:
             if name == "redis.search" and span.is_recording():
                 search_attributes(span, args)
-            if response_hook is not None:
-                response_hook(span, instance, response)
         except Exception as exc:
             guard.report("redis instrumentation", exc)
+        try:
+            call_hook(response_hook, span, instance, response)  # as the contrib calls it
         finally:
             _close(span, token)
 
     def execute_command(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        if not is_instrumentation_enabled():
+        if not is_instrumentation_enabled() or (current_django_call.get() is not None and _detection_only()):
             return wrapped(*args, **kwargs)
         started = start(instance, args, kwargs)
         if started is None:
@@ -175,6 +190,14 @@ def _replace_command_wrapper(tracer: Any, request_hook: Any, response_hook: Any)
         return response
 
     redis.Redis.execute_command = wrapt.FunctionWrapper(current.__wrapped__, execute_command)  # type: ignore[method-assign]
+
+
+def _detection_only() -> bool:
+    """Whether the current span is recorded for detection only (head sampling dropped it:
+    pipeline.DetectingSampler). The commands a Django cache call sends are not read by the
+    detectors (the call is what counts), so under such a call they need no span."""
+    span = get_current_span()
+    return span.is_recording() and not span.get_span_context().trace_flags.sampled
 
 
 def _close(span: Any, token: Any) -> None:
@@ -232,6 +255,59 @@ def _search_attributes(span: Any, response: Any, args: Any) -> None:
         guard.report("redis instrumentation", exc)
 
 
+# --- stable names -------------------------------------------------------------------------------
+
+
+def operation_name(args: Any) -> str:
+    """``db.operation.name``: the command words (``GET``, ``CLIENT LIST``, ``FT.SEARCH``)."""
+    head, _ = command_head(args[0]) if args and args[0] else ([], 0)
+    return " ".join(head)
+
+
+def _conn_attributes(conn_kwargs: Any, db_mode: Any, http_mode: Any) -> dict[str, Any]:
+    """In place of the contrib's ``_extract_conn_attributes`` (every client, pipeline and cluster
+    span): the peer named after the database mode, and ``db.namespace``, the database index."""
+    original = _originals.get(_CONN_ATTRIBUTES)
+    attributes: dict[str, Any] = original(conn_kwargs, db_mode, http_mode) if original else {}
+    mode = mode_of(db_mode)
+    if mode.stable:
+        attributes = peer_attributes(attributes, mode)
+        db = conn_kwargs.get("db")
+        attributes["db.namespace"] = str(0 if db is None else db)
+    return attributes
+
+
+# (pipeline, its operation name, its size) from `_pipeline_meta` to the response hook, which
+# sets them on the pipeline's span (the contrib's wrapper sets its attributes itself).
+_pipeline_operation: ContextVar[tuple[Any, str, int] | None] = ContextVar("hms_redis_pipeline", default=None)
+
+
+def _batch_operation(stack: list[Any]) -> tuple[str, int]:
+    names = {operation_name(c.args if hasattr(c, "args") else c[0]) for c in stack}
+    if len(stack) == 1:
+        return names.pop(), 1
+    return ("BATCH " + next(iter(names)) if len(names) == 1 else "BATCH"), len(stack)
+
+
+def _with_pipeline_operation(response_hook: Any) -> Any:
+    def hook(span: Any, instance: Any, response: Any) -> None:
+        pending = _pipeline_operation.get()
+        if pending is not None and pending[0] is instance:
+            _pipeline_operation.set(None)
+            try:
+                if span.is_recording():
+                    attributes: dict[str, Any] = {"db.operation.name": pending[1]}
+                    if pending[2] != 1:
+                        attributes["db.operation.batch.size"] = pending[2]
+                    span.set_attributes(attributes)
+            except Exception as exc:
+                guard.report("redis instrumentation", exc)
+        if response_hook is not None:
+            response_hook(span, instance, response)
+
+    return hook
+
+
 # --- span name and statement -------------------------------------------------------------------
 
 _MAX_STATEMENT_CHARS = 1000  # as the contrib's
@@ -271,14 +347,21 @@ def _pipeline_meta(instance: Any) -> tuple[list[Any], str, str]:
     stack, resource, _ = original(instance)
     try:
         names = [span_name(instance, c.args if hasattr(c, "args") else c[0]) for c in stack]
+        if stack and _stable_database():
+            _pipeline_operation.set((instance, *_batch_operation(stack)))
         return stack, resource, " ".join(names) or "redis"
     except Exception as exc:
         guard.report("redis instrumentation", exc)
         return stack, resource, "redis"
 
 
+def _stable_database() -> bool:
+    return _stable_names
+
+
 # Helpers the contrib's wrappers look up in their modules at each call (ours calls the same).
 _PIPELINE_META = ("opentelemetry.instrumentation.redis", "_build_span_meta_data_for_pipeline")
+_CONN_ATTRIBUTES = ("opentelemetry.instrumentation.redis.util", "_extract_conn_attributes")
 _CONTRIB_HELPERS = (
     ("opentelemetry.instrumentation.redis", "_add_search_attributes", _search_attributes),
     ("opentelemetry.instrumentation.redis", "_add_create_attributes", _create_attributes),
@@ -286,6 +369,7 @@ _CONTRIB_HELPERS = (
     ("opentelemetry.instrumentation.redis", "_format_command_args", statement),
     (*_PIPELINE_META, _pipeline_meta),
     ("opentelemetry.instrumentation.redis.util", "_format_command_args", statement),
+    (*_CONN_ATTRIBUTES, _conn_attributes),
 )
 _originals: dict[tuple[str, str], Any] = {}  # (module, name) -> the contrib's helper
 

@@ -69,10 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_setting_flags(config_parser)
     config_parser.set_defaults(func=_config)
-    from hms_otel_agent.demo import cli as demo_cli
-    from hms_otel_agent.report import commands as report_commands
+    from hms_otel_agent.launch import demo_command, report_commands
 
-    demo_cli.register(commands)
+    demo_command.register(commands)
     report_commands.register(commands)
     return parser
 

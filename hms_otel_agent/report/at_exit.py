@@ -20,8 +20,8 @@ from hms_otel_agent.export.local_files import FileMark
 from hms_otel_agent.printable import printable
 
 # ROOT_PID_ENV and RUN_ID_ENV, set by hms-otel-run (launch/run.py), are named in config.py with
-# the other HMS_OTEL_* variables that are not settings.
-RUN_ID_ATTRIBUTE = "hms.run.id"
+# the other HMS_OTEL_* variables that are not settings; the resource attribute hms.run.id in
+# signals/vocabulary.py (RUN_ID_ATTRIBUTE).
 
 
 def is_root_process(environ: Any = None) -> bool:

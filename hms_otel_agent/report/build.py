@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from hms_otel_agent.config import Settings
-from hms_otel_agent.report.at_exit import RUN_ID_ATTRIBUTE
 from hms_otel_agent.report.model import ANALYZED, RECORDED, Aggregator, Report
 from hms_otel_agent.report.otlp import SpanData
 from hms_otel_agent.report.spans import Owner, build_owners
+from hms_otel_agent.signals import cache_signals
 from hms_otel_agent.signals.activity import Finding
 from hms_otel_agent.signals.registry import Detector
+from hms_otel_agent.signals.vocabulary import RUN_ID_ATTRIBUTE
 
 
 def registered_detectors() -> list[Detector]:
@@ -26,7 +27,7 @@ def detect(owner: Owner, settings: Settings, detectors: Sequence[Detector]) -> l
     if owner.aggregate:
         return owner.recorded  # decided live over many requests: nothing to re-detect
     activity = owner.activity
-    if not (activity.db_calls or activity.cache_calls or activity.connects):
+    if not (activity.db_calls or activity.cache_calls or activity.connects or activity.http_calls):
         return []
     findings: list[Finding] = []
     for detector in detectors:
@@ -62,6 +63,10 @@ def build_report(
     aggregator.add_spans(len(spans))
     chosen = (registered_detectors() if detectors is None else list(detectors)) if analyze else []
     owners = build_owners(spans)
+    if analyze:  # cache fills are evidence across the whole input, as across a live process
+        cache_signals.reset_evidence()
+        for owner in owners:
+            cache_signals.evidence.observe(owner.activity.cache_calls)
     for owner in owners:
         findings = detect(owner, settings, chosen) if analyze else owner.recorded
         aggregator.add(owner, findings)
@@ -106,6 +111,11 @@ def offline_limits(owners: Sequence[Owner]) -> str:
         and not any(call.orm is not None for call in db)
     ):
         missing.append("connection churn (needs the agent's hms.db.connect events)")
+    http = [call for owner in owners for call in owner.activity.http_calls]
+    if http and all(call.timeout is None for call in http):
+        missing.append(
+            "HTTP calls without a timeout (only the agent's client spans say it: hms.http.timeout)"
+        )
     if not missing:
         return ""
     return "not detectable offline from this input: " + "; ".join(missing)

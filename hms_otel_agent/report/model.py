@@ -39,6 +39,7 @@ class FindingGroup:
     relation_kind: str = ""
     key_pattern: str = ""
     location: CodeLocation | None = None
+    origin: CodeLocation | None = None  # where the queryset came from: where the fix goes
     fix: str = ""
     hint: str = ""  # the hint of the worst occurrence
     requests: int = 0
@@ -100,6 +101,8 @@ class FindingGroup:
             self.explicit_subject = finding.subject
         if self.location is None:
             self.location = finding.location
+        if self.origin is None:
+            self.origin = finding.origin
 
     def merge(self, other: FindingGroup) -> None:
         """Add `other` (the same fingerprint, aggregated elsewhere: another xdist worker)."""
@@ -123,6 +126,8 @@ class FindingGroup:
         self.explicit_subject = self.explicit_subject or other.explicit_subject
         if self.location is None:
             self.location = other.location
+        if self.origin is None:
+            self.origin = other.origin
 
     def state(self) -> dict[str, Any]:
         """Plain data (what execnet can send) that `from_state` turns back into this group."""
@@ -130,6 +135,9 @@ class FindingGroup:
         return {
             **{name: getattr(self, name) for name in _GROUP_FIELDS},
             "location": None if loc is None else [loc.file, loc.line, loc.function],
+            "origin": None
+            if self.origin is None
+            else [self.origin.file, self.origin.line, self.origin.function],
             "routes": dict(self.routes),
             "services": sorted(self.services),
             "worst_ms": self._worst_ms,
@@ -141,6 +149,8 @@ class FindingGroup:
         loc = state.get("location")
         group = cls(**{name: state[name] for name in _GROUP_FIELDS})
         group.location = CodeLocation(str(loc[0]), int(loc[1]), str(loc[2])) if loc else None
+        origin = state.get("origin")
+        group.origin = CodeLocation(str(origin[0]), int(origin[1]), str(origin[2])) if origin else None
         group.routes = {str(k): float(v) for k, v in state.get("routes", {}).items()}
         group.services = set(state.get("services", ()))
         group._worst_ms = float(state.get("worst_ms", -1.0))
@@ -173,6 +183,11 @@ class FindingGroup:
                     "line": self.location.line,
                     "function": self.location.function,
                 }
+            ),
+            "origin": (
+                None
+                if self.origin is None
+                else {"file": self.origin.file, "line": self.origin.line, "function": self.origin.function}
             ),
             "fix": self.fix,
             "hint": self.hint,
@@ -231,6 +246,42 @@ class KeyPatternStats:
         }
 
 
+TIME_PARTS = ("db_ms", "cache_ms", "http_ms", "template_ms", "app_ms")  # signals/time_split.KEYS
+
+
+@dataclass
+class RouteTime:
+    """Where the time of one route's requests (or one owner name's runs) went, summed."""
+
+    route: str
+    owners: int = 0
+    parts: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIME_PARTS, 0.0))
+
+    @property
+    def total_ms(self) -> float:
+        return sum(self.parts.values())
+
+    def add(self, time: dict[str, float], owners: int = 1) -> None:
+        self.owners += owners
+        for key in TIME_PARTS:
+            self.parts[key] += time.get(key, 0.0)
+
+    def share(self, key: str) -> float:
+        total = self.total_ms
+        return self.parts[key] / total if total > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        total = self.total_ms
+        return {
+            "route": self.route,
+            "owners": self.owners,
+            "total_ms": round(total, 3),
+            "mean_ms": round(total / self.owners, 3) if self.owners else 0.0,
+            **{key: round(value, 3) for key, value in self.parts.items()},
+            "shares": {key.removesuffix("_ms"): round(self.share(key), 4) for key in TIME_PARTS},
+        }
+
+
 @dataclass
 class Summary:
     spans: int = 0
@@ -273,6 +324,7 @@ class Report:
     key_patterns: list[KeyPatternStats]
     thresholds: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    time: list[RouteTime] = field(default_factory=list)  # busiest first
 
     @property
     def warming_candidates(self) -> list[KeyPatternStats]:
@@ -291,6 +343,7 @@ class Report:
                 "warming_candidates": [k.key_pattern for k in self.warming_candidates],
             },
             "notes": list(self.notes),
+            "time": [t.to_dict() for t in self.time],
         }
 
 
@@ -306,6 +359,11 @@ def thresholds_of(settings: Settings) -> dict[str, Any]:
         "slow_query_ms": settings.slow_query_ms,
         "connection_churn": settings.connection_churn_threshold,
         "repeated_group": settings.repeated_group_threshold,
+        "http_n_plus_one": settings.http_n_plus_one_threshold,
+        "http_slow_ms": settings.http_slow_ms,
+        "http_sequential_min_calls": settings.http_sequential_min_calls,
+        "http_sequential_min_saved_ms": settings.http_sequential_min_saved_ms,
+        "http_sequential_max_gap_ms": settings.http_sequential_max_gap_ms,
         "unused_eager_min_loads": settings.unused_eager_min_loads,
         "warming_min_reads": WARMING_MIN_READS,
         "warming_max_hit_ratio": WARMING_MAX_HIT_RATIO,
@@ -328,6 +386,7 @@ class Aggregator:
         self.thresholds = thresholds_of(settings) if settings is not None else {}
         self.notes: list[str] = []
         self._traces: set[str] = set()
+        self.times: dict[str, RouteTime] = {}
 
     def add_spans(self, count: int) -> None:
         self.summary.spans += count
@@ -371,6 +430,12 @@ class Aggregator:
             stats.deletes += call.deletes
             summary.cache_reads += call.hits + call.misses
             summary.cache_hits += call.hits
+        if owner.time:
+            label = owner.label
+            times = self.times.get(label)
+            if times is None:
+                times = self.times[label] = RouteTime(label)
+            times.add(owner.time)
         if findings:
             summary.owners_with_findings += 1
         self._add_findings(owner, findings)
@@ -398,6 +463,7 @@ class Aggregator:
             "groups": [g.state() for g in self.groups.values()],
             "patterns": [[group, vars(stats)] for group, stats in self.patterns.items()],
             "notes": list(self.notes),
+            "times": [[t.route, t.owners, t.parts] for t in self.times.values()],
         }
 
     def merge_state(self, state: dict[str, Any]) -> None:
@@ -426,6 +492,11 @@ class Aggregator:
             for name in ("reads", "hits", "misses", "writes", "writes_without_ttl", "deletes"):
                 setattr(stats, name, getattr(stats, name) + getattr(theirs, name))
         self.notes.extend(n for n in state["notes"] if n not in self.notes)
+        for route, owners, parts in state.get("times", ()):
+            times = self.times.get(route)
+            if times is None:
+                times = self.times[route] = RouteTime(route)
+            times.add(parts, owners)
 
     def report(self) -> Report:
         findings = sorted(
@@ -442,4 +513,5 @@ class Aggregator:
             key_patterns=patterns,
             thresholds=self.thresholds,
             notes=self.notes,
+            time=sorted(self.times.values(), key=lambda t: (-t.total_ms, t.route)),
         )

@@ -18,10 +18,24 @@ from hms_otel_agent.report.model import (
     FindingGroup,
     KeyPatternStats,
     Report,
+    RouteTime,
     Summary,
 )
 
 FORMATS = ("terminal", "json", "markdown")
+
+
+def format_for(path: str | None, given: str | None) -> str:
+    """The format asked for, else the one the output file's name says, else terminal."""
+    if given:
+        return given
+    if path and path.endswith(".json"):
+        return "json"
+    if path and path.endswith((".md", ".markdown")):
+        return "markdown"
+    return "terminal"
+
+
 KIND_LABELS = {
     "n_plus_one": "N+1",
     "duplicate_query": "duplicate query",
@@ -36,6 +50,10 @@ KIND_LABELS = {
     "wide_result": "wide result",
     "connection_churn": "connection churn",
     "unused_eager_load": "unused eager load",
+    "http_n_plus_one": "HTTP N+1",
+    "http_sequential": "sequential HTTP calls",
+    "http_slow_call": "slow HTTP call",
+    "http_no_timeout": "HTTP call without timeout",
 }
 
 
@@ -161,6 +179,18 @@ def to_markdown(report: Report, top: int | None = None) -> str:
                 f"{_ratio(k.hit_ratio)} | {k.writes} | {k.writes_without_ttl} | {k.deletes} | "
                 f"{'**warming candidate**' if k.warming_candidate else ''} |"
             )
+        lines.append("")
+    if report.time:
+        lines += [
+            "### Where the time goes",
+            "",
+            "| route | requests | mean | db | cache | http | template | app |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for t in report.time[:TIME_ROUTES]:
+            mean = t.total_ms / t.owners if t.owners else 0.0
+            shares = " | ".join(_share(t, key) for key, _ in _TIME_HEADERS)
+            lines.append(f"| {_md(_code(t.route))} | {t.owners} | {_md(_ms(mean))} | {shares} |")
         lines.append("")
     for note in report.notes:
         lines += [f"> {_md(note)}", ""]
@@ -381,6 +411,9 @@ def to_terminal(report: Report, file: IO[str] | None = None, top: int | None = N
             _wrapped(console, more, width)
     else:
         console.print("No findings.", style="green")
+    if report.time:
+        console.print()
+        _time_table(console, report.time[:TIME_ROUTES], width)
     if report.key_patterns:
         console.print()
         _cache_table(console, report.key_patterns, width)
@@ -436,6 +469,48 @@ def _findings(console: Any, findings: list[FindingGroup], width: int, counted_in
             fix = Text("fix: ", style="dim")
             fix.append(printable(g.fix), style="green")
             _wrapped(console, fix, width, indent=_INDENT)
+            origin = g.origin
+            if origin is not None and origin != g.location:
+                place = Text("on the queryset at: ", style="dim")
+                place.append(printable(str(origin)), style="cyan")
+                _wrapped(console, place, width, indent=_INDENT)
+
+
+TIME_ROUTES = 10  # routes in the "where the time goes" table, busiest first
+_TIME_HEADERS = (
+    ("db_ms", "db"),
+    ("cache_ms", "cache"),
+    ("http_ms", "http"),
+    ("template_ms", "tmpl"),
+    ("app_ms", "app"),
+)
+
+
+def _share(times: RouteTime, key: str) -> str:
+    return f"{times.share(key):.0%}"
+
+
+def _time_table(console: Any, times: list[RouteTime], width: int) -> None:
+    """Per route: requests, mean duration, and the share of database, cache, outbound HTTP,
+    template and the rest (signals/time_split.py), so the database's part is seen first."""
+    from rich.text import Text
+
+    console.print(Text("where the time goes", style="bold"))
+    columns = [
+        _Column("route", [printable(t.route) for t in times], fold=True),
+        _Column("req", [str(t.owners) for t in times], numeric=True),
+        _Column("mean", [_ms(t.total_ms / t.owners if t.owners else 0.0) for t in times], numeric=True),
+        *(_Column(header, [_share(t, key) for t in times], numeric=True) for key, header in _TIME_HEADERS),
+    ]
+    needed = len(_MARGIN) + sum(c.narrowest() + len(_GAP) for c in columns) - len(_GAP)
+    if needed > width:  # too narrow for a table: one wrapped line per route
+        for t in times:
+            line = Text(printable(t.route), style="bold")
+            shares = ", ".join(f"{header} {_share(t, key)}" for key, header in _TIME_HEADERS)
+            line.append(f": {t.owners} req, {_ms(t.total_ms / t.owners if t.owners else 0.0)} mean; {shares}")
+            _wrapped(console, line, width, first=" ", indent=3)
+        return
+    _table(console, columns, width)
 
 
 def _cache_table(console: Any, patterns: list[KeyPatternStats], width: int) -> None:

@@ -8,7 +8,9 @@ still analyzed: it is grouped under a stand-in owner for the missing parent.
 
 DB spans from any language or service work: without the agent's ``hms.db.fingerprint`` the
 statement (``db.statement`` or ``db.query.text``) is fingerprinted here, and without
-``hms.orm.*`` attributes detection is SQL-level.
+``hms.orm.*`` attributes detection is SQL-level. Either generation of semantic-convention names
+is read (`signals.semconv`: the stable name, else the old one it replaced), so spans recorded
+with any OTEL_SEMCONV_STABILITY_OPT_IN give the same findings.
 
 The agent's ``hms.db.connect`` events (new database connections) become the `ConnectCall`s of
 the owner of the span they are on, the ``hms.explain`` events on an owner its plans, and
@@ -23,19 +25,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hms_otel_agent.report.at_exit import RUN_ID_ATTRIBUTE
-from hms_otel_agent.report.otlp import KIND_SERVER, SpanData
+from hms_otel_agent.report.otlp import KIND_CLIENT, KIND_SERVER, SpanData
+from hms_otel_agent.signals import time_split
 from hms_otel_agent.signals.activity import (
-    CACHE_SCOPES,
-    CONNECT_EVENT,
-    DB_SCOPES,
-    DJANGO_CACHE_SCOPE,
-    EAGER_LOADS_SCOPE,
-    EXPLAIN_EVENT,
     MAX_CALLS_PER_OWNER,
     UNKNOWN_MAX_AGE,
     CacheCall,
-    CodeLocation,
     ConnectCall,
     DbCall,
     Finding,
@@ -44,13 +39,43 @@ from hms_otel_agent.signals.activity import (
     PlanSummary,
 )
 from hms_otel_agent.signals.fingerprint import fingerprint_sql
+from hms_otel_agent.signals.http_calls import HttpCall
 from hms_otel_agent.signals.http_privacy import HttpPrivacy
 from hms_otel_agent.signals.routes import readable_name, readable_route
+from hms_otel_agent.signals.semconv import stable_value
+from hms_otel_agent.signals.vocabulary import (
+    CACHE_SCOPES,
+    CONNECT_EVENT,
+    DB_SCOPES,
+    DJANGO_CACHE_SCOPE,
+    DJANGO_SCOPE,
+    EAGER_LOADS_SCOPE,
+    EXPLAIN_EVENT,
+    HTTP_CLIENT_SCOPES,
+    HTTP_TIMEOUT,
+    ORIGIN_PREFIX,
+    RUN_ID_ATTRIBUTE,
+    TEMPLATE_NAME,
+    TEMPLATE_SCOPE,
+    TEST_ATTRIBUTE,
+    TIME_PREFIX,
+    finding_of,
+    location_of,
+    plan_of,
+)
+from hms_otel_agent.signals.vocabulary import integer as _int
+from hms_otel_agent.signals.vocabulary import text as _text
 
 AGGREGATE_SCOPES = frozenset((EAGER_LOADS_SCOPE,))
 CACHE_SYSTEMS = frozenset(("redis", "memcached", "valkey", "keydb", "dragonfly"))
 
-OWNER, DB, CACHE = 0, 1, 2
+OWNER, DB, CACHE, HTTP, TEMPLATE = 0, 1, 2, 3, 4
+_TIME_KIND = {
+    DB: time_split.DB,
+    CACHE: time_split.CACHE,
+    HTTP: time_split.HTTP,
+    TEMPLATE: time_split.TEMPLATE,
+}
 
 # What counts as a write or a delete, as the cache instrumentation counts them
 # (instrument/django_cache.py, instrument/cache_hooks.py): per key where the key count is known.
@@ -70,41 +95,78 @@ def role(span: SpanData) -> int:
         return CACHE
     if span.scope in DB_SCOPES or "hms.db.fingerprint" in attributes:
         return DB
-    system = attributes.get("db.system") or attributes.get("db.system.name")
+    system = stable_value(attributes, "db.system.name")
     if system and span.kind != KIND_SERVER:
         return CACHE if str(system).lower() in CACHE_SYSTEMS else DB
     if "db.statement" in attributes or "db.query.text" in attributes:
         return DB
+    if span.scope in HTTP_CLIENT_SCOPES or (
+        span.kind == KIND_CLIENT and ("url.full" in attributes or "http.url" in attributes)
+    ):
+        return HTTP
+    if span.scope == TEMPLATE_SCOPE or TEMPLATE_NAME in attributes:
+        return TEMPLATE
     return OWNER
 
 
-def location(attributes: dict[str, Any]) -> CodeLocation | None:
-    file = attributes.get("code.file.path") or attributes.get("code.filepath")
-    if not file:
-        return None
-    line = attributes.get("code.line.number", attributes.get("code.lineno"))
-    try:
-        number = int(line) if line is not None else 0
-    except (TypeError, ValueError):
-        number = 0
-    function = attributes.get("code.function.name") or attributes.get("code.function") or ""
-    return CodeLocation(str(file), number, str(function))
+def http_call(span: SpanData) -> HttpCall:
+    """An outbound call as the live hook records it; its URL made safe again (spans of other
+    agents may carry it raw), its raw form unknown (`HttpCall.url_hash` None)."""
+    attributes = span.attributes
+    method = _text(attributes, "http.request.method") or _text(attributes, "http.method")
+    method = (method or span.name.split(" ", 1)[0]).upper()
+    url = _text(attributes, "url.full") or _text(attributes, "http.url")
+    status = attributes.get("http.response.status_code", attributes.get("http.status_code"))
+    timeout = attributes.get(HTTP_TIMEOUT)
+    return HttpCall(
+        method=method if method.isalpha() and len(method) <= 10 else "_OTHER",
+        url=_URLS.target(url) if url else "",
+        start_ns=span.start_ns,
+        duration_ns=span.duration_ns,
+        status_code=_int(status) if status is not None else 0,
+        timeout=timeout if isinstance(timeout, bool) else None,
+        location=location_of(attributes),
+    )
 
 
-def _text(attributes: dict[str, Any], name: str) -> str:
-    value = attributes.get(name)
+def time_of(owner_span: SpanData, intervals: time_split.Intervals | None) -> dict[str, float]:
+    """The owner's time split: as the live agent recorded it (``hms.time.*``), else computed
+    from the child spans in the data."""
+    attributes = owner_span.attributes
+    recorded = {key: attributes.get(TIME_PREFIX + key) for key in time_split.KEYS}
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in recorded.values()):
+        return {key: float(value) for key, value in recorded.items()}  # type: ignore[arg-type]
+    return time_split.split(owner_span.start_ns, owner_span.end_ns, intervals)
+
+
+def _stable_text(attributes: dict[str, Any], name: str) -> str:
+    """`_text` of the stable name `name`, else of the old name it replaced."""
+    value = stable_value(attributes, name)
     return value if isinstance(value, str) else ""
+
+
+_PARAMETER_PREFIX = "db.query.parameter."
+
+
+def _parameters(attributes: dict[str, Any]) -> Any:
+    """The statement's parameters when they were exported (opt-in): the old single attribute,
+    else the stable ``db.query.parameter.<key>`` ones in key order; None when not exported."""
+    old = attributes.get("db.statement.parameters", attributes.get("db.query.parameters"))
+    if old is not None:
+        return old
+    found = sorted((k, str(v)) for k, v in attributes.items() if k.startswith(_PARAMETER_PREFIX))
+    return found or None
 
 
 def db_call(span: SpanData) -> DbCall | None:
     """The DbCall for a DB span, or None when it carries no statement and no fingerprint."""
     attributes = span.attributes
-    statement = _text(attributes, "db.statement") or _text(attributes, "db.query.text")
+    statement = _stable_text(attributes, "db.query.text")
     digest = _text(attributes, "hms.db.fingerprint")
     if not statement and not digest:
         return None
     fp = fingerprint_sql(statement) if statement else None
-    loc = location(attributes)
+    loc = location_of(attributes)
     model = _text(attributes, "hms.orm.model")
     orm: OrmContext | None = None
     if model:
@@ -117,10 +179,11 @@ def db_call(span: SpanData) -> DbCall | None:
             root_model=_text(attributes, "hms.orm.root_model"),
             filtered=attributes.get("hms.orm.filtered") is True,
             location=loc,
+            origin=location_of(attributes, ORIGIN_PREFIX),
         )
     elif loc is not None:
         orm = OrmContext(model="", kind="raw", location=loc)  # as the live DB hook does
-    parameters = attributes.get("db.statement.parameters", attributes.get("db.query.parameters"))
+    parameters = _parameters(attributes)
     return DbCall(
         fingerprint=digest or (fp.digest if fp else ""),
         statement=fp.normalized if fp else "",
@@ -168,54 +231,30 @@ def _connect_call(attributes: dict[str, Any], time_ns: int) -> ConnectCall:
         duration_ns=int(duration_ms * 1e6),
         conn_max_age=None if max_age == -1 else max_age,
         pooled=attributes.get("hms.db.pooled") is True,
-        vendor=_text(attributes, "db.system"),
+        vendor=_stable_text(attributes, "db.system.name"),
     )
-
-
-def _strings(value: Any) -> tuple[str, ...]:
-    if isinstance(value, (list, tuple)):
-        return tuple(str(v) for v in value)
-    return ()
 
 
 def recorded_plans(span: SpanData) -> dict[str, PlanSummary]:
     """The plans the live agent attached to an owner span (``hms.explain`` events)."""
     found: dict[str, PlanSummary] = {}
     for event in span.events:
-        if event.name != EXPLAIN_EVENT:
-            continue
-        attributes = event.attributes
-        fingerprint = _text(attributes, "hms.db.fingerprint")
-        if not fingerprint:
-            continue
-        cost = attributes.get("hms.explain.total_cost")
-        found[fingerprint] = PlanSummary(
-            fingerprint=fingerprint,
-            total_cost=float(cost) if isinstance(cost, (int, float)) else 0.0,
-            plan_rows=_int(attributes.get("hms.explain.plan_rows")),
-            nodes=_strings(attributes.get("hms.explain.nodes")),
-            index_table=_text(attributes, "hms.explain.index_table"),
-            index_columns=_strings(attributes.get("hms.explain.index_columns")),
-        )
+        if event.name == EXPLAIN_EVENT:
+            plan = plan_of(event.attributes)
+            if plan is not None:
+                found[plan.fingerprint] = plan
     return found
-
-
-def _int(value: Any) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return 0
 
 
 def cache_call(span: SpanData) -> CacheCall:
     attributes = span.attributes
     operation = _text(attributes, "hms.cache.operation")
     if not operation:
-        statement = _text(attributes, "db.statement") or _text(attributes, "db.query.text")
+        statement = _stable_text(attributes, "db.query.text")
         operation = (statement.split(" ", 1)[0] if statement else span.name.split(" ", 1)[0]).upper()
     backend = _text(attributes, "hms.cache.backend")
     if not backend and span.scope != DJANGO_CACHE_SCOPE:
-        backend = str(attributes.get("db.system") or attributes.get("db.system.name") or "")
+        backend = str(stable_value(attributes, "db.system.name") or "")
     call = CacheCall(
         operation=operation,
         key_pattern=_text(attributes, "hms.cache.key_pattern"),
@@ -223,7 +262,7 @@ def cache_call(span: SpanData) -> CacheCall:
         duration_ns=span.duration_ns,
         backend=backend,
         django_api=span.scope == DJANGO_CACHE_SCOPE,
-        location=location(attributes),
+        location=location_of(attributes),
     )
     hit = attributes.get("hms.cache.hit")
     if isinstance(hit, bool):
@@ -249,33 +288,9 @@ def recorded_findings(span: SpanData, route: str) -> list[Finding]:
     """The findings the live agent wrote as events on an owner span."""
     findings = []
     for event in span.events:
-        attributes = event.attributes
-        kind = attributes.get("hms.finding.kind")
-        if not isinstance(kind, str) or not kind:
-            continue
-        duration = attributes.get("hms.finding.duration_ms")
-        findings.append(
-            Finding(
-                kind=kind,
-                fingerprint=_text(attributes, "hms.finding.fingerprint"),
-                repetitions=_int(attributes.get("hms.finding.repetitions")),
-                duration_ms=float(duration) if isinstance(duration, (int, float)) else 0.0,
-                statement=_text(attributes, "hms.finding.statement"),
-                model=_text(attributes, "hms.orm.model"),
-                relation=_text(attributes, "hms.orm.relation"),
-                relation_kind=_text(attributes, "hms.orm.relation_kind"),
-                key_pattern=_text(attributes, "hms.cache.key_pattern"),
-                location=location(attributes),
-                fix=_text(attributes, "hms.hint.fix"),
-                hint=_text(attributes, "hms.hint"),
-                route=route,
-                subject=_text(attributes, "hms.finding.subject"),
-                rows=_int(attributes.get("hms.finding.rows")),
-                table=_text(attributes, "hms.finding.table"),
-                columns=_strings(attributes.get("hms.finding.columns")),
-                members=_strings(attributes.get("hms.finding.members")),
-            )
-        )
+        finding = finding_of(event.attributes, route)
+        if finding is not None:
+            findings.append(finding)
     return findings
 
 
@@ -292,15 +307,12 @@ class Owner:
     run_id: str = ""
     recorded: list[Finding] = field(default_factory=list)
     aggregate: bool = False  # the agent's span for findings over many requests, not a request
+    time: dict[str, float] = field(default_factory=dict)  # the time split (signals/time_split.py)
 
     @property
     def label(self) -> str:
         """The route of a request (readable: signals/routes.py), else the owner's name."""
         return readable_route(self.activity.route) or self.activity.name
-
-
-TEST_ATTRIBUTE = "hms.pytest.nodeid"  # pytest_plugin.py: on the owner span of each test
-DJANGO_SCOPE = "opentelemetry.instrumentation.django"
 
 
 def _is_request(span: SpanData) -> bool:
@@ -322,7 +334,8 @@ def _resource_text(span: SpanData, name: str) -> str:
 
 
 def build_owners(spans: Iterable[SpanData]) -> list[Owner]:
-    """Group DB and cache spans under their owners; every non-DB, non-cache span is an owner."""
+    """Group DB, cache, outbound HTTP and template spans under their owners; every other span
+    is an owner."""
     by_id: dict[tuple[str, str], SpanData] = {}
     for span in spans:
         by_id.setdefault((span.trace_id, span.span_id), span)
@@ -399,6 +412,17 @@ def build_owners(spans: Iterable[SpanData]) -> list[Owner]:
         for kind, span in members:
             if span.events:
                 activity.connects.extend(connect_calls(span))
+            if activity.intervals is None:
+                activity.intervals = time_split.Intervals()
+            activity.intervals.add(span.start_ns, span.end_ns, _TIME_KIND[kind])
+            if kind == TEMPLATE:
+                continue
+            if kind == HTTP:
+                if len(activity.http_calls) >= MAX_CALLS_PER_OWNER:
+                    activity.dropped += 1
+                else:
+                    activity.http_calls.append(http_call(span))
+                continue
             if kind == DB:
                 activity.db_count += 1
                 activity.db_duration_ns += span.duration_ns
@@ -414,4 +438,7 @@ def build_owners(spans: Iterable[SpanData]) -> list[Owner]:
                     activity.dropped += 1
                     continue
                 activity.cache_calls.append(cache_call(span))
+    for owner in owners.values():
+        if owner.span is not None and not owner.aggregate:
+            owner.time = time_of(owner.span, owner.activity.intervals)
     return list(owners.values())

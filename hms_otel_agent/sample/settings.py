@@ -124,6 +124,9 @@ CACHES = {
     ),
 }
 
+# The FHIR server of the outbound-API views (hms/outbound.py); the demo starts a fake one.
+HMS_SAMPLE_FHIR_URL = os.environ.get("HMS_SAMPLE_FHIR_URL", "")
+
 USE_TZ = True
 TIME_ZONE = "UTC"
 LANGUAGE_CODE = "en-us"

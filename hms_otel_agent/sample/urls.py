@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import include, path
 
-from .hms import views
+from .hms import outbound, views
 
 urlpatterns = [
     path("", views.index, name="index"),
@@ -53,6 +53,8 @@ urlpatterns = [
     path(
         "appointments/upcoming/optimized/", views.upcoming_appointments_optimized, name="upcoming-optimized"
     ),
+    path("patients/fhir/", outbound.fhir_summaries_naive, name="fhir"),
+    path("patients/fhir/optimized/", outbound.fhir_summaries_optimized, name="fhir-optimized"),
     path("clinic/", include("hms_otel_agent.sample.clinic.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -12,32 +12,24 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, TypeVar
 
-# Names the live span processor and the offline report (`report/spans.py`) both go by.
-DB_SCOPES = frozenset(
-    (
-        "opentelemetry.instrumentation.psycopg2",
-        "opentelemetry.instrumentation.psycopg",
-        "opentelemetry.instrumentation.dbapi",
-    )
-)
-DJANGO_CACHE_SCOPE = "hms_otel_agent.django_cache"
-CACHE_SCOPES = frozenset(("opentelemetry.instrumentation.redis", DJANGO_CACHE_SCOPE))
-EAGER_LOADS_SCOPE = "hms_otel_agent.eager_loads"  # aggregate findings, not a request
-CONNECT_EVENT = "hms.db.connect"
-EXPLAIN_EVENT = "hms.explain"
+from hms_otel_agent.signals.time_split import Intervals
+
 MAX_CALLS_PER_OWNER = 5000  # DB / cache calls recorded per owner span
 
 
 @dataclass(frozen=True, slots=True)
 class CodeLocation:
-    """The first frame of the user's own code (outside Django, the agent and site-packages)."""
+    """A place in the user's code: the first frame of the user's own code (outside Django, the
+    agent and site-packages), a template line (function ``template``), a DRF serializer's field
+    (``VisitSerializer.clinician`` at the class's line), or where a queryset was built.
+    `function` is qualified (``VisitViewSet.get_queryset``)."""
 
     file: str
     line: int
     function: str
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line} in {self.function}"
+        return f"{self.file}:{self.line} in {self.function}" if self.function else f"{self.file}:{self.line}"
 
 
 class Step(NamedTuple):
@@ -82,7 +74,10 @@ class OrmContext:
     `kind` is one of the RELATION_KINDS for lazy loads, or "query", "get", "count",
     "exists", "refresh" for other operations. `relation` is ``app_label.Model.field``;
     `path` is the relation path from the queryset the objects came from, joined with
-    ``__`` (``patient__insurance``), and `root_model` that queryset's model.
+    ``__`` (``patient__insurance``), and `root_model` that queryset's model. `location` is
+    where the statement was triggered; `origin` where the root queryset came from: the line
+    that built it (``queryset = Visit.objects.order_by("id")`` in ``VisitViewSet``), else the
+    one that evaluated it, or the ModelAdmin class of a changelist — the place its fix goes.
     """
 
     model: str
@@ -94,6 +89,7 @@ class OrmContext:
     filtered: bool = False
     location: CodeLocation | None = None
     facts: FixFacts = NO_FACTS
+    origin: CodeLocation | None = None  # where the root queryset was built (or evaluated)
 
 
 # Lazy-load kinds and the usual fix for each.
@@ -132,6 +128,7 @@ class DbCall:
     table: str = ""
     filter_columns: tuple[str, ...] = ()
     params_hash: int | None = None  # never exported; compares executions in-process only
+    text_hash: int | None = None  # of the statement as sent (inline LIMIT/OFFSET); never exported
     orm: OrmContext | None = None
     rows: int = -1  # rows returned (db.response.returned_rows); -1: unknown or no result set
 
@@ -192,6 +189,44 @@ class PlanSummary:
 
 
 @dataclass(slots=True)
+class HttpCall:
+    """One outbound HTTP call (signals/http_calls.py); only the safe form of its URL."""
+
+    method: str  # GET, POST, ...
+    url: str  # scheme://host:port/path?query, path templated and query values REDACTED
+    start_ns: int = 0
+    duration_ns: int = 0
+    status_code: int = 0  # 0: no response (an error, or not known)
+    timeout: bool | None = None  # False: the client was told no timeout; None: not known
+    url_hash: int | None = None  # of the raw URL; never exported (None offline: not known)
+    location: CodeLocation | None = None
+    library: str = ""  # requests, httpx, urllib3 ("" offline)
+
+    @property
+    def template(self) -> str:
+        """What one endpoint is called: ``GET http://fhir:8080/fhir/Patient/{id}``."""
+        return f"{self.method} {self.url}"
+
+    @property
+    def path(self) -> str:
+        """The templated path, without origin and query."""
+        rest = self.url.partition("://")[2] if "://" in self.url else self.url
+        if "://" in self.url:
+            rest = "/" + rest.partition("/")[2] if "/" in rest else "/"
+        return rest.partition("?")[0]
+
+    @property
+    def query_names(self) -> tuple[str, ...]:
+        """The names of the query's parameters that `signals.urls` kept (``patient``, ``_count``)."""
+        query = self.url.partition("?")[2]
+        return tuple(dict.fromkeys(p.partition("=")[0] for p in query.split("&") if "=" in p))
+
+    @property
+    def end_ns(self) -> int:
+        return self.start_ns + self.duration_ns
+
+
+@dataclass(slots=True)
 class OwnerActivity:
     """Everything recorded under one owner span (usually the request span)."""
 
@@ -204,6 +239,8 @@ class OwnerActivity:
     dropped: int = 0
     connects: list[ConnectCall] = field(default_factory=list)
     plans: dict[str, PlanSummary] = field(default_factory=dict)  # statement fingerprint -> plan
+    http_calls: list[HttpCall] = field(default_factory=list)  # outbound HTTP (signals/http_calls.py)
+    intervals: Intervals | None = None  # child spans' times, for the time split (signals/time_split.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +264,7 @@ class Finding:
     columns: tuple[str, ...] = ()  # index columns (slow queries), or columns returned (wide results)
     members: tuple[str, ...] = ()  # repeated query groups: the calls repeated together, in order
     fix_kind: str = ""  # the kind of a structural ORM fix (signals/fixes.py FIX_KINDS)
+    origin: CodeLocation | None = None  # where the root queryset came from: where the fix goes
     # Not exported: a repeated group's members as "statement:<normalized SQL>",
     # "relation:<app.Model.field>", "key_pattern:<pattern>"; registry.consolidate drops the
     # owner's cache N+1 findings of those key patterns.

@@ -11,7 +11,11 @@ cache_repeated_miss         one key (``key_hash``) missed by two or more calls: 
                             never stored
 cache_miss_without_fill     a miss, then SQL (outside any cache call), and no later write of
                             that key (of its pattern when the key is not known): the
-                            cache-aside path does not populate the cache
+                            cache-aside path does not populate the cache. Decided across
+                            owners (`FillEvidence`): only once ``cache_miss_min_requests``
+                            owners missed at that site without a fill, and never for a key
+                            pattern written anywhere in the process (a background job, a
+                            command or another path fills it)
 cache_write_without_ttl     a write that leaves the key without an expiry (``ttl_s is None``)
                             and no later write of the same key that sets one
 cache_invalidation_storm    >= ``cache_invalidation_threshold`` delete calls (round trips, not
@@ -23,7 +27,11 @@ Findings are grouped by key pattern and the user's code (file and function), so 
 (the pattern with only built-in structural words): a pattern that gains a learned word while
 the process runs (``{value}:{id}:summary`` -> ``hms:{id}:summary``, see signals/key_pattern.py)
 stays one group, its finding keeps its fingerprint, and the finding shows the most informative
-pattern of the group. Standard library only.
+pattern of the group.
+
+Keys of job queues and libraries (RQ, Celery / kombu, Django's cached sessions) are not the
+application's cache reads: calls whose key pattern starts with one of `IGNORED_KEY_PREFIXES` or
+``HMS_OTEL_CACHE_IGNORE_KEY_PREFIXES`` are left out of every cache finding. Standard library only.
 """
 
 from __future__ import annotations
@@ -56,6 +64,51 @@ KINDS = (
     CACHE_WRITE_WITHOUT_TTL,
     CACHE_INVALIDATION_STORM,
 )
+
+
+# Key prefixes of job queues and libraries (as key patterns keep them; Django's version prefix
+# ":1:" is not part of a pattern).
+IGNORED_KEY_PREFIXES = (
+    "rq:",
+    "celery-task-meta-",
+    "celery-taskset-meta-",
+    "chord-unlock-",
+    "_kombu.",
+    "unacked",
+    "django.contrib.sessions.",
+)
+MAX_EVIDENCE = 10_000  # key-pattern groups and sites remembered
+
+
+class FillEvidence:
+    """What "miss without fill" is decided on, across the owners of one process (or one offline
+    analysis): the key-pattern groups written by any owner (a request, a job, a command), and per
+    site the owners whose misses were followed by SQL and not filled. Bounded by `MAX_EVIDENCE`."""
+
+    def __init__(self) -> None:
+        self.written: set[str] = set()
+        self.unfilled: dict[tuple[str, str, str, bool], int] = {}
+
+    def observe(self, calls: Iterable[CacheCall]) -> None:
+        for call in calls:
+            if call.writes and len(self.written) < MAX_EVIDENCE:
+                self.written.add(group_of(call.key_pattern))
+
+    def unfilled_owners(self, site: tuple[str, str, str, bool]) -> int:
+        """Count one more owner with unfilled misses at `site`; return the count so far."""
+        count = self.unfilled.get(site, 0) + 1
+        if site in self.unfilled or len(self.unfilled) < MAX_EVIDENCE:
+            self.unfilled[site] = count
+        return count
+
+
+evidence = FillEvidence()
+
+
+def reset_evidence() -> None:
+    """Forget what was seen (a new process's pipeline, a new offline analysis, tests)."""
+    global evidence
+    evidence = FillEvidence()
 
 
 def group_of(pattern: str) -> str:
@@ -101,14 +154,18 @@ def common_pattern(patterns: Iterable[str]) -> str:
 
 
 def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
-    calls = activity.cache_calls
+    prefixes = (*IGNORED_KEY_PREFIXES, *settings.cache_ignore_key_prefixes)
+    calls = [c for c in activity.cache_calls if not c.key_pattern.startswith(prefixes)]
     if not calls:
         return []
+    evidence.observe(calls)
     owner = activity.name or activity.route
     findings: list[Finding] = []
     findings.extend(_n_plus_one(activity, owner, calls, settings.cache_n_plus_one_threshold))
     findings.extend(_repeated_misses(activity, owner, calls))
-    findings.extend(_misses_without_fill(activity, owner, calls, activity.db_calls))
+    findings.extend(
+        _misses_without_fill(activity, owner, calls, activity.db_calls, settings.cache_miss_min_requests)
+    )
     findings.extend(_writes_without_ttl(activity, owner, calls))
     findings.extend(_invalidation_storm(activity, owner, calls, settings.cache_invalidation_threshold))
     return findings
@@ -229,7 +286,7 @@ def _last_starts(calls: Iterable[CacheCall], key: str) -> dict[object, int]:
 
 
 def _misses_without_fill(
-    activity: OwnerActivity, owner: str, calls: list[CacheCall], db_calls: list[DbCall]
+    activity: OwnerActivity, owner: str, calls: list[CacheCall], db_calls: list[DbCall], min_owners: int = 1
 ) -> list[Finding]:
     misses = [c for c in calls if c.misses]
     if not misses or not db_calls:
@@ -257,7 +314,12 @@ def _misses_without_fill(
             continue
         unfilled.append(miss)
     findings = []
-    for (pattern, _file, _function, django_api), group in _group_by_site(unfilled).items():
+    for site, group in _group_by_site(unfilled).items():
+        pattern, _file, _function, django_api = site
+        if group_of(pattern) in evidence.written:
+            continue  # written elsewhere in the process: filled by design (a job, another path)
+        if evidence.unfilled_owners((group_of(pattern), *site[1:])) < min_owners:
+            continue  # not enough evidence yet
         if django_api:
             fix = "cache.set(key, value, timeout=...) after the query"
         else:

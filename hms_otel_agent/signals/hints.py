@@ -79,6 +79,20 @@ def action_of(fix: fixes.Fix, text: str) -> str:
     return f"set {text}"
 
 
+_PLACED = frozenset((*_ON_QUERYSET, fixes.ADMIN_LIST_SELECT_RELATED, fixes.ADMIN_GET_QUERYSET))
+
+
+def placed(shown: OrmFix, origin: CodeLocation | None, location: CodeLocation | None) -> str:
+    """The action with the place to make it: ``add X to the Visit queryset at api.py:16 in
+    VisitViewSet`` (where the queryset came from), when that is not where the load ran."""
+    action = shown.action
+    if origin is None or origin == location or not shown.text:
+        return action
+    if shown.kind in _PLACED or (not shown.kind and shown.structural is None):
+        return f"{action} at {origin}"
+    return action
+
+
 def checked_fix(fix: fixes.Fix) -> OrmFix:
     """A structural fix as shown once checked: pending or failed checks show no fix and say so."""
     verdict = fixes.verdict(fix)

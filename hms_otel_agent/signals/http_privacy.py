@@ -11,6 +11,8 @@ attribute                       by default
 ``http.user_agent``,            dropped; ``user_agent.name``, ``user_agent.version`` (major) and
 ``user_agent.original``         ``user_agent.os.name`` from a fixed vocabulary instead
                                 (``HMS_OTEL_CAPTURE_USER_AGENT`` keeps the header)
+``client.address``,             dropped (an IP address identifies a patient);
+``net.peer.ip``                 ``HMS_OTEL_CAPTURE_CLIENT_ADDRESS`` keeps them
 ``http.request.header.*``,      only when the user turned on the contrib's header capture:
 ``http.response.header.*``      values ``REDACTED`` unless the header is a safe one
                                 (`SAFE_HEADERS`, ``HMS_OTEL_SAFE_HEADERS``; URLs in them
@@ -137,6 +139,8 @@ _REQUEST_PATHS: Final = frozenset(("path", "path_info"))
 _PLAIN_REQUEST_ATTRIBUTES: Final = frozenset(("method", "scheme", "content_type", "encoding"))
 _UA_KEYS: Final = ("http.user_agent", "user_agent.original")
 _TARGET_KEYS: Final = ("http.target", "http.url", "url.full")
+# The client's IP address, in both generations of names (server spans).
+_CLIENT_ADDRESS_KEYS: Final = ("client.address", "net.peer.ip")
 # "GET /patients/1/": span names some instrumentations build from the path.
 _PATH_WORD: Final = re.compile(r"(?<!\S)/\S*")
 _NAME_WITH_PATH: Final = re.compile(r"((?:[A-Z_]{1,20} )?)(/\S*)((?: [a-z]{1,20}){0,3})(.*)", re.DOTALL)
@@ -177,6 +181,7 @@ class HttpPrivacy:
         raw_query_values: bool = False,
         raw_user_agent: bool = False,
         raw_header_values: bool = False,
+        raw_client_address: bool = False,
         named_headers: Iterable[str] | Callable[[], Collection[str]] = (),
     ) -> None:
         """`named_headers`: the header names the capture variables spell out (`named_headers`),
@@ -191,6 +196,7 @@ class HttpPrivacy:
         self.raw_query_values = raw_query_values
         self.raw_user_agent = raw_user_agent
         self.raw_header_values = raw_header_values
+        self.raw_client_address = raw_client_address
         if callable(named_headers):
             self._named = named_headers
         else:
@@ -211,6 +217,7 @@ class HttpPrivacy:
             raw_query_values=settings.capture_query_values,
             raw_user_agent=settings.capture_user_agent,
             raw_header_values=settings.capture_header_values,
+            raw_client_address=settings.capture_client_address,
             named_headers=named,
         )
 
@@ -294,6 +301,10 @@ class HttpPrivacy:
                 changes["url.query"] = safe
         if not self.raw_user_agent:
             self._user_agent(attributes, changes)
+        if not self.raw_client_address:
+            for key in _CLIENT_ADDRESS_KEYS:
+                if key in attributes:
+                    changes[key] = None
         headers = [key for key in attributes if key.startswith(_HEADER_PREFIXES)]
         if headers:
             named = self._named()

@@ -6,6 +6,14 @@ same ``SELECT ... FROM hms_patient WHERE id = %s`` serves ``Encounter.patient`` 
 hit several tables and need one. Repeats count wherever they happen
 under the owner, not only as consecutive siblings: ``for e in encounters: e.patient;
 e.facility`` is two findings.
+
+A statement repeated with the same parameters every time is a duplicate (run it once), not an
+N+1; one list read in LIMIT/OFFSET slices (the same parameters, only the inline LIMIT/OFFSET
+differs) is neither. A finding's fingerprint is its cause: the relation (or statement) and where
+the queryset came from (`Finding.origin`, where its fix goes), so one relation reached from
+several call sites of one queryset is one finding, and two querysets are two. Duplicates of two
+executions under a millisecond in all are folded into one summary finding per owner unless
+``HMS_OTEL_TRIVIAL_DUPLICATES`` asks for each.
 """
 
 from __future__ import annotations
@@ -15,15 +23,50 @@ import dataclasses
 from hms_otel_agent.config import Settings
 from hms_otel_agent.signals import activity as a
 from hms_otel_agent.signals import fixes, hints
-from hms_otel_agent.signals.activity import DbCall, Finding, OwnerActivity, most_common, total_ms
+from hms_otel_agent.signals.activity import (
+    DbCall,
+    Finding,
+    OwnerActivity,
+    most_common,
+    outside_cache_calls,
+    total_ms,
+)
 
 N_PLUS_ONE = "n_plus_one"
 DUPLICATE_QUERY = "duplicate_query"
+TRIVIAL_MS = 1.0  # a duplicate of two executions under this, in all, is trivial
+MAX_TRIVIAL_MEMBERS = 10
+MAX_MEMBER_CHARS = 160
+
+# How the executions of one statement differ.
+VARYING, SAME, PAGES = "varying", "same", "pages"
+
+
+def repeat_shape(calls: list[DbCall]) -> str:
+    """SAME: one statement with the same parameters every time; PAGES: the same parameters and
+    only the statement's inline LIMIT/OFFSET differs (slices of one list); VARYING otherwise or
+    when the parameters are not known (offline analysis)."""
+    params = {c.params_hash for c in calls}
+    if len(params) != 1 or None in params:
+        return VARYING
+    texts = {c.text_hash for c in calls}
+    if len(texts) == 1:
+        return SAME
+    statement = calls[0].statement
+    if None not in texts and (" LIMIT ?" in statement or " OFFSET ?" in statement):
+        return PAGES
+    return VARYING
+
+
+# Django caches ContentType lookups per process: their repeats are a cold cache, once.
+_PROCESS_CACHED = frozenset(("contenttypes.ContentType",))
 
 
 def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
     groups: dict[tuple[str, str, str], list[DbCall]] = {}
-    for call in activity.db_calls:
+    # SQL a cache call runs itself (DatabaseCache) is the cache's, not the application's.
+    db_calls = outside_cache_calls(activity.db_calls, activity.cache_calls) if activity.cache_calls else None
+    for call in activity.db_calls if db_calls is None else db_calls:
         # By statement; a lazy load by relation: one relation is one fix, whatever the SQL (a
         # GenericForeignKey loads from several tables).
         orm = call.orm
@@ -37,13 +80,23 @@ def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
     n_plus_one_fingerprints: set[str] = set()
     structural: list[tuple[Finding, fixes.Fix]] = []
     generic_types = _generic_types(activity)
-    for calls in groups.values():
+    for key, calls in groups.items():
         if len(calls) < settings.n_plus_one_threshold:
             continue
         if calls[0].operation in hints.TRANSACTION_OPERATIONS:
             continue
+        if key[0]:  # by statement, not a relation: the same parameters are a duplicate
+            shape = repeat_shape(calls)
+            if shape == PAGES:
+                n_plus_one_fingerprints.add(calls[0].fingerprint)  # nor a duplicate
+                continue
+            if shape == SAME:
+                continue
         duration_ms = total_ms(calls)
         if duration_ms < settings.n_plus_one_min_duration_ms:
+            continue
+        if key[0] and calls[0].orm is not None and calls[0].orm.model in _PROCESS_CACHED:
+            n_plus_one_fingerprints.add(calls[0].fingerprint)
             continue
         finding, fix = _n_plus_one(activity, calls, duration_ms, generic_types)
         if finding is not None:
@@ -53,7 +106,7 @@ def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
                 structural.append((finding, fix))
     if len(structural) > 1:
         findings = _combined(activity, findings, structural)
-    findings.extend(_duplicates(activity, settings, n_plus_one_fingerprints))
+    findings.extend(_duplicates(activity, settings, n_plus_one_fingerprints, db_calls))
     findings.sort(key=lambda f: -f.duration_ms)
     return findings
 
@@ -110,6 +163,7 @@ def _n_plus_one(
     lazy = [o for o in orms if o.lazy]
     orm = most_common(lazy or orms)
     location = most_common(o.location for o in orms)
+    origin = most_common(o.origin for o in (lazy or orms))
     owner = activity.name or activity.route
     operation = first.operation
     count = len(calls)
@@ -117,7 +171,7 @@ def _n_plus_one(
     fix_kind = ""
     if orm is not None and (orm.lazy or orm.kind in (a.GET, a.REFRESH)):
         shown = _orm_fix(lazy, orm, generic_types)
-        fix, action, fix_kind = shown.text, shown.action, shown.kind
+        fix, action, fix_kind = shown.text, hints.placed(shown, origin, location), shown.kind
         if shown.text or shown.pending:  # a pending fix may still join the page's combined fix
             structural = shown.structural
         subject = hints.lazy_subject(orm)
@@ -138,8 +192,11 @@ def _n_plus_one(
         subject = f"the same {what} run"
         relation = relation_kind = ""
     hint = hints.sentence(owner, subject, count, duration_ms, location, action)
-    # A relation's SQL may vary (GenericForeignKey): the relation identifies the finding.
-    fingerprint = hints.site_fingerprint(N_PLUS_ONE, relation or first.fingerprint, location)
+    # A relation's SQL may vary (GenericForeignKey): the relation identifies the finding, with
+    # where its queryset came from (its cause), else where it ran.
+    # Two paths to one relation (termination_a__circuit, termination_z__circuit) are two.
+    key = f"{relation}\x1f{orm.path}" if relation and orm is not None and orm.path else relation
+    fingerprint = hints.site_fingerprint(N_PLUS_ONE, key or first.fingerprint, origin or location)
     finding = Finding(
         kind=N_PLUS_ONE,
         fingerprint=fingerprint,
@@ -154,6 +211,7 @@ def _n_plus_one(
         hint=hint,
         route=activity.route,
         fix_kind=fix_kind,
+        origin=origin,
     )
     return finding, structural
 
@@ -179,19 +237,21 @@ def _combined(
             continue
         for finding, _ in members:
             prefix = finding.hint.rpartition(" — ")[0] or finding.hint
-            hint = f"{prefix} — {shown.action}"
+            hint = f"{prefix} — {hints.placed(shown, finding.origin, finding.location)}"
             replaced[id(finding)] = dataclasses.replace(
                 finding, fix=shown.text, fix_kind=shown.kind, hint=hint
             )
     return [replaced.get(id(f), f) for f in findings]
 
 
-def _duplicates(activity: OwnerActivity, settings: Settings, covered: set[str]) -> list[Finding]:
+def _duplicates(
+    activity: OwnerActivity, settings: Settings, covered: set[str], db_calls: list[DbCall] | None
+) -> list[Finding]:
     """The same statement with the same parameters, run again: the result could be reused."""
-    groups: dict[tuple[str, int], list[DbCall]] = {}
-    for call in activity.db_calls:
+    groups: dict[tuple[str, int, int | None], list[DbCall]] = {}
+    for call in activity.db_calls if db_calls is None else db_calls:
         if call.params_hash is not None and call.fingerprint not in covered:
-            groups.setdefault((call.fingerprint, call.params_hash), []).append(call)
+            groups.setdefault((call.fingerprint, call.params_hash, call.text_hash), []).append(call)
     findings: list[Finding] = []
     for calls in groups.values():
         if len(calls) < settings.duplicate_query_threshold:
@@ -211,7 +271,9 @@ def _duplicates(activity: OwnerActivity, settings: Settings, covered: set[str]) 
             shown = hints.checked_fix(fixes.admin_count_fix(model, admin))
             if shown.text:
                 fix, fix_kind = shown.text, shown.kind
-        what = hints.query_noun(model, first.table)
+        # A related manager's query is named by its relation (``User.notifications``), not by
+        # the model of the instance it hangs off.
+        what = f"{relation.partition('.')[2]} query" if relation else hints.query_noun(model, first.table)
         hint = hints.sentence(
             activity.name or activity.route,
             f"the same {what} with the same parameters run",
@@ -236,4 +298,33 @@ def _duplicates(activity: OwnerActivity, settings: Settings, covered: set[str]) 
                 fix_kind=fix_kind,
             )
         )
-    return findings
+    if settings.trivial_duplicates:
+        return findings
+    return _fold_trivial(activity, findings)
+
+
+def _fold_trivial(activity: OwnerActivity, findings: list[Finding]) -> list[Finding]:
+    """Duplicates of two executions under a millisecond in all (Django's and the app's own
+    lookups done twice) as one summary finding per owner; a specific fix is never folded."""
+    trivial = [f for f in findings if f.repetitions <= 2 and f.duration_ms < TRIVIAL_MS and not f.fix_kind]
+    if not trivial:
+        return findings
+    kept = [f for f in findings if not any(f is t for t in trivial)]
+    duration_ms = sum(f.duration_ms for f in trivial)
+    members = tuple(sorted({f.statement[:MAX_MEMBER_CHARS] for f in trivial}))
+    subject = f"{len(trivial)} statement(s) run twice with the same parameters, each under {TRIVIAL_MS:g} ms"
+    fix = "reuse the first result where it is easy (set HMS_OTEL_TRIVIAL_DUPLICATES=true to list them)"
+    kept.append(
+        Finding(
+            kind=DUPLICATE_QUERY,
+            fingerprint=hints.finding_fingerprint(DUPLICATE_QUERY, "trivial"),
+            repetitions=sum(f.repetitions for f in trivial),
+            duration_ms=duration_ms,
+            fix=fix,
+            hint=f"{activity.name or activity.route}: {subject} ({duration_ms:.1f} ms) — {fix}",
+            route=activity.route,
+            subject=subject,
+            members=members[:MAX_TRIVIAL_MEMBERS],
+        )
+    )
+    return kept

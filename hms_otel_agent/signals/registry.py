@@ -13,6 +13,10 @@ from hms_otel_agent.signals import (
     cache_signals,
     connections,
     eager_loading,
+    http_n_plus_one,
+    http_sequential,
+    http_slow,
+    http_timeout,
     n_plus_one,
     repeated_groups,
     result_sets,
@@ -29,6 +33,10 @@ DETECTORS: list[Detector] = [
     slow_queries.detect,
     result_sets.detect,
     connections.detect,
+    http_n_plus_one.detect,
+    http_sequential.detect,
+    http_slow.detect,
+    http_timeout.detect,
 ]
 
 consolidate = repeated_groups.consolidate
@@ -48,4 +56,8 @@ FINDING_KINDS: tuple[str, ...] = (
     result_sets.WIDE_RESULT,
     connections.CONNECTION_CHURN,
     eager_loading.UNUSED_EAGER_LOAD,
+    http_n_plus_one.HTTP_N_PLUS_ONE,
+    http_sequential.HTTP_SEQUENTIAL,
+    http_slow.HTTP_SLOW_CALL,
+    http_timeout.HTTP_NO_TIMEOUT,
 )

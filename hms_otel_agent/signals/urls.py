@@ -11,7 +11,9 @@ Paths
     segment: a segment is kept when it is a literal segment of the application's routes (when
     they are known; `route_literals`) or a well-known file (``favicon.ico``, ``robots.txt``);
     when no routes are known (outbound URLs, spans of other instrumentations) a lower-case word
-    (``[a-z][a-z_-]{0,30}``) is kept too. Anything else becomes ``{id}``. So
+    (``[a-z][a-z_-]{0,30}``) is kept too, and so are FHIR's resource types and keywords
+    (``/fhir/Patient/{id}/_history/{id}``, ``$everything``; `signals.fhir`), the segment after a
+    resource type being an id whatever it looks like. Anything else becomes ``{id}``. So
     ``/patients/smith/`` is ``/patients/{id}/`` in a Django app, where ``smith`` is no route's
     literal, and stays as written only where no route table is known.
 
@@ -42,6 +44,8 @@ from collections.abc import Container, Iterable
 from functools import lru_cache
 from typing import Final
 from urllib.parse import unquote_plus
+
+from hms_otel_agent.signals import fhir
 
 __all__ = [
     "PLACEHOLDER",
@@ -79,10 +83,19 @@ SAFE_QUERY_PARAMS: Final = (
     "format",
     "lang",
     "language",
+    # FHIR search result parameters (https://hl7.org/fhir/search.html)
+    "_count",
+    "_offset",
+    "_sort",
+    "_summary",
+    "_format",
+    "_total",
 )
 
 # Of those, the ones whose values are numbers only (the others also take a lower-case word).
-NUMERIC_QUERY_PARAMS: Final = frozenset(("page", "page_size", "per_page", "limit", "offset"))
+NUMERIC_QUERY_PARAMS: Final = frozenset(
+    ("page", "page_size", "per_page", "limit", "offset", "_count", "_offset")
+)
 
 # Files browsers, crawlers and scanners ask every site for: not patient data.
 WELL_KNOWN_SEGMENTS: Final = frozenset(
@@ -134,11 +147,34 @@ def sanitize_path(path: str, literals: Container[str] | None = None) -> str:
     if literals is not None:
         out = [s if not s or s in literals or s in WELL_KNOWN_SEGMENTS else PLACEHOLDER for s in segments]
     else:
-        word = _WORD_SEGMENT.fullmatch
-        out = [s if not s or s in WELL_KNOWN_SEGMENTS or word(s) else PLACEHOLDER for s in segments]
+        out = _outbound_segments(segments)
     if more:
         out.append(PLACEHOLDER)
     return "/".join(out)
+
+
+def _outbound_segments(segments: list[str]) -> list[str]:
+    """Without a route table (outbound URLs): lower-case words, well-known files and FHIR's
+    resource types and keywords are kept; the segment after a resource type or ``_history`` is
+    a FHIR id and becomes ``{id}`` even when it is a lower-case word (``/Patient/smith``)."""
+    word = _WORD_SEGMENT.fullmatch
+    out: list[str] = []
+    id_next = False
+    for segment in segments:
+        if not segment:
+            out.append(segment)
+        elif id_next:
+            keyword = fhir.is_keyword(segment)
+            out.append(segment if keyword else PLACEHOLDER)
+            id_next = segment == "_history"
+        elif segment in fhir.RESOURCE_TYPES:
+            out.append(segment)
+            id_next = True
+        else:
+            keep = segment in WELL_KNOWN_SEGMENTS or word(segment) or fhir.is_keyword(segment)
+            out.append(segment if keep else PLACEHOLDER)
+            id_next = segment == "_history"
+    return out
 
 
 def templated_path(path: str, route: str | None, literals: Container[str] | None = None) -> str:

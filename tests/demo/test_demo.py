@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import django
 import pytest
 from harness.otlp_receiver import OtlpReceiver
 from harness.processes import hermetic_env, run, venv_executable
@@ -40,6 +41,8 @@ EXPECTED_N_PLUS_ONE = {
     "patients/records/": {".select_related('medical_record').prefetch_related('notes')"},
     "notes/": {
         ".prefetch_related(GenericPrefetch('subject', [Encounter.objects.all(), Patient.objects.all()]))"
+        if django.VERSION >= (5, 0)
+        else ".prefetch_related('subject')"  # GenericPrefetch is new in Django 5.0
     },
     "patients/birthdays/": {"add 'date_of_birth' to .only(...) or drop it from .defer(...)"},
     "patients/lookup/": {"Patient.objects.in_bulk(ids)"},
@@ -47,6 +50,7 @@ EXPECTED_N_PLUS_ONE = {
         ".annotate(encounters_count=Count('encounters')), and read .encounters_count instead of "
         ".encounters...count()"
     },
+    "command send_reminders": {".select_related('patient')"},  # the background job
     "reports/raw-encounters/": {
         "one query for all values: SELECT ... FROM hms_encounter WHERE patient_id = ANY(%s)"
     },
@@ -119,12 +123,35 @@ def assert_demo_report(report: dict) -> None:
             fixes.setdefault(f["route"], set()).add(f["fix"])
     assert fixes == EXPECTED_N_PLUS_ONE
     with_location = [f for f in findings if f["kind"] == "n_plus_one"]
-    assert all(f["location"] and f["location"]["file"].endswith("views.py") for f in with_location)
+    sources = ("views.py", "jobs.py")  # the pages and the background job
+    assert all(f["location"] and f["location"]["file"].endswith(sources) for f in with_location)
     cache_kinds = {(f["kind"], f["route"]) for f in findings if f["kind"].startswith("cache")}
     if any(getattr(d, "__module__", "").endswith("cache_signals") for d in registry.DETECTORS):
         assert cache_kinds == EXPECTED_CACHE
     patterns = {p["key_pattern"]: p for p in report["cache"]["key_patterns"]}
     assert patterns["patient:{id}:summary"]["hits"] > 0
+    # outbound calls to the demo's fake FHIR server: a read and a search per patient, no timeout
+    http = sorted(
+        (f["kind"], f["route"], f["subject"].split("/fhir/")[-1])
+        for f in findings
+        if f["kind"].startswith("http_")
+    )
+    assert http == [
+        (
+            "http_n_plus_one",
+            "patients/fhir/",
+            "Observation?patient=REDACTED&patient.family=REDACTED&_count=3",
+        ),
+        ("http_n_plus_one", "patients/fhir/", "Patient/{id}"),
+        (
+            "http_no_timeout",
+            "patients/fhir/",
+            "Observation?patient=REDACTED&patient.family=REDACTED&_count=3",
+        ),
+        ("http_no_timeout", "patients/fhir/", "Patient/{id}"),
+    ], http
+    times = {t["route"]: t for t in report["time"]}
+    assert times["patients/fhir/"]["http_ms"] > times["patients/fhir/optimized/"]["http_ms"] > 0
 
 
 def test_demo_on_given_servers_reports_naive_endpoints_only(

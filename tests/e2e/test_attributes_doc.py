@@ -97,6 +97,8 @@ PATHS = [
     "/encounters/search/?reason=checkup",
     "/encounters/search/?reason=checkup",
     "/boom/?mrn=MRN-1",
+    "/clinic/wards/board/",  # template spans
+    "/patients/fhir/?limit=6",  # outbound HTTP (the fake FHIR server below)
 ] + ["/appointments/upcoming/"] * 4
 
 
@@ -117,13 +119,17 @@ def test_the_document_matches_what_a_real_run_exports(
     }
     import redis
 
+    from hms_otel_agent.demo.fhir_server import FakeFhirServer
+
     redis.Redis.from_url(sample_app_db["REDIS_URL"]).flushdb()  # cold cache: misses, fills, groups
-    app = run_sample(lambda port: runserver(port, "--noreload"), env, stop_signal=signal.SIGINT)
-    for path in PATHS:
-        app.request("GET", path)
-    app.request("POST", "/patients/3/touch/")
-    app.request("POST", "/patients/duplicate/?pk=1")
-    app.stop()  # flush: the aggregate findings and metrics go at exit
+    with FakeFhirServer() as fhir_url:
+        env["HMS_SAMPLE_FHIR_URL"] = fhir_url
+        app = run_sample(lambda port: runserver(port, "--noreload"), env, stop_signal=signal.SIGINT)
+        for path in PATHS:
+            app.request("GET", path)
+        app.request("POST", "/patients/3/touch/")
+        app.request("POST", "/patients/duplicate/?pk=1")
+        app.stop()  # flush: the aggregate findings and metrics go at exit
     otlp_receiver.wait_for_spans(lambda s: any(e.name == "hms.explain" for e in s.events), timeout=20)
 
     emitted_types: dict[str, set[str]] = {}

@@ -13,6 +13,7 @@ from harness.otlp_receiver import OtlpReceiver
 from harness.processes import AppProcess, run, venv_executable
 
 from hms_otel_agent import __version__, config
+from hms_otel_agent.signals.semconv import stable_value
 
 from .conftest import otlp_env, runserver, server_span_for
 
@@ -75,12 +76,12 @@ def test_plain_script_with_psycopg2_and_redis(
     assert "patients" in result.stdout
     job = otlp_receiver.wait_for_spans(lambda s: s.name == "nightly-job")[0]
     children = otlp_receiver.wait_for_spans(lambda s: s.parent_span_id == job.span_id, count=2)
-    systems = sorted(str(c.attributes.get("db.system")) for c in children)
+    systems = sorted(str(stable_value(c.attributes, "db.system.name")) for c in children)
     assert systems == ["postgresql", "redis"]
-    sql = next(c for c in children if c.attributes.get("db.system") == "postgresql")
+    sql = next(c for c in children if stable_value(c.attributes, "db.system.name") == "postgresql")
     # Literals never leave the process by default.
-    assert "MRN-000001" not in str(sql.attributes.get("db.statement"))
-    assert sql.attributes["db.statement"] == "SELECT count(*) FROM hms_patient WHERE mrn = ?"
+    assert "MRN-000001" not in str(stable_value(sql.attributes, "db.query.text"))
+    assert stable_value(sql.attributes, "db.query.text") == "SELECT count(*) FROM hms_patient WHERE mrn = ?"
     assert job.resource["service.name"] == "job.py"
     assert job.attributes["hms.db.query_count"] == 1
 
@@ -294,7 +295,7 @@ def test_pytest_suite_that_configures_settings_itself(
     assert plain.returncode == traced.returncode == 1
     assert "Settings already configured" not in traced.stdout + traced.stderr
     spans = otlp_receiver.wait_for_spans(
-        lambda s: s.attributes.get("db.system") in ("postgresql", "redis"), count=3
+        lambda s: stable_value(s.attributes, "db.system.name") in ("postgresql", "redis"), count=3
     )
-    statements = {str(s.attributes.get("db.statement")) for s in spans}
+    statements = {str(stable_value(s.attributes, "db.query.text")) for s in spans}
     assert "SELECT count(*) FROM hms_patient" in statements

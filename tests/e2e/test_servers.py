@@ -15,6 +15,8 @@ import pytest
 from harness.otlp_receiver import OtlpReceiver, ReceivedSpan
 from harness.processes import AppProcess, venv_executable
 
+from hms_otel_agent.signals.semconv import stable_value
+
 from .conftest import gunicorn, otlp_env, runserver, server_span_for, uvicorn
 
 pytestmark = pytest.mark.e2e
@@ -28,15 +30,15 @@ def assert_stats_request_traced(receiver: OtlpReceiver, app: AppProcess) -> Rece
     server = server_span_for(receiver, "/stats/")
     receiver.wait_for_spans(lambda s: s.parent_span_id == server.span_id, count=5, timeout=10)
     children = receiver.children_of(server)
-    sql = [c for c in children if c.attributes.get("db.system") == "postgresql"]
-    redis = [c for c in children if c.attributes.get("db.system") == "redis"]
+    sql = [c for c in children if stable_value(c.attributes, "db.system.name") == "postgresql"]
+    redis = [c for c in children if stable_value(c.attributes, "db.system.name") == "redis"]
     assert (len(sql), len(redis), len(children)) == (3, 2, 5), receiver.describe()
     assert all(c.kind == "SPAN_KIND_CLIENT" and c.trace_id == server.trace_id for c in children)
     assert all(
         server.start_time_unix_nano <= c.start_time_unix_nano <= server.end_time_unix_nano for c in children
     )
     assert server.attributes.get("http.route") == "stats/"
-    assert server.attributes.get("http.status_code") == 200
+    assert stable_value(server.attributes, "http.response.status_code") == 200
     assert server.attributes.get("hms.db.query_count") == 3
     assert all(isinstance(c.attributes.get("hms.db.fingerprint"), str) for c in sql)
     assert server.resource.get("telemetry.distro.name") == "hms-otel-agent"

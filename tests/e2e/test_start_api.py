@@ -9,6 +9,8 @@ import pytest
 from harness.otlp_receiver import OtlpReceiver
 from harness.processes import AppProcess, run, venv_executable
 
+from hms_otel_agent.signals.semconv import stable_value
+
 from .conftest import gunicorn, otlp_env, server_span_for
 
 pytestmark = pytest.mark.e2e
@@ -53,7 +55,9 @@ def test_disabled_instrumentations_and_headers(
     assert app.request("GET", "/stats/").status == 200
     server = server_span_for(otlp_receiver, "/stats/")
     otlp_receiver.wait_for_spans(lambda s: s.parent_span_id == server.span_id, count=3)
-    systems = sorted(str(c.attributes.get("db.system")) for c in otlp_receiver.children_of(server))
+    systems = sorted(
+        str(stable_value(c.attributes, "db.system.name")) for c in otlp_receiver.children_of(server)
+    )
     assert systems == ["postgresql"] * 3
     headers = [r.headers for r in otlp_receiver.requests() if r.signal == "traces"]
     assert headers and all(h.get("x-hms-tenant") == "ward-4b" for h in headers)

@@ -21,6 +21,7 @@ from opentelemetry.trace import SpanKind
 
 from hms_otel_agent import config, instrument, pipeline
 from hms_otel_agent.agent import default_detectors
+from hms_otel_agent.signals.vocabulary import TEMPLATE_SCOPE
 
 
 class Traced:
@@ -64,6 +65,16 @@ class Traced:
 
     def children_of(self, span: ReadableSpan) -> list[ReadableSpan]:
         return [s for s in self.spans() if s.parent is not None and s.parent.span_id == span.context.span_id]
+
+    def descendants_of(self, span: ReadableSpan) -> list[ReadableSpan]:
+        """Children, and their children through template render spans (a page's queries run
+        under the template that made them)."""
+        found = []
+        for child in self.children_of(span):
+            found.append(child)
+            if child.instrumentation_scope is not None and child.instrumentation_scope.name == TEMPLATE_SCOPE:
+                found.extend(self.descendants_of(child))
+        return found
 
     def events(self, span: ReadableSpan, name: str | None = None) -> list[dict[str, Any]]:
         return [dict(e.attributes or {}) for e in span.events if name is None or e.name == name]

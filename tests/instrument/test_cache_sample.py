@@ -174,8 +174,16 @@ def test_the_twin_with_a_timeout_is_clean(traced: Traced, cache: Any) -> None:
 
 
 def test_a_value_that_is_never_stored(traced: Traced, cache: Any) -> None:
+    from hms_otel_agent.signals import cache_signals
+
     line = marker_line("flaky_summary", "patient:{id}:profile", kind="cache-read")
-    _, server = traced.request("/patients/3/flaky-summary/")
+    cache_signals.reset_evidence()
+    with traced.use_settings(cache_miss_min_requests=2):
+        traced.request("/patients/3/flaky-summary/")  # evidence: one request is not enough
+        _, first = traced.request("/patients/3/flaky-summary/")
+    assert "cache_miss_without_fill" in findings(traced, first)
+    with traced.use_settings(cache_miss_min_requests=1):
+        _, server = traced.request("/patients/3/flaky-summary/")
     assert cache_calls(traced, server) == [call("get", "patient:{id}:profile", hit=False)] * 2
     assert counts(server) == (0, 2, 0.0)
     found = findings(traced, server)

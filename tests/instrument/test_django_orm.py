@@ -23,7 +23,7 @@ import pytest
 
 from hms_otel_agent import guard
 from hms_otel_agent.instrument import django_orm
-from hms_otel_agent.instrument.context import current_orm
+from hms_otel_agent.instrument.context import PendingOrm, current_orm
 from hms_otel_agent.sample.hms.markers import markers_of
 from hms_otel_agent.signals.activity import (
     DEFERRED,
@@ -58,11 +58,14 @@ def _next_line() -> int:
 
 def _orm(span: Any) -> dict[str, Any]:
     a = span.attributes or {}
-    return {k: v for k, v in a.items() if k.startswith(("hms.orm.", "code."))}
+    # where the queryset came from: tests/instrument/test_locations.py
+    wanted = ("hms.orm.", "code.")
+    return {k: v for k, v in a.items() if k.startswith(wanted) and not k.startswith("hms.orm.origin.")}
 
 
 def _db_spans(traced: Any, owner: Any) -> list[Any]:
-    return [s for s in traced.children_of(owner) if (s.attributes or {}).get("db.system") == "postgresql"]
+    spans = traced.descendants_of(owner)  # a template's queries are its children
+    return [s for s in spans if (s.attributes or {}).get("db.system") == "postgresql"]
 
 
 def _lazy(spans: list[Any]) -> list[Any]:
@@ -92,6 +95,11 @@ def _owner(traced: Any, name: str = "test-owner") -> Iterator[Any]:
         yield span
 
 
+def _resolved(ctx: OrmContext | PendingOrm | None) -> OrmContext | None:
+    """The context as the SQL span hook reads it: its code location looked up (once)."""
+    return ctx.resolve() if isinstance(ctx, PendingOrm) else ctx
+
+
 @contextmanager
 def _contexts() -> Iterator[list[tuple[str, OrmContext | None]]]:
     """(sql, current_orm) for every statement this thread's connection runs, read inside
@@ -101,7 +109,7 @@ def _contexts() -> Iterator[list[tuple[str, OrmContext | None]]]:
     log: list[tuple[str, OrmContext | None]] = []
 
     def record(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
-        log.append((sql, current_orm.get()))
+        log.append((sql, _resolved(current_orm.get())))
         return execute(sql, params, many, context)
 
     with connection.execute_wrapper(record):
@@ -704,7 +712,7 @@ def test_admin_changelist_without_list_select_related(traced: Any, admin_client:
             "patient__insurance",
             "hms.Encounter",
             line,
-            "patient_insurance",
+            "EncounterAdmin.patient_insurance",  # qualified
             ADMIN_FILE,
         )
 
@@ -753,12 +761,13 @@ def test_concurrent_requests_in_threads_keep_their_own_context(traced: Any) -> N
             execute: Callable[..., Any], sql: str, params: Any, many: bool, ctx: Any
         ) -> Any:
             nonlocal waited
-            own = current_orm.get()
+            raw = current_orm.get()
+            own = _resolved(raw)
             if own is not None and own.lazy and not waited:
                 waited = True
                 barrier.wait()  # both threads are now inside a lazy load, each with its context set
                 after = current_orm.get()
-                assert after is own
+                assert after is raw
                 inside[path] = (own.relation, own.location.function if own.location else "")
             return execute(sql, params, many, ctx)
 
@@ -797,11 +806,12 @@ def test_sync_to_async_tasks_keep_their_own_context(traced: Any) -> None:
     barrier = threading.Barrier(2, timeout=30)
 
     def meet(execute: Callable[..., Any], sql: str, params: Any, many: bool, ctx: Any) -> Any:
-        own = current_orm.get()
+        raw = current_orm.get()
+        own = _resolved(raw)
         if own is not None and own.lazy and barrier.n_waiting < 2 and not getattr(meet_local, "done", False):
             meet_local.done = True
             barrier.wait()
-            assert current_orm.get() is own
+            assert current_orm.get() is raw
         return execute(sql, params, many, ctx)
 
     meet_local = threading.local()
@@ -847,8 +857,8 @@ def test_sync_to_async_tasks_keep_their_own_context(traced: Any) -> None:
         "hms.Patient.emergency_contacts"
     }
     for owner, function in (
-        (encounters_owner, "load_patients_of_encounters"),
-        (patients_owner, "load_contacts_of_patients"),
+        (encounters_owner, "test_sync_to_async_tasks_keep_their_own_context.load_patients_of_encounters"),
+        (patients_owner, "test_sync_to_async_tasks_keep_their_own_context.load_contacts_of_patients"),
     ):
         assert {s.attributes["code.function.name"] for s in _db_spans(traced, owner)} == {function}
 

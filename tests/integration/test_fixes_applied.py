@@ -279,3 +279,84 @@ def test_filtered_prefetch_fix_reads_the_same_sets_in_two_queries(
         for w in wards
     ]
     assert got == naive
+
+
+# -- fix kinds no sample page shows: proven on a loop and on the registered ModelAdmin -----------
+
+
+def _patients_by_ward(wards: Any) -> list[list[str]]:
+    return [[visit.patient.name for visit in ward.visits.all()] for ward in wards]
+
+
+def test_prefetch_with_a_select_related_queryset_loads_the_nested_relation_in_two_queries(
+    traced: Traced, count_queries: Callable[[], Any]
+) -> None:
+    """A reverse FK, then a forward FK from its rows: ``Prefetch('visits',
+    queryset=Visit.objects.select_related('patient'))`` on the Ward queryset."""
+    from hms_otel_agent.sample.clinic.models import Ward
+    from hms_otel_agent.signals import fixes
+
+    def run() -> list[dict[str, Any]]:
+        traced.clear()
+        with traced.tracer.start_as_current_span("ward loop") as span:
+            _patients_by_ward(Ward.objects.order_by("id"))
+        return [e for e in traced.events(span) if e.get("hms.finding.kind") == "n_plus_one"]  # type: ignore[arg-type]
+
+    run()
+    assert fixes.checker is not None and fixes.checker.wait_idle(10)
+    found = {f["hms.orm.relation"]: f for f in run()}
+    assert set(found) == {"clinic.Ward.visits", "clinic.Visit.patient"}
+    fix = found["clinic.Visit.patient"]["hms.hint.fix"]
+    assert found["clinic.Ward.visits"]["hms.hint.fix"] == fix  # one queryset, one combined fix
+    assert fix == ".prefetch_related(Prefetch('visits', queryset=Visit.objects.select_related('patient')))"
+    assert found["clinic.Visit.patient"]["hms.hint.fix_kind"] == "prefetch_queryset"
+    with count_queries() as queries:
+        naive = _patients_by_ward(Ward.objects.order_by("id"))
+    with count_queries() as fixed_queries:
+        fixed = _patients_by_ward(eval(f"Ward.objects{fix}.order_by('id')", _namespace()))
+    assert fixed == naive and any(naive)
+    assert len(fixed_queries) == 2 < len(queries)
+
+
+def test_admin_get_queryset_fix_prefetches_what_a_column_reads(
+    traced: Traced, count_queries: Callable[[], Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A changelist column reading a many-to-many (the tags): a prefetch, so the fix is the
+    ModelAdmin's ``get_queryset`` (with ``list_select_related`` keeping the admin's own joins)."""
+    from django.apps import apps
+    from django.contrib import admin
+
+    visit = apps.get_model("clinic", "Visit")
+    model_admin = admin.site._registry[visit]
+    monkeypatch.setattr(model_admin, "list_display", (*model_admin.list_display, "tag_names"), raising=False)
+    monkeypatch.setattr(
+        model_admin, "tag_names", lambda v: ", ".join(sorted(t.name for t in v.tags.all())), raising=False
+    )
+    client = _staff()
+    path = "/admin/clinic/visit/"
+    found = {f["hms.orm.relation"]: f for f in _findings(traced, path, client) if f.get("hms.orm.relation")}
+    tags = found["clinic.Visit.tags"]
+    assert tags["hms.hint.fix_kind"] == "admin_get_queryset"
+    fix = tags["hms.hint.fix"]
+    prefetch = re.search(r"\.prefetch_related\((.*)\) on VisitAdmin", fix)
+    joins = re.search(r"list_select_related = (\(.*\))$", fix)
+    assert prefetch is not None and joins is not None, fix
+    naive_count, naive = _count(client, path, count_queries)
+    original = type(model_admin).get_queryset
+    lookups = eval(f"({prefetch.group(1)},)", _namespace())
+    monkeypatch.setattr(
+        model_admin,
+        "get_queryset",
+        lambda request: original(model_admin, request).prefetch_related(*lookups),
+        raising=False,
+    )
+    monkeypatch.setattr(
+        model_admin, "list_select_related", eval(joins.group(1), {"__builtins__": {}}), raising=False
+    )
+    fixed_count, fixed = _count(client, path, count_queries)
+    page = PAGES_BY_NAME["admin-visits"]
+    assert fixed.status_code == naive.status_code == 200
+    assert page.compare(fixed.content) == page.compare(naive.content)
+    assert fixed_count < naive_count - 20  # 25 rows: one tags query and one ward query each, gone
+    _, server = traced.request(path, client=client)
+    assert [e for e in traced.events(server) if e.get("hms.finding.kind") == "n_plus_one"] == []

@@ -7,6 +7,7 @@ finding must name that relation, that line, and the fix. Optimized twins give no
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 from typing import Any
 
@@ -172,9 +173,13 @@ def test_hint_sentence(traced: Traced) -> None:
     finding = findings(traced, server)["hms.Encounter.patient"]
     line = marker_line("encounter_list_naive", "hms.Encounter.patient")
     assert finding["hms.hint"].startswith("GET encounters/: Encounter.patient loaded lazily 10x (")
+    from hms_otel_agent.sample.hms import views
+
+    built = inspect.getsourcelines(views.encounter_list_naive)[1] + 1  # where the queryset is built
     assert finding["hms.hint"].endswith(
         f" ms) at hms_otel_agent/sample/hms/views.py:{line} in encounter_list_naive"
         " — add .select_related('patient__insurance', 'facility') to the Encounter queryset"
+        f" at hms_otel_agent/sample/hms/views.py:{built} in encounter_list_naive"
     )
     assert server.attributes["hms.n_plus_one.count"] == 3  # patient, facility, patient__insurance
 

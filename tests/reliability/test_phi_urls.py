@@ -6,7 +6,8 @@ The sample app runs under hms-otel-run with the contrib's header capture turned 
 patient headers and a pattern ``x-.*``) and recording request attributes
 (``OTEL_PYTHON_DJANGO_TRACED_REQUEST_ATTRS``: the path, ``GET``, ``COOKIES``), on
 
-* gunicorn (sync; ``http.target`` is the raw request target) exporting OTLP/HTTP,
+* gunicorn (sync; ``http.target`` is the raw request target) exporting OTLP/HTTP, with
+  ``OTEL_SEMCONV_STABILITY_OPT_IN=database/dup,http/dup`` (the old names and the default stable ones),
 * uvicorn (ASGI; ``http.url`` has the query *decoded*) exporting OTLP/gRPC with gzip, with
   ``OTEL_SEMCONV_STABILITY_OPT_IN=http/dup`` (``url.path``, ``url.query``, ``url.full``,
   ``user_agent.original``, ``http.server.request.duration`` too),
@@ -182,6 +183,9 @@ def test_no_phi_from_urls_user_agents_or_headers(
         **env,
         "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.http_endpoint,
         "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        # both generations: the old http.target / http.server.duration checked below, and the
+        # agent's default stable names (url.path, url.query, http.server.request.duration)
+        "OTEL_SEMCONV_STABILITY_OPT_IN": "database/dup,http/dup",
     }
     grpc = {
         **env,
@@ -283,6 +287,7 @@ def test_each_opt_in_exports_what_it_promises_and_nothing_else(
         "HMS_OTEL_CAPTURE_HEADER_VALUES": "true",
         "HMS_OTEL_REDACT_QUERY_PARAMS": "ward",
         "HMS_OTEL_REDACT_HEADERS": "x-patient-name",
+        "OTEL_SEMCONV_STABILITY_OPT_IN": "database/dup,http/dup",  # http.target, as checked below
     }
     app = start_sample(app_process, gunicorn, env)
     headers = {
@@ -294,6 +299,12 @@ def test_each_opt_in_exports_what_it_promises_and_nothing_else(
     }
     assert app.request("GET", "/rooms/B-12/?bed=12&ward=4B&mrn=M-1", headers=headers).status == 404
     assert app.request("GET", "/patients/1/summary/?bed=12", headers=headers).status == 200
+    # The metric reader exports every 300 ms: wait for both requests' points rather than relying
+    # on the flush at exit, which a loaded machine can cut off at the shutdown deadline.
+    otlp_receiver.wait_for_metrics(
+        lambda p: p.name == "http.server.duration" and "/rooms/" in str(p.attributes.get("http.target")),
+        timeout=60,
+    )
     app.stop()
     spans = [s for s in otlp_receiver.spans() if s.kind == "SPAN_KIND_SERVER"]
     by_target = {str(s.attributes.get("http.target")): s for s in spans}

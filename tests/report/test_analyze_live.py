@@ -87,6 +87,7 @@ def key(kind: str, attrs: dict[str, Any]) -> tuple[Any, ...]:
             attrs.get("fingerprint"),
             attrs.get("repetitions"),
             attrs.get("relation") or "",
+            attrs.get("origin"),  # where the queryset came from: the place of the fix, both ways
             attrs.get("fix") or "",
         )
     return (kind, attrs.get("fingerprint"), attrs.get("key_pattern") or "", attrs.get("repetitions"))
@@ -96,7 +97,7 @@ def without_fixes(found: dict[str, set[tuple[Any, ...]]]) -> dict[str, set[tuple
     """The findings without their ORM fix: the live agent derives a fix from the ORM's metadata and
     shows it only once its check off the request path passed (the first occurrence of an N+1 may
     end before that); offline analysis has neither and derives a plainer fix from the records."""
-    return {span_id: {k[:4] if k[0] in SQL_KINDS else k for k in keys} for span_id, keys in found.items()}
+    return {span_id: {k[:5] if k[0] in SQL_KINDS else k for k in keys} for span_id, keys in found.items()}
 
 
 def live_findings(receiver: OtlpReceiver) -> dict[str, set[tuple[Any, ...]]]:
@@ -112,6 +113,7 @@ def live_findings(receiver: OtlpReceiver) -> dict[str, set[tuple[Any, ...]]]:
                 "relation": a.get("hms.orm.relation"),
                 "fix": a.get("hms.hint.fix"),
                 "key_pattern": a.get("hms.cache.key_pattern"),
+                "origin": (a.get("hms.orm.origin.code.file.path"), a.get("hms.orm.origin.code.line.number")),
             }
             out.setdefault(span.span_id, set()).add(key(str(a["hms.finding.kind"]), values))
     return out
@@ -129,6 +131,7 @@ def offline_findings(path: Path) -> dict[str, set[tuple[Any, ...]]]:
                 "relation": f.relation,
                 "fix": f.fix,
                 "key_pattern": f.key_pattern,
+                "origin": (f.origin.file, f.origin.line) if f.origin else (None, None),
             }
             out.setdefault(owner.span.span_id, set()).add(key(f.kind, values))
     return out
@@ -178,6 +181,9 @@ def test_analyze_collector_file_matches_live_detection(
     if "cache_signals" in {getattr(d, "__module__", "").rpartition(".")[2] for d in registered_detectors()}:
         assert {"cache_n_plus_one", "cache_invalidation_storm"} <= kinds
     assert without_fixes(offline) == without_fixes(live)
+    # Every N+1 of a relation names where its fix goes.
+    origins = {k[3]: k[4] for found in live.values() for k in found if k[0] == "n_plus_one" and k[3]}
+    assert origins and all(o != (None, None) for o in origins.values()), origins
     # The agent's own file gives the same.
     assert without_fixes(offline_findings(tmp_path / ".hms-otel" / "traces.jsonl")) == without_fixes(live)
 

@@ -14,7 +14,7 @@ from .otlp_builder import DJANGO, n_plus_one_request, new_span_id, new_trace, re
 FINDING_KEYS = {
     "fingerprint", "kind", "route", "routes", "subject", "relation", "relation_kind", "model",
     "key_pattern", "statement", "requests", "repetitions", "max_repetitions", "total_ms", "per_request_ms",
-    "location", "fix", "hint", "services",
+    "location", "origin", "fix", "hint", "services",
 }  # fmt: skip
 SUMMARY_KEYS = {
     "spans", "traces", "owners", "requests", "tests", "owners_with_findings", "db_queries", "db_time_ms",
@@ -61,8 +61,20 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> str:
 
 def test_json_schema_is_stable(sample_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = json.loads(run_cli(capsys, "analyze", str(sample_file), "--format", "json"))
-    assert set(data) == {"schema", "source", "inputs", "thresholds", "summary", "findings", "cache", "notes"}
+    assert set(data) == {
+        *("schema", "source", "inputs", "thresholds", "summary", "findings", "cache", "notes"),
+        "time",  # added within hms-otel-report/1: where each route's time went
+    }
     assert data["schema"] == "hms-otel-report/1" and data["source"] == "analyzed"
+    times = {t["route"]: t for t in data["time"]}
+    assert {"encounters/", "patients/"} <= set(times)
+    for t in data["time"]:
+        parts = [t[k] for k in ("db_ms", "cache_ms", "http_ms", "template_ms", "app_ms")]
+        assert sum(parts) == pytest.approx(t["total_ms"]) and t["mean_ms"] * t["owners"] == pytest.approx(
+            t["total_ms"]
+        )
+        assert sum(t["shares"].values()) == pytest.approx(1.0, abs=1e-3) or t["total_ms"] == 0
+    assert times["encounters/"]["db_ms"] > 0
     assert data["inputs"] == [str(sample_file)]
     assert set(data["summary"]) == SUMMARY_KEYS
     assert data["summary"]["requests"] == 4 and data["summary"]["db_queries"] == 21

@@ -14,7 +14,15 @@ from hms_otel_agent.signals import cache_signals, registry
 from hms_otel_agent.signals.activity import CacheCall, CodeLocation, DbCall, Finding, OwnerActivity
 from hms_otel_agent.signals.cache_signals import common_pattern, detect
 
-SETTINGS = config.load({}).settings
+# One owner is evidence enough here; the decision across owners is tested on its own below.
+SETTINGS = dataclasses.replace(config.load({}).settings, cache_miss_min_requests=1)
+
+
+@pytest.fixture(autouse=True)
+def fresh_evidence() -> None:
+    cache_signals.reset_evidence()
+
+
 VIEW = CodeLocation("hms/views.py", 120, "cached_patients")
 LOOP = CodeLocation("hms/views.py", 140, "touch_patient")
 MS = 1_000_000
@@ -195,14 +203,17 @@ def test_a_miss_filled_after_the_query_is_not() -> None:
     assert detect(activity([miss(0), write(5 * MS)], [sql(2 * MS)]), SETTINGS) == []
 
 
-def test_a_write_of_another_key_does_not_fill_the_miss() -> None:
-    found = detect(activity([miss(0, key=1), write(5 * MS, key=2)], [sql(2 * MS)]), SETTINGS)
+def test_a_write_of_another_key_of_the_pattern_means_it_is_filled_by_design() -> None:
+    """The pattern is written in the process (here: under the same owner): the miss is not
+    evidence of a cache-aside path that never fills; a write of another pattern is no fill."""
+    other = write(5 * MS, key=2, pattern="encounter:{id}")
+    found = detect(activity([miss(0, key=1), other], [sql(2 * MS)]), SETTINGS)
     assert kinds(found) == ["cache_miss_without_fill"]
+    assert detect(activity([miss(0, key=1), write(5 * MS, key=2)], [sql(2 * MS)]), SETTINGS) == []
 
 
-def test_a_write_before_the_miss_does_not_fill_it() -> None:
-    found = detect(activity([write(0), miss(2 * MS)], [sql(4 * MS)]), SETTINGS)
-    assert kinds(found) == ["cache_miss_without_fill"]
+def test_a_write_before_the_miss_is_a_fill_of_the_pattern() -> None:
+    assert detect(activity([write(0), miss(2 * MS)], [sql(4 * MS)]), SETTINGS) == []
 
 
 def test_a_miss_with_no_sql_after_it_is_not() -> None:
@@ -220,6 +231,7 @@ def test_a_multi_key_miss_is_filled_by_a_write_of_the_same_pattern() -> None:
     get_many = call("get_many", start=0, key=77, reads=10, hits=7, misses=3)
     set_many = call("set_many", start=5 * MS, key=78, writes=3, ttl_s=3600.0)
     assert detect(activity([get_many, set_many], [sql(2 * MS)]), SETTINGS) == []
+    cache_signals.reset_evidence()
     other = call("set_many", pattern="encounter:{id}", start=5 * MS, key=79, writes=3, ttl_s=60.0)
     assert kinds(detect(activity([get_many, other], [sql(2 * MS)]), SETTINGS)) == ["cache_miss_without_fill"]
 
@@ -373,3 +385,51 @@ def test_the_detector_imports_neither_django_nor_the_sdk() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# --- miss without fill: decided across owners ---------------------------------------------------
+
+
+def _unfilled_request() -> OwnerActivity:
+    return activity([miss(0, duration=2 * MS)], [sql(3 * MS)])
+
+
+def test_a_miss_without_fill_needs_the_evidence_of_several_requests() -> None:
+    settings = dataclasses.replace(SETTINGS, cache_miss_min_requests=3)
+    assert detect(_unfilled_request(), settings) == []
+    assert detect(_unfilled_request(), settings) == []
+    [finding] = detect(_unfilled_request(), settings)
+    assert finding.kind == cache_signals.CACHE_MISS_WITHOUT_FILL
+
+
+def test_a_pattern_written_by_another_owner_is_filled_by_design() -> None:
+    """A background job (another owner) fills the key: the request's miss is expected."""
+    settings = dataclasses.replace(SETTINGS, cache_miss_min_requests=2)
+    job = activity([write(0, key=7)])
+    assert detect(job, settings) == []
+    for _ in range(3):
+        assert detect(_unfilled_request(), settings) == []
+
+
+def test_a_pattern_written_later_by_another_owner_stops_the_finding() -> None:
+    assert [f.kind for f in detect(_unfilled_request(), SETTINGS)] == [cache_signals.CACHE_MISS_WITHOUT_FILL]
+    detect(activity([write(0, key=9)]), SETTINGS)
+    assert detect(_unfilled_request(), SETTINGS) == []
+
+
+@pytest.mark.parametrize(
+    ("key", "extra"),
+    [
+        ("rq:job:{uuid}", ()),
+        ("celery-task-meta-{uuid}", ()),
+        ("django.contrib.sessions.cache{token}", ()),
+        ("jobs:{id}:state", ("jobs:",)),
+    ],
+)
+def test_keys_of_job_queues_and_libraries_are_not_cache_reads(key: str, extra: tuple[str, ...]) -> None:
+    settings = dataclasses.replace(SETTINGS, cache_ignore_key_prefixes=extra)
+    reads = [dataclasses.replace(miss(i * MS, key=i), key_pattern=key) for i in range(6)]
+    assert detect(activity(reads, [sql(10 * MS)]), settings) == []
+    # the same calls of an application pattern are findings (the negative)
+    app = [dataclasses.replace(r, key_pattern="patient:{id}:summary") for r in reads]
+    assert detect(activity(app, [sql(10 * MS)]), settings) != []

@@ -1,4 +1,4 @@
-"""The agent's attribute writes (instrument/context.set_attributes) leave a span exactly as
+"""The agent's attribute writes (instrument/sdk_internals.set_attributes) leave a span exactly as
 Span.set_attributes does: values, order, dropped counts, limits, ended spans, odd values."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 
-from hms_otel_agent.instrument.context import set_attributes
+from hms_otel_agent.instrument.sdk_internals import set_attributes
 
 
 def two_spans(limits: SpanLimits | None = None, initial: dict[str, Any] | None = None) -> tuple[Any, Any]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+from unittest import mock
 
 import pytest
 
@@ -160,7 +162,51 @@ def test_clean_environ_keeps_bad_values_from_the_sdk_and_contrib() -> None:
         "OTEL_RESOURCE_ATTRIBUTES": "a=b,c=d",
         "HMS_OTEL_N_PLUS_ONE_THRESHOLD": "x",
         "PATH": "/bin",
+        "OTEL_SEMCONV_STABILITY_OPT_IN": "database,http",  # unset: the agent's default
     }
+
+
+@pytest.mark.parametrize(
+    ("given", "contrib_reads", "line"),
+    [
+        (None, "database,http", False),  # unset: the agent's default, the stable names
+        ("", "database,http", False),  # empty is unset
+        ("old", "old", False),  # neither signal named: contrib keeps the old names of both
+        ("database/dup,http/dup", "database/dup,http/dup", False),
+        ("http", "http", False),  # as the specification says: database left out, old DB names
+        ("database,http/dupe", "database,http", True),  # a typo: one line, the default
+    ],
+)
+def test_semconv_opt_in_defaults_to_the_stable_names(
+    given: str | None, contrib_reads: str, line: bool
+) -> None:
+    from opentelemetry.instrumentation._semconv import (
+        _OpenTelemetrySemanticConventionStability as Stability,
+    )
+    from opentelemetry.instrumentation._semconv import _OpenTelemetryStabilitySignalType as Signal
+
+    from hms_otel_agent.signals.semconv import Mode, mode
+
+    environ = {} if given is None else {"OTEL_SEMCONV_STABILITY_OPT_IN": given}
+    loaded = config.load(environ)
+    lines = loaded.lines(strict=False)
+    assert len(lines) == int(line)
+    if line:
+        assert lines[0].startswith("hms-otel: OTEL_SEMCONV_STABILITY_OPT_IN='database,http/dupe'")
+        assert "or old (comma-separated)" in lines[0] and lines[0].endswith("using the default database,http")
+    config.clean_environ(loaded, environ)
+    assert environ == {"OTEL_SEMCONV_STABILITY_OPT_IN": contrib_reads}
+    # contrib and the agent's own reading (signals.semconv.mode) agree on what it means.
+    with (
+        mock.patch.dict(os.environ, environ),
+        mock.patch.object(Stability, "_initialized", False),
+        mock.patch.object(Stability, "_OTEL_SEMCONV_STABILITY_SIGNAL_MAPPING", {}),
+    ):  # the process's own reading is restored after
+        Stability._initialize()
+        for signal, name in ((Signal.DATABASE, "database"), (Signal.HTTP, "http")):
+            contrib = Stability._get_opentelemetry_stability_opt_in_mode(signal).value
+            ours = mode(contrib_reads, name)
+            assert ours == {"default": Mode.OLD, name: Mode.STABLE, f"{name}/dup": Mode.DUP}[contrib]
 
 
 def test_hms_otel_config_lists_the_standard_variables_that_are_set_and_hides_secrets(

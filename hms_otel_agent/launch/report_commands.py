@@ -11,20 +11,10 @@ from hms_otel_agent import config
 from hms_otel_agent.printable import printable
 from hms_otel_agent.report.build import build_report, filter_run, latest_run_id
 from hms_otel_agent.report.otlp import InputError, read_paths
-from hms_otel_agent.report.render import FORMATS, render
+from hms_otel_agent.report.render import FORMATS, format_for, render
 
 EXIT_FINDINGS = 1
 EXIT_BAD_INPUT = 2
-
-
-def format_for(path: str | None, given: str | None) -> str:
-    if given:
-        return given
-    if path and path.endswith(".json"):
-        return "json"
-    if path and path.endswith((".md", ".markdown")):
-        return "markdown"
-    return "terminal"
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:

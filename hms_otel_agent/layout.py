@@ -1,0 +1,117 @@
+"""The package's layers along the data's path, and which may import which.
+
+One table behind three things: tests/test_layering.py (the import graph keeps to it and has no
+cycle), docs/architecture.md (its module table is generated from it) and
+instrument/context.py (which source files are the agent's own code, never "user code").
+
+A layer may import the layers below it, never one above it, never a sibling; the base modules
+may be imported from anywhere and import nothing of the agent but each other. Plain data: no
+imports.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Layer(NamedTuple):
+    name: str
+    modules: tuple[str, ...]  # modules and packages under hms_otel_agent/
+    job: str
+
+
+# Top to bottom. Layers with the same rank are siblings (neither imports the other).
+LAYERS: tuple[tuple[Layer, ...], ...] = (
+    (
+        Layer(
+            "launch",
+            ("launch", "pytest_plugin"),
+            "every entry point: hms-otel-run, hms-otel (report, analyze, config, demo), the "
+            "sitecustomize bootstrap, the OpenTelemetry distro, the pytest plugin",
+        ),
+    ),
+    (Layer("demo", ("demo",), "`hms-otel demo`'s work: embedded PostgreSQL and Redis, traffic"),),
+    (Layer("agent", ("agent",), "`start()`: settings once, pipeline, instrumentation, live log"),),
+    (Layer("pipeline", ("pipeline",), "tracer and meter providers, processors, exporters from Settings"),),
+    (
+        Layer(
+            "instrument",
+            ("instrument",),
+            "one module per library (psycopg, redis-py, Django server, ORM, cache, connections, "
+            "EXPLAIN, eager loads, fix checks, outbound HTTP clients, templates, management commands, "
+            "Celery, RQ) and the owner spans of work outside requests (unit_of_work, implicit units)",
+        ),
+    ),
+    (
+        Layer(
+            "processors",
+            ("processors",),
+            "live SDK spans -> records: owner grouping, redaction, metrics, EXPLAIN dispatch",
+        ),
+    ),
+    (
+        Layer("export", ("export",), "bounded batching, span compression, OTLP encoding, the local file"),
+        Layer("report", ("report",), "the findings report and offline analysis over the same records"),
+    ),
+    (
+        Layer(
+            "sdk_internals",
+            ("instrument.sdk_internals",),
+            "every private SDK or contrib member the agent uses, with its reason; the version gate "
+            "and HMS_OTEL_FAST_PATHS (in instrument/, read by the layers above it)",
+        ),
+    ),
+    (
+        Layer(
+            "signals",
+            ("signals",),
+            "records, attribute vocabulary, fingerprints, key patterns, detectors, hints, "
+            "owner grouping; no Django, no SDK",
+        ),
+    ),
+)
+BASE = Layer(
+    "base",
+    ("__init__", "config", "guard", "layout", "printable"),
+    "settings table, error guard, printable text, this table: importable from every layer",
+)
+# Inside the package but not the agent: applications the agent instruments (their frames are
+# user code) and which the agent never imports.
+APPLICATIONS = ("sample",)
+
+
+def _find(module: str) -> tuple[int, Layer] | None:
+    """The layer of a dotted module: the longest listed name it is or is inside of."""
+    best: tuple[int, Layer] | None = None
+    best_len = -1
+    for rank, siblings in enumerate(LAYERS):
+        for layer in siblings:
+            for name in layer.modules:
+                if (module == name or module.startswith(name + ".")) and len(name) > best_len:
+                    best, best_len = (rank, layer), len(name)
+    return best
+
+
+def rank_of(module: str) -> int | None:
+    """The rank of a dotted module under hms_otel_agent (0 = top); -1 for a base module; None
+    for an application or an unknown name."""
+    if module.split(".", 1)[0] in BASE.modules:
+        return -1
+    found = _find(module)
+    return found[0] if found is not None else None
+
+
+def layer_of(module: str) -> str:
+    head = module.split(".", 1)[0]
+    if head in BASE.modules:
+        return BASE.name
+    found = _find(module)
+    if found is not None:
+        return found[1].name
+    return head if head in APPLICATIONS else ""
+
+
+def agent_parts() -> tuple[str, ...]:
+    """Every top-level module and package name of the agent's own code."""
+    names = [m.split(".", 1)[0] for siblings in LAYERS for layer in siblings for m in layer.modules]
+    return tuple(dict.fromkeys(names)) + BASE.modules

@@ -1,0 +1,164 @@
+"""The fence around private SDK and contrib members (instrument/sdk_internals.py): the version
+gate, the HMS_OTEL_FAST_PATHS switch both ways, and that the stock paths make the same spans.
+
+The span-by-span parity of each path is in test_db_spans_like_contrib.py (fast, stock, contrib
+alone) and test_redis_spans_like_contrib.py (the agent's wrapper against the contrib's with the
+agent's hooks: the stock path); here, one request of the sample app through the whole pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from hms_otel_agent import config, pipeline
+from hms_otel_agent.instrument import db, sdk_internals
+from hms_otel_agent.instrument import redis as redis_instrument
+
+TESTED = {name: sorted(versions)[0] for name, versions in sdk_internals.TESTED.items()}
+
+
+@pytest.fixture
+def restore_fast_paths() -> Iterator[None]:
+    yield
+    sdk_internals.configure(True)
+
+
+def test_the_installed_versions_are_the_tested_ones() -> None:
+    """The pins in pyproject.toml and the gate agree: the suite runs the fast paths."""
+    assert sdk_internals.untested(sdk_internals.installed_versions()) == []
+    assert sdk_internals.configure(True) is True
+
+
+def test_an_untested_version_turns_the_fast_paths_off_with_one_line(
+    caplog: pytest.LogCaptureFixture, restore_fast_paths: None
+) -> None:
+    faked = {**TESTED, "opentelemetry-sdk": "1.99.0", "opentelemetry-instrumentation-redis": "0.99b0"}
+    with caplog.at_level(logging.WARNING, logger="hms_otel"):
+        assert sdk_internals.configure(True, installed=faked) is False
+    assert sdk_internals.fast_paths() is False
+    lines = [r.getMessage() for r in caplog.records if r.name == "hms_otel"]
+    assert len(lines) == 1
+    assert "opentelemetry-instrumentation-redis==0.99b0" in lines[0]
+    assert "opentelemetry-sdk==1.99.0" in lines[0] and "stock" in lines[0]
+
+
+def test_the_switch_both_ways(caplog: pytest.LogCaptureFixture, restore_fast_paths: None) -> None:
+    with caplog.at_level(logging.WARNING, logger="hms_otel"):
+        assert sdk_internals.configure(False, installed=TESTED) is False
+        assert sdk_internals.fast_paths() is False
+        assert sdk_internals.configure(True, installed=TESTED) is True
+        assert sdk_internals.fast_paths() is True
+    assert [r for r in caplog.records if r.name == "hms_otel"] == []  # a choice, not a problem
+    assert config.load({"HMS_OTEL_FAST_PATHS": "false"}).settings.fast_paths is False
+    assert config.load({}).settings.fast_paths is True
+
+
+def test_missing_distributions_are_not_checked() -> None:
+    assert sdk_internals.untested({"opentelemetry-sdk": TESTED["opentelemetry-sdk"]}) == []
+    assert sdk_internals.untested({"something-else": "1.0"}) == []
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "stock"])
+def test_the_otlp_http_exporter_follows_the_switch(fast: bool, restore_fast_paths: None) -> None:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    settings = dataclasses.replace(
+        config.load({}).settings, fast_paths=fast, traces_exporter=("otlp",), otlp_protocol="http/protobuf"
+    )
+    sdk_internals.configure(settings.fast_paths, installed=TESTED)
+    exporter = pipeline._otlp_span_exporter(settings)
+    made = exporter._inner.get()  # type: ignore[attr-defined]
+    assert isinstance(made, OTLPSpanExporter)
+    assert (type(made) is OTLPSpanExporter) is not fast  # the agent's encoder subclass when fast
+    made.shutdown()
+
+
+def test_set_attributes_takes_the_public_path_when_off(restore_fast_paths: None) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    span = TracerProvider().get_tracer("t").start_span("s")
+    calls: list[dict[str, Any]] = []
+    original = span.set_attributes
+
+    def spy(attributes: dict[str, Any]) -> None:
+        calls.append(dict(attributes))
+        original(attributes)
+
+    span.set_attributes = spy  # type: ignore[method-assign]
+    sdk_internals.configure(True, installed=TESTED)
+    sdk_internals.set_attributes(span, {"a": 1})
+    assert calls == []  # written directly
+    sdk_internals.configure(False, installed=TESTED)
+    sdk_internals.set_attributes(span, {"b": 2})
+    assert calls == [{"b": 2}]
+    span.end()
+    assert dict(span.attributes or {}) == {"a": 1, "b": 2}
+
+
+def test_a_failing_hook_is_called_as_the_contrib_calls_it() -> None:
+    seen: list[tuple[Any, ...]] = []
+
+    def hook(*args: Any) -> None:
+        seen.append(args)
+        raise RuntimeError("hook bug")
+
+    sdk_internals.call_hook(hook, "span", "instance")  # no exception reaches the caller
+    sdk_internals.call_hook(None, "span")  # not callable: not called, as in the contrib
+    assert seen == [("span", "instance")]
+
+
+def _sample_request(traced: Any) -> list[tuple[Any, ...]]:
+    from django.test import Client
+
+    traced.clear()
+    Client(raise_request_exception=False).get("/patients/cached/")
+    spans = sorted(traced.spans(), key=lambda s: s.start_time or 0)
+    timed = ("duration", "_ms", "net.peer.port", "hms.hints", "stacktrace")
+    return [
+        (
+            s.name,
+            s.kind,
+            s.instrumentation_scope.name if s.instrumentation_scope else "",
+            s.status.status_code,
+            sorted(e.name for e in s.events),
+            {k: v for k, v in (s.attributes or {}).items() if not any(t in k for t in timed)},
+        )
+        for s in spans
+    ]
+
+
+def test_stock_paths_export_the_same_spans(traced: Any, restore_fast_paths: None) -> None:
+    """One page with SQL and Redis through the whole pipeline, with the fast paths and then
+    with the stock paths (installed as an untested version would install them)."""
+    import redis
+
+    settings = traced.base_settings
+    _sample_request(traced)  # warm: the same cache state for both runs below
+    fast = _sample_request(traced)
+    assert db._original_traced is not None
+    fast_wrapper = redis.Redis.__dict__["execute_command"]._self_wrapper
+    assert fast_wrapper.__module__ == redis_instrument.__name__
+    try:
+        sdk_internals.configure(True, installed={**TESTED, "opentelemetry-sdk": "1.99.0"})
+        db.uninstall()
+        db.install(settings)
+        redis_instrument.uninstall()
+        redis_instrument.install(settings, traced.tracer_provider)
+        assert db._original_traced is None  # the contrib's traced_execution with the agent's hooks
+        stock_wrapper = redis.Redis.__dict__["execute_command"]._self_wrapper
+        assert stock_wrapper.__module__ == "opentelemetry.instrumentation.redis"
+        stock = _sample_request(traced)
+    finally:
+        sdk_internals.configure(True)
+        db.uninstall()
+        db.install(settings)
+        redis_instrument.uninstall()
+        redis_instrument.install(settings, traced.tracer_provider)
+    assert stock == fast
+    assert any(a.get("hms.db.fingerprint") for *_, a in stock)
+    assert any("hms.cache.key_pattern" in a for *_, a in stock)
