@@ -251,7 +251,10 @@ def _metric_attributes(integration: Any, record: DbSpanRecord, method: str, args
     ):
         fp = record.fingerprint
         size = db_semconv.batch_size(method, args)
-        record.stable = db_semconv.statement_attributes(fp.operation, fp.table, size is not None)
+        statement = record.execution[0] if record.execution else ""
+        record.stable = db_semconv.statement_attributes(
+            fp.operation, fp.table, size is not None, sql_summary(_text(statement)[:MAX_SUMMARY_INPUT_CHARS])
+        )
 
 
 def _populate(
@@ -384,7 +387,7 @@ def _start_detached(
     record = None
     operation = ""
     try:
-        statement, operation = _statement_and_name(tracer, cursor, args)
+        statement, _, operation = _statement_and_name(tracer, cursor, args)
         if args and tracer._commenter_enabled:
             if tracer._enable_attribute_commenter:
                 args = tracer._update_args_with_added_sql_comment(args, cursor)
