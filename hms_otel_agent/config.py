@@ -1366,6 +1366,16 @@ SDK_OPTIONS: tuple[Option, ...] = (
         "(unset: OTEL_PYTHON_EXCLUDED_URLS applies)",
         "URLs (searched with each regex) Django requests are not traced for.",
     ),
+    *(
+        _read_by(
+            "contrib",
+            f"OTEL_PYTHON_{library}_EXCLUDED_URLS",
+            Regexes(empty_entries=False),
+            "(unset: OTEL_PYTHON_EXCLUDED_URLS applies)",
+            f"URLs (searched with each regex) outbound {library.lower()} calls are not traced for.",
+        )
+        for library in ("REQUESTS", "HTTPX", "URLLIB3")
+    ),
     _read_by(
         "contrib",
         "OTEL_PYTHON_EXCLUDED_URLS",
@@ -1408,6 +1418,20 @@ SDK_OPTIONS: tuple[Option, ...] = (
         Regexes(ignorecase=True),
         "(none captured)",
         "Response headers recorded on server spans.",
+    ),
+    _read_by(
+        "contrib",
+        f"{_HTTP_CAPTURE_HEADERS}CLIENT_REQUEST",
+        Regexes(ignorecase=True),
+        "(none captured)",
+        "Request headers recorded on outbound HTTP client spans (requests, httpx, urllib3).",
+    ),
+    _read_by(
+        "contrib",
+        f"{_HTTP_CAPTURE_HEADERS}CLIENT_RESPONSE",
+        Regexes(ignorecase=True),
+        "(none captured)",
+        "Response headers recorded on outbound HTTP client spans.",
     ),
     _read_by(
         "contrib",

@@ -583,6 +583,8 @@ _USER_AGENT_ATTRIBUTES = ("http.user_agent", "user_agent.original")
 _CAPTURE_VARIABLES = (
     "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST",
     "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE",
+    "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST",  # outbound calls (requests, ...)
+    "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE",
 )
 _privacy: tuple[Settings, HttpPrivacy] | None = None
 _named: tuple[tuple[str | None, ...], frozenset[str]] = ((None, None), frozenset())
@@ -595,7 +597,7 @@ def _named_headers() -> frozenset[str]:
     capture = tuple(map(os.environ.get, _CAPTURE_VARIABLES))
     known = _named
     if known[0] != capture:
-        known = _named = (capture, named_headers(capture[0]) | named_headers(capture[1]))
+        known = _named = (capture, frozenset().union(*map(named_headers, capture)))
     return known[1]
 
 

@@ -66,7 +66,7 @@ suppressed: ContextVar[bool] = ContextVar("hms_otel_no_implicit_unit", default=F
 
 
 class _Unit:
-    __slots__ = ("calls", "context", "last_child", "span", "started", "thread")
+    __slots__ = ("calls", "context", "last_child", "last_start_ns", "span", "started", "thread")
 
     def __init__(self, span: Any, thread: threading.Thread) -> None:
         self.span = span
@@ -75,13 +75,18 @@ class _Unit:
         self.started = time.monotonic()
         self.calls = 0
         self.last_child: Any = None
+        self.last_start_ns = 0
 
     def end_time(self) -> int | None:
         """The end of its last call: None while that call runs."""
         child = self.last_child
         if child is None:
             return time.time_ns()
-        return getattr(child, "end_time", None) or (None if child.is_recording() else time.time_ns())
+        ended = getattr(child, "end_time", None)
+        if ended:
+            return int(ended)
+        # Not recorded (sampled out): when it ends cannot be seen, so from when it started.
+        return None if child.is_recording() else self.last_start_ns
 
     def due(self, now: float) -> bool:
         """Whether it should end now."""
@@ -96,6 +101,7 @@ def configure(enabled: bool, idle_ms: int, max_calls: int) -> None:
     _enabled = enabled
     _idle_ns = int(idle_ms * 1e6)
     _max_calls = max(1, max_calls)
+    _wake.set()  # a running check thread sleeps the new interval from now on
     if hasattr(os, "register_at_fork") and not getattr(configure, "_fork_hook", False):
         os.register_at_fork(after_in_child=_after_fork)
         configure._fork_hook = True  # type: ignore[attr-defined]
@@ -123,6 +129,7 @@ def start_client_span(tracer: Any, name: str, kind: SpanKind = SpanKind.CLIENT) 
         return tracer.start_span(name, kind=kind)
     span = tracer.start_span(name, kind=kind, context=unit.context)
     unit.last_child = span
+    unit.last_start_ns = time.time_ns()
     return span
 
 

@@ -100,6 +100,7 @@ PATHS = [
     "/clinic/wards/board/",  # template spans
     "/patients/fhir/?limit=6",  # outbound HTTP (the fake FHIR server below)
 ] + ["/appointments/upcoming/"] * 4
+PATHS.append("/encounters/search/?reason=checkup")  # a later occurrence: the plan is ready by now
 
 
 def test_the_document_matches_what_a_real_run_exports(

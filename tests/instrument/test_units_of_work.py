@@ -308,3 +308,26 @@ def test_call_command_is_an_owner_and_the_exclusions_hold(traced: Traced, remind
     implicit_units.close_all()
     assert not work_spans(traced)
     assert [s for s in traced.spans() if s.parent is None and s.kind.name == "CLIENT"]
+
+
+def test_sampled_out_unit_still_ends_when_idle() -> None:
+    """Under a sampler that drops the unit (and so its calls), idleness is judged from the last
+    call's start: the unit ends, it does not wait for its 60 s."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    provider = TracerProvider(sampler=ALWAYS_OFF)
+    tracer = provider.get_tracer("tests")
+    previous = units._provider
+    units.install(provider)
+    implicit_units.close_all()
+    implicit_units.configure(True, idle_ms=100, max_calls=1000)
+    try:
+        span = implicit_units.start_client_span(tracer, "SELECT")
+        span.end()
+        assert implicit_units.open_units() == 1
+        wait_for(lambda: implicit_units.open_units() == 0, timeout=5)
+    finally:
+        implicit_units.close_all()
+        implicit_units.configure(True, idle_ms=1000, max_calls=1000)
+        units.install(previous)

@@ -58,9 +58,9 @@ def request_spans(receiver: OtlpReceiver) -> dict[str, ReceivedSpan]:
     servers = {}
     for span in receiver.spans():
         if span.kind == "SPAN_KIND_SERVER":
-            attrs = span.attributes  # either semantic-convention generation
-            path = attrs.get("url.path") or str(attrs.get("http.target", "")).split("?")[0]
-            servers[str(path) or urlsplit(str(attrs.get("http.url", ""))).path] = span
+            # url.path with the stable HTTP conventions (the default), http.url with the old ones
+            path = span.attributes.get("url.path") or urlsplit(str(span.attributes.get("http.url", ""))).path
+            servers[str(path)] = span
     return servers
 
 
@@ -124,7 +124,6 @@ def test_compression_changes_the_spans_exported_never_the_findings(
     plain_requests, compressed_requests = request_spans(plain), request_spans(compressed)
     for path in PATHS:
         key = exported_path(path)
-        assert key in compressed_requests and key in plain_requests, (key, sorted(compressed_requests))
         assert what_was_found(compressed_requests[key]) == what_was_found(plain_requests[key]), path
     assert any(e.name == "hms.n_plus_one" for e in compressed_requests["/encounters/"].events)
 
@@ -135,8 +134,7 @@ def test_compression_changes_the_spans_exported_never_the_findings(
     for summary in summaries:
         assert summary.attributes["hms.compressed.count"] >= 5  # HMS_OTEL_N_PLUS_ONE_THRESHOLD
         assert 0 < summary.attributes["hms.compressed.duration_ms"] <= summary.duration_ns / 1e6 + 0.001
-        statement = summary.attributes.get("db.query.text", summary.attributes.get("db.statement"))
-        assert summary.attributes["hms.db.fingerprint"] and statement
+        assert summary.attributes["hms.db.fingerprint"] and summary.attributes["db.query.text"]
     ids = {(s.trace_id, s.span_id) for s in spans}
     assert len(ids) == len(spans)
     for span in spans:
