@@ -159,8 +159,10 @@ def _context(
     valid span that is not recording: a sampled-out request, whose DB spans are not recorded."""
     span = get_current_span()
     location = user_location() if span.is_recording() or not span.get_span_context().is_valid else None
+    # The origin by its fields: their strings' hashes are cached, a frozen dataclass's is not.
+    where = None if origin is None else (origin.file, origin.line, origin.function)
     if location is None:
-        key: tuple[Any, ...] = (kind, model, relation, path, root, lazy, filtered, facts, origin)
+        key: tuple[Any, ...] = (kind, model, relation, path, root, lazy, filtered, facts, where)
     else:
         key = (
             kind,
@@ -171,7 +173,7 @@ def _context(
             lazy,
             filtered,
             facts,
-            origin,
+            where,
             location.file,
             location.line,
             location.function,
