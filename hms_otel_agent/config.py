@@ -237,6 +237,26 @@ class Url(Parser[str]):
 
 
 @dataclass(frozen=True)
+class DatabaseUrl(Parser[str]):
+    """A libpq connection URI. Its content is never echoed: it may hold a password."""
+
+    @property
+    def accepted(self) -> str:
+        return "a postgresql:// or postgres:// URL"
+
+    def __call__(self, raw: str) -> str:
+        value = raw.strip()
+        try:
+            parts = urlsplit(value)
+            port = parts.port  # raises ValueError on a bad port
+        except ValueError:
+            raise ConfigError from None
+        if parts.scheme not in ("postgresql", "postgres") or (port is not None and port <= 0):
+            raise ConfigError
+        return value
+
+
+@dataclass(frozen=True)
 class ResourceAttributes(Parser[str]):
     @property
     def accepted(self) -> str:
@@ -532,6 +552,40 @@ class Settings:
         "the key pattern, hit or miss and backend (fewer spans on cache-heavy pages; the cache "
         "signals are unchanged).",
     )
+    implicit_units: bool = setting(
+        "HMS_OTEL_IMPLICIT_UNITS",
+        Bool(),
+        True,
+        "Group the queries and cache calls a thread makes outside any span (a script, a thread of "
+        "the app) under an implicit unit of work per thread, a span 'implicit <program or thread>' "
+        "that ends when the thread is idle, so their N+1s are found; false: such calls are spans "
+        "of their own and nothing is detected over them.",
+    )
+    implicit_unit_idle_ms: int = setting(
+        "HMS_OTEL_IMPLICIT_UNIT_IDLE_MS",
+        Int(10, 3_600_000),
+        1000,
+        "An implicit unit of work ends when its thread made no query or cache call for this long "
+        "(or after HMS_OTEL_IMPLICIT_UNIT_MAX_CALLS calls, after 60 s, when the thread ends, at exit).",
+    )
+    implicit_unit_max_calls: int = setting(
+        "HMS_OTEL_IMPLICIT_UNIT_MAX_CALLS",
+        Int(10, 5000),
+        1000,
+        "Queries and cache calls after which an implicit unit of work ends and the next one starts.",
+    )
+    commands_without_span: tuple[str, ...] = setting(
+        "HMS_OTEL_COMMANDS_WITHOUT_SPAN",
+        NameList(
+            "a comma-separated list of management command names",
+            nonempty=True,
+            pattern=re.compile(r"[A-Za-z0-9_][\w-]{0,99}"),
+        ),
+        (),
+        "Management commands that get no owner span, added to those that serve or wait (runserver, "
+        "shell, test, rqworker, celery, runworker, qcluster, ...): a long-running command of your "
+        "own, whose work the implicit units of its threads or unit_of_work blocks then group.",
+    )
     fast_paths: bool = setting(
         "HMS_OTEL_FAST_PATHS",
         Bool(),
@@ -683,8 +737,18 @@ class Settings:
         "HMS_OTEL_EXPLAIN_TIMEOUT_MS",
         Int(10, 600_000),
         2000,
-        "statement_timeout (and connect timeout) of the EXPLAIN connection.",
+        "statement_timeout, lock_timeout, idle_in_transaction_session_timeout (and connect "
+        "timeout) of the EXPLAIN connection.",
         "signals",
+    )
+    explain_database_url: str | None = setting(
+        "HMS_OTEL_EXPLAIN_DATABASE_URL",
+        DatabaseUrl(),
+        None,
+        "Where EXPLAIN connects, for a role without write privileges (recommended; see "
+        "docs/reliability.md); unset: the application's own connection parameters.",
+        "signals",
+        secret=True,
     )
     explain_seq_scan_rows: int = setting(
         "HMS_OTEL_EXPLAIN_SEQ_SCAN_ROWS",
@@ -723,6 +787,15 @@ class Settings:
         20,
         "Querysets evaluated at one code location with an eager relation never accessed before "
         "an unused-eager-loading finding.",
+        "signals",
+    )
+    detect_sampled_out: bool = setting(
+        "HMS_OTEL_DETECT_SAMPLED_OUT",
+        Bool(),
+        True,
+        "With head sampling (OTEL_TRACES_SAMPLER), run detection on the requests it does not "
+        "trace too: their spans are recorded but not exported, and one with findings exports its "
+        "owner span alone (hms.sampled_out); false: detection sees sampled requests only.",
         "signals",
     )
     live_log: bool = setting(

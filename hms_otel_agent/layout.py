@@ -38,7 +38,8 @@ LAYERS: tuple[tuple[Layer, ...], ...] = (
             "instrument",
             ("instrument",),
             "one module per library (psycopg, redis-py, Django server, ORM, cache, connections, "
-            "EXPLAIN, eager loads, fix checks, outbound HTTP clients, templates)",
+            "EXPLAIN, eager loads, fix checks, outbound HTTP clients, templates, management commands, "
+            "Celery, RQ) and the owner spans of work outside requests (unit_of_work, implicit units)",
         ),
     ),
     (

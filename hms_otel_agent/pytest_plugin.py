@@ -6,7 +6,8 @@ process with an in-memory exporter, and
 
 * every test's call phase runs inside an owner span (``test <nodeid>``), so queries run directly
   in the test body are grouped like the queries of a request (test-client requests get their own
-  request span underneath, as in production);
+  request span underneath, as in production); queries outside it (fixtures, the session's
+  set-up) get no implicit unit of work: they are no test's;
 * a test whose owners got a finding of a kind in ``--hms-otel-fail-on`` (default ``n_plus_one``)
   fails with the finding's hint (what, where, the fix);
 * ``@pytest.mark.hms_otel_allow("hms.Encounter.patient")`` allows findings in one test, and
@@ -405,6 +406,10 @@ class _State:
 
             if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
                 trace.set_tracer_provider(provider)  # the application's own spans join the tests'
+        from hms_otel_agent.instrument import implicit_units
+
+        # Queries outside a test's span are fixtures' and the session's set-up: no test's.
+        implicit_units.set_enabled(False)
         self.tracer = provider.get_tracer("hms_otel_agent.pytest")
         self.aggregator: Aggregator = Aggregator(RECORDED, [], self.settings)
         self.tests_with_findings = 0

@@ -241,6 +241,11 @@ def traced(traced_session: Traced, django_app: DjangoApp) -> Iterator[Traced]:
 
         connections.close_all()
         traced_session.connections_reset = True  # type: ignore[attr-defined]
+    from hms_otel_agent.instrument import implicit_units
+
+    # A thread's implicit unit of work ends when it is idle: not in the next test's spans.
+    implicit_units.close_all()
     traced_session.clear()
     yield traced_session
+    implicit_units.close_all()
     traced_session.clear()

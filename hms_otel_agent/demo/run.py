@@ -2,7 +2,8 @@
 
 Lifecycle: a working directory (telemetry file, server log) -> PostgreSQL and Redis (embedded, or
 DATABASE_URL / REDIS_URL) -> migrate and seed the sample app (synthetic patients) -> gunicorn under
-hms-otel-run on a free loopback port -> the request mix -> (``--serve``: wait for Ctrl-C) -> stop the
+hms-otel-run on a free loopback port -> the request mix -> the sample's background job (a management
+command under hms-otel-run) -> (``--serve``: wait for Ctrl-C) -> stop the
 server (its workers flush their telemetry) -> the report of what the agent recorded. Everything
 started is stopped and the working directory deleted on the way out: on success, on error, and on
 SIGINT / SIGTERM (handled as an exception in the main thread, so cleanup runs in order).
@@ -34,6 +35,7 @@ from hms_otel_agent.printable import printable
 
 DEFAULT_REQUESTS = 200
 PROBE_PATH = "/health/"  # readiness; not part of the traffic mix (demo/traffic.py)
+JOB_REMINDERS = 20  # appointments the background job reminds of (one lazy patient load each)
 SETTINGS_MODULE = "hms_otel_agent.sample.settings"
 EXIT_ERROR = 1
 
@@ -209,6 +211,21 @@ class Demo:
                 time.sleep(0.1)
         raise DemoError(f"the app server did not answer on {base_url} within 60 s:\n{self.log_tail()}")
 
+    def background_job(self, env: dict[str, str]) -> None:
+        """The sample's background job, a management command with an N+1 (hms/jobs.py), run under
+        the agent like the server: its finding joins the report under ``command send_reminders``."""
+        cmd = [
+            sys.executable, "-m", "hms_otel_agent.launch.run", "--",
+            sys.executable, "-m", "hms_otel_agent.sample", "send_reminders", "--limit", str(JOB_REMINDERS),
+        ]  # fmt: skip
+        with self.server_log.open("ab") as log:
+            proc = subprocess.run(
+                cmd, env=self.server_env(env), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        if proc.returncode != 0:
+            raise DemoError(f"the background job failed (exit {proc.returncode}):\n{self.log_tail()}")
+        self.say(f"background job: send_reminders for {JOB_REMINDERS} appointments (a management command)")
+
     def log_tail(self, lines: int = 15) -> str:
         return tail(self.server_log, lines)
 
@@ -302,6 +319,7 @@ class Demo:
         )
         if traffic.sent and traffic.failed == traffic.sent:
             raise DemoError(f"every request failed:\n{self.log_tail()}")
+        self.background_job(env)
         if args.serve:
             self.serve(base_url)
         with _signals_ignored():

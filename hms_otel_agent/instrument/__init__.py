@@ -34,7 +34,12 @@ def install(settings: Settings, tracer_provider: Any, meter_provider: Any) -> No
 
         wrapt.register_post_import_hook(hook, module_name)
 
-    from hms_otel_agent.instrument import db, django_orm, django_server, redis
+    from hms_otel_agent.instrument import db, django_orm, django_server, implicit_units, redis, units
+
+    units.install(tracer_provider)
+    implicit_units.configure(
+        settings.implicit_units, settings.implicit_unit_idle_ms, settings.implicit_unit_max_calls
+    )
 
     def instrument_psycopg2() -> None:
         from opentelemetry.instrumentation.psycopg2 import Psycopg2Instrumentor
@@ -63,6 +68,8 @@ def install(settings: Settings, tracer_provider: Any, meter_provider: Any) -> No
     when_imported("psycopg2", "psycopg2", instrument_psycopg2)
     when_imported("psycopg", "psycopg", instrument_psycopg)
     when_imported("redis", "redis", lambda: redis.install(settings, tracer_provider))
+    when_imported("celery", "celery", lambda: _instrument_celery(tracer_provider, meter_provider))
+    when_imported("rq", "rq", lambda: _instrument_rq(settings, tracer_provider))
     from hms_otel_agent.instrument import http_client
 
     for library, apply in (
@@ -85,11 +92,26 @@ def install(settings: Settings, tracer_provider: Any, meter_provider: Any) -> No
         from hms_otel_agent.instrument import django_cache
 
         django_server.when_django_ready(django_cache.when_ready(settings, tracer_provider))
+        from hms_otel_agent.instrument import django_commands
+
+        django_server.when_django_ready(django_commands.install(settings.commands_without_span))
         if "django_templates" not in disabled:
             from hms_otel_agent.instrument import django_templates
 
             django_server.when_django_ready(django_templates.install(tracer_provider))
         django_server.hook_django_setup()
+
+
+def _instrument_celery(tracer_provider: Any, meter_provider: Any) -> None:
+    from hms_otel_agent.instrument import celery
+
+    celery.install(tracer_provider, meter_provider)
+
+
+def _instrument_rq(settings: Settings, tracer_provider: Any) -> None:
+    from hms_otel_agent.instrument import rq
+
+    rq.install(tracer_provider)
 
 
 def uninstall() -> None:
@@ -114,6 +136,14 @@ def uninstall() -> None:
                 from hms_otel_agent.instrument import redis
 
                 redis.uninstall()
+            elif name == "celery":
+                from hms_otel_agent.instrument import celery
+
+                celery.uninstall()
+            elif name == "rq":
+                from hms_otel_agent.instrument import rq
+
+                rq.uninstall()
             elif name == "django":
                 from hms_otel_agent.instrument import django_orm, django_server
 
@@ -126,10 +156,17 @@ def uninstall() -> None:
                 from hms_otel_agent.instrument import django_cache
 
                 django_cache.uninstall()
+                from hms_otel_agent.instrument import django_commands
+
+                django_commands.uninstall()
                 from hms_otel_agent.instrument import django_templates
 
                 django_templates.uninstall()
         except Exception as exc:
             guard.report(f"{name} uninstrumentation", exc)
     db.uninstall()
+    from hms_otel_agent.instrument import implicit_units, units
+
+    implicit_units.set_enabled(False)
+    units.uninstall()
     _installed.clear()

@@ -43,12 +43,12 @@ from typing import Any
 import wrapt
 from opentelemetry.context import attach, detach
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
-from opentelemetry.trace import SpanKind, set_span_in_context
+from opentelemetry.trace import get_current_span, set_span_in_context
 from opentelemetry.trace.status import Status, StatusCode
 
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
-from hms_otel_agent.instrument import sdk_internals
+from hms_otel_agent.instrument import implicit_units, sdk_internals
 from hms_otel_agent.instrument.cache_hooks import command_head, current_django_call, pipeline_commands
 from hms_otel_agent.instrument.db_semconv import database_mode, mode_of, peer_attributes
 from hms_otel_agent.instrument.sdk_internals import call_hook, set_attributes
@@ -140,13 +140,13 @@ def _replace_command_wrapper(tracer: Any, request_hook: Any, response_hook: Any)
         agent code failed (the command then runs untraced)."""
         try:
             name = span_name(instance, args)
-            span = tracer.start_span(name, kind=SpanKind.CLIENT)
+            span = implicit_units.start_client_span(tracer, name)
             token = attach(set_span_in_context(span))
         except Exception as exc:
             guard.report("redis instrumentation", exc)
             return None
         try:
-            if span.is_recording():
+            if span.is_recording() and span.get_span_context().trace_flags.sampled:
                 attributes: dict[str, Any] = {}
                 _set_db_statement(attributes, statement(args), db_mode)
                 attributes["db.redis.args_length"] = len(args)
@@ -173,7 +173,7 @@ def _replace_command_wrapper(tracer: Any, request_hook: Any, response_hook: Any)
             _close(span, token)
 
     def execute_command(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        if not is_instrumentation_enabled():
+        if not is_instrumentation_enabled() or (current_django_call.get() is not None and _detection_only()):
             return wrapped(*args, **kwargs)
         started = start(instance, args, kwargs)
         if started is None:
@@ -190,6 +190,14 @@ def _replace_command_wrapper(tracer: Any, request_hook: Any, response_hook: Any)
         return response
 
     redis.Redis.execute_command = wrapt.FunctionWrapper(current.__wrapped__, execute_command)  # type: ignore[method-assign]
+
+
+def _detection_only() -> bool:
+    """Whether the current span is recorded for detection only (head sampling dropped it:
+    pipeline.DetectingSampler). The commands a Django cache call sends are not read by the
+    detectors (the call is what counts), so under such a call they need no span."""
+    span = get_current_span()
+    return span.is_recording() and not span.get_span_context().trace_flags.sampled
 
 
 def _close(span: Any, token: Any) -> None:

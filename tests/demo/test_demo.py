@@ -50,6 +50,7 @@ EXPECTED_N_PLUS_ONE = {
         ".annotate(encounters_count=Count('encounters')), and read .encounters_count instead of "
         ".encounters...count()"
     },
+    "command send_reminders": {".select_related('patient')"},  # the background job
     "reports/raw-encounters/": {
         "one query for all values: SELECT ... FROM hms_encounter WHERE patient_id = ANY(%s)"
     },
@@ -122,7 +123,8 @@ def assert_demo_report(report: dict) -> None:
             fixes.setdefault(f["route"], set()).add(f["fix"])
     assert fixes == EXPECTED_N_PLUS_ONE
     with_location = [f for f in findings if f["kind"] == "n_plus_one"]
-    assert all(f["location"] and f["location"]["file"].endswith("views.py") for f in with_location)
+    sources = ("views.py", "jobs.py")  # the pages and the background job
+    assert all(f["location"] and f["location"]["file"].endswith(sources) for f in with_location)
     cache_kinds = {(f["kind"], f["route"]) for f in findings if f["kind"].startswith("cache")}
     if any(getattr(d, "__module__", "").endswith("cache_signals") for d in registry.DETECTORS):
         assert cache_kinds == EXPECTED_CACHE

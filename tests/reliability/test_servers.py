@@ -17,6 +17,8 @@ import pytest
 from harness.otlp_receiver import OtlpReceiver, ReceivedSpan
 from harness.processes import AppProcess, run, venv_executable
 
+from hms_otel_agent.signals.semconv import stable_value
+
 from .conftest import FAST_EXPORT, gunicorn, start_sample, uvicorn
 
 pytestmark = pytest.mark.e2e
@@ -65,8 +67,8 @@ def test_each_worker_traces_its_requests_once(
     servers = [s for s in otlp_receiver.spans() if s.attributes.get("http.route") == "stats/"]
     for server in servers[:10]:
         children = stats_children(otlp_receiver, server)
-        sql = [c for c in children if c.attributes.get("db.system") == "postgresql"]
-        cache = [c for c in children if c.attributes.get("db.system") == "redis"]
+        sql = [c for c in children if stable_value(c.attributes, "db.system.name") == "postgresql"]
+        cache = [c for c in children if stable_value(c.attributes, "db.system.name") == "redis"]
         assert (len(sql), len(cache), len(children)) == (3, 2, 5), otlp_receiver.describe()
         assert all(c.resource["process.pid"] == server.resource["process.pid"] for c in children)
     # One agent per process: one service.instance.id per pid, none shared between workers.
@@ -97,7 +99,7 @@ def test_python_subprocesses_start_their_own_agent_once(
     for role in roles:
         [owner] = otlp_receiver.wait_for_spans(lambda s, role=role: s.name == role)
         queries = otlp_receiver.wait_for_spans(
-            lambda s, role=role: f"AS {role}_query" in str(s.attributes.get("db.statement", ""))
+            lambda s, role=role: f"AS {role}_query" in str(stable_value(s.attributes, "db.query.text"))
         )
         assert len(queries) == 1, f"{role}: {len(queries)} spans for one query"
         assert queries[0].parent_span_id == owner.span_id

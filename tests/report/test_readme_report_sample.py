@@ -20,11 +20,12 @@ from hms_otel_agent.signals.activity import CodeLocation
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 ROW = re.compile(
-    r"^ +(?P<index>\d+)  (?P<kind>\S+(?: \S+)*) {2,}(?P<route>\S+) {2,}(?P<subject>\S+) +(?P<req>\d+)"
-    r" +(?P<reps>\d+) +(?P<total>[\d,.]+ (?:ms|s))$"
+    r"^ +(?P<index>\d+)  (?P<kind>\S+(?: \S+)*) {2,}(?P<route>\S+(?: \S+)*) {2,}(?P<subject>\S+)"
+    r" +(?P<req>\d+) +(?P<reps>\d+) +(?P<total>[\d,.]+ (?:ms|s))$"
 )
 HEADLINE = re.compile(
-    r"^(?P<findings>\d+) findings \(recorded by the agent\) in (?P<requests>\d+) requests; "
+    r"^(?P<findings>\d+) findings \(recorded by the agent\) in (?P<requests>\d+) requests"
+    r"(?: and (?P<others>\d+) other spans?)?; "
     r"(?P<queries>\d+) SQL queries, (?P<time>[\d,.]+ (?:ms|s)) in the database$"
 )
 
@@ -80,7 +81,8 @@ def test_readme_report_sample_is_what_the_renderer_prints() -> None:
         per_request = re.match(r"^ +\d+\. ([\d,.]+ (?:ms|s)) per request$", details[start])
         if per_request and _ms(group.per_request_ms) != per_request[1]:  # the table's total is rounded
             group.total_ms = milliseconds(per_request[1]) * group.requests
-    summary = Summary(requests=int(head["requests"]), owners=int(head["requests"]))
+    owners = int(head["requests"]) + int(head["others"] or 0)  # others: the demo's background job
+    summary = Summary(requests=int(head["requests"]), owners=owners)
     summary.db_queries, summary.db_time_ms = int(head["queries"]), milliseconds(head["time"])
     out = io.StringIO()
     to_terminal(Report("recorded", [], summary, groups, []), out, width=width)

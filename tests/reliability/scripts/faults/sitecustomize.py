@@ -64,7 +64,8 @@ def _install() -> None:
     if "components" in faults:
         _patch(applied, "span processor (on_start)", "hms_otel_agent.processors", "OwnerActivity", 3)
         _patch(applied, "span processor (span end)", "hms_otel_agent.processors", "DbCall", 4)
-        _patch(applied, "span processor (redaction)", "hms_otel_agent.signals.urls", "sanitize_target", 2)
+        # the query's rules: what both generations' URL attributes go through (http.target, url.query)
+        _patch(applied, "span processor (redaction)", "hms_otel_agent.signals.urls", "sanitize_query", 2)
         _patch(applied, "SQL span hook", "hms_otel_agent.instrument.db", "fingerprint_sql", 2)
         _patch(applied, "cache hooks", "hms_otel_agent.instrument.cache_hooks", "key_pattern", 2)
         _patch(applied, "Django ORM context", "hms_otel_agent.instrument.django_orm", "_context", 2)
