@@ -533,7 +533,7 @@ LAYERS = (
     ("agent: ORM context (instrument/django_orm.py)", "hms_otel_agent/instrument/eager_loads.py", None),
     ("agent: SQL fingerprint and masking (signals/)", "hms_otel_agent/signals/fingerprint.py", None),
     ("agent: SQL fingerprint and masking (signals/)", "hms_otel_agent/signals/sql_mask.py", None),
-    ("agent: SQL fingerprint and masking (signals/)", "hms_otel_agent/signals/_sql_tokens.py", None),
+    ("agent: SQL fingerprint and masking (signals/)", "hms_otel_agent/signals/sql_lexer.py", None),
     (
         "agent: span processor, detectors, metrics (processors.py, pipeline.py, signals/)",
         "hms_otel_agent/processors.py",

@@ -237,6 +237,26 @@ class Url(Parser[str]):
 
 
 @dataclass(frozen=True)
+class DatabaseUrl(Parser[str]):
+    """A libpq connection URI. Its content is never echoed: it may hold a password."""
+
+    @property
+    def accepted(self) -> str:
+        return "a postgresql:// or postgres:// URL"
+
+    def __call__(self, raw: str) -> str:
+        value = raw.strip()
+        try:
+            parts = urlsplit(value)
+            port = parts.port  # raises ValueError on a bad port
+        except ValueError:
+            raise ConfigError from None
+        if parts.scheme not in ("postgresql", "postgres") or (port is not None and port <= 0):
+            raise ConfigError
+        return value
+
+
+@dataclass(frozen=True)
 class ResourceAttributes(Parser[str]):
     @property
     def accepted(self) -> str:
@@ -717,8 +737,18 @@ class Settings:
         "HMS_OTEL_EXPLAIN_TIMEOUT_MS",
         Int(10, 600_000),
         2000,
-        "statement_timeout (and connect timeout) of the EXPLAIN connection.",
+        "statement_timeout, lock_timeout, idle_in_transaction_session_timeout (and connect "
+        "timeout) of the EXPLAIN connection.",
         "signals",
+    )
+    explain_database_url: str | None = setting(
+        "HMS_OTEL_EXPLAIN_DATABASE_URL",
+        DatabaseUrl(),
+        None,
+        "Where EXPLAIN connects, for a role without write privileges (recommended; see "
+        "docs/reliability.md); unset: the application's own connection parameters.",
+        "signals",
+        secret=True,
     )
     explain_seq_scan_rows: int = setting(
         "HMS_OTEL_EXPLAIN_SEQ_SCAN_ROWS",
@@ -757,6 +787,15 @@ class Settings:
         20,
         "Querysets evaluated at one code location with an eager relation never accessed before "
         "an unused-eager-loading finding.",
+        "signals",
+    )
+    detect_sampled_out: bool = setting(
+        "HMS_OTEL_DETECT_SAMPLED_OUT",
+        Bool(),
+        True,
+        "With head sampling (OTEL_TRACES_SAMPLER), run detection on the requests it does not "
+        "trace too: their spans are recorded but not exported, and one with findings exports its "
+        "owner span alone (hms.sampled_out); false: detection sees sampled requests only.",
         "signals",
     )
     live_log: bool = setting(

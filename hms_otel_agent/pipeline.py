@@ -29,15 +29,17 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider, sampling
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
+from opentelemetry.trace import get_current_span
 
 from hms_otel_agent import __version__, guard
 from hms_otel_agent.config import Settings
 from hms_otel_agent.export.batch import DROP_REASONS, BoundedBatchSpanProcessor
 from hms_otel_agent.export.compress import SpanCompressor
-from hms_otel_agent.export.otlp_encode import http_span_exporter_class
+from hms_otel_agent.export.otlp_encode import grpc_span_exporter_class, http_span_exporter_class
 from hms_otel_agent.export.otlp_json import OtlpJsonFileMetricExporter, OtlpJsonFileSpanExporter
 from hms_otel_agent.export.resilient import ResilientMetricExporter, ResilientSpanExporter, plain_http_session
 from hms_otel_agent.instrument import django_server, eager_loads, sdk_internals
+from hms_otel_agent.instrument.context import set_detached_sink
 from hms_otel_agent.instrument.explain import EXPLAINER
 from hms_otel_agent.instrument.sdk_internals import (  # noqa: F401  (re-exported for benchmarks)
     install_end_hook,
@@ -221,13 +223,58 @@ def _sampler(settings: Settings) -> sampling.Sampler:
         return sampling.ALWAYS_ON
     if name == "always_off":
         return sampling.ALWAYS_OFF
-    if name == "traceidratio":
-        return sampling.TraceIdRatioBased(ratio)
     if name == "parentbased_always_off":
         return sampling.ParentBased(sampling.ALWAYS_OFF)
-    if name == "parentbased_traceidratio":
-        return sampling.ParentBased(sampling.TraceIdRatioBased(ratio))
-    return sampling.ParentBased(sampling.ALWAYS_ON)
+    inner: sampling.Sampler
+    if name == "traceidratio":
+        inner = sampling.TraceIdRatioBased(ratio)
+    elif name == "parentbased_traceidratio":
+        inner = sampling.ParentBased(sampling.TraceIdRatioBased(ratio))
+    else:
+        inner = sampling.ParentBased(sampling.ALWAYS_ON)  # drops under an unsampled remote parent
+    return DetectingSampler(inner) if settings.detect_sampled_out else inner
+
+
+class DetectingSampler(sampling.Sampler):
+    """Head sampling that still lets detection see every request (HMS_OTEL_DETECT_SAMPLED_OUT).
+
+    Where `inner` samples, its decision stands. Where it drops, the span is recorded but not
+    sampled (``RECORD_ONLY``): the processors see it, no exporter does — the span processor
+    groups its DB and cache calls, detection, metrics, the live log and the report run as they
+    do on a sampled request, and an owner span with findings is exported alone
+    (``SignalProcessor``, ``hms.sampled_out``). The instrumentations build only the records
+    the detectors read: a statement under such a span gets no span of its own (its record goes
+    to the processor: instrument/db.py), a cache call no attributes (django_cache.py). A child
+    of a local span nobody records stays dropped. `inner`'s trace state is kept;
+    ``traceparent`` propagates the unsampled flag, as the specification says for the dropped
+    decision."""
+
+    def __init__(self, inner: sampling.Sampler) -> None:
+        self._inner = inner
+
+    def should_sample(
+        self,
+        parent_context: Any,
+        trace_id: int,
+        name: str,
+        kind: Any = None,
+        attributes: Any = None,
+        links: Any = None,
+        trace_state: Any = None,
+    ) -> sampling.SamplingResult:
+        result = self._inner.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+        if result.decision is not sampling.Decision.DROP:
+            return result
+        parent = get_current_span(parent_context)
+        parent_context_ = parent.get_span_context()
+        if parent_context_.is_valid and not parent_context_.is_remote and not parent.is_recording():
+            return result
+        return sampling.SamplingResult(sampling.Decision.RECORD_ONLY, attributes, result.trace_state)
+
+    def get_description(self) -> str:
+        return f"HmsDetectingSampler{{{self._inner.get_description()}}}"
 
 
 # --- exporters ----------------------------------------------------------------------------
@@ -239,8 +286,10 @@ def _otlp_span_exporter(settings: Settings) -> SpanExporter:
     gzip = settings.compression("traces") == "gzip"
     if settings.protocol("traces") == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import Compression as GrpcCompression
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as Grpc
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as StockGrpc
 
+        # The SDK's OTLP/gRPC exporter sending the agent's encoded bytes (export/otlp_encode.py).
+        Grpc = grpc_span_exporter_class() if sdk_internals.fast_paths() else StockGrpc
         insecure = endpoint.startswith("http://")
         compression = GrpcCompression.Gzip if gzip else GrpcCompression.NoCompression
 
@@ -307,7 +356,14 @@ def _span_exporters(settings: Settings) -> list[tuple[str, SpanExporter]]:
         elif name == "console":
             exporters.append(("console", ConsoleSpanExporter()))
         elif name == "hms_file":
-            exporters.append(("file", OtlpJsonFileSpanExporter(os.path.abspath(settings.local_dir))))
+            exporters.append(
+                (
+                    "file",
+                    OtlpJsonFileSpanExporter(
+                        os.path.abspath(settings.local_dir), direct=sdk_internals.fast_paths()
+                    ),
+                )
+            )
     return exporters
 
 
@@ -388,6 +444,9 @@ def build(
         if label == "file":
             pipeline.local_dir = os.path.abspath(settings.local_dir)
     register_agent_metrics(pipeline)
+    # Statements and cache calls of requests recorded for detection only go to the processor
+    # without spans of their own.
+    set_detached_sink(signal_processor.record_detached if settings.detect_sampled_out else None)
     install_end_hook()
     install_exception_hook()
     if hasattr(os, "register_at_fork"):

@@ -26,6 +26,7 @@ from hms_otel_agent.config import Settings
 from hms_otel_agent.instrument.sdk_internals import (
     attribute_dict,
     events,
+    mark_sampled,
     replace_event,
     replace_status,
     set_attributes,
@@ -284,38 +285,42 @@ class SignalProcessor(SpanProcessor):
             elif kind == _TEMPLATE:
                 return
             elif kind == _DB:
-                activity.db_count += 1
-                activity.db_duration_ns += duration
-                if record is None:
-                    return
-                if len(activity.db_calls) >= MAX_CALLS_PER_OWNER:
-                    activity.dropped += 1
-                    return
-                fp = record.fingerprint
-                activity.db_calls.append(
-                    DbCall(
-                        fingerprint=fp.digest,
-                        statement=fp.normalized,
-                        start_ns=start_ns,
-                        duration_ns=duration,
-                        table=fp.table,
-                        filter_columns=fp.filter_columns,
-                        params_hash=record.params_hash,
-                        text_hash=record.text_hash,
-                        orm=record.orm,
-                        rows=record.rows,
-                    )
-                )
+                _add_db_call(activity, record, start_ns, duration)
             else:
                 call: CacheCall | None = getattr(span, CACHE_RECORD, None)
-                if call is None:
-                    return
-                if len(activity.cache_calls) >= MAX_CALLS_PER_OWNER:
-                    activity.dropped += 1
-                    return
-                call.start_ns = start_ns
-                call.duration_ns = duration
-                activity.cache_calls.append(call)
+                if call is not None:
+                    _add_cache_call(activity, call, start_ns, duration)
+        except Exception as exc:
+            guard.report("span processor (span end)", exc)
+
+    def record_detached(self, parent: Any, record: Any, start_ns: int, end_ns: int) -> None:
+        """A statement (its DB span record) or a Django cache call (its CacheCall) run without
+        a span of its own under `parent`, a span recorded for detection only (instrument/db.py,
+        django_cache.py, pipeline.DetectingSampler): what `before_end` does with such a span."""
+        try:
+            is_cache = isinstance(record, CacheCall)
+            if not is_cache:
+                execution = record.execution
+                record.execution = None
+                settings, plans = self.settings, self.plans
+                slow = end_ns - start_ns >= settings.slow_query_ms * 1e6
+                if plans is not None and settings.explain and slow:
+                    plans.submit(record.fingerprint, execution, settings)
+            state = self._open.get(parent.get_span_context().span_id)
+            if state is None:
+                return
+            owner = state if state.kind == _OWNER else state.owner
+            if owner is None or owner.activity is None:
+                return
+            activity = owner.activity
+            intervals = activity.intervals
+            if intervals is None:
+                intervals = activity.intervals = time_split.Intervals()
+            intervals.add(start_ns, end_ns, _TIME_KIND[_CACHE if is_cache else _DB])
+            if is_cache:
+                _add_cache_call(activity, record, start_ns, end_ns - start_ns)
+            else:
+                _add_db_call(activity, record, start_ns, end_ns - start_ns)
         except Exception as exc:
             guard.report("span processor (span end)", exc)
 
@@ -430,6 +435,8 @@ class SignalProcessor(SpanProcessor):
         findings = consolidate(findings)
         if findings:
             _write_findings(span, activity, findings)
+            if not span.get_span_context().trace_flags.sampled:
+                _export_alone(span)
             if self.metrics is not None:
                 for finding in findings:
                     self.metrics.findings.add(
@@ -506,6 +513,49 @@ class SignalProcessor(SpanProcessor):
             span.set_attribute("hms.cache.hit_count", hits)
             span.set_attribute("hms.cache.miss_count", misses)
             span.set_attribute("hms.cache.hit_ratio", round(hits / (hits + misses), 4))
+
+
+def _add_cache_call(activity: OwnerActivity, call: CacheCall, start_ns: int, duration: int) -> None:
+    if len(activity.cache_calls) >= MAX_CALLS_PER_OWNER:
+        activity.dropped += 1
+        return
+    call.start_ns = start_ns
+    call.duration_ns = duration
+    activity.cache_calls.append(call)
+
+
+def _add_db_call(activity: OwnerActivity, record: Any, start_ns: int, duration: int) -> None:
+    activity.db_count += 1
+    activity.db_duration_ns += duration
+    if record is None:
+        return
+    if len(activity.db_calls) >= MAX_CALLS_PER_OWNER:
+        activity.dropped += 1
+        return
+    fp = record.fingerprint
+    activity.db_calls.append(
+        DbCall(
+            fingerprint=fp.digest,
+            statement=fp.normalized,
+            start_ns=start_ns,
+            duration_ns=duration,
+            table=fp.table,
+            filter_columns=fp.filter_columns,
+            params_hash=record.params_hash,
+            text_hash=record.text_hash,
+            orm=record.orm,
+            rows=record.rows,
+        )
+    )
+
+
+def _export_alone(span: Span) -> None:
+    """A request head sampling did not trace (pipeline.DetectingSampler) but with findings: its
+    owner span is exported alone, marked, so that every finding links to a span (its statements
+    and cache calls had no spans, or unsampled ones, and are not exported). Before the span
+    ends: the exporters' processors read the sampled flag in on_end."""
+    span.set_attribute("hms.sampled_out", True)
+    mark_sampled(span)
 
 
 def _record_http(span: Span, activity: OwnerActivity, start_ns: int, duration: int) -> None:

@@ -320,3 +320,50 @@ def http_span_exporter_class() -> type:
             return SpanExportResult.SUCCESS
 
     return OTLPSpanExporter
+
+
+_TRACE_EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+
+class _BytesTraceServiceStub:
+    """TraceService's Export on a channel, taking the request already serialized (no request
+    serializer: gRPC sends the bytes as they are)."""
+
+    def __init__(self, channel: Any) -> None:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+        self.Export = channel.unary_unary(
+            _TRACE_EXPORT_METHOD,
+            request_serializer=None,
+            response_deserializer=ExportTraceServiceResponse.FromString,
+        )
+
+
+def grpc_span_exporter_class() -> type:
+    """The OTLP/gRPC span exporter with `SpanEncoder` in place of the SDK's encoder: the request
+    body is written by the agent and sent through a stub that passes bytes through; everything
+    else (channel, credentials, compression, headers, retries with backoff and RetryInfo, the
+    reconnect on UNAVAILABLE, the exporter's own metrics) is the SDK's `_export`. Built for
+    opentelemetry-exporter-otlp-proto-grpc 1.45 (pinned): if the mixin's stub is not where it
+    was, this is the SDK's exporter unchanged; a value the encoder does not know is encoded by
+    the SDK's encoder for that batch."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.exporter.otlp.proto.grpc import trace_exporter as sdk
+
+    class OTLPSpanExporter(sdk.OTLPSpanExporter):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._hms_encoder = SpanEncoder()
+            if getattr(self, "_stub", None) is sdk.TraceServiceStub and getattr(self, "_channel", None):
+                self._stub = _BytesTraceServiceStub  # the SDK's reconnect builds its client from it
+                self._client = _BytesTraceServiceStub(self._channel)  # type: ignore[assignment]
+
+        def _translate_data(self, data: Sequence[Any]) -> Any:
+            if self._stub is not _BytesTraceServiceStub:
+                return encode_spans(data)
+            try:
+                return self._hms_encoder.encode(data)
+            except Exception:
+                return encode_spans(data).SerializeToString()  # the SDK's handling of odd values
+
+    return OTLPSpanExporter

@@ -10,14 +10,65 @@ from __future__ import annotations
 import os
 import sys
 import sysconfig
+from collections.abc import Callable
 from contextvars import ContextVar
 from types import CodeType, FrameType
 from typing import Any
 
+from opentelemetry.trace import get_current_span
+
 from hms_otel_agent.layout import agent_parts
 from hms_otel_agent.signals.activity import CodeLocation, OrmContext
 
-current_orm: ContextVar[OrmContext | None] = ContextVar("hms_otel_orm", default=None)
+
+class PendingOrm:
+    """An ORM operation's context whose code location is looked up only when a statement runs
+    under it and its DB span is recorded (`resolve`, once per operation): on real code the ORM
+    runs many more operations than statements (empty prefetches, evaluated querysets), and the
+    walk up the stack was the largest part of the capture. instrument/django_orm.py makes them."""
+
+    __slots__ = ("kind", "relation")
+
+    kind: str
+    relation: str
+
+    def resolve(self) -> OrmContext | None:
+        """The context with its location; None if the agent failed to build it (reported)."""
+        raise NotImplementedError
+
+
+current_orm: ContextVar[OrmContext | PendingOrm | None] = ContextVar("hms_otel_orm", default=None)
+
+# Set by pipeline.build (HMS_OTEL_DETECT_SAMPLED_OUT): sink(parent span, record, start_ns, end_ns)
+# adds the record of a statement (instrument/db.py DbSpanRecord) or of a Django cache call
+# (CacheCall) run without a span of its own to its owner's activity
+# (SignalProcessor.record_detached).
+_detached_sink: Callable[[Any, Any, int, int], None] | None = None
+
+
+def set_detached_sink(sink: Callable[[Any, Any, int, int], None] | None) -> None:
+    global _detached_sink
+    _detached_sink = sink
+
+
+def detection_only_parent() -> Any:
+    """The current span when it is recorded for detection only (head sampling dropped the
+    request: pipeline.DetectingSampler), else None: what runs under it needs its record for
+    the detectors, not a span."""
+    if _detached_sink is None:
+        return None
+    parent = get_current_span()
+    if parent.is_recording() and not parent.get_span_context().trace_flags.sampled:
+        return parent
+    return None
+
+
+def add_detached(parent: Any, record: Any, start_ns: int, end_ns: int) -> None:
+    sink = _detached_sink
+    if sink is not None:
+        sink(parent, record, start_ns, end_ns)
+
+
 # The awaiting code of an async ORM call (``await Model.objects.aget()``): the query runs in
 # asgiref's worker (or the thread blocked in async_to_sync), whose stack has none of it.
 async_site: ContextVar[CodeLocation | None] = ContextVar("hms_otel_async_site", default=None)

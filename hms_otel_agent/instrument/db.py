@@ -3,11 +3,14 @@
 The contrib instrumentations wrap connections and cursors and make one CLIENT span per
 execute / executemany / callproc in `dbapi.CursorTracer.traced_execution` (and its async
 twin), shared by psycopg and psycopg2. The agent replaces those two methods with the same span
-— name, kind, attributes, current span, exception status, SQL commenter and the contrib's
-metrics — built with one attribute write and without the SDK's two generator context
+— kind, attributes, current span, exception status, SQL commenter and the contrib's metrics —
+built with one attribute write and without the SDK's two generator context
 managers (the stock path sets attributes one call and one validation at a time: on an N+1
 page that was the largest part of the telemetry cost per query), and adds
 
+* a span name built from the statement's tokens, ``SELECT hms_patient`` (`signals.sql_summary`:
+  operation and tables, the form of ``db.query.summary``), where the contrib takes the first word
+  of the raw text (``SELECT'Zebediah'`` would be a name),
 * the statement with inline literals masked (unless opted in),
 * `hms.db.fingerprint` and, when the ORM is behind the query, the model, relation and
   the user's code location,
@@ -22,9 +25,8 @@ processor drops them then. They are never exported.
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Awaitable, Callable
-from time import perf_counter
+from time import perf_counter, time_ns
 from typing import Any
 
 from opentelemetry.context import attach, detach
@@ -37,11 +39,19 @@ from opentelemetry.trace.status import Status, StatusCode
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
 from hms_otel_agent.instrument import db_semconv, implicit_units, sdk_internals
-from hms_otel_agent.instrument.context import current_orm, user_location
+from hms_otel_agent.instrument.context import (
+    PendingOrm,
+    add_detached,
+    current_orm,
+    detection_only_parent,
+    user_location,
+)
 from hms_otel_agent.instrument.sdk_internals import set_attributes
 from hms_otel_agent.signals.activity import OrmContext
 from hms_otel_agent.signals.fingerprint import fingerprint_sql
 from hms_otel_agent.signals.sql_mask import mask_sql_literals
+from hms_otel_agent.signals.sql_summary import known_operation
+from hms_otel_agent.signals.sql_summary import summary as sql_summary
 from hms_otel_agent.signals.vocabulary import DB_RECORD, code_attributes
 
 # The record the span processor reads back from the span when it ends.
@@ -52,6 +62,9 @@ SPAN_RECORD = DB_RECORD
 # rejected by backends for one oversized attribute.
 MAX_FINGERPRINT_CHARS = 16_384
 MAX_EXPORTED_STATEMENT_CHARS = 4_096
+# The span name (summary) reads the first 4 KiB: the tables are named there, and the summary is
+# memoised up to this size (a new 16 KiB IN list each execution would cost its lexing every time).
+MAX_SUMMARY_INPUT_CHARS = 4_096
 TRUNCATED = "…"
 
 
@@ -131,7 +144,6 @@ def _params_hash(params: Any) -> int | None:
 # --- the traced execution -------------------------------------------------------------------
 
 _original_traced: tuple[Any, Any] | None = None
-_LEADING_COMMENT = re.compile(r"^/\*.*?\*/")
 # CursorTracer class -> whether its statement and operation name are the stock ones for str
 # statements (dbapi's and the psycopg / psycopg2 subclasses', which only add sql.Composable).
 _stock_reading: dict[type, bool] = {}
@@ -148,15 +160,33 @@ def _reads_like_stock(tracer_class: type) -> bool:
     return stock
 
 
-def _statement_and_name(tracer: Any, cursor: Any, args: tuple[Any, ...]) -> tuple[Any, str]:
-    """What ``tracer.get_statement`` and ``tracer.get_operation_name`` return, without their
-    method layers for the common case (a str statement); the stock name of a comment-only
-    statement raises IndexError, this gives ""."""
+def _statement_and_name(tracer: Any, cursor: Any, args: tuple[Any, ...]) -> tuple[Any, str, str]:
+    """The statement as ``tracer.get_statement`` returns it (without its method layers for the
+    common case, a str statement), the span name and the operation. The name is built from the
+    SQL lexer's tokens, never from raw text (the contrib's first word of ``SELECT'Zebediah'`` or
+    ``SELECT$$Zebediah$$`` is a value): the summary (``SELECT hms_patient``) with the stable
+    database conventions, the operation alone (``SELECT``) with the old ones."""
     statement = args[0] if args else ""
-    if statement.__class__ is str and _reads_like_stock(tracer.__class__):
-        words = _LEADING_COMMENT.sub("", statement).split(None, 1) if statement else ()
-        return statement, words[0] if words else ""
-    return tracer.get_statement(cursor, args), tracer.get_operation_name(cursor, args)
+    if statement.__class__ is not str or not _reads_like_stock(tracer.__class__):
+        statement = tracer.get_statement(cursor, args)
+    name = _span_name(tracer._db_api_integration, statement)
+    return statement, name, name.partition(" ")[0]
+
+
+def _span_name(integration: Any, statement: Any) -> str:
+    text = _text(statement)
+    name = sql_summary(text[:MAX_SUMMARY_INPUT_CHARS]) if text else ""
+    if db_semconv.mode_of(integration._sem_conv_opt_in_mode_db).stable:
+        return name
+    return name.partition(" ")[0]
+
+
+def _text(statement: Any) -> str:
+    if statement.__class__ is str:
+        return statement
+    if isinstance(statement, bytes):
+        return statement.decode("utf-8", "replace")
+    return str(statement)
 
 
 def _peer_attributes(integration: Any, mode: Any) -> dict[str, Any]:
@@ -193,6 +223,40 @@ def _contrib_attributes(integration: Any, statement: str, args: tuple[Any, ...])
     return attributes
 
 
+def _record(statement: Any, args: tuple[Any, ...], cursor: Any) -> DbSpanRecord:
+    """What the span processor reads of a statement: fingerprint, ORM context (or the code
+    location of raw SQL), a hash of the parameters; the statement as sent until the span ends."""
+    if isinstance(statement, bytes):
+        statement = statement.decode("utf-8", "replace")
+    long = len(statement) > MAX_EXPORTED_STATEMENT_CHARS
+    fp = fingerprint_sql(statement[:MAX_FINGERPRINT_CHARS] if long else statement)
+    pending = current_orm.get()
+    orm = pending.resolve() if isinstance(pending, PendingOrm) else pending
+    if orm is None:
+        location = user_location()
+        if location is not None:
+            orm = _raw_context(location)
+    params = args[1] if len(args) > 1 else None
+    record = DbSpanRecord(fp, _params_hash(params), orm, hash(statement))
+    record.execution = (statement, params, cursor)
+    return record
+
+
+def _metric_attributes(integration: Any, record: DbSpanRecord, method: str, args: tuple[Any, ...]) -> None:
+    """`record.stable` of a statement that gets no attributes, when the contrib's duration metric
+    is on (the metric is not sampled: its series must not depend on the span's sampling)."""
+    if (
+        integration._duration_histogram is not None
+        and db_semconv.mode_of(integration._sem_conv_opt_in_mode_db).stable
+    ):
+        fp = record.fingerprint
+        size = db_semconv.batch_size(method, args)
+        statement = record.execution[0] if record.execution else ""
+        record.stable = db_semconv.statement_attributes(
+            fp.operation, fp.table, size is not None, sql_summary(_text(statement)[:MAX_SUMMARY_INPUT_CHARS])
+        )
+
+
 def _populate(
     tracer: Any, span: Any, cursor: Any, args: tuple[Any, ...], statement: Any, mask: bool, method: str
 ) -> DbSpanRecord | None:
@@ -200,18 +264,16 @@ def _populate(
     and the agent's (fingerprint, ORM context); the record the span processor reads."""
     integration = tracer._db_api_integration
     try:
-        if isinstance(statement, bytes):
-            statement = statement.decode("utf-8", "replace")
+        record = _record(statement, args, cursor)
+        setattr(span, SPAN_RECORD, record)
+        if not span._context.trace_flags.sampled:
+            # Recorded for detection only, never exported (pipeline.DetectingSampler): no
+            # attributes; the metric's (not sampled) as for any statement.
+            _metric_attributes(integration, record, method, args)
+            return record
+        statement, fp = record.execution[0], record.fingerprint  # type: ignore[index]
         long = len(statement) > MAX_EXPORTED_STATEMENT_CHARS
-        fp = fingerprint_sql(statement[:MAX_FINGERPRINT_CHARS] if long else statement)
-        orm = current_orm.get()
-        if orm is None:
-            location = user_location()
-            if location is not None:
-                orm = _raw_context(location)
-        params = args[1] if len(args) > 1 else None
-        record = DbSpanRecord(fp, _params_hash(params), orm, hash(statement))
-        record.execution = (statement, params, cursor)
+        orm = record.orm
         shown = statement
         if statement and (mask or long):
             shown = statement[:MAX_EXPORTED_STATEMENT_CHARS] if long else statement
@@ -222,7 +284,9 @@ def _populate(
         attributes = _contrib_attributes(integration, shown, args)
         if db_semconv.mode_of(integration._sem_conv_opt_in_mode_db).stable:
             size = db_semconv.batch_size(method, args)
-            record.stable = db_semconv.statement_attributes(fp.operation, fp.table, size is not None)
+            record.stable = db_semconv.statement_attributes(
+                fp.operation, fp.table, size is not None, sql_summary(statement[:MAX_SUMMARY_INPUT_CHARS])
+            )
             attributes.update(record.stable)
             if size is not None:
                 attributes["db.operation.batch.size"] = size
@@ -233,7 +297,6 @@ def _populate(
         if orm is not None:
             attributes.update(orm_attributes(orm))
         set_attributes(span, attributes)
-        setattr(span, SPAN_RECORD, record)
         return record
     except Exception as exc:
         guard.report("SQL span hook", exc)
@@ -250,9 +313,9 @@ def _start(
     """Start the CLIENT span of one execute as the contrib's ``traced_execution`` does (same
     name, kind, attributes, current span, SQL commenter), with one attribute write."""
     integration = tracer._db_api_integration
-    statement, operation = _statement_and_name(tracer, cursor, args)
+    statement, name, operation = _statement_and_name(tracer, cursor, args)
     span = implicit_units.start_client_span(
-        integration._tracer, operation or integration.database or integration.name
+        integration._tracer, name or integration.database or integration.name
     )
     token = attach(set_span_in_context(span))
     record = None
@@ -313,6 +376,59 @@ def _finish(
             guard.report("SQL span hook", exc)
 
 
+# --- statements under a request recorded for detection only --------------------------------------
+
+
+def _start_detached(
+    tracer: Any, cursor: Any, args: tuple[Any, ...], method: str
+) -> tuple[DbSpanRecord | None, str, tuple[Any, ...]]:
+    """The record `_start` would put on the span, the operation name, the arguments to run
+    (with the SQL comment when enabled). Never raises."""
+    record = None
+    operation = ""
+    try:
+        statement, _, operation = _statement_and_name(tracer, cursor, args)
+        if args and tracer._commenter_enabled:
+            if tracer._enable_attribute_commenter:
+                args = tracer._update_args_with_added_sql_comment(args, cursor)
+                record = _record(_statement_and_name(tracer, cursor, args)[0], args, cursor)
+            else:
+                record = _record(statement, args, cursor)
+                args = tracer._update_args_with_added_sql_comment(args, cursor)
+        else:
+            record = _record(statement, args, cursor)
+        _metric_attributes(tracer._db_api_integration, record, method, args)
+    except Exception as exc:
+        guard.report("SQL span hook", exc)
+    return record, operation, args
+
+
+def _finish_detached(
+    tracer: Any,
+    parent: Any,
+    cursor: Any,
+    operation: str,
+    started: float,
+    start_ns: int,
+    record: DbSpanRecord | None,
+    error: Exception | None,
+) -> None:
+    try:
+        end_ns = time_ns()
+        if record is not None:
+            if error is None and record.fingerprint.operation == "SELECT":
+                rows = cursor.rowcount
+                if rows.__class__ is int and rows >= 0:
+                    record.rows = rows
+            add_detached(parent, record, start_ns, end_ns)
+        if record is not None and record.stable is not None:
+            _record_metrics(tracer, cursor, operation, started, error, record.stable)
+        else:
+            tracer._record_metrics(cursor, operation, started, error)  # the contrib's metrics (opt-in)
+    except Exception as exc:
+        guard.report("SQL span hook", exc)
+
+
 def _record_metrics(
     tracer: Any, cursor: Any, operation: str, started: float, error: Exception | None, stable: dict[str, Any]
 ) -> None:
@@ -351,6 +467,20 @@ def install(settings: Settings) -> None:
     ) -> Any:
         if not is_instrumentation_enabled():
             return query_method(*args, **kwargs)
+        parent = detection_only_parent()
+        if parent is not None:
+            record, operation, args = _start_detached(
+                tracer, cursor, args, getattr(query_method, "__name__", "")
+            )
+            start_ns, started = time_ns(), perf_counter()
+            error: Exception | None = None
+            try:
+                return query_method(*args, **kwargs)
+            except Exception as exc:
+                error = exc
+                raise
+            finally:
+                _finish_detached(tracer, parent, cursor, operation, started, start_ns, record, error)
         try:
             span, token, operation, args, record = _start(
                 tracer, cursor, args, mask, getattr(query_method, "__name__", "")
@@ -359,7 +489,7 @@ def install(settings: Settings) -> None:
             guard.report("SQL span", exc)
             return query_method(*args, **kwargs)
         started = perf_counter()
-        error: Exception | None = None
+        error = None
         try:
             return query_method(*args, **kwargs)
         except Exception as exc:
@@ -373,6 +503,20 @@ def install(settings: Settings) -> None:
     ) -> Any:
         if not is_instrumentation_enabled():
             return await query_method(*args, **kwargs)
+        parent = detection_only_parent()
+        if parent is not None:
+            record, operation, args = _start_detached(
+                tracer, cursor, args, getattr(query_method, "__name__", "")
+            )
+            start_ns, started = time_ns(), perf_counter()
+            error: Exception | None = None
+            try:
+                return await query_method(*args, **kwargs)
+            except Exception as exc:
+                error = exc
+                raise
+            finally:
+                _finish_detached(tracer, parent, cursor, operation, started, start_ns, record, error)
         try:
             span, token, operation, args, record = _start(
                 tracer, cursor, args, mask, getattr(query_method, "__name__", "")
@@ -381,7 +525,7 @@ def install(settings: Settings) -> None:
             guard.report("SQL span", exc)
             return await query_method(*args, **kwargs)
         started = perf_counter()
-        error: Exception | None = None
+        error = None
         try:
             return await query_method(*args, **kwargs)
         except Exception as exc:
@@ -424,7 +568,8 @@ def _install_stock(mask: bool) -> None:
             statement = self.get_statement(cursor, args)
             long = isinstance(statement, str) and len(statement) > MAX_EXPORTED_STATEMENT_CHARS
             fp = fingerprint_sql(statement[:MAX_FINGERPRINT_CHARS] if long else statement)
-            orm = current_orm.get()
+            pending = current_orm.get()
+            orm = pending.resolve() if isinstance(pending, PendingOrm) else pending
             if orm is None:
                 location = user_location()
                 if location is not None:
@@ -445,11 +590,15 @@ def _install_stock(mask: bool) -> None:
             return
         original(self, span, cursor, *args)
         try:
+            # The contrib named the span after the raw text's first word (SELECT'x' is a value).
+            span.update_name(_span_name(self._db_api_integration, statement) or self._db_api_integration.name)
             attributes = {"hms.db.fingerprint": fp.digest}
             if db_semconv.mode_of(self._db_api_integration._sem_conv_opt_in_mode_db).stable:
                 # The statement's stable names (no batch: the stock path does not say which
                 # method ran); the span is named after the summary, as on the fast path.
-                record.stable = db_semconv.statement_attributes(fp.operation, fp.table, False)
+                record.stable = db_semconv.statement_attributes(
+                    fp.operation, fp.table, False, sql_summary(_text(statement)[:MAX_SUMMARY_INPUT_CHARS])
+                )
                 attributes.update(record.stable)
                 if record.stable.get("db.query.summary"):
                     span.update_name(record.stable["db.query.summary"])
@@ -463,6 +612,8 @@ def _install_stock(mask: bool) -> None:
     record_metrics = dbapi.CursorTracer._record_metrics
 
     def _record_metrics(self: Any, cursor: Any, *args: Any) -> Any:
+        if args:  # the operation: the contrib's is the raw text's first word
+            args = (known_operation(args[0]), *args[1:])
         if args and isinstance(args[-1], Exception):
             try:
                 span = get_current_span()

@@ -27,20 +27,15 @@ _OLD_PEER: Final = {"net.peer.name": "server.address", "net.peer.port": "server.
 _MAX_PARAMETERS: Final = 64  # one attribute per parameter: an IN list of 10 000 ids is not 10 000
 _MAX_CACHED: Final = 20_000
 
-# (operation, table, batch) -> the attributes; bounded by the application's statements.
-_by_statement: dict[tuple[str, str, bool], dict[str, Any]] = {}
+# (operation, table, batch, summary) -> the attributes; bounded by the application's statements.
+_by_statement: dict[tuple[str, str, bool, str], dict[str, Any]] = {}
 
 
-def summary(operation: str, table: str) -> str:
-    """``SELECT hms_patient``: the statement's operation and its table (the span name).
-    # TODO(sql13): signals.sql_lexer.summary(statement) once on main: every table, sub-queries."""
-    return f"{operation} {table}" if operation and table else operation
-
-
-def statement_attributes(operation: str, table: str, batch: bool) -> dict[str, Any]:
+def statement_attributes(operation: str, table: str, batch: bool, summary: str) -> dict[str, Any]:
     """``db.operation.name``, ``db.collection.name`` and ``db.query.summary`` of a statement
-    (shared: callers must not change the dict)."""
-    key = (operation, table, batch)
+    (shared: callers must not change the dict); `summary` is `signals.sql_summary.summary`'s
+    (``SELECT hms_visit hms_patient``: the operation and every table, sub-queries included)."""
+    key = (operation, table, batch, summary)
     attributes = _by_statement.get(key)
     if attributes is None:
         attributes = {}
@@ -49,7 +44,7 @@ def statement_attributes(operation: str, table: str, batch: bool) -> dict[str, A
             attributes["db.operation.name"] = prefix + operation
         if table:
             attributes["db.collection.name"] = table
-        shown = summary(operation, table)
+        shown = summary or operation
         if shown:
             attributes["db.query.summary"] = prefix + shown
         if len(_by_statement) < _MAX_CACHED:

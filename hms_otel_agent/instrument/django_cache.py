@@ -22,6 +22,7 @@ from __future__ import annotations
 import inspect
 import threading
 from collections.abc import Callable, Collection, Sequence
+from time import time_ns
 from typing import Any
 
 import wrapt
@@ -42,7 +43,7 @@ from hms_otel_agent.instrument.cache_hooks import (
     keys_pattern,
     read_attributes,
 )
-from hms_otel_agent.instrument.context import user_location
+from hms_otel_agent.instrument.context import add_detached, detection_only_parent, user_location
 from hms_otel_agent.instrument.sdk_internals import set_attributes
 from hms_otel_agent.signals.activity import CacheCall
 from hms_otel_agent.signals.vocabulary import CACHE_RECORD, DJANGO_CACHE_SCOPE, code_attributes
@@ -300,13 +301,14 @@ def _outside_call(default: Callable[[], Any]) -> Callable[[], Any]:
     return compute
 
 
-def _start(operation: str, instance: Any, prepared: _Call) -> None:
+def _start(operation: str, instance: Any, prepared: _Call, detached: bool = False) -> None:
     # The attributes are written when the call returns, with hit or miss, in one write without
     # the SDK's per-value checks (context.set_attributes): the samplers the agent configures
-    # never read them, and a span that is not recorded needs none of them.
-    span = implicit_units.start_client_span(_state["tracer"], f"cache.{operation}")
+    # never read them, and a span that is not recorded needs none of them. `detached`: under a
+    # span recorded for detection only, the call gets its record and no span.
+    span = None if detached else implicit_units.start_client_span(_state["tracer"], f"cache.{operation}")
     prepared.span = span
-    if not span.is_recording():
+    if span is not None and not span.is_recording():
         return
     keys = prepared.keys
     pattern = keys_pattern(keys)
@@ -343,7 +345,8 @@ def _start(operation: str, instance: Any, prepared: _Call) -> None:
         django_api=True,
     )
     prepared.call = call
-    setattr(span, CACHE_RECORD, call)
+    if span is not None:
+        setattr(span, CACHE_RECORD, call)
 
 
 def _finish(operation: str, prepared: _Call, result: Any) -> None:
@@ -369,7 +372,9 @@ def _finish(operation: str, prepared: _Call, result: Any) -> None:
         attributes.update(read_attributes(reads, hits, reads - hits, single=operation != "get_many"))
     if operation == "get_or_set" and call.writes and call.ttl_s is not None:
         attributes["hms.cache.ttl_s"] = call.ttl_s  # it wrote: the miss is known only now
-    set_attributes(prepared.span, attributes)
+    span = prepared.span
+    if span is not None and span.get_span_context().trace_flags.sampled:  # else: detection only
+        set_attributes(span, attributes)
 
 
 def _nested(operation: str, outer: _Call, wrapped: Any, args: Any, kwargs: Any) -> Any:
@@ -391,9 +396,10 @@ def _make_wrapper(operation: str) -> Callable[..., Any]:
         if _state["tracer"] is None or instance is None or not is_instrumentation_enabled():
             return wrapped(*args, **kwargs)
         prepared: _Call | None = None
+        parent = detection_only_parent()
         try:
             prepared = _prepare(operation, instance, args, kwargs, wrapped)
-            _start(operation, instance, prepared)
+            _start(operation, instance, prepared, parent is not None)
         except Exception as exc:
             guard.report("django cache instrumentation", exc)
             if prepared is not None and prepared.span is not None:
@@ -402,6 +408,8 @@ def _make_wrapper(operation: str) -> Callable[..., Any]:
         if prepared is None:
             return wrapped(*args, **kwargs)
         span = prepared.span
+        if span is None:
+            return _call_detached(operation, prepared, parent, wrapped)
         context = trace.set_span_in_context(span)
         if not _state["command_spans"]:  # HMS_OTEL_CACHE_COMMAND_SPANS=false: no spans below
             context = context_api.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True, context)
@@ -428,6 +436,43 @@ def _make_wrapper(operation: str) -> Callable[..., Any]:
     wrapper._hms_django_cache = True  # type: ignore[attr-defined]
     wrapper.__name__ = f"hms_django_cache_{operation}"
     return wrapper
+
+
+def _call_detached(operation: str, prepared: _Call, parent: Any, wrapped: Callable[..., Any]) -> Any:
+    """The call under a span recorded for detection only: no span, its record to the span
+    processor (instrument/context.py add_detached) when it returns or raises."""
+    token = None
+    if not _state["command_spans"]:  # as with a span: nothing below it is traced
+        token = context_api.attach(context_api.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+    call_token = current_django_call.set(prepared)
+    start_ns = time_ns()
+    try:
+        result = wrapped(*prepared.args, **prepared.kwargs)
+    except BaseException:
+        current_django_call.reset(call_token)
+        if token is not None:
+            context_api.detach(token)
+        _add_detached(parent, prepared, start_ns)
+        raise
+    current_django_call.reset(call_token)
+    if token is not None:
+        context_api.detach(token)
+    try:
+        _finish(operation, prepared, result)
+    except Exception as exc:
+        guard.report("django cache instrumentation", exc)
+    _add_detached(parent, prepared, start_ns)
+    if result is _MISSING and prepared.sentinel:
+        return prepared.user_default
+    return result
+
+
+def _add_detached(parent: Any, prepared: _Call, start_ns: int) -> None:
+    try:
+        if prepared.call is not None:
+            add_detached(parent, prepared.call, start_ns, time_ns())
+    except Exception as exc:
+        guard.report("django cache instrumentation", exc)
 
 
 def _end_failed(span: Any, attributes: dict[str, Any] | None, exc: BaseException) -> None:

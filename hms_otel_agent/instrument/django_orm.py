@@ -1,11 +1,11 @@
 """ORM context: which Django ORM operation is behind each SQL statement.
 
 `install()` (run once Django's app registry is ready, never at import) patches Django so that
-`current_orm` holds an `OrmContext` while the ORM executes SQL; the SQL span hook
-(`instrument/db.py`) reads it. Every patch sets the context before calling Django, calls
-Django outside any ``try``/``except`` (the application's exceptions pass through untouched),
-and resets the context in ``finally``. Errors in the agent's own code are reported through
-`guard.report` and the operation runs without context.
+`current_orm` holds the operation's context while the ORM executes SQL; the SQL span hook
+(`instrument/db.py`) reads it, and looks up its code location only then (`_Pending`). Every
+patch sets the context before calling Django, calls Django outside any ``try``/``except`` (the
+application's exceptions pass through untouched), and resets the context in ``finally``. Errors
+in the agent's own code are reported through `guard.report` and the operation runs without context.
 
 What is patched (4.2 / 5.2 / 6.1 unless noted):
 
@@ -58,12 +58,16 @@ from collections.abc import Callable
 from contextvars import ContextVar, Token
 from typing import Any
 
-from opentelemetry.trace import get_current_span
-
 from hms_otel_agent import guard
 from hms_otel_agent.instrument import context as code_context
 from hms_otel_agent.instrument import fix_check
-from hms_otel_agent.instrument.context import async_site, class_location, current_orm, user_location
+from hms_otel_agent.instrument.context import (
+    PendingOrm,
+    async_site,
+    class_location,
+    current_orm,
+    user_location,
+)
 from hms_otel_agent.signals import fixes
 from hms_otel_agent.signals.activity import DEFERRED as DEFERRED_KIND
 from hms_otel_agent.signals.activity import (
@@ -135,7 +139,7 @@ _track_eager: Callable[[Any, list[Any], Any], None] | None = None
 # -- contexts ---------------------------------------------------------------------------------
 
 
-def _rank(ctx: OrmContext) -> int:
+def _rank(ctx: OrmContext | PendingOrm) -> int:
     """Which context wins when ORM operations nest: relation loads > refresh > plain queries."""
     if ctx.relation:
         return 3
@@ -152,38 +156,68 @@ def _context(
     filtered: bool = False,
     facts: FixFacts = NO_FACTS,
     origin: CodeLocation | None = None,
-) -> OrmContext:
-    """The OrmContext of this operation at the user's code location, interned: the contexts are
-    frozen and a loop produces the same one every time, and building a frozen dataclass costs
-    more than looking it up. No code location (no walk up the stack) when the current span is a
-    valid span that is not recording: a sampled-out request, whose DB spans are not recorded."""
-    span = get_current_span()
-    location = user_location() if span.is_recording() or not span.get_span_context().is_valid else None
-    if location is None:
-        key: tuple[Any, ...] = (kind, model, relation, path, root, lazy, filtered, facts, origin)
-    else:
-        key = (
-            kind,
-            model,
-            relation,
-            path,
-            root,
-            lazy,
-            filtered,
-            facts,
-            origin,
-            location.file,
-            location.line,
-            location.function,
-        )
-    ctx = _interned.get(key)
-    if ctx is None:
-        ctx = OrmContext(model, kind, relation, lazy, path, root, filtered, location, facts, origin)
-        if len(_interned) < _MAX_INTERNED:
-            _interned[key] = ctx
-        if facts is not NO_FACTS:
-            _schedule_check(ctx)
-    return ctx
+) -> _Pending:
+    """The context of this operation, its code location to be looked up when a statement runs
+    under it (`_Pending.resolve`). The walk will start from the first frame above the agent's
+    ORM patches: it is live for as long as the operation runs (the caller of the patched method),
+    and the frames skipped are the agent's, which the walk skips too — the same location as a
+    walk from here."""
+    frame = sys._getframe(1)
+    hops = 1
+    while frame.f_code.co_filename == _THIS_FILE and frame.f_back is not None:
+        frame = frame.f_back
+        hops += 1
+    key = (kind, model, relation, path, root, lazy, filtered, facts, origin)
+    return _Pending(kind, relation, key, frame, hops)
+
+
+_THIS_FILE = _context.__code__.co_filename
+_MAX_DEPTH = 64  # user_location's
+
+
+class _Pending(PendingOrm):
+    """An ORM context before its code location is known (instrument/context.py `PendingOrm`)."""
+
+    __slots__ = ("_frame", "_hops", "_key", "_resolved")
+
+    def __init__(self, kind: str, relation: str, key: tuple[Any, ...], frame: Any, hops: int) -> None:
+        self.kind = kind
+        self.relation = relation
+        self._key = key
+        self._frame = frame
+        self._hops = hops
+        self._resolved: OrmContext | None = None
+
+    def resolve(self) -> OrmContext | None:
+        """The interned OrmContext at the user's code location: contexts are frozen and a loop
+        produces the same one every time, and building a frozen dataclass costs more than
+        looking it up. None when the agent failed (reported: the statement counts as raw SQL)."""
+        ctx = self._resolved
+        if ctx is not None or self._frame is None:
+            return ctx
+        try:
+            ctx = self._resolved = self._intern()
+        except Exception as exc:
+            guard.report(COMPONENT, exc)
+        finally:
+            self._frame = None  # the operation's frames are not kept beyond this
+        return ctx
+
+    def _intern(self) -> OrmContext:
+        hops = self._hops
+        location = user_location(self._frame, _MAX_DEPTH - hops) if hops < _MAX_DEPTH else None
+        key = self._key
+        if location is not None:
+            key = (*key, location.file, location.line, location.function)
+        ctx = _interned.get(key)
+        if ctx is None:
+            kind, model, relation, path, root, lazy, filtered, facts, origin = self._key
+            ctx = OrmContext(model, kind, relation, lazy, path, root, filtered, location, facts, origin)
+            if len(_interned) < _MAX_INTERNED:
+                _interned[key] = ctx
+            if facts is not NO_FACTS:
+                _schedule_check(ctx)
+        return ctx
 
 
 def _schedule_check(ctx: OrmContext) -> None:
@@ -198,7 +232,7 @@ def _schedule_check(ctx: OrmContext) -> None:
         guard.report(COMPONENT, exc)
 
 
-def _pop(token: Token[OrmContext | None] | None) -> None:
+def _pop(token: Token[OrmContext | PendingOrm | None] | None) -> None:
     if token is None:
         return
     try:
@@ -283,8 +317,11 @@ def _step(model: Any, name: str, kind: str, target: str = "") -> Step:
 def _path(instance: Any, name: str) -> tuple[str, str, str, tuple[Step, ...], Any, Any]:
     """(model, root_model, path, route so far, admin, where the root queryset came from) of
     loading relation `name` of `instance`."""
-    model = _label(type(instance))
-    origin = _origin(instance)
+    return _path_from(type(instance), _origin(instance), name)
+
+
+def _path_from(cls: Any, origin: Any, name: str) -> tuple[str, str, str, tuple[Step, ...], Any, Any]:
+    model = _label(cls)
     if origin is None:
         return model, model, name, (), None, None
     if not origin[1]:  # an instance of the root queryset
@@ -300,7 +337,7 @@ def _facts(route: tuple[Step, ...], admin: Any) -> FixFacts:
 
 def _open_relation(
     instance: Any, name: str, kind: str, lazy: bool = True, target: str = ""
-) -> tuple[Token[OrmContext | None] | None, Origin | None]:
+) -> tuple[Token[OrmContext | PendingOrm | None] | None, Origin | None]:
     """Set the context of loading relation `name` of `instance`; return (token, origin of what
     gets loaded). Never raises."""
     try:
@@ -341,8 +378,52 @@ def _tag_of(queryset: Any) -> tuple[Any, ...] | None:
     query = queryset.__dict__.get("_query")
     if query is None:
         return None
-    tag: tuple[Any, ...] | None = query.__dict__.get(TAG)
-    return tag
+    return _query_tag(query)
+
+
+def _query_tag(query: Any) -> tuple[Any, ...] | None:
+    """The tag of a Query: (kind, model, relation, path, root, where count, order_by, route,
+    admin, where the root queryset came from), built on first use from what `_tag_related`
+    kept (a clone shares the pending tag)."""
+    tag = query.__dict__.get(TAG)
+    if tag is None or tag.__class__ is tuple:
+        return tag
+    built: tuple[Any, ...] = tag.build()
+    query.__dict__[TAG] = built
+    return built
+
+
+class _PendingTag:
+    """What tagging a related manager's queryset needs, kept when the manager hands it out and
+    made into the tag only when the queryset is evaluated against the database: serializers and
+    templates read prefetched relations row after row, and most of those querysets never run
+    SQL. Holds no instance (its model and origin are read now: the origin is set when it is
+    loaded)."""
+
+    __slots__ = ("built", "count", "kind", "name", "order_by", "origin", "owner", "target")
+
+    def __init__(
+        self, kind: str, owner: Any, origin: Any, name: str, target: Any, count: int, order_by: Any
+    ) -> None:
+        self.kind = kind
+        self.owner = owner  # the instance's model class
+        self.origin = origin
+        self.name = name
+        self.target = target  # the queryset's model
+        self.count = count
+        self.order_by = order_by
+        self.built: tuple[Any, ...] | None = None
+
+    def build(self) -> tuple[Any, ...]:
+        built = self.built
+        if built is None:
+            kind, name = self.kind, self.name
+            model, root, path, route, admin, where = _path_from(self.owner, self.origin, name)
+            route = (*route, _step(self.owner, name, kind, _label(self.target)))
+            relation = model + "." + name
+            built = (kind, model, relation, path, root, self.count, self.order_by, route, admin, where)
+            self.built = built
+        return built
 
 
 def _tag_related(queryset: Any, instance: Any, kind: str, name: str) -> None:
@@ -353,14 +434,13 @@ def _tag_related(queryset: Any, instance: Any, kind: str, name: str) -> None:
         query = queryset.__dict__.get("_query")
         if query is None or TAG in query.__dict__:
             return  # a prefetched queryset is returned again on every access: tag it once
-        model, root, path, route, admin, where = _path(instance, name)
-        route = (*route, _step(type(instance), name, kind, _label(queryset.model)))
         count = len(query.where.children)
         pending = queryset.__dict__.get("_deferred_filter")  # the manager's own filter, not applied yet
         if pending:
             count += len(pending[1]) + len(pending[2])
-        relation = model + "." + name
-        query.__dict__[TAG] = (kind, model, relation, path, root, count, query.order_by, route, admin, where)
+        query.__dict__[TAG] = _PendingTag(
+            kind, type(instance), _origin(instance), name, queryset.model, count, query.order_by
+        )
     except Exception as exc:
         guard.report(COMPONENT, exc)
 
@@ -393,7 +473,7 @@ def _filter_facts(query: Any, tag: tuple[Any, ...], facts: FixFacts) -> FixFacts
 
 def _tagged_ctx(
     queryset: Any, tag: tuple[Any, ...], kind: str, filtering: bool = False, extra: FixFacts | None = None
-) -> OrmContext:
+) -> _Pending:
     query = queryset.query
     filtered = tag[0] in _MANAGER_KINDS and (filtering or _filtered(query, tag))
     facts = _facts(tag[7], tag[8]) if extra is None else extra._replace(route=tag[7])
@@ -465,7 +545,7 @@ def _open_queryset(
     filtering: bool = False,
     args: tuple[Any, ...] = (),
     kwargs: dict[str, Any] | None = None,
-) -> Token[OrmContext | None] | None:
+) -> Token[OrmContext | PendingOrm | None] | None:
     """Context of QuerySet.get/count/exists/aggregate. Never raises."""
     try:
         outer = current_orm.get()
@@ -507,7 +587,7 @@ def _open_queryset(
         return None
 
 
-def _open_fetch(queryset: Any) -> Token[OrmContext | None] | None:
+def _open_fetch(queryset: Any) -> Token[OrmContext | PendingOrm | None] | None:
     """Context of QuerySet._fetch_all for tagged querysets; plain ones get theirs from the
     compiler. Never raises."""
     try:
@@ -791,13 +871,13 @@ def _make_fetch_all(original: Callable[..., Any]) -> Callable[..., Any]:
     return _fetch_all
 
 
-def _open_compiler(compiler: Any) -> Token[OrmContext | None] | None:
+def _open_compiler(compiler: Any) -> Token[OrmContext | PendingOrm | None] | None:
     try:
         query = compiler.query
         model = query.model
         if model is None:
             return None
-        tag = query.__dict__.get(TAG) if _runs_select(compiler) else None
+        tag = _query_tag(query) if _runs_select(compiler) else None
         if tag is not None:  # iterator() over a related manager's queryset
             filtered = tag[0] in _MANAGER_KINDS and _filtered(query, tag)
             facts = _facts(tag[7], tag[8])
@@ -996,7 +1076,7 @@ def _make_reverse_one_to_one_queryset(original: Callable[..., Any]) -> Callable[
     return get_queryset
 
 
-def _enter_prefetch() -> tuple[Token[bool], Token[OrmContext | None] | None] | None:
+def _enter_prefetch() -> tuple[Token[bool], Token[OrmContext | PendingOrm | None] | None] | None:
     try:
         flag = _in_prefetch.set(True)
         outer = current_orm.get()
@@ -1008,7 +1088,7 @@ def _enter_prefetch() -> tuple[Token[bool], Token[OrmContext | None] | None] | N
         return None
 
 
-def _exit_prefetch(tokens: tuple[Token[bool], Token[OrmContext | None] | None] | None) -> None:
+def _exit_prefetch(tokens: tuple[Token[bool], Token[OrmContext | PendingOrm | None] | None] | None) -> None:
     if tokens is None:
         return
     _pop(tokens[1])
@@ -1067,7 +1147,7 @@ def _tag_manager_queryset(queryset: Any, manager: Any, kind: str, name: str) -> 
         guard.report(COMPONENT, exc)
 
 
-def _open_manager_op(manager: Any, kind: str, name: str) -> Token[OrmContext | None] | None:
+def _open_manager_op(manager: Any, kind: str, name: str) -> Token[OrmContext | PendingOrm | None] | None:
     try:
         instance = manager.__dict__.get("instance")
         return None if instance is None else _open_relation(instance, name, kind)[0]

@@ -1,23 +1,44 @@
-"""Opt-in EXPLAIN of slow SELECTs (``HMS_OTEL_EXPLAIN=true``), off the request path.
+"""Opt-in EXPLAIN of slow SELECTs (``HMS_OTEL_EXPLAIN=true``), off the request path, that cannot
+write by construction.
 
 When a DB span ends after ``HMS_OTEL_SLOW_QUERY_MS`` or more, the span processor calls
 `submit()` with the statement as it was sent, its parameters and the cursor (kept on the span
 record until then, never exported). On the request thread `submit` only checks and copies:
 
-* plain SELECTs only (no ``INTO``, no locking clause, one statement): never a write;
+* the statement's fingerprint says SELECT (a cheap first filter; the proof comes later);
 * at most one EXPLAIN per statement fingerprint per ``HMS_OTEL_EXPLAIN_INTERVAL_S`` in this
   process (the attempt counts, whether it succeeds or not);
 * a bounded queue (`MAX_QUEUE`): when it is full the request is dropped and counted.
 
-A daemon thread does the rest: ``EXPLAIN (FORMAT JSON)`` — never ANALYZE, so the statement is
-planned, not run — on a connection of its own (never the application's: its transaction state
-stays untouched), opened with the same driver and connection parameters as the application's
-connection, read-only (``default_transaction_read_only``), with ``statement_timeout`` and
-``lock_timeout`` of ``HMS_OTEL_EXPLAIN_TIMEOUT_MS``; then the estimated size of each table in the
-plan (``pg_class.reltuples``). The agent's own instrumentation is suppressed there, so EXPLAIN makes
-no spans. The plan is reduced to node types, relations, columns, costs and row estimates
-(`signals.plans.summarize`: no condition text, no literal) and kept per fingerprint (at most
-`MAX_PLANS`, oldest dropped).
+A daemon thread does the rest, on a connection of its own (never the application's: its
+transaction state stays untouched), to ``HMS_OTEL_EXPLAIN_DATABASE_URL`` when set (a role without
+write privileges: the one guarantee that holds whatever the statement and the server do) or with
+the application's connection parameters. Each layer below stops a write on its own:
+
+1. *The statement is proven one read-only SELECT.* The parameters are interpolated client-side
+   on the worker's connection (``mogrify``: the exact text the server will see, of any length),
+   and `signals.sql_summary.read_only_select` reads that text with the SQL lexer (PostgreSQL's
+   lexical rules: ``--`` comments end at ``\r`` too, block comments nest, dollar quotes, E
+   strings): one statement, no ``;``, SELECT or WITH first, no data-modifying CTE, no
+   ``SELECT INTO``, no locking clause, nothing the lexer is unsure of. Anything else is refused
+   (`refused`).
+2. *One statement per round trip.* With psycopg 3 (used whenever it is installed, whatever the
+   application's driver) the EXPLAIN goes through the extended query protocol, in which the
+   server itself refuses a second statement. psycopg2 has only the simple protocol.
+3. *A read-only transaction that is always rolled back.* Before each plan the session is reset
+   (``DISCARD ALL``: settings, role, temporary tables, advisory locks) and re-asserted
+   (``default_transaction_read_only = on``, ``statement_timeout``, ``lock_timeout`` and
+   ``idle_in_transaction_session_timeout`` of ``HMS_OTEL_EXPLAIN_TIMEOUT_MS``); the plan runs in
+   ``BEGIN READ ONLY`` (checked with ``current_setting('transaction_read_only')``), then
+   ``ROLLBACK`` and ``pg_advisory_unlock_all()`` — a function the planner evaluates (an IMMUTABLE
+   one is run while planning) can leave neither a lock nor a setting behind. A connection that
+   is not idle afterwards is closed.
+
+``EXPLAIN (FORMAT JSON)`` — never ANALYZE, so the statement is planned, not run — then the
+estimated size of each table in the plan (``pg_class.reltuples``). The agent's own instrumentation
+is suppressed there, so EXPLAIN makes no spans. The plan is reduced to node types, relations,
+columns, costs and row estimates (`signals.plans.summarize`: no condition text, no literal) and
+kept per fingerprint (at most `MAX_PLANS`, oldest dropped).
 
 Where the plan goes: EXPLAIN finishes after the request that triggered it has ended, so its span
 can no longer take an event. Plans are kept per fingerprint, and every later owner span with a
@@ -30,10 +51,10 @@ queue, a new thread and no inherited connection (the parent's are left alone, ne
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import queue
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -43,6 +64,7 @@ from typing import Any
 from hms_otel_agent import guard
 from hms_otel_agent.signals import plans
 from hms_otel_agent.signals.activity import PlanSummary
+from hms_otel_agent.signals.sql_summary import read_only_select
 
 logger = logging.getLogger("hms_otel")
 COMPONENT = "EXPLAIN worker"
@@ -51,8 +73,6 @@ MAX_PLANS = 256
 MAX_TRACKED = 4096  # fingerprints remembered for the rate limit
 MAX_CONNECTIONS = 4  # distinct databases the worker keeps a connection to
 
-_NOT_PLAIN = re.compile(r"\b(?:INTO|FOR\s+(?:UPDATE|SHARE|NO\s+KEY\s+UPDATE|KEY\s+SHARE))\b")
-_WRITES = re.compile(r"\b(?:INSERT|UPDATE|DELETE|MERGE|TRUNCATE|CREATE|DROP|ALTER|GRANT|COPY|CALL)\b")
 _TABLE_ROWS = (
     "SELECT c.relname, GREATEST(c.reltuples, COALESCE(s.n_live_tup, 0)::real) FROM pg_class c "
     "LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid "
@@ -60,14 +80,13 @@ _TABLE_ROWS = (
 )
 
 
-def explainable(normalized: str) -> bool:
-    """A single plain SELECT: EXPLAIN of it cannot write or lock anything."""
-    head = normalized.lstrip("( ").split(" ", 1)[0].upper()
-    if head != "SELECT":
-        return False
-    if ";" in normalized or _NOT_PLAIN.search(normalized) is not None:
-        return False
-    return _WRITES.search(normalized) is None
+# Run before every plan, in autocommit: the session as a fresh one, then the settings the worker
+# relies on, whatever an earlier statement did to them.
+# (DISCARD ALL on its own: it cannot run inside the implicit transaction of a multi-statement query.)
+_RESET_SESSION = (
+    "SET default_transaction_read_only = on; SET statement_timeout = {ms}; "
+    "SET lock_timeout = {ms}; SET idle_in_transaction_session_timeout = {ms}"
+)
 
 
 @dataclass(slots=True)
@@ -107,7 +126,7 @@ class Explainer:
         self._attempts: OrderedDict[str, float] = OrderedDict()
         self._plans: OrderedDict[str, PlanSummary] = OrderedDict()
         self._connections: OrderedDict[tuple[str, str], Any] = OrderedDict()
-        self.submitted = self.dropped = self.failed = self.explained = 0
+        self.submitted = self.dropped = self.failed = self.explained = self.refused = 0
 
     # --- the request thread ---------------------------------------------------------------
 
@@ -116,8 +135,8 @@ class Explainer:
         never blocks."""
         try:
             statement, params, cursor = execution
-            if not isinstance(statement, str) or not explainable(fingerprint.normalized):
-                return False
+            if not isinstance(statement, str) or fingerprint.operation != "SELECT":
+                return False  # the proof that it is a read-only SELECT comes on the worker
             if os.getpid() != self._pid:
                 self._after_fork()
             digest = fingerprint.digest
@@ -133,6 +152,8 @@ class Explainer:
             info = _connection_info(cursor.connection)
             if info is None:
                 return False
+            if settings.explain_database_url:
+                info = (info[0], settings.explain_database_url, "")
             if isinstance(params, list):
                 params = tuple(params)
             elif isinstance(params, dict):
@@ -215,16 +236,19 @@ class Explainer:
                 self._queue.task_done()
 
     def _connect(self, job: _Job) -> Any:
-        key = (job.driver, job.dsn)
+        driver = _worker_driver(job.driver)
+        key = (driver, job.dsn)
         connection = self._connections.get(key)
         if connection is not None and not getattr(connection, "closed", True):
-            self._connections.move_to_end(key)
-            return connection
+            if _idle(connection):
+                self._connections.move_to_end(key)
+                return connection
+            self._drop_connection(key, connection)
         timeout_s = max(1, job.timeout_ms // 1000)
         extra: dict[str, Any] = {"connect_timeout": timeout_s, "application_name": "hms-otel-explain"}
         if job.password:
             extra["password"] = job.password
-        if job.driver == "psycopg2":
+        if driver == "psycopg2":
             import psycopg2
 
             connection = psycopg2.connect(job.dsn, **extra)
@@ -235,11 +259,6 @@ class Explainer:
             connection = psycopg.connect(
                 job.dsn, autocommit=True, cursor_factory=psycopg.ClientCursor, **extra
             )
-        cursor = connection.cursor()
-        for setting in ("statement_timeout", "lock_timeout"):
-            cursor.execute(f"SET {setting} = {int(job.timeout_ms)}")
-        cursor.execute("SET default_transaction_read_only = on")
-        cursor.close()
         self._connections[key] = connection
         while len(self._connections) > MAX_CONNECTIONS:
             _, old = self._connections.popitem(last=False)
@@ -249,24 +268,38 @@ class Explainer:
 
     def _explain(self, job: _Job) -> None:
         connection = self._connect(job)
+        key = (_worker_driver(job.driver), job.dsn)
         try:
             cursor = connection.cursor()
             try:
-                if job.params is None:
-                    cursor.execute("EXPLAIN (FORMAT JSON) " + job.statement)
-                else:
-                    cursor.execute("EXPLAIN (FORMAT JSON) " + job.statement, job.params)
-                explained = cursor.fetchone()[0]
-                names = plans.relations(explained)
-                sizes: dict[str, float] = {}
-                if names:
-                    cursor.execute(_TABLE_ROWS, [names])
-                    for name, rows in cursor.fetchall():
-                        sizes[str(name)] = max(float(rows or 0), sizes.get(str(name), 0.0))
+                cursor.execute("DISCARD ALL")
+                cursor.execute(_RESET_SESSION.format(ms=int(job.timeout_ms)))
+                # The exact text the server will see: parameters interpolated client-side.
+                text = _mogrify(cursor, job.statement, job.params)
+                if not read_only_select(text):
+                    self.refused += 1
+                    return
+                cursor.execute("BEGIN READ ONLY")
+                try:
+                    cursor.execute("SELECT current_setting('transaction_read_only')")
+                    if cursor.fetchone()[0] != "on":
+                        raise RuntimeError("the EXPLAIN transaction is not read-only")
+                    explained = _plan(connection, cursor, "EXPLAIN (FORMAT JSON) " + text)
+                    names = plans.relations(explained)
+                    sizes: dict[str, float] = {}
+                    if names:
+                        cursor.execute(_TABLE_ROWS, [names])
+                        for name, rows in cursor.fetchall():
+                            sizes[str(name)] = max(float(rows or 0), sizes.get(str(name), 0.0))
+                finally:
+                    cursor.execute("ROLLBACK")
+                    cursor.execute("SELECT pg_advisory_unlock_all()")
             finally:
                 cursor.close()
+            if not _idle(connection):
+                raise RuntimeError("the EXPLAIN connection is not idle after the plan")
         except Exception:
-            self._drop_connection(job, connection)
+            self._drop_connection(key, connection)
             raise
         summary = plans.summarize(job.fingerprint, explained, sizes, job.seq_scan_rows)
         if summary is None:
@@ -280,10 +313,62 @@ class Explainer:
         self.explained += 1
         logger.debug("hms-otel: plan of slow statement %s: %s", job.fingerprint, "; ".join(summary.nodes[:2]))
 
-    def _drop_connection(self, job: _Job, connection: Any) -> None:
-        self._connections.pop((job.driver, job.dsn), None)
+    def _drop_connection(self, key: tuple[str, str], connection: Any) -> None:
+        self._connections.pop(key, None)
         with contextlib.suppress(Exception):
             connection.close()
+
+
+@functools.cache
+def _worker_driver(app_driver: str) -> str:
+    """psycopg 3 whenever it is installed (its extended protocol), else the application's."""
+    try:
+        import psycopg  # noqa: F401
+    except Exception:
+        return app_driver
+    return "psycopg"
+
+
+def _idle(connection: Any) -> bool:
+    """No transaction open or failed on the worker's connection."""
+    if type(connection).__module__.startswith("psycopg2"):
+        import psycopg2.extensions
+
+        return bool(connection.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE)
+    import psycopg
+
+    return bool(connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE)
+
+
+def _mogrify(cursor: Any, statement: str, params: Any) -> str:
+    """The statement with its parameters interpolated as the driver would send it."""
+    if params is None:
+        return statement  # no interpolation at all: "%" stays as written, like execute() does
+    text = cursor.mogrify(statement, params)
+    if isinstance(text, bytes):  # psycopg2
+        import psycopg2.extensions
+
+        return text.decode(psycopg2.extensions.encodings.get(cursor.connection.encoding, "utf-8"))
+    return str(text)
+
+
+def _plan(connection: Any, cursor: Any, query: str) -> Any:
+    """Run ``query`` (the EXPLAIN) and return its one value. With psycopg 3 through the extended
+    query protocol: the server refuses more than one statement there."""
+    if type(connection).__module__.startswith("psycopg2"):
+        cursor.execute(query)
+        return cursor.fetchone()[0]
+    import json
+
+    from psycopg import pq
+
+    result = connection.pgconn.exec_params(query.encode(connection.info.encoding), [])
+    if result.status != pq.ExecStatus.TUPLES_OK:
+        raise RuntimeError(f"EXPLAIN failed ({pq.ExecStatus(result.status).name})")
+    value = result.get_value(0, 0)
+    if value is None:
+        raise RuntimeError("EXPLAIN returned no plan")
+    return json.loads(bytes(value).decode(connection.info.encoding))
 
 
 _ORPHANS: list[Any] = []

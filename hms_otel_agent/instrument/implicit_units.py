@@ -23,6 +23,9 @@ Names: the main thread's unit is named after the program (``implicit nightly_imp
 and executors number threads with removed (``implicit thread sync_labs`` for
 ``Thread-3 (sync_labs)``, ``implicit thread ThreadPoolExecutor``), so that names stay few.
 
+With ``HMS_OTEL_FAST_PATHS=false`` the SQL and Redis spans are the contrib's own, started where
+the agent cannot give them a parent: only Django cache API calls start implicit units then.
+
 Concurrent calls of one thread (asyncio tasks of one event loop) share the thread's unit; a
 call still running when its unit ends because a later one ended first is not counted in it.
 """

@@ -43,7 +43,7 @@ from typing import Any
 import wrapt
 from opentelemetry.context import attach, detach
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
-from opentelemetry.trace import set_span_in_context
+from opentelemetry.trace import get_current_span, set_span_in_context
 from opentelemetry.trace.status import Status, StatusCode
 
 from hms_otel_agent import guard
@@ -146,7 +146,7 @@ def _replace_command_wrapper(tracer: Any, request_hook: Any, response_hook: Any)
             guard.report("redis instrumentation", exc)
             return None
         try:
-            if span.is_recording():
+            if span.is_recording() and span.get_span_context().trace_flags.sampled:
                 attributes: dict[str, Any] = {}
                 _set_db_statement(attributes, statement(args), db_mode)
                 attributes["db.redis.args_length"] = len(args)
@@ -173,7 +173,7 @@ def _replace_command_wrapper(tracer: Any, request_hook: Any, response_hook: Any)
             _close(span, token)
 
     def execute_command(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        if not is_instrumentation_enabled():
+        if not is_instrumentation_enabled() or (current_django_call.get() is not None and _detection_only()):
             return wrapped(*args, **kwargs)
         started = start(instance, args, kwargs)
         if started is None:
@@ -190,6 +190,14 @@ def _replace_command_wrapper(tracer: Any, request_hook: Any, response_hook: Any)
         return response
 
     redis.Redis.execute_command = wrapt.FunctionWrapper(current.__wrapped__, execute_command)  # type: ignore[method-assign]
+
+
+def _detection_only() -> bool:
+    """Whether the current span is recorded for detection only (head sampling dropped it:
+    pipeline.DetectingSampler). The commands a Django cache call sends are not read by the
+    detectors (the call is what counts), so under such a call they need no span."""
+    span = get_current_span()
+    return span.is_recording() and not span.get_span_context().trace_flags.sampled
 
 
 def _close(span: Any, token: Any) -> None:

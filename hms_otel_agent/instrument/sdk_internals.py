@@ -6,7 +6,8 @@ Two kinds of use:
 * **Fast paths** (`fast_paths()`): faster replacements of stock code that make the same
   telemetry — the one-write span attributes (`set_attributes`), the DB span wrapper in place of
   ``dbapi.CursorTracer.traced_execution`` (instrument/db.py), the Redis command wrapper in place
-  of the contrib's (instrument/redis.py), the OTLP/HTTP span encoder (export/otlp_encode.py).
+  of the contrib's (instrument/redis.py), the OTLP span encoder for HTTP and gRPC
+  (export/otlp_encode.py), the local file's OTLP/JSON encoder (export/otlp_json_encode.py).
   They run only when ``HMS_OTEL_FAST_PATHS`` is true (the default) and the installed SDK and
   contrib versions are ones they were tested with (`TESTED`); otherwise the stock code paths run
   and the start-up says so in one line.
@@ -15,8 +16,8 @@ Two kinds of use:
   version, each guarded where it is called; the tests run against the pinned versions.
 
 Fast-path code that still reads private members where it runs (instrument/db.py,
-instrument/redis.py, export/otlp_encode.py, export/compress.py) is only reached when
-`fast_paths()` is true, or (compress.py) when span compression is opted in.
+instrument/redis.py, export/otlp_encode.py, export/otlp_json_encode.py, export/compress.py) is
+only reached when `fast_paths()` is true, or (compress.py) when span compression is opted in.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ TESTED: dict[str, frozenset[str]] = {
     "opentelemetry-api": frozenset(("1.45.1",)),
     "opentelemetry-sdk": frozenset(("1.45.1",)),
     "opentelemetry-exporter-otlp-proto-http": frozenset(("1.45.1",)),
+    "opentelemetry-exporter-otlp-proto-grpc": frozenset(("1.45.1",)),
     "opentelemetry-instrumentation": frozenset(("0.66b1",)),
     "opentelemetry-instrumentation-dbapi": frozenset(("0.66b1",)),
     "opentelemetry-instrumentation-psycopg": frozenset(("0.66b1",)),
@@ -180,6 +182,23 @@ def replace_status(span: Any, status: Any) -> None:
     """Set the status with a scrubbed description. Required: ``set_status`` keeps an ERROR
     status's first description, so the scrubbed one could not replace it."""
     span._status = status
+
+
+def mark_sampled(span: Any) -> None:
+    """Set the sampled flag of a span recorded but not sampled (pipeline.DetectingSampler), before
+    it ends, so that the exporters' processors export it (they read the flag in on_end): a
+    request head sampling dropped, with findings, exports its owner span alone. Required: a
+    span's context is fixed at start in the API."""
+    from opentelemetry.trace import SpanContext, TraceFlags
+
+    context = span._context
+    span._context = SpanContext(
+        context.trace_id,
+        context.span_id,
+        is_remote=False,
+        trace_flags=TraceFlags(context.trace_flags | TraceFlags.SAMPLED),
+        trace_state=context.trace_state,
+    )
 
 
 # --- the Span.end and Span.record_exception hooks ------------------------------------------------

@@ -1,7 +1,7 @@
 """SQL fingerprints: one normalized, literal-free text and a stable digest per statement shape.
 
-Standard library only. ``fingerprint_sql`` runs one precompiled regex tokenizer
-(``_sql_tokens.TOKEN_RE``, a single ``findall``) and one pass over the tokens that rewrites
+Standard library only. ``fingerprint_sql`` reads the statement with `sql_lexer` (PostgreSQL's
+lexical rules) and makes one pass over the tokens that rewrites
 literals, collapses value lists and records where the main clauses are; a short look at the
 recorded positions then yields the operation, the main table and the filter columns.
 
@@ -15,15 +15,18 @@ Normalization rules:
   ``ARRAY[..]``, casts) -> ``IN (...)`` / ``ANY(...)``; ``VALUES (..), (..)`` -> ``VALUES (...)``;
 * the savepoint name of ``SAVEPOINT``, ``RELEASE [SAVEPOINT]``, ``ROLLBACK TO [SAVEPOINT]`` -> ``?``;
 * comments removed (a removed comment still separates tokens), trailing ``;`` removed;
-* keywords upper-cased, unquoted identifiers lower-cased, quoted identifiers kept as written;
+* keywords upper-cased, unquoted identifiers lower-cased, quoted identifiers kept as written when
+  they are lower-case words or Django aliases, else ``"?"`` (an alias can hold a name), an unquoted
+  identifier holding ``$`` -> ``?`` (``SELECT$$John$$`` is one identifier);
 * whitespace: any run of whitespace (or comments) between two tokens becomes one space, and
   none is added where the statement had none (``a=1`` -> ``a=?``, ``a = 1`` -> ``a = ?``), so
   the text reads like the SQL the application sent. The same code path always sends the same
   spacing; two hand-written variants of one query that differ only in spacing around
   punctuation get different digests.
 
-Garbage in gives a fingerprint of what could be read; whatever follows an unterminated string,
-dollar quote or quoted identifier counts as part of that literal, so it cannot leak.
+Garbage in gives a fingerprint of what could be read; whatever follows the point where the lexer
+is uncertain (an unterminated string, dollar quote, quoted identifier or comment, a standard string
+holding a backslash) counts as one literal, so it cannot leak.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Final
 
-from hms_otel_agent.signals._sql_tokens import tokenize
+from hms_otel_agent.signals import sql_lexer as lx
+from hms_otel_agent.signals.sql_mask import safe_quoted_identifier
 
 __all__ = [
     "CACHE_MAX_CHARS",
@@ -58,6 +62,79 @@ statement) in a second, smaller cache: a wide SELECT with a few joins passes 8 K
 fingerprinting costs about 0.1 µs per character (1 ms for 10 KiB) on every execution otherwise.
 Both caches together hold at most 4096 * 8 KiB + 256 * 16 KiB of statements."""
 _LONG_CACHE_SIZE: Final = 256
+
+
+# (whitespace before, word, quoted/qualified name, punctuation, literal, unused, other); all but
+# the whitespace empty for a comment.
+_Token = tuple[str, str, str, str, str, str, str]
+_NAME_KINDS: Final = (lx.WORD, lx.QIDENT)
+_LITERAL_KINDS: Final = frozenset({lx.STRING, lx.NUMBER, lx.JUNK, lx.PARAM, lx.UNCERTAIN})
+_QMARK_CMP: Final = frozenset({"=", "<", ">", "<=", ">=", "<>", "!="})
+
+
+def _name_part(kind: int, text: str) -> str:
+    if kind == lx.QIDENT and not safe_quoted_identifier(text):
+        return '"?"'
+    return text
+
+
+def tokenize(sql: str) -> list[_Token]:
+    """The lexer's tokens in the shape the scan reads: qualified names (``"t"."c"``,
+    ``schema.table``) joined into one name, placeholders and literals as literals."""
+    tokens = lx.lex(sql).tokens
+    out: list[_Token] = []
+    append = out.append
+    n = len(tokens)
+    i = 0
+    while i < n:
+        space, kind, text = tokens[i]
+        i += 1
+        if kind == lx.WORD or kind == lx.QIDENT:
+            if kind == lx.WORD and "$" in text:
+                append((space, "", "", "", "?", "", ""))
+                continue
+            parts = [_name_part(kind, text)]
+            # schema.table, "t"."c": parts joined by a dot with no space around it
+            while (
+                i + 1 < n
+                and tokens[i][2] == "."
+                and not tokens[i][0]
+                and tokens[i + 1][1] in _NAME_KINDS
+                and not tokens[i + 1][0]
+                and "$" not in tokens[i + 1][2]
+            ):
+                parts.append(_name_part(tokens[i + 1][1], tokens[i + 1][2]))
+                i += 2
+            if len(parts) == 1 and kind == lx.WORD:
+                append((space, text, "", "", "", "", ""))
+            else:
+                append((space, "", ".".join(parts), "", "", "", ""))
+        elif kind in _LITERAL_KINDS:
+            append((space, "", "", "", text, "", ""))
+        elif kind == lx.PUNCT:
+            if text in "(),":
+                append((space, "", "", text, "", "", ""))
+            elif text == ":" and i < n and tokens[i][1] == lx.WORD and not tokens[i][0]:
+                append((space, "", "", "", ":" + tokens[i][2], "", ""))  # a :name placeholder
+                i += 1
+            else:
+                append((space, "", "", "", "", "", text))
+        elif kind == lx.OP:
+            if text == "=":
+                append((space, "", "", "=", "", "", ""))
+            elif text == "?":
+                append((space, "", "", "", "?", "", ""))  # a qmark placeholder
+            elif text[-1] == "?" and text[:-1] in _QMARK_CMP:  # a=? (one operator to the server)
+                head = text[:-1]
+                append((space, "", "", "=", "", "", "") if head == "=" else (space, "", "", "", "", "", head))
+                append(("", "", "", "", "?", "", ""))
+            else:
+                append((space, "", "", "", "", "", text))
+        elif kind == lx.COMMENT:
+            append((space, "", "", "", "", "", ""))
+        elif kind == lx.OTHER:
+            append((space, "", "", "", "", "", text))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,7 +468,8 @@ def _name_at(out: list[str], i: int) -> str:
     if i < len(out) and out[i] == "ONLY":
         i += 1
     if i < len(out) and _kind(out[i]) == _NAME:
-        return ".".join(_name_parts(out[i]))
+        parts = _name_parts(out[i])
+        return "" if "?" in parts else ".".join(parts)  # a masked quoted identifier
     return ""
 
 
@@ -427,7 +505,8 @@ def _lhs_column(out: list[str], i: int, lo: int) -> str:
                     j -= 1
                     continue
                 return ""
-            return _last_name_part(tok)
+            column = _last_name_part(tok)
+            return "" if column == "?" else column
         if k in (_OPEN, _CLOSE) or tok == "]":
             j -= 1
             continue

@@ -55,7 +55,7 @@ def condition_columns(condition: str) -> tuple[str, ...]:
         if start and text[start - 1] == "$":
             continue  # $1: a parameter
         name = name.strip('"') if name.startswith('"') else name.lower()
-        if name.lower() in _NOT_COLUMNS or name in columns:
+        if name.lower() in _NOT_COLUMNS or name in columns or name == "?":  # "?": masked
             continue
         columns.append(name)
     return tuple(columns)

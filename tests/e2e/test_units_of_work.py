@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from harness.otlp_receiver import OtlpReceiver, ReceivedSpan
 from harness.processes import AppProcess, run, venv_executable
+from harness.services import create_database, drop_database, new_database_name
 
 from .conftest import MANAGE, otlp_env
 
@@ -43,7 +44,12 @@ def assert_reminder_n_plus_one(span: ReceivedSpan, repetitions: int) -> None:
 
 
 def owned_db_spans(receiver: OtlpReceiver, owner: ReceivedSpan) -> list[ReceivedSpan]:
-    return [s for s in receiver.children_of(owner) if s.attributes.get("db.system") == "postgresql"]
+    return [s for s in receiver.children_of(owner) if is_postgresql(s)]
+
+
+def is_postgresql(span: ReceivedSpan) -> bool:
+    """A PostgreSQL span, in the stable database conventions or the old ones."""
+    return span.attributes.get("db.system.name", span.attributes.get("db.system")) == "postgresql"
 
 
 def test_management_command_is_an_owner(otlp_receiver: OtlpReceiver, sample_app_db: dict[str, str]) -> None:
@@ -81,6 +87,24 @@ def test_failing_command_span_records_the_error(
     assert [e.attributes["exception.type"] for e in command.events if e.name == "exception"] == [
         "django.core.management.base.CommandError"
     ]
+
+
+def test_djangos_own_commands_are_not_owners(
+    otlp_receiver: OtlpReceiver, pg_server_url: str, sample_app_db: dict[str, str]
+) -> None:
+    """migrate loops over migrations and permissions with a query each: Django's loops, not the
+    application's, so no finding, and its queries join no implicit unit either."""
+    name = new_database_name() + "_migrate"
+    url = create_database(pg_server_url, name)
+    try:
+        env = {**sample_app_db, "DATABASE_URL": url, **otlp_env(otlp_receiver, "http/protobuf")}
+        result = run(hms_run(*MANAGE, "migrate", "--noinput", "-v", "0"), env=env, timeout=300, check=True)
+        assert "n plus one" not in result.stderr
+        queries = otlp_receiver.wait_for_spans(is_postgresql, count=100)
+        assert all(s.is_root for s in queries)
+        assert not [s for s in otlp_receiver.spans() if "hms.work.kind" in s.attributes]
+    finally:
+        drop_database(pg_server_url, name)
 
 
 SCRIPT = """

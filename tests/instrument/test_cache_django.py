@@ -380,7 +380,7 @@ def test_without_command_spans_a_call_has_no_spans_below(
         for s in traced.spans()
         if s.parent is not None and s.parent.span_id in {c.context.span_id for c in calls}
     ]
-    assert [(s.name, s.parent.span_id) for s in below] == [("SELECT", calls[2].context.span_id)]
+    assert [(s.name.split()[0], s.parent.span_id) for s in below] == [("SELECT", calls[2].context.span_id)]
     assert "COUNT(*)" in below[0].attributes["db.statement"]
     job = owner(traced)
     assert (job.attributes["hms.cache.hit_count"], job.attributes["hms.cache.miss_count"]) == (1, 1)

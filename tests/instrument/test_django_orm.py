@@ -23,7 +23,7 @@ import pytest
 
 from hms_otel_agent import guard
 from hms_otel_agent.instrument import django_orm
-from hms_otel_agent.instrument.context import current_orm
+from hms_otel_agent.instrument.context import PendingOrm, current_orm
 from hms_otel_agent.sample.hms.markers import markers_of
 from hms_otel_agent.signals.activity import (
     DEFERRED,
@@ -95,6 +95,11 @@ def _owner(traced: Any, name: str = "test-owner") -> Iterator[Any]:
         yield span
 
 
+def _resolved(ctx: OrmContext | PendingOrm | None) -> OrmContext | None:
+    """The context as the SQL span hook reads it: its code location looked up (once)."""
+    return ctx.resolve() if isinstance(ctx, PendingOrm) else ctx
+
+
 @contextmanager
 def _contexts() -> Iterator[list[tuple[str, OrmContext | None]]]:
     """(sql, current_orm) for every statement this thread's connection runs, read inside
@@ -104,7 +109,7 @@ def _contexts() -> Iterator[list[tuple[str, OrmContext | None]]]:
     log: list[tuple[str, OrmContext | None]] = []
 
     def record(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
-        log.append((sql, current_orm.get()))
+        log.append((sql, _resolved(current_orm.get())))
         return execute(sql, params, many, context)
 
     with connection.execute_wrapper(record):
@@ -756,12 +761,13 @@ def test_concurrent_requests_in_threads_keep_their_own_context(traced: Any) -> N
             execute: Callable[..., Any], sql: str, params: Any, many: bool, ctx: Any
         ) -> Any:
             nonlocal waited
-            own = current_orm.get()
+            raw = current_orm.get()
+            own = _resolved(raw)
             if own is not None and own.lazy and not waited:
                 waited = True
                 barrier.wait()  # both threads are now inside a lazy load, each with its context set
                 after = current_orm.get()
-                assert after is own
+                assert after is raw
                 inside[path] = (own.relation, own.location.function if own.location else "")
             return execute(sql, params, many, ctx)
 
@@ -800,11 +806,12 @@ def test_sync_to_async_tasks_keep_their_own_context(traced: Any) -> None:
     barrier = threading.Barrier(2, timeout=30)
 
     def meet(execute: Callable[..., Any], sql: str, params: Any, many: bool, ctx: Any) -> Any:
-        own = current_orm.get()
+        raw = current_orm.get()
+        own = _resolved(raw)
         if own is not None and own.lazy and barrier.n_waiting < 2 and not getattr(meet_local, "done", False):
             meet_local.done = True
             barrier.wait()
-            assert current_orm.get() is own
+            assert current_orm.get() is raw
         return execute(sql, params, many, ctx)
 
     meet_local = threading.local()

@@ -103,11 +103,12 @@ def test_writes_locks_and_repeats_are_refused(table: str, explainer: Explainer) 
         cursor = conn.cursor()
         assert not submit(explainer, cursor, "UPDATE explain_t SET n = 1 WHERE id = %s", [1])
         assert not submit(explainer, cursor, "INSERT INTO explain_t (n) VALUES (%s)", [1])
-        assert not submit(explainer, cursor, "SELECT id FROM explain_t FOR UPDATE")
+        # a SELECT by its fingerprint, refused by the lexer's proof on the worker
+        assert submit(explainer, cursor, "SELECT id FROM explain_t FOR UPDATE")
         assert submit(explainer, cursor, "SELECT id FROM explain_t WHERE n = %s", [1])
         assert not submit(explainer, cursor, "SELECT id FROM explain_t WHERE n = %s", [2])  # rate limit
         assert explainer.wait_idle(30)
-        assert explainer.submitted == 1
+        assert explainer.submitted == 2 and explainer.refused == 1 and explainer.explained == 1
 
 
 def test_the_queue_is_bounded(table: str, explainer: Explainer, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import io
 import subprocess
 import sys
 import threading
@@ -229,7 +230,11 @@ def test_suppressed_and_disabled(traced: Traced, reminders: Any) -> None:
     reminders(6)
     assert implicit_units.open_units() == 0
     assert not work_spans(traced)
-    db = [s for s in traced.spans() if s.attributes.get("db.system") == "postgresql"]
+    db = [
+        s
+        for s in traced.spans()
+        if "postgresql" in (s.attributes.get("db.system.name"), s.attributes.get("db.system"))
+    ]
     assert len(db) == 14 and all(s.parent is None for s in db)
 
 
@@ -270,3 +275,36 @@ def test_any_name_makes_a_bounded_span_name(name: Any) -> None:
     (span,) = exporter.get_finished_spans()
     assert isinstance(span.name, str) and 0 < len(span.name) <= units.MAX_NAME_CHARS
     assert span.attributes["hms.work.name"] == span.name
+
+
+# --- management commands ------------------------------------------------------------------------
+
+
+def test_call_command_is_an_owner_and_the_exclusions_hold(traced: Traced, reminders: Any) -> None:
+    from django.core.management import call_command
+
+    from hms_otel_agent.instrument import django_commands
+
+    call_command("send_reminders", limit=6, stdout=io.StringIO())
+    (command,) = work_spans(traced)
+    assert command.name == "command send_reminders"
+    assert command.attributes["hms.work.kind"] == "command"
+    assert [e["hms.finding.repetitions"] for e in n_plus_one(traced, command)] == [6]
+    traced.clear()
+
+    django_commands.install(("send_reminders",))()  # HMS_OTEL_COMMANDS_WITHOUT_SPAN=send_reminders
+    try:
+        call_command("send_reminders", limit=5, stdout=io.StringIO())
+        implicit_units.close_all()
+        (unit,) = work_spans(traced)  # its thread's implicit unit groups it instead
+        assert unit.attributes["hms.work.kind"] == "implicit"
+        assert unit.attributes["hms.db.query_count"] == 6
+    finally:
+        django_commands.install(())()
+    traced.clear()
+
+    call_command("check", stdout=io.StringIO())  # Django's own: neither an owner nor implicit
+    call_command("showmigrations", "hms", stdout=io.StringIO())
+    implicit_units.close_all()
+    assert not work_spans(traced)
+    assert [s for s in traced.spans() if s.parent is None and s.kind.name == "CLIENT"]

@@ -10,7 +10,9 @@ PHI in form bodies and headers too, under hms-otel-run:
 * uvicorn (ASGI) exporting OTLP/HTTP protobuf,
 * gunicorn (gthread) on the embedded default (OTLP-JSON files in ./.hms-otel/),
 * a script that runs SQL with PHI written inline as literals (psycopg2, psycopg 3, Django's
-  cursor), failing statements whose errors quote them, and Redis and Django cache calls whose
+  cursor) and where a regex scanner misreads PostgreSQL (nested comments, a comment ended by
+  ``\r``, quoted aliases, literals glued to keywords, ``SELECT$$..$$``), failing statements whose
+  errors quote them, and Redis and Django cache calls whose
   keys and values are PHI.
 
 Everything those processes export or print is captured: every request body the OTLP receiver

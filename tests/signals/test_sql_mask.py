@@ -98,17 +98,17 @@ MASK = [
     pytest.param("SELECT * FROM t WHERE a = ?", "SELECT * FROM t WHERE a = ?", id="qmark-kept"),
     pytest.param(
         'SELECT col1, t2.c3, "x4"."y5", a$6 FROM t2 JOIN "t7" ON t2.id = "t7".id',
-        'SELECT col1, t2.c3, "x4"."y5", a$6 FROM t2 JOIN "t7" ON t2.id = "t7".id',
+        'SELECT col1, t2.c3, "x4"."y5", ? FROM t2 JOIN "t7" ON t2.id = "t7".id',
         id="identifiers-with-digits",
     ),
     pytest.param(
         'SELECT true_flag, is_false, "true", "FALSE" FROM t',
-        'SELECT true_flag, is_false, "true", "FALSE" FROM t',
+        'SELECT true_flag, is_false, "true", "?" FROM t',
         id="true-in-identifiers",
     ),
     pytest.param(
         'SELECT "it\'s", "we""ird 9" FROM t WHERE a = \'x\'',
-        'SELECT "it\'s", "we""ird 9" FROM t WHERE a = ?',
+        'SELECT "?", "?" FROM t WHERE a = ?',
         id="quoted-ident-with-quote",
     ),
     pytest.param(
@@ -131,7 +131,7 @@ MASK = [
     ),
     pytest.param("SELECT \"abc FROM t WHERE name = 'John'", "SELECT ?", id="unterminated-ident"),
     pytest.param("SELECT $$ secret 123", "SELECT ?", id="unterminated-dollar"),
-    pytest.param("SELECT 1 /* secret 123", "SELECT ? /*?*/", id="unterminated-comment"),
+    pytest.param("SELECT 1 /* secret 123", "SELECT ? ?", id="unterminated-comment"),
     pytest.param(
         "SELECT data->>'name' FROM t WHERE data @> '{\"mrn\": \"004211\"}'",
         "SELECT data->>? FROM t WHERE data @> ?",
@@ -152,16 +152,16 @@ MASK = [
     pytest.param("", "", id="empty"),
     pytest.param(
         'SELECT U&"d\\0061t" FROM t WHERE a&&b AND c = 1',
-        'SELECT U&"d\\0061t" FROM t WHERE a&&b AND c = ?',
+        'SELECT "?" FROM t WHERE a&&b AND c = ?',
         id="unicode-escape-ident",
     ),
     pytest.param("SELECT x'1F', somee'abc'", "SELECT ?, somee?", id="word-then-quote"),
     pytest.param("SELECT a %% 2, b % 3 FROM t", "SELECT a %% ?, b % ? FROM t", id="percent-operators"),
     pytest.param("SELECT $1$ FROM t", "SELECT $1$ FROM t", id="dollar-digit-not-a-quote"),
-    pytest.param("SELECT 1abc, col_1 FROM t", "SELECT ?abc, col_1 FROM t", id="number-then-word"),
+    pytest.param("SELECT 1abc, col_1 FROM t", "SELECT ?, col_1 FROM t", id="number-then-word"),
     pytest.param(
         'SELECT "x""" FROM t WHERE y = 2',
-        'SELECT "x""" FROM t WHERE y = ?',
+        'SELECT "?" FROM t WHERE y = ?',
         id="qident-trailing-doubled-quote",
     ),
     pytest.param(
@@ -282,7 +282,8 @@ def _e_quote(text: str) -> str:
 
 _SECRET = "ZqXw"
 _literal = st.one_of(
-    st.text(max_size=30).map(lambda s: (_quote(_SECRET + s), "?")),
+    # (a backslash in a standard string masks the rest: see test_backslash_in_standard_string)
+    st.text(max_size=30).filter(lambda s: "\\" not in s).map(lambda s: (_quote(_SECRET + s), "?")),
     st.text(max_size=30).map(lambda s: (_e_quote(_SECRET + s), "?")),
     st.text(max_size=30)
     .filter(lambda s: "$q$" not in s and not s.endswith("$q"))
@@ -300,7 +301,12 @@ def test_property_every_literal_masked_rest_kept(template: str, data: st.DataObj
     slots = template.count("{}")
     pairs = [data.draw(_literal) for _ in range(slots)]
     sql = template.format(*(literal for literal, _ in pairs))
-    masked_template = template.replace("/* note */", "/*?*/").replace("-- tail", "--?")
+    masked_template = (
+        template.replace("/* note */", "/*?*/")
+        .replace("-- tail", "--?")
+        .replace('"we""ird"', '"?"')  # quoted identifiers that are not plain lower-case words
+        .replace('"x;y"', '"?"')
+    )
     assert mask_sql_literals(sql) == masked_template.format(*(expected for _, expected in pairs))
 
 
@@ -308,7 +314,10 @@ def test_property_every_literal_masked_rest_kept(template: str, data: st.DataObj
 @given(st.text(max_size=60))
 def test_property_string_content_never_survives(content: str) -> None:
     sql = f"SELECT * FROM t WHERE a = {_quote(_SECRET + content)} AND b = 1"
-    assert mask_sql_literals(sql) == "SELECT * FROM t WHERE a = ? AND b = ?"
+    if "\\" in content:  # where the string ends depends on standard_conforming_strings
+        assert mask_sql_literals(sql) == "SELECT * FROM t WHERE a = ?"
+    else:
+        assert mask_sql_literals(sql) == "SELECT * FROM t WHERE a = ? AND b = ?"
 
 
 @settings(max_examples=500, deadline=None)

@@ -17,7 +17,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
-from hms_otel_agent.export.otlp_encode import SpanEncoder, http_span_exporter_class
+from hms_otel_agent.export.otlp_encode import SpanEncoder, grpc_span_exporter_class, http_span_exporter_class
 
 
 class Keep(SpanExporter):
@@ -150,6 +150,70 @@ def test_the_exporter_posts_what_the_encoder_writes() -> None:
         finally:
             exporter.shutdown()
     assert sorted(s.name for s in received) == sorted(s.name for s in spans)
+
+
+@pytest.mark.parametrize("gzip", [False, True])
+def test_the_grpc_exporter_sends_what_the_encoder_writes(gzip: bool) -> None:
+    from harness.otlp_receiver import OtlpReceiver
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import Compression
+
+    spans = spans_of_every_shape()
+    compression = Compression.Gzip if gzip else Compression.NoCompression
+    with OtlpReceiver() as receiver:
+        exporter = grpc_span_exporter_class()(
+            endpoint=receiver.grpc_endpoint,
+            insecure=True,
+            timeout=5,
+            compression=compression,
+            headers={"x-tenant": "ward-7"},
+        )
+        try:
+            assert exporter.export(spans).name == "SUCCESS"
+            received = receiver.wait_for_spans(count=len(spans), timeout=10)
+            [request] = receiver.requests("traces", "grpc")
+            receiver.set_mode("reject")  # INVALID_ARGUMENT: not retried, the batch fails
+            assert exporter.export(spans[:1]).name == "FAILURE"
+        finally:
+            exporter.shutdown()
+    assert sorted(s.name for s in received) == sorted(s.name for s in spans)
+    assert request.body == encode_spans(spans).SerializeToString()  # the agent's bytes, unchanged
+    assert request.headers["x-tenant"] == "ward-7"
+
+
+def test_the_grpc_exporter_retries_and_reconnects_as_the_sdks_does() -> None:
+    import threading
+
+    from harness.otlp_receiver import OtlpReceiver
+
+    spans = spans_of_every_shape()
+    with OtlpReceiver() as receiver:
+        receiver.set_mode("unavailable")
+        exporter = grpc_span_exporter_class()(endpoint=receiver.grpc_endpoint, insecure=True, timeout=10)
+        timer = threading.Timer(0.3, receiver.set_mode, ("ok",))
+        timer.start()
+        try:
+            assert exporter.export(spans).name == "SUCCESS"  # retried after UNAVAILABLE, on a new channel
+        finally:
+            timer.cancel()
+            exporter.shutdown()
+        assert receiver.request_counts()["unavailable"] >= 1
+        assert len(receiver.spans()) == len(spans)
+
+
+def test_the_grpc_exporter_encodes_an_unknown_value_as_the_sdk_does() -> None:
+    from harness.otlp_receiver import OtlpReceiver
+
+    span = ReadableSpan(
+        name="x", context=SpanContext(1, 2, False), attributes={"n": 1, "weird": object()}, start_time=1
+    )
+    with OtlpReceiver() as receiver:
+        exporter = grpc_span_exporter_class()(endpoint=receiver.grpc_endpoint, insecure=True, timeout=5)
+        try:
+            assert exporter.export([span]).name == "SUCCESS"
+        finally:
+            exporter.shutdown()
+        [request] = receiver.requests("traces", "grpc")
+    assert request.body == encode_spans([span]).SerializeToString()  # "weird" left out, as the SDK does
 
 
 _scalars = (

@@ -66,6 +66,22 @@ def sql(p: dict[str, str]) -> None:
             "pg3 bad date", lambda: conn3.execute(f"SELECT DATE '{p['contact_name']}'".encode()).fetchall()
         )
         attempt("pg3 params", lambda: conn3.execute("SELECT id FROM hms_patient WHERE mrn = %s", (p["mrn"],)))
+    # Issue 13: text a regex scanner misreads but PostgreSQL does not (nested comments, a comment
+    # ended by \r, quoted aliases, literals glued to keywords, SELECT$$..$$ is one identifier).
+    with psycopg.connect(URL, autocommit=True) as conn3:
+        lexical = [
+            f"SELECT id /* note /* {p['family_name']} */ {p['given_name']} {p['mrn']} */ FROM hms_patient",
+            f'SELECT id AS "{p["given_name"]} {p["family_name"]}", 1 AS "{p["mrn"]}" FROM hms_patient',
+            f"SELECT'{p['mrn']}', $${p['email']}$$",
+            f"VALUES('{p['ssn']}')",
+            f"SELECT$${p['family_name']}$$",
+            f"SELECT 1 --{p['given_name']}\r, '{p['dob']}'",
+            f"SELECT E'{p['phone']}\\'' AS x, '{p['contact_name']}'",
+        ]
+        for i, statement in enumerate(lexical):
+            attempt(
+                f"pg3 lexical {i}", lambda statement=statement: conn3.execute(statement.encode()).fetchall()
+            )
     with connection.cursor() as cur:
         like = (
             f"SELECT id FROM hms_patient WHERE family_name = '{p['family_name']}' AND mrn LIKE '{p['mrn']}'"
