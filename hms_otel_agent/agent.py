@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,7 @@ from hms_otel_agent import config, guard
 from hms_otel_agent.config import RUN_ID_ENV
 from hms_otel_agent.printable import PrintableFormatter
 from hms_otel_agent.report.at_exit import is_root_process
+from hms_otel_agent.shutdown_deadline import shutdown_deadline
 from hms_otel_agent.signals.vocabulary import RUN_ID_ATTRIBUTE
 
 if TYPE_CHECKING:
@@ -140,15 +142,19 @@ def _name_service_after_django_project(built: Pipeline) -> None:
 
 
 def _at_exit(built: Pipeline, timeout_ms: int, settings: config.Settings | None = None) -> None:
+    # One deadline for the whole run (a gunicorn master exits after its workers, not after them
+    # plus its own timeout). Nothing is imported here: a runserver child has 0.25 s after Ctrl-C
+    # before the autoreloader kills it, and an import on a busy machine can take most of that.
+    deadline = shutdown_deadline(timeout_ms / 1000.0)
     try:
-        built.shutdown(timeout_ms)
+        built.shutdown(int(max(0.0, deadline - time.monotonic()) * 1000))
     except Exception as exc:
         guard.report("agent shutdown", exc)
     if settings is not None and settings.report != "false":
         try:  # the root process of an hms-otel-run run prints the findings of the run
             from hms_otel_agent.report.at_exit import at_exit
 
-            at_exit(built.local_dir, settings)
+            at_exit(built.local_dir, settings, start=built.local_start, deadline=deadline)
         except Exception as exc:
             guard.report("report at exit", exc)
     run_id = os.environ.get(RUN_ID_ENV)

@@ -509,6 +509,13 @@ class Settings:
         ".hms-otel",
         "Where the embedded default writes OTLP-JSON lines when no OTLP endpoint is configured.",
     )
+    local_max_mb: int = setting(
+        "HMS_OTEL_LOCAL_MAX_MB",
+        Int(1, 1_000_000),
+        100,
+        "Size cap of the local files in MB: each file rotates (traces.1.jsonl, ...) and the oldest of "
+        "4 is dropped, so the directory stays under the cap (traces 4/5, metrics 1/5).",
+    )
     service_version: str = setting(
         "HMS_OTEL_SERVICE_VERSION",
         Text(),
@@ -1149,6 +1156,15 @@ class Settings:
             specific, bound = self.otlp_metrics_timeout_ms, self.metric_export_timeout_ms
         timeout = specific or self.otlp_timeout_ms
         return (min(timeout, bound) if bound else timeout) / 1000.0
+
+    def answer_wait_s(self, signal: str) -> float:
+        """How long the exporter waits for a backend's answer: twice `timeout_s`, within the
+        processor's bound. A slow backend that answers after the timeout has stored the data;
+        giving up at the timeout counted its data as failed (and HTTP re-sent the batch). Only
+        the export thread waits: the queue stays bounded and the application never waits."""
+        bound = self.bsp_export_timeout_ms if signal == "traces" else self.metric_export_timeout_ms
+        wait_ms = 2 * self.timeout_s(signal) * 1000.0
+        return (min(wait_ms, bound) if bound else wait_ms) / 1000.0
 
     def compression(self, signal: str) -> str:
         specific = self.otlp_traces_compression if signal == "traces" else self.otlp_metrics_compression

@@ -32,7 +32,13 @@ LAYERS: tuple[tuple[Layer, ...], ...] = (
         ),
     ),
     (Layer("demo", ("demo",), "`hms-otel demo`'s work: embedded PostgreSQL and Redis, traffic"),),
-    (Layer("agent", ("agent",), "`start()`: settings once, pipeline, instrumentation, live log"),),
+    (
+        Layer(
+            "agent",
+            ("agent", "shutdown_deadline"),
+            "`start()`: settings once, pipeline, instrumentation, live log; the run's shutdown deadline",
+        ),
+    ),
     (Layer("pipeline", ("pipeline",), "tracer and meter providers, processors, exporters from Settings"),),
     (
         Layer(
@@ -51,9 +57,14 @@ LAYERS: tuple[tuple[Layer, ...], ...] = (
         ),
     ),
     (
-        Layer("export", ("export",), "bounded batching, span compression, OTLP encoding, the local file"),
-        Layer("report", ("report",), "the findings report and offline analysis over the same records"),
+        Layer(
+            "report",
+            ("report",),
+            "the findings report and offline analysis over the same records (reads the local "
+            "files through export/local_files.py)",
+        ),
     ),
+    (Layer("export", ("export",), "bounded batching, span compression, OTLP encoding, the local file"),),
     (
         Layer(
             "sdk_internals",

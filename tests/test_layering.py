@@ -205,7 +205,7 @@ def test_a_synthetic_cycle_is_found() -> None:
         ("export.compress", "instrument.db"),  # SPAN_RECORD
         ("report.commands", "launch.options"),  # report -> launch
         ("signals.records", "processors"),
-        ("report.spans", "export.batch"),  # siblings
+        ("export.batch", "report.spans"),  # export reads nothing of the report
         ("config", "signals.records"),  # base imports a layer
         ("instrument.context", "sample.settings"),  # the agent imports an application
     ],

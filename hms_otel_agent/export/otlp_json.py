@@ -13,7 +13,6 @@ import base64
 import contextlib
 import json
 import os
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,10 +24,14 @@ from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult,
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from hms_otel_agent import guard
+from hms_otel_agent.export.local_files import FileMark, LineWriter
 from hms_otel_agent.export.otlp_json_encode import SpanJsonEncoder
 
 TRACES_FILE = "traces.jsonl"
 METRICS_FILE = "metrics.jsonl"
+# Shares of HMS_OTEL_LOCAL_MAX_MB: traces are most of what is written.
+TRACES_SHARE = 0.8
 _ID_FIELDS = frozenset(("traceId", "spanId", "parentSpanId"))
 
 
@@ -52,27 +55,12 @@ def _hex_ids(node: Any) -> None:
             _hex_ids(item)
 
 
-class _LineWriter:
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-
-    def write(self, line: str) -> None:
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        data = (line + "\n").encode("utf-8")
-        # O_APPEND and a single write per line keep lines whole when several processes
-        # (gunicorn workers) append to the same file.
-        with self._lock:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
-
-
 class OtlpJsonFileSpanExporter(SpanExporter):
-    def __init__(self, directory: str, direct: bool = True) -> None:
-        self._writer = _LineWriter(os.path.join(directory, TRACES_FILE))
+    def __init__(self, directory: str, direct: bool = True, max_bytes: int = 100_000_000) -> None:
+        path = os.path.join(directory, TRACES_FILE)
+        self._writer = LineWriter(path, int(max_bytes * TRACES_SHARE))
+        # Where this run's lines begin (the report at exit reads from there).
+        self.start_mark = FileMark.of(path)
         # `direct`: OTLP/JSON written from the spans' members (otlp_json_encode.py, a fast path:
         # HMS_OTEL_FAST_PATHS); else through the SDK's encoder and protobuf's MessageToDict.
         self._encoder = SpanJsonEncoder() if direct else None
@@ -80,6 +68,8 @@ class OtlpJsonFileSpanExporter(SpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if not spans:
             return SpanExportResult.SUCCESS
+        if self._writer.refused:
+            return SpanExportResult.FAILURE
         line = None
         if self._encoder is not None:
             # On an odd value, the SDK's encoder below: its handling of it.
@@ -87,24 +77,28 @@ class OtlpJsonFileSpanExporter(SpanExporter):
                 line = self._encoder.encode(spans)  # the same line, without protobuf
         if line is None:
             line = message_to_otlp_json(encode_spans(spans))
-        self._writer.write(line)
-        return SpanExportResult.SUCCESS
+        return SpanExportResult.SUCCESS if self._writer.write(line) else SpanExportResult.FAILURE
 
     def shutdown(self) -> None:
         pass
 
 
 class OtlpJsonFileMetricExporter(MetricExporter):
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, max_bytes: int = 100_000_000) -> None:
         super().__init__()
-        self._writer = _LineWriter(os.path.join(directory, METRICS_FILE))
+        self._writer = LineWriter(os.path.join(directory, METRICS_FILE), int(max_bytes * (1 - TRACES_SHARE)))
 
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
     ) -> MetricExportResult:
-        request = encode_metrics(metrics_data)
-        if request.resource_metrics:
-            self._writer.write(message_to_otlp_json(request))
+        # Never raises: the SDK's reader would log a traceback on every export.
+        try:
+            request = encode_metrics(metrics_data)
+            if request.resource_metrics and not self._writer.write(message_to_otlp_json(request)):
+                return MetricExportResult.FAILURE
+        except Exception as exc:
+            guard.report("metrics file exporter", exc)
+            return MetricExportResult.FAILURE
         return MetricExportResult.SUCCESS
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:

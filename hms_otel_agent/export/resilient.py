@@ -298,6 +298,10 @@ class ResilientMetricExporter(MetricExporter):
         return True
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        # The SDK's reader passes what is left of its deadline as `timeout` (ms).
+        timeout = kwargs.get("timeout")
+        if isinstance(timeout, (int, float)):
+            timeout_millis = min(timeout_millis, max(0.0, timeout))
         self._inner.shutdown(timeout_millis=timeout_millis)
 
 

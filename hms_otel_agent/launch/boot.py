@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from types import FrameType
 from typing import Any
 
@@ -68,6 +69,7 @@ def flush_on_sigterm() -> None:
         if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
             return
         from hms_otel_agent import agent, config
+        from hms_otel_agent.shutdown_deadline import shutdown_deadline
 
         timeout_s = config.load().settings.shutdown_timeout_ms / 1000.0
 
@@ -75,9 +77,11 @@ def flush_on_sigterm() -> None:
             try:
                 built = agent.current_pipeline()
                 if built is not None:
-                    flusher = threading.Thread(target=_shutdown, args=(built, timeout_s), daemon=True)
+                    # The deadline is shared with the run's other processes (shutdown_deadline.py).
+                    left_s = max(0.0, shutdown_deadline(timeout_s) - time.monotonic())
+                    flusher = threading.Thread(target=_shutdown, args=(built, left_s), daemon=True)
                     flusher.start()
-                    flusher.join(timeout_s + 0.5)
+                    flusher.join(left_s + 0.5)
             finally:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 os.kill(os.getpid(), signal.SIGTERM)

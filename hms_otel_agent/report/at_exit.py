@@ -16,6 +16,7 @@ import time
 from typing import IO, Any
 
 from hms_otel_agent.config import ROOT_PID_ENV, RUN_ID_ENV, Settings
+from hms_otel_agent.export.local_files import FileMark
 from hms_otel_agent.printable import printable
 
 # ROOT_PID_ENV and RUN_ID_ENV, set by hms-otel-run (launch/run.py), are named in config.py with
@@ -81,24 +82,51 @@ def wait_for_writers(path: str, timeout_s: float, settle_s: float = 0.15) -> Non
         time.sleep(0.03)
 
 
-def print_report(local_dir: str, run_id: str, settings: Settings, stream: IO[str] | None = None) -> None:
+# The report at exit reads at most this much of the run (memory: parsed spans take several
+# times their JSON), and for at most this long after the run's processes have exited.
+MAX_READ_BYTES = 16_000_000
+MAX_READ_SECONDS = 3.0
+
+
+def print_report(
+    local_dir: str,
+    run_id: str,
+    settings: Settings,
+    stream: IO[str] | None = None,
+    start: FileMark | None = None,
+    max_bytes: int = MAX_READ_BYTES,
+    max_seconds: float = MAX_READ_SECONDS,
+) -> None:
+    """The findings of this run's spans: those written since `start` (taken of the traces file
+    when the run began), within `max_bytes` and `max_seconds`."""
     from hms_otel_agent.report.build import build_report, filter_run
-    from hms_otel_agent.report.otlp import TRACES_FILE, read_paths
+    from hms_otel_agent.report.otlp import TRACES_FILE, read_run
     from hms_otel_agent.report.render import to_terminal
 
     stream = stream if stream is not None else sys.stderr
     path = os.path.join(local_dir, TRACES_FILE)
     if not os.path.exists(path):
         return
-    result = read_paths([path], strict=False, must_contain=run_id)
+    result = read_run(path, run_id, start, max_bytes=max_bytes, max_seconds=max_seconds)
     spans = filter_run(result.spans, run_id)
+    again = f"hms-otel report --run {printable(run_id)}" if run_id else "hms-otel report"
+    if result.stopped_early:
+        print(
+            f"hms-otel: the report at exit stopped early ({result.stopped_early}); "
+            f"for the whole run: {again}",
+            file=stream,
+            flush=True,
+        )
     if not spans:
         return
-    report = build_report(spans, settings, analyze=False, inputs=[path])
-    again = f"hms-otel report --run {printable(run_id)}" if run_id else "hms-otel report"
+    report = build_report(spans, settings, analyze=False, inputs=result.files or [path])
     local_dir = printable(local_dir)
     if result.skipped_lines:
         report.notes.append(f"{len(result.skipped_lines)} unreadable lines skipped in {path}")
+    if result.stopped_early:
+        report.notes.append(f"partial: the report at exit stopped early ({result.stopped_early})")
+    if result.start_rotated_away:
+        report.notes.append("partial: the start of this run was rotated away (HMS_OTEL_LOCAL_MAX_MB)")
     # (the report's own fields are escaped by the renderer)
     if not report.findings:
         s = report.summary
@@ -114,12 +142,17 @@ def print_report(local_dir: str, run_id: str, settings: Settings, stream: IO[str
     print(f"hms-otel: telemetry in {local_dir}/; print this again with: {again}", file=stream, flush=True)
 
 
-def at_exit(local_dir: str | None, settings: Settings) -> None:
-    """Called by the agent's atexit handler after its own telemetry was flushed."""
+def at_exit(
+    local_dir: str | None, settings: Settings, start: FileMark | None = None, deadline: float | None = None
+) -> None:
+    """Called by the agent's atexit handler after its own telemetry was flushed; waits for the
+    run's other processes until `deadline` (time.monotonic()) at most."""
     if not wanted(settings, local_dir):
         return
     assert local_dir is not None
     from hms_otel_agent.report.otlp import TRACES_FILE
 
-    wait_for_writers(os.path.join(local_dir, TRACES_FILE), settings.shutdown_timeout_ms / 1000.0)
-    print_report(local_dir, os.environ.get(RUN_ID_ENV, ""), settings)
+    if deadline is None:
+        deadline = time.monotonic() + settings.shutdown_timeout_ms / 1000.0
+    wait_for_writers(os.path.join(local_dir, TRACES_FILE), max(0.0, deadline - time.monotonic()))
+    print_report(local_dir, os.environ.get(RUN_ID_ENV, ""), settings, start=start)

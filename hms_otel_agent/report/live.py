@@ -36,8 +36,12 @@ STALE_RUN_S = 24 * 3600.0  # run directories left by a killed run are removed af
 
 
 def claims_root() -> str:
-    """``<tmp>/hms-otel-<uid>``: the per-user parent of every run's claims directory."""
-    return os.path.join(tempfile.gettempdir(), f"hms-otel-{os.getuid()}")
+    """``<tmp>/hms-otel-<uid>``: the per-user parent of every run's claims directory ('' when no
+    temporary directory is usable: gettempdir() writes a probe file, which fails on a full disk)."""
+    try:
+        return os.path.join(tempfile.gettempdir(), f"hms-otel-{os.getuid()}")
+    except OSError:
+        return ""
 
 
 class RunClaims:
@@ -46,7 +50,7 @@ class RunClaims:
     def __init__(self, run_id: str, root: str | None = None) -> None:
         self.root = root or claims_root()
         safe = "".join(c for c in run_id if c.isalnum())[:64]
-        self.directory = os.path.join(self.root, f"live-{safe}") if safe else ""
+        self.directory = os.path.join(self.root, f"live-{safe}") if safe and self.root else ""
         self._ready: bool | None = None  # None: not tried yet
         self._claimed = 0
 
@@ -82,6 +86,13 @@ class RunClaims:
             return True
         self._claimed += 1
         return True
+
+    def file(self, name: str) -> str | None:
+        """A path in the run's directory for state the run's processes share (None when the
+        directory cannot be used)."""
+        if self._ready is None:
+            self._ready = self._prepare()
+        return os.path.join(self.directory, name) if self._ready else None
 
     def release(self, name: str) -> None:
         if self._ready:

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from hms_otel_agent.export.local_files import FileMark, files_oldest_first, open_read
+
 # OTLP span kinds (the protobuf enum; the Python API numbers them differently).
 KIND_UNSPECIFIED, KIND_INTERNAL, KIND_SERVER, KIND_CLIENT, KIND_PRODUCER, KIND_CONSUMER = range(6)
 _KIND_NAMES = {
@@ -359,14 +361,14 @@ def _spans_or_error(obj: Any, path: str, lineno: int, bad: Callable[[int, str], 
 
 
 def expand_paths(paths: Sequence[str]) -> list[str]:
-    """Files to read: a directory means its traces.jsonl (the agent's local dir), else its
-    *.json / *.jsonl / *.gz files."""
+    """Files to read: a directory means its traces.jsonl and the files it was rotated to, oldest
+    first (the agent's local dir), else its *.json / *.jsonl / *.gz files."""
     files: list[str] = []
     for path in paths:
         if os.path.isdir(path):
-            agent_file = os.path.join(path, TRACES_FILE)
-            if os.path.isfile(agent_file):
-                files.append(agent_file)
+            agent_files = files_oldest_first(os.path.join(path, TRACES_FILE))
+            if agent_files:
+                files.extend(agent_files)
                 continue
             found = sorted(
                 os.path.join(path, name)
@@ -388,4 +390,84 @@ def read_paths(paths: Iterable[str], strict: bool = True, must_contain: str = ""
     for path in expand_paths(list(paths)):
         result.files.append(path)
         result.spans.extend(read_file(path, strict, result.skipped_lines, must_contain))
+    return result
+
+
+@dataclass
+class RunRead(ReadResult):
+    """What `read_run` read; `stopped_early` says why it stopped before the end ('' if it did not)."""
+
+    stopped_early: str = ""
+    read_bytes: int = 0
+    start_rotated_away: bool = False  # the file the run began in was dropped by rotation
+
+
+def read_run(
+    path: str,
+    run_id: str,
+    start: FileMark | None = None,
+    max_bytes: int = 16_000_000,
+    max_seconds: float = 3.0,
+) -> RunRead:
+    """The spans of one run in the agent's local file `path` and the files it was rotated to,
+    reading only from where the run began (`start`: taken of the file when the run began; None:
+    from the beginning) and at most `max_bytes` and `max_seconds` -- the report at exit must not
+    take the memory and time of reading a large file whole. Lines of other runs are skipped
+    unparsed."""
+    import time
+
+    result = RunRead()
+    deadline = time.monotonic() + max_seconds
+    files = files_oldest_first(path)
+    first, offset = 0, 0
+    if start is not None and start.inode:
+        for index, name in enumerate(files):
+            try:
+                fd = open_read(name)
+            except OSError:
+                continue
+            try:
+                if start.is_in(fd):
+                    first, offset = index, start.size
+                    break
+            finally:
+                os.close(fd)
+        else:
+            # The run began in a file rotated away since: what is left is all of this run or later.
+            result.start_rotated_away = bool(files)
+    needle = run_id.encode()
+    name = path
+
+    def bad(lineno: int, message: str) -> None:
+        result.skipped_lines.append(f"{name}:{lineno}: {message}")
+
+    for position, name in enumerate(files[first:]):
+        result.files.append(name)
+        try:
+            fd = open_read(name)
+        except OSError:
+            continue
+        with os.fdopen(fd, "rb") as handle:
+            if position == 0 and offset:
+                handle.seek(offset)
+            lineno = 0
+            for raw in handle:
+                lineno += 1
+                if result.read_bytes + len(raw) > max_bytes:
+                    result.stopped_early = f"it read the first {max_bytes // 1_000_000} MB of this run"
+                    return result
+                result.read_bytes += len(raw)
+                if lineno % 64 == 1 and time.monotonic() > deadline:
+                    result.stopped_early = f"it read this run's telemetry for {max_seconds:g} s"
+                    return result
+                if needle and needle not in raw:
+                    continue
+                if not raw.endswith(b"\n"):
+                    break  # a line still being written
+                try:
+                    obj = json.loads(raw)
+                except ValueError as exc:
+                    bad(lineno, f"not valid JSON ({type(exc).__name__})")
+                    continue
+                result.spans.extend(_spans_or_error(obj, name, lineno, bad))
     return result

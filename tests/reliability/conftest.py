@@ -268,10 +268,13 @@ FAKE_PATIENTS = (
     ),
 )
 REDIS_NOTE = "on-call: call Zebediah Quillfeather re MRN-QZ7731X"
+# A credential and a device named after its owner, sent in headers (Authorization, User-Agent, Cookie).
+BEARER_TOKEN = "eyJhbGciOiJIUzI1NiJ9.UXVpbGxmZWF0aGVyX3Rva2Vu.c2lnbmF0dXJlX3F1aWxs"
+DEVICE = "Zebediah-Quillfeathers-iPad"
 
 
 def corpus_values() -> list[str]:
-    values: list[str] = [REDIS_NOTE]
+    values: list[str] = [REDIS_NOTE, BEARER_TOKEN, DEVICE]
     for p in FAKE_PATIENTS:
         values += [
             p.mrn,
