@@ -31,7 +31,13 @@ LAYERS: tuple[tuple[Layer, ...], ...] = (
         ),
     ),
     (Layer("demo", ("demo",), "`hms-otel demo`'s work: embedded PostgreSQL and Redis, traffic"),),
-    (Layer("agent", ("agent",), "`start()`: settings once, pipeline, instrumentation, live log"),),
+    (
+        Layer(
+            "agent",
+            ("agent", "shutdown_deadline"),
+            "`start()`: settings once, pipeline, instrumentation, live log; one exit deadline per run",
+        ),
+    ),
     (Layer("pipeline", ("pipeline",), "tracer and meter providers, processors, exporters from Settings"),),
     (
         Layer(
@@ -72,7 +78,7 @@ LAYERS: tuple[tuple[Layer, ...], ...] = (
 )
 BASE = Layer(
     "base",
-    ("__init__", "config", "guard", "layout", "printable"),
+    ("__init__", "config", "guard", "layout", "local_paths", "printable"),
     "settings table, error guard, printable text, this table: importable from every layer",
 )
 # Inside the package but not the agent: applications the agent instruments (their frames are
