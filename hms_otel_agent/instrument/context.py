@@ -306,8 +306,20 @@ def _class_line(cls: type) -> int:
     return line
 
 
+_class_locations: dict[type, CodeLocation | None] = {}
+
+
 def class_location(cls: type) -> CodeLocation | None:
-    """``admin.py:18 in VisitAdmin``: where a user class is defined (None for a library's)."""
+    """``admin.py:18 in VisitAdmin``: where a user class is defined (None for a library's);
+    computed once per class."""
+    try:
+        return _class_locations[cls]
+    except KeyError:
+        found = _class_locations[cls] = _class_location(cls)
+        return found
+
+
+def _class_location(cls: type) -> CodeLocation | None:
     module = sys.modules.get(cls.__module__)
     filename = getattr(module, "__file__", None)
     if not isinstance(filename, str):

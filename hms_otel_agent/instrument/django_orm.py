@@ -207,6 +207,9 @@ class _Pending(PendingOrm):
         hops = self._hops
         location = user_location(self._frame, _MAX_DEPTH - hops) if hops < _MAX_DEPTH else None
         key = self._key
+        origin = key[8]
+        if origin is not None:  # by its fields: their strings' hashes are cached, a dataclass's is not
+            key = (*key[:8], origin.file, origin.line, origin.function)
         if location is not None:
             key = (*key, location.file, location.line, location.function)
         ctx = _interned.get(key)

@@ -692,14 +692,19 @@ def _read_grpc_credentials(name: str) -> Callable[[], None]:
     return read
 
 
-def _read_excluded_urls() -> None:
-    from opentelemetry.util.http import get_excluded_urls
+def _read_excluded_urls(library: str = "DJANGO") -> Callable[[], None]:
+    def read() -> None:
+        from opentelemetry.util.http import get_excluded_urls
 
-    get_excluded_urls("DJANGO").url_disabled("http://testserver/patients/?q=1")
+        get_excluded_urls(library).url_disabled("http://testserver/patients/?q=1")
+
+    return read
 
 
 def _read_captured_headers() -> None:
     from opentelemetry.util.http import (
+        OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST,
+        OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE,
         OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS,
         OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST,
         OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE,
@@ -713,6 +718,8 @@ def _read_captured_headers() -> None:
     for variable in (
         OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST,
         OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE,
+        OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST,
+        OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE,
     ):
         sanitize.sanitize_header_values(headers, get_custom_headers(variable), normalise_request_header_name)
 
@@ -763,8 +770,12 @@ READERS: dict[str, Callable[[], None]] = {
         for o in SDK_OPTIONS
         if "_GRPC_" in o.env and "CREDENTIAL" in o.env
     },
-    "OTEL_PYTHON_DJANGO_EXCLUDED_URLS": _read_excluded_urls,
-    "OTEL_PYTHON_EXCLUDED_URLS": _read_excluded_urls,
+    "OTEL_PYTHON_DJANGO_EXCLUDED_URLS": _read_excluded_urls(),
+    "OTEL_PYTHON_EXCLUDED_URLS": _read_excluded_urls(),
+    **{
+        f"OTEL_PYTHON_{lib}_EXCLUDED_URLS": _read_excluded_urls(lib)
+        for lib in ("REQUESTS", "HTTPX", "URLLIB3")
+    },
     "OTEL_PYTHON_DJANGO_TRACED_REQUEST_ATTRS": _accepts_anything,
     "OTEL_PYTHON_DJANGO_INSTRUMENT": _accepts_anything,
     "OTEL_PYTHON_DJANGO_MIDDLEWARE_POSITION": _read_middleware_position,
