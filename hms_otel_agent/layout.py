@@ -36,7 +36,7 @@ LAYERS: tuple[tuple[Layer, ...], ...] = (
         Layer(
             "agent",
             ("agent", "shutdown_deadline"),
-            "`start()`: settings once, pipeline, instrumentation, live log; the run's shutdown deadline",
+            "`start()`: settings once, pipeline, instrumentation, live log; one exit deadline per run",
         ),
     ),
     (Layer("pipeline", ("pipeline",), "tracer and meter providers, processors, exporters from Settings"),),
@@ -84,7 +84,7 @@ LAYERS: tuple[tuple[Layer, ...], ...] = (
 )
 BASE = Layer(
     "base",
-    ("__init__", "config", "guard", "layout", "printable"),
+    ("__init__", "config", "guard", "layout", "local_paths", "printable"),
     "settings table, error guard, printable text, this table: importable from every layer",
 )
 # Inside the package but not the agent: applications the agent instruments (their frames are

@@ -36,7 +36,6 @@ from hms_otel_agent import __version__, guard
 from hms_otel_agent.config import Settings
 from hms_otel_agent.export.batch import DROP_REASONS, BoundedBatchSpanProcessor
 from hms_otel_agent.export.compress import SpanCompressor
-from hms_otel_agent.export.local_files import FileMark
 from hms_otel_agent.export.otlp_encode import grpc_span_exporter_class, http_span_exporter_class
 from hms_otel_agent.export.otlp_json import OtlpJsonFileMetricExporter, OtlpJsonFileSpanExporter
 from hms_otel_agent.export.resilient import ResilientMetricExporter, ResilientSpanExporter, plain_http_session
@@ -49,6 +48,7 @@ from hms_otel_agent.instrument.sdk_internals import (  # noqa: F401  (re-exporte
     uninstall_end_hook,
     uninstall_exception_hook,
 )
+from hms_otel_agent.local_paths import FileMark
 from hms_otel_agent.processors import SignalMetrics, SignalProcessor
 from hms_otel_agent.signals import cache_signals
 from hms_otel_agent.signals.records import Finding, OwnerActivity

@@ -25,8 +25,9 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from hms_otel_agent import guard
-from hms_otel_agent.export.local_files import FileMark, LineWriter
+from hms_otel_agent.export.local_files import LineWriter
 from hms_otel_agent.export.otlp_json_encode import SpanJsonEncoder
+from hms_otel_agent.local_paths import FileMark
 
 TRACES_FILE = "traces.jsonl"
 METRICS_FILE = "metrics.jsonl"

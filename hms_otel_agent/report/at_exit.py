@@ -16,7 +16,7 @@ import time
 from typing import IO, Any
 
 from hms_otel_agent.config import ROOT_PID_ENV, RUN_ID_ENV, Settings
-from hms_otel_agent.export.local_files import FileMark
+from hms_otel_agent.local_paths import FileMark
 from hms_otel_agent.printable import printable
 
 # ROOT_PID_ENV and RUN_ID_ENV, set by hms-otel-run (launch/run.py), are named in config.py with

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from hms_otel_agent.export.local_files import FileMark, files_oldest_first, open_read
+from hms_otel_agent.local_paths import FileMark, files_oldest_first, open_read
 
 # OTLP span kinds (the protobuf enum; the Python API numbers them differently).
 KIND_UNSPECIFIED, KIND_INTERNAL, KIND_SERVER, KIND_CLIENT, KIND_PRODUCER, KIND_CONSUMER = range(6)

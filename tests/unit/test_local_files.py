@@ -18,8 +18,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from hms_otel_agent.export.local_files import ROTATED_FILES, FileMark, LineWriter, files_oldest_first
+from hms_otel_agent.export.local_files import LineWriter
 from hms_otel_agent.export.otlp_json import METRICS_FILE, TRACES_FILE, OtlpJsonFileSpanExporter
+from hms_otel_agent.local_paths import ROTATED_FILES, FileMark, files_oldest_first
 from hms_otel_agent.report.otlp import expand_paths, read_run
 
 OTHER_UID = 65534  # nobody
