@@ -203,9 +203,73 @@ def plain_http_session(endpoint: str) -> Any:
 
         session = requests.Session()
         session.trust_env = False
+        if endpoint.lower().startswith("https://"):
+            session.mount("https://", _one_context_adapter())
         return session
     except Exception:
         return None
+
+
+def _one_context_adapter() -> Any:
+    """A requests HTTPAdapter that builds one SSLContext per (verify, cert) pair and reuses it
+    for every connection. Stock requests hands urllib3 the CA bundle's path per pool, and
+    urllib3 then builds a context and loads the bundle for every new connection: against an
+    endpoint whose handshake keeps failing, each retry parsed the whole bundle again (RSS rose
+    by tens of MiB). The exporter still passes its own verify / cert (OTEL_EXPORTER_OTLP_*
+    CERTIFICATE, CLIENT_KEY, CLIENT_CERTIFICATE); they are loaded into the context once."""
+    import ssl
+
+    from requests.adapters import HTTPAdapter
+    from requests.utils import DEFAULT_CA_BUNDLE_PATH
+    from urllib3.util.ssl_ import create_urllib3_context
+
+    class OneContextAdapter(HTTPAdapter):
+        def __init__(self) -> None:
+            self._contexts: dict[tuple[Any, Any], ssl.SSLContext] = {}
+            self._contexts_lock = threading.Lock()
+            super().__init__()
+
+        def _context(self, verify: Any, cert: Any) -> ssl.SSLContext:
+            key = (verify, tuple(cert) if isinstance(cert, list) else cert)
+            with self._contexts_lock:
+                context = self._contexts.get(key)
+                if context is None:
+                    required = verify is not False
+                    context = create_urllib3_context(
+                        cert_reqs=ssl.CERT_REQUIRED if required else ssl.CERT_NONE
+                    )
+                    if required:
+                        where = DEFAULT_CA_BUNDLE_PATH if verify is True else verify
+                        if os.path.isdir(where):
+                            context.load_verify_locations(capath=where)
+                        else:
+                            context.load_verify_locations(cafile=where)
+                    if cert:
+                        cert_file, key_file = cert if isinstance(cert, (tuple, list)) else (cert, None)
+                        context.load_cert_chain(cert_file, key_file)
+                    self._contexts[key] = context
+                return context
+
+        def build_connection_pool_key_attributes(
+            self, request: Any, verify: Any, cert: Any = None
+        ) -> tuple[dict[str, Any], dict[str, Any]]:
+            host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
+            if host_params.get("scheme") == "https":
+                # The context holds the CA bundle and the client certificate: nothing per connection.
+                pool_kwargs = {
+                    "ssl_context": self._context(verify, cert),
+                    "cert_reqs": pool_kwargs["cert_reqs"],
+                }
+            return host_params, pool_kwargs
+
+        def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+            if not url.lower().startswith("https"):
+                super().cert_verify(conn, url, verify, cert)
+                return
+            conn.cert_reqs = "CERT_REQUIRED" if verify else "CERT_NONE"
+            conn.ca_certs = conn.ca_cert_dir = conn.cert_file = conn.key_file = None
+
+    return OneContextAdapter()
 
 
 class _PerProcess:
