@@ -164,46 +164,50 @@ def probe(url: str, timeout_s: float = 1.0) -> str:
 
 
 # What requests reads from the environment on every request when Session.trust_env is true
-# (proxies and their exceptions, a CA bundle, .netrc credentials), and the OTLP exporter's own
-# credential provider, which brings its own session.
+# (proxies and their exceptions, a CA bundle, .netrc credentials).
 # (any *_proxy variable counts: urllib's getproxies_environment reads them all)
-_ENVIRONMENT_VARIABLES = (
-    "netrc",
+_ENVIRONMENT_VARIABLES = ("netrc",)
+_CA_BUNDLE_VARIABLES = ("requests_ca_bundle", "curl_ca_bundle")
+# The OTLP exporter's own credential provider brings its own session, which ours would replace.
+_CREDENTIAL_PROVIDERS = (
     "otel_python_exporter_otlp_http_credential_provider",
     "otel_python_exporter_otlp_http_traces_credential_provider",
+    "otel_python_exporter_otlp_http_metrics_credential_provider",
 )
 
 
-_CA_BUNDLE_VARIABLES = ("requests_ca_bundle", "curl_ca_bundle")
-
-
 def plain_http_session(endpoint: str) -> Any:
-    """A requests Session that skips the per-request environment lookups (trust_env=False), or
-    None when the environment configures anything those lookups would find — then the exporter
-    keeps its default session and behaves exactly as without the agent.
+    """The requests Session for an OTLP/HTTP exporter, or None to keep the exporter's default.
 
     With trust_env requests calls get_environ_proxies / should_bypass_proxies and looks for a
     .netrc file on every POST; nothing of it can matter when no proxy, CA bundle, netrc or
     credential provider is configured (a CA bundle only for https endpoints), which is checked
-    here once per process. Only on platforms
-    where proxies come from the environment alone (not macOS or Windows, whose system proxy
-    settings requests also reads)."""
+    here once per process: then trust_env is off. For an https endpoint the session also reuses
+    one TLS context (_one_context_adapter), keeping trust_env on when the environment configures
+    anything. None (the exporter's default session, exactly as without the agent) for a
+    credential provider, an http endpoint whose environment configures anything, and on macOS
+    and Windows, whose system proxy settings requests also reads."""
     try:
         if sys.platform in ("darwin", "win32"):
             return None
         names = {name.lower() for name in os.environ}
-        if names.intersection(_ENVIRONMENT_VARIABLES) or any(name.endswith("_proxy") for name in names):
+        if names.intersection(_CREDENTIAL_PROVIDERS):
             return None
-        if not endpoint.lower().startswith("http://") and names.intersection(_CA_BUNDLE_VARIABLES):
-            return None
+        https = endpoint.lower().startswith("https://")
         home = os.path.expanduser("~")
-        if any(os.path.exists(os.path.join(home, name)) for name in (".netrc", "_netrc")):
+        environment = (
+            bool(names.intersection(_ENVIRONMENT_VARIABLES))
+            or any(name.endswith("_proxy") for name in names)
+            or (https and bool(names.intersection(_CA_BUNDLE_VARIABLES)))
+            or any(os.path.exists(os.path.join(home, name)) for name in (".netrc", "_netrc"))
+        )
+        if environment and not https:
             return None
         import requests
 
         session = requests.Session()
-        session.trust_env = False
-        if endpoint.lower().startswith("https://"):
+        session.trust_env = environment
+        if https:
             session.mount("https://", _one_context_adapter())
         return session
     except Exception:

@@ -181,7 +181,8 @@ def test_an_unknown_certificate_is_refused(https_port: int, contexts_created: li
 
 @pytest.mark.usefixtures("plain_environment")
 @pytest.mark.parametrize(
-    "variable", ["OTEL_EXPORTER_OTLP_CERTIFICATE", "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE"]
+    "variable",
+    ["OTEL_EXPORTER_OTLP_CERTIFICATE", "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "REQUESTS_CA_BUNDLE"],
 )
 def test_the_configured_certificate_is_trusted(
     https_port: int, self_signed: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, variable: str
