@@ -365,7 +365,12 @@ def _otlp_metric_exporter(settings: Settings) -> MetricExporter:
         return ResilientMetricExporter(grpc_factory, endpoint, template)
 
     def http_factory() -> MetricExporter:
-        return Http(endpoint=endpoint, timeout=timeout, compression=http_compression)
+        return Http(
+            endpoint=endpoint,
+            timeout=timeout,
+            compression=http_compression,
+            session=plain_http_session(endpoint),
+        )
 
     return ResilientMetricExporter(http_factory, endpoint, template)
 

@@ -9,6 +9,8 @@ its own. A deadline is current until `CURRENT_S` after it passed (the workers' i
 a while to exit after their deadline, and gunicorn reaps them before the master's own exit) -- so
 a worker that gunicorn restarted an hour ago does not shorten the master's shutdown. Deadlines are
 on the monotonic clock, which on Linux and macOS is the same in every process of the machine.
+A process joining a deadline that has (nearly) passed still gets `MIN_GRACE_S` of its own: a
+subprocess that exited a few seconds earlier must not leave the next one no time to flush.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from hms_otel_agent.report.live import RunClaims
 
 DEADLINE_FILE = "shutdown-deadline"
 CURRENT_S = 30.0
+MIN_GRACE_S = 1.0
 
 
 def shutdown_deadline(timeout_s: float, environ: os._Environ[str] | dict[str, str] | None = None) -> float:
@@ -40,7 +43,7 @@ def shutdown_deadline(timeout_s: float, environ: os._Environ[str] | dict[str, st
             with open(path, encoding="ascii") as handle:
                 shared = float(handle.read(64))
             if shared >= now - max(timeout_s, CURRENT_S):
-                return min(own, shared)
+                return min(own, max(shared, now + MIN_GRACE_S))
         temporary = f"{path}.{os.getpid()}"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w", encoding="ascii") as handle:

@@ -164,48 +164,116 @@ def probe(url: str, timeout_s: float = 1.0) -> str:
 
 
 # What requests reads from the environment on every request when Session.trust_env is true
-# (proxies and their exceptions, a CA bundle, .netrc credentials), and the OTLP exporter's own
-# credential provider, which brings its own session.
+# (proxies and their exceptions, a CA bundle, .netrc credentials).
 # (any *_proxy variable counts: urllib's getproxies_environment reads them all)
-_ENVIRONMENT_VARIABLES = (
-    "netrc",
+_ENVIRONMENT_VARIABLES = ("netrc",)
+_CA_BUNDLE_VARIABLES = ("requests_ca_bundle", "curl_ca_bundle")
+# The OTLP exporter's own credential provider brings its own session, which ours would replace.
+_CREDENTIAL_PROVIDERS = (
     "otel_python_exporter_otlp_http_credential_provider",
     "otel_python_exporter_otlp_http_traces_credential_provider",
+    "otel_python_exporter_otlp_http_metrics_credential_provider",
 )
 
 
-_CA_BUNDLE_VARIABLES = ("requests_ca_bundle", "curl_ca_bundle")
-
-
 def plain_http_session(endpoint: str) -> Any:
-    """A requests Session that skips the per-request environment lookups (trust_env=False), or
-    None when the environment configures anything those lookups would find — then the exporter
-    keeps its default session and behaves exactly as without the agent.
+    """The requests Session for an OTLP/HTTP exporter, or None to keep the exporter's default.
 
     With trust_env requests calls get_environ_proxies / should_bypass_proxies and looks for a
     .netrc file on every POST; nothing of it can matter when no proxy, CA bundle, netrc or
     credential provider is configured (a CA bundle only for https endpoints), which is checked
-    here once per process. Only on platforms
-    where proxies come from the environment alone (not macOS or Windows, whose system proxy
-    settings requests also reads)."""
+    here once per process: then trust_env is off. For an https endpoint the session also reuses
+    one TLS context (_one_context_adapter), keeping trust_env on when the environment configures
+    anything. None (the exporter's default session, exactly as without the agent) for a
+    credential provider, an http endpoint whose environment configures anything, and on macOS
+    and Windows, whose system proxy settings requests also reads."""
     try:
         if sys.platform in ("darwin", "win32"):
             return None
         names = {name.lower() for name in os.environ}
-        if names.intersection(_ENVIRONMENT_VARIABLES) or any(name.endswith("_proxy") for name in names):
+        if names.intersection(_CREDENTIAL_PROVIDERS):
             return None
-        if not endpoint.lower().startswith("http://") and names.intersection(_CA_BUNDLE_VARIABLES):
-            return None
+        https = endpoint.lower().startswith("https://")
         home = os.path.expanduser("~")
-        if any(os.path.exists(os.path.join(home, name)) for name in (".netrc", "_netrc")):
+        environment = (
+            bool(names.intersection(_ENVIRONMENT_VARIABLES))
+            or any(name.endswith("_proxy") for name in names)
+            or (https and bool(names.intersection(_CA_BUNDLE_VARIABLES)))
+            or any(os.path.exists(os.path.join(home, name)) for name in (".netrc", "_netrc"))
+        )
+        if environment and not https:
             return None
         import requests
 
         session = requests.Session()
-        session.trust_env = False
+        session.trust_env = environment
+        if https:
+            session.mount("https://", _one_context_adapter())
         return session
     except Exception:
         return None
+
+
+def _one_context_adapter() -> Any:
+    """A requests HTTPAdapter that builds one SSLContext per (verify, cert) pair and reuses it
+    for every connection. Stock requests hands urllib3 the CA bundle's path per pool, and
+    urllib3 then builds a context and loads the bundle for every new connection: against an
+    endpoint whose handshake keeps failing, each retry parsed the whole bundle again (RSS rose
+    by tens of MiB). The exporter still passes its own verify / cert (OTEL_EXPORTER_OTLP_*
+    CERTIFICATE, CLIENT_KEY, CLIENT_CERTIFICATE); they are loaded into the context once."""
+    import ssl
+
+    from requests.adapters import HTTPAdapter
+    from requests.utils import DEFAULT_CA_BUNDLE_PATH
+    from urllib3.util.ssl_ import create_urllib3_context
+
+    class OneContextAdapter(HTTPAdapter):
+        def __init__(self) -> None:
+            self._contexts: dict[tuple[Any, Any], ssl.SSLContext] = {}
+            self._contexts_lock = threading.Lock()
+            super().__init__()
+
+        def _context(self, verify: Any, cert: Any) -> ssl.SSLContext:
+            key = (verify, tuple(cert) if isinstance(cert, list) else cert)
+            with self._contexts_lock:
+                context = self._contexts.get(key)
+                if context is None:
+                    required = verify is not False
+                    context = create_urllib3_context(
+                        cert_reqs=ssl.CERT_REQUIRED if required else ssl.CERT_NONE
+                    )
+                    if required:
+                        where = DEFAULT_CA_BUNDLE_PATH if verify is True else verify
+                        if os.path.isdir(where):
+                            context.load_verify_locations(capath=where)
+                        else:
+                            context.load_verify_locations(cafile=where)
+                    if cert:
+                        cert_file, key_file = cert if isinstance(cert, (tuple, list)) else (cert, None)
+                        context.load_cert_chain(cert_file, key_file)
+                    self._contexts[key] = context
+                return context
+
+        def build_connection_pool_key_attributes(
+            self, request: Any, verify: Any, cert: Any = None
+        ) -> tuple[dict[str, Any], dict[str, Any]]:
+            host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
+            if host_params.get("scheme") == "https":
+                # The context holds the CA bundle and the client certificate: nothing per connection.
+                pool_kwargs = {
+                    "ssl_context": self._context(verify, cert),
+                    "cert_reqs": pool_kwargs["cert_reqs"],
+                }
+            return host_params, pool_kwargs
+
+        def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+            if not url.lower().startswith("https"):
+                super().cert_verify(conn, url, verify, cert)
+                return
+            conn.cert_reqs = "CERT_REQUIRED" if verify else "CERT_NONE"
+            conn.ca_certs = conn.ca_cert_dir = conn.cert_file = conn.key_file = None
+
+    return OneContextAdapter()
 
 
 class _PerProcess:

@@ -405,25 +405,33 @@ def test_after_fork_the_child_starts_empty_with_its_own_worker() -> None:
 
 
 @pytest.mark.parametrize(
-    ("variable", "endpoint", "plain"),
+    ("variable", "endpoint", "trust_env"),
     [
-        (None, "http://collector:4318/v1/traces", True),
-        ("HTTPS_PROXY", "http://collector:4318/v1/traces", False),
-        ("http_proxy", "http://collector:4318/v1/traces", False),
-        ("NO_PROXY", "http://collector:4318/v1/traces", False),
-        ("ALL_PROXY", "http://collector:4318/v1/traces", False),
-        ("socks_proxy", "http://collector:4318/v1/traces", False),
-        ("NETRC", "http://collector:4318/v1/traces", False),
-        ("OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER", "http://collector:4318/v1/traces", False),
-        ("REQUESTS_CA_BUNDLE", "https://collector:4318/v1/traces", False),
-        ("CURL_CA_BUNDLE", "https://collector:4318/v1/traces", False),
-        ("REQUESTS_CA_BUNDLE", "http://collector:4318/v1/traces", True),  # no TLS: no CA bundle
-        (None, "https://collector:4318/v1/traces", True),
+        (None, "http://collector:4318/v1/traces", False),
+        ("HTTPS_PROXY", "http://collector:4318/v1/traces", None),
+        ("http_proxy", "http://collector:4318/v1/traces", None),
+        ("NO_PROXY", "http://collector:4318/v1/traces", None),
+        ("ALL_PROXY", "http://collector:4318/v1/traces", None),
+        ("socks_proxy", "http://collector:4318/v1/traces", None),
+        ("NETRC", "http://collector:4318/v1/traces", None),
+        ("OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER", "http://collector:4318/v1/traces", None),
+        (
+            "OTEL_PYTHON_EXPORTER_OTLP_HTTP_METRICS_CREDENTIAL_PROVIDER",
+            "https://collector:4318/v1/metrics",
+            None,
+        ),
+        ("REQUESTS_CA_BUNDLE", "https://collector:4318/v1/traces", True),
+        ("CURL_CA_BUNDLE", "https://collector:4318/v1/traces", True),
+        ("HTTPS_PROXY", "https://collector:4318/v1/traces", True),
+        ("REQUESTS_CA_BUNDLE", "http://collector:4318/v1/traces", False),  # no TLS: no CA bundle
+        (None, "https://collector:4318/v1/traces", False),
     ],
 )
 def test_the_export_session_trusts_the_environment_whenever_it_configures_anything(
-    monkeypatch: pytest.MonkeyPatch, tmp_path, variable: str | None, endpoint: str, plain: bool
+    monkeypatch: pytest.MonkeyPatch, tmp_path, variable: str | None, endpoint: str, trust_env: bool | None
 ) -> None:
+    """None: the exporter's default session; else ours, reading the environment per request
+    only when it configures something (https endpoints always get ours, for its one TLS context)."""
     import os
 
     for name in list(os.environ):
@@ -438,10 +446,10 @@ def test_the_export_session_trusts_the_environment_whenever_it_configures_anythi
     if variable is not None:
         monkeypatch.setenv(variable, "x")
     session = resilient.plain_http_session(endpoint)
-    if plain:
-        assert session is not None and session.trust_env is False
-    else:
+    if trust_env is None:
         assert session is None
+    else:
+        assert session is not None and session.trust_env is trust_env
 
 
 def test_a_netrc_file_keeps_the_default_session(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
