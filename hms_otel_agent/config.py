@@ -482,6 +482,7 @@ _SAMPLERS = (
 _COMPRESSION = ("gzip", "none")
 
 _QUERY_NAME = re.compile(r"[a-z_][a-z_.-]{0,39}")
+_PATH_SEGMENT = re.compile(r"[A-Za-z0-9_.~-]{1,64}")  # unreserved characters: no encoding
 
 
 @dataclass(frozen=True)
@@ -873,6 +874,20 @@ class Settings:
         "Query-string parameters whose values are exported when they are a number of up to 6 digits "
         "or a lower-case word, added to page, page_size, per_page, limit, offset, ordering, "
         "order_by, sort, sort_by, order, direction, format, lang, language.",
+        "privacy",
+    )
+    safe_path_segments: tuple[str, ...] = setting(
+        "HMS_OTEL_SAFE_PATH_SEGMENTS",
+        NameList(
+            "a comma-separated list of path segments (letters, digits, _, ., ~ and -)",
+            nonempty=True,
+            pattern=_PATH_SEGMENT,
+        ),
+        (),
+        "Path segments kept as written in URLs the agent has no route for (outbound calls, "
+        "spans of other instrumentations), added to api, apis, rest, fhir, graphql, rpc, search, "
+        "batch, bulk, query, auth, oauth, oauth2, token, health, healthz, status, ping, version, "
+        "v1..v99 and FHIR's resource types; any other segment becomes {id}. Case-sensitive.",
         "privacy",
     )
     redact_query_params: tuple[str, ...] = setting(

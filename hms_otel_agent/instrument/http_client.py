@@ -45,7 +45,9 @@ def record(span: Any, library: str, method: Any, url: Any, timeout: bool | None 
     location = user_location(sys._getframe(2))
     call = HttpCall(
         method=method_text if method_text.isalpha() and len(method_text) <= 10 else "_OTHER",
-        url=urls.sanitize_target(raw, None, None, privacy.safe_query, privacy.redacted_query),
+        url=urls.sanitize_target(
+            raw, None, None, privacy.safe_query, privacy.redacted_query, words=privacy.path_words
+        ),
         timeout=timeout,
         url_hash=hash(raw),
         location=location,

@@ -4,9 +4,9 @@ fix of an HTTP N+1 against a FHIR server (`signals.http_n_plus_one`).
 FHIR's REST API (https://hl7.org/fhir/http.html) spells its paths ``[base]/[type]/[id]``,
 ``[base]/[type]/[id]/_history/[vid]``, ``[base]/[type]/[id]/[compartment type]``,
 ``[base]/[type]/$[operation]`` and ``[base]/[type]/_search``: a resource type's name is
-capitalised (``Patient``), which the generic rule for outbound paths (keep lower-case words)
-would make a placeholder, and the segment after it is a logical id (``[A-Za-z0-9.-]{1,64}``),
-which may be a lower-case word (``/Patient/smith``) the generic rule would keep. Search
+capitalised (``Patient``), which the generic rule for outbound paths (keep only a few API
+words) would make a placeholder, and the segment after it is a logical id
+(``[A-Za-z0-9.-]{1,64}``), which may be a word (``/Patient/search``) that rule would keep. Search
 parameters take comma-separated values as OR (``_id=a,b,c``, ``patient=1,2,3``), which is the
 batch form of a per-id loop. Standard library only.
 """

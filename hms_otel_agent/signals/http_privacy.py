@@ -175,6 +175,7 @@ class HttpPrivacy:
         *,
         safe_query_params: Iterable[str] = (),
         redact_query_params: Iterable[str] = (),
+        safe_path_segments: Iterable[str] = (),
         safe_headers: Iterable[str] = (),
         redact_headers: Iterable[str] = (),
         raw_paths: bool = False,
@@ -192,6 +193,8 @@ class HttpPrivacy:
         self.safe_headers = (SAFE_HEADERS | {header_key(h) for h in safe_headers if h.strip()}) - (
             self.redacted_headers
         )
+        # Words kept in paths without a route table (outbound URLs): case-sensitive, as sent.
+        self.path_words = urls.API_WORDS | frozenset(w for w in safe_path_segments if w)
         self.raw_paths = raw_paths
         self.raw_query_values = raw_query_values
         self.raw_user_agent = raw_user_agent
@@ -211,6 +214,7 @@ class HttpPrivacy:
         return cls(
             safe_query_params=settings.safe_query_params,
             redact_query_params=settings.redact_query_params,
+            safe_path_segments=settings.safe_path_segments,
             safe_headers=settings.safe_headers,
             redact_headers=settings.redact_headers,
             raw_paths=settings.capture_url_paths,
@@ -239,12 +243,13 @@ class HttpPrivacy:
             self.redacted_query,
             raw_paths=self.raw_paths,
             raw_values=self.raw_query_values,
+            words=self.path_words,
         )
 
     def path(self, path: str, route: str | None = None, literals: Container[str] | None = None) -> str:
         if self.raw_paths:
             return path
-        return urls.templated_path(path, route, literals)
+        return urls.templated_path(path, route, literals, self.path_words)
 
     def query(self, query: str) -> str:
         if self.raw_query_values:

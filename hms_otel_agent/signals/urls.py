@@ -9,13 +9,16 @@ Paths
     With the route the framework resolved: the route with placeholders
     (``patients/<int:pk>/summary/`` -> ``/patients/{pk}/summary/``). Otherwise segment by
     segment: a segment is kept when it is a literal segment of the application's routes (when
-    they are known; `route_literals`) or a well-known file (``favicon.ico``, ``robots.txt``);
-    when no routes are known (outbound URLs, spans of other instrumentations) a lower-case word
-    (``[a-z][a-z_-]{0,30}``) is kept too, and so are FHIR's resource types and keywords
+    they are known; `route_literals`) or a well-known file (``favicon.ico``, ``robots.txt``).
+    When no routes are known (outbound URLs, spans of other instrumentations) nothing says
+    which words are structural, so a segment is kept only when it is certainly one: a word of
+    `API_WORDS` (``api``, ``v2``, ``rest``, ``search``, ...), a word the user listed
+    (``HMS_OTEL_SAFE_PATH_SEGMENTS``), or one of FHIR's resource types and keywords
     (``/fhir/Patient/{id}/_history/{id}``, ``$everything``; `signals.fhir`), the segment after a
-    resource type being an id whatever it looks like. Anything else becomes ``{id}``. So
+    resource type being an id whatever it looks like. Anything else becomes ``{id}``: so
+    ``/api/patients/smith`` is ``/api/{id}/{id}`` (``patients`` kept once listed), as
     ``/patients/smith/`` is ``/patients/{id}/`` in a Django app, where ``smith`` is no route's
-    literal, and stays as written only where no route table is known.
+    literal.
 
 Query strings
     Split on ``&`` and ``;``. A parameter is kept when its name is a lower-case identifier
@@ -48,6 +51,7 @@ from urllib.parse import unquote_plus
 from hms_otel_agent.signals import fhir
 
 __all__ = [
+    "API_WORDS",
     "PLACEHOLDER",
     "REDACTED",
     "SAFE_QUERY_PARAMS",
@@ -114,7 +118,16 @@ WELL_KNOWN_SEGMENTS: Final = frozenset(
     )
 )
 
-_WORD_SEGMENT: Final = re.compile(r"[a-z][a-z_-]{0,30}")
+# Path words of web APIs in general, kept in URLs without a route table (outbound calls):
+# short on purpose, since a word here is exported wherever it appears, and none of them is a
+# name. Versions (``v1`` .. ``v99``) too; the user adds the application's own words.
+API_WORDS: Final = frozenset(
+    (
+        *("api", "apis", "rest", "fhir", "graphql", "rpc", "search", "batch", "bulk", "query"),
+        *("auth", "oauth", "oauth2", "token", "health", "healthz", "status", "ping", "version"),
+    )
+)
+_VERSION_SEGMENT: Final = re.compile(r"v[0-9]{1,2}")
 _QUERY_NAME: Final = re.compile(r"[a-z_][a-z_.-]{0,39}")
 _SAFE_VALUE: Final = re.compile(
     r"-?(?:[0-9]{1,6}|[a-z][a-z_]{0,30})(?:,-?(?:[0-9]{1,6}|[a-z][a-z_]{0,30})){0,7}"
@@ -135,11 +148,13 @@ _ESCAPABLE: Final = frozenset("./-_~")
 # --- paths ---------------------------------------------------------------------------------------
 
 
-def sanitize_path(path: str, literals: Container[str] | None = None) -> str:
+def sanitize_path(
+    path: str, literals: Container[str] | None = None, words: Container[str] = API_WORDS
+) -> str:
     """``/patients/MRN-1/notes/`` -> ``/patients/{id}/notes/``.
 
     `literals`: the segments the application's routes spell out (`route_literals`); None when
-    they are not known, and then lower-case words are kept too."""
+    they are not known, and then `words` (`API_WORDS` and the configured ones) are kept."""
     segments = path.split("/", MAX_SEGMENTS)
     more = len(segments) > MAX_SEGMENTS
     if more:
@@ -147,17 +162,17 @@ def sanitize_path(path: str, literals: Container[str] | None = None) -> str:
     if literals is not None:
         out = [s if not s or s in literals or s in WELL_KNOWN_SEGMENTS else PLACEHOLDER for s in segments]
     else:
-        out = _outbound_segments(segments)
+        out = _outbound_segments(segments, words)
     if more:
         out.append(PLACEHOLDER)
     return "/".join(out)
 
 
-def _outbound_segments(segments: list[str]) -> list[str]:
-    """Without a route table (outbound URLs): lower-case words, well-known files and FHIR's
+def _outbound_segments(segments: list[str], words: Container[str]) -> list[str]:
+    """Without a route table (outbound URLs): `words`, versions, well-known files and FHIR's
     resource types and keywords are kept; the segment after a resource type or ``_history`` is
-    a FHIR id and becomes ``{id}`` even when it is a lower-case word (``/Patient/smith``)."""
-    word = _WORD_SEGMENT.fullmatch
+    a FHIR id and becomes ``{id}`` even when it is a listed word (``/Patient/search``)."""
+    version = _VERSION_SEGMENT.fullmatch
     out: list[str] = []
     id_next = False
     for segment in segments:
@@ -171,13 +186,23 @@ def _outbound_segments(segments: list[str]) -> list[str]:
             out.append(segment)
             id_next = True
         else:
-            keep = segment in WELL_KNOWN_SEGMENTS or word(segment) or fhir.is_keyword(segment)
+            keep = (
+                segment in words
+                or segment in WELL_KNOWN_SEGMENTS
+                or version(segment) is not None
+                or fhir.is_keyword(segment)
+            )
             out.append(segment if keep else PLACEHOLDER)
             id_next = segment == "_history"
     return out
 
 
-def templated_path(path: str, route: str | None, literals: Container[str] | None = None) -> str:
+def templated_path(
+    path: str,
+    route: str | None,
+    literals: Container[str] | None = None,
+    words: Container[str] = API_WORDS,
+) -> str:
     """The path as its route spells it when the route fits the path, else `sanitize_path`.
 
     The route's pieces are laid over the path's last pieces (what comes before them, a script
@@ -185,19 +210,19 @@ def templated_path(path: str, route: str | None, literals: Container[str] | None
     Only the route's own text and sanitized segments are returned, whatever the input."""
     template = route_template(route) if route else None
     if template is None:
-        return sanitize_path(path, literals)
+        return sanitize_path(path, literals, words)
     pieces = template.split("/")
     raw = path.split("/", MAX_SEGMENTS)
     count = len(pieces)
     if len(raw) <= count or len(raw) > MAX_SEGMENTS:
-        return sanitize_path(path, literals)
+        return sanitize_path(path, literals, words)
     offset = len(raw) - count
     for index, piece in enumerate(pieces):
         if "{" not in piece and piece != raw[offset + index]:
-            return sanitize_path(path, literals)
+            return sanitize_path(path, literals, words)
     if offset == 1 and not raw[0]:
         return "/" + template  # no script prefix: the usual case
-    return sanitize_path("/".join(raw[:offset]), literals) + "/" + template
+    return sanitize_path("/".join(raw[:offset]), literals, words) + "/" + template
 
 
 @lru_cache(maxsize=512)
@@ -385,6 +410,7 @@ def sanitize_target(
     *,
     raw_paths: bool = False,
     raw_values: bool = False,
+    words: Container[str] = API_WORDS,
 ) -> str:
     """A request target (``/path?query``) or a URL with its path templated and its query
     sanitized (`raw_paths` / `raw_values`: the opt-ins that keep them as sent)."""
@@ -395,7 +421,7 @@ def sanitize_target(
         return REDACTED
     origin, path, query = parts
     if not raw_paths:
-        path = templated_path(path, route, literals)
+        path = templated_path(path, route, literals, words)
     if query is None:
         return origin + path
     query = raw_query(query, redacted) if raw_values else sanitize_query(query, safe, redacted)

@@ -44,7 +44,7 @@ PRIVACY = HttpPrivacy()
             "https://user:pw@fhir.example.org/r4/Encounter/e1",
             "https://REDACTED@fhir.example.org/r4/Encounter/{id}",
         ),
-        ("/api/patients/Quillfeather/notes", "/api/patients/{id}/notes"),
+        ("/api/patients/Quillfeather/notes", "/api/{id}/{id}/{id}"),  # no route: API words only
     ],
 )
 def test_outbound_fhir_urls(url: str, expected: str) -> None:

@@ -87,13 +87,14 @@ def test_route_template(route: str, template: str | None) -> None:
     [
         ("/patients/MRN-QZ7731X/", LITERALS, "/patients/{id}/"),
         ("/patients/smith/", LITERALS, "/patients/{id}/"),  # a name in lower case: no route literal
-        ("/patients/smith/", None, "/patients/smith/"),  # without routes: a lower-case word stays
-        ("/patients/Smith/", None, "/patients/{id}/"),
+        ("/patients/smith/", None, "/{id}/{id}/"),  # without routes: only API words stay
+        ("/api/v2/patients/smith/", None, "/api/v2/{id}/{id}/"),
+        ("/patients/Smith/", None, "/{id}/{id}/"),
         ("/patients/12345/summary/", LITERALS, "/patients/{id}/summary/"),
-        ("/patients/1931-07-17/", None, "/patients/{id}/"),
-        ("/patients/zeb%40example.org/", None, "/patients/{id}/"),
-        ("/patients/V%C3%B6r%C3%B6smarty/", None, "/patients/{id}/"),
-        ("/patients/Vörösmarty/", None, "/patients/{id}/"),
+        ("/patients/1931-07-17/", None, "/{id}/{id}/"),
+        ("/patients/zeb%40example.org/", None, "/{id}/{id}/"),
+        ("/patients/V%C3%B6r%C3%B6smarty/", None, "/{id}/{id}/"),
+        ("/patients/Vörösmarty/", None, "/{id}/{id}/"),
         ("/patients/123e4567-e89b-12d3-a456-426614174000/", LITERALS, "/patients/{id}/"),
         ("/p%61tients/", LITERALS, "/{id}/"),  # an encoded literal is not the literal
         ("/favicon.ico", LITERALS, "/favicon.ico"),

@@ -58,6 +58,7 @@ def test_empty_value_counts_as_unset() -> None:
         ("OTEL_TRACES_EXPORTER", "zipkinish", "otlp, console, hms_file or none", "(unset)"),
         ("OTEL_TRACES_SAMPLER_ARG", "2", "a number from 0 to 1", "1.0"),
         ("HMS_OTEL_CAPTURE_CACHE_KEYS", "perhaps", "true or false", "false"),
+        ("HMS_OTEL_SAFE_PATH_SEGMENTS", "patients,%2e", "a comma-separated list of path segments", "(empty)"),
     ],
 )
 def test_bad_value_gives_one_line_naming_variable_value_accepted_and_default(
