@@ -22,11 +22,12 @@ caller falls back to the SDK's encoder.
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from opentelemetry.trace import SpanKind
 
+T = TypeVar("T")
 _PACK_Q = struct.Struct("<Q").pack
 _PACK_D = struct.Struct("<d").pack
 _PACK_I = struct.Struct("<I").pack
@@ -102,6 +103,28 @@ def _key_value(key: str, value: Any) -> bytes:
     return _field(b"\x0a", key.encode("utf-8")) + _field(b"\x12", _any_value(value))
 
 
+def group_spans(spans: Sequence[Any], encode: Callable[[Any], T]) -> Iterable[tuple[Any, dict[Any, list[T]]]]:
+    """(resource, {scope: [encode(span), ...]}) in order of first span, grouped as the SDK's
+    encoder groups them: resources by equality, scopes by identity (shared by the JSON encoder)."""
+    groups: dict[int, tuple[Any, dict[Any, list[T]]]] = {}
+    canonical: dict[int, int] = {}  # id(resource) -> id of the first equal resource
+    for span in spans:
+        resource = span._resource
+        key = canonical.get(id(resource))
+        if key is None:
+            key = id(resource)
+            for other_key, (other, _) in groups.items():
+                if other == resource:
+                    key = other_key
+                    break
+            canonical[id(resource)] = key
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = (resource, {})
+        group[1].setdefault(span._instrumentation_scope or None, []).append(encode(span))
+    return groups.values()
+
+
 class SpanEncoder:
     """Encodes batches of ReadableSpans into ExportTraceServiceRequest bytes. One per exporter
     (used by one export thread at a time)."""
@@ -171,6 +194,7 @@ class SpanEncoder:
         return message
 
     def _span(self, span: Any) -> bytes:
+        """A ScopeSpans ``spans`` field (the Span message with its tag and length)."""
         context = span._context
         parts = [
             b"\x0a\x10" + context.trace_id.to_bytes(16, "big"),
@@ -232,31 +256,12 @@ class SpanEncoder:
             status_parts += b"\x18" + _varint(code)
         parts.append(_field(b"\x7a", status_parts))
         parts.append(_FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL)
-        return b"".join(parts)
+        return _field(b"\x12", b"".join(parts))
 
     def encode(self, spans: Sequence[Any]) -> bytes:
         """ExportTraceServiceRequest bytes for `spans` (what the SDK's encode_spans serializes to)."""
-        # resource -> scope -> encoded spans, grouped as the SDK groups them (by equality).
-        groups: dict[int, tuple[Any, dict[Any, list[bytes]]]] = {}
-        canonical: dict[int, int] = {}  # id(resource) -> id of the first equal resource
-        for span in spans:
-            resource = span._resource
-            key = canonical.get(id(resource))
-            if key is None:
-                key = id(resource)
-                for other_key, (other, _) in groups.items():
-                    if other == resource:
-                        key = other_key
-                        break
-                canonical[id(resource)] = key
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = (resource, {})
-            group[1].setdefault(span._instrumentation_scope or None, []).append(
-                _field(b"\x12", self._span(span))
-            )
         out = []
-        for resource, scopes in groups.values():
+        for resource, scopes in group_spans(spans, self._span):
             scope_spans = []
             for scope, encoded_spans in scopes.items():
                 scope_parts = [_field(b"\x0a", self._scope(scope)), *encoded_spans]

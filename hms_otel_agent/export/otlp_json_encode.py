@@ -28,6 +28,8 @@ from typing import Any
 
 from opentelemetry.trace import SpanKind
 
+from hms_otel_agent.export.otlp_encode import group_spans
+
 _KIND = {
     SpanKind.INTERNAL: '"kind":"SPAN_KIND_INTERNAL"',
     SpanKind.SERVER: '"kind":"SPAN_KIND_SERVER"',
@@ -233,25 +235,8 @@ class SpanJsonEncoder:
 
     def encode(self, spans: Sequence[Any]) -> str:
         """The OTLP/JSON line of `spans` (what the SDK's encode_spans converts to)."""
-        # resource -> scope -> encoded spans, grouped as the SDK groups them (by equality).
-        groups: dict[int, tuple[Any, dict[Any, list[str]]]] = {}
-        canonical: dict[int, int] = {}  # id(resource) -> id of the first equal resource
-        for span in spans:
-            resource = span._resource
-            key = canonical.get(id(resource))
-            if key is None:
-                key = id(resource)
-                for other_key, (other, _) in groups.items():
-                    if other == resource:
-                        key = other_key
-                        break
-                canonical[id(resource)] = key
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = (resource, {})
-            group[1].setdefault(span._instrumentation_scope or None, []).append(self._span(span))
         resource_spans = []
-        for resource, scopes in groups.values():
+        for resource, scopes in group_spans(spans, self._span):
             scope_spans = []
             for scope, encoded_spans in scopes.items():
                 scope_json = "{" + self._scope(scope) + ',"spans":[' + ",".join(encoded_spans) + "]"

@@ -293,13 +293,7 @@ def _member_location(cls: type, name: Any) -> CodeLocation | None:
     key = (cls, name)
     location = _framework_locations.get(key)
     if location is None:
-        module = sys.modules.get(cls.__module__)
-        filename = getattr(module, "__file__", None)
-        if not isinstance(filename, str):
-            return None
-        shown = _classified.get(filename)
-        if shown is None:
-            shown = _classify(filename, cls.__module__)
+        shown = _shown_file(cls.__module__)
         if not shown:
             return None  # a library's serializer: keep walking
         location = CodeLocation(shown, _class_line(cls), f"{cls.__qualname__}.{name}")
@@ -336,16 +330,21 @@ def class_location(cls: type) -> CodeLocation | None:
 
 
 def _class_location(cls: type) -> CodeLocation | None:
-    module = sys.modules.get(cls.__module__)
-    filename = getattr(module, "__file__", None)
-    if not isinstance(filename, str):
-        return None
-    shown = _classified.get(filename)
-    if shown is None:
-        shown = _classify(filename, cls.__module__)
+    shown = _shown_file(cls.__module__)
     if not shown:
         return None
     return CodeLocation(shown, _class_line(cls), cls.__qualname__)
+
+
+def _shown_file(module_name: str) -> str:
+    """The path shown for a loaded module's file; "" for a library's or one without a file."""
+    filename = getattr(sys.modules.get(module_name), "__file__", None)
+    if not isinstance(filename, str):
+        return ""
+    shown = _classified.get(filename)
+    if shown is None:
+        shown = _classify(filename, module_name)
+    return shown
 
 
 # Django's ``Node.render_annotated`` (set by `instrument.django_templates`): the frame of the

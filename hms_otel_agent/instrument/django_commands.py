@@ -67,16 +67,7 @@ def _execute(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any)
         span = token = None
     if djangos:
         return _run_djangos(wrapped, args, kwargs)
-    if span is None:
-        return wrapped(*args, **kwargs)
-    error: BaseException | None = None
-    try:
-        return wrapped(*args, **kwargs)
-    except BaseException as exc:
-        error = exc  # recorded on the span as it ends, then raised unchanged
-        raise
-    finally:
-        units.end(span, token, error)
+    return units.call_in(span, token, wrapped, args, kwargs)
 
 
 def _run_djangos(wrapped: Callable[..., Any], args: Any, kwargs: Any) -> Any:

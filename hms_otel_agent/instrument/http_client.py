@@ -132,19 +132,24 @@ def _set_privacy(settings: Settings) -> None:
         _privacy = HttpPrivacy.from_settings(settings)
 
 
+def _instrument(
+    instrumentor: Any, settings: Settings, tracer_provider: Any, meter_provider: Any, **hooks: Any
+) -> None:
+    """The contrib instrumentor with the agent's hooks, once (another install left alone)."""
+    _set_privacy(settings)
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument(
+            tracer_provider=tracer_provider, meter_provider=meter_provider, skip_dep_check=True, **hooks
+        )
+
+
 def instrument_requests(settings: Settings, tracer_provider: Any, meter_provider: Any) -> None:
     global _adapter_wrapped
     from opentelemetry.instrumentation.requests import RequestsInstrumentor
 
-    _set_privacy(settings)
-    instrumentor = RequestsInstrumentor()
-    if not instrumentor.is_instrumented_by_opentelemetry:
-        instrumentor.instrument(
-            tracer_provider=tracer_provider,
-            meter_provider=meter_provider,
-            request_hook=_requests_hook,
-            skip_dep_check=True,
-        )
+    _instrument(
+        RequestsInstrumentor(), settings, tracer_provider, meter_provider, request_hook=_requests_hook
+    )
     if not _adapter_wrapped:
         wrapt.wrap_function_wrapper("requests.adapters", "HTTPAdapter.send", _adapter_send)
         _adapter_wrapped = True
@@ -153,30 +158,20 @@ def instrument_requests(settings: Settings, tracer_provider: Any, meter_provider
 def instrument_httpx(settings: Settings, tracer_provider: Any, meter_provider: Any) -> None:
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-    _set_privacy(settings)
-    instrumentor = HTTPXClientInstrumentor()
-    if not instrumentor.is_instrumented_by_opentelemetry:
-        instrumentor.instrument(
-            tracer_provider=tracer_provider,
-            meter_provider=meter_provider,
-            request_hook=_httpx_hook,
-            async_request_hook=_httpx_async_hook,
-            skip_dep_check=True,
-        )
+    _instrument(
+        HTTPXClientInstrumentor(),
+        settings,
+        tracer_provider,
+        meter_provider,
+        request_hook=_httpx_hook,
+        async_request_hook=_httpx_async_hook,
+    )
 
 
 def instrument_urllib3(settings: Settings, tracer_provider: Any, meter_provider: Any) -> None:
     from opentelemetry.instrumentation.urllib3 import URLLib3Instrumentor
 
-    _set_privacy(settings)
-    instrumentor = URLLib3Instrumentor()
-    if not instrumentor.is_instrumented_by_opentelemetry:
-        instrumentor.instrument(
-            tracer_provider=tracer_provider,
-            meter_provider=meter_provider,
-            request_hook=_urllib3_hook,
-            skip_dep_check=True,
-        )
+    _instrument(URLLib3Instrumentor(), settings, tracer_provider, meter_provider, request_hook=_urllib3_hook)
 
 
 def uninstall(name: str) -> None:

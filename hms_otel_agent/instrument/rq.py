@@ -76,16 +76,7 @@ def _enqueue_job(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: 
         if span is not None and token is None:
             span.end()
             span = None
-    if span is None:
-        return wrapped(*args, **kwargs)
-    error: BaseException | None = None
-    try:
-        return wrapped(*args, **kwargs)
-    except BaseException as exc:
-        error = exc  # recorded on the span as it ends, then raised unchanged
-        raise
-    finally:
-        units.end(span, token, error)
+    return units.call_in(span, token, wrapped, args, kwargs)
 
 
 def _perform(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
@@ -111,16 +102,7 @@ def _perform(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any)
         if span is not None and token is None:
             span.end()
             span = None
-    if span is None:
-        return wrapped(*args, **kwargs)
-    error: BaseException | None = None
-    try:
-        return wrapped(*args, **kwargs)
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        units.end(span, token, error)
+    return units.call_in(span, token, wrapped, args, kwargs)
 
 
 def _perform_job(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:

@@ -89,6 +89,21 @@ def end(span: Any, token: Any, error: BaseException | None) -> None:
         guard.report("unit of work (end)", exc)
 
 
+def call_in(span: Any, token: Any, wrapped: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    """``wrapped(*args, **kwargs)`` inside `span`, activated by `token`, then `end` it with the
+    exception leaving the call, raised unchanged; no span (it failed to start): a plain call."""
+    if span is None:
+        return wrapped(*args, **kwargs)
+    error: BaseException | None = None
+    try:
+        return wrapped(*args, **kwargs)
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        end(span, token, error)
+
+
 class unit_of_work:
     """An owner span for work outside requests: the queries and cache calls made inside it are
     grouped under it, and their N+1s, duplicates and cache findings are written on it.

@@ -16,9 +16,9 @@ has none. Standard library only.
 from __future__ import annotations
 
 from hms_otel_agent.config import Settings
-from hms_otel_agent.signals import fhir, hints
-from hms_otel_agent.signals.http_calls import HttpCall
-from hms_otel_agent.signals.records import CodeLocation, Finding, OwnerActivity, most_common, total_ms
+from hms_otel_agent.signals import fhir
+from hms_otel_agent.signals.http_calls import HttpCall, by_site, site_finding
+from hms_otel_agent.signals.records import Finding, OwnerActivity
 
 HTTP_N_PLUS_ONE = "http_n_plus_one"
 KINDS = (HTTP_N_PLUS_ONE,)
@@ -41,34 +41,13 @@ def varies(calls: list[HttpCall]) -> bool:
 
 
 def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
-    groups: dict[tuple[str, str, str], list[HttpCall]] = {}
-    for call in activity.http_calls:
-        at = call.location
-        site = (at.file, at.function) if at is not None else ("", "")
-        groups.setdefault((call.template, *site), []).append(call)
     findings = []
-    owner = activity.name or activity.route
-    for calls in groups.values():
+    for calls in by_site(activity.http_calls):
         if len(calls) < settings.http_n_plus_one_threshold:
             continue
         if not varies(calls):
             continue  # one URL asked again: nothing to batch
         first = calls[0]
-        location: CodeLocation | None = most_common(c.location for c in calls)
-        fix = fix_for(first)
-        duration_ms = total_ms(calls)
         subject = f"{first.template} called"
-        findings.append(
-            Finding(
-                kind=HTTP_N_PLUS_ONE,
-                fingerprint=hints.site_fingerprint(HTTP_N_PLUS_ONE, first.template, location),
-                repetitions=len(calls),
-                duration_ms=duration_ms,
-                location=location,
-                fix=fix,
-                hint=hints.sentence(owner, subject, len(calls), duration_ms, location, fix),
-                route=activity.route,
-                subject=first.template,
-            )
-        )
+        findings.append(site_finding(HTTP_N_PLUS_ONE, activity, calls, subject, fix_for(first)))
     return findings

@@ -11,9 +11,8 @@ Standard library only.
 from __future__ import annotations
 
 from hms_otel_agent.config import Settings
-from hms_otel_agent.signals import hints
-from hms_otel_agent.signals.http_calls import HttpCall
-from hms_otel_agent.signals.records import CodeLocation, Finding, OwnerActivity, most_common, total_ms
+from hms_otel_agent.signals.http_calls import by_site, site_finding
+from hms_otel_agent.signals.records import Finding, OwnerActivity
 
 HTTP_SLOW_CALL = "http_slow_call"
 KINDS = (HTTP_SLOW_CALL,)
@@ -26,31 +25,9 @@ FIX = (
 
 def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
     slow_ns = settings.http_slow_ms * 1e6
-    groups: dict[tuple[str, str, str], list[HttpCall]] = {}
-    for call in activity.http_calls:
-        if call.duration_ns >= slow_ns:
-            at = call.location
-            site = (at.file, at.function) if at is not None else ("", "")
-            groups.setdefault((call.template, *site), []).append(call)
     findings = []
-    owner = activity.name or activity.route
-    for calls in groups.values():
-        first = calls[0]
-        location: CodeLocation | None = most_common(c.location for c in calls)
-        duration_ms = total_ms(calls)
+    for calls in by_site(c for c in activity.http_calls if c.duration_ns >= slow_ns):
         slowest = max(c.duration_ns for c in calls) / 1e6
-        subject = f"slow call {first.template} (up to {slowest:.0f} ms)"
-        findings.append(
-            Finding(
-                kind=HTTP_SLOW_CALL,
-                fingerprint=hints.site_fingerprint(HTTP_SLOW_CALL, first.template, location),
-                repetitions=len(calls),
-                duration_ms=duration_ms,
-                location=location,
-                fix=FIX,
-                hint=hints.sentence(owner, subject, len(calls), duration_ms, location, FIX),
-                route=activity.route,
-                subject=first.template,
-            )
-        )
+        subject = f"slow call {calls[0].template} (up to {slowest:.0f} ms)"
+        findings.append(site_finding(HTTP_SLOW_CALL, activity, calls, subject, FIX))
     return findings

@@ -14,9 +14,8 @@ process is killed. Standard library only.
 from __future__ import annotations
 
 from hms_otel_agent.config import Settings
-from hms_otel_agent.signals import hints
-from hms_otel_agent.signals.http_calls import HttpCall
-from hms_otel_agent.signals.records import CodeLocation, Finding, OwnerActivity, most_common, total_ms
+from hms_otel_agent.signals.http_calls import HttpCall, by_site, site_finding
+from hms_otel_agent.signals.records import Finding, OwnerActivity
 
 HTTP_NO_TIMEOUT = "http_no_timeout"
 KINDS = (HTTP_NO_TIMEOUT,)
@@ -33,31 +32,9 @@ def fix_for(call: HttpCall) -> str:
 
 
 def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
-    groups: dict[tuple[str, str, str], list[HttpCall]] = {}
-    for call in activity.http_calls:
-        if call.timeout is False:
-            at = call.location
-            site = (at.file, at.function) if at is not None else ("", "")
-            groups.setdefault((call.template, *site), []).append(call)
     findings = []
-    owner = activity.name or activity.route
-    for calls in groups.values():
+    for calls in by_site(c for c in activity.http_calls if c.timeout is False):
         first = calls[0]
-        location: CodeLocation | None = most_common(c.location for c in calls)
-        fix = fix_for(first)
-        duration_ms = total_ms(calls)
         subject = f"{first.template} called without a timeout"
-        findings.append(
-            Finding(
-                kind=HTTP_NO_TIMEOUT,
-                fingerprint=hints.site_fingerprint(HTTP_NO_TIMEOUT, first.template, location),
-                repetitions=len(calls),
-                duration_ms=duration_ms,
-                location=location,
-                fix=fix,
-                hint=hints.sentence(owner, subject, len(calls), duration_ms, location, fix),
-                route=activity.route,
-                subject=first.template,
-            )
-        )
+        findings.append(site_finding(HTTP_NO_TIMEOUT, activity, calls, subject, fix_for(first)))
     return findings
