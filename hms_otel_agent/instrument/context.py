@@ -186,10 +186,11 @@ def unregister_frames() -> None:
 def function_name(frame: FrameType) -> str:
     """The qualified name of the frame's function (``VisitViewSet.get_queryset``); a
     comprehension or generator expression is named after the function it sits in, and
-    ``<locals>`` is dropped (``outer.inner``). Python 3.10 has no ``co_qualname``: the class
-    of the frame's ``self`` / ``cls`` that defines the function there, else the plain name."""
+    ``<locals>`` is dropped (``outer.inner``). Python 3.10 has no ``co_qualname``: the plain
+    name there (reading ``self`` from ``frame.f_locals`` would keep the frame's locals alive on
+    3.10 — the application's objects would outlive its ``del``)."""
     code = frame.f_code
-    name: str = getattr(code, "co_qualname", "") or _qualname_310(frame)
+    name: str = getattr(code, "co_qualname", code.co_name)
     parts = [p for p in name.split(".") if p != "<locals>"]
     while parts and parts[-1] in _COMPREHENSIONS:
         parts.pop()
@@ -197,22 +198,6 @@ def function_name(frame: FrameType) -> str:
         return ".".join(parts)
     outer = frame.f_back  # 3.10: the comprehension's frame is called by its function's
     return function_name(outer) if outer is not None and outer.f_code is not code else code.co_name
-
-
-def _qualname_310(frame: FrameType) -> str:
-    code = frame.f_code
-    try:
-        if code.co_argcount:
-            first = frame.f_locals.get(code.co_varnames[0])
-            owner = first if isinstance(first, type) else type(first)
-            for klass in owner.__mro__:
-                member = klass.__dict__.get(code.co_name)
-                member = getattr(member, "__func__", member)  # classmethod / staticmethod
-                if getattr(member, "__code__", None) is code:
-                    return f"{klass.__qualname__}.{code.co_name}"
-    except Exception:  # user objects' descriptors may raise anything
-        pass
-    return code.co_name
 
 
 def user_location(frame: FrameType | None = None, max_depth: int = MAX_DEPTH) -> CodeLocation | None:

@@ -202,10 +202,9 @@ def _lookup(
                 inner = _inner(label, rest, ()) if rest and label == step.model else None
                 querysets.append(inner or Queryset(label))
             return Lookup(path, tuple(querysets), generic=True)
-        if not rest:
-            return Lookup(path)
-        # Before GenericPrefetch, a path goes on only when every object has the relation.
-        return Lookup(path + "__" + _path(rest)) if len(types) == 1 else None
+        # Before GenericPrefetch (Django 4.2) nothing is offered past a GenericForeignKey: the
+        # objects' types are only known at run time, so no check can prove the path.
+        return None if rest else Lookup(path)
     if not rest:
         return Lookup(path)
     inner = _inner(step.model, rest, targets)
