@@ -223,6 +223,17 @@ def _contrib_attributes(integration: Any, statement: str, args: tuple[Any, ...])
     return attributes
 
 
+def _orm_context() -> Any:
+    """The ORM operation this statement runs under, else the code location of raw SQL."""
+    pending = current_orm.get()
+    orm = pending.resolve() if isinstance(pending, PendingOrm) else pending
+    if orm is None:
+        location = user_location()
+        if location is not None:
+            orm = _raw_context(location)
+    return orm
+
+
 def _record(statement: Any, args: tuple[Any, ...], cursor: Any) -> DbSpanRecord:
     """What the span processor reads of a statement: fingerprint, ORM context (or the code
     location of raw SQL), a hash of the parameters; the statement as sent until the span ends."""
@@ -230,14 +241,8 @@ def _record(statement: Any, args: tuple[Any, ...], cursor: Any) -> DbSpanRecord:
         statement = statement.decode("utf-8", "replace")
     long = len(statement) > MAX_EXPORTED_STATEMENT_CHARS
     fp = fingerprint_sql(statement[:MAX_FINGERPRINT_CHARS] if long else statement)
-    pending = current_orm.get()
-    orm = pending.resolve() if isinstance(pending, PendingOrm) else pending
-    if orm is None:
-        location = user_location()
-        if location is not None:
-            orm = _raw_context(location)
     params = args[1] if len(args) > 1 else None
-    record = DbSpanRecord(fp, _params_hash(params), orm, hash(statement))
+    record = DbSpanRecord(fp, _params_hash(params), _orm_context(), hash(statement))
     record.execution = (statement, params, cursor)
     return record
 
@@ -568,14 +573,9 @@ def _install_stock(mask: bool) -> None:
             statement = self.get_statement(cursor, args)
             long = isinstance(statement, str) and len(statement) > MAX_EXPORTED_STATEMENT_CHARS
             fp = fingerprint_sql(statement[:MAX_FINGERPRINT_CHARS] if long else statement)
-            pending = current_orm.get()
-            orm = pending.resolve() if isinstance(pending, PendingOrm) else pending
-            if orm is None:
-                location = user_location()
-                if location is not None:
-                    orm = _raw_context(location)
             params = args[1] if len(args) > 1 else None
             text_hash = hash(statement) if isinstance(statement, str) else None
+            orm = _orm_context()
             record = DbSpanRecord(fp, _params_hash(params), orm, text_hash)
             record.execution = (statement, params, cursor)
             if statement and (mask or long):
