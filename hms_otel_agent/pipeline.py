@@ -90,8 +90,15 @@ class Pipeline:
             flusher = threading.Thread(
                 target=self._flush_metrics, args=(left_ms,), name="hms-otel-metrics-flush", daemon=True
             )
-            flusher.start()
-            flusher.join(left_ms / 1000)
+            try:
+                flusher.start()
+            except RuntimeError:
+                # Python 3.12 refuses new threads once the interpreter finalizes (atexit handlers
+                # run then). The reader's own thread, started long ago, makes the last collection
+                # when the provider shuts down below, and that shutdown is bounded by the deadline.
+                pass
+            else:
+                flusher.join(left_ms / 1000)
             left_ms = (deadline - time.monotonic()) * 1000
             if left_ms > 0:
                 self.meter_provider.shutdown(timeout_millis=left_ms)
