@@ -398,6 +398,9 @@ class _State:
 
         self.fail_on = _fail_on(str(config.getoption("hms_otel_fail_on") or DEFAULT_FAIL_ON))
         self.settings = _settings(config)
+        from hms_otel_agent.signals.http_privacy import HttpPrivacy
+
+        self.privacy = HttpPrivacy.from_settings(self.settings)  # the report's URLs, as exported
         # An xdist worker writes nothing: the controller writes the merged report.
         worker = hasattr(config, "workerinput")
         self.report_path: str | None = None if worker else (config.getoption("hms_otel_report") or None)
@@ -479,7 +482,7 @@ class _State:
         parent_of = {r.span_id: r.parent_span_id for r in records}
         failing: list[Finding] = []
         any_findings = False
-        for owner in build_owners(records, read_findings=False):
+        for owner in build_owners(records, read_findings=False, privacy=self.privacy):
             findings = self._take(owner)
             self.aggregator.add(owner, findings)
             if not findings:
