@@ -102,6 +102,14 @@ def _start(settings: config.Settings, detectors: Sequence[Detector]) -> Pipeline
     silence_exporter_logs(verbose=settings.log_level == "debug")
     from hms_otel_agent.report.live import LiveLog, RunClaims
 
+    if settings.explain:
+        from hms_otel_agent.instrument.explain import unsafe_reason
+
+        reason = unsafe_reason(settings)
+        if reason is not None:  # the simple protocol to the app's own role: EXPLAIN stays off
+            if not os.environ.get(ANNOUNCED_ENV):
+                logger.warning(reason)
+            settings = config.replace(settings, explain=False)
     run_id = os.environ.get(RUN_ID_ENV)  # set by hms-otel-run
     # Under hms-otel-run, each finding is logged once per run, not once per worker process.
     live_log = LiveLog(claims=RunClaims(run_id) if run_id else None) if settings.live_log else None
