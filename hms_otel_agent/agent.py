@@ -153,7 +153,7 @@ def _at_exit(built: Pipeline, timeout_ms: int, settings: config.Settings | None 
     # One deadline for the whole run (a gunicorn master exits after its workers, not after them
     # plus its own timeout). Nothing is imported here: a runserver child has 0.25 s after Ctrl-C
     # before the autoreloader kills it, and an import on a busy machine can take most of that.
-    deadline = shutdown_deadline(timeout_ms / 1000.0)
+    deadline = shutdown_deadline(timeout_ms / 1000.0, pending=built.has_pending_spans())
     try:
         built.shutdown(int(max(0.0, deadline - time.monotonic()) * 1000))
     except Exception as exc:
