@@ -115,10 +115,11 @@ class Pipeline:
         """Spans queued or held back for compression in this process (read without locks: a
         hint for the shutdown deadline, never wrong for long)."""
         try:
-            return any(
-                processor.queue_length or (processor.compressor is not None and processor.compressor.held_spans)
-                for processor in self.batch_processors
-            )
+            for processor in self.batch_processors:
+                compressor = processor.compressor
+                if processor.queue_length or (compressor is not None and compressor.held_spans):
+                    return True
+            return False
         except Exception:
             return True  # when in doubt, the grace of a process with something to send
 
