@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gzip
 import json
 import os
@@ -320,21 +321,48 @@ def run_spans(mode: str, protocol: str, seconds: float, sample_every: float) -> 
     return run
 
 
+_TEMPLATE_LOCK = threading.Lock()  # one copy of the template database at a time
+
+
+def app_template(args: argparse.Namespace) -> str:
+    """A database migrated and seeded once, copied for each run (CREATE DATABASE ... TEMPLATE)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import psycopg
+    from soak import manage, with_database
+
+    name = f"hms_soak_faults_{os.getpid()}_template"
+    with psycopg.connect(args.database_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"'.encode())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "HMS_OTEL_"))}
+    env.update(DATABASE_URL=with_database(args.database_url, name), HMS_SAMPLE_CACHE_BACKEND="locmem")
+    env["DJANGO_SETTINGS_MODULE"] = "hms_otel_agent.sample.settings"
+    manage(env, "migrate", "--noinput")
+    manage(env, "seed_hms", "--patients", "100", "--seed", "1")
+    return name
+
+
+def drop_database(args: argparse.Namespace, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(args.database_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+
+
 def run_app(
     mode: str, protocol: str, seconds: float, sample_every: float, args: argparse.Namespace, redis_url: str
 ) -> Run:
     sys.path.insert(0, str(ROOT / "scripts"))
     import psycopg
     import redis
-    from soak import URLS, free_port, get, manage, with_database
+    from soak import URLS, free_port, get, with_database
 
     backend = FaultBackend("healthy" if mode == BASELINE else mode, delay_s=SLOW_DELAY_S)
     run = Run(mode, protocol, seconds)
     name = f"hms_soak_faults_{os.getpid()}_{mode}_{protocol.split('/')[0]}"
     counts = Path(tempfile.mkdtemp(prefix="soak_faults_"))
     (counts / "gunicorn.conf.py").write_text(GUNICORN_CONFIG)
-    with psycopg.connect(args.database_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"'.encode())
+    with _TEMPLATE_LOCK, psycopg.connect(args.database_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{args.template}"'.encode())
     app = None
     try:
         env = agent_env(
@@ -348,8 +376,6 @@ def run_app(
             },
         )
         redis.Redis.from_url(redis_url).flushdb()
-        manage(env, "migrate", "--noinput")
-        manage(env, "seed_hms", "--patients", "100", "--seed", "1")
         port = free_port()
         cmd = [tool("gunicorn"), "hms_otel_agent.sample.wsgi", "-c", str(counts / "gunicorn.conf.py")]
         cmd += ["-b", f"127.0.0.1:{port}", "-w", "2"]
@@ -473,7 +499,7 @@ def main() -> int:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
     parser.add_argument("--write-doc", type=Path, help="replace the <!-- MARKER:begin/end --> section")
     parser.add_argument("--marker", default="soak-faults")
-    parser.add_argument("--samples", type=Path, help="write every run's RSS samples here (JSON)")
+    parser.add_argument("--json", type=Path, help="write every run (RSS samples, counts, exit time) here")
     args = parser.parse_args()
     if not sys.platform.startswith("linux"):
         print("soak_faults: reads /proc; Linux only", file=sys.stderr)
@@ -509,12 +535,15 @@ def main() -> int:
         )
         return run
 
-    with ThreadPoolExecutor(args.jobs) as pool:
-        runs = list(pool.map(lambda pair: one(*pair), pairs))
-    if args.samples:
-        args.samples.write_text(
-            json.dumps([{"mode": r.mode, "protocol": r.protocol, "samples": r.samples} for r in runs])
-        )
+    args.template = app_template(args) if args.load == "app" else ""
+    try:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            runs = list(pool.map(lambda pair: one(*pair), pairs))
+    finally:
+        if args.template:
+            drop_database(args, args.template)
+    if args.json:
+        args.json.write_text(json.dumps([dataclasses.asdict(run) for run in runs]))
     section = markdown(runs, args)
     print(section)
     if args.write_doc:
