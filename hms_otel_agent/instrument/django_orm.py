@@ -66,6 +66,7 @@ from hms_otel_agent.instrument.context import (
     async_site,
     class_location,
     current_orm,
+    descriptor_name,
     user_location,
 )
 from hms_otel_agent.signals import fixes
@@ -579,6 +580,9 @@ def _open_queryset(
         facts = NO_FACTS
         if kind == GET and kwargs:
             facts = _lookup_facts(queryset.model, tuple(kwargs))
+            descriptor = descriptor_name(sys._getframe(2))  # get() -> our wrapper -> here
+            if descriptor:
+                facts = facts._replace(descriptor=descriptor)
         elif kind == COUNT:
             admin = _admin_results.get()
             if admin:

@@ -139,7 +139,7 @@ def derive(orm: OrmContext, targets: Iterable[str] = ()) -> Fix | None:
     facts = orm.facts
     kind = orm.kind
     if kind == a.GET:
-        return _get_fix(orm.model, facts)
+        return None if facts.descriptor else _get_fix(orm.model, facts)
     route = facts.route
     if not route:
         return None

@@ -52,6 +52,7 @@ class FixFacts(NamedTuple):
     ``started_at__gte``; ``-started_at``). `aggregates`: ``(alias, Function, field)`` of an
     ``aggregate()`` call. `admin`: the ``ModelAdmin`` of the changelist the object was listed by
     (``VisitAdmin``), `admin_joins`: the relation paths that changelist's queryset joined.
+    `descriptor`: see below.
     """
 
     route: tuple[Step, ...] = ()
@@ -62,6 +63,10 @@ class FixFacts(NamedTuple):
     aggregates: tuple[tuple[str, str, str], ...] = ()  # (alias, function, field)
     admin: str = ""
     admin_joins: tuple[str, ...] = ()
+    # ``get()`` run by a descriptor of the user's code per object (a custom field's
+    # ``__get__``: ``CablePath.path_objects``): its qualified name. There is no loop of keys in
+    # the user's code to batch, so no ``in_bulk`` is offered.
+    descriptor: str = ""
 
 
 NO_FACTS = FixFacts()
