@@ -198,7 +198,11 @@ def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
             continue  # cache calls only (get -> set per item): the cache N+1 finding says it
         if all(s.db is not None and s.signature[0] == "relation" for s in body):
             continue  # lazy loads only: each relation's N+1 finding has the exact fix
-        merged.setdefault(tuple(signatures[start : start + period]), []).append((start, period, repeats))
+        # One loop seen from two phases (``cache.get -> SELECT`` and ``SELECT -> cache.get``, when
+        # the first item differed) is one group: runs are merged by their body's rotation.
+        body_signatures = tuple(signatures[start : start + period])
+        rotation = min(body_signatures[i:] + body_signatures[:i] for i in range(period))
+        merged.setdefault(rotation, []).append((start, period, repeats))
     findings = []
     owner = activity.name or activity.route
     for runs in merged.values():

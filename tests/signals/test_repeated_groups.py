@@ -292,3 +292,24 @@ def test_one_cause_one_finding_negatives() -> None:
 
 def test_registered() -> None:
     assert repeated_groups.detect in registry.DETECTORS
+
+
+def test_one_loop_seen_from_two_phases_is_one_group() -> None:
+    """``cache.get -> SELECT`` per item, then (after an item that differed) ``SELECT ->
+    cache.get``: the same loop body, rotated (Baby Buddy's feeding list, docs/accuracy.md B5)."""
+    activity = OwnerActivity(name="GET feedings/", route="feedings/")
+    raw = OrmContext(model="", kind="raw", location=VIEW)
+    at = 0
+    for _ in range(6):
+        activity.cache_calls.append(cache(at, reads=1, hits=1))
+        activity.db_calls.append(sql(at + 1, NOTES, raw))
+        at += 2
+    activity.db_calls.append(sql(at, PATIENT, raw))  # an item that differed
+    at += 1
+    for _ in range(6):
+        activity.db_calls.append(sql(at, NOTES, raw))
+        activity.cache_calls.append(cache(at + 1, reads=1, hits=1))
+        at += 2
+    [group] = detect(activity, SETTINGS)
+    assert group.repetitions == 12
+    assert group.members == ("cache.get patient:{id}:summary", "SELECT on hms_note")
