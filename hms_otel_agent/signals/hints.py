@@ -104,6 +104,8 @@ def placed(shown: OrmFix, origin: CodeLocation | None, location: CodeLocation | 
 
 def checked_fix(fix: fixes.Fix) -> OrmFix:
     """A structural fix as shown once checked: pending or failed checks show no fix and say so."""
+    if fix.kind not in fixes.FIX_KINDS:  # no test applies it: not offered
+        return OrmFix("", "", "no fix shown", fix)
     verdict = fixes.verdict(fix)
     if verdict is None:
         return OrmFix("", "", "fix being checked (shown once it compiles)", fix, pending=True)
