@@ -367,7 +367,8 @@ def test_admin_get_queryset_fix_prefetches_what_a_column_reads(
 HMS_PAGES = {
     "/patients/?limit=10": "/patients/optimized/?limit=10",  # select_related + prefetch_related
     "/encounters/?limit=10": "/encounters/optimized/?limit=10",  # select_related along two steps
-    "/patients/records/?limit=10": "/patients/records/optimized/?limit=10",  # reverse one-to-one + generic relation
+    # reverse one-to-one + generic relation
+    "/patients/records/?limit=10": "/patients/records/optimized/?limit=10",
     "/notes/?limit=10": "/notes/optimized/?limit=10",  # GenericPrefetch (prefetch_related on 4.2)
 }
 
