@@ -548,11 +548,13 @@ def _stack(project: str) -> tuple[list[str], str, list[str]]:
 
 def edit_source(path: Path, text: str, replacement: str) -> None:
     """Apply a fix to the checkout's source for this process's lifetime (restored at exit)."""
-    original = path.read_text()
+    original = path.read_bytes().decode()  # as it is: some checkouts have CRLF line endings
+    if "\r\n" in original:
+        text, replacement = text.replace("\n", "\r\n"), replacement.replace("\n", "\r\n")
     if original.count(text) != 1:
         raise SystemExit(f"{path}: the text to replace is not there exactly once: {text!r}")
-    path.write_text(original.replace(text, replacement))
-    atexit.register(path.write_text, original)
+    path.write_bytes(original.replace(text, replacement).encode())
+    atexit.register(path.write_bytes, original.encode())
 
 
 def cmd_count(args: argparse.Namespace) -> None:
