@@ -301,6 +301,12 @@ def _template_location(node: Any) -> CodeLocation | None:
     return template_location(node)
 
 
+def member_location(cls: type, name: str) -> CodeLocation | None:
+    """``views.py:30 in FeedingList.model``: a class of the user's and one of its members (the
+    class's line), or None for a library's class."""
+    return _member_location(cls, name)
+
+
 def _member_location(cls: type, name: Any) -> CodeLocation | None:
     """``serializers.py:41 in VisitSerializer.clinician``: a serializer (or form) class, its
     ``class`` line, and the field it was reading (rendering), when the class is the user's."""

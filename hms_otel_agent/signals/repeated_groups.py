@@ -223,9 +223,7 @@ def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
         findings.append(
             Finding(
                 kind=REPEATED_GROUP,
-                fingerprint=hints.site_fingerprint(
-                    REPEATED_GROUP, "|".join("\x1e".join(s.signature) for s in body), location
-                ),
+                fingerprint=_fingerprint(body, calls),
                 repetitions=repetitions,
                 duration_ms=duration_ms,
                 statement=db_steps[0].statement if db_steps else "",
@@ -242,6 +240,17 @@ def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
             )
         )
     return findings
+
+
+def _fingerprint(body: list[_Step], calls: list[_Step]) -> str:
+    """The loop's cause, whatever phase it was seen from (another request may start it on
+    another step): its body rotated to start at its smallest signature, and where that step
+    runs."""
+    texts = ["\x1e".join(s.signature) for s in body]
+    first = min(range(len(texts)), key=lambda i: texts[i:] + texts[:i])
+    anchor = body[first].signature
+    location = most_common(_location(s) for s in calls if s.signature == anchor)
+    return hints.site_fingerprint(REPEATED_GROUP, "|".join(texts[first:] + texts[:first]), location)
 
 
 def _location(step: _Step) -> CodeLocation | None:

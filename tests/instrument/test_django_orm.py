@@ -1046,3 +1046,27 @@ def test_get_in_a_plain_loop_is_not_a_descriptors(traced: Any) -> None:
             Patient.objects.get(pk=pk)
     [finding] = [e for e in traced.events(traced.spans()[-1]) if e.get("hms.finding.kind") == "n_plus_one"]
     assert finding["hms.hint.fix"].startswith("Patient.objects.in_bulk(")
+
+
+def test_a_list_view_that_sets_model_is_where_its_queryset_comes_from(traced: Any) -> None:
+    """Django's generic ListView builds the queryset from `model` (MultipleObjectMixin): the
+    place to edit is the view class (Baby Buddy's FeedingList; docs/accuracy.md shape 10)."""
+    from django.views.generic import ListView
+
+    from hms_otel_agent.sample.hms.models import Encounter
+
+    class EncounterList(ListView):  # type: ignore[type-arg]
+        model = Encounter
+        ordering = ("id",)
+
+    queryset = EncounterList().get_queryset()[:6]
+    with _owner(traced) as owner:
+        for encounter in queryset:
+            encounter.patient  # noqa: B018
+    [load, *_] = _lazy(_db_spans(traced, owner))
+    attributes = load.attributes
+    assert attributes["hms.orm.origin.code.file.path"] == THIS_FILE
+    assert attributes["hms.orm.origin.code.function.name"].endswith("EncounterList.model")
+    [finding] = [e for e in traced.events(traced.spans()[-1]) if e.get("hms.finding.kind") == "n_plus_one"]
+    assert "to the Encounter queryset at " in finding["hms.hint"]
+    assert finding["hms.hint"].endswith("EncounterList.model")

@@ -313,3 +313,20 @@ def test_one_loop_seen_from_two_phases_is_one_group() -> None:
     [group] = detect(activity, SETTINGS)
     assert group.repetitions == 12
     assert group.members == ("cache.get patient:{id}:summary", "SELECT on hms_note")
+
+
+def test_one_loop_from_two_phases_in_two_requests_has_one_fingerprint() -> None:
+    def request(cache_first: bool) -> Finding:
+        activity = OwnerActivity(name="GET feedings/", route="feedings/")
+        raw = OrmContext(model="", kind="raw", location=CodeLocation("core/list.html", 1, "template"))
+        for i in range(6):
+            get = cache(4 * i + (0 if cache_first else 1), reads=1, hits=1)
+            get.location = CodeLocation("core/templatetags/misc.py", 38, "feeding_time_diff_base")
+            activity.cache_calls.append(get)
+            activity.db_calls.append(sql(4 * i + (1 if cache_first else 0), NOTES, raw))
+        [group] = detect(activity, SETTINGS)
+        return group
+
+    one, two = request(True), request(False)
+    assert one.members != two.members  # seen from two phases
+    assert one.fingerprint == two.fingerprint  # one cause: one report row
