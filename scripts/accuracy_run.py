@@ -750,13 +750,21 @@ def cmd_compare(args: argparse.Namespace) -> None:
         for o in agent
         if o.get("user_agent", "").startswith("accuracy-run/")
     }
-    requests = [o for o in agent if o["url"]]
+    # Newer agents keep only a User-Agent's browser and system and no full URL: their server
+    # spans are matched by route (the reference's route of the page), in the order they ended.
+    by_route: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    for o in agent:
+        if o.get("status") is not None:
+            by_route[o.get("route", "")].append(o)
     lines = []
     for index, page in enumerate(pages):
+        r = ref_by_path.get(page["path"], {})
+        owner = tagged.get(str(index))
+        if not tagged:
+            queue = by_route.get(r.get("route", ""), [])
+            owner = queue.pop(0) if queue else None
         if page["round"] != args.round:
             continue
-        owner = tagged.get(str(index)) if tagged else (requests[index] if index < len(requests) else None)
-        r = ref_by_path.get(page["path"], {})
         lines.append(f"## {page['method']} {page['path']}  status {page['status']}")
         if owner is None:
             lines.append("  (no owner span found)")
@@ -785,7 +793,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
             for z in r.get("zeal", []):
                 lines.append(f"  zeal: {z}")
     for owner in agent:
-        if not owner["url"]:
+        if not owner["url"] and owner.get("status") is None:
             counts = f"{owner['queries']} queries, {len(owner['findings'])} findings"
             lines.append(f"## {owner['name']} (not a request): {counts}")
             for f in owner["findings"]:
