@@ -150,9 +150,12 @@ def _describe(step: _Step) -> str:
     return f"{operation} on {db.table or 'one table'}"
 
 
-def _step_fix(step: _Step) -> str:
+def _step_fix(step: _Step, one_key: bool = False) -> str:
+    """The batch form of one step; `one_key`: a cache read of the same key for every item."""
     if step.cache is not None:
         call = step.cache
+        if one_key and call.reads:
+            return f"read {call.key_pattern} once before the loop (the same key for every item)"
         if call.django_api:
             if call.reads:
                 return "cache.get_many(keys)"
@@ -213,7 +216,13 @@ def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
         repetitions = sum(repeats for _, _, repeats in runs)
         duration_ms = total_ms(calls)
         location = most_common(_location(s) for s in calls)
-        step_fixes = tuple(dict.fromkeys((_covers(s), _step_fix(s)) for s in body))
+        keys: dict[tuple[str, ...], set[int | None]] = {}
+        for step in calls:
+            if step.cache is not None:
+                keys.setdefault(step.signature, set()).add(step.cache.key_hash)
+        step_fixes = tuple(
+            dict.fromkeys((_covers(s), _step_fix(s, _one_key(keys.get(s.signature)))) for s in body)
+        )
         fix = "; ".join(dict.fromkeys(f for _, f in step_fixes))
         subject = f"{period} calls repeated together per item ({' -> '.join(members)})"
         hint = hints.sentence(owner, subject, repetitions, duration_ms, location, _ACTION + fix)
@@ -240,6 +249,10 @@ def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
             )
         )
     return findings
+
+
+def _one_key(hashes: set[int | None] | None) -> bool:
+    return hashes is not None and len(hashes) == 1 and None not in hashes
 
 
 def _fingerprint(body: list[_Step], calls: list[_Step]) -> str:

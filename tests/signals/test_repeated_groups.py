@@ -330,3 +330,19 @@ def test_one_loop_from_two_phases_in_two_requests_has_one_fingerprint() -> None:
     one, two = request(True), request(False)
     assert one.members != two.members  # seen from two phases
     assert one.fingerprint == two.fingerprint  # one cause: one report row
+
+
+def test_a_cache_read_of_one_key_per_item_is_read_once_not_batched() -> None:
+    """A setting read through the cache for every row (django-dbsettings, docs/accuracy.md A4):
+    the same key each time, so the step's fix is to read it once, not get_many."""
+    activity = OwnerActivity(name="GET feedings/", route="feedings/")
+    raw = OrmContext(model="", kind="raw", location=VIEW)
+    for i in range(6):
+        activity.cache_calls.append(cache(2 * i, reads=1, hits=1, key_hash=42))
+        activity.db_calls.append(sql(2 * i + 1, NOTES, raw))
+    [group] = detect(activity, SETTINGS)
+    once = "read patient:{id}:summary once before the loop (the same key for every item)"
+    assert group.fix.startswith(once + "; ")
+    varying = cache_aside(6)  # one key per patient: batched
+    [other] = detect(varying, SETTINGS)
+    assert other.fix.startswith("cache.get_many(keys); ")
