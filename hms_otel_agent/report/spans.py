@@ -45,6 +45,7 @@ from hms_otel_agent.signals.routes import readable_name, readable_route
 from hms_otel_agent.signals.semconv import stable_value
 from hms_otel_agent.signals.vocabulary import (
     CONNECT_EVENT,
+    DB_PAGED,
     DJANGO_CACHE_SCOPE,
     DJANGO_SCOPE,
     EAGER_LOADS_SCOPE,
@@ -58,6 +59,7 @@ from hms_otel_agent.signals.vocabulary import (
     finding_of,
     location_of,
     plan_of,
+    strings,
 )
 from hms_otel_agent.signals.vocabulary import integer as _int
 from hms_otel_agent.signals.vocabulary import text as _text
@@ -349,6 +351,7 @@ def build_owners(
                     route=route,
                     plans=recorded_plans(span),
                     connects=connect_calls(span),
+                    paged=set(strings(span.attributes.get(DB_PAGED))),
                 ),
                 span=span,
                 trace_id=span.trace_id,
