@@ -10,8 +10,10 @@ they implement a method or inherit it.
 One call, one span: a wrapped method called while another runs in the same context (the
 base ``get_or_set`` calls ``get`` and ``add``, ``get_many`` calls ``get``, DatabaseCache's
 ``get`` calls ``get_many``, a subclass calls ``super()``) runs unwrapped. The outer span is
-the current span, so the Redis command spans underneath are its children; the Redis hooks
-see `cache_hooks.current_django_call` and leave them to the contrib's attributes.
+the current span. By default (HMS_OTEL_CACHE_COMMAND_SPANS=false) the Redis commands it sends
+get no spans: the agent's Redis wrapper sees `cache_hooks.current_django_call` and adds their
+names to the call (`hms.cache.commands`), one span per call. With command spans on they are its
+children, left to the contrib's attributes.
 
 Hit or miss never changes what the caller gets: ``get`` is called with a private sentinel as
 the default and the caller's default is returned when the sentinel comes back.
