@@ -85,6 +85,8 @@ def install(settings: Settings, tracer_provider: Any) -> None:
         if sdk_internals.fast_paths():
             tracer = RedisInstrumentor._get_tracer(tracer_provider=tracer_provider)
             _replace_command_wrapper(tracer, request_hook, response_hook)
+        else:
+            _wrap_fold()
     except Exception as exc:  # another contrib version: its own wrapper stays
         guard.report("redis instrumentation", exc)
     _wrap_pipelines()
@@ -94,6 +96,7 @@ def uninstall() -> None:
     from opentelemetry.instrumentation.redis import RedisInstrumentor
 
     _unwrap_pipelines()  # ours is the outermost wrapper: it goes first
+    _unwrap_fold()
     RedisInstrumentor().uninstrument()
     _restore_contrib_helpers()
 
@@ -208,6 +211,40 @@ def _fold(commands: list[str], args: Any) -> None:
             commands.append(operation_name(args))
     except Exception as exc:
         guard.report("redis instrumentation", exc)
+
+
+def _fold_command(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+    """Stock paths (HMS_OTEL_FAST_PATHS=false): around the contrib's wrapper, which sends no span
+    under a Django cache call, the command's name folded into the call as the fast path does."""
+    call = current_django_call.get()
+    if call is not None and call.commands is not None:
+        _fold(call.commands, args)
+    return wrapped(*args, **kwargs)
+
+
+_fold_command._hms_fold = True  # type: ignore[attr-defined]
+
+
+def _is_fold(attribute: Any) -> bool:
+    return isinstance(attribute, wrapt.FunctionWrapper) and getattr(
+        getattr(attribute, "_self_wrapper", None), "_hms_fold", False
+    )
+
+
+def _wrap_fold() -> None:
+    import redis
+
+    current = redis.Redis.__dict__.get("execute_command")
+    if isinstance(current, wrapt.FunctionWrapper) and not _is_fold(current):
+        redis.Redis.execute_command = wrapt.FunctionWrapper(current, _fold_command)  # type: ignore[method-assign]
+
+
+def _unwrap_fold() -> None:
+    import redis
+
+    current = redis.Redis.__dict__.get("execute_command")
+    if _is_fold(current):
+        redis.Redis.execute_command = current.__wrapped__  # type: ignore[method-assign,union-attr]
 
 
 def _detection_only() -> bool:
