@@ -16,6 +16,13 @@ Modes (each at every sampling rate of ``--rates``; ``none`` once):
 ``hms-http``     HTTP-protobuf / its local-file default (OTLP-JSON lines in a temporary directory)
 ``hms-file``
 ``ddtrace``      ``ddtrace-run``, the trace agent URL on the sink
+
+Two more modes, not in the default set (``--agents`` names them):
+
+``otel-stable-http``    ``otel-http`` with the agent's default ``OTEL_SEMCONV_STABILITY_OPT_IN=database,http``
+                        (the stable names, and the contrib's two DB metrics recorded per statement)
+``hms-http-cmdspans``   ``hms-http`` with ``HMS_OTEL_CACHE_COMMAND_SPANS=true`` (a span per Redis command
+                        under a Django cache call: the default before the commands were folded)
 ``sentry``       ``sentry_sdk.init`` in settings (Django + Redis integrations), DSN on the sink
 ``elastic``      ``elasticapm.contrib.django`` + its tracing middleware, SERVER_URL on the sink
 
@@ -92,6 +99,7 @@ AGENTS = (
     "sentry",
     "elastic",
 )
+EXTRA_AGENTS = ("otel-stable-http", "hms-http-cmdspans")  # only when named in --agents
 TITLES = {
     "none": "no agent",
     "otel-grpc": "opentelemetry-instrument, OTLP gRPC",
@@ -99,6 +107,8 @@ TITLES = {
     "hms-grpc": "hms-otel-run, OTLP gRPC",
     "hms-http": "hms-otel-run, OTLP HTTP/protobuf",
     "hms-file": "hms-otel-run, local file (default)",
+    "otel-stable-http": "opentelemetry-instrument, OTLP HTTP/protobuf, stable semconv (database,http)",
+    "hms-http-cmdspans": "hms-otel-run, OTLP HTTP/protobuf, HMS_OTEL_CACHE_COMMAND_SPANS=true",
     "ddtrace": "ddtrace-run",
     "sentry": "sentry-sdk (Django + Redis)",
     "elastic": "Elastic APM (elasticapm.contrib.django)",
@@ -207,6 +217,10 @@ def mode_command(mode: Mode, ports: Ports, tmp: Path) -> tuple[list[str], dict[s
             )
         else:
             env["HMS_OTEL_LOCAL_DIR"] = str(tmp / f"local-{mode.name}")
+        if mode.agent == "otel-stable-http":
+            env["OTEL_SEMCONV_STABILITY_OPT_IN"] = "database,http"
+        if mode.agent == "hms-http-cmdspans":
+            env["HMS_OTEL_CACHE_COMMAND_SPANS"] = "true"
         if mode.family == "otel":
             disabled = [n for n in run.installed_instrumentations() if n not in run.WANTED_INSTRUMENTATIONS]
             env.update(
@@ -615,7 +629,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--requests", type=int, help="requests per page, mode and round (default 100; quick 25)"
     )
-    parser.add_argument("--agents", default=",".join(AGENTS), help="subset of " + ",".join(AGENTS))
+    parser.add_argument(
+        "--agents", default=",".join(AGENTS), help="subset of " + ",".join((*AGENTS, *EXTRA_AGENTS))
+    )
     parser.add_argument("--rates", default="1.0,0.1", help="head sampling rates (1.0 = every request traced)")
     parser.add_argument("--pages", default=",".join(PAGES), help="subset of " + ",".join(PAGES))
     parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers (--driver gunicorn)")
@@ -639,7 +655,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (2 if args.quick else 5)
     args.requests = args.requests or (25 if args.quick else 100)
-    args.agents = [a for a in AGENTS if a in args.agents.split(",")]
+    args.agents = [a for a in (*AGENTS, *EXTRA_AGENTS) if a in args.agents.split(",")]
     args.rates = [float(r) for r in args.rates.split(",")]
     args.pages = [p for p in PAGES if p in args.pages.split(",")]
     return args

@@ -12,7 +12,8 @@ JSON command per line:
     in this process) over requests and flush, the request thread's share of it (without the flush), the
     time in the garbage collector and its collections per generation, and the status codes.
 ``{"cmd": "profile", "path": P, "n": N, "out": FILE, "tool": "cprofile"|"pyinstrument"}``  the same
-    N requests under a profiler of the request thread, saved to FILE (``real_app.py`` uses it).
+    N requests under a profiler of the request thread, saved to FILE (``real_app.py`` uses it);
+    ``"timer": "cpu"`` makes cProfile count the thread's CPU time instead of wall time.
 ``{"cmd": "quit"}``
 
 No HTTP server, so the numbers are the agent's cost on the request path and its export threads,
@@ -107,7 +108,9 @@ def profile(command: dict[str, Any], request: Any) -> None:
         return
     import cProfile
 
-    with cProfile.Profile() as prof:
+    # "timer": "cpu" profiles the thread's CPU time (waits for PostgreSQL and Redis not counted).
+    timer = (time.thread_time,) if command.get("timer") == "cpu" else ()
+    with cProfile.Profile(*timer) as prof:
         for _ in range(n):
             request(path)
     prof.dump_stats(out)

@@ -554,11 +554,11 @@ class Settings:
     cache_command_spans: bool = setting(
         "HMS_OTEL_CACHE_COMMAND_SPANS",
         Bool(),
-        True,
+        False,
         "Trace what a Django cache call sends to its backend (Redis commands, DatabaseCache SQL) as "
-        "spans under the call's cache.<operation> span; false: the call's span alone, which keeps "
-        "the key pattern, hit or miss and backend (fewer spans on cache-heavy pages; the cache "
-        "signals are unchanged).",
+        "spans under the call's cache.<operation> span. Default false: one span per call, with the "
+        "key pattern, hit or miss, backend and the names of the Redis commands it sent "
+        "(hms.cache.commands); the cache signals are the same either way.",
     )
     implicit_units: bool = setting(
         "HMS_OTEL_IMPLICIT_UNITS",

@@ -10,8 +10,10 @@ they implement a method or inherit it.
 One call, one span: a wrapped method called while another runs in the same context (the
 base ``get_or_set`` calls ``get`` and ``add``, ``get_many`` calls ``get``, DatabaseCache's
 ``get`` calls ``get_many``, a subclass calls ``super()``) runs unwrapped. The outer span is
-the current span, so the Redis command spans underneath are its children; the Redis hooks
-see `cache_hooks.current_django_call` and leave them to the contrib's attributes.
+the current span. By default (HMS_OTEL_CACHE_COMMAND_SPANS=false) the Redis commands it sends
+get no spans: the agent's Redis wrapper sees `cache_hooks.current_django_call` and adds their
+names to the call (`hms.cache.commands`), one span per call. With command spans on they are its
+children, left to the contrib's attributes.
 
 Hit or miss never changes what the caller gets: ``get`` is called with a private sentinel as
 the default and the caller's default is returned when the sentinel comes back.
@@ -46,7 +48,12 @@ from hms_otel_agent.instrument.cache_hooks import (
 from hms_otel_agent.instrument.context import add_detached, detection_only_parent, user_location
 from hms_otel_agent.instrument.sdk_internals import set_attributes
 from hms_otel_agent.signals.records import CacheCall
-from hms_otel_agent.signals.vocabulary import CACHE_RECORD, DJANGO_CACHE_SCOPE, code_attributes
+from hms_otel_agent.signals.vocabulary import (
+    CACHE_COMMANDS,
+    CACHE_RECORD,
+    DJANGO_CACHE_SCOPE,
+    code_attributes,
+)
 
 SCOPE = DJANGO_CACHE_SCOPE
 OPERATIONS = (
@@ -85,7 +92,7 @@ _MISSING = object()  # our default for get(): comes back only on a miss
 _state: dict[str, Any] = {
     "tracer": None,
     "capture_keys": False,
-    "command_spans": True,
+    "command_spans": False,
     "default_timeout": object(),  # Django's DEFAULT_TIMEOUT once installed
 }
 _wrapped: list[tuple[type, str, Any]] = []  # (class, method name, original)
@@ -196,6 +203,7 @@ class _Call:
         "args",
         "attributes",
         "call",
+        "commands",
         "get_missed",
         "keys",
         "kwargs",
@@ -217,6 +225,9 @@ class _Call:
         # The span's attributes, written once when the call returns (or fails).
         self.attributes: dict[str, Any] | None = None
         self.get_missed: bool | None = None  # get_or_set: what its first inner get() found
+        # The names of the Redis commands the call sent, folded into its span when they get no
+        # spans of their own (HMS_OTEL_CACHE_COMMAND_SPANS=false); None: not folded.
+        self.commands: list[str] | None = None
 
 
 def _argument(args: Any, kwargs: Any, index: int, name: str, default: Any) -> Any:
@@ -329,6 +340,8 @@ def _start(operation: str, instance: Any, prepared: _Call, detached: bool = Fals
     if location is not None:
         attributes.update(code_attributes(location))
     prepared.attributes = attributes
+    if not _state["command_spans"] and span is not None:
+        prepared.commands = []
     unique = keys if len(keys) <= 1 else list(dict.fromkeys(key_text(k) for k in keys))
     call = CacheCall(
         operation=operation,
@@ -374,6 +387,8 @@ def _finish(operation: str, prepared: _Call, result: Any) -> None:
         attributes["hms.cache.ttl_s"] = call.ttl_s  # it wrote: the miss is known only now
     span = prepared.span
     if span is not None and span.get_span_context().trace_flags.sampled:  # else: detection only
+        if prepared.commands:
+            attributes[CACHE_COMMANDS] = tuple(prepared.commands)
         set_attributes(span, attributes)
 
 
@@ -420,7 +435,7 @@ def _make_wrapper(operation: str) -> Callable[..., Any]:
         except BaseException as exc:
             current_django_call.reset(call_token)
             context_api.detach(token)
-            _end_failed(span, prepared.attributes, exc)
+            _end_failed(span, prepared.attributes, exc, prepared.commands)
             raise
         current_django_call.reset(call_token)
         context_api.detach(token)
@@ -475,9 +490,16 @@ def _add_detached(parent: Any, prepared: _Call, start_ns: int) -> None:
         guard.report("django cache instrumentation", exc)
 
 
-def _end_failed(span: Any, attributes: dict[str, Any] | None, exc: BaseException) -> None:
+def _end_failed(
+    span: Any,
+    attributes: dict[str, Any] | None,
+    exc: BaseException,
+    prepared_commands: list[str] | None = None,
+) -> None:
     try:
         if attributes:
+            if prepared_commands:
+                attributes[CACHE_COMMANDS] = tuple(prepared_commands)
             set_attributes(span, attributes)
         if isinstance(exc, Exception) and span.is_recording():
             span.record_exception(exc)

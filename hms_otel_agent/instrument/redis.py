@@ -53,6 +53,7 @@ from hms_otel_agent.instrument.cache_hooks import command_head, current_django_c
 from hms_otel_agent.instrument.db_semconv import database_mode, mode_of, peer_attributes
 from hms_otel_agent.instrument.sdk_internals import call_hook, set_attributes
 from hms_otel_agent.signals.key_pattern import key_pattern
+from hms_otel_agent.signals.vocabulary import CACHE_COMMANDS_MAX
 
 REDIS_SCOPE = "opentelemetry.instrumentation.redis"
 
@@ -84,6 +85,8 @@ def install(settings: Settings, tracer_provider: Any) -> None:
         if sdk_internals.fast_paths():
             tracer = RedisInstrumentor._get_tracer(tracer_provider=tracer_provider)
             _replace_command_wrapper(tracer, request_hook, response_hook)
+        else:
+            _wrap_fold()
     except Exception as exc:  # another contrib version: its own wrapper stays
         guard.report("redis instrumentation", exc)
     _wrap_pipelines()
@@ -93,6 +96,7 @@ def uninstall() -> None:
     from opentelemetry.instrumentation.redis import RedisInstrumentor
 
     _unwrap_pipelines()  # ours is the outermost wrapper: it goes first
+    _unwrap_fold()
     RedisInstrumentor().uninstrument()
     _restore_contrib_helpers()
 
@@ -173,7 +177,15 @@ def _replace_command_wrapper(tracer: Any, request_hook: Any, response_hook: Any)
             _close(span, token)
 
     def execute_command(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-        if not is_instrumentation_enabled() or (current_django_call.get() is not None and _detection_only()):
+        call = current_django_call.get()
+        if call is not None:
+            commands = call.commands
+            if commands is not None:  # folded into the Django cache call's span: no span here
+                _fold(commands, args)
+                return wrapped(*args, **kwargs)
+            if _detection_only():
+                return wrapped(*args, **kwargs)
+        if not is_instrumentation_enabled():
             return wrapped(*args, **kwargs)
         started = start(instance, args, kwargs)
         if started is None:
@@ -190,6 +202,49 @@ def _replace_command_wrapper(tracer: Any, request_hook: Any, response_hook: Any)
         return response
 
     redis.Redis.execute_command = wrapt.FunctionWrapper(current.__wrapped__, execute_command)  # type: ignore[method-assign]
+
+
+def _fold(commands: list[str], args: Any) -> None:
+    """Add a command's name (never its arguments) to its Django cache call's list."""
+    try:
+        if len(commands) < CACHE_COMMANDS_MAX and args:
+            commands.append(operation_name(args))
+    except Exception as exc:
+        guard.report("redis instrumentation", exc)
+
+
+def _fold_command(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+    """Stock paths (HMS_OTEL_FAST_PATHS=false): around the contrib's wrapper, which sends no span
+    under a Django cache call, the command's name folded into the call as the fast path does."""
+    call = current_django_call.get()
+    if call is not None and call.commands is not None:
+        _fold(call.commands, args)
+    return wrapped(*args, **kwargs)
+
+
+_fold_command._hms_fold = True  # type: ignore[attr-defined]
+
+
+def _is_fold(attribute: Any) -> bool:
+    return isinstance(attribute, wrapt.FunctionWrapper) and getattr(
+        getattr(attribute, "_self_wrapper", None), "_hms_fold", False
+    )
+
+
+def _wrap_fold() -> None:
+    import redis
+
+    current = redis.Redis.__dict__.get("execute_command")
+    if isinstance(current, wrapt.FunctionWrapper) and not _is_fold(current):
+        redis.Redis.execute_command = wrapt.FunctionWrapper(current, _fold_command)  # type: ignore[method-assign]
+
+
+def _unwrap_fold() -> None:
+    import redis
+
+    current = redis.Redis.__dict__.get("execute_command")
+    if _is_fold(current):
+        redis.Redis.execute_command = current.__wrapped__  # type: ignore[method-assign,union-attr]
 
 
 def _detection_only() -> bool:
@@ -411,7 +466,14 @@ def command_stack(pipeline: Any) -> list[tuple[Any, ...]]:
 def _snapshot(instance: Any) -> list[tuple[Any, ...]] | None:
     """The pipeline's commands for the response hook; None under a Django cache call, whose own
     span is what gets the cache attributes."""
-    if current_django_call.get() is not None:
+    call = current_django_call.get()
+    if call is not None:
+        if call.commands is not None:  # folded into the Django cache call's span
+            try:
+                for command in command_stack(instance):
+                    _fold(call.commands, command)
+            except Exception as exc:
+                guard.report("redis pipeline wrapper", exc)
         return None
     try:
         return command_stack(instance)

@@ -31,6 +31,9 @@ DB_SCOPES = frozenset(
 )
 DJANGO_CACHE_SCOPE = "hms_otel_agent.django_cache"
 CACHE_SCOPES = frozenset(("opentelemetry.instrumentation.redis", DJANGO_CACHE_SCOPE))
+# A Django cache span's Redis commands (their names, in order) when they get no spans of their own.
+CACHE_COMMANDS = "hms.cache.commands"
+CACHE_COMMANDS_MAX = 32  # names kept per call (a pipeline of set_many can send thousands)
 EAGER_LOADS_SCOPE = "hms_otel_agent.eager_loads"  # aggregate findings, not a request
 EAGER_LOADS_SPAN = "unused eager loading"  # the span name of those findings
 DJANGO_SCOPE = "opentelemetry.instrumentation.django"

@@ -295,7 +295,18 @@ def test_pytest_suite_that_configures_settings_itself(
     assert plain.returncode == traced.returncode == 1
     assert "Settings already configured" not in traced.stdout + traced.stderr
     spans = otlp_receiver.wait_for_spans(
-        lambda s: stable_value(s.attributes, "db.system.name") in ("postgresql", "redis"), count=3
+        lambda s: (
+            stable_value(s.attributes, "db.system.name") == "postgresql"
+            or s.name in ("cache.set", "cache.get")
+        ),
+        count=3,
     )
     statements = {str(stable_value(s.attributes, "db.query.text")) for s in spans}
     assert "SELECT count(*) FROM hms_patient" in statements
+    # Each cache call is one span, the Redis command it sent folded into it.
+    assert {
+        s.name: tuple(s.attributes["hms.cache.commands"]) for s in spans if s.name.startswith("cache.")
+    } == {
+        "cache.set": ("SET",),
+        "cache.get": ("GET",),
+    }

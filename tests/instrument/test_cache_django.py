@@ -89,7 +89,10 @@ def cache_spans(traced: Traced) -> list[ReadableSpan]:
 
 
 def hms(span: ReadableSpan) -> dict[str, Any]:
-    return {k: v for k, v in (span.attributes or {}).items() if k.startswith("hms.")}
+    """The span's hms.* attributes but the folded Redis command names (their own tests below)."""
+    return {
+        k: v for k, v in (span.attributes or {}).items() if k.startswith("hms.") and k != "hms.cache.commands"
+    }
 
 
 def expect(operation: str, backend: str, pattern: str | None = "patient:{id}:summary", **extra: Any) -> dict:
@@ -249,9 +252,16 @@ def test_errors_propagate_unchanged(name: str, traced: Traced, use_backend: Call
 
 @pytest.mark.parametrize("name, prefix", [("redis", "hms:1:"), ("django_redis", ":1:")])
 def test_redis_commands_are_children_of_the_django_span(
-    name: str, prefix: str, traced: Traced, use_backend: Callable[[str], Any], redis_client: Any
+    name: str,
+    prefix: str,
+    traced: Traced,
+    use_backend: Callable[[str], Any],
+    redis_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """HMS_OTEL_CACHE_COMMAND_SPANS=true: a span per command under the call's span."""
     cache = use_backend(name)
+    monkeypatch.setitem(django_cache._state, "command_spans", True)
     cache.set("patient:1:summary", 1, 60)
     traced.clear()
     with traced.tracer.start_as_current_span("job"):
@@ -274,12 +284,49 @@ def test_redis_commands_are_children_of_the_django_span(
     # Counted once, from the Django calls.
     attributes = job.attributes or {}
     assert (attributes["hms.cache.hit_count"], attributes["hms.cache.miss_count"]) == (1, 2)
+    assert all("hms.cache.commands" not in (s.attributes or {}) for s in (get_many, get, set_many))
+
+
+@pytest.mark.parametrize("name, prefix", [("redis", "hms:1:"), ("django_redis", ":1:")])
+def test_redis_commands_are_folded_into_the_django_span_by_default(
+    name: str, prefix: str, traced: Traced, use_backend: Callable[[str], Any], redis_client: Any
+) -> None:
+    """The default: one span per call, no span below it, the command names (never their
+    arguments) on it; the same cache attributes and counts as with command spans."""
+    cache = use_backend(name)
+    cache.set("patient:1:summary", 1, 60)
+    traced.clear()
+    with traced.tracer.start_as_current_span("job"):
+        assert cache.get_many(["patient:1:summary", "patient:2:summary"]) == {"patient:1:summary": 1}
+        assert cache.get("patient:2:summary") is None
+        cache.set_many({"patient:3:summary": 3, "patient:4:summary": 4}, 60)  # a pipeline
+        assert cache.get_or_set("patient:5:summary", 5, 60) == 5
+    job = owner(traced)
+    get_many, get, set_many, get_or_set = assert_one_span_per_call(traced, job, 4)
+    assert [s for s in traced.spans() if s.instrumentation_scope.name == REDIS_SCOPE] == []
+    assert hms(get_many) == expect("get_many", name, hits=1, misses=1)
+    assert hms(get) == expect("get", name, hit=False)
+    commands = {
+        s.name: tuple((s.attributes or {})["hms.cache.commands"]) for s in (get_many, get, get_or_set)
+    }
+    assert commands["cache.get_many"] == ("MGET",)
+    assert commands["cache.get"] == ("GET",)
+    assert commands["cache.get_or_set"][0] == "GET" and len(commands["cache.get_or_set"]) >= 2
+    written = tuple((set_many.attributes or {})["hms.cache.commands"])
+    assert written and all(
+        c in ("SET", "MSET", "SETEX", "PSETEX", "EXPIRE", "PEXPIRE", "MULTI", "EXEC") for c in written
+    )
+    assert not any("patient" in c for c in (*written, *commands["cache.get"]))
+    assert redis_client.exists(f"{prefix}patient:3:summary") == 1
+    attributes = job.attributes or {}
+    assert (attributes["hms.cache.hit_count"], attributes["hms.cache.miss_count"]) == (1, 3)
 
 
 def test_database_cache_sql_is_not_the_applications(
-    traced: Traced, use_backend: Callable[[str], Any]
+    traced: Traced, use_backend: Callable[[str], Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cache = use_backend("db")
+    monkeypatch.setitem(django_cache._state, "command_spans", True)  # its SQL gets spans
     with traced.tracer.start_as_current_span("job"):
         assert cache.get("patient:1:summary") is None  # a miss, then only the cache's own SQL
         cache.set("encounters:recent", [], 60)

@@ -90,6 +90,11 @@ def test_commands_under_a_django_cache_call(
 ) -> None:
     from django.core.cache import cache
 
+    from hms_otel_agent.instrument import django_cache
+
+    # The command spans (HMS_OTEL_CACHE_COMMAND_SPANS=true) are what is compared here.
+    monkeypatch.setitem(django_cache._state, "command_spans", True)
+
     def scenario() -> None:
         cache.set("patient:5:summary", {"name": "x"}, 30)
         cache.get("patient:5:summary")

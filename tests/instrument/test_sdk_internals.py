@@ -150,7 +150,10 @@ def test_stock_paths_export_the_same_spans(traced: Any, restore_fast_paths: None
         redis_instrument.uninstall()
         redis_instrument.install(settings, traced.tracer_provider)
         assert db._original_traced is None  # the contrib's traced_execution with the agent's hooks
-        stock_wrapper = redis.Redis.__dict__["execute_command"]._self_wrapper
+        # The contrib's wrapper, inside the agent's one that folds a Django cache call's commands.
+        outer = redis.Redis.__dict__["execute_command"]
+        assert outer._self_wrapper is redis_instrument._fold_command
+        stock_wrapper = outer.__wrapped__._self_wrapper
         assert stock_wrapper.__module__ == "opentelemetry.instrumentation.redis"
         stock = _sample_request(traced)
     finally:
