@@ -48,6 +48,16 @@ def _configure_logging(level: str) -> None:
         handler._hms_otel = True  # type: ignore[attr-defined]
         log.addHandler(handler)
     log.propagate = False
+    # A length limit (OTEL_*ATTRIBUTE_VALUE_LENGTH_LIMIT) truncates values because the user asked
+    # for it; the SDK also warns once per truncated value, which floods the application's stderr.
+    sdk_attributes = logging.getLogger("opentelemetry.attributes")
+    if not any(isinstance(f, _AskedForTruncation) for f in sdk_attributes.filters):
+        sdk_attributes.addFilter(_AskedForTruncation())
+
+
+class _AskedForTruncation(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("String attribute value exceeds max length")
 
 
 def report_problems(loaded: config.LoadedSettings, *, force: bool = False) -> None:

@@ -18,7 +18,6 @@ Function:
 from __future__ import annotations
 
 import os
-import secrets
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -48,6 +47,7 @@ from harness.services import (  # noqa: E402
     PrivateRedis,
     check_redis_db,
     claim_redis_db,
+    claim_token,
     create_database,
     database_of,
     drop_database,
@@ -120,7 +120,7 @@ def redis_url() -> Iterator[str]:
     """``redis://host:port/N`` of a database reserved for this test process, flushed first."""
     env_url = os.environ.get(REDIS_URL_ENV)
     if env_url:
-        token = secrets.token_hex(8)
+        token = claim_token()
         db = claim_redis_db(env_url, token)
         url = with_redis_db(env_url, db)
         try:

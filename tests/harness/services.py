@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import time
 from urllib.parse import urlsplit, urlunsplit
 
@@ -134,16 +135,48 @@ REDIS_CLAIM_KEY = "hms_otel_test:redis_db:{}"
 REDIS_CLAIM_TTL_S = 3 * 3600  # a killed run's claim lapses
 
 
+def claim_token() -> str:
+    """Who holds a claim: this host and process (a claim whose process is gone is taken over)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def _holder_is_gone(holder: bytes) -> bool:
+    host, _, rest = holder.decode(errors="replace").partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def claim_redis_db(url: str, token: str) -> int:
     """A database on the shared server at ``url`` that no other test process holds, claimed for
-    this one under ``token``; from 12 down to 1 (0 is where the claims live)."""
+    this one under ``token``; from 12 down to 1 (0 is where the claims live). A claim left by a
+    process of this host that is gone (a killed run) is taken over."""
     import redis
 
     client = redis.Redis.from_url(with_redis_db(url, 0), socket_connect_timeout=10)
     try:
         for db in range(REDIS_CLAIM_FIRST, 0, -1):
-            if client.set(REDIS_CLAIM_KEY.format(db), token, nx=True, ex=REDIS_CLAIM_TTL_S):
+            key = REDIS_CLAIM_KEY.format(db)
+            if client.set(key, token, nx=True, ex=REDIS_CLAIM_TTL_S):
                 return db
+            with client.pipeline() as pipe:
+                try:
+                    pipe.watch(key)
+                    holder = pipe.get(key)
+                    if holder is not None and _holder_is_gone(holder):
+                        pipe.multi()
+                        pipe.set(key, token, ex=REDIS_CLAIM_TTL_S)
+                        pipe.execute()
+                        return db
+                except redis.WatchError:
+                    pass  # another run took it first
     finally:
         client.close()
     raise RuntimeError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import sys
 from typing import Any
 
@@ -14,6 +15,7 @@ from harness.services import (
     DB_NAME_PREFIX,
     REDIS_BASE_DB,
     claim_redis_db,
+    claim_token,
     database_of,
     free_port,
     new_database_name,
@@ -103,6 +105,28 @@ def test_each_test_run_claims_a_database_of_its_own(redis_url: str) -> None:
         release_redis_db(redis_url, second, "run-b")
     assert claim_redis_db(redis_url, "run-d") == first  # released: the highest free one again
     release_redis_db(redis_url, first, "run-d")
+
+
+def test_a_claim_left_by_a_killed_run_is_taken_over(redis_url: str) -> None:
+    import redis
+
+    pid_of_a_gone_process = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
+    dead_holder = f"{socket.gethostname()}:{pid_of_a_gone_process}:0000"
+    live_holder = claim_token()  # this process: alive
+    second = claim_redis_db(redis_url, live_holder)
+    first = claim_redis_db(redis_url, dead_holder)
+    try:
+        taken = claim_redis_db(redis_url, "next-run")
+        release_redis_db(redis_url, taken, "next-run")
+        assert taken == first  # the dead holder's, not the live one's (nor a free one below)
+        assert redis.Redis.from_url(with_redis_db(redis_url, 0)).get(f"hms_otel_test:redis_db:{second}") == (
+            live_holder.encode()
+        )
+    finally:
+        release_redis_db(redis_url, first, dead_holder)
+        release_redis_db(redis_url, second, live_holder)
 
 
 @pytest.mark.parametrize("round_", [1, 2])
