@@ -141,7 +141,9 @@ _CONTAINERS = frozenset(
     """ACL CLIENT CLUSTER COMMAND CONFIG DEBUG FUNCTION LATENCY MEMORY MODULE OBJECT PUBSUB SCRIPT
     SLOWLOG XGROUP XINFO""".split()  # noqa: SIM905 - a word list reads better as text
 )
-_COMMAND_WORD = re.compile(r"[A-Za-z][A-Za-z0-9._|-]{0,31}")
+# Letters, and the dots, underscores and bars of module and subcommand names: a first word with
+# digits or dashes (an identifier sent as a command) reads as "?", never as a command name.
+_COMMAND_WORD = re.compile(r"[A-Za-z][A-Za-z._|]{0,31}")
 
 
 def command_head(first: Any) -> tuple[list[str], int]:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 import wrapt
 from harness.redisearch import RediSearchServer, module_and_server
 from harness.traced import Traced
@@ -176,9 +177,17 @@ def test_a_command_written_as_one_string_exports_only_the_command(
         pipe = redis_client.pipeline(transaction=False)
         pipe.execute_command(f"GET patient:{MRN}:summary")
         assert pipe.execute() == [b"x"]
+        with pytest.raises(redis.ResponseError):  # an identifier sent as a command: no command name
+            redis_client.execute_command(f"{MRN} summary")
     spans = [s for s in traced_session.spans() if s.instrumentation_scope.name == REDIS_SCOPE]
-    assert [s.name for s in spans] == ["GET", "CONFIG GET", "ECHO", "GET"]
-    assert [s.attributes["db.statement"] for s in spans] == ["GET ?", "CONFIG GET ?", "ECHO ?", "GET ?"]
+    assert [s.name for s in spans] == ["GET", "CONFIG GET", "ECHO", "GET", "?"]
+    assert [s.attributes["db.statement"] for s in spans] == [
+        "GET ?",
+        "CONFIG GET ?",
+        "ECHO ?",
+        "GET ?",
+        "? ?",
+    ]
     get = dict(spans[0].attributes or {})
     assert get["hms.cache.operation"] == "GET" and get["hms.cache.hit"] is True
     for span in spans:
