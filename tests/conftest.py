@@ -226,6 +226,20 @@ def django_app(request: pytest.FixtureRequest, pg_server_url: str, redis_url: st
         drop_database(pg_server_url, name)
 
 
+@pytest.fixture(params=["fast", "stock"])
+def fence_mode(request: pytest.FixtureRequest) -> Iterator[bool]:
+    """Runs a test with the fast paths (instrument/sdk_internals.py) and with the stock paths
+    (HMS_OTEL_FAST_PATHS=false, or an untested SDK version); yields whether they are on."""
+    from hms_otel_agent.instrument import sdk_internals
+
+    fast = request.param == "fast"
+    sdk_internals.configure(fast, installed={})
+    try:
+        yield fast
+    finally:
+        sdk_internals.configure(True)
+
+
 @pytest.fixture(scope="session")
 def traced_session() -> Traced:
     """The agent's pipeline in this process, exporting to memory (installed once)."""
