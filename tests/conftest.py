@@ -256,14 +256,9 @@ def traced(traced_session: Traced, django_app: DjangoApp) -> Iterator[Traced]:
         connections.close_all()
         traced_session.connections_reset = True  # type: ignore[attr-defined]
     from hms_otel_agent.instrument import implicit_units
-    from hms_otel_agent.instrument.context import set_detached_sink
 
     # A thread's implicit unit of work ends when it is idle: not in the next test's spans.
     implicit_units.close_all()
-    # Tests that build pipelines of their own (pipeline.build) point the process-wide sink of
-    # sampled-out records at theirs: this process's pipeline takes it back.
-    processor = traced_session.pipeline.signal_processor
-    set_detached_sink(processor.record_detached if processor.settings.detect_sampled_out else None)
     traced_session.clear()
     yield traced_session
     implicit_units.close_all()

@@ -26,6 +26,7 @@ below; a test greps the package for it). Two kinds of use:
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import operator
@@ -76,6 +77,11 @@ _fast = True
 
 
 def installed_versions() -> dict[str, str]:
+    return dict(_installed_versions())
+
+
+@functools.cache
+def _installed_versions() -> dict[str, str]:
     found = {}
     for name in TESTED:
         try:
@@ -92,6 +98,12 @@ def untested(installed: Mapping[str, str]) -> list[str]:
         for name, version in sorted(installed.items())
         if name in TESTED and version not in TESTED[name]
     ]
+
+
+def allowed(enabled: bool, installed: Mapping[str, str] | None = None) -> bool:
+    """What `configure` would decide, without deciding it or logging (pipeline.build picks its
+    exporters with it; Pipeline.install configures)."""
+    return enabled and not untested(installed_versions() if installed is None else installed)
 
 
 def configure(enabled: bool, installed: Mapping[str, str] | None = None) -> bool:
@@ -382,18 +394,21 @@ def instrumentation_info(span: Any) -> Any:
 # --- OTLP span exporters with the agent's encoder --------------------------------------------------
 
 
-def otlp_span_exporter_class(protocol: str, encoder: Callable[[], Any]) -> type:
+def otlp_span_exporter_class(protocol: str, encoder: Callable[[], Any], fast: bool | None = None) -> type:
     """The SDK's OTLP span exporter class for `protocol` ("grpc" or "http/protobuf"); with the
     fast paths, a subclass that encodes through `encoder()` (export/otlp_encode.SpanEncoder:
     the same bytes, ~7x less CPU per span). Why private: the SDK exporters build the protobuf
-    message inside ``export`` (HTTP) and ``_translate_data`` (gRPC) with no way to pass bytes."""
+    message inside ``export`` (HTTP) and ``_translate_data`` (gRPC) with no way to pass bytes.
+    `fast`: the decision to follow (`allowed`), else the one `configure` made."""
+    if fast is None:
+        fast = _fast
     if protocol == "grpc":
-        if _fast:
+        if fast:
             return _grpc_span_exporter_class(encoder)
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as Grpc
 
         return Grpc
-    if _fast:
+    if fast:
         return _http_span_exporter_class(encoder)
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as Http
 

@@ -77,7 +77,7 @@ def built(
         settings,
         span_exporters=[("OTLP test", exported), ("file", local)],
         metric_readers=[InMemoryMetricReader()],
-    )
+    ).install()
     try:
         yield built, exported, local
     finally:
@@ -222,7 +222,7 @@ def test_off_by_default() -> None:
     settings = dataclasses.replace(config.load({}).settings, live_log=False)
     built = pipeline.build(
         settings, span_exporters=[("OTLP test", exported)], metric_readers=[InMemoryMetricReader()]
-    )
+    ).install()
     try:
         request(built, Clock(), n_plus_one_calls(6))
         built.force_flush()
