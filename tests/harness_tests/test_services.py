@@ -13,9 +13,11 @@ from harness.processes import run
 from harness.services import (
     DB_NAME_PREFIX,
     REDIS_BASE_DB,
+    claim_redis_db,
     database_of,
     free_port,
     new_database_name,
+    release_redis_db,
     with_database,
     with_redis_db,
     xdist_worker_id,
@@ -80,10 +82,27 @@ def test_database_names_and_urls() -> None:
 
 def test_redis_url_is_the_reserved_database(redis_url: str, redis_client: Any) -> None:
     assert redis_url.rsplit("/", 1)[1].isdigit()
-    assert int(redis_url.rsplit("/", 1)[1]) >= REDIS_BASE_DB
-    assert redis_client.connection_pool.connection_kwargs["db"] >= REDIS_BASE_DB
+    assert 1 <= int(redis_url.rsplit("/", 1)[1]) <= REDIS_BASE_DB  # claimed (<= 12) or private (13)
+    assert redis_client.connection_pool.connection_kwargs["db"] == int(redis_url.rsplit("/", 1)[1])
     redis_client.set("harness:k", "v")
     assert redis_client.get("harness:k") == b"v"
+
+
+def test_each_test_run_claims_a_database_of_its_own(redis_url: str) -> None:
+    first = claim_redis_db(redis_url, "run-a")
+    second = claim_redis_db(redis_url, "run-b")
+    try:
+        assert first != second and {first, second} <= set(range(1, REDIS_BASE_DB))
+        assert int(redis_url.rsplit("/", 1)[1]) not in {first, second}  # this session holds its own
+        release_redis_db(redis_url, first, "run-b")  # not run-b's: stays claimed
+        third = claim_redis_db(redis_url, "run-c")
+        release_redis_db(redis_url, third, "run-c")
+        assert third not in {first, second}
+    finally:
+        release_redis_db(redis_url, first, "run-a")
+        release_redis_db(redis_url, second, "run-b")
+    assert claim_redis_db(redis_url, "run-d") == first  # released: the highest free one again
+    release_redis_db(redis_url, first, "run-d")
 
 
 @pytest.mark.parametrize("round_", [1, 2])
