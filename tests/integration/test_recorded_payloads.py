@@ -2,10 +2,11 @@
 
 The sample pages (unit/test_otlp_json_encode.SAMPLE_PAGES) run in this process through the
 agent's pipeline; their spans are encoded as the OTLP exporter encodes them, with what differs
-from run to run made constant (trace and span ids numbered in order of appearance, times and
-durations zeroed (in hints too, whose findings come worst first), the process's pid and instance id, this checkout's directory, the test
-database's name, the peer port and the Redis database index). The bytes must
-equal those recorded in ``recorded/sample_payload.txt`` (one span per line, readable in a diff):
+from run to run made constant: trace and span ids numbered in order of appearance; times and
+durations zeroed, in hints too (whose findings come worst first, by time); the process's pid and
+instance id; this checkout's directory; the test database's name, the peer port and the Redis
+database index. The bytes must equal those recorded in ``recorded/sample_payload.txt`` (one span
+per line, readable in a diff):
 a refactoring that changes what leaves the process -- a name, an attribute, a value, an event,
 the order of spans -- fails here. After an intended change, record again with
 ``HMS_OTEL_RECORD_PAYLOADS=1`` and review the diff of the recorded file.
@@ -23,9 +24,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.trace import Link, SpanContext
+from unit.test_otlp_json_encode import SAMPLE_PAGES
 
 from hms_otel_agent.export.otlp_encode import SpanEncoder
-from unit.test_otlp_json_encode import SAMPLE_PAGES
 
 RECORDED = Path(__file__).parent / "recorded" / "sample_payload.txt"
 ROOT = str(Path(__file__).resolve().parents[2])
@@ -118,6 +119,9 @@ def test_the_sample_apps_payload_is_the_recorded_one(traced: Any) -> None:
     for alias in caches:  # the same misses and hits in every run (this process's Redis database)
         caches[alias].clear()
     implicit_units.close_all()  # the clearing's own unit of work ends here, not during a request
+    from hms_otel_agent.signals import cache_signals
+
+    cache_signals.reset_evidence()  # what earlier tests' requests taught the detectors
     traced.clear()
     client = Client(raise_request_exception=False)
     for path in SAMPLE_PAGES:
