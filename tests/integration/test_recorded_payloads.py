@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +31,11 @@ from unit.test_otlp_json_encode import SAMPLE_PAGES
 from hms_otel_agent.export.otlp_encode import SpanEncoder
 
 RECORDED = Path(__file__).parent / "recorded" / "sample_payload.txt"
+_OUT = "HMS_OTEL_PAYLOAD_OUT"  # where the fresh process writes the payload's text
 ROOT = str(Path(__file__).resolve().parents[2])
 # Values that differ between two runs of the same requests: times, and what they decide.
 _TIMED = re.compile(r"duration|_ms$|\.ms$|time|stacktrace|peer\.port$|database_index$")
-_DATABASE = re.compile(r"hms_otel_t_[0-9a-f]+_")  # the test database's name, new each run
+_DATABASE = re.compile(r"hms_otel_t_[0-9a-f]+_[a-z0-9]+_")  # the test database: new each run, per worker
 _TIME_TEXT = re.compile(r"\d+(?:[.,]\d+)* ?(?:ms|s)\b")  # "(39.5 ms)" in a hint
 _VOLATILE_RESOURCE = ("process.pid", "service.instance.id", "process.command_args", "process.command_line")
 
@@ -110,7 +113,9 @@ def _lines(payload: bytes) -> list[str]:
     return lines
 
 
-def test_the_sample_apps_payload_is_the_recorded_one(traced: Any) -> None:
+def test_the_sample_apps_payload_encodes_as_the_sdk_encodes_it(traced: Any) -> None:
+    """In this process: the normalized payload, the agent's encoder against the SDK's. In the
+    fresh process of the test below, it also writes the payload's text where it is told."""
     from django.core.cache import caches
     from django.test import Client
 
@@ -130,7 +135,26 @@ def test_the_sample_apps_payload_is_the_recorded_one(traced: Any) -> None:
     assert len(spans) > 100
     payload = SpanEncoder().encode(spans)
     assert payload == encode_spans(spans).SerializeToString()  # the agent's encoder, the SDK's bytes
-    text = "\n".join(_lines(payload)) + "\n"
+    out = os.environ.get(_OUT)
+    if out:
+        Path(out).write_text("\n".join(_lines(payload)) + "\n", encoding="utf-8")
+
+
+def test_the_sample_apps_payload_is_the_recorded_one(tmp_path: Path) -> None:
+    """In a fresh process: what earlier tests in this one left behind (Django's caches, learned
+    key patterns, open units of work) would change the spans."""
+    out = tmp_path / "payload.txt"
+    test = f"{Path(__file__).resolve()}::test_the_sample_apps_payload_encodes_as_the_sdk_encodes_it"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:xdist", test],
+        env={**os.environ, _OUT: str(out)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    text = out.read_text(encoding="utf-8")
     if os.environ.get("HMS_OTEL_RECORD_PAYLOADS"):
         RECORDED.write_text(text, encoding="utf-8")
     assert text == RECORDED.read_text(encoding="utf-8")
