@@ -102,6 +102,14 @@ def _start(settings: config.Settings, detectors: Sequence[Detector]) -> Pipeline
     silence_exporter_logs(verbose=settings.log_level == "debug")
     from hms_otel_agent.report.live import LiveLog, RunClaims
 
+    if settings.explain:
+        from hms_otel_agent.instrument.explain import unsafe_reason
+
+        reason = unsafe_reason(settings)
+        if reason is not None:  # the simple protocol to the app's own role: EXPLAIN stays off
+            if not os.environ.get(ANNOUNCED_ENV):
+                logger.warning(reason)
+            settings = config.replace(settings, explain=False)
     run_id = os.environ.get(RUN_ID_ENV)  # set by hms-otel-run
     # Under hms-otel-run, each finding is logged once per run, not once per worker process.
     live_log = LiveLog(claims=RunClaims(run_id) if run_id else None) if settings.live_log else None
@@ -145,7 +153,7 @@ def _at_exit(built: Pipeline, timeout_ms: int, settings: config.Settings | None 
     # One deadline for the whole run (a gunicorn master exits after its workers, not after them
     # plus its own timeout). Nothing is imported here: a runserver child has 0.25 s after Ctrl-C
     # before the autoreloader kills it, and an import on a busy machine can take most of that.
-    deadline = shutdown_deadline(timeout_ms / 1000.0)
+    deadline = shutdown_deadline(timeout_ms / 1000.0, pending=built.has_pending_spans())
     try:
         built.shutdown(int(max(0.0, deadline - time.monotonic()) * 1000))
     except Exception as exc:

@@ -166,6 +166,18 @@ class Pipeline:
         except Exception as exc:
             guard.report("metrics flush", exc)
 
+    def has_pending_spans(self) -> bool:
+        """Spans queued or held back for compression in this process (read without locks: a
+        hint for the shutdown deadline, never wrong for long)."""
+        try:
+            for processor in self.batch_processors:
+                compressor = processor.compressor
+                if processor.queue_length or (compressor is not None and compressor.held_spans):
+                    return True
+            return False
+        except Exception:
+            return True  # when in doubt, the grace of a process with something to send
+
     def force_flush(self, timeout_ms: int = 5000) -> None:
         for processor in self.batch_processors:
             processor.force_flush(timeout_ms)

@@ -10,7 +10,8 @@ process with an in-memory exporter, and
   set-up) get no implicit unit of work: they are no test's;
 * the live span processor hands each owner's findings to the plugin (``on_findings``);
 * a test whose owners got a finding of a kind in ``--hms-otel-fail-on`` (default ``n_plus_one``)
-  fails with the finding's hint (what, where, the fix);
+  fails with the finding's hint (what, where, the fix); a finding that took in one of those kinds
+  (a repeated group with its member query's N+1, `Finding.includes`) fails it too;
 * ``@pytest.mark.hms_otel_allow("hms.Encounter.patient")`` allows findings in one test, and
   ``with allow("hms.Encounter.patient"):`` in a block of code (patterns: relation, key pattern,
   kind, model or finding fingerprint, ``fnmatch`` wildcards; no pattern: everything);
@@ -243,6 +244,7 @@ def allowed(finding: Finding, patterns: Iterable[str]) -> bool:
         finding.relation,
         finding.key_pattern,
         finding.kind,
+        *finding.includes,
         finding.model,
         finding.fingerprint,
     ]
@@ -398,6 +400,9 @@ class _State:
 
         self.fail_on = _fail_on(str(config.getoption("hms_otel_fail_on") or DEFAULT_FAIL_ON))
         self.settings = _settings(config)
+        from hms_otel_agent.signals.http_privacy import HttpPrivacy
+
+        self.privacy = HttpPrivacy.from_settings(self.settings)  # the report's URLs, as exported
         # An xdist worker writes nothing: the controller writes the merged report.
         worker = hasattr(config, "workerinput")
         self.report_path: str | None = None if worker else (config.getoption("hms_otel_report") or None)
@@ -479,7 +484,7 @@ class _State:
         parent_of = {r.span_id: r.parent_span_id for r in records}
         failing: list[Finding] = []
         any_findings = False
-        for owner in build_owners(records, read_findings=False):
+        for owner in build_owners(records, read_findings=False, privacy=self.privacy):
             findings = self._take(owner)
             self.aggregator.add(owner, findings)
             if not findings:
@@ -492,7 +497,12 @@ class _State:
                 owner_patterns.extend(allow_of.get(span_id, []))
                 span_id = parent_of.get(span_id, "")
                 seen += 1
-            failing.extend(f for f in findings if f.kind in self.fail_on and not allowed(f, owner_patterns))
+            failing.extend(
+                f
+                for f in findings
+                if (f.kind in self.fail_on or self.fail_on.intersection(f.includes))
+                and not allowed(f, owner_patterns)
+            )
         if any_findings:
             self.tests_with_findings += 1
         with self._lock:  # owners that ended outside this test's spans: not this test's

@@ -9,8 +9,11 @@ its own. A deadline is current until `CURRENT_S` after it passed (the workers' i
 a while to exit after their deadline, and gunicorn reaps them before the master's own exit) -- so
 a worker that gunicorn restarted an hour ago does not shorten the master's shutdown. Deadlines are
 on the monotonic clock, which on Linux and macOS is the same in every process of the machine.
-A process joining a deadline that has (nearly) passed still gets `MIN_GRACE_S` of its own: a
-subprocess that exited a few seconds earlier must not leave the next one no time to flush.
+A process joining a deadline that has (nearly) passed still gets `MIN_GRACE_S` of its own when it
+has spans to send (`pending`): a subprocess that exited a few seconds earlier must not leave the
+next one no time to flush. One with none (a gunicorn master after workers that waited the whole
+deadline on a failing backend) keeps to the deadline: its own last metrics are not worth a second
+timeout for the process tree.
 """
 
 from __future__ import annotations
@@ -27,8 +30,11 @@ CURRENT_S = 30.0
 MIN_GRACE_S = 1.0
 
 
-def shutdown_deadline(timeout_s: float, environ: os._Environ[str] | dict[str, str] | None = None) -> float:
-    """This process's shutdown deadline (`time.monotonic()` based), shared with its run."""
+def shutdown_deadline(
+    timeout_s: float, environ: os._Environ[str] | dict[str, str] | None = None, pending: bool = True
+) -> float:
+    """This process's shutdown deadline (`time.monotonic()` based), shared with its run;
+    `pending`: this process has spans still to send (see the module's docstring)."""
     now = time.monotonic()
     own = now + timeout_s
     environ = os.environ if environ is None else environ
@@ -43,7 +49,7 @@ def shutdown_deadline(timeout_s: float, environ: os._Environ[str] | dict[str, st
             with open(path, encoding="ascii") as handle:
                 shared = float(handle.read(64))
             if shared >= now - max(timeout_s, CURRENT_S):
-                return min(own, max(shared, now + MIN_GRACE_S))
+                return min(own, max(shared, now + MIN_GRACE_S)) if pending else min(own, shared)
         temporary = f"{path}.{os.getpid()}"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w", encoding="ascii") as handle:

@@ -53,7 +53,18 @@ SOURCE_EDITS: dict[str, dict[str, list[tuple[str, str, str]]]] = {
             ("extras/dashboard/widgets.py", "object_count = qs.count\n", "object_count = qs.count()\n")
         ],
     },
-    "babybuddy": {},
+    "babybuddy": {
+        # The agent's hint for timeline/ and children/<slug>/ (issue 15 re-run): "add
+        # .prefetch_related('tags') to the Note queryset at core/timeline.py:271 in _add_notes".
+        "timeline-notes-agent": [
+            (
+                "core/timeline.py",
+                'instances = Note.objects.filter(time__range=(min_date, max_date)).order_by("-time")\n',
+                'instances = Note.objects.filter(time__range=(min_date, max_date)).order_by("-time")'
+                '.prefetch_related("tags")\n',
+            )
+        ],
+    },
 }
 
 
@@ -170,6 +181,12 @@ def _home_counts() -> None:
 
 
 # --- Baby Buddy --------------------------------------------------------------------------------
+
+
+@fix("babybuddy", "timeline-notes-agent")
+def _bb_timeline_notes_agent() -> None:
+    """Source edit only (SOURCE_EDITS)."""
+
 
 _BB_LISTS = ("Feeding", "DiaperChange", "Sleep", "Note", "TummyTime", "Temperature", "Weight")
 

@@ -548,11 +548,13 @@ def _stack(project: str) -> tuple[list[str], str, list[str]]:
 
 def edit_source(path: Path, text: str, replacement: str) -> None:
     """Apply a fix to the checkout's source for this process's lifetime (restored at exit)."""
-    original = path.read_text()
+    original = path.read_bytes().decode()  # as it is: some checkouts have CRLF line endings
+    if "\r\n" in original:
+        text, replacement = text.replace("\n", "\r\n"), replacement.replace("\n", "\r\n")
     if original.count(text) != 1:
         raise SystemExit(f"{path}: the text to replace is not there exactly once: {text!r}")
-    path.write_text(original.replace(text, replacement))
-    atexit.register(path.write_text, original)
+    path.write_bytes(original.replace(text, replacement).encode())
+    atexit.register(path.write_bytes, original.encode())
 
 
 def cmd_count(args: argparse.Namespace) -> None:
@@ -748,13 +750,21 @@ def cmd_compare(args: argparse.Namespace) -> None:
         for o in agent
         if o.get("user_agent", "").startswith("accuracy-run/")
     }
-    requests = [o for o in agent if o["url"]]
+    # Newer agents keep only a User-Agent's browser and system and no full URL: their server
+    # spans are matched by route (the reference's route of the page), in the order they ended.
+    by_route: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    for o in agent:
+        if o.get("status") is not None:
+            by_route[o.get("route", "")].append(o)
     lines = []
     for index, page in enumerate(pages):
+        r = ref_by_path.get(page["path"], {})
+        owner = tagged.get(str(index))
+        if not tagged:
+            queue = by_route.get(r.get("route", ""), [])
+            owner = queue.pop(0) if queue else None
         if page["round"] != args.round:
             continue
-        owner = tagged.get(str(index)) if tagged else (requests[index] if index < len(requests) else None)
-        r = ref_by_path.get(page["path"], {})
         lines.append(f"## {page['method']} {page['path']}  status {page['status']}")
         if owner is None:
             lines.append("  (no owner span found)")
@@ -783,7 +793,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
             for z in r.get("zeal", []):
                 lines.append(f"  zeal: {z}")
     for owner in agent:
-        if not owner["url"]:
+        if not owner["url"] and owner.get("status") is None:
             counts = f"{owner['queries']} queries, {len(owner['findings'])} findings"
             lines.append(f"## {owner['name']} (not a request): {counts}")
             for f in owner["findings"]:

@@ -33,20 +33,39 @@ _EXPORTER_LOGGERS = ("opentelemetry.exporter.otlp", "opentelemetry.exporter.http
 
 
 class _LastMessage(logging.Handler):
-    """Keeps the last thing the OTLP exporters said, to quote it in our own warning."""
+    """Keeps the last thing the OTLP exporters said, per exporting thread, to quote it in our own
+    warning (the trace and metric exporters run at once on threads of their own: one shared text
+    quoted the metric exporter's failure in the traces' warning)."""
+
+    MAX_THREADS = 64  # exporting threads are few; past this many the texts start over
 
     def __init__(self) -> None:
         super().__init__(level=logging.DEBUG)
-        self.text = ""
+        self._texts: dict[int | None, str] = {}
+
+    @property
+    def text(self) -> str:
+        """What the exporter running on this thread said last."""
+        return self._texts.get(threading.get_ident(), "")
+
+    @text.setter
+    def text(self, value: str) -> None:
+        self._set(threading.get_ident(), value)
+
+    def _set(self, thread: int | None, value: str) -> None:
+        if thread not in self._texts and len(self._texts) >= self.MAX_THREADS:
+            self._texts.clear()
+        self._texts[thread] = value
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             message = record.getMessage()
+            current = self._texts.get(record.thread, "")
             # The exporters end with a generic "Failed to export ... batch"; keep the cause.
-            if not (self.text and message.startswith("Failed to export") and "due to" in message):
-                self.text = concise_reason(message)
+            if not (current and message.startswith("Failed to export") and "due to" in message):
+                self._set(record.thread, concise_reason(message))
         except Exception:
-            self.text = ""
+            self._texts.pop(record.thread, None)
 
 
 _REASONS = (

@@ -207,9 +207,10 @@ def function_name(frame: FrameType) -> str:
 def user_location(frame: FrameType | None = None, max_depth: int = MAX_DEPTH) -> CodeLocation | None:
     """Where the user's code triggered what runs now: the awaiting code of an async ORM call;
     else, walking up from `frame` (default: the caller), the first frame of user code, or the
-    template line / DRF serializer field being rendered when one comes first. None when
-    Django's request handler comes first (middleware, servers and test clients are never the
-    place)."""
+    template line / DRF serializer field being rendered when one comes first; a descriptor's
+    ``__get__`` in the user's code is passed over for the code that read the attribute. None
+    when Django's request handler comes first (middleware, servers and test clients are never
+    the place)."""
     site = async_site.get()
     if site is not None:
         return site
@@ -218,6 +219,7 @@ def user_location(frame: FrameType | None = None, max_depth: int = MAX_DEPTH) ->
     classified = _classified
     depth = 0
     template_code = _template_node_code
+    descriptor: FrameType | None = None
     while frame is not None and depth < max_depth:
         code = frame.f_code
         if code is template_code:  # a template node renders it: the template and its line
@@ -227,7 +229,12 @@ def user_location(frame: FrameType | None = None, max_depth: int = MAX_DEPTH) ->
         shown = classified.get(code.co_filename)
         if shown is None:
             shown = _classify(code.co_filename, frame.f_globals.get("__name__"))
-        if shown:
+        if shown and code.co_name == "__get__" and descriptor is None:
+            # A descriptor of the user's code (a custom field's __get__) is shared by every
+            # model that uses it: the place is where the attribute was read (kept in case
+            # nothing of the user's is above it).
+            descriptor = frame
+        elif shown:
             key = (code, frame.f_lineno)
             location = _locations.get(key)
             if location is None:
@@ -242,14 +249,38 @@ def user_location(frame: FrameType | None = None, max_depth: int = MAX_DEPTH) ->
         if code.co_filename in _special_files:
             kind = _special_codes.get(id(code))
             if kind == REQUEST_HANDLER:
-                return None
+                return _frame_location(descriptor) if descriptor is not None else None
             if kind is not None:
                 found = _framework_location(kind, frame)
                 if found is not None:
                     return found
         frame = frame.f_back
         depth += 1
-    return None
+    return _frame_location(descriptor) if descriptor is not None else None
+
+
+def _frame_location(frame: FrameType) -> CodeLocation | None:
+    shown = _classified.get(frame.f_code.co_filename) or _classify(
+        frame.f_code.co_filename, frame.f_globals.get("__name__")
+    )
+    return CodeLocation(shown, frame.f_lineno, function_name(frame)) if shown else None
+
+
+def descriptor_name(frame: FrameType | None, max_depth: int = 8) -> str:
+    """The qualified name of a descriptor of the user's code (``GenericArrayField.__get__``)
+    among the first frames above `frame`, or ""."""
+    depth = 0
+    while frame is not None and depth < max_depth:
+        code = frame.f_code
+        if code.co_name == "__get__":
+            shown = _classified.get(code.co_filename)
+            if shown is None:
+                shown = _classify(code.co_filename, frame.f_globals.get("__name__"))
+            if shown:
+                return function_name(frame)
+        frame = frame.f_back
+        depth += 1
+    return ""
 
 
 def _framework_location(kind: int, frame: FrameType) -> CodeLocation | None:
@@ -272,6 +303,12 @@ def _template_location(node: Any) -> CodeLocation | None:
     if isinstance(path, str) and os.path.abspath(path).startswith(_LIBRARY_DIRS):
         return None
     return template_location(node)
+
+
+def member_location(cls: type, name: str) -> CodeLocation | None:
+    """``views.py:30 in FeedingList.model``: a class of the user's and one of its members (the
+    class's line), or None for a library's class."""
+    return _member_location(cls, name)
 
 
 def _member_location(cls: type, name: Any) -> CodeLocation | None:

@@ -66,6 +66,7 @@ from hms_otel_agent.instrument.context import (
     async_site,
     class_location,
     current_orm,
+    descriptor_name,
     user_location,
 )
 from hms_otel_agent.signals import fixes
@@ -579,6 +580,9 @@ def _open_queryset(
         facts = NO_FACTS
         if kind == GET and kwargs:
             facts = _lookup_facts(queryset.model, tuple(kwargs))
+            descriptor = descriptor_name(sys._getframe(2))  # get() -> our wrapper -> here
+            if descriptor:
+                facts = facts._replace(descriptor=descriptor)
         elif kind == COUNT:
             admin = _admin_results.get()
             if admin:
@@ -695,6 +699,9 @@ def _built(queryset: Any) -> CodeLocation | None:
     return None if query is None else query.__dict__.get(BUILT)
 
 
+# Django's MultipleObjectMixin.get_queryset (set by `install`): a list view's queryset built from its `model`.
+_list_view_get_queryset: Any = None
+
 # Code objects of the manager methods between user code and BaseManager.get_queryset (the
 # generated proxies share one code object); any method named get_queryset (custom managers and
 # related managers calling super()) is skipped too.
@@ -709,14 +716,24 @@ def _note_built(queryset: Any) -> None:
     leave it unset at the cost of a few frame checks. Never raises."""
     try:
         frame: Any = sys._getframe(2)
+        location = None
         for _ in range(4):
             code = frame.f_code
+            if code is _list_view_get_queryset:
+                # A generic list view that sets `model`, not `queryset` (MultipleObjectMixin
+                # builds it): the place to edit is the view class (``FeedingList.model``).
+                view = type(frame.f_locals.get("self"))
+                location = code_context.member_location(
+                    view, "queryset" if view.queryset is not None else "model"
+                )
+                break
             if code not in _manager_codes and code.co_name != "get_queryset":
                 break
             frame = frame.f_back
             if frame is None:
                 return
-        location = code_context.user_location(frame, max_depth=1) if async_site.get() is None else None
+        if location is None and async_site.get() is None:
+            location = code_context.user_location(frame, max_depth=1)
         if location is not None:
             query = queryset.__dict__.get("_query")
             if query is not None:
@@ -1461,10 +1478,13 @@ def _install() -> None:
 
 def _register_framework_frames() -> None:
     """Frames that say where a load was triggered when no user frame is below them."""
+    global _list_view_get_queryset
     from django.core.handlers.base import BaseHandler
     from django.forms.boundfield import BoundField
     from django.template.base import Node
+    from django.views.generic.list import MultipleObjectMixin
 
+    _list_view_get_queryset = MultipleObjectMixin.get_queryset.__code__
     code_context.register_frames(code_context.TEMPLATE_NODE, Node.render_annotated)
     code_context.register_frames(code_context.FORM_FIELD, BoundField.as_widget)
     code_context.register_frames(

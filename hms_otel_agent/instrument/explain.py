@@ -24,7 +24,12 @@ the application's connection parameters. Each layer below stops a write on its o
    (`refused`).
 2. *One statement per round trip.* With psycopg 3 (used whenever it is installed, whatever the
    application's driver) the EXPLAIN goes through the extended query protocol, in which the
-   server itself refuses a second statement. psycopg2 has only the simple protocol.
+   server itself refuses a second statement. psycopg2 has only the simple protocol, in which the
+   server runs every statement of the text: there the lexer alone would stand between a hidden
+   statement and a write, so the worker uses psycopg2 only toward ``HMS_OTEL_EXPLAIN_DATABASE_URL``
+   (a role of its own, which the docs say to make one without write privileges). With neither
+   psycopg 3 nor that setting, EXPLAIN stays off: `unsafe_reason` is the one line the agent
+   prints at start (and the worker refuses such a job whoever submits it: `unsafe`).
 3. *A read-only transaction that is always rolled back.* Before each plan the session is reset
    (``DISCARD ALL``: settings, role, temporary tables, advisory locks) and re-asserted
    (``default_transaction_read_only = on``, ``statement_timeout``, ``lock_timeout`` and
@@ -89,11 +94,27 @@ _RESET_SESSION = (
 )
 
 
+UNSAFE_REASON = (
+    "hms-otel: HMS_OTEL_EXPLAIN=true is ignored: psycopg 3 is not installed, and psycopg2 sends the "
+    "plan by the simple query protocol, in which the server also runs a statement hidden in the "
+    "text; install psycopg 3 (pip install 'psycopg[binary]') or set HMS_OTEL_EXPLAIN_DATABASE_URL "
+    'to a role without write privileges (docs/reliability.md, "EXPLAIN cannot write")'
+)
+
+
+def unsafe_reason(settings: Any) -> str | None:
+    """Why EXPLAIN must stay off with these settings in this environment (one line), or None."""
+    if not settings.explain or settings.explain_database_url or psycopg3_available():
+        return None
+    return UNSAFE_REASON
+
+
 @dataclass(slots=True)
 class _Job:
     driver: str
     dsn: str
     password: str
+    separate_role: bool  # dsn is HMS_OTEL_EXPLAIN_DATABASE_URL
     fingerprint: str
     statement: str
     params: Any
@@ -127,6 +148,7 @@ class Explainer:
         self._plans: OrderedDict[str, PlanSummary] = OrderedDict()
         self._connections: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self.submitted = self.dropped = self.failed = self.explained = self.refused = 0
+        self.unsafe = 0  # jobs refused for want of psycopg 3 or a role of their own (UNSAFE_REASON)
 
     # --- the request thread ---------------------------------------------------------------
 
@@ -152,7 +174,8 @@ class Explainer:
             info = _connection_info(cursor.connection)
             if info is None:
                 return False
-            if settings.explain_database_url:
+            separate_role = bool(settings.explain_database_url)
+            if separate_role:
                 info = (info[0], settings.explain_database_url, "")
             if isinstance(params, list):
                 params = tuple(params)
@@ -162,6 +185,7 @@ class Explainer:
                 driver=info[0],
                 dsn=info[1],
                 password=info[2],
+                separate_role=separate_role,
                 fingerprint=digest,
                 statement=statement,
                 params=params,
@@ -235,8 +259,7 @@ class Explainer:
                 job.params = None  # drop the values as soon as possible
                 self._queue.task_done()
 
-    def _connect(self, job: _Job) -> Any:
-        driver = _worker_driver(job.driver)
+    def _connect(self, job: _Job, driver: str) -> Any:
         key = (driver, job.dsn)
         connection = self._connections.get(key)
         if connection is not None and not getattr(connection, "closed", True):
@@ -267,8 +290,15 @@ class Explainer:
         return connection
 
     def _explain(self, job: _Job) -> None:
-        connection = self._connect(job)
-        key = (_worker_driver(job.driver), job.dsn)
+        driver = _worker_driver(job.driver, job.separate_role)
+        if driver is None:
+            # The simple protocol to the application's own role: never (see layer 2 above).
+            if not self.unsafe:
+                logger.warning(UNSAFE_REASON)
+            self.unsafe += 1
+            return
+        connection = self._connect(job, driver)
+        key = (driver, job.dsn)
         try:
             cursor = connection.cursor()
             try:
@@ -320,13 +350,20 @@ class Explainer:
 
 
 @functools.cache
-def _worker_driver(app_driver: str) -> str:
-    """psycopg 3 whenever it is installed (its extended protocol), else the application's."""
+def psycopg3_available() -> bool:
     try:
         import psycopg  # noqa: F401
-    except Exception:
-        return app_driver
-    return "psycopg"
+    except Exception:  # not installed, or no libpq for it
+        return False
+    return True
+
+
+def _worker_driver(app_driver: str, separate_role: bool) -> str | None:
+    """psycopg 3 whenever it can be imported (the extended protocol: one statement per round
+    trip); psycopg2 (the simple protocol) only toward a role of its own; else None: no EXPLAIN."""
+    if psycopg3_available():
+        return "psycopg"
+    return app_driver if separate_role else None
 
 
 def _idle(connection: Any) -> bool:

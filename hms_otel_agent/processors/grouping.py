@@ -53,6 +53,7 @@ from hms_otel_agent.signals.routes import readable_name
 from hms_otel_agent.signals.vocabulary import (
     CACHE_RECORD,
     CONNECT_RECORD,
+    DB_PAGED,
     DB_RECORD,
     EAGER_LOADS_SPAN,
     EXPLAIN_EVENT,
@@ -354,6 +355,8 @@ class SignalProcessor(SpanProcessor):
             except Exception as exc:
                 guard.report(f"detector {getattr(detector, '__module__', detector)}", exc)
         findings = consolidate(findings)
+        if activity.paged:  # offline analysis cannot tell slices apart without the parameters
+            span.set_attribute(DB_PAGED, sorted(activity.paged))
         if findings:
             _write_findings(span, activity, findings)
             if not span.get_span_context().trace_flags.sampled:

@@ -9,6 +9,7 @@ from hms_otel_agent.report.model import ANALYZED, RECORDED, Aggregator, Report
 from hms_otel_agent.report.otlp import SpanData
 from hms_otel_agent.report.spans import Owner, build_owners
 from hms_otel_agent.signals import cache_signals
+from hms_otel_agent.signals.http_privacy import HttpPrivacy
 from hms_otel_agent.signals.records import Finding
 from hms_otel_agent.signals.registry import Detector
 from hms_otel_agent.signals.vocabulary import RUN_ID_ATTRIBUTE
@@ -62,7 +63,9 @@ def build_report(
     aggregator = Aggregator(ANALYZED if analyze else RECORDED, inputs, settings)
     aggregator.add_spans(len(spans))
     chosen = (registered_detectors() if detectors is None else list(detectors)) if analyze else []
-    owners = build_owners(spans)
+    # The URL rules of these settings (HMS_OTEL_SAFE_*, HMS_OTEL_REDACT_*, HMS_OTEL_CAPTURE_*), as
+    # the live agent applies them: spans of other agents may carry paths and URLs raw.
+    owners = build_owners(spans, privacy=HttpPrivacy.from_settings(settings))
     if analyze:  # cache fills are evidence across the whole input, as across a live process
         cache_signals.reset_evidence()
         for owner in owners:

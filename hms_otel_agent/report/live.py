@@ -118,20 +118,29 @@ def _remove_stale(root: str) -> None:
                     shutil.rmtree(entry.path, ignore_errors=True)
 
 
+MAX_ROUTES_SHOWN = 5  # routes named in a "seen again" line
+
+
 class LiveLog:
     def __init__(self, repeat_interval_s: float = REPEAT_INTERVAL_S, claims: RunClaims | None = None) -> None:
         self.repeat_interval_s = repeat_interval_s
         self.claims = claims
         self._lock = threading.Lock()
         self._seen: dict[str, tuple[float, int]] = {}  # fingerprint -> (last logged, repeats since)
+        self._routes: dict[str, list[str]] = {}  # fingerprint -> the routes it was seen on (a few)
 
     def __call__(self, activity: OwnerActivity, findings: list[Finding]) -> None:
         now = time.monotonic()
         for finding in findings:
             with self._lock:
                 last = self._seen.get(finding.fingerprint)
+                routes = self._routes.setdefault(finding.fingerprint, [])
+                route = finding.route or activity.route
+                if route and route not in routes and len(routes) < MAX_ROUTES_SHOWN:
+                    routes.append(route)
                 if last is None:
                     if len(self._seen) >= MAX_TRACKED:
+                        self._routes.pop(next(iter(self._seen)), None)
                         self._seen.pop(next(iter(self._seen)))
                     self._seen[finding.fingerprint] = (now, 0)
                     first, repeats = True, 0
@@ -155,10 +164,17 @@ class LiveLog:
             if first:
                 logger.warning("hms-otel: %s: %s", kind, hint)
             else:
+                with self._lock:
+                    seen_on = list(self._routes.get(finding.fingerprint, ()))
+                # One cause, one line: the routes it occurs on (the hint names the first).
+                where = (
+                    f" on {len(seen_on)} routes: {printable(', '.join(seen_on))}" if len(seen_on) > 1 else ""
+                )
                 logger.info(
-                    "hms-otel: %s seen again (%d more times in this process since its last line): %s",
+                    "hms-otel: %s seen again (%d more times in this process since its last line%s): %s",
                     kind,
                     repeats,
+                    where,
                     hint,
                 )
 

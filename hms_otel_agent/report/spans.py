@@ -45,6 +45,7 @@ from hms_otel_agent.signals.routes import readable_name, readable_route
 from hms_otel_agent.signals.semconv import stable_value
 from hms_otel_agent.signals.vocabulary import (
     CONNECT_EVENT,
+    DB_PAGED,
     DJANGO_CACHE_SCOPE,
     DJANGO_SCOPE,
     EAGER_LOADS_SCOPE,
@@ -58,6 +59,7 @@ from hms_otel_agent.signals.vocabulary import (
     finding_of,
     location_of,
     plan_of,
+    strings,
 )
 from hms_otel_agent.signals.vocabulary import integer as _int
 from hms_otel_agent.signals.vocabulary import text as _text
@@ -100,9 +102,10 @@ def role(span: SpanData) -> int:
     return OWNER
 
 
-def http_call(span: SpanData) -> HttpCall:
+def http_call(span: SpanData, privacy: HttpPrivacy | None = None) -> HttpCall:
     """An outbound call as the live hook records it; its URL made safe again (spans of other
-    agents may carry it raw), its raw form unknown (`HttpCall.url_hash` None)."""
+    agents may carry it raw) by `privacy` (the settings' rules; default: the defaults), its raw
+    form unknown (`HttpCall.url_hash` None)."""
     attributes = span.attributes
     method = _text(attributes, "http.request.method") or _text(attributes, "http.method")
     method = (method or span.name.split(" ", 1)[0]).upper()
@@ -111,7 +114,7 @@ def http_call(span: SpanData) -> HttpCall:
     timeout = attributes.get(HTTP_TIMEOUT)
     return HttpCall(
         method=method if method.isalpha() and len(method) <= 10 else "_OTHER",
-        url=_URLS.target(url) if url else "",
+        url=(privacy or _URLS).target(url) if url else "",
         start_ns=span.start_ns,
         duration_ns=span.duration_ns,
         status_code=_int(status) if status is not None else 0,
@@ -315,7 +318,8 @@ def _is_request(span: SpanData) -> bool:
     return span.scope == DJANGO_SCOPE and ("http.request.method" in attributes or "http.method" in attributes)
 
 
-# Span names that carry a path are printed with the path templated, as the agent exports them.
+# Span names that carry a path are printed with the path templated, as the agent exports them
+# (the default rules, when the caller passes none of its settings).
 _URLS = HttpPrivacy()
 
 
@@ -324,10 +328,15 @@ def _resource_text(span: SpanData, name: str) -> str:
     return str(value) if value is not None else ""
 
 
-def build_owners(spans: Iterable[SpanData], read_findings: bool = True) -> list[Owner]:
+def build_owners(
+    spans: Iterable[SpanData], read_findings: bool = True, privacy: HttpPrivacy | None = None
+) -> list[Owner]:
     """Group DB, cache, outbound HTTP and template spans under their owners; every other span
     is an owner. `read_findings`: read the findings the live agent recorded on owner spans
-    (`Owner.recorded`; the pytest plugin gets them from the live processor instead)."""
+    (`Owner.recorded`; the pytest plugin gets them from the live processor instead). `privacy`:
+    the URL rules of the settings in force (`HttpPrivacy.from_settings`), as the live agent
+    applies them; spans of other agents may carry paths and URLs raw."""
+    urls = privacy or _URLS
     by_id: dict[tuple[str, str], SpanData] = {}
     for span in spans:
         by_id.setdefault((span.trace_id, span.span_id), span)
@@ -338,10 +347,11 @@ def build_owners(spans: Iterable[SpanData], read_findings: bool = True) -> list[
             route = _text(span.attributes, "http.route")
             owners[key] = Owner(
                 activity=OwnerActivity(
-                    name=readable_name(_URLS.span_name(span.name, None, None), route),
+                    name=readable_name(urls.span_name(span.name, None, None), route),
                     route=route,
                     plans=recorded_plans(span),
                     connects=connect_calls(span),
+                    paged=set(strings(span.attributes.get(DB_PAGED))),
                 ),
                 span=span,
                 trace_id=span.trace_id,
@@ -350,7 +360,7 @@ def build_owners(spans: Iterable[SpanData], read_findings: bool = True) -> list[
                 service=_resource_text(span, "service.name"),
                 run_id=_resource_text(span, RUN_ID_ATTRIBUTE),
                 recorded=recorded_findings(
-                    span, readable_route(route) or _URLS.span_name(span.name, None, None)
+                    span, readable_route(route) or urls.span_name(span.name, None, None)
                 )
                 if read_findings
                 else [],
@@ -411,7 +421,7 @@ def build_owners(spans: Iterable[SpanData], read_findings: bool = True) -> list[
             if kind == TEMPLATE:
                 continue
             if kind == HTTP:
-                activity.add_http(http_call(span))
+                activity.add_http(http_call(span, urls))
                 continue
             if kind == DB:
                 activity.count_db(span.duration_ns)

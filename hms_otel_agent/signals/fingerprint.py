@@ -488,8 +488,10 @@ def _rhs_is_value(out: list[str], j: int, end: int) -> bool:
     return False
 
 
-def _lhs_column(out: list[str], i: int, lo: int) -> str:
-    """The column on the left of the comparison at ``i`` (skipping casts, functions, NOT)."""
+def _lhs_column(out: list[str], i: int, lo: int, table: str = "") -> str:
+    """The column on the left of the comparison at ``i`` (skipping casts, functions, NOT); ""
+    when it is qualified by another table than `table` (a joined table's column is not one of
+    the main table's: no index or lookup on it)."""
     j = i - 1
     for _ in range(10):
         if j <= lo:
@@ -506,6 +508,10 @@ def _lhs_column(out: list[str], i: int, lo: int) -> str:
                     continue
                 return ""
             column = _last_name_part(tok)
+            if table and "." in tok:
+                parts = _name_parts(tok)
+                if len(parts) > 1 and parts[-2] != _last_name_part(table):
+                    return ""
             return "" if column == "?" else column
         if k in (_OPEN, _CLOSE) or tok == "]":
             j -= 1
@@ -562,7 +568,7 @@ def _analyze(out: list[str], marks: dict[str, int], enders: list[int]) -> tuple[
         tok = out[i]
         if tok in cmp:
             if _rhs_is_value(out, i + 1, end):
-                column = _lhs_column(out, i, where)
+                column = _lhs_column(out, i, where, table)
                 if column and column not in columns:
                     columns.append(column)
         elif tok == "(" and i + 1 < end and out[i + 1] in _SUBQUERY_START:

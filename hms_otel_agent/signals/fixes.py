@@ -38,19 +38,20 @@ PREFETCH_RELATED = "prefetch_related"
 PREFETCH_QUERYSET = "prefetch_queryset"  # Prefetch(..., queryset=...) on the way or filtered
 GENERIC_PREFETCH = "generic_prefetch"
 ANNOTATE = "annotate"
-ONLY = "only"
 IN_BULK = "in_bulk"
 DICT_QUERY = "dict_query"
 ADMIN_LIST_SELECT_RELATED = "admin_list_select_related"
 ADMIN_GET_QUERYSET = "admin_get_queryset"
 ADMIN_FULL_RESULT_COUNT = "admin_show_full_result_count"
+# The kinds offered: each is proven by a test that applies it to a sample app's page and counts
+# its queries (tests/integration/test_fixes_applied.py PROVEN); a fix of another kind is never
+# shown (hints.checked_fix).
 FIX_KINDS = (
     SELECT_RELATED,
     PREFETCH_RELATED,
     PREFETCH_QUERYSET,
     GENERIC_PREFETCH,
     ANNOTATE,
-    ONLY,
     IN_BULK,
     DICT_QUERY,
     ADMIN_LIST_SELECT_RELATED,
@@ -139,7 +140,7 @@ def derive(orm: OrmContext, targets: Iterable[str] = ()) -> Fix | None:
     facts = orm.facts
     kind = orm.kind
     if kind == a.GET:
-        return _get_fix(orm.model, facts)
+        return None if facts.descriptor else _get_fix(orm.model, facts)
     route = facts.route
     if not route:
         return None

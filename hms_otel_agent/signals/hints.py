@@ -71,6 +71,9 @@ _ON_QUERYSET = frozenset(
 def action_of(fix: fixes.Fix, text: str) -> str:
     """``add .select_related('patient') to the Encounter queryset`` and the like."""
     if fix.kind in _ON_QUERYSET:
+        if fix.change:  # the queryset part, then the code change (`placed` says where each goes)
+            calls = text[: -len(f", and {fix.change}")] if text.endswith(f", and {fix.change}") else text
+            return f"add {calls} to the {short_model(fix.root)} queryset, and {fix.change}"
         return f"add {text} to the {short_model(fix.root)} queryset"
     if fix.kind in (fixes.IN_BULK, fixes.DICT_QUERY):
         return f"query once before the loop: {text}"
@@ -88,6 +91,12 @@ def placed(shown: OrmFix, origin: CodeLocation | None, location: CodeLocation | 
     action = shown.action
     if origin is None or origin == location or not shown.text:
         return action
+    change = shown.structural.change if shown.structural is not None else ""
+    if change and shown.kind in _PLACED and action.endswith(f", and {change}"):
+        # Two places: the queryset where the list is built, the code that reads the relation
+        # (a model method calling .filter() on the related manager per row).
+        queryset = action[: -len(f", and {change}")]
+        return f"{queryset} at {origin}, and {change}{where(location)}"
     if shown.kind in _PLACED or (not shown.kind and shown.structural is None):
         return f"{action} at {origin}"
     return action
@@ -95,6 +104,8 @@ def placed(shown: OrmFix, origin: CodeLocation | None, location: CodeLocation | 
 
 def checked_fix(fix: fixes.Fix) -> OrmFix:
     """A structural fix as shown once checked: pending or failed checks show no fix and say so."""
+    if fix.kind not in fixes.FIX_KINDS:  # no test applies it: not offered
+        return OrmFix("", "", "no fix shown", fix)
     verdict = fixes.verdict(fix)
     if verdict is None:
         return OrmFix("", "", "fix being checked (shown once it compiles)", fix, pending=True)
@@ -115,6 +126,14 @@ def lazy_fix(orm: OrmContext, targets: tuple[str, ...] = ()) -> OrmFix:
     if orm.kind in (a.DEFERRED, a.REFRESH):
         text = orm_fix(orm)
         return OrmFix(text, "", text, None)
+    if orm.kind == a.GET and orm.facts.descriptor:
+        return OrmFix(
+            "",
+            "",
+            f"no fix shown: {orm.facts.descriptor} loads one {short_model(orm.model)} per object;"
+            " prefetch them on the list's queryset if the field supports prefetching",
+            None,
+        )
     if orm.kind == a.GET:
         model = short_model(orm.model)
         return OrmFix("", "", f"fetch the {model} rows in one query before the loop", None)

@@ -9,9 +9,12 @@ e.facility`` is two findings.
 
 A statement repeated with the same parameters every time is a duplicate (run it once), not an
 N+1; one list read in LIMIT/OFFSET slices (the same parameters, only the inline LIMIT/OFFSET
-differs) is neither. A finding's fingerprint is its cause: the relation (or statement) and where
+differs) is neither — offline too: the live agent writes the fingerprints it found read in
+slices on the owner span (``hms.db.paged``) and offline analysis reads them back (it has no
+parameters to compare). A finding's fingerprint is its cause: the relation (or statement) and where
 the queryset came from (`Finding.origin`, where its fix goes), so one relation reached from
-several call sites of one queryset is one finding, and two querysets are two. Duplicates of two
+several call sites of one queryset is one finding, and two querysets are two. Duplicates of
+several statements from one template line are one finding at that line. Duplicates of two
 executions under a millisecond in all are folded into one summary finding per owner unless
 ``HMS_OTEL_TRIVIAL_DUPLICATES`` asks for each.
 """
@@ -24,6 +27,7 @@ from hms_otel_agent.config import Settings
 from hms_otel_agent.signals import fixes, hints
 from hms_otel_agent.signals import records as a
 from hms_otel_agent.signals.records import (
+    CodeLocation,
     DbCall,
     Finding,
     OwnerActivity,
@@ -86,8 +90,10 @@ def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
         if calls[0].operation in hints.TRANSACTION_OPERATIONS:
             continue
         if key[0]:  # by statement, not a relation: the same parameters are a duplicate
-            shape = repeat_shape(calls)
+            # Offline the parameters are not known: the live agent's verdict on the owner span.
+            shape = PAGES if calls[0].fingerprint in activity.paged else repeat_shape(calls)
             if shape == PAGES:
+                activity.paged.add(calls[0].fingerprint)  # written on the owner span (offline: read)
                 n_plus_one_fingerprints.add(calls[0].fingerprint)  # nor a duplicate
                 continue
             if shape == SAME:
@@ -298,9 +304,53 @@ def _duplicates(
                 fix_kind=fix_kind,
             )
         )
+    findings = _by_template_line(activity, findings)
     if settings.trivial_duplicates:
         return findings
     return _fold_trivial(activity, findings)
+
+
+TEMPLATE_FUNCTION = "template"  # a CodeLocation of a template line (instrument/context.py)
+
+
+def _by_template_line(activity: OwnerActivity, findings: list[Finding]) -> list[Finding]:
+    """Duplicates of several statements run again from one template line (a fragment included
+    twice, a bound ``qs.count`` in the context read by ``{% if %}`` and again by ``{{ }}``) are
+    one cause: one finding at that line, its statements as members."""
+    by_line: dict[CodeLocation, list[Finding]] = {}
+    for finding in findings:
+        location = finding.location
+        if location is not None and location.function == TEMPLATE_FUNCTION and not finding.fix_kind:
+            by_line.setdefault(location, []).append(finding)
+    merged = {id(f): line for line, group in by_line.items() if len(group) > 1 for f in group}
+    if not merged:
+        return findings
+    kept = [f for f in findings if id(f) not in merged]
+    for line, group in by_line.items():
+        if len(group) < 2:
+            continue
+        duration_ms = sum(f.duration_ms for f in group)
+        repetitions = sum(f.repetitions for f in group)
+        members = tuple(sorted({f.statement[:MAX_MEMBER_CHARS] for f in group}))
+        subject = f"{len(group)} statements run again with the same parameters from one template line"
+        fix = "evaluate each once: in the view (a context variable) or with {% with %} in the template"
+        hint = hints.sentence(activity.name or activity.route, subject, repetitions, duration_ms, line, fix)
+        kept.append(
+            Finding(
+                kind=DUPLICATE_QUERY,
+                fingerprint=hints.site_fingerprint(DUPLICATE_QUERY, "template line", line),
+                repetitions=repetitions,
+                duration_ms=duration_ms,
+                statement=group[0].statement,
+                location=line,
+                fix=fix,
+                hint=hint,
+                route=activity.route,
+                subject=subject,
+                members=members[:MAX_TRIVIAL_MEMBERS],
+            )
+        )
+    return kept
 
 
 def _fold_trivial(activity: OwnerActivity, findings: list[Finding]) -> list[Finding]:

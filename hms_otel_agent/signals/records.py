@@ -52,6 +52,7 @@ class FixFacts(NamedTuple):
     ``started_at__gte``; ``-started_at``). `aggregates`: ``(alias, Function, field)`` of an
     ``aggregate()`` call. `admin`: the ``ModelAdmin`` of the changelist the object was listed by
     (``VisitAdmin``), `admin_joins`: the relation paths that changelist's queryset joined.
+    `descriptor`: see below.
     """
 
     route: tuple[Step, ...] = ()
@@ -62,6 +63,10 @@ class FixFacts(NamedTuple):
     aggregates: tuple[tuple[str, str, str], ...] = ()  # (alias, function, field)
     admin: str = ""
     admin_joins: tuple[str, ...] = ()
+    # ``get()`` run by a descriptor of the user's code per object (a custom field's
+    # ``__get__``: ``CablePath.path_objects``): its qualified name. There is no loop of keys in
+    # the user's code to batch, so no ``in_bulk`` is offered.
+    descriptor: str = ""
 
 
 NO_FACTS = FixFacts()
@@ -246,6 +251,10 @@ class OwnerActivity:
     intervals: Intervals | None = None  # child spans' times, for the time split (signals/time_split.py)
     trace_id: int = 0  # the owner span's ids when known (live), for on_findings listeners
     span_id: int = 0
+    # Fingerprints of statements read in LIMIT/OFFSET slices of one list under this owner: found
+    # live (where the parameters are known) by the N+1 detector and written on the owner span
+    # (``hms.db.paged``), read back from it by offline analysis, which has no parameters.
+    paged: set[str] = field(default_factory=set)
 
     def count_db(self, duration_ns: int) -> None:
         """One statement ran under the owner (recorded or not)."""
@@ -298,10 +307,15 @@ class Finding:
     members: tuple[str, ...] = ()  # repeated query groups: the calls repeated together, in order
     fix_kind: str = ""  # the kind of a structural ORM fix (signals/fixes.py FIX_KINDS)
     origin: CodeLocation | None = None  # where the root queryset came from: where the fix goes
+    # The kinds of the findings this one stands for (a repeated group that took in its member
+    # query's N+1): `pytest --hms-otel` fails on them as on their own kind.
+    includes: tuple[str, ...] = ()
     # Not exported: a repeated group's members as "statement:<normalized SQL>",
-    # "relation:<app.Model.field>", "key_pattern:<pattern>"; registry.consolidate drops the
-    # owner's cache N+1 findings of those key patterns.
+    # "relation:<app.Model.field>", "key_pattern:<pattern>", and (`cover_fixes`) each step's
+    # (member, batch fix) in order; registry.consolidate folds the owner's findings of those
+    # members into the group.
     covers: tuple[str, ...] = ()
+    cover_fixes: tuple[tuple[str, str], ...] = ()
 
 
 # --- helpers the detectors share -----------------------------------------------------------

@@ -15,15 +15,16 @@ repeated_group     such a group with at least one SQL statement; not reported wh
                    ``get_many`` / ``set_many``, is the batching)
 ================== ==========================================================================
 
-Overlap with the per-fingerprint detectors (`consolidate`, run by the span processor and by
-``hms-otel analyze`` after all detectors): the group *replaces* the ``cache_n_plus_one`` findings
-of its key patterns — ``cache.get_many`` alone is half a fix when each miss then runs a query and
-a write, and the group's fix has every step. The SQL members keep their ``n_plus_one`` findings:
-the N+1 is the finding that gates CI (``pytest --hms-otel`` fails on ``n_plus_one`` by default,
-and one in a cache-aside loop must keep failing it) and carries the exact ORM fix, which the
-group's fix repeats. So a cache-aside loop with a query per item is two findings — the N+1 of the
-query, and the group for the loop — and never three. Members that have no finding of their own
-(a ``cache.set`` per item) are named in the group only.
+One cause, one finding (`consolidate`, run by the span processor and by ``hms-otel analyze``
+after all detectors): the group *takes in* the owner's findings of its members — the
+``cache_n_plus_one`` of its key patterns (``cache.get_many`` alone is half a fix when each miss
+then runs a query and a write), and the ``n_plus_one`` / ``duplicate_query`` of its statements
+and relations. What those said is kept in the group: the member query's checked ORM fix replaces
+the step's generic batch fix, and its relation, the place its queryset came from and its fix
+kind become the group's. `Finding.includes` names the kinds taken in, so ``pytest --hms-otel``
+(which fails on ``n_plus_one`` by default) still fails on a cache-aside loop with a query per
+item. Members that have no finding of their own (a ``cache.set`` per item) are named in the group
+only.
 
 Exact repetition only: a loop whose body differs between items (a cache hit for some patients,
 a miss and a query for others) is not a group; its parts still get their N+1 findings. Standard
@@ -32,6 +33,7 @@ library only.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -53,12 +55,14 @@ from hms_otel_agent.signals.records import (
 )
 
 REPEATED_GROUP = "repeated_group"
+_ACTION = "batch each step over all items: "
 KINDS = (REPEATED_GROUP,)
 MAX_PERIOD = 8  # calls in one loop body
 MAX_CALLS = 5000
 
-# Findings a group replaces (see `consolidate`).
-_COVERED_KINDS = frozenset(("cache_n_plus_one",))
+# Findings a group takes in (see `consolidate`): by key pattern, and by statement or relation.
+_COVERED_CACHE_KINDS = frozenset(("cache_n_plus_one",))
+_COVERED_SQL_KINDS = frozenset(("n_plus_one", "duplicate_query"))
 
 
 @dataclass(slots=True)
@@ -146,9 +150,12 @@ def _describe(step: _Step) -> str:
     return f"{operation} on {db.table or 'one table'}"
 
 
-def _step_fix(step: _Step) -> str:
+def _step_fix(step: _Step, one_key: bool = False) -> str:
+    """The batch form of one step; `one_key`: a cache read of the same key for every item."""
     if step.cache is not None:
         call = step.cache
+        if one_key and call.reads:
+            return f"read {call.key_pattern} once before the loop (the same key for every item)"
         if call.django_api:
             if call.reads:
                 return "cache.get_many(keys)"
@@ -194,7 +201,11 @@ def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
             continue  # cache calls only (get -> set per item): the cache N+1 finding says it
         if all(s.db is not None and s.signature[0] == "relation" for s in body):
             continue  # lazy loads only: each relation's N+1 finding has the exact fix
-        merged.setdefault(tuple(signatures[start : start + period]), []).append((start, period, repeats))
+        # One loop seen from two phases (``cache.get -> SELECT`` and ``SELECT -> cache.get``, when
+        # the first item differed) is one group: runs are merged by their body's rotation.
+        body_signatures = tuple(signatures[start : start + period])
+        rotation = min(body_signatures[i:] + body_signatures[:i] for i in range(period))
+        merged.setdefault(rotation, []).append((start, period, repeats))
     findings = []
     owner = activity.name or activity.route
     for runs in merged.values():
@@ -205,19 +216,23 @@ def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
         repetitions = sum(repeats for _, _, repeats in runs)
         duration_ms = total_ms(calls)
         location = most_common(_location(s) for s in calls)
-        fix = "; ".join(dict.fromkeys(_step_fix(s) for s in body))
+        keys: dict[tuple[str, ...], set[int | None]] = {}
+        for step in calls:
+            if step.cache is not None:
+                keys.setdefault(step.signature, set()).add(step.cache.key_hash)
+        step_fixes = tuple(
+            dict.fromkeys((_covers(s), _step_fix(s, _one_key(keys.get(s.signature)))) for s in body)
+        )
+        fix = "; ".join(dict.fromkeys(f for _, f in step_fixes))
         subject = f"{period} calls repeated together per item ({' -> '.join(members)})"
-        action = f"batch each step over all items: {fix}"
-        hint = hints.sentence(owner, subject, repetitions, duration_ms, location, action)
+        hint = hints.sentence(owner, subject, repetitions, duration_ms, location, _ACTION + fix)
         db_steps = [s.db for s in body if s.db is not None]
         cache_steps = [s.cache for s in body if s.cache is not None]
         model = first_model(db_steps)
         findings.append(
             Finding(
                 kind=REPEATED_GROUP,
-                fingerprint=hints.site_fingerprint(
-                    REPEATED_GROUP, "|".join("\x1e".join(s.signature) for s in body), location
-                ),
+                fingerprint=_fingerprint(body, calls),
                 repetitions=repetitions,
                 duration_ms=duration_ms,
                 statement=db_steps[0].statement if db_steps else "",
@@ -229,10 +244,26 @@ def detect(activity: OwnerActivity, settings: Settings) -> list[Finding]:
                 route=activity.route,
                 subject=" + ".join(members),
                 members=members,
-                covers=tuple(dict.fromkeys(_covers(s) for s in body)),
+                covers=tuple(dict.fromkeys(c for c, _ in step_fixes)),
+                cover_fixes=step_fixes,
             )
         )
     return findings
+
+
+def _one_key(hashes: set[int | None] | None) -> bool:
+    return hashes is not None and len(hashes) == 1 and None not in hashes
+
+
+def _fingerprint(body: list[_Step], calls: list[_Step]) -> str:
+    """The loop's cause, whatever phase it was seen from (another request may start it on
+    another step): its body rotated to start at its smallest signature, and where that step
+    runs."""
+    texts = ["\x1e".join(s.signature) for s in body]
+    first = min(range(len(texts)), key=lambda i: texts[i:] + texts[:i])
+    anchor = body[first].signature
+    location = most_common(_location(s) for s in calls if s.signature == anchor)
+    return hints.site_fingerprint(REPEATED_GROUP, "|".join(texts[first:] + texts[:first]), location)
 
 
 def _location(step: _Step) -> CodeLocation | None:
@@ -241,18 +272,70 @@ def _location(step: _Step) -> CodeLocation | None:
     return db_location(step.db) if step.db is not None else None
 
 
+def _member_key(finding: Finding) -> str:
+    """The `covers` entry an N+1 or duplicate finding of a group's member would have."""
+    return "relation:" + finding.relation if finding.relation else "statement:" + finding.statement
+
+
 def consolidate(findings: list[Finding]) -> list[Finding]:
-    """Drop the cache N+1 findings that a repeated-group finding of the same owner replaces.
-    Returns `findings` itself when there is nothing to drop."""
-    covered: set[str] = set()
+    """Fold the findings of one owner that a repeated group stands for into the group: the cache
+    N+1 findings of its key patterns, the N+1 and duplicate findings of its statements and
+    relations (their fixes, relation and origin carried over). Returns `findings` itself when
+    there is nothing to fold."""
+    groups = [f for f in findings if f.kind == REPEATED_GROUP and f.covers]
+    if not groups:
+        return findings
+    taken: dict[int, list[Finding]] = {}  # id(group) -> the findings it takes in
+    dropped: set[int] = set()
     for finding in findings:
-        if finding.kind == REPEATED_GROUP:
-            covered.update(finding.covers)
-    if not covered:
+        if finding.kind in _COVERED_CACHE_KINDS:
+            key = "key_pattern:" + group_of(finding.key_pattern)
+        elif finding.kind in _COVERED_SQL_KINDS and (finding.relation or finding.statement):
+            key = _member_key(finding)
+        else:
+            continue
+        group = next((g for g in groups if key in g.covers), None)
+        if group is not None:
+            taken.setdefault(id(group), []).append(finding)
+            dropped.add(id(finding))
+    if not dropped:
         return findings
     kept = []
     for finding in findings:
-        if finding.kind in _COVERED_KINDS and "key_pattern:" + group_of(finding.key_pattern) in covered:
+        if id(finding) in dropped:
             continue
-        kept.append(finding)
+        members = taken.get(id(finding))
+        kept.append(finding if members is None else _fold(finding, members))
     return kept
+
+
+def _fold(group: Finding, members: list[Finding]) -> Finding:
+    """The group with what its members' own findings said: a member query's checked fix (or
+    its reason for showing none) instead of the step's generic batch fix."""
+    queries = {_member_key(m): m for m in members if m.kind in _COVERED_SQL_KINDS}
+    fixes: list[str] = []
+    actions: list[str] = []
+    for cover, step_fix in group.cover_fixes:
+        member = queries.get(cover)
+        if member is None:
+            fixes.append(step_fix)
+            actions.append(step_fix)
+        else:
+            fixes.append(member.fix)
+            actions.append(member.hint.rpartition(" — ")[2] if " — " in member.hint else member.fix)
+    fix = "; ".join(dict.fromkeys(f for f in fixes if f))
+    action = "; ".join(dict.fromkeys(a for a in actions if a))
+    prefix = group.hint.rpartition(" — ")[0] or group.hint
+    query = next((m for m in queries.values() if m.kind == "n_plus_one"), None) or next(
+        iter(queries.values()), None
+    )
+    return dataclasses.replace(
+        group,
+        fix=fix,
+        hint=f"{prefix} — {_ACTION}{action}" if action else prefix,
+        relation=group.relation or (query.relation if query else ""),
+        relation_kind=group.relation_kind or (query.relation_kind if query else ""),
+        fix_kind=group.fix_kind or (query.fix_kind if query else ""),
+        origin=group.origin or (query.origin if query else None),
+        includes=tuple(sorted({m.kind for m in members} | set(group.includes))),
+    )

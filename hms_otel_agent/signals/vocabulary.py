@@ -50,6 +50,7 @@ TEST_ATTRIBUTE = "hms.pytest.nodeid"  # pytest_plugin.py: on the owner span of e
 TEMPLATE_NAME = "hms.template.name"  # template spans: the name the template was loaded by
 HTTP_TIMEOUT = "hms.http.timeout"  # outbound spans: whether the call has a timeout (when shown)
 TIME_PREFIX = "hms.time."  # owner spans: hms.time.db_ms ... (signals/time_split.py KEYS)
+DB_PAGED = "hms.db.paged"  # owner spans: fingerprints of statements read in LIMIT/OFFSET slices
 
 # --- events ----------------------------------------------------------------------------------
 CONNECT_EVENT = "hms.db.connect"
@@ -182,12 +183,13 @@ _OPTIONAL: tuple[tuple[str, str, int], ...] = (
     ("table", "hms.finding.table", _TEXT),
     ("columns", "hms.finding.columns", _LIST),
     ("members", "hms.finding.members", _LIST),
+    ("includes", "hms.finding.includes", _LIST),
 )
 
 
 def finding_attributes(finding: Finding) -> dict[str, Any]:
     """A finding as the attributes of its event. Not written: `route` (the owner span's
-    ``http.route``) and `covers` (in-process only)."""
+    ``http.route``) and `covers` / `cover_fixes` (in-process only)."""
     attributes: dict[str, Any] = {
         FINDING_KIND: finding.kind,
         "hms.finding.fingerprint": finding.fingerprint,

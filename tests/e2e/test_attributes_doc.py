@@ -98,6 +98,7 @@ PATHS = [
     "/encounters/search/?reason=checkup",
     "/boom/?mrn=MRN-1",
     "/clinic/wards/board/",  # template spans
+    "/clinic/visits/export/",  # one list read in LIMIT/OFFSET slices (hms.db.paged)
     "/patients/fhir/?limit=6",  # outbound HTTP (the fake FHIR server below)
 ] + ["/appointments/upcoming/"] * 4
 PATHS.append("/encounters/search/?reason=checkup")  # a later occurrence: the plan is ready by now

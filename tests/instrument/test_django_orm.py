@@ -998,3 +998,75 @@ def test_importing_the_module_does_not_import_django() -> None:
     code = "import sys, hms_otel_agent.instrument.django_orm; print('django' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+class _PatientByKey:
+    """A custom descriptor that loads one object per instance with get() (NetBox's
+    GenericArrayForeignKey does it with ContentType.get_object_for_this_type)."""
+
+    def __get__(self, instance: Any, owner: Any) -> Any:
+        from hms_otel_agent.sample.hms.models import Patient
+
+        return Patient.objects.get(pk=instance.patient_id)
+
+
+def test_get_run_by_a_descriptor_names_the_reading_line_and_offers_no_in_bulk(traced: Any) -> None:
+    from hms_otel_agent.sample.hms.models import Encounter
+
+    encounters = list(Encounter.objects.order_by("id")[:6])
+    Encounter.patient_by_key = _PatientByKey()  # type: ignore[attr-defined]
+    try:
+        with _owner(traced) as owner:
+            for encounter in encounters:
+                line = _next_line()
+                encounter.patient_by_key  # type: ignore[attr-defined]  # noqa: B018
+    finally:
+        del Encounter.patient_by_key  # type: ignore[attr-defined]
+    spans = _db_spans(traced, owner)
+    assert len(spans) == 6
+    for span in spans:  # the line that read the attribute, not the descriptor's
+        assert (span.attributes["code.line.number"], span.attributes["code.function.name"]) == (
+            line,
+            "test_get_run_by_a_descriptor_names_the_reading_line_and_offers_no_in_bulk",
+        )
+    [finding] = [e for e in traced.events(traced.spans()[-1]) if e.get("hms.finding.kind") == "n_plus_one"]
+    assert "hms.hint.fix" not in finding  # no loop of keys to batch: never in_bulk
+    assert finding["hms.hint"].endswith(
+        "no fix shown: _PatientByKey.__get__ loads one Patient per object; prefetch them on the"
+        " list's queryset if the field supports prefetching"
+    )
+
+
+def test_get_in_a_plain_loop_is_not_a_descriptors(traced: Any) -> None:
+    from hms_otel_agent.sample.hms.models import Encounter, Patient
+
+    ids = [e.patient_id for e in Encounter.objects.order_by("id")[:6]]
+    with _owner(traced):
+        for pk in ids:
+            Patient.objects.get(pk=pk)
+    [finding] = [e for e in traced.events(traced.spans()[-1]) if e.get("hms.finding.kind") == "n_plus_one"]
+    assert finding["hms.hint.fix"].startswith("Patient.objects.in_bulk(")
+
+
+def test_a_list_view_that_sets_model_is_where_its_queryset_comes_from(traced: Any) -> None:
+    """Django's generic ListView builds the queryset from `model` (MultipleObjectMixin): the
+    place to edit is the view class (Baby Buddy's FeedingList; docs/accuracy.md shape 10)."""
+    from django.views.generic import ListView
+
+    from hms_otel_agent.sample.hms.models import Encounter
+
+    class EncounterList(ListView):  # type: ignore[type-arg]
+        model = Encounter
+        ordering = ("id",)
+
+    queryset = EncounterList().get_queryset()[:6]
+    with _owner(traced) as owner:
+        for encounter in queryset:
+            encounter.patient  # noqa: B018
+    [load, *_] = _lazy(_db_spans(traced, owner))
+    attributes = load.attributes
+    assert attributes["hms.orm.origin.code.file.path"] == THIS_FILE
+    assert attributes["hms.orm.origin.code.function.name"].endswith("EncounterList.model")
+    [finding] = [e for e in traced.events(traced.spans()[-1]) if e.get("hms.finding.kind") == "n_plus_one"]
+    assert "to the Encounter queryset at " in finding["hms.hint"]
+    assert finding["hms.hint"].endswith("EncounterList.model")

@@ -360,3 +360,82 @@ def test_admin_get_queryset_fix_prefetches_what_a_column_reads(
     assert fixed_count < naive_count - 20  # 25 rows: one tags query and one ward query each, gone
     _, server = traced.request(path, client=client)
     assert [e for e in traced.events(server) if e.get("hms.finding.kind") == "n_plus_one"] == []
+
+
+# -- the hospital sample app's (hms) pages: their queryset fixes, applied -------------------------
+
+HMS_PAGES = {
+    "/patients/?limit=10": "/patients/optimized/?limit=10",  # select_related + prefetch_related
+    "/encounters/?limit=10": "/encounters/optimized/?limit=10",  # select_related along two steps
+    # reverse one-to-one + generic relation
+    "/patients/records/?limit=10": "/patients/records/optimized/?limit=10",
+    "/notes/?limit=10": "/notes/optimized/?limit=10",  # GenericPrefetch (prefetch_related on 4.2)
+}
+
+
+@pytest.mark.parametrize("path", list(HMS_PAGES))
+def test_hms_page_fixes_bring_the_page_to_its_optimized_count(
+    traced: Traced, count_queries: Callable[[], Any], path: str
+) -> None:
+    from django.apps import apps
+    from django.test import Client
+
+    client = Client()
+    found = [f for f in _findings(traced, path, client) if f.get("hms.finding.kind") == "n_plus_one"]
+    assert found, "the naive page has N+1 findings with checked fixes"
+    naive_count, naive = _count(client, path, count_queries)
+    optimized_count, _ = _count(client, HMS_PAGES[path], count_queries)
+    with contextlib.ExitStack() as stack:
+        for fix, hint, kind in {(f["hms.hint.fix"], f["hms.hint"], f["hms.hint.fix_kind"]) for f in found}:
+            assert kind in QUERYSET_KINDS, (kind, fix)
+            root = re.search(r"to the (\w+) queryset", hint)
+            assert root is not None, hint
+            model = next(m for m in apps.get_models() if m.__name__ == root.group(1))
+            stack.enter_context(applied_to_queryset(model, fix))
+        fixed_count, fixed = _count(client, path, count_queries)
+    assert fixed.status_code == naive.status_code == 200
+    assert fixed.json() == naive.json()
+    assert fixed_count == optimized_count < naive_count, (fixed_count, optimized_count, naive_count)
+
+
+# -- every fix kind the sample apps offer is proven above -----------------------------------------
+
+# fix kind -> the tests above that apply it
+PROVEN = {
+    "select_related": "test_queryset_and_admin_fixes_*, test_hms_page_fixes_*",
+    "prefetch_related": "test_queryset_and_admin_fixes_*, test_hms_page_fixes_*",
+    "generic_prefetch": "test_queryset_and_admin_fixes_* (handovers), test_hms_page_fixes_* (notes)",
+    "prefetch_queryset": "test_filtered_prefetch_fix_*, test_prefetch_with_a_select_related_queryset_*",
+    "annotate": "test_annotate_fix_*",
+    "in_bulk": "test_in_bulk_and_dict_fixes_*",
+    "dict_query": "test_in_bulk_and_dict_fixes_*",
+    "admin_list_select_related": "test_queryset_and_admin_fixes_* (admin-visits)",
+    "admin_get_queryset": "test_admin_get_queryset_fix_*",
+    "admin_show_full_result_count": "test_queryset_and_admin_fixes_* (admin-visits)",
+}
+HMS_NAIVE = (
+    "/patients/?limit=10",
+    "/encounters/?limit=10",
+    "/appointments/schedule/?limit=12",
+    "/patients/records/?limit=10",
+    "/notes/?limit=10",
+    "/patients/birthdays/?limit=10",
+    "/patients/lookup/?ids=1,2,3,4,5,6,7,8",
+    "/facilities/",
+    "/reports/raw-encounters/?limit=10",
+    "/patients/cached/lookup/?ids=71,72,73,74,75,76",
+)
+
+
+def test_every_fix_kind_the_sample_apps_offer_is_proven_by_a_test_that_applies_it(traced: Traced) -> None:
+    from hms_otel_agent.signals import fixes
+
+    client = _staff()
+    offered: dict[str, str] = {}
+    with traced.use_settings(n_plus_one_threshold=3):  # facilities/ has 4 rows
+        for path in (*(p.naive for p in PAGES_BY_NAME.values()), *HMS_NAIVE):
+            for finding in _findings(traced, path, client):
+                offered.setdefault(finding["hms.hint.fix_kind"], path)
+    assert set(offered) <= set(PROVEN), {k: v for k, v in offered.items() if k not in PROVEN}
+    # and the agent has no other kind to offer
+    assert set(fixes.FIX_KINDS) == set(PROVEN)

@@ -248,3 +248,40 @@ _spans.recorded_findings = _no_recorded_findings
         result.stdout.str()
     )
     assert "Encounter.patient loaded lazily 6x" in result.stdout.str()
+
+
+GROUP_TEST = """
+import pytest
+from django.core.cache import cache
+from django.test import Client
+
+from hms_otel_agent.sample.hms.views import _summary_key
+
+IDS = range(61, 69)
+
+
+@pytest.mark.django_db
+def test_cache_aside_loop():
+    cache.delete_many([_summary_key(pk) for pk in IDS])  # cold: a miss, a query, a write per patient
+    response = Client().get("/patients/cached/lookup/?ids=" + ",".join(map(str, IDS)))
+    assert response.status_code == 200
+
+
+@pytest.mark.django_db
+@pytest.mark.hms_otel_allow("n_plus_one")
+def test_cache_aside_loop_allowed():
+    test_cache_aside_loop()
+"""
+
+
+def test_a_repeated_group_that_took_in_its_queries_n_plus_one_still_fails(project: pytest.Pytester) -> None:
+    """One cause, one finding: the cache-aside loop is one repeated-group finding, and it fails
+    the test as the query's N+1 would (the default --hms-otel-fail-on is n_plus_one)."""
+    project.makepyfile(test_group=GROUP_TEST)
+    result = project.runpytest_subprocess("-v", "-p", "no:cacheprovider", "--hms-otel", "test_group.py")
+    out = result.stdout.str()
+    assert re.search(r"test_group\.py::test_cache_aside_loop FAILED", out), out
+    assert re.search(r"test_group\.py::test_cache_aside_loop_allowed PASSED", out), out
+    failures = re.findall(r"\[(\w+)\] GET patients/cached/lookup/", out)
+    assert failures == ["repeated_group"], out  # one finding, not the group and the N+1
+    assert "calls repeated together per item (cache.get patient:{id}:summary -> Patient select" in out

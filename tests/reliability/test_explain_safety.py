@@ -13,12 +13,15 @@ hostile fragments runs both ways.
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from harness import processes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -213,7 +216,8 @@ def test_attack_on_psycopg2_without_the_lexer_against_a_read_only_role(
 ) -> None:
     """The simple protocol runs every statement of the text; the role cannot write."""
     monkeypatch.setattr(explain, "read_only_select", lambda text: True)
-    monkeypatch.setattr(explain, "_worker_driver", lambda app_driver: app_driver)
+    # psycopg 3 not importable: psycopg2 is used, toward the separate role only
+    monkeypatch.setattr(explain, "psycopg3_available", lambda: False)
     import psycopg2
 
     conn = psycopg2.connect(app.info.dsn)
@@ -347,3 +351,103 @@ def test_control_the_attacks_are_real_on_a_plain_read_only_connection(
         assert cursor.fetchone() == effect
     finally:
         conn.close()
+
+
+# A process whose application uses psycopg2; "no-psycopg3" makes `import psycopg` fail in it, as
+# when psycopg 3 is not installed. The agent starts as hms-otel-run's bootstrap starts it; a slow
+# SELECT runs three times; then an attack is handed straight to the worker with EXPLAIN on (as a
+# caller that bypasses the start-up check would), and the worker's counts are printed.
+NO_PSYCOPG3_SCRIPT = """
+import dataclasses, json, sys
+if sys.argv[2] == "no-psycopg3":
+    sys.modules["psycopg"] = None
+from hms_otel_agent import agent
+agent.start()
+import psycopg2
+from opentelemetry import trace
+from hms_otel_agent import config
+from hms_otel_agent.instrument import explain
+from hms_otel_agent.signals.fingerprint import fingerprint_sql
+conn = psycopg2.connect(sys.argv[1])
+conn.autocommit = True
+tracer = trace.get_tracer("explain-check")
+for _ in range(3):
+    with tracer.start_as_current_span("GET /slow/", kind=trace.SpanKind.SERVER):
+        cursor = conn.cursor()
+        cursor.execute("SELECT v.id, pg_sleep(0.05) FROM victim v WHERE v.id = %s", [1])
+        cursor.fetchall()
+worker = explain.EXPLAINER
+worker.wait_idle(30)
+before = {"submitted": worker.submitted, "explained": worker.explained, "unsafe": worker.unsafe,
+          "drivers": sorted(type(c).__module__.split(".")[0] for c in worker._connections.values())}
+settings = dataclasses.replace(config.load().settings, explain=True, explain_interval_s=1)
+worker.forget()
+explain.read_only_select = lambda text: True  # the lexer switched off: only layers 2-4 remain
+attack = "SELECT 1 --c\\r; COMMIT; BEGIN READ WRITE; INSERT INTO victim VALUES (99)"
+worker.submit(fingerprint_sql(attack), (attack, None, conn.cursor()), settings)
+worker.wait_idle(30)
+print(json.dumps({"slow_select": before, "attack": {"unsafe": worker.unsafe, "explained": worker.explained,
+      "failed": worker.failed, "psycopg3": explain.psycopg3_available()}}))
+"""
+
+
+def _run_no_psycopg3(tmp_path: Path, db: str, mode: str, env: dict[str, str]) -> tuple[dict[str, Any], str]:
+    script = tmp_path / "explain_psycopg2.py"
+    script.write_text(NO_PSYCOPG3_SCRIPT)
+    result = processes.run(
+        [str(processes.venv_executable("python")), str(script), db, mode],
+        env=processes.hermetic_env(
+            {
+                "HMS_OTEL_EXPLAIN": "true",
+                "HMS_OTEL_SLOW_QUERY_MS": "10",
+                "HMS_OTEL_LOCAL_DIR": str(tmp_path / "local"),
+                "HMS_OTEL_LIVE_LOG": "false",
+                **env,
+            }
+        ),
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
+
+
+def test_psycopg2_without_psycopg3_keeps_explain_off_and_says_why_once(
+    tmp_path: Path, db: str, app: Any
+) -> None:
+    """No psycopg 3 and no HMS_OTEL_EXPLAIN_DATABASE_URL: the simple protocol would run a hidden
+    second statement as the application's role, so EXPLAIN stays off (one line at start), and the
+    worker refuses a job that reaches it anyway: nothing connects, nothing is written."""
+    counts, stderr = _run_no_psycopg3(tmp_path, db, "no-psycopg3", {})
+    assert counts["slow_select"] == {"submitted": 0, "explained": 0, "unsafe": 0, "drivers": []}
+    assert counts["attack"] == {"unsafe": 1, "explained": 0, "failed": 0, "psycopg3": False}
+    lines = [line for line in stderr.splitlines() if "HMS_OTEL_EXPLAIN" in line]
+    # the start-up line, then the worker's own when a job reached it anyway: the same words
+    assert lines == [explain.UNSAFE_REASON, explain.UNSAFE_REASON], stderr
+    assert "psycopg 3" in lines[0] and "HMS_OTEL_EXPLAIN_DATABASE_URL" in lines[0]
+    assert_harmless(Explainer(), app)
+
+
+def test_psycopg2_without_psycopg3_explains_through_a_role_of_its_own(
+    tmp_path: Path, db: str, read_only_url: str, app: Any
+) -> None:
+    """With HMS_OTEL_EXPLAIN_DATABASE_URL psycopg2 plans (simple protocol, the role's rights); the
+    attack with the lexer off reaches the server and cannot write."""
+    app.execute(f"GRANT SELECT ON victim TO {urlsplit(read_only_url).username}")  # the table is new
+    counts, stderr = _run_no_psycopg3(
+        tmp_path, db, "no-psycopg3", {"HMS_OTEL_EXPLAIN_DATABASE_URL": read_only_url}
+    )
+    assert counts["slow_select"] == {"submitted": 1, "explained": 1, "unsafe": 0, "drivers": ["psycopg2"]}
+    assert counts["attack"]["unsafe"] == 0 and counts["attack"]["psycopg3"] is False
+    assert "HMS_OTEL_EXPLAIN" not in stderr, stderr
+    assert_harmless(Explainer(), app)
+
+
+def test_psycopg2_application_with_psycopg3_installed_explains_through_psycopg3(
+    tmp_path: Path, db: str, app: Any
+) -> None:
+    counts, stderr = _run_no_psycopg3(tmp_path, db, "with-psycopg3", {})
+    assert counts["slow_select"] == {"submitted": 1, "explained": 1, "unsafe": 0, "drivers": ["psycopg"]}
+    assert counts["attack"]["unsafe"] == 0 and counts["attack"]["psycopg3"] is True
+    assert "HMS_OTEL_EXPLAIN" not in stderr, stderr
+    assert_harmless(Explainer(), app)

@@ -4,8 +4,8 @@ positive a negative that differs in the one thing the shape is about.
 
 The records are what the ORM instrumentation leaves for that code (``tests/instrument/`` and
 ``tests/integration/`` check that it does, on real Django); here the detectors alone decide.
-Shape 6 (a custom field's descriptor), 7 (a filtered manager read in a model method) and 16
-(management commands, issue 16) are not covered: see docs/accuracy.md.
+Shape 16 (management commands) is issue 16's. Shape 6's location (the line that read the
+descriptor, not its ``__get__``) is the instrumentation's: tests/instrument/test_django_orm.py.
 """
 
 from __future__ import annotations
@@ -269,6 +269,75 @@ def test_5_a_taggit_manager_is_a_many_to_many_prefetch() -> None:
 def test_5_negative_without_the_orm_the_batch_fix_names_the_table_not_a_model_lookup() -> None:
     [finding] = only(detect(owner(calls(None, 25))))
     assert finding.fix == "one query for all values: SELECT ... FROM t WHERE id = ANY(%s)"
+
+
+# -- 6. a custom field's descriptor runs get() per object (NetBox N6) -----------------------------
+
+
+def test_6_a_get_run_by_a_descriptor_offers_no_in_bulk() -> None:
+    orm = OrmContext(
+        "dcim.Interface",
+        a.GET,
+        location=loc("dcim/tables/template_code.py", 40, "CablePathColumn.render"),
+        facts=FixFacts(lookups=("pk",), unique_field="pk", descriptor="GenericArrayForeignKey.__get__"),
+    )
+    [finding] = only(detect(owner(calls(orm, 12))))
+    assert (finding.fix, finding.fix_kind) == ("", "")
+    assert finding.hint.endswith(
+        "at dcim/tables/template_code.py:40 in CablePathColumn.render — no fix shown:"
+        " GenericArrayForeignKey.__get__ loads one Interface per object; prefetch them on the list's"
+        " queryset if the field supports prefetching"
+    )
+
+
+def test_6_negative_the_same_get_in_the_users_loop_is_in_bulk() -> None:
+    orm = OrmContext("dcim.Interface", a.GET, facts=FixFacts(lookups=("pk",), unique_field="pk"))
+    [finding] = only(detect(owner(calls(orm, 12))))
+    assert (finding.fix, finding.fix_kind) == ("Interface.objects.in_bulk(ids)", fixes.IN_BULK)
+
+
+# -- 7. a filtered related manager read in a model method (NetBox N4) -----------------------------
+
+RACK_METHOD = loc("dcim/models/racks.py", 573, "Rack.get_available_units")
+RACK_VIEW = loc("dcim/views.py", 1042, "RackListView")
+DEVICES = Step("devices", a.REVERSE_FK, "dcim.Device", "rack")
+
+
+def test_7_a_filtered_manager_in_a_model_method_names_both_places() -> None:
+    orm = dataclasses.replace(
+        lazy(
+            "dcim.Rack",
+            "devices",
+            a.REVERSE_FK,
+            (DEVICES,),
+            "dcim.Rack",
+            location=RACK_METHOD,
+            origin=RACK_VIEW,
+            filters=("position__gte",),
+        ),
+        filtered=True,
+    )
+    [finding] = only(detect(owner(calls(orm, 10))))
+    assert finding.fix_kind == fixes.PREFETCH_QUERYSET
+    prefetch = (
+        ".prefetch_related(Prefetch('devices', queryset=Device.objects.filter(position__gte=...),"
+        " to_attr='prefetched_devices'))"
+    )
+    change = "read .prefetched_devices (a list) instead of .devices.filter(...)"
+    assert finding.fix == f"{prefetch}, and {change}"
+    # the Prefetch goes on the list's queryset, the change in the method that reads the manager
+    assert finding.hint.endswith(
+        f"— add {prefetch} to the Rack queryset at {RACK_VIEW}, and {change} at {RACK_METHOD}"
+    )
+
+
+def test_7_negative_an_unfiltered_manager_needs_no_code_change() -> None:
+    orm = lazy(
+        "dcim.Rack", "devices", a.REVERSE_FK, (DEVICES,), "dcim.Rack", location=RACK_METHOD, origin=RACK_VIEW
+    )
+    [finding] = only(detect(owner(calls(orm, 10))))
+    assert finding.fix == ".prefetch_related('devices')"
+    assert finding.hint.endswith(f"— add .prefetch_related('devices') to the Rack queryset at {RACK_VIEW}")
 
 
 # -- 8. a bound method in a template context: trivial duplicates (NetBox N10) ---------------------

@@ -565,8 +565,15 @@ METADATA = [
         "SELECT * FROM a JOIN b ON a.id = b.a_id WHERE b.x = 1 AND a.y = b.y",
         "SELECT",
         "a",
-        ("x",),
+        (),  # b.x is the joined table's: no index or lookup on a
         id="join-condition-not-filter",
+    ),
+    pytest.param(
+        "SELECT * FROM a JOIN b ON a.id = b.a_id WHERE a.x = 1 AND b.y = 2",
+        "SELECT",
+        "a",
+        ("x",),
+        id="main-table-column-kept",
     ),
     pytest.param(
         "WITH recent AS (SELECT * FROM hms_encounter WHERE admitted_at > %s) SELECT patient_id FROM recent WHERE ward_id = %s",
@@ -597,7 +604,7 @@ METADATA = [
         "DELETE FROM hms_vital USING hms_encounter WHERE hms_vital.encounter_id = hms_encounter.id AND hms_encounter.ward_id = 3",
         "DELETE",
         "hms_vital",
-        ("ward_id",),
+        (),  # ward_id is hms_encounter's
         id="delete-using",
     ),
     pytest.param("SELECT count(*) FROM (SELECT 1 FROM t) sub", "SELECT", "", (), id="select-subquery-from"),

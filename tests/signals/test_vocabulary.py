@@ -19,7 +19,7 @@ from hms_otel_agent.signals.vocabulary import (
 
 # Finding fields that never become attributes: the route is the owner span's http.route, and
 # `covers` stays in the process (registry.consolidate).
-NOT_EXPORTED = {"route", "covers"}
+NOT_EXPORTED = {"route", "covers", "cover_fixes"}
 
 texts = st.text(min_size=1, max_size=20)
 locations = st.builds(CodeLocation, texts, st.integers(0, 10**6), texts)
@@ -48,7 +48,9 @@ def _full_finding() -> Finding:
         members=("statement:SELECT 1", "relation:hms.Encounter.patient"),
         fix_kind="select_related",
         origin=CodeLocation("hms/views.py", 40, "encounter_list"),
+        includes=("n_plus_one",),
         covers=("statement:SELECT 1",),
+        cover_fixes=(("statement:SELECT 1", "one query"),),
     )
 
 
@@ -58,7 +60,7 @@ def test_every_finding_field_round_trips() -> None:
     for f in dataclasses.fields(Finding):
         assert getattr(finding, f.name) != getattr(defaults, f.name), f"{f.name} left at its default"
     back = finding_of(finding_attributes(finding), route=finding.route)
-    assert back == dataclasses.replace(finding, covers=())
+    assert back == dataclasses.replace(finding, covers=(), cover_fixes=())
     exported = {f.name for f in dataclasses.fields(Finding)} - NOT_EXPORTED
     for name in exported:  # each field on its own: none is read from another's attribute
         only = dataclasses.replace(defaults, **{name: getattr(finding, name)})

@@ -520,3 +520,40 @@ def test_an_exporter_that_raised_is_replaced_at_the_next_export() -> None:
     assert exporter.export([span]) is SpanExportResult.SUCCESS
     assert len(built) == 2 and built[0].shut_down and not built[1].shut_down
     assert exporter.health.failed_batches == 1
+
+
+def test_the_failure_reason_is_the_one_of_the_exporter_on_this_thread(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The trace and metric exporters fail at the same time on threads of their own: the traces'
+    warning quotes what the trace exporter said, not the metric exporter's last words."""
+    resilient.silence_exporter_logs(verbose=False)
+    exporter_log = logging.getLogger("opentelemetry.exporter.otlp.proto.grpc.exporter")
+    traces_failing, metrics_said = threading.Event(), threading.Event()
+
+    class _Failing(SpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            exporter_log.warning("Transient error StatusCode.UNAVAILABLE encountered while exporting traces")
+            traces_failing.set()
+            metrics_said.wait(5)  # the metric exporter speaks last, on its own thread
+            return SpanExportResult.FAILURE
+
+    def metric_exporter_thread() -> None:
+        traces_failing.wait(5)
+        exporter_log.error(
+            "Failed to export metrics to 127.0.0.1:4317, error code: StatusCode.RESOURCE_EXHAUSTED"
+        )
+        metrics_said.set()
+
+    exporter = resilient.ResilientSpanExporter(_Failing, "http://127.0.0.1:4317")
+    span = TracerProvider().get_tracer("t").start_span("s")
+    span.end()
+    other = threading.Thread(target=metric_exporter_thread)
+    other.start()
+    with caplog.at_level(logging.WARNING, logger="hms_otel"):
+        assert exporter.export([span]) is SpanExportResult.FAILURE
+    other.join(5)
+    [line] = [
+        r.getMessage() for r in caplog.records if r.getMessage().startswith("hms-otel: cannot export traces")
+    ]
+    assert "(unavailable)" in line and "metrics" not in line.split("(", 1)[1], line

@@ -131,3 +131,17 @@ def test_display_path_same_form_whatever_the_current_directory(
     # A script (no import path) and a name that does not match the file: absolute, not made up.
     assert display_path(str(views), "__main__") == str(views)
     assert display_path(str(views), "elsewhere.views") == str(views)
+
+
+def test_a_repeat_line_names_the_routes_one_cause_was_seen_on(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "hms_otel")
+    log = LiveLog(repeat_interval_s=0.0)
+    for route in ("feedings/", "sleep/", "feedings/"):
+        log(OwnerActivity(name=f"GET {route}", route=route), [finding("f3")])
+    assert lines(caplog) == [
+        "hms-otel: n plus one: GET x/: f3",
+        "hms-otel: n plus one seen again (1 more times in this process since its last line on 2 routes:"
+        " feedings/, sleep/): GET x/: f3",
+        "hms-otel: n plus one seen again (1 more times in this process since its last line on 2 routes:"
+        " feedings/, sleep/): GET x/: f3",
+    ]

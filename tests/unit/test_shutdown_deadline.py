@@ -55,3 +55,46 @@ def test_a_deadline_just_passed_still_leaves_time_to_flush() -> None:
         assert before + MIN_GRACE_S <= deadline < before + 3.0
     finally:
         RunClaims(run).remove()
+
+
+def test_a_process_with_nothing_to_send_keeps_to_a_passed_deadline() -> None:
+    """A gunicorn master reaping workers that waited the whole deadline on a failing backend: it has
+    no spans queued, so it takes no grace of its own (the tree exits one timeout after the stop)."""
+    run = uuid.uuid4().hex[:16]
+    env = {RUN_ID_ENV: run}
+    try:
+        path = RunClaims(run).file(DEADLINE_FILE)
+        assert path is not None
+        passed = time.monotonic() - 0.5
+        with open(path, "w") as handle:
+            handle.write(repr(passed))
+        assert shutdown_deadline(3.0, env, pending=False) == passed
+        before = time.monotonic()
+        assert shutdown_deadline(3.0, env, pending=True) >= before + MIN_GRACE_S
+    finally:
+        RunClaims(run).remove()
+
+
+def test_pending_spans_are_what_the_queues_and_the_compressor_hold() -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from hms_otel_agent import config, pipeline
+    from hms_otel_agent.signals.registry import DETECTORS
+
+    settings = config.replace(config.load({}).settings, local_dir="")
+    built = pipeline.build(
+        settings, list(DETECTORS), span_exporters=[("memory", InMemorySpanExporter())], metric_readers=[]
+    )
+    try:
+        [processor] = built.batch_processors
+        assert built.has_pending_spans() is False
+        processor._queue.append(object())  # a span ended and not yet exported
+        assert built.has_pending_spans() is True
+        processor._queue.clear()
+        assert built.has_pending_spans() is False
+        if processor.compressor is not None:
+            processor.compressor.held_spans = 2  # a run of repeated DB spans held back
+            assert built.has_pending_spans() is True
+            processor.compressor.held_spans = 0
+    finally:
+        built.shutdown(1000)
