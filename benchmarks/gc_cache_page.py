@@ -76,7 +76,7 @@ def _child(mode: str, redis_url: str, requests: int) -> dict[str, Any]:
         agent_settings = dataclasses.replace(config.load().settings, live_log=False)
         built = pipeline.build(
             agent_settings, default_detectors(), span_exporters=[("null", NullExporter())], metric_readers=[]
-        )
+        ).install()
         provider = built.tracer_provider
         instrument.install(agent_settings, provider, built.meter_provider)
         import redis  # noqa: F401  (the post-import hook instruments it)

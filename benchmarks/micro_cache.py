@@ -50,7 +50,7 @@ def _row(name: str, us: float, base: float | None = None) -> None:
 def redis_hooks() -> None:
     from hms_otel_agent import pipeline
 
-    built = pipeline.build(SETTINGS, span_exporters=[], metric_readers=[])
+    built = pipeline.build(SETTINGS, span_exporters=[], metric_readers=[]).install()
     tracer = built.tracer_provider.get_tracer("opentelemetry.instrumentation.redis")
     request = cache_hooks.redis_request_hook(SETTINGS)
     response = cache_hooks.redis_response_hook(SETTINGS)
@@ -116,7 +116,7 @@ def django_cache_api() -> None:
     _row("get (hit), not instrumented", get_plain)
     _row("set, not instrumented", set_plain)
 
-    built = pipeline.build(SETTINGS, span_exporters=[], metric_readers=[])
+    built = pipeline.build(SETTINGS, span_exporters=[], metric_readers=[]).install()
     tracer = built.tracer_provider.get_tracer("bench")
     django_cache.install(SETTINGS, built.tracer_provider)
     cache = LocMemCache("instrumented", {})

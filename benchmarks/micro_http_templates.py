@@ -44,7 +44,9 @@ def _pipeline() -> Any:
     from hms_otel_agent.agent import default_detectors
 
     settings = dataclasses.replace(config.load({}).settings, live_log=False)
-    built = pipeline.build(settings, detectors=default_detectors(), span_exporters=[], metric_readers=[])
+    built = pipeline.build(
+        settings, detectors=default_detectors(), span_exporters=[], metric_readers=[]
+    ).install()
     return settings, built
 
 

@@ -417,7 +417,7 @@ class _Variant:
                 settings = _settings()
                 self.agent = pipeline.build(
                     settings, registry.DETECTORS, span_exporters=[("null", self.exporter)], metric_readers=[]
-                )
+                ).install()
                 self.provider = self.agent.tracer_provider
                 self._flush = lambda: self.agent.force_flush()
             pipeline.install_end_hook()

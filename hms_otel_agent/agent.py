@@ -123,7 +123,7 @@ def _start(settings: config.Settings, detectors: Sequence[Detector]) -> Pipeline
     run_id = os.environ.get(RUN_ID_ENV)  # set by hms-otel-run
     # Under hms-otel-run, each finding is logged once per run, not once per worker process.
     live_log = LiveLog(claims=RunClaims(run_id) if run_id else None) if settings.live_log else None
-    built = pipeline.build(settings, detectors, on_findings=live_log)
+    built = pipeline.build(settings, detectors, on_findings=live_log).install()
     if run_id:
         built.update_resource({RUN_ID_ATTRIBUTE: run_id})
     trace.set_tracer_provider(built.tracer_provider)

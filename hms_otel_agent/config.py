@@ -220,9 +220,16 @@ class NameList(Parser[tuple[str, ...]]):
 
 @dataclass(frozen=True)
 class Url(Parser[str]):
+    """A URL with one of `schemes` (and a host when `host_required`). Its content is never
+    echoed in messages: a database URL may hold a password."""
+
+    schemes: tuple[str, ...] = ("http", "https")
+    host_required: bool = True
+
     @property
     def accepted(self) -> str:
-        return "an http:// or https:// URL"
+        article = "an" if self.schemes[0][0] in "aeiouh" else "a"  # an http://: said aitch
+        return f"{article} {_alternatives([f'{s}://' for s in self.schemes])} URL"
 
     def __call__(self, raw: str) -> str:
         value = raw.strip()
@@ -231,27 +238,11 @@ class Url(Parser[str]):
             port = parts.port  # raises ValueError on a bad port
         except ValueError:
             raise ConfigError from None
-        if parts.scheme not in ("http", "https") or not parts.hostname or (port is not None and port <= 0):
-            raise ConfigError
-        return value
-
-
-@dataclass(frozen=True)
-class DatabaseUrl(Parser[str]):
-    """A libpq connection URI. Its content is never echoed: it may hold a password."""
-
-    @property
-    def accepted(self) -> str:
-        return "a postgresql:// or postgres:// URL"
-
-    def __call__(self, raw: str) -> str:
-        value = raw.strip()
-        try:
-            parts = urlsplit(value)
-            port = parts.port  # raises ValueError on a bad port
-        except ValueError:
-            raise ConfigError from None
-        if parts.scheme not in ("postgresql", "postgres") or (port is not None and port <= 0):
+        if (
+            parts.scheme not in self.schemes
+            or (self.host_required and not parts.hostname)
+            or (port is not None and port <= 0)
+        ):
             raise ConfigError
         return value
 
@@ -751,7 +742,7 @@ class Settings:
     )
     explain_database_url: str | None = setting(
         "HMS_OTEL_EXPLAIN_DATABASE_URL",
-        DatabaseUrl(),
+        Url(schemes=("postgresql", "postgres"), host_required=False),
         None,
         "Where EXPLAIN connects, for a role without write privileges (recommended; see "
         "docs/reliability.md); unset: the application's own connection parameters.",

@@ -36,11 +36,11 @@ from hms_otel_agent import __version__, guard
 from hms_otel_agent.config import Settings
 from hms_otel_agent.export.batch import DROP_REASONS, BoundedBatchSpanProcessor
 from hms_otel_agent.export.compress import SpanCompressor
-from hms_otel_agent.export.otlp_encode import grpc_span_exporter_class, http_span_exporter_class
+from hms_otel_agent.export.otlp_encode import SpanEncoder
 from hms_otel_agent.export.otlp_json import OtlpJsonFileMetricExporter, OtlpJsonFileSpanExporter
 from hms_otel_agent.export.resilient import ResilientMetricExporter, ResilientSpanExporter, plain_http_session
 from hms_otel_agent.instrument import django_server, eager_loads, sdk_internals
-from hms_otel_agent.instrument.context import set_detached_sink
+from hms_otel_agent.instrument.context import detached_sink, set_detached_sink
 from hms_otel_agent.instrument.explain import EXPLAINER
 from hms_otel_agent.instrument.sdk_internals import (  # noqa: F401  (re-exported for benchmarks)
     install_end_hook,
@@ -68,12 +68,67 @@ class Pipeline:
     # Where this run's lines begin in the local traces file (the report at exit reads from there).
     local_start: FileMark | None = None
     _shut_down: bool = False
+    # What `install` replaced, given back by `uninstall`: (the sampled-out record sink before,
+    # the one installed, whether the fast paths ran before); None when not installed.
+    _installed: tuple[Any, Any, bool] | None = None
+
+    def install(self) -> Pipeline:
+        """The process-wide part of the pipeline, apart from `build` so that building one changes
+        nothing outside it (tests, benchmarks and the pytest plugin build their own): the
+        fast-path decision (one log line when installed versions are untested), the detectors'
+        evidence across owners afresh, the sink of statements and cache calls recorded for
+        detection only, the ``Span.end`` and ``Span.record_exception`` hooks, the pid after fork.
+        Call it before `instrument.install` (which reads the fast-path decision)."""
+        if self._installed is not None:
+            return self
+        settings = self.signal_processor.settings
+        # Statements and cache calls of requests recorded for detection only go to the processor
+        # without spans of their own.
+        sink = self.signal_processor.record_detached if settings.detect_sampled_out else None
+        self._installed = (detached_sink(), sink, sdk_internals.fast_paths())
+        sdk_internals.configure(settings.fast_paths)
+        cache_signals.reset_evidence()  # what the detectors decide across owners starts afresh
+        set_detached_sink(sink)
+        install_end_hook()
+        install_exception_hook()
+        if hasattr(os, "register_at_fork"):
+            # A forked worker (gunicorn, uvicorn --workers) reports its own pid.
+            weak = weakref.ref(self)
+
+            def after_fork_in_child() -> None:
+                forked = weak()
+                if forked is not None:
+                    try:
+                        forked.update_resource(
+                            {"process.pid": os.getpid(), "service.instance.id": str(uuid.uuid4())}
+                        )
+                    except Exception as exc:
+                        guard.report("fork handling", exc)
+
+            os.register_at_fork(after_in_child=after_fork_in_child)
+        return self
+
+    def uninstall(self) -> None:
+        """Give back the sampled-out record sink and the fast-path decision `install` replaced (a
+        pipeline of its own inside a process that has one: tests, the pytest plugin). The
+        ``Span.end`` hooks stay: they call the processors of each span's own provider."""
+        if self._installed is None:
+            return
+        before, sink, fast = self._installed
+        self._installed = None
+        if detached_sink() == sink:  # not replaced since by another pipeline's install
+            set_detached_sink(before)
+        sdk_internals.configure(fast)
 
     def shutdown(self, timeout_ms: int) -> None:
-        """Flush and stop everything within `timeout_ms` in all."""
+        """Flush and stop everything within `timeout_ms` in all, and `uninstall`."""
         if self._shut_down:
             return
         self._shut_down = True
+        try:
+            self.uninstall()
+        except Exception as exc:
+            guard.report("pipeline uninstall", exc)
         deadline = time.monotonic() + timeout_ms / 1000.0
         for processor in self.batch_processors:
             processor.shutdown(timeout_millis=int(max(0.0, deadline - time.monotonic()) * 1000))
@@ -134,8 +189,8 @@ class Pipeline:
     def update_resource(self, attributes: dict[str, Any]) -> None:
         """Change resource attributes for telemetry produced from now on."""
         resource = Resource(attributes)
-        self.tracer_provider._update_resource(resource)
-        self.meter_provider._update_resource(resource)
+        sdk_internals.update_resource(self.tracer_provider, resource)
+        sdk_internals.update_resource(self.meter_provider, resource)
 
     def set_service_name(self, name: str) -> None:
         """Rename the service once the Django project is known."""
@@ -326,16 +381,18 @@ class DetectingSampler(sampling.Sampler):
 # --- exporters ----------------------------------------------------------------------------
 
 
-def _otlp_span_exporter(settings: Settings) -> SpanExporter:
+def _otlp_span_exporter(settings: Settings, fast: bool | None = None) -> SpanExporter:
+    if fast is None:
+        fast = sdk_internals.allowed(settings.fast_paths)
     endpoint = settings.endpoint("traces")
     timeout = settings.answer_wait_s("traces")
     gzip = settings.compression("traces") == "gzip"
     if settings.protocol("traces") == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import Compression as GrpcCompression
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as StockGrpc
 
-        # The SDK's OTLP/gRPC exporter sending the agent's encoded bytes (export/otlp_encode.py).
-        Grpc = grpc_span_exporter_class() if sdk_internals.fast_paths() else StockGrpc
+        # The SDK's OTLP/gRPC exporter; with the fast paths, sending the agent's encoded bytes
+        # (export/otlp_encode.py).
+        Grpc = sdk_internals.otlp_span_exporter_class("grpc", SpanEncoder, fast)
         insecure = endpoint.startswith("http://")
         compression = GrpcCompression.Gzip if gzip else GrpcCompression.NoCompression
 
@@ -344,11 +401,10 @@ def _otlp_span_exporter(settings: Settings) -> SpanExporter:
 
         return ResilientSpanExporter(grpc_factory, endpoint)
     from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as StockHttp
 
-    # The SDK's OTLP/HTTP exporter with the agent's encoder (export/otlp_encode.py: the same
-    # bytes, ~7x less CPU per span).
-    Http = http_span_exporter_class() if sdk_internals.fast_paths() else StockHttp
+    # The SDK's OTLP/HTTP exporter; with the fast paths, with the agent's encoder
+    # (export/otlp_encode.py: the same bytes, ~7x less CPU per span).
+    Http = sdk_internals.otlp_span_exporter_class("http/protobuf", SpanEncoder, fast)
     http_compression = HttpCompression.Gzip if gzip else HttpCompression.NoCompression
 
     def http_factory() -> SpanExporter:
@@ -394,14 +450,14 @@ def _otlp_metric_exporter(settings: Settings) -> MetricExporter:
     return ResilientMetricExporter(http_factory, endpoint, template)
 
 
-def _span_exporters(settings: Settings) -> list[tuple[str, SpanExporter]]:
+def _span_exporters(settings: Settings, fast: bool) -> list[tuple[str, SpanExporter]]:
     exporters: list[tuple[str, SpanExporter]] = []
     for name in settings.exporters("traces"):
         if name == "otlp":
             exporters.append(
                 (
                     f"OTLP {settings.protocol('traces')} {settings.endpoint('traces')}",
-                    _otlp_span_exporter(settings),
+                    _otlp_span_exporter(settings, fast),
                 )
             )
         elif name == "console":
@@ -412,7 +468,7 @@ def _span_exporters(settings: Settings) -> list[tuple[str, SpanExporter]]:
                     "file",
                     OtlpJsonFileSpanExporter(
                         os.path.abspath(settings.local_dir),
-                        direct=sdk_internals.fast_paths(),
+                        direct=fast,
                         max_bytes=settings.local_max_mb * 1_000_000,
                     ),
                 )
@@ -455,9 +511,9 @@ def build(
     metric_readers: Sequence[MetricReader] | None = None,
     on_findings: Callable[[OwnerActivity, list[Finding]], None] | None = None,
 ) -> Pipeline:
-    """Assemble providers. Tests pass their own exporters/readers; the agent passes None."""
-    cache_signals.reset_evidence()  # what the detectors decide across owners starts afresh
-    sdk_internals.configure(settings.fast_paths)
+    """Assemble providers, with no effect outside the pipeline (`Pipeline.install` has those).
+    Tests pass their own exporters/readers; the agent passes None."""
+    fast = sdk_internals.allowed(settings.fast_paths)
     resource = build_resource(settings)
     readers = list(_metric_readers(settings) if metric_readers is None else metric_readers)
     meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
@@ -475,7 +531,7 @@ def build(
     for processor in extra_span_processors:
         tracer_provider.add_span_processor(processor)
     pipeline = Pipeline(tracer_provider, meter_provider, signal_processor)
-    chosen = list(_span_exporters(settings) if span_exporters is None else span_exporters)
+    chosen = list(_span_exporters(settings, fast) if span_exporters is None else span_exporters)
     for label, exporter in chosen:
         compressor = None
         if settings.compress_spans and label != "file":
@@ -500,24 +556,4 @@ def build(
             pipeline.local_dir = os.path.abspath(settings.local_dir)
             pipeline.local_start = getattr(exporter, "start_mark", None)
     register_agent_metrics(pipeline)
-    # Statements and cache calls of requests recorded for detection only go to the processor
-    # without spans of their own.
-    set_detached_sink(signal_processor.record_detached if settings.detect_sampled_out else None)
-    install_end_hook()
-    install_exception_hook()
-    if hasattr(os, "register_at_fork"):
-        # A forked worker (gunicorn, uvicorn --workers) reports its own pid.
-        weak = weakref.ref(pipeline)
-
-        def after_fork_in_child() -> None:
-            forked = weak()
-            if forked is not None:
-                try:
-                    forked.update_resource(
-                        {"process.pid": os.getpid(), "service.instance.id": str(uuid.uuid4())}
-                    )
-                except Exception as exc:
-                    guard.report("fork handling", exc)
-
-        os.register_at_fork(after_in_child=after_fork_in_child)
     return pipeline

@@ -428,7 +428,7 @@ class _State:
                 span_exporters=[],
                 metric_readers=[],
                 on_findings=self.on_findings,
-            )
+            ).install()
             provider = self.pipeline.tracer_provider
             instrument.install(self.settings, provider, self.pipeline.meter_provider)
             from opentelemetry import trace

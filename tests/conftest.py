@@ -234,6 +234,20 @@ def django_app(request: pytest.FixtureRequest, pg_server_url: str, redis_url: st
         drop_database(pg_server_url, name)
 
 
+@pytest.fixture(params=["fast", "stock"])
+def fence_mode(request: pytest.FixtureRequest) -> Iterator[bool]:
+    """Runs a test with the fast paths (instrument/sdk_internals.py) and with the stock paths
+    (HMS_OTEL_FAST_PATHS=false, or an untested SDK version); yields whether they are on."""
+    from hms_otel_agent.instrument import sdk_internals
+
+    fast = request.param == "fast"
+    sdk_internals.configure(fast, installed={})
+    try:
+        yield fast
+    finally:
+        sdk_internals.configure(True)
+
+
 @pytest.fixture(scope="session")
 def traced_session() -> Traced:
     """The agent's pipeline in this process, exporting to memory (installed once)."""
@@ -250,14 +264,9 @@ def traced(traced_session: Traced, django_app: DjangoApp) -> Iterator[Traced]:
         connections.close_all()
         traced_session.connections_reset = True  # type: ignore[attr-defined]
     from hms_otel_agent.instrument import implicit_units
-    from hms_otel_agent.instrument.context import set_detached_sink
 
     # A thread's implicit unit of work ends when it is idle: not in the next test's spans.
     implicit_units.close_all()
-    # Tests that build pipelines of their own (pipeline.build) point the process-wide sink of
-    # sampled-out records at theirs: this process's pipeline takes it back.
-    processor = traced_session.pipeline.signal_processor
-    set_detached_sink(processor.record_detached if processor.settings.detect_sampled_out else None)
     traced_session.clear()
     yield traced_session
     implicit_units.close_all()

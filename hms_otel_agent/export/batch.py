@@ -28,12 +28,13 @@ import time
 import weakref
 from collections.abc import Sequence
 
-from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, detach, set_value
+from opentelemetry.context import attach, detach, set_value
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from hms_otel_agent import guard
 from hms_otel_agent.export.compress import SpanCompressor
+from hms_otel_agent.instrument.sdk_internals import SUPPRESS_INSTRUMENTATION_KEY
 
 logger = logging.getLogger("hms_otel")
 DROP_SUMMARY_INTERVAL_S = 60.0
@@ -260,7 +261,7 @@ class BoundedBatchSpanProcessor(SpanProcessor):
     def _export(self, batch: Sequence[ReadableSpan]) -> None:
         if not batch:
             return
-        token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+        token = attach(set_value(SUPPRESS_INSTRUMENTATION_KEY, True))
         try:
             result = self.exporter.export(batch)
             if result is SpanExportResult.FAILURE:

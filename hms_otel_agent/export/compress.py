@@ -41,6 +41,12 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 
+from hms_otel_agent.instrument.sdk_internals import (
+    instrumentation_info,
+    span_context,
+    span_fields,
+    span_origin,
+)
 from hms_otel_agent.signals.vocabulary import DB_RECORD
 
 COUNT = "hms.compressed.count"
@@ -57,7 +63,7 @@ class _Run:
         self.pending: list[Any] | None = []  # spans after the first, until the run is long enough
         self.count = 1
         self.duration_ns = duration_ns
-        self.end_ns = span._end_time
+        self.end_ns = span_fields(span)[5]
 
 
 class SpanCompressor:
@@ -86,20 +92,20 @@ class SpanCompressor:
         record = getattr(span, DB_RECORD, None)
         if record is None:
             return
-        parent = span._parent
+        context, parent, _, _, start, _, _, events, links, status = span_fields(span)
         if (
             parent is None
             or parent.is_remote
-            or span._events
-            or span._links
-            or span._status.status_code not in (_UNSET, _OK)
-            or not span._context.trace_flags.sampled
+            or events
+            or links
+            or status.status_code not in (_UNSET, _OK)
+            or not context.trace_flags.sampled
         ):
             return
-        duration = end_ns - span._start_time
+        duration = end_ns - start
         if duration >= self.max_duration_ns or parent.span_id not in self.open_spans:
             return
-        self._marked[span._context.span_id] = (
+        self._marked[context.span_id] = (
             parent.span_id,
             (record.fingerprint.digest, id(record.orm)),
             duration,
@@ -109,7 +115,7 @@ class SpanCompressor:
         """Take an ended span. Returns None when the span is held, the span itself when it goes
         to the queue alone, or a list of spans to queue (held runs released by it, then it)."""
         released = None
-        span_id = span._context.span_id
+        span_id = span_context(span).span_id
         if self._held and span_id in self._held:
             with self._lock:
                 runs = self._held.pop(span_id, None)
@@ -138,8 +144,9 @@ class SpanCompressor:
             else:
                 run.count += 1
                 run.duration_ns += duration
-                if span._end_time > run.end_ns:
-                    run.end_ns = span._end_time
+                end_ns = span_fields(span)[5]
+                if end_ns > run.end_ns:
+                    run.end_ns = end_ns
                 pending = run.pending
                 if pending is not None:
                     if run.count >= self.threshold:
@@ -175,21 +182,23 @@ class SpanCompressor:
 
     def _summary(self, run: _Run) -> ReadableSpan:
         first = run.first
-        attributes = dict(first._attributes)
+        context, parent, name, kind, start, _, first_attributes, _, _, status = span_fields(first)
+        resource, scope = span_origin(first)
+        attributes = dict(first_attributes)
         attributes[COUNT] = run.count
         attributes[DURATION_MS] = round(run.duration_ns / 1e6, 3)
         return ReadableSpan(
-            name=first._name,
-            context=first._context,
-            parent=first._parent,
-            resource=first._resource,
+            name=name,
+            context=context,
+            parent=parent,
+            resource=resource,
             attributes=attributes,
-            kind=first._kind,
-            status=first._status,
-            start_time=first._start_time,
+            kind=kind,
+            status=status,
+            start_time=start,
             end_time=run.end_ns,
-            instrumentation_info=first._instrumentation_info,
-            instrumentation_scope=first._instrumentation_scope,
+            instrumentation_info=instrumentation_info(first),
+            instrumentation_scope=scope,
         )
 
     def release_closed(self) -> list[Any]:

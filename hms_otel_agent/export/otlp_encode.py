@@ -27,6 +27,8 @@ from typing import Any, TypeVar
 
 from opentelemetry.trace import SpanKind
 
+from hms_otel_agent.instrument.sdk_internals import plain_attributes, span_fields, span_origin
+
 T = TypeVar("T")
 _PACK_Q = struct.Struct("<Q").pack
 _PACK_D = struct.Struct("<d").pack
@@ -109,7 +111,7 @@ def group_spans(spans: Sequence[Any], encode: Callable[[Any], T]) -> Iterable[tu
     groups: dict[int, tuple[Any, dict[Any, list[T]]]] = {}
     canonical: dict[int, int] = {}  # id(resource) -> id of the first equal resource
     for span in spans:
-        resource = span._resource
+        resource, scope = span_origin(span)
         key = canonical.get(id(resource))
         if key is None:
             key = id(resource)
@@ -121,7 +123,7 @@ def group_spans(spans: Sequence[Any], encode: Callable[[Any], T]) -> Iterable[tu
         group = groups.get(key)
         if group is None:
             group = groups[key] = (resource, {})
-        group[1].setdefault(span._instrumentation_scope or None, []).append(encode(span))
+        group[1].setdefault(scope or None, []).append(encode(span))
     return groups.values()
 
 
@@ -139,7 +141,7 @@ class SpanEncoder:
         """Repeated KeyValue fields (tag: the field's tag byte), from the cache when possible."""
         if not attributes:
             return []
-        attributes = getattr(attributes, "_dict", attributes)  # BoundedAttributes: its plain dict
+        attributes = plain_attributes(attributes)
         if tag != _SPAN_ATTRIBUTE:  # resources and scopes: encoded once per batch anyway
             return [_field(tag, _key_value(key, value)) for key, value in attributes.items()]
         cache = self._kv
@@ -195,7 +197,7 @@ class SpanEncoder:
 
     def _span(self, span: Any) -> bytes:
         """A ScopeSpans ``spans`` field (the Span message with its tag and length)."""
-        context = span._context
+        context, parent, name, kind, start, end, attributes, events, links, status = span_fields(span)
         parts = [
             b"\x0a\x10" + context.trace_id.to_bytes(16, "big"),
             b"\x12\x08" + context.span_id.to_bytes(8, "big"),
@@ -205,22 +207,20 @@ class SpanEncoder:
             parts.append(
                 _field(b"\x1a", ",".join(f"{k}={v}" for k, v in trace_state.items()).encode("utf-8"))
             )
-        parent = span._parent
         if parent:
             parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
-        name = span._name
         if name:
             parts.append(_field(b"\x2a", name.encode("utf-8")))
-        parts.append(_KIND[span._kind])
-        if span._start_time:
-            parts.append(b"\x39" + _PACK_Q(span._start_time))
-        if span._end_time:
-            parts.append(b"\x41" + _PACK_Q(span._end_time))
-        parts.extend(self._attributes(b"\x4a", span._attributes))
+        parts.append(_KIND[kind])
+        if start:
+            parts.append(b"\x39" + _PACK_Q(start))
+        if end:
+            parts.append(b"\x41" + _PACK_Q(end))
+        parts.extend(self._attributes(b"\x4a", attributes))
         dropped = span.dropped_attributes
         if dropped:
             parts.append(b"\x50" + _varint(dropped))
-        for event in span._events or ():
+        for event in events or ():
             event_parts = []
             if event.timestamp:
                 event_parts.append(b"\x09" + _PACK_Q(event.timestamp))
@@ -233,7 +233,7 @@ class SpanEncoder:
         dropped = span.dropped_events
         if dropped:
             parts.append(b"\x60" + _varint(dropped))
-        for link in span._links or ():
+        for link in links or ():
             link_context = link.context
             link_parts = [
                 b"\x0a\x10" + link_context.trace_id.to_bytes(16, "big"),
@@ -247,7 +247,6 @@ class SpanEncoder:
         dropped = span.dropped_links
         if dropped:
             parts.append(b"\x70" + _varint(dropped))
-        status = span._status
         status_parts = b""
         if status.description:
             status_parts = _field(b"\x12", status.description.encode("utf-8"))
@@ -274,101 +273,3 @@ class SpanEncoder:
                 resource_parts.append(_field(b"\x1a", resource.schema_url.encode("utf-8")))
             out.append(_field(b"\x0a", b"".join(resource_parts)))
         return b"".join(out)
-
-
-def http_span_exporter_class() -> type:
-    """The OTLP/HTTP span exporter with `SpanEncoder` in place of the SDK's encoder; everything
-    else (session, compression, retries, size limit, the exporter's own metrics) is the SDK's.
-    Built for opentelemetry-exporter-otlp-proto-http 1.45 (pinned): if its internals are not
-    there, or the encoder meets a value it does not know, the SDK's export runs instead."""
-    from opentelemetry.exporter.otlp.proto.http import trace_exporter as sdk
-    from opentelemetry.sdk.trace.export import SpanExportResult
-
-    too_large = getattr(sdk, "_is_request_too_large", None)
-    status_code_key = getattr(sdk, "HTTP_RESPONSE_STATUS_CODE", "http.response.status_code")
-
-    class OTLPSpanExporter(sdk.OTLPSpanExporter):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._hms_encoder = SpanEncoder()
-
-        def export(self, spans: Sequence[Any]) -> Any:
-            client = getattr(self, "_client", None)
-            metrics = getattr(self, "_metrics", None)
-            if self._shutdown or client is None or metrics is None or too_large is None:
-                return super().export(spans)
-            try:
-                data = self._hms_encoder.encode(spans)
-            except Exception:
-                return super().export(spans)  # the SDK's encoder: its own handling of bad values
-            with metrics.export_operation(len(spans)) as result:
-                if too_large(data, self._max_request_size):
-                    sdk._logger.warning(
-                        "Dropping span batch: serialized size %d bytes exceeds max_request_size %d bytes.",
-                        len(data),
-                        self._max_request_size,
-                    )
-                    result.error = sdk.RequestPayloadTooLargeError(
-                        f"Serialized span request size {len(data)} bytes exceeds max_request_size "
-                        f"{self._max_request_size} bytes."
-                    )
-                    return SpanExportResult.FAILURE
-                export_result = client.export(data)
-                if not export_result.success:
-                    result.error = export_result.error
-                    result.error_attrs = (
-                        {status_code_key: export_result.status_code}
-                        if export_result.status_code is not None
-                        else None
-                    )
-                    return SpanExportResult.FAILURE
-            return SpanExportResult.SUCCESS
-
-    return OTLPSpanExporter
-
-
-_TRACE_EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-
-
-class _BytesTraceServiceStub:
-    """TraceService's Export on a channel, taking the request already serialized (no request
-    serializer: gRPC sends the bytes as they are)."""
-
-    def __init__(self, channel: Any) -> None:
-        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
-
-        self.Export = channel.unary_unary(
-            _TRACE_EXPORT_METHOD,
-            request_serializer=None,
-            response_deserializer=ExportTraceServiceResponse.FromString,
-        )
-
-
-def grpc_span_exporter_class() -> type:
-    """The OTLP/gRPC span exporter with `SpanEncoder` in place of the SDK's encoder: the request
-    body is written by the agent and sent through a stub that passes bytes through; everything
-    else (channel, credentials, compression, headers, retries with backoff and RetryInfo, the
-    reconnect on UNAVAILABLE, the exporter's own metrics) is the SDK's `_export`. Built for
-    opentelemetry-exporter-otlp-proto-grpc 1.45 (pinned): if the mixin's stub is not where it
-    was, this is the SDK's exporter unchanged; a value the encoder does not know is encoded by
-    the SDK's encoder for that batch."""
-    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-    from opentelemetry.exporter.otlp.proto.grpc import trace_exporter as sdk
-
-    class OTLPSpanExporter(sdk.OTLPSpanExporter):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._hms_encoder = SpanEncoder()
-            if getattr(self, "_stub", None) is sdk.TraceServiceStub and getattr(self, "_channel", None):
-                self._stub = _BytesTraceServiceStub  # the SDK's reconnect builds its client from it
-                self._client = _BytesTraceServiceStub(self._channel)  # type: ignore[assignment]
-
-        def _translate_data(self, data: Sequence[Any]) -> Any:
-            if self._stub is not _BytesTraceServiceStub:
-                return encode_spans(data)
-            try:
-                return self._hms_encoder.encode(data)
-            except Exception:
-                return encode_spans(data).SerializeToString()  # the SDK's handling of odd values
-
-    return OTLPSpanExporter

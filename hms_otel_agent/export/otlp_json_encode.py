@@ -29,6 +29,7 @@ from typing import Any
 from opentelemetry.trace import SpanKind
 
 from hms_otel_agent.export.otlp_encode import group_spans
+from hms_otel_agent.instrument.sdk_internals import plain_attributes, span_fields
 
 _KIND = {
     SpanKind.INTERNAL: '"kind":"SPAN_KIND_INTERNAL"',
@@ -112,7 +113,7 @@ class SpanJsonEncoder:
 
     def _attributes(self, attributes: Any) -> str:
         """The members of a span's "attributes" array, from the cache when possible."""
-        attributes = getattr(attributes, "_dict", attributes)  # BoundedAttributes: its plain dict
+        attributes = plain_attributes(attributes)
         cache = self._kv
         out = []
         for key, value in attributes.items():
@@ -168,31 +169,29 @@ class SpanJsonEncoder:
         return message
 
     def _span(self, span: Any) -> str:
-        context = span._context
+        context, parent, name, kind, start, end, attributes, events, links, status = span_fields(span)
         parts = [f'{{"traceId":"{context.trace_id:032x}","spanId":"{context.span_id:016x}"']
         trace_state = context.trace_state
         if trace_state:
             state = ",".join(f"{k}={v}" for k, v in trace_state.items())
             parts.append('"traceState":' + encode_basestring(state))
-        parent = span._parent
         if parent:
             parts.append(f'"parentSpanId":"{parent.span_id:016x}"')
-        name = span._name
         if name:
             parts.append('"name":' + encode_basestring(name))
-        parts.append(_KIND[span._kind])
-        if span._start_time:
-            parts.append(f'"startTimeUnixNano":"{span._start_time}"')
-        if span._end_time:
-            parts.append(f'"endTimeUnixNano":"{span._end_time}"')
-        if span._attributes:
-            parts.append('"attributes":[' + self._attributes(span._attributes) + "]")
+        parts.append(_KIND[kind])
+        if start:
+            parts.append(f'"startTimeUnixNano":"{start}"')
+        if end:
+            parts.append(f'"endTimeUnixNano":"{end}"')
+        if attributes:
+            parts.append('"attributes":[' + self._attributes(attributes) + "]")
         dropped = span.dropped_attributes
         if dropped:
             parts.append(f'"droppedAttributesCount":{dropped}')
-        if span._events:
-            events = []
-            for event in span._events:
+        if events:
+            event_json = []
+            for event in events:
                 event_parts = []
                 if event.timestamp:
                     event_parts.append(f'"timeUnixNano":"{event.timestamp}"')
@@ -202,14 +201,14 @@ class SpanJsonEncoder:
                     event_parts.append('"attributes":[' + _key_values(event.attributes) + "]")
                 if event.dropped_attributes:
                     event_parts.append(f'"droppedAttributesCount":{event.dropped_attributes}')
-                events.append("{" + ",".join(event_parts) + "}")
-            parts.append('"events":[' + ",".join(events) + "]")
+                event_json.append("{" + ",".join(event_parts) + "}")
+            parts.append('"events":[' + ",".join(event_json) + "]")
         dropped = span.dropped_events
         if dropped:
             parts.append(f'"droppedEventsCount":{dropped}')
-        if span._links:
-            links = []
-            for link in span._links:
+        if links:
+            link_json = []
+            for link in links:
                 linked = link.context
                 link_parts = [f'"traceId":"{linked.trace_id:032x}","spanId":"{linked.span_id:016x}"']
                 if link.attributes:
@@ -217,12 +216,11 @@ class SpanJsonEncoder:
                 if link.dropped_attributes:
                     link_parts.append(f'"droppedAttributesCount":{link.dropped_attributes}')
                 link_parts.append(_FLAGS_REMOTE if linked.is_remote else _FLAGS_LOCAL)
-                links.append("{" + ",".join(link_parts) + "}")
-            parts.append('"links":[' + ",".join(links) + "]")
+                link_json.append("{" + ",".join(link_parts) + "}")
+            parts.append('"links":[' + ",".join(link_json) + "]")
         dropped = span.dropped_links
         if dropped:
             parts.append(f'"droppedLinksCount":{dropped}')
-        status = span._status
         status_parts = []
         if status.description:
             status_parts.append('"message":' + encode_basestring(status.description))

@@ -25,6 +25,8 @@ from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult,
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from hms_otel_agent.instrument.sdk_internals import metric_preferences
+
 logger = logging.getLogger("hms_otel")
 SUMMARY_INTERVAL_S = 60.0
 _EXPORTER_LOGGERS = ("opentelemetry.exporter.otlp", "opentelemetry.exporter.http_transport")
@@ -357,10 +359,7 @@ class ResilientMetricExporter(MetricExporter):
     def __init__(self, factory: Callable[[], MetricExporter], target: str, template: MetricExporter) -> None:
         # The reader asks for preferred temporality/aggregation up front; take them from a
         # template exporter of the same kind (built without opening a connection).
-        super().__init__(
-            preferred_temporality=template._preferred_temporality,
-            preferred_aggregation=template._preferred_aggregation,
-        )
+        super().__init__(**metric_preferences(template))
         self._inner = _PerProcess(factory)
         self.health = ExportHealth("metrics", target, "data points")
 

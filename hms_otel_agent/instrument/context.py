@@ -39,7 +39,7 @@ class PendingOrm:
 
 current_orm: ContextVar[OrmContext | PendingOrm | None] = ContextVar("hms_otel_orm", default=None)
 
-# Set by pipeline.build (HMS_OTEL_DETECT_SAMPLED_OUT): sink(parent span, record, start_ns, end_ns)
+# Set by Pipeline.install (HMS_OTEL_DETECT_SAMPLED_OUT): sink(parent span, record, start_ns, end_ns)
 # adds the record of a statement (instrument/db.py DbSpanRecord) or of a Django cache call
 # (CacheCall) run without a span of its own to its owner's activity
 # (SignalProcessor.record_detached).
@@ -49,6 +49,10 @@ _detached_sink: Callable[[Any, Any, int, int], None] | None = None
 def set_detached_sink(sink: Callable[[Any, Any, int, int], None] | None) -> None:
     global _detached_sink
     _detached_sink = sink
+
+
+def detached_sink() -> Callable[[Any, Any, int, int], None] | None:
+    return _detached_sink
 
 
 def detection_only_parent() -> Any:

@@ -31,7 +31,6 @@ from typing import Any
 
 from opentelemetry.context import attach, detach
 from opentelemetry.instrumentation import dbapi
-from opentelemetry.instrumentation._semconv import _set_db_name, _set_db_statement, _set_db_system
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.trace import get_current_span, set_span_in_context
 from opentelemetry.trace.status import Status, StatusCode
@@ -46,7 +45,21 @@ from hms_otel_agent.instrument.context import (
     detection_only_parent,
     user_location,
 )
-from hms_otel_agent.instrument.sdk_internals import set_attributes
+from hms_otel_agent.instrument.sdk_internals import (
+    add_sql_comment,
+    db_histograms,
+    db_integration,
+    db_metric_attributes,
+    db_mode,
+    db_record_metrics,
+    db_tracer,
+    set_attributes,
+    set_db_name,
+    set_db_statement,
+    set_db_system,
+    span_context,
+    sql_commenter,
+)
 from hms_otel_agent.signals.fingerprint import fingerprint_sql
 from hms_otel_agent.signals.records import OrmContext
 from hms_otel_agent.signals.sql_mask import mask_sql_literals
@@ -169,14 +182,14 @@ def _statement_and_name(tracer: Any, cursor: Any, args: tuple[Any, ...]) -> tupl
     statement = args[0] if args else ""
     if statement.__class__ is not str or not _reads_like_stock(tracer.__class__):
         statement = tracer.get_statement(cursor, args)
-    name = _span_name(tracer._db_api_integration, statement)
+    name = _span_name(db_integration(tracer), statement)
     return statement, name, name.partition(" ")[0]
 
 
 def _span_name(integration: Any, statement: Any) -> str:
     text = _text(statement)
     name = sql_summary(text[:MAX_SUMMARY_INPUT_CHARS]) if text else ""
-    if db_semconv.mode_of(integration._sem_conv_opt_in_mode_db).stable:
+    if db_semconv.mode_of(db_mode(integration)).stable:
         return name
     return name.partition(" ")[0]
 
@@ -205,12 +218,12 @@ def _peer_attributes(integration: Any, mode: Any) -> dict[str, Any]:
 def _contrib_attributes(integration: Any, statement: str, args: tuple[Any, ...]) -> dict[str, Any]:
     """The attributes the contrib's ``_populate_span`` sets, with `statement` as the statement;
     the peer and the parameters named as the database mode says (`db_semconv`)."""
-    mode = integration._sem_conv_opt_in_mode_db
+    mode = db_mode(integration)
     ours = db_semconv.mode_of(mode)
     attributes: dict[str, Any] = {}
-    _set_db_system(attributes, integration.database_system, mode)
-    _set_db_name(attributes, integration.database, mode)
-    _set_db_statement(attributes, statement, mode)
+    set_db_system(attributes, integration.database_system, mode)
+    set_db_name(attributes, integration.database, mode)
+    set_db_statement(attributes, statement, mode)
     if ours.stable:
         attributes.update(_peer_attributes(integration, ours))
     else:
@@ -250,10 +263,7 @@ def _record(statement: Any, args: tuple[Any, ...], cursor: Any) -> DbSpanRecord:
 def _metric_attributes(integration: Any, record: DbSpanRecord, method: str, args: tuple[Any, ...]) -> None:
     """`record.stable` of a statement that gets no attributes, when the contrib's duration metric
     is on (the metric is not sampled: its series must not depend on the span's sampling)."""
-    if (
-        integration._duration_histogram is not None
-        and db_semconv.mode_of(integration._sem_conv_opt_in_mode_db).stable
-    ):
+    if db_histograms(integration)[0] is not None and db_semconv.mode_of(db_mode(integration)).stable:
         fp = record.fingerprint
         size = db_semconv.batch_size(method, args)
         statement = record.execution[0] if record.execution else ""
@@ -267,11 +277,11 @@ def _populate(
 ) -> DbSpanRecord | None:
     """Every attribute of the DB span in one write: the contrib's, with the statement masked,
     and the agent's (fingerprint, ORM context); the record the span processor reads."""
-    integration = tracer._db_api_integration
+    integration = db_integration(tracer)
     try:
         record = _record(statement, args, cursor)
         setattr(span, SPAN_RECORD, record)
-        if not span._context.trace_flags.sampled:
+        if not span_context(span).trace_flags.sampled:
             # Recorded for detection only, never exported (pipeline.DetectingSampler): no
             # attributes; the metric's (not sampled) as for any statement.
             _metric_attributes(integration, record, method, args)
@@ -287,7 +297,7 @@ def _populate(
             if long:
                 shown += TRUNCATED
         attributes = _contrib_attributes(integration, shown, args)
-        if db_semconv.mode_of(integration._sem_conv_opt_in_mode_db).stable:
+        if db_semconv.mode_of(db_mode(integration)).stable:
             size = db_semconv.batch_size(method, args)
             record.stable = db_semconv.statement_attributes(
                 fp.operation, fp.table, size is not None, sql_summary(statement[:MAX_SUMMARY_INPUT_CHARS])
@@ -317,23 +327,24 @@ def _start(
 ) -> tuple[Any, Any, str, tuple[Any, ...], Any]:
     """Start the CLIENT span of one execute as the contrib's ``traced_execution`` does (same
     name, kind, attributes, current span, SQL commenter), with one attribute write."""
-    integration = tracer._db_api_integration
+    integration = db_integration(tracer)
     statement, name, operation = _statement_and_name(tracer, cursor, args)
     span = implicit_units.start_client_span(
-        integration._tracer, name or integration.database or integration.name
+        db_tracer(integration), name or integration.database or integration.name
     )
     token = attach(set_span_in_context(span))
     record = None
     try:
         if span.is_recording():
-            if args and tracer._commenter_enabled:
-                if tracer._enable_attribute_commenter:  # the comment is exported with the statement
-                    args = tracer._update_args_with_added_sql_comment(args, cursor)
+            commenter, in_attribute = sql_commenter(tracer)
+            if args and commenter:
+                if in_attribute:  # the comment is exported with the statement
+                    args = add_sql_comment(tracer, args, cursor)
                     statement = _statement_and_name(tracer, cursor, args)[0]
                     record = _populate(tracer, span, cursor, args, statement, mask, method)
                 else:
                     record = _populate(tracer, span, cursor, args, statement, mask, method)
-                    args = tracer._update_args_with_added_sql_comment(args, cursor)
+                    args = add_sql_comment(tracer, args, cursor)
             else:
                 record = _populate(tracer, span, cursor, args, statement, mask, method)
     except Exception:
@@ -362,7 +373,7 @@ def _finish(
         if record is not None and record.stable is not None:
             _record_metrics(tracer, cursor, operation, started, error, record.stable)
         else:
-            tracer._record_metrics(cursor, operation, started, error)  # the contrib's metrics (opt-in)
+            db_record_metrics(tracer, cursor, operation, started, error)  # the contrib's (opt-in)
         if error is not None and span.is_recording():
             if record is not None and record.stable is not None:
                 set_attributes(span, db_semconv.error_attributes(error))
@@ -393,16 +404,17 @@ def _start_detached(
     operation = ""
     try:
         statement, _, operation = _statement_and_name(tracer, cursor, args)
-        if args and tracer._commenter_enabled:
-            if tracer._enable_attribute_commenter:
-                args = tracer._update_args_with_added_sql_comment(args, cursor)
+        commenter, in_attribute = sql_commenter(tracer)
+        if args and commenter:
+            if in_attribute:
+                args = add_sql_comment(tracer, args, cursor)
                 record = _record(_statement_and_name(tracer, cursor, args)[0], args, cursor)
             else:
                 record = _record(statement, args, cursor)
-                args = tracer._update_args_with_added_sql_comment(args, cursor)
+                args = add_sql_comment(tracer, args, cursor)
         else:
             record = _record(statement, args, cursor)
-        _metric_attributes(tracer._db_api_integration, record, method, args)
+        _metric_attributes(db_integration(tracer), record, method, args)
     except Exception as exc:
         guard.report("SQL span hook", exc)
     return record, operation, args
@@ -429,7 +441,7 @@ def _finish_detached(
         if record is not None and record.stable is not None:
             _record_metrics(tracer, cursor, operation, started, error, record.stable)
         else:
-            tracer._record_metrics(cursor, operation, started, error)  # the contrib's metrics (opt-in)
+            db_record_metrics(tracer, cursor, operation, started, error)  # the contrib's (opt-in)
     except Exception as exc:
         guard.report("SQL span hook", exc)
 
@@ -439,19 +451,19 @@ def _record_metrics(
 ) -> None:
     """The contrib's ``db.client.operation.duration`` and ``db.client.response.returned_rows``,
     with the statement's stable attributes (operation, collection, summary) and the error's."""
-    integration = tracer._db_api_integration
-    if integration._duration_histogram is None:
+    duration, returned_rows = db_histograms(db_integration(tracer))
+    if duration is None:
         return
     elapsed = perf_counter() - started
-    attributes = tracer._get_metric_attributes(operation, error)
+    attributes = db_metric_attributes(tracer, operation, error)
     attributes.update(stable)
     if error is not None:
         attributes.update(db_semconv.error_attributes(error))
-    integration._duration_histogram.record(elapsed, attributes=attributes)
+    duration.record(elapsed, attributes=attributes)
     if error is None:
         rows = getattr(cursor, "rowcount", None)
         if isinstance(rows, int) and rows >= 0:
-            integration._returned_rows_histogram.record(rows, attributes=attributes)
+            returned_rows.record(rows, attributes=attributes)
 
 
 def install(settings: Settings) -> None:
@@ -549,9 +561,9 @@ def uninstall() -> None:
     if _original_traced is not None:
         dbapi.CursorTracer.traced_execution, dbapi.CursorTracer.traced_execution_async = _original_traced  # type: ignore[method-assign]
         _original_traced = None
-    while _original_stock:
-        name, original = _original_stock.popitem()
-        setattr(dbapi.CursorTracer, name, original)
+    if _original_stock:
+        sdk_internals.set_cursor_tracer_hooks(_original_stock)
+        _original_stock.clear()
 
 
 # --- the stock path ---------------------------------------------------------------------------
@@ -564,7 +576,8 @@ _original_stock: dict[str, Any] = {}
 
 
 def _install_stock(mask: bool) -> None:
-    original = dbapi.CursorTracer._populate_span
+    stock = sdk_internals.cursor_tracer_hooks()
+    original = stock["populate_span"]
 
     def _populate_span(self: Any, span: Any, cursor: Any, *args: Any) -> None:
         if not span.is_recording():
@@ -591,9 +604,10 @@ def _install_stock(mask: bool) -> None:
         original(self, span, cursor, *args)
         try:
             # The contrib named the span after the raw text's first word (SELECT'x' is a value).
-            span.update_name(_span_name(self._db_api_integration, statement) or self._db_api_integration.name)
+            integration = db_integration(self)
+            span.update_name(_span_name(integration, statement) or integration.name)
             attributes = {"hms.db.fingerprint": fp.digest}
-            if db_semconv.mode_of(self._db_api_integration._sem_conv_opt_in_mode_db).stable:
+            if db_semconv.mode_of(db_mode(integration)).stable:
                 # The statement's stable names (no batch: the stock path does not say which
                 # method ran); the span is named after the summary, as on the fast path.
                 record.stable = db_semconv.statement_attributes(
@@ -609,7 +623,7 @@ def _install_stock(mask: bool) -> None:
         except Exception as exc:
             guard.report("SQL span hook", exc)
 
-    record_metrics = dbapi.CursorTracer._record_metrics
+    record_metrics = stock["record_metrics"]
 
     def _record_metrics(self: Any, cursor: Any, *args: Any) -> Any:
         if args:  # the operation: the contrib's is the raw text's first word
@@ -635,7 +649,7 @@ def _install_stock(mask: bool) -> None:
                 guard.report("SQL span hook", exc)
         return record_metrics(self, cursor, *args)
 
-    _original_stock["_populate_span"] = original
-    _original_stock["_record_metrics"] = record_metrics
-    dbapi.CursorTracer._populate_span = _populate_span  # type: ignore[method-assign]
-    dbapi.CursorTracer._record_metrics = _record_metrics  # type: ignore[method-assign,assignment]
+    _original_stock.update(stock)
+    sdk_internals.set_cursor_tracer_hooks(
+        {"populate_span": _populate_span, "record_metrics": _record_metrics}
+    )

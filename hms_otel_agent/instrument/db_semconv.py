@@ -115,10 +115,6 @@ def mode_of(contrib_mode: Any) -> Mode:
 def database_mode() -> Mode:
     """The database mode contrib's instrumentations read from OTEL_SEMCONV_STABILITY_OPT_IN
     (once per process: what the agent's own names follow too)."""
-    from opentelemetry.instrumentation._semconv import (
-        _get_semconv_opt_in_modes,
-        _OpenTelemetryStabilitySignalType,
-    )
+    from hms_otel_agent.instrument.sdk_internals import semconv_modes
 
-    database = _OpenTelemetryStabilitySignalType.DATABASE
-    return mode_of(_get_semconv_opt_in_modes((database,))[database])
+    return mode_of(semconv_modes()[0])

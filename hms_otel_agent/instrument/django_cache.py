@@ -30,7 +30,6 @@ from typing import Any
 import wrapt
 from opentelemetry import context as context_api
 from opentelemetry import trace
-from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.trace import Status, StatusCode
 
@@ -46,7 +45,7 @@ from hms_otel_agent.instrument.cache_hooks import (
     read_attributes,
 )
 from hms_otel_agent.instrument.context import add_detached, detection_only_parent, user_location
-from hms_otel_agent.instrument.sdk_internals import set_attributes
+from hms_otel_agent.instrument.sdk_internals import SUPPRESS_INSTRUMENTATION_KEY, set_attributes
 from hms_otel_agent.signals.records import CacheCall
 from hms_otel_agent.signals.vocabulary import (
     CACHE_COMMANDS,
@@ -302,7 +301,7 @@ def _outside_call(default: Callable[[], Any]) -> Callable[[], Any]:
             outer.get_missed = True
         token = current_django_call.set(None)
         # Traced even when the call's own commands are not (HMS_OTEL_CACHE_COMMAND_SPANS=false).
-        context_token = context_api.attach(context_api.set_value(_SUPPRESS_INSTRUMENTATION_KEY, False))
+        context_token = context_api.attach(context_api.set_value(SUPPRESS_INSTRUMENTATION_KEY, False))
         try:
             return default()
         finally:
@@ -427,7 +426,7 @@ def _make_wrapper(operation: str) -> Callable[..., Any]:
             return _call_detached(operation, prepared, parent, wrapped)
         context = trace.set_span_in_context(span)
         if not _state["command_spans"]:  # HMS_OTEL_CACHE_COMMAND_SPANS=false: no spans below
-            context = context_api.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True, context)
+            context = context_api.set_value(SUPPRESS_INSTRUMENTATION_KEY, True, context)
         token = context_api.attach(context)
         call_token = current_django_call.set(prepared)
         try:
@@ -458,7 +457,7 @@ def _call_detached(operation: str, prepared: _Call, parent: Any, wrapped: Callab
     processor (instrument/context.py add_detached) when it returns or raises."""
     token = None
     if not _state["command_spans"]:  # as with a span: nothing below it is traced
-        token = context_api.attach(context_api.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+        token = context_api.attach(context_api.set_value(SUPPRESS_INSTRUMENTATION_KEY, True))
     call_token = current_django_call.set(prepared)
     start_ns = time_ns()
     try:

@@ -19,6 +19,7 @@ import wrapt
 
 from hms_otel_agent import guard
 from hms_otel_agent.config import Settings
+from hms_otel_agent.instrument import sdk_internals
 from hms_otel_agent.signals import urls as url_rules
 from hms_otel_agent.signals.http_privacy import HttpPrivacy
 from hms_otel_agent.signals.semconv import split_host_port
@@ -85,12 +86,9 @@ def instrument_server(settings: Settings, tracer_provider: Any, meter_provider: 
 
         instrumentor = DjangoInstrumentor()
         if not instrumentor.is_instrumented_by_opentelemetry:
-            from opentelemetry.instrumentation.django.middleware.otel_middleware import _DjangoMiddleware
-
             global _privacy, _duration_key, _traced_attributes
             _privacy = HttpPrivacy.from_settings(settings)
-            _duration_key = _DjangoMiddleware._environ_duration_attr_key
-            _traced_attributes = tuple(_DjangoMiddleware._traced_request_attrs or ())
+            _duration_key, _traced_attributes = sdk_internals.django_middleware_keys()
             instrumentor.instrument(
                 tracer_provider=tracer_provider, meter_provider=meter_provider, request_hook=_request_hook
             )

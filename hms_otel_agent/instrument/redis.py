@@ -83,7 +83,7 @@ def install(settings: Settings, tracer_provider: Any) -> None:
         _stable_names = database_mode().stable
         _replace_contrib_helpers()
         if sdk_internals.fast_paths():
-            tracer = RedisInstrumentor._get_tracer(tracer_provider=tracer_provider)
+            tracer = sdk_internals.redis_tracer(tracer_provider)
             _replace_command_wrapper(tracer, request_hook, response_hook)
         else:
             _wrap_fold()
@@ -108,21 +108,11 @@ def _replace_command_wrapper(tracer: Any, request_hook: Any, response_hook: Any)
     """Put the agent's wrapper in place of the contrib's on ``redis.Redis.execute_command``
     (the contrib's ``uninstrument`` still unwraps it: it restores ``__wrapped__``)."""
     import redis
-    from opentelemetry.instrumentation._semconv import (
-        _get_semconv_opt_in_modes,
-        _OpenTelemetryStabilitySignalType,
-        _set_db_statement,
-    )
-    from opentelemetry.instrumentation.redis import util
 
     current = redis.Redis.__dict__.get("execute_command")
     if not isinstance(current, wrapt.FunctionWrapper):
         return
-    modes = _get_semconv_opt_in_modes(
-        (_OpenTelemetryStabilitySignalType.DATABASE, _OpenTelemetryStabilitySignalType.HTTP)
-    )
-    db_mode = modes[_OpenTelemetryStabilitySignalType.DATABASE]
-    http_mode = modes[_OpenTelemetryStabilitySignalType.HTTP]
+    db_mode, http_mode = sdk_internals.semconv_modes()
     stable = mode_of(db_mode).stable
     # id(a pool's connection_kwargs) -> (that dict, its span attributes): bounded by the pools.
     by_pool: dict[int, tuple[Any, dict[str, Any]]] = {}
@@ -133,7 +123,7 @@ def _replace_command_wrapper(tracer: Any, request_hook: Any, response_hook: Any)
             return {}
         entry = by_pool.get(id(kwargs))
         if entry is None or entry[0] is not kwargs:
-            entry = (kwargs, util._extract_conn_attributes(kwargs, db_mode, http_mode))
+            entry = (kwargs, sdk_internals.redis_helper("conn_attributes")(kwargs, db_mode, http_mode))
             if len(by_pool) > 1000:
                 by_pool.clear()
             by_pool[id(kwargs)] = entry
@@ -152,7 +142,7 @@ def _replace_command_wrapper(tracer: Any, request_hook: Any, response_hook: Any)
         try:
             if span.is_recording() and span.get_span_context().trace_flags.sampled:
                 attributes: dict[str, Any] = {}
-                _set_db_statement(attributes, statement(args), db_mode)
+                sdk_internals.set_db_statement(attributes, statement(args), db_mode)
                 attributes["db.redis.args_length"] = len(args)
                 attributes.update(connection_attributes(instance))
                 if stable and args:
@@ -290,10 +280,8 @@ def search_attributes(span: Any, args: Any) -> None:
 def _create_attributes(span: Any, args: Any) -> None:
     """The contrib's ``redis.create_index.*`` (the index name, field names and types: schema,
     not data), guarded; the index name as a key pattern."""
-    from opentelemetry.instrumentation.redis import util
-
     try:
-        util._add_create_attributes(span, args)
+        sdk_internals.redis_create_attributes(span, args)
         if len(args) > 1 and span.is_recording():
             span.set_attribute("redis.create_index.index", key_pattern(args[1]))
     except Exception as exc:
@@ -322,7 +310,7 @@ def operation_name(args: Any) -> str:
 def _conn_attributes(conn_kwargs: Any, db_mode: Any, http_mode: Any) -> dict[str, Any]:
     """In place of the contrib's ``_extract_conn_attributes`` (every client, pipeline and cluster
     span): the peer named after the database mode, and ``db.namespace``, the database index."""
-    original = _originals.get(_CONN_ATTRIBUTES)
+    original = sdk_internals.redis_original("conn_attributes")
     attributes: dict[str, Any] = original(conn_kwargs, db_mode, http_mode) if original else {}
     mode = mode_of(db_mode)
     if mode.stable:
@@ -396,7 +384,7 @@ def statement(args: Any) -> str:
 
 def _pipeline_meta(instance: Any) -> tuple[list[Any], str, str]:
     """The contrib's ``_build_span_meta_data_for_pipeline``, its span name from `span_name`."""
-    original = _originals.get(_PIPELINE_META)
+    original = sdk_internals.redis_original("pipeline_meta")
     if original is None:
         return [], "", "redis"
     stack, resource, _ = original(instance)
@@ -414,35 +402,24 @@ def _stable_database() -> bool:
     return _stable_names
 
 
-# Helpers the contrib's wrappers look up in their modules at each call (ours calls the same).
-_PIPELINE_META = ("opentelemetry.instrumentation.redis", "_build_span_meta_data_for_pipeline")
-_CONN_ATTRIBUTES = ("opentelemetry.instrumentation.redis.util", "_extract_conn_attributes")
-_CONTRIB_HELPERS = (
-    ("opentelemetry.instrumentation.redis", "_add_search_attributes", _search_attributes),
-    ("opentelemetry.instrumentation.redis", "_add_create_attributes", _create_attributes),
-    ("opentelemetry.instrumentation.redis", "_build_span_name", span_name),
-    ("opentelemetry.instrumentation.redis", "_format_command_args", statement),
-    (*_PIPELINE_META, _pipeline_meta),
-    ("opentelemetry.instrumentation.redis.util", "_format_command_args", statement),
-    (*_CONN_ATTRIBUTES, _conn_attributes),
-)
-_originals: dict[tuple[str, str], Any] = {}  # (module, name) -> the contrib's helper
+# The agent's helpers in place of the contrib's (instrument/sdk_internals.py: REDIS_HELPERS).
+_REPLACEMENTS = {
+    "search_attributes": _search_attributes,
+    "create_attributes": _create_attributes,
+    "span_name": span_name,
+    "statement": statement,
+    "pipeline_meta": _pipeline_meta,
+    "util_statement": statement,
+    "conn_attributes": _conn_attributes,
+}
 
 
 def _replace_contrib_helpers() -> None:
-    for module_name, name, replacement in _CONTRIB_HELPERS:
-        module = importlib.import_module(module_name)
-        original = module.__dict__.get(name)
-        if original is None or original is replacement:
-            continue
-        _originals[(module_name, name)] = original
-        setattr(module, name, replacement)
+    sdk_internals.replace_redis_helpers(_REPLACEMENTS)
 
 
 def _restore_contrib_helpers() -> None:
-    for (module_name, name), original in list(_originals.items()):
-        setattr(importlib.import_module(module_name), name, original)
-    _originals.clear()
+    sdk_internals.restore_redis_helpers()
 
 
 # --- pipelines ---------------------------------------------------------------------------------
@@ -451,15 +428,7 @@ def _restore_contrib_helpers() -> None:
 def command_stack(pipeline: Any) -> list[tuple[Any, ...]]:
     """The argument tuples of the commands queued on a pipeline (as the contrib code reads them:
     redis-py 6+ cluster pipelines keep them on their execution strategy)."""
-    strategy = getattr(pipeline, "_execution_strategy", None)
-    if strategy is not None and hasattr(strategy, "command_queue"):
-        stack = strategy.command_queue
-    elif strategy is not None and hasattr(strategy, "_command_queue"):
-        stack = strategy._command_queue
-    elif hasattr(pipeline, "command_stack"):
-        stack = pipeline.command_stack
-    else:
-        stack = getattr(pipeline, "_command_stack", ())
+    stack = sdk_internals.redis_command_queue(pipeline)
     return [c.args if hasattr(c, "args") else c[0] for c in stack]
 
 

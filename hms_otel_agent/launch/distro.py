@@ -13,7 +13,8 @@ import sys
 from typing import Any
 
 from opentelemetry.instrumentation.distro import BaseDistro  # type: ignore[attr-defined]
-from opentelemetry.sdk._configuration import _BaseConfigurator, _OTelSDKConfigurator
+
+from hms_otel_agent.instrument.sdk_internals import run_sdk_configurator, sdk_configurator
 
 NAME = "hms_otel"
 # The agent instruments these itself (Django only once the app has set Django up).
@@ -48,9 +49,12 @@ class HmsOtelDistro(BaseDistro):
         super().load_instrumentor(entry_point, **kwargs)
 
 
-class HmsOtelConfigurator(_BaseConfigurator):
+_BaseConfigurator, _OTelSDKConfigurator = sdk_configurator()
+
+
+class HmsOtelConfigurator(_BaseConfigurator):  # type: ignore[misc,valid-type]
     def _configure(self, **kwargs: Any) -> None:
         if _selected("OTEL_PYTHON_CONFIGURATOR") or _selected("OTEL_PYTHON_DISTRO"):
             _start_agent()
             return
-        _OTelSDKConfigurator()._configure(**kwargs)
+        run_sdk_configurator(_OTelSDKConfigurator(), **kwargs)

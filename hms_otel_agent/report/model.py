@@ -8,7 +8,7 @@ and keeps only running totals, so a long test run or a large file needs little m
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hms_otel_agent.config import Settings
@@ -27,31 +27,41 @@ WARMING_MIN_READS = 20
 WARMING_MAX_HIT_RATIO = 0.5
 
 
+# What a group takes from its findings: each field from the first finding that has it.
+_FILLED = (
+    "statement",
+    "model",
+    "relation",
+    "relation_kind",
+    "key_pattern",
+    "fix",
+    "subject",
+    "location",
+    "origin",
+)
+
+
 @dataclass
 class FindingGroup:
-    """One finding fingerprint, over every request it occurred in."""
+    """One finding fingerprint, over every request it occurred in: what the findings are about
+    (`about`, a Finding: fingerprint, kind, statement, relation, location, fix, the hint of the
+    worst occurrence, ...) and the counts over its occurrences."""
 
-    fingerprint: str
-    kind: str
-    statement: str = ""
-    model: str = ""
-    relation: str = ""
-    relation_kind: str = ""
-    key_pattern: str = ""
-    location: CodeLocation | None = None
-    origin: CodeLocation | None = None  # where the queryset came from: where the fix goes
-    fix: str = ""
-    hint: str = ""  # the hint of the worst occurrence
+    about: Finding
     requests: int = 0
     repetitions: int = 0
     max_repetitions: int = 0
     total_ms: float = 0.0
     routes: dict[str, float] = field(default_factory=dict)  # route -> time spent there
     services: set[str] = field(default_factory=set)
-    explicit_subject: str = ""  # Finding.subject (connection alias, group members, ...)
     planned: bool = False  # a slow query's plan gave the fix
     _worst_ms: float = -1.0
     _hint_fixed: bool = False  # the hint is of an occurrence that showed a fix
+
+    @classmethod
+    def of(cls, fingerprint: str, kind: str) -> FindingGroup:
+        """An empty group (its `about` filled by `add`)."""
+        return cls(Finding(kind=kind, fingerprint=fingerprint, repetitions=0, duration_ms=0.0))
 
     @property
     def per_request_ms(self) -> float:
@@ -64,9 +74,17 @@ class FindingGroup:
     @property
     def subject(self) -> str:
         """The relation, key pattern, or table the finding is about."""
-        return (
-            self.explicit_subject or self.relation or self.key_pattern or self.model or _table(self.statement)
-        )
+        about = self.about
+        return about.subject or about.relation or about.key_pattern or about.model or _table(about.statement)
+
+    def _fill(self, other: Finding, changes: dict[str, Any]) -> None:
+        """Set `changes`, then each field still empty from `other`."""
+        about = self.about
+        for name in _FILLED:
+            if not changes.get(name, getattr(about, name)) and getattr(other, name):
+                changes[name] = getattr(other, name)
+        if changes:
+            self.about = replace(about, **changes)
 
     def add(self, finding: Finding, route: str, service: str) -> None:
         self.requests += 1
@@ -76,33 +94,20 @@ class FindingGroup:
         self.routes[route] = self.routes.get(route, 0.0) + finding.duration_ms
         if service:
             self.services.add(service)
+        changes: dict[str, Any] = {}
         # The hint of the worst occurrence, but one that shows a fix over one whose fix was
         # still being checked (the same cause: the fix is the same on every occurrence).
         if (finding.duration_ms > self._worst_ms and (finding.fix or not self._hint_fixed)) or (
             finding.fix and not self._hint_fixed
         ):
             self._worst_ms = finding.duration_ms
-            self.hint = finding.hint or self.hint
+            if finding.hint:
+                changes["hint"] = finding.hint
             self._hint_fixed = bool(finding.fix)
         if finding.columns and not self.planned:
             # A plan arrived (slow queries): its index is the fix from now on.
-            self.fix, self.planned = finding.fix, True
-        for name in (
-            "statement",
-            "model",
-            "relation",
-            "relation_kind",
-            "key_pattern",
-            "fix",
-        ):
-            if not getattr(self, name) and getattr(finding, name):
-                setattr(self, name, getattr(finding, name))
-        if not self.explicit_subject and finding.subject:
-            self.explicit_subject = finding.subject
-        if self.location is None:
-            self.location = finding.location
-        if self.origin is None:
-            self.origin = finding.origin
+            changes["fix"], self.planned = finding.fix, True
+        self._fill(finding, changes)
 
     def merge(self, other: FindingGroup) -> None:
         """Add `other` (the same fingerprint, aggregated elsewhere: another xdist worker)."""
@@ -113,31 +118,26 @@ class FindingGroup:
         for route, ms in other.routes.items():
             self.routes[route] = self.routes.get(route, 0.0) + ms
         self.services |= other.services
+        changes: dict[str, Any] = {}
         if (other._worst_ms > self._worst_ms and (other._hint_fixed or not self._hint_fixed)) or (
             other._hint_fixed and not self._hint_fixed
         ):
-            self._worst_ms, self.hint = other._worst_ms, other.hint or self.hint
+            self._worst_ms = other._worst_ms
+            if other.about.hint:
+                changes["hint"] = other.about.hint
             self._hint_fixed = other._hint_fixed
         if other.planned and not self.planned:
-            self.fix, self.planned = other.fix, True
-        for name in ("statement", "model", "relation", "relation_kind", "key_pattern", "fix"):
-            if not getattr(self, name) and getattr(other, name):
-                setattr(self, name, getattr(other, name))
-        self.explicit_subject = self.explicit_subject or other.explicit_subject
-        if self.location is None:
-            self.location = other.location
-        if self.origin is None:
-            self.origin = other.origin
+            changes["fix"], self.planned = other.about.fix, True
+        self._fill(other.about, changes)
 
     def state(self) -> dict[str, Any]:
         """Plain data (what execnet can send) that `from_state` turns back into this group."""
-        loc = self.location
+        about = self.about
         return {
+            **{name: getattr(about, name) for name in _ABOUT_FIELDS},
             **{name: getattr(self, name) for name in _GROUP_FIELDS},
-            "location": None if loc is None else [loc.file, loc.line, loc.function],
-            "origin": None
-            if self.origin is None
-            else [self.origin.file, self.origin.line, self.origin.function],
+            "location": _location_state(about.location),
+            "origin": _location_state(about.origin),
             "routes": dict(self.routes),
             "services": sorted(self.services),
             "worst_ms": self._worst_ms,
@@ -146,11 +146,14 @@ class FindingGroup:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> FindingGroup:
-        loc = state.get("location")
-        group = cls(**{name: state[name] for name in _GROUP_FIELDS})
-        group.location = CodeLocation(str(loc[0]), int(loc[1]), str(loc[2])) if loc else None
-        origin = state.get("origin")
-        group.origin = CodeLocation(str(origin[0]), int(origin[1]), str(origin[2])) if origin else None
+        about = Finding(
+            repetitions=0,
+            duration_ms=0.0,
+            location=_location_from_state(state.get("location")),
+            origin=_location_from_state(state.get("origin")),
+            **{name: state[name] for name in _ABOUT_FIELDS},
+        )
+        group = cls(about, **{name: state[name] for name in _GROUP_FIELDS})
         group.routes = {str(k): float(v) for k, v in state.get("routes", {}).items()}
         group.services = set(state.get("services", ()))
         group._worst_ms = float(state.get("worst_ms", -1.0))
@@ -159,46 +162,50 @@ class FindingGroup:
 
     def to_dict(self) -> dict[str, Any]:
         routes = self.route_list
+        about = self.about
         return {
-            "fingerprint": self.fingerprint,
-            "kind": self.kind,
+            "fingerprint": about.fingerprint,
+            "kind": about.kind,
             "route": routes[0] if routes else "",
             "routes": routes,
             "subject": self.subject,
-            "relation": self.relation,
-            "relation_kind": self.relation_kind,
-            "model": self.model,
-            "key_pattern": self.key_pattern,
-            "statement": self.statement,
+            "relation": about.relation,
+            "relation_kind": about.relation_kind,
+            "model": about.model,
+            "key_pattern": about.key_pattern,
+            "statement": about.statement,
             "requests": self.requests,
             "repetitions": self.repetitions,
             "max_repetitions": self.max_repetitions,
             "total_ms": round(self.total_ms, 3),
             "per_request_ms": round(self.per_request_ms, 3),
-            "location": (
-                None
-                if self.location is None
-                else {
-                    "file": self.location.file,
-                    "line": self.location.line,
-                    "function": self.location.function,
-                }
-            ),
-            "origin": (
-                None
-                if self.origin is None
-                else {"file": self.origin.file, "line": self.origin.line, "function": self.origin.function}
-            ),
-            "fix": self.fix,
-            "hint": self.hint,
+            "location": _location_dict(about.location),
+            "origin": _location_dict(about.origin),
+            "fix": about.fix,
+            "hint": about.hint,
             "services": sorted(self.services),
         }
 
 
-_GROUP_FIELDS = (
+_ABOUT_FIELDS = (
     "fingerprint", "kind", "statement", "model", "relation", "relation_kind", "key_pattern", "fix", "hint",
-    "requests", "repetitions", "max_repetitions", "total_ms", "explicit_subject", "planned",
+    "subject",
 )  # fmt: skip
+_GROUP_FIELDS = ("requests", "repetitions", "max_repetitions", "total_ms", "planned")
+
+
+def _location_state(location: CodeLocation | None) -> list[Any] | None:
+    return None if location is None else [location.file, location.line, location.function]
+
+
+def _location_from_state(value: Any) -> CodeLocation | None:
+    return CodeLocation(str(value[0]), int(value[1]), str(value[2])) if value else None
+
+
+def _location_dict(location: CodeLocation | None) -> dict[str, Any] | None:
+    if location is None:
+        return None
+    return {"file": location.file, "line": location.line, "function": location.function}
 
 
 def _table(statement: str) -> str:
@@ -445,7 +452,7 @@ class Aggregator:
             key = finding.fingerprint or f"{finding.kind}:{finding.statement or finding.key_pattern}"
             group = self.groups.get(key)
             if group is None:
-                group = self.groups[key] = FindingGroup(fingerprint=key, kind=finding.kind)
+                group = self.groups[key] = FindingGroup.of(key, finding.kind)
             group.add(finding, AGGREGATE_ROUTE if owner.aggregate else owner.label, owner.service)
 
     # -- across processes (pytest-xdist workers) ----------------------------------------------
@@ -477,9 +484,9 @@ class Aggregator:
         summary.traces = len(self._traces)
         for data in state["groups"]:
             group = FindingGroup.from_state(data)
-            mine = self.groups.get(group.fingerprint)
+            mine = self.groups.get(group.about.fingerprint)
             if mine is None:
-                self.groups[group.fingerprint] = group
+                self.groups[group.about.fingerprint] = group
             else:
                 mine.merge(group)
         for key, data in state["patterns"]:
@@ -500,7 +507,8 @@ class Aggregator:
 
     def report(self) -> Report:
         findings = sorted(
-            self.groups.values(), key=lambda g: (-g.total_ms, -g.repetitions, g.kind, g.fingerprint)
+            self.groups.values(),
+            key=lambda g: (-g.total_ms, -g.repetitions, g.about.kind, g.about.fingerprint),
         )
         patterns = sorted(
             self.patterns.values(), key=lambda p: (-(p.hits + p.misses), -p.writes, p.key_pattern)

@@ -70,7 +70,7 @@ def _ratio(value: float | None) -> str:
 
 
 def _where(group: FindingGroup) -> str:
-    loc = group.location
+    loc = group.about.location
     if loc is None:
         return ""
     return f"{loc.file}:{loc.line}" + (f" in {loc.function}" if loc.function else "")
@@ -150,7 +150,7 @@ def to_markdown(report: Report, top: int | None = None) -> str:
         for index, g in enumerate(findings, 1):
             cells = [
                 str(index),
-                _md(kind_label(g.kind)),
+                _md(kind_label(g.about.kind)),
                 _md(_routes(g)),
                 _md(_code(g.subject)),
                 str(g.requests),
@@ -158,7 +158,7 @@ def to_markdown(report: Report, top: int | None = None) -> str:
                 _md(_ms(g.total_ms)),
                 _md(_ms(g.per_request_ms)),
                 _md(_code(_where(g))),
-                _md(_code(g.fix)),
+                _md(_code(g.about.fix)),
             ]
             lines.append("| " + " | ".join(cells) + " |")
         if top is not None and len(report.findings) > top:
@@ -424,7 +424,7 @@ def to_terminal(report: Report, file: IO[str] | None = None, top: int | None = N
 def _findings(console: Any, findings: list[FindingGroup], width: int, counted_in: str = "req") -> None:
     from rich.text import Text
 
-    kinds = [printable(kind_label(g.kind)) for g in findings]
+    kinds = [printable(kind_label(g.about.kind)) for g in findings]
     routes = [printable(_routes(g)) for g in findings]
     subjects = [printable(g.subject) for g in findings]
     columns = [
@@ -465,12 +465,12 @@ def _findings(console: Any, findings: list[FindingGroup], width: int, counted_in
             first = ""
         where = Text(printable(_where(g)) or "(no code location)", style="cyan")
         _wrapped(console, where, width, first=first, indent=_INDENT)
-        if g.fix:
+        if g.about.fix:
             fix = Text("fix: ", style="dim")
-            fix.append(printable(g.fix), style="green")
+            fix.append(printable(g.about.fix), style="green")
             _wrapped(console, fix, width, indent=_INDENT)
-            origin = g.origin
-            if origin is not None and origin != g.location:
+            origin = g.about.origin
+            if origin is not None and origin != g.about.location:
                 place = Text("on the queryset at: ", style="dim")
                 place.append(printable(str(origin)), style="cyan")
                 _wrapped(console, place, width, indent=_INDENT)

@@ -35,7 +35,7 @@ class Traced:
             extra_span_processors=[SimpleSpanProcessor(self.exporter)],
             span_exporters=[],
             metric_readers=[self.reader],
-        )
+        ).install()
         self.tracer_provider = self.pipeline.tracer_provider
         self.tracer = self.tracer_provider.get_tracer("tests")
         instrument.install(self.base_settings, self.tracer_provider, self.pipeline.meter_provider)

@@ -165,3 +165,88 @@ def test_stock_paths_export_the_same_spans(traced: Any, restore_fast_paths: None
     assert stock == fast
     assert any(a.get("hms.db.fingerprint") for *_, a in stock)
     assert any("hms.cache.key_pattern" in a for *_, a in stock)
+
+
+def test_an_untested_outbound_or_job_instrumentation_turns_the_fast_paths_off(
+    caplog: pytest.LogCaptureFixture, restore_fast_paths: None
+) -> None:
+    """The gate covers every contrib instrumentation the agent drives, not only the SDK and the
+    database ones: requests, httpx, urllib3 and Celery too."""
+    for name in (
+        "opentelemetry-instrumentation-requests",
+        "opentelemetry-instrumentation-httpx",
+        "opentelemetry-instrumentation-urllib3",
+        "opentelemetry-instrumentation-celery",
+        "opentelemetry-instrumentation-django",
+    ):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="hms_otel"):
+            assert sdk_internals.configure(True, installed={**TESTED, name: "0.99b0"}) is False
+        lines = [r.getMessage() for r in caplog.records if r.name == "hms_otel"]
+        assert len(lines) == 1 and f"{name}==0.99b0" in lines[0], lines
+        assert sdk_internals.fast_paths() is False
+        # The stock paths: the SDK's own exporter class, the spans' public properties.
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        assert sdk_internals.otlp_span_exporter_class("http/protobuf", object) is OTLPSpanExporter
+        assert sdk_internals._PUBLIC_FIELDS is not None
+        sdk_internals.configure(True, installed=TESTED)
+        assert sdk_internals.fast_paths() is True
+
+
+def test_every_opentelemetry_pin_is_in_the_tested_set() -> None:
+    """pyproject.toml pins each OpenTelemetry distribution the agent uses; each is checked at
+    start with the pinned version."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    pins = dict(re.findall(r'"(opentelemetry-[a-z0-9-]+)==([^"]+)"', text))
+    pins.pop("opentelemetry-exporter-otlp", None)  # a metapackage: no code of its own
+    assert pins
+    for name, version in pins.items():
+        assert version in sdk_internals.TESTED.get(name, ()), name
+
+
+def _private_names_outside_the_fence() -> list[str]:
+    """Private OpenTelemetry names used outside instrument/sdk_internals.py: imports of a private
+    module or name from ``opentelemetry``, and attribute accesses of any private member the
+    fence itself names (``span._context``, ``tracer._db_api_integration``, ...)."""
+    import ast
+    from pathlib import Path
+
+    package = Path(sdk_internals.__file__).resolve().parents[1]
+    fence = ast.parse(Path(sdk_internals.__file__).read_text())
+    named = {
+        node.attr for node in ast.walk(fence) if isinstance(node, ast.Attribute) and node.attr.startswith("_")
+    }
+    named |= {
+        node.value
+        for node in ast.walk(fence)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value[:1] == "_"
+    }
+    named = {n for n in named if not n.startswith("__")} - {"_fast", "_hms_encoder"}
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package).as_posix()
+        if relative == "instrument/sdk_internals.py" or relative.startswith("sample/"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("opentelemetry"):
+                parts = (node.module or "").split(".")
+                names = [alias.name for alias in node.names]
+                if any(p.startswith("_") for p in parts) or any(n.startswith("_") for n in names):
+                    found.append(f"{relative}:{node.lineno} from {node.module} import {', '.join(names)}")
+            elif (
+                isinstance(node, ast.Attribute)
+                and node.attr in named
+                and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+            ):
+                found.append(f"{relative}:{node.lineno} .{node.attr}")
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in named:
+                found.append(f"{relative}:{node.lineno} {node.value!r}")
+    return found
+
+
+def test_private_opentelemetry_members_are_named_only_in_the_fence() -> None:
+    assert _private_names_outside_the_fence() == []

@@ -68,7 +68,7 @@ def offline(traced: Traced, settings: config.Settings, drop: str = "") -> dict[s
             )
         )
     report = build_report(spans, settings, analyze=True)
-    return {g.kind: g.to_dict() for g in report.findings}
+    return {g.about.kind: g.to_dict() for g in report.findings}
 
 
 # -- unbounded / wide results ---------------------------------------------------------------------

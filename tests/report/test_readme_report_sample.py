@@ -9,6 +9,7 @@ here until the README sample is regenerated from a real run.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 from hms_otel_agent.demo.run import DEFAULT_REQUESTS
 from hms_otel_agent.report.model import FindingGroup, Report, Summary
 from hms_otel_agent.report.render import KIND_LABELS, _ms, to_terminal
-from hms_otel_agent.signals.records import CodeLocation
+from hms_otel_agent.signals.records import CodeLocation, Finding
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 ROW = re.compile(
@@ -56,10 +57,16 @@ def test_readme_report_sample_is_what_the_renderer_prints() -> None:
         match = ROW.match(row)
         assert match, row
         assert match["kind"] in labels, f"README kind {match['kind']!r} is not a kind the renderer prints"
-        group = FindingGroup(
-            fingerprint=match["index"], kind=labels[match["kind"]], relation=match["subject"],
-            requests=int(match["req"]), repetitions=int(match["reps"]), total_ms=milliseconds(match["total"]),
+        about = Finding(
+            kind=labels[match["kind"]], fingerprint=match["index"], repetitions=0, duration_ms=0.0,
+            relation=match["subject"],
         )  # fmt: skip
+        group = FindingGroup(
+            about,
+            requests=int(match["req"]),
+            repetitions=int(match["reps"]),
+            total_ms=milliseconds(match["total"]),
+        )
         group.routes = {match["route"]: group.total_ms}
         groups.append(group)
     assert len(groups) == int(head["findings"])
@@ -72,12 +79,17 @@ def test_readme_report_sample_is_what_the_renderer_prints() -> None:
         fix = details[start + 2].strip()
         assert where and fix.startswith("fix: "), details[start : start + 3]
         group = groups[index - 1]
-        group.location = CodeLocation(where[1], int(where[2]), where[3])
-        group.fix = fix.removeprefix("fix: ")
+        group.about = dataclasses.replace(
+            group.about,
+            location=CodeLocation(where[1], int(where[2]), where[3]),
+            fix=fix.removeprefix("fix: "),
+        )
         after = details[start + 3] if start + 3 < len(details) else ""
         origin = re.match(r"^ +on the queryset at: (.+):(\d+) in (\S+)$", after)
         if origin:  # where the fix goes, when that is not where the load ran
-            group.origin = CodeLocation(origin[1], int(origin[2]), origin[3])
+            group.about = dataclasses.replace(
+                group.about, origin=CodeLocation(origin[1], int(origin[2]), origin[3])
+            )
         per_request = re.match(r"^ +\d+\. ([\d,.]+ (?:ms|s)) per request$", details[start])
         if per_request and _ms(group.per_request_ms) != per_request[1]:  # the table's total is rounded
             group.total_ms = milliseconds(per_request[1]) * group.requests

@@ -34,7 +34,7 @@ from hms_otel_agent.report.render import (
     output_width,
     to_terminal,
 )
-from hms_otel_agent.signals.records import CodeLocation
+from hms_otel_agent.signals.records import CodeLocation, Finding
 from hms_otel_agent.signals.registry import FINDING_KINDS
 
 from .otlp_builder import n_plus_one_request, write_lines
@@ -56,11 +56,15 @@ words = st.lists(st.sampled_from(["patients", "<int:pk>", "summary", "api", "ite
 def groups(draw: st.DrawFn) -> FindingGroup:
     routes = draw(st.lists(st.one_of(text, words.map("/".join)), min_size=0, max_size=6, unique=True))
     group = FindingGroup(
-        fingerprint=draw(st.text(min_size=1, max_size=8)),
-        kind=draw(st.sampled_from(FINDING_KINDS)),
-        relation=draw(text),
-        location=draw(st.none() | st.builds(CodeLocation, text, st.integers(0, 10**6), text)),
-        fix=draw(text),
+        Finding(
+            fingerprint=draw(st.text(min_size=1, max_size=8)),
+            kind=draw(st.sampled_from(FINDING_KINDS)),
+            repetitions=0,
+            duration_ms=0.0,
+            relation=draw(text),
+            location=draw(st.none() | st.builds(CodeLocation, text, st.integers(0, 10**6), text)),
+            fix=draw(text),
+        ),
         requests=draw(st.integers(0, 10**7)),
         repetitions=draw(st.integers(0, 10**9)),
         total_ms=draw(st.floats(0, 1e9, allow_nan=False)),
@@ -106,11 +110,11 @@ def assert_fits_and_complete(report: Report, width: int) -> None:
         shown = finding_text(lines, index)
         whole = squeezed(shown)
         for part in [
-            kind_label(g.kind),
+            kind_label(g.about.kind),
             *g.route_list,
             g.subject,
-            g.fix,
-            f"{g.location.file}:{g.location.line}" if g.location else "(no code location)",
+            g.about.fix,
+            f"{g.about.location.file}:{g.about.location.line}" if g.about.location else "(no code location)",
         ]:
             assert squeezed(printable(part)) in whole, (index, part, shown)
         for number, unit in [
@@ -183,11 +187,11 @@ def test_any_report_fits_any_width_and_keeps_every_value(
 
 def realistic_report() -> Report:
     def group(kind: str, route: str, relation: str, line: int, fix: str, requests: int) -> FindingGroup:
-        g = FindingGroup(
-            fingerprint=f"{kind}{line}", kind=kind, relation=relation,
-            location=CodeLocation("hms_otel_agent/sample/hms/views.py", line, "patient_list_naive"),
-            fix=fix, requests=requests, repetitions=20 * requests, total_ms=250.0 * requests,
+        about = Finding(
+            kind=kind, fingerprint=f"{kind}{line}", repetitions=0, duration_ms=0.0, relation=relation,
+            location=CodeLocation("hms_otel_agent/sample/hms/views.py", line, "patient_list_naive"), fix=fix,
         )  # fmt: skip
+        g = FindingGroup(about, requests=requests, repetitions=20 * requests, total_ms=250.0 * requests)
         g.routes = {route: 1.0}
         return g
 

@@ -17,6 +17,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from hms_otel_agent import config, pipeline
 from hms_otel_agent.export.compress import COUNT, DURATION_MS, SpanCompressor
+from hms_otel_agent.instrument import sdk_internals
 from hms_otel_agent.instrument.db import SPAN_RECORD, DbSpanRecord, orm_attributes
 from hms_otel_agent.signals.fingerprint import fingerprint_sql
 from hms_otel_agent.signals.records import CodeLocation, OrmContext
@@ -50,12 +51,22 @@ class Memory(SpanExporter):
         pass
 
 
+@pytest.fixture(params=[True, False], ids=["fast", "stock"])
+def fast_paths(request: pytest.FixtureRequest) -> Iterator[bool]:
+    """Each compression test with the fast paths (span members read directly) and without."""
+    yield request.param
+    sdk_internals.configure(True)
+
+
 @pytest.fixture
-def built(request: pytest.FixtureRequest) -> Iterator[tuple[pipeline.Pipeline, Memory, Memory]]:
+def built(
+    request: pytest.FixtureRequest, fast_paths: bool
+) -> Iterator[tuple[pipeline.Pipeline, Memory, Memory]]:
     """A pipeline with compression on: (pipeline, an OTLP-like exporter, the local file's)."""
     changes = getattr(request, "param", {})
     settings = dataclasses.replace(
         config.load({}).settings,
+        fast_paths=fast_paths,
         live_log=False,
         compress_spans=True,
         bsp_schedule_delay_ms=600_000,
@@ -66,7 +77,7 @@ def built(request: pytest.FixtureRequest) -> Iterator[tuple[pipeline.Pipeline, M
         settings,
         span_exporters=[("OTLP test", exported), ("file", local)],
         metric_readers=[InMemoryMetricReader()],
-    )
+    ).install()
     try:
         yield built, exported, local
     finally:
@@ -211,7 +222,7 @@ def test_off_by_default() -> None:
     settings = dataclasses.replace(config.load({}).settings, live_log=False)
     built = pipeline.build(
         settings, span_exporters=[("OTLP test", exported)], metric_readers=[InMemoryMetricReader()]
-    )
+    ).install()
     try:
         request(built, Clock(), n_plus_one_calls(6))
         built.force_flush()

@@ -175,7 +175,7 @@ def test_agent_metrics_report_drops_by_reason_and_errors_by_component() -> None:
     settings = config.replace(config.load({}).settings, live_log=False, bsp_max_queue_size=5)
     built = pipeline.build(
         settings, span_exporters=[("failing", FailingExporter(False))], metric_readers=[reader]
-    )
+    ).install()
     try:
         tracer = built.tracer_provider.get_tracer("test")
         for i in range(20):

@@ -17,7 +17,16 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
-from hms_otel_agent.export.otlp_encode import SpanEncoder, grpc_span_exporter_class, http_span_exporter_class
+from hms_otel_agent.export.otlp_encode import SpanEncoder
+from hms_otel_agent.instrument import sdk_internals
+
+
+def http_span_exporter_class() -> type:
+    return sdk_internals.otlp_span_exporter_class("http/protobuf", SpanEncoder)
+
+
+def grpc_span_exporter_class() -> type:
+    return sdk_internals.otlp_span_exporter_class("grpc", SpanEncoder)
 
 
 class Keep(SpanExporter):
@@ -95,7 +104,9 @@ def spans_of_every_shape() -> list[ReadableSpan]:
     return keep.spans
 
 
-def test_spans_of_every_shape_encode_as_the_sdk_encodes_them() -> None:
+def test_spans_of_every_shape_encode_as_the_sdk_encodes_them(fence_mode: bool) -> None:
+    """With the fast paths the encoder reads the spans' members, without them their public
+    properties: the same bytes either way."""
     spans = spans_of_every_shape()
     assert any(s.dropped_attributes for s in spans) and any(s.dropped_events for s in spans)
     assert_same(spans)
@@ -106,7 +117,7 @@ def test_spans_of_every_shape_encode_as_the_sdk_encodes_them() -> None:
         assert_same([span], encoder)
 
 
-def test_resources_and_scopes_are_grouped_by_equality_in_order_of_appearance() -> None:
+def test_resources_and_scopes_are_grouped_by_equality_in_order_of_appearance(fence_mode: bool) -> None:
     def span(resource: Resource, scope: InstrumentationScope | None, name: str) -> ReadableSpan:
         context = SpanContext(1, hash(name) & 0xFFFF or 1, is_remote=False)
         return ReadableSpan(
@@ -136,6 +147,15 @@ def test_a_value_the_encoder_does_not_know_is_refused() -> None:
     )
     with pytest.raises(TypeError):
         SpanEncoder().encode([span])
+
+
+def test_the_exporter_class_follows_the_switch(fence_mode: bool) -> None:
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as Grpc
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as Http
+
+    for made, stock in ((http_span_exporter_class(), Http), (grpc_span_exporter_class(), Grpc)):
+        assert issubclass(made, stock)
+        assert (made is stock) is not fence_mode
 
 
 def test_the_exporter_posts_what_the_encoder_writes() -> None:

@@ -26,7 +26,7 @@ def assert_same(spans: Sequence[ReadableSpan], encoder: SpanJsonEncoder | None =
     assert (encoder or SpanJsonEncoder()).encode(spans) == expected
 
 
-def test_spans_of_every_shape_encode_as_the_protobuf_path_wrote_them() -> None:
+def test_spans_of_every_shape_encode_as_the_protobuf_path_wrote_them(fence_mode: bool) -> None:
     spans = spans_of_every_shape()
     assert any(s.dropped_attributes for s in spans) and any(s.links for s in spans)
     encoder = SpanJsonEncoder()

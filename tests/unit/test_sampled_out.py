@@ -133,3 +133,36 @@ def test_a_sampled_out_owners_cache_calls_count_without_spans(traced, redis_clie
         assert cache.get_many(["sampled-out:1", "sampled-out:3"]) == {"sampled-out:1": "x"}
     assert (reads("hit") - hits, reads("miss") - misses) == (2, 2)
     assert traced.spans() == []  # no findings: nothing exported
+
+
+def test_building_a_pipeline_changes_nothing_outside_it_install_does_and_shutdown_gives_it_back() -> None:
+    """pipeline.build has no process-wide effect (tests and the pytest plugin build their own);
+    Pipeline.install points the sampled-out record sink at its processor and decides the fast
+    paths; shutdown gives both back."""
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from hms_otel_agent.instrument import context, sdk_internals
+    from hms_otel_agent.signals import cache_signals
+
+    before_sink, before_fast, before_evidence = (
+        context.detached_sink(),
+        sdk_internals.fast_paths(),
+        cache_signals.evidence,
+    )
+    built = pipeline.build(
+        settings(detect_sampled_out=True, fast_paths=not before_fast),
+        span_exporters=[],
+        metric_readers=[InMemoryMetricReader()],
+    )
+    try:
+        assert context.detached_sink() == before_sink
+        assert sdk_internals.fast_paths() is before_fast
+        assert cache_signals.evidence is before_evidence
+        built.install()
+        assert context.detached_sink() == built.signal_processor.record_detached
+        assert sdk_internals.fast_paths() is (not before_fast)
+        assert cache_signals.evidence is not before_evidence
+    finally:
+        built.shutdown(1000)
+    assert context.detached_sink() == before_sink
+    assert sdk_internals.fast_paths() is before_fast
