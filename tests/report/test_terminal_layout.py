@@ -169,7 +169,7 @@ def assert_cache_complete(patterns: list[KeyPatternStats], lines: list[str]) -> 
 
 @settings(max_examples=150, deadline=None)
 @example(  # a key pattern of white space: its row starts with as many blanks as a note's continuation
-    findings=[FindingGroup(fingerprint="a", kind="n_plus_one", relation="", location=None, fix="")],
+    findings=[FindingGroup(Finding(fingerprint="a", kind="n_plus_one", repetitions=0, duration_ms=0.0))],
     key_patterns=[KeyPatternStats(k, 0, 0, 0, 0, 0, 0) for k in ("", "", "", " ")],
     width=69,
 )
