@@ -1,6 +1,6 @@
 """The exported payload of the sample app's requests, held against a recorded run.
 
-The sample pages (unit/test_otlp_json_encode.SAMPLE_PAGES) run in this process through the
+The sample pages (export/test_otlp_json_encode.SAMPLE_PAGES) run in this process through the
 agent's pipeline; their spans are encoded as the OTLP exporter encodes them, with what differs
 from run to run made constant: trace and span ids numbered in order of appearance; times and
 durations zeroed, in hints too (whose findings come worst first, by time); the process's pid and
@@ -21,12 +21,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from export.test_otlp_json_encode import SAMPLE_PAGES
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.trace import Link, SpanContext
-from unit.test_otlp_json_encode import SAMPLE_PAGES
 
 from hms_otel_agent.export.otlp_encode import SpanEncoder
 

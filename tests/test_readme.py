@@ -7,7 +7,7 @@ from pathlib import Path
 
 from hms_otel_agent import config
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 
 def settings_rows() -> dict[str, tuple[str, str]]:

@@ -1,4 +1,4 @@
-"""The privacy opt-ins not covered by the URL tests (test_privacy_http.py): each exports what it
+"""The privacy opt-ins not covered by the URL tests (test_redaction_http.py): each exports what it
 promises and nothing else, in-process over the sample app (issue 13's "each opt-in is tested to
 export what it promises and nothing else").
 

@@ -16,9 +16,9 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, SpanKind
 
+from export.test_otlp_encode import _values, spans_of_every_shape
 from hms_otel_agent.export.otlp_json import TRACES_FILE, OtlpJsonFileSpanExporter, message_to_otlp_json
 from hms_otel_agent.export.otlp_json_encode import SpanJsonEncoder
-from unit.test_otlp_encode import _values, spans_of_every_shape
 
 
 def assert_same(spans: Sequence[ReadableSpan], encoder: SpanJsonEncoder | None = None) -> None:
