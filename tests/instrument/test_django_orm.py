@@ -1031,8 +1031,9 @@ def test_get_run_by_a_descriptor_names_the_reading_line_and_offers_no_in_bulk(tr
         )
     [finding] = [e for e in traced.events(traced.spans()[-1]) if e.get("hms.finding.kind") == "n_plus_one"]
     assert "hms.hint.fix" not in finding  # no loop of keys to batch: never in_bulk
+    descriptor = "_PatientByKey.__get__" if sys.version_info >= (3, 11) else "__get__"  # co_qualname
     assert finding["hms.hint"].endswith(
-        "no fix shown: _PatientByKey.__get__ loads one Patient per object; prefetch them on the"
+        f"no fix shown: {descriptor} loads one Patient per object; prefetch them on the"
         " list's queryset if the field supports prefetching"
     )
 

@@ -5,8 +5,8 @@ agent's pipeline; their spans are encoded as the OTLP exporter encodes them, wit
 from run to run made constant: trace and span ids numbered in order of appearance; times and
 durations zeroed, in hints too (whose findings come worst first, by time); the process's pid and
 instance id; this checkout's directory; the test database's name, the peer port and the Redis
-database index. The bytes must equal those recorded in ``recorded/sample_payload.txt`` (one span
-per line, readable in a diff):
+database index. On Python 3.11 + Django 5.2 the bytes must equal those recorded in
+``recorded/sample_payload.txt`` (one span per line, readable in a diff):
 a refactoring that changes what leaves the process -- a name, an attribute, a value, an event,
 the order of spans -- fails here. After an intended change, record again with
 ``HMS_OTEL_RECORD_PAYLOADS=1`` and review the diff of the recorded file.
@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import django
 from export.test_otlp_json_encode import SAMPLE_PAGES
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -31,6 +32,7 @@ from opentelemetry.trace import Link, SpanContext
 from hms_otel_agent.export.otlp_encode import SpanEncoder
 
 RECORDED = Path(__file__).parent / "recorded" / "sample_payload.txt"
+RECORDED_ON = ((3, 11), (5, 2))  # Python, Django
 _OUT = "HMS_OTEL_PAYLOAD_OUT"  # where the fresh process writes the payload's text
 ROOT = str(Path(__file__).resolve().parents[2])
 # Values that differ between two runs of the same requests: times, and what they decide.
@@ -157,4 +159,8 @@ def test_the_sample_apps_payload_is_the_recorded_one(tmp_path: Path) -> None:
     text = out.read_text(encoding="utf-8")
     if os.environ.get("HMS_OTEL_RECORD_PAYLOADS"):
         RECORDED.write_text(text, encoding="utf-8")
-    assert text == RECORDED.read_text(encoding="utf-8")
+    # The payload depends on the interpreter and Django (qualified function names from 3.11,
+    # Django's own spans and queries): it is held where it was recorded, Python 3.11 + Django 5.2
+    # (CI's first stage); elsewhere the run above still checks the encoder against the SDK's.
+    if (sys.version_info[:2], django.VERSION[:2]) == RECORDED_ON:
+        assert text == RECORDED.read_text(encoding="utf-8")
